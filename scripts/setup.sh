@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Set up vmigrate and its two-host lab on Debian 12 (bookworm), as root. Idempotent: a second
+# run checks each step and skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run me as root: I install Debian packages and create the libvirt-qemu system user"
+. /etc/os-release
+[ "${VERSION_CODENAME:-}" = bookworm ] || die "this set-up is for Debian 12 (bookworm); this machine is ${PRETTY_NAME:-unknown}"
+export DEBIAN_FRONTEND=noninteractive
+
+# --- 1. bookworm-backports: Debian 12's own QEMU 7.2 corrupts busy guests during live migration
+#        under TCG; QEMU 10.0 + libvirt 11.3 from backports do not (see docs/lab.md).
+backports=/etc/apt/sources.list.d/vmigrate-bookworm-backports.sources
+apt_updated=0
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    say "adding bookworm-backports to apt sources"
+    mirror=$(grep -hs -m1 '^URIs:' /etc/apt/sources.list.d/debian.sources | awk '{print $2}' || true)
+    [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+    cat >"$backports" <<SRC
+Types: deb
+URIs: $mirror
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get update -q
+    apt_updated=1
+fi
+
+# --- 2. packages
+version_of() { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | awk '/install ok installed/ {print $4}'; }
+at_least() { [ -n "$1" ] && dpkg --compare-versions "$1" ge "$2"; }
+backport_pkgs=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
+stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static iproute2 iptables
+             xz-utils util-linux mount dpkg-dev)
+need_backports=0
+at_least "$(version_of qemu-system-x86)" "1:10.0" || need_backports=1
+at_least "$(version_of libvirt-daemon)" "11.0" || need_backports=1
+for p in "${backport_pkgs[@]}"; do [ -n "$(version_of "$p")" ] || need_backports=1; done
+missing_stable=()
+for p in "${stable_pkgs[@]}"; do [ -n "$(version_of "$p")" ] || missing_stable+=("$p"); done
+if [ "$need_backports" = 1 ] || [ "${#missing_stable[@]}" -gt 0 ]; then
+    [ "$apt_updated" = 1 ] || { say "apt-get update"; apt-get update -q; }
+    if [ "${#missing_stable[@]}" -gt 0 ]; then
+        say "installing ${missing_stable[*]}"
+        apt-get install -y -q --no-install-recommends "${missing_stable[@]}"
+    fi
+    if [ "$need_backports" = 1 ]; then
+        say "installing QEMU and libvirt from bookworm-backports"
+        apt-get install -y -q --no-install-recommends -t bookworm-backports "${backport_pkgs[@]}"
+    fi
+else
+    say "packages: QEMU $(version_of qemu-system-x86), libvirt $(version_of libvirt-daemon) already installed"
+fi
+
+# --- 3. libvirtd refuses to start without this user, even when configured to run QEMU as root
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+getent passwd libvirt-qemu >/dev/null ||
+    useradd --system --gid libvirt-qemu --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
+
+# --- 4. virtualenv with vmigrate and its dev tools. libvirt-python is built from source against
+#        the installed libvirt-dev, so it is rebuilt whenever libvirt or our dependencies change.
+stamp_wanted="$(sha256sum pyproject.toml | cut -c1-16) libvirt-$(version_of libvirt-dev)"
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.vmigrate-stamp 2>/dev/null)" != "$stamp_wanted" ]; then
+    say "creating .venv and installing vmigrate with its dev dependencies"
+    /usr/bin/python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q --no-cache-dir --force-reinstall --no-deps libvirt-python
+    .venv/bin/pip install -q -e '.[dev]'
+    echo "$stamp_wanted" > .venv/.vmigrate-stamp
+else
+    say ".venv is up to date"
+fi
+
+# --- 5. the lab guest: Debian kernel + busybox + our static workload as init
+say "lab guest image"
+.venv/bin/python -m vmigrate.lab.image build
+say "accelerator (KVM only if it really boots a guest)"
+.venv/bin/python -m vmigrate.lab.accel
+say "set-up complete: activate with '. .venv/bin/activate', then try 'vmigrate lab up'"

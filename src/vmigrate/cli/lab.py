@@ -1,0 +1,191 @@
+"""`vmigrate lab ...`: the local two-host lab."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vmigrate.lab import link as lab_link
+from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report
+from vmigrate.lab.lifecycle import HostStatus, lab_down, lab_status, lab_up, require_root
+from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm, set_rate
+
+console = Console(highlight=False)
+
+
+def _print_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _status_table(hosts: list[HostStatus]) -> Table:
+    table = Table(title="vmigrate lab")
+    for column in ("host", "URI", "daemon", "libvirt", "QEMU", "accel", "VMs"):
+        table.add_column(column)
+    for host in hosts:
+        daemon = f"pid {host.pid}" if host.running else "[red]stopped[/]"
+        if host.problem:
+            daemon += f" [red]{host.problem}[/]"
+        vms = ", ".join(f"{vm.name} ({vm.state})" for vm in host.vms) or "-"
+        table.add_row(host.name, host.uri, daemon, host.libvirt_version, host.qemu_version,
+                      host.accelerator, vms)
+    return table
+
+
+def _host_dict(host: HostStatus) -> dict[str, object]:
+    return {
+        "name": host.name, "uri": host.uri, "running": host.running, "pid": host.pid,
+        "hostname": host.hostname, "libvirt_version": host.libvirt_version,
+        "qemu_version": host.qemu_version, "accelerator": host.accelerator,
+        "vms": [{"name": vm.name, "state": vm.state, "persistent": vm.persistent}
+                for vm in host.vms],
+        "problem": host.problem or None,
+    }
+
+
+@click.group()
+def lab() -> None:
+    """The local lab: two libvirt hosts (hostA, hostB) on this machine."""
+
+
+@lab.command()
+def up() -> None:
+    """Start both lab hosts (idempotent); returns when both answer."""
+    started = time.monotonic()
+    hosts = lab_up()
+    console.print(_status_table(hosts))
+    console.print(f"lab is up ({time.monotonic() - started:.1f} s)")
+
+
+@lab.command()
+def down() -> None:
+    """Stop everything the lab started: VMs, daemons, collectors, link shaping."""
+    report = lab_down()
+    console.print(
+        f"lab is down: stopped {', '.join(report.stopped_hosts) or 'no hosts'}, "
+        f"{report.stopped_collectors} heartbeat collector(s)"
+        + (", removed link shaping" if report.link_reset else "")
+        + (f"; had to kill {len(report.killed_pids)} process(es)" if report.killed_pids else "")
+    )
+
+
+@lab.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(as_json: bool) -> None:
+    """Each host: daemon, versions, accelerator and VMs."""
+    hosts = lab_status()
+    if as_json:
+        _print_json({"hosts": [_host_dict(h) for h in hosts],
+                     "link": lab_link.status().to_dict()})
+        return
+    console.print(_status_table(hosts))
+    shaped = lab_link.status()
+    if shaped.shaped:
+        console.print(f"link to hostB shaped: {shaped.rate}"
+                      + (f", delay {shaped.delay}" if shaped.delay else ""))
+
+
+@lab.group()
+def vm() -> None:
+    """Lab guests: a Debian kernel with a workload that dirties memory and beats every 10 ms."""
+
+
+@vm.command("create")
+@click.argument("name")
+@click.option("--host", default="A", show_default=True, help="A or B.")
+@click.option("--memory", "memory_mib", type=int, default=512, show_default=True,
+              help="Guest memory in MiB.")
+@click.option("--working-set", "working_set_mib", type=int, default=None,
+              help="MiB the workload keeps and dirties [default: memory - 128].")
+@click.option("--dirty-rate", "dirty_rate_mib", type=int, default=0, show_default=True,
+              help="MiB/s the workload dirties.")
+@click.option("--disk", type=click.Choice(["none", "shared", "local"]), default="none",
+              show_default=True, help="A disk in the shared pool or hostA/B's local pool.")
+@click.option("--disk-format", type=click.Choice(["qcow2", "raw"]), default="qcow2",
+              show_default=True)
+@click.option("--disk-size", "disk_size_gib", type=float, default=1.0, show_default=True,
+              help="GiB.")
+def vm_create(name: str, host: str, memory_mib: int, working_set_mib: int | None,
+              dirty_rate_mib: int, disk: str, disk_format: str, disk_size_gib: float) -> None:
+    """Create and start a lab VM; returns once it beats."""
+    created = create_vm(LabVmRequest(name, host, memory_mib, working_set_mib, dirty_rate_mib,
+                                     disk, disk_format, disk_size_gib))
+    console.print(
+        f"{created.name} runs on {created.host}: {created.memory_mib} MiB, working set "
+        f"{created.working_set_mib} MiB, dirtying {created.dirty_rate_mib} MiB/s"
+        + (f", disk {created.disk_path}" if created.disk_path else "")
+        + f"; first heartbeat after {created.boot_seconds:.1f} s"
+    )
+
+
+@vm.command("set-rate")
+@click.argument("name")
+@click.argument("rate", type=int)
+def vm_set_rate(name: str, rate: int) -> None:
+    """Change how many MiB/s the guest dirties, while it runs."""
+    set_rate(name, rate)
+    console.print(f"{name} now dirties {rate} MiB/s")
+
+
+@vm.command("rm")
+@click.argument("name")
+def vm_rm(name: str) -> None:
+    """Destroy a lab VM on every host and delete its lab disks."""
+    hosts = remove_vm(name)
+    console.print(f"removed {name}" + (f" from {', '.join(hosts)}" if hosts else ""))
+
+
+def render_heartbeat(report: HeartbeatReport) -> str:
+    if not report.beats:
+        return f"{report.vm}: no heartbeat received yet"
+    hosts = ", ".join(f"{h} last #{seq}" for h, seq in report.last_seq_by_host.items())
+    verdict = "contiguous" if report.contiguous else "NOT contiguous: " + "; ".join(report.problems)
+    gap = f"largest gap {report.largest_gap_ms:.0f} ms"
+    if report.largest_gap_hosts:
+        gap += (f" after #{report.largest_gap_after_seq} "
+                f"({report.largest_gap_hosts[0]} -> {report.largest_gap_hosts[1]})")
+    return (f"{report.vm}: {report.beats} beats #{report.first_seq}..#{report.last_seq}, "
+            f"{verdict}; {gap}; {hosts}")
+
+
+@lab.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def heartbeat(name: str, as_json: bool) -> None:
+    """Guest-observed downtime: largest gap between beats, and whether none was lost."""
+    report = heartbeat_report(name)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        console.print(render_heartbeat(report))
+
+
+@lab.command()
+@click.option("--rate", help="Limit traffic to hostB, e.g. 1gbit or 100mbit.")
+@click.option("--delay", help="Add latency, e.g. 5ms (needs netem in the kernel).")
+@click.option("--reset", is_flag=True, help="Remove the limit.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def link(rate: str | None, delay: str | None, reset: bool, as_json: bool) -> None:
+    """Emulate a real link to hostB (tc on lo), or show its state and byte counter."""
+    if reset and (rate or delay):
+        raise click.UsageError("--reset cannot be combined with --rate or --delay")
+    if delay and not rate:
+        raise click.UsageError("--delay needs --rate")
+    if rate or reset:
+        require_root()
+    if reset:
+        lab_link.reset()
+    elif rate:
+        lab_link.shape(rate, delay)
+    current = lab_link.status()
+    if as_json:
+        _print_json(current.to_dict())
+    elif current.shaped:
+        console.print(f"traffic to hostB limited to {current.rate}"
+                      + (f" with {current.delay} delay" if current.delay else "")
+                      + f"; {current.bytes_to_hostb} bytes sent through the limit")
+    else:
+        console.print("traffic to hostB is not shaped")

@@ -1,0 +1,54 @@
+"""The `vmigrate` command. Commands are thin: they call the library and render its values."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+from rich.console import Console
+
+from vmigrate import __version__
+from vmigrate.errors import VmigrateError
+
+err_console = Console(stderr=True, highlight=False)
+
+
+class VmigrateGroup(click.Group):
+    """Turns expected failures into a clear message and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VmigrateError as err:
+            err_console.print(f"[bold red]error:[/] {err}", markup=True, soft_wrap=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            ctx.exit(130)
+
+
+@click.group(cls=VmigrateGroup)
+@click.version_option(__version__, prog_name="vmigrate")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Move KVM virtual machines between libvirt hosts, live or cold."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from vmigrate.cli.lab import lab
+
+    cli.add_command(lab)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="vmigrate")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""One root error for everything vmigrate reports, with context (host, VM) and a next step.
+
+The CLI prints these without a traceback; anything else reaching the CLI is a bug.
+"""
+
+from __future__ import annotations
+
+
+class VmigrateError(Exception):
+    """An expected failure: the message says what is wrong, `fix` says what to do."""
+
+    exit_code = 1
+
+    def __init__(
+        self, message: str, *, fix: str = "", host: str | None = None, vm: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+        self.host = host
+        self.vm = vm
+
+    def __str__(self) -> str:
+        where = ", ".join(
+            part for part in (f"host {self.host}" if self.host else "",
+                              f"VM {self.vm}" if self.vm else "") if part
+        )
+        text = f"{where}: {self.message}" if where else self.message
+        return f"{text}\n  what to do: {self.fix}" if self.fix else text
+
+
+class UsageError(VmigrateError):
+    """The command line or an input file is malformed."""
+
+    exit_code = 2
+
+
+class EnvironmentProblem(VmigrateError):
+    """This machine lacks something vmigrate needs (root, packages, the guest image)."""
+
+
+class HostUnreachable(VmigrateError):
+    """A libvirt daemon did not answer."""
+
+
+class LabError(VmigrateError):
+    """The local lab could not do what was asked."""
+
+
+class NotFound(VmigrateError):
+    """A VM or host that the user named does not exist."""
+
+
+class AlreadyExists(VmigrateError):
+    """Creating something that already exists."""

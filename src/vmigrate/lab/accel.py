@@ -1,0 +1,85 @@
+"""KVM when it truly runs a guest, TCG otherwise: probed once per machine and remembered.
+
+/dev/kvm existing is not enough: a paravirtual KVM without hardware virtualisation opens fine
+and then fails to run a stock kernel. So the probe boots the lab guest and waits for a beat.
+Nothing outside `lab/` may depend on the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from vmigrate.lab.image import GuestImage, kernel_cmdline
+from vmigrate.lab.paths import GUEST_CACHE_DIR
+
+ACCEL_FILE = GUEST_CACHE_DIR / "accelerator.json"
+QEMU = "/usr/bin/qemu-system-x86_64"
+PROBE_TIMEOUT_SECONDS = 20.0
+
+
+def _qemu_version() -> str:
+    result = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=False)
+    return result.stdout.splitlines()[0] if result.stdout else ""
+
+
+def cached_accelerator() -> str | None:
+    try:
+        return str(json.loads(ACCEL_FILE.read_text())["accelerator"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _boots_with_kvm(image: GuestImage) -> tuple[bool, str]:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "no usable /dev/kvm"
+    with tempfile.TemporaryDirectory() as scratch:
+        console = Path(scratch) / "console.log"
+        command = [
+            QEMU, "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-reboot",
+            "-display", "none", "-serial", f"file:{console}",
+            "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+            "-append", kernel_cmdline(working_set_mib=8, dirty_rate_mib=0, disk=False, seed=1),
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + PROBE_TIMEOUT_SECONDS
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                if console.exists() and "HB 1" in console.read_text(errors="replace"):
+                    return True, "a guest booted under KVM"
+                time.sleep(0.2)
+        finally:
+            process.kill()
+            _, stderr = process.communicate()
+        reason = stderr.decode(errors="replace").strip().splitlines()
+        return False, (reason[-1] if reason else "the guest did not boot under KVM")
+
+
+def accelerator(image: GuestImage) -> str:
+    """'kvm' or 'tcg' for this machine, probing on first use."""
+    key = {"qemu": _qemu_version(), "kernel": image.kernel_version}
+    try:
+        cached = json.loads(ACCEL_FILE.read_text())
+        if all(cached.get(k) == v for k, v in key.items()):
+            return str(cached["accelerator"])
+    except (OSError, ValueError, KeyError):
+        pass
+    works, reason = _boots_with_kvm(image)
+    ACCEL_FILE.parent.mkdir(parents=True, exist_ok=True)
+    ACCEL_FILE.write_text(
+        json.dumps({**key, "accelerator": "kvm" if works else "tcg", "reason": reason}, indent=2)
+    )
+    return "kvm" if works else "tcg"
+
+
+if __name__ == "__main__":
+    from vmigrate.lab.image import load_guest_image
+
+    built = load_guest_image()
+    if built is None:
+        raise SystemExit("build the guest image first: python -m vmigrate.lab.image build")
+    print(f"accelerator: {accelerator(built)}")

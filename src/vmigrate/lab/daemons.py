@@ -1,0 +1,87 @@
+"""One lab host's libvirtd: started in private mount and UTS namespaces, stopped by PID."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+
+from vmigrate.errors import EnvironmentProblem
+from vmigrate.lab.config import (
+    PRIVATE_DIRS,
+    LabHost,
+    render_libvirtd_conf,
+    render_qemu_conf,
+)
+from vmigrate.lab.processes import (
+    executable_of,
+    is_alive,
+    mount_namespace_of,
+    pids_in_mount_namespace,
+    spawn_daemon,
+    terminate,
+)
+
+
+@dataclass(frozen=True)
+class DaemonRecord:
+    """What `lab up` remembers about a running host daemon, to stop exactly it later."""
+
+    pid: int
+    mount_namespace: str
+
+    def is_running(self) -> bool:
+        return is_alive(self.pid) and executable_of(self.pid).endswith("libvirtd")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path is None:
+        raise EnvironmentProblem(
+            f"`{name}` is not installed", fix="run scripts/setup.sh as root to install the lab"
+        )
+    return path
+
+
+def write_host_config(host: LabHost) -> None:
+    for system_path in PRIVATE_DIRS:
+        host.private_dir(system_path).mkdir(parents=True, exist_ok=True)
+    etc = host.private_dir("/etc/libvirt")
+    (etc / "libvirtd.conf").write_text(render_libvirtd_conf(host))
+    (etc / "qemu.conf").write_text(render_qemu_conf(host))
+
+
+def start_libvirtd(host: LabHost) -> DaemonRecord:
+    """Start the host's libvirtd; returns at once (call `wait_until_answering` next)."""
+    libvirtd = _tool("libvirtd")
+    unshare = _tool("unshare")
+    write_host_config(host)
+    binds = [f"--bind={host.private_dir(path)}={path}" for path in PRIVATE_DIRS]
+    command = [
+        unshare, "--mount", "--uts", "--propagation", "private", "--",
+        sys.executable, "-m", "vmigrate.lab.nsinit", f"--hostname={host.name}", *binds, "--",
+        libvirtd, "--listen",
+        "--config", "/etc/libvirt/libvirtd.conf",
+        "--pid-file", "/run/libvirt/libvirtd.pid",
+    ]
+    pid = spawn_daemon(command, host.root / "libvirtd.console.log")
+    return DaemonRecord(pid=pid, mount_namespace="")
+
+
+def namespace_when_ready(record: DaemonRecord) -> DaemonRecord:
+    """The namespace is known only once nsinit has exec'ed libvirtd inside it."""
+    return DaemonRecord(pid=record.pid, mount_namespace=mount_namespace_of(record.pid))
+
+
+def stop_host_processes(record: DaemonRecord) -> list[int]:
+    """Stop everything in the host's namespace: QEMU of its VMs first, then libvirtd.
+
+    Killing QEMU first means a migration in flight cannot hold libvirtd's shutdown up.
+    Returns the PIDs that did not stop on SIGTERM and had to be killed.
+    """
+    guests = [pid for pid in pids_in_mount_namespace(record.mount_namespace) if pid != record.pid]
+    killed = terminate(guests, grace_seconds=5.0)
+    if record.is_running():
+        killed += terminate([record.pid])
+    killed += terminate(pids_in_mount_namespace(record.mount_namespace), grace_seconds=2.0)
+    return killed

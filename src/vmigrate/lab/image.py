@@ -1,0 +1,460 @@
+"""Build and smoke-test the lab guest: a Debian kernel plus an initramfs whose /init is workload.c.
+
+Usage: python -m vmigrate.lab.image build [--force]
+       python -m vmigrate.lab.image boot-test [--disk] [--accel tcg|kvm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import lzma
+import queue
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmigrate.lab.paths import GUEST_CACHE_DIR
+
+WORKLOAD_SOURCE = Path(__file__).parent / "guest" / "workload.c"
+QEMU = "qemu-system-x86_64"
+BLOCK_SIZE = 4096
+HEARTBEAT_INTERVAL_S = 0.010
+MANIFEST = "manifest.json"
+INITRD = "initrd.cpio"
+# virtio-blk over PCI; everything else they need (and VIRTIO_PCI_LEGACY) is built in (=y).
+MODULE_ROOTS = ("virtio_pci", "virtio_blk")
+BUSYBOX_LINKS = ("sh", "ls", "cat", "mount", "dmesg")
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_SMOKE_CMDLINE = "console=ttyS0 quiet panic=-1 vmigrate.ws=4"
+
+
+class GuestImageError(RuntimeError):
+    """The guest image cannot be built, found or booted; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    kernel: Path
+    initrd: Path
+    kernel_version: str
+    kernel_format: str  # "elf" (PVH entry, boots faster under TCG) or "bzimage"
+
+
+# ---- pure helpers (unit tested) ---------------------------------------------------------------
+
+
+def kernel_cmdline(
+    *, working_set_mib: int, dirty_rate_mib: int, disk: bool, seed: int, disk_mib: int = 16
+) -> str:
+    # quiet + loglevel=3 keep kernel chatter out of the heartbeat stream; tsc=reliable avoids the
+    # clocksource watchdog (TCG time jitters); 8250.nr_uarts=1 skips probing absent UARTs.
+    fast = "quiet loglevel=3 panic=-1 tsc=reliable no_timer_check mitigations=off 8250.nr_uarts=1"
+    params = (
+        f"vmigrate.ws={working_set_mib} vmigrate.rate={dirty_rate_mib} "
+        f"vmigrate.disk={int(disk)} vmigrate.seed={seed & 0xFFFFFFFF} vmigrate.diskmb={disk_mib}"
+    )
+    return f"console=ttyS0 {fast} {params}"
+
+
+def disk_header(seed: int, disk_mib: int) -> bytes:
+    """Block 0 of a workload disk, as written by workload.c."""
+    header = f"VMIGRATE-DISK seed={seed & 0xFFFFFFFF} mb={disk_mib}\n"
+    return header.encode().ljust(BLOCK_SIZE, b"\0")
+
+
+def expected_disk_block(seed: int, index: int) -> bytes:
+    """Block `index` (>= 1) of a workload disk: 64 lines of 64 bytes, as written by workload.c."""
+    if index < 1:
+        raise ValueError("block 0 is the header; use disk_header()")
+    lines = (
+        f"vmigrate seed={seed & 0xFFFFFFFF:08x} block={index:08x} line={n:02x}".ljust(63, ".")
+        + "\n"
+        for n in range(BLOCK_SIZE // 64)
+    )
+    return "".join(lines).encode()
+
+
+@dataclass(frozen=True)
+class CpioEntry:
+    name: str  # path inside the archive, without a leading "/"
+    mode: int  # including the file type bits (stat.S_IFREG, ...)
+    data: bytes = b""  # file content, or the target of a symlink
+    rdev: tuple[int, int] = (0, 0)  # (major, minor) of device nodes
+
+
+def cpio_newc(entries: Iterable[CpioEntry]) -> bytes:
+    """An uncompressed "newc" (070701) cpio archive, the format the kernel unpacks as initramfs."""
+
+    def pad4(b: bytes) -> bytes:
+        return b + b"\0" * (-len(b) % 4)
+
+    out = bytearray()
+    for ino, e in enumerate([*entries, CpioEntry("TRAILER!!!", 0)], start=1):
+        name = e.name.encode() + b"\0"
+        nlink = 2 if stat.S_ISDIR(e.mode) else 1
+        ino = ino if e.mode else 0  # the trailer
+        fields = (ino, e.mode, 0, 0, nlink, 0, len(e.data), 0, 0, *e.rdev, len(name), 0)
+        out += pad4(b"070701" + "".join(f"{f:08X}" for f in fields).encode() + name)
+        out += pad4(e.data)
+    return bytes(out)
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes:
+    """The ELF vmlinux inside a bzImage whose payload is xz-compressed."""
+    start = bzimage.find(_XZ_MAGIC)
+    while start >= 0:
+        try:
+            elf = lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(bzimage[start:])
+        except lzma.LZMAError:
+            elf = b""
+        if elf.startswith(b"\x7fELF"):
+            return elf
+        start = bzimage.find(_XZ_MAGIC, start + 1)
+    raise GuestImageError("no xz-compressed ELF payload in the bzImage (not CONFIG_KERNEL_XZ?)")
+
+
+def module_depends(ko: bytes) -> list[str]:
+    """The `depends=` list from a kernel module's .modinfo section."""
+    m = re.search(rb"(?:^|\0)depends=([^\0]*)", ko)
+    return [d.decode() for d in m.group(1).split(b",") if d] if m else []
+
+
+def module_load_order(roots: Iterable[str], modules: dict[str, bytes]) -> list[str]:
+    """Module names in dependency order (dependencies first), starting from `roots`."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in path:
+            raise GuestImageError(f"module dependency cycle: {' -> '.join((*path, name))}")
+        if name not in modules:
+            raise GuestImageError(f"kernel module {name}.ko not found in the kernel package")
+        for dep in module_depends(modules[name]):
+            visit(dep.replace("-", "_"), (*path, name))
+        order.append(name)
+
+    for root in roots:
+        visit(root, ())
+    return order
+
+
+# ---- building ---------------------------------------------------------------------------------
+
+
+def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+    try:
+        res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        raise GuestImageError(f"{what}: {cmd[0]} is not installed") from e
+    if res.returncode != 0:
+        raise GuestImageError(f"{what} failed: {' '.join(cmd)}\n{res.stderr.strip()}")
+    return res.stdout
+
+
+def _kernel_package() -> tuple[str, str]:
+    """(package, version) behind bookworm's linux-image-amd64, skipping backports."""
+    hint = "run `apt-get update` (with bookworm and bookworm-security in the apt sources)"
+    for line in _run(["apt-cache", "madison", "linux-image-amd64"], "apt-cache").splitlines():
+        _, version, source = (f.strip() for f in line.split("|"))
+        if "backports" in source:
+            continue
+        show = _run(["apt-cache", "show", f"linux-image-amd64={version}"], "apt-cache")
+        m = re.search(r"^Depends:.*?(linux-image-[\w.+-]+) \(= ([^)]+)\)", show, re.MULTILINE)
+        if m:
+            return m.group(1), m.group(2)
+    raise GuestImageError(f"no bookworm linux-image-amd64 known to apt; {hint}")
+
+
+def _source_digest() -> str:
+    return hashlib.sha256(WORKLOAD_SOURCE.read_bytes()).hexdigest()
+
+
+def load_guest_image(cache_dir: Path = GUEST_CACHE_DIR) -> GuestImage | None:
+    """The cached image, or None if it is missing, incomplete or built from another workload.c."""
+    try:
+        m = json.loads((cache_dir / MANIFEST).read_text())
+        kernel, initrd = cache_dir / m["kernel"], cache_dir / m["initrd"]
+        image = GuestImage(kernel, initrd, m["kernel_version"], m["kernel_format"])
+        fresh = m["workload_sha256"] == _source_digest()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return image if fresh and image.kernel.is_file() and image.initrd.is_file() else None
+
+
+def build_guest_image(cache_dir: Path = GUEST_CACHE_DIR, *, force: bool = False) -> GuestImage:
+    if not force and (cached := load_guest_image(cache_dir)):
+        return cached
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / MANIFEST).unlink(missing_ok=True)  # the manifest is written last: "complete"
+    package, version = _kernel_package()
+    with tempfile.TemporaryDirectory(prefix="vmigrate-guest-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            _run(
+                ["apt-get", "download", "-o", "APT::Sandbox::User=root", f"{package}={version}"],
+                "download",
+                cwd=tmp,
+            )
+        except GuestImageError as e:
+            raise GuestImageError(f"{e}\nrun `apt-get update` and retry") from e
+        _run(["dpkg-deb", "-x", str(next(tmp.glob("*.deb"))), str(tmp / "x")], "dpkg-deb")
+        vmlinuz = next((tmp / "x" / "boot").glob("vmlinuz-*"))
+        kernel_version = vmlinuz.name.removeprefix("vmlinuz-")
+        kos = {
+            p.name.removesuffix(".ko").replace("-", "_"): p.read_bytes()
+            for p in (tmp / "x" / "lib" / "modules" / kernel_version).rglob("*.ko")
+        }
+        order = module_load_order(MODULE_ROOTS, kos)
+        init = tmp / "init"
+        _run(["gcc", "-static", "-O2", "-Wall", "-s", "-o", str(init), str(WORKLOAD_SOURCE)], "gcc")
+        busybox = shutil.which("busybox")
+        if not busybox:
+            raise GuestImageError("busybox not found; run `apt-get install busybox-static`")
+        dirs = ("bin", "dev", "proc", "sys", "lib", "lib/modules")
+        order_txt = "".join(f"{n}.ko\n" for n in order).encode()
+        entries = [
+            *(CpioEntry(d, stat.S_IFDIR | 0o755) for d in dirs),
+            CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
+            CpioEntry("dev/null", stat.S_IFCHR | 0o666, rdev=(1, 3)),
+            CpioEntry("init", stat.S_IFREG | 0o755, init.read_bytes()),
+            CpioEntry("bin/busybox", stat.S_IFREG | 0o755, Path(busybox).read_bytes()),
+            *(CpioEntry(f"bin/{n}", stat.S_IFLNK | 0o777, b"busybox") for n in BUSYBOX_LINKS),
+            *(CpioEntry(f"lib/modules/{n}.ko", stat.S_IFREG | 0o644, kos[n]) for n in order),
+            CpioEntry("lib/modules/order", stat.S_IFREG | 0o644, order_txt),
+        ]
+        # Uncompressed: ~3 MiB unpacks faster under TCG than the guest could inflate it.
+        (cache_dir / INITRD).write_bytes(cpio_newc(entries))
+        candidates = [("elf", "vmlinux", extract_vmlinux(vmlinuz.read_bytes()))]
+        candidates.append(("bzimage", "vmlinuz", vmlinuz.read_bytes()))
+    for fmt, name, blob in candidates:
+        (cache_dir / name).write_bytes(blob)
+        image = GuestImage(cache_dir / name, cache_dir / INITRD, kernel_version, fmt)
+        try:  # QEMU's ELF loader needs a PVH note; prove it boots rather than assume.
+            boot_guest(image, _SMOKE_CMDLINE, until=lambda line: line == "HB 1", timeout=60)
+        except GuestImageError:
+            (cache_dir / name).unlink()
+            continue
+        manifest = {
+            **{k: str(getattr(image, k).name) for k in ("kernel", "initrd")},
+            "kernel_version": kernel_version,
+            "kernel_format": fmt,
+            "package": package,
+            "package_version": version,
+            "workload_sha256": _source_digest(),
+        }
+        (cache_dir / f"{MANIFEST}.tmp").write_text(json.dumps(manifest, indent=2) + "\n")
+        (cache_dir / f"{MANIFEST}.tmp").replace(cache_dir / MANIFEST)
+        return image
+    raise GuestImageError(f"neither the ELF nor the bzImage of {package} {version} boots in QEMU")
+
+
+# ---- booting ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BootLog:
+    lines: list[tuple[float, str]]  # (seconds since QEMU started, line without "\r\n")
+
+    def first(self, pred: Callable[[str], bool]) -> tuple[float, str] | None:
+        return next((tl for tl in self.lines if pred(tl[1])), None)
+
+
+def qemu_command(
+    image: GuestImage,
+    cmdline: str,
+    *,
+    disk: Path | None = None,
+    memory_mib: int = 256,
+    accel: str = "tcg",
+) -> list[str]:
+    cmd = [
+        QEMU,
+        "-accel",
+        accel,
+        "-m",
+        str(memory_mib),
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-chardev",
+        "stdio,id=ser0,signal=off",
+        "-serial",
+        "chardev:ser0",
+        "-kernel",
+        str(image.kernel),
+        "-initrd",
+        str(image.initrd),
+        "-append",
+        cmdline,
+    ]
+    if disk is not None:
+        cmd += [
+            "-drive",
+            f"file={disk},format=qcow2,if=none,id=d0",
+            "-device",
+            "virtio-blk-pci,drive=d0",
+        ]
+    return cmd
+
+
+def boot_guest(
+    image: GuestImage,
+    cmdline: str,
+    *,
+    until: Callable[[str], bool],
+    disk: Path | None = None,
+    send: Iterable[str] = (),
+    timeout: float = 120.0,
+    accel: str = "tcg",
+) -> BootLog:
+    """Boot with QEMU until a console line satisfies `until`, then send each line of `send`
+    (waiting for one reply line each), then stop QEMU. Raises GuestImageError on timeout."""
+    proc = subprocess.Popen(
+        qemu_command(image, cmdline, disk=disk, accel=accel),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    start = time.monotonic()
+    lines: queue.Queue[tuple[float, str] | None] = queue.Queue()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.put((time.monotonic() - start, raw.decode(errors="replace").rstrip("\r\n")))
+        lines.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    log = BootLog([])
+    pending = [*send]
+    ready = waiting = powering_off = False  # `until` matched / reply due / "poweroff" sent
+    try:
+        while True:
+            try:
+                item = lines.get(timeout=max(0.0, start + timeout - time.monotonic()))
+            except queue.Empty:
+                item = None
+            if item is None:
+                if powering_off:
+                    return log
+                tail = "\n".join(f"  {t:7.3f} {s}" for t, s in log.lines[-15:])
+                raise GuestImageError(
+                    f"guest did not get there within {timeout:.0f}s (QEMU exit {proc.poll()});"
+                    f" last console lines:\n{tail}"
+                )
+            log.lines.append(item)
+            if not ready:
+                if not until(item[1]):
+                    continue
+                ready = True
+            elif not waiting or item[1].startswith("HB "):
+                continue  # not the reply to our command
+            if not pending:
+                return log
+            command = pending.pop(0)
+            assert proc.stdin is not None
+            proc.stdin.write(command.encode() + b"\n")
+            proc.stdin.flush()
+            powering_off = command == "poweroff"
+            waiting = not powering_off
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _beats(log: BootLog) -> tuple[float, float, float]:
+    """(time of HB 1, mean and max interval) of the heartbeats in a boot log."""
+    hb = [(t, int(s[3:])) for t, s in log.lines if re.fullmatch(r"HB \d+", s)]
+    if len(hb) < 2 or any(b[1] != a[1] + 1 for a, b in itertools.pairwise(hb)):
+        raise GuestImageError(f"heartbeats missing or out of sequence: {hb[:5]}...")
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(hb)]
+    return hb[0][0], (hb[-1][0] - hb[0][0]) / (len(hb) - 1), max(gaps)
+
+
+def boot_test(*, disk: bool, accel: str = "tcg") -> None:
+    image = build_guest_image()
+    print(f"kernel {image.kernel} ({image.kernel_format}, {image.kernel_version})")
+    print(f"initrd {image.initrd} ({image.initrd.stat().st_size / 2**20:.2f} MiB)")
+    cmdline = kernel_cmdline(working_set_mib=16, dirty_rate_mib=0, disk=False, seed=1)
+    log = boot_guest(image, cmdline, until=lambda s: s == "HB 300", accel=accel)
+    first, mean, worst = _beats(log)
+    print(
+        f"first heartbeat after {first:.2f}s; interval mean {mean * 1e3:.2f} ms, "
+        f"max {worst * 1e3:.1f} ms over 300 beats"
+    )
+    if not 0.8 * HEARTBEAT_INTERVAL_S <= mean <= 1.2 * HEARTBEAT_INTERVAL_S:
+        raise GuestImageError(f"heartbeat interval {mean * 1e3:.2f} ms is not ~10 ms")
+    if not disk:
+        return
+    seed, mib = 0xC0FFEE, 16
+    cmdline = kernel_cmdline(working_set_mib=16, dirty_rate_mib=0, disk=True, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="vmigrate-boot-test-") as tmp:
+        qcow = Path(tmp) / "disk.qcow2"
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), "64M"], "qemu-img")
+        expect = f"DISK written {mib * 256}"
+        log = boot_guest(
+            image,
+            cmdline,
+            disk=qcow,
+            until=lambda s: s.startswith("HB "),
+            send=["rate 100", "nonsense", "poweroff"],
+        )
+        print("first boot:", [s for _, s in log.lines if not s.startswith("HB ")])
+        if not log.first(lambda s: s == expect) or not log.first(lambda s: s == "RATE 100"):
+            raise GuestImageError(f"first boot: no {expect!r} / 'RATE 100'")
+        raw = Path(tmp) / "disk.raw"
+        _run(["qemu-img", "convert", "-O", "raw", str(qcow), str(raw)], "qemu-img")
+        with raw.open("rb") as f:
+            if f.read(BLOCK_SIZE) != disk_header(seed, mib) or any(
+                f.read(BLOCK_SIZE) != expected_disk_block(seed, i) for i in range(1, mib * 256)
+            ):
+                raise GuestImageError("disk content differs from expected_disk_block()")
+        print("host-side check of the disk pattern: ok")
+        expect = f"DISK verify ok {mib * 256}"
+        log = boot_guest(
+            image, cmdline, disk=qcow, until=lambda s: s.startswith("HB "), send=["verify"]
+        )
+        print("second boot:", [s for _, s in log.lines if not s.startswith("HB ")])
+        if sum(1 for _, s in log.lines if s == expect) != 2:
+            raise GuestImageError(f"second boot: expected {expect!r} at boot and after 'verify'")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vmigrate.lab.image")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build").add_argument("--force", action="store_true")
+    bt = sub.add_parser("boot-test")
+    bt.add_argument("--disk", action="store_true")
+    bt.add_argument("--accel", default="tcg")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            image = build_guest_image(force=args.force)
+            print(f"kernel  {image.kernel} ({image.kernel_format}, {image.kernel_version})")
+            print(f"initrd  {image.initrd}")
+        else:
+            boot_test(disk=args.disk, accel=args.accel)
+            print("boot-test: ok")
+    except GuestImageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

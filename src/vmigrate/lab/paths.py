@@ -1,0 +1,15 @@
+"""Where the lab keeps its files. One place, so that `lab down` knows exactly what it owns."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Built guest kernel and initramfs; survives `lab down` (building it takes a while).
+GUEST_CACHE_DIR = Path(os.environ.get("VMIGRATE_GUEST_CACHE", "/var/cache/vmigrate/guest"))
+
+#: Everything a running lab owns: per-host daemon state, the shared pool, heartbeat logs.
+LAB_DIR = Path(os.environ.get("VMIGRATE_LAB_DIR", "/var/lib/vmigrate-lab"))
+
+#: Per-host caches that are safe to keep across labs (libvirt's QEMU capabilities).
+HOST_CACHE_DIR = Path(os.environ.get("VMIGRATE_HOST_CACHE", "/var/cache/vmigrate/hosts"))

@@ -1,0 +1,35 @@
+"""The lab's own record of the daemons it started (a JSON file under LAB_DIR)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from vmigrate.lab.daemons import DaemonRecord
+from vmigrate.lab.paths import LAB_DIR
+
+STATE_FILE = LAB_DIR / "state.json"
+
+
+def load_records() -> dict[str, DaemonRecord]:
+    try:
+        raw = json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: DaemonRecord(**fields) for name, fields in raw.get("hosts", {}).items()}
+
+
+def save_records(records: dict[str, DaemonRecord]) -> None:
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    payload = {"hosts": {name: asdict(record) for name, record in records.items()}}
+    temporary = STATE_FILE.with_suffix(".tmp")
+    temporary.write_text(json.dumps(payload, indent=2))
+    temporary.replace(STATE_FILE)
+
+
+def host_of_namespace(mount_namespace: str) -> str:
+    """Which lab host a process belongs to, from its mount namespace."""
+    for name, record in load_records().items():
+        if record.mount_namespace and record.mount_namespace == mount_namespace:
+            return name
+    return "unknown"

@@ -1,0 +1,292 @@
+"""Lab VMs: create (with an optional disk the guest fills with known data), set rate, remove.
+
+Creation is all or nothing: every step registers its undo, and a failure undoes them in
+reverse, so a failed `lab vm create` leaves nothing half-made on either host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmigrate.errors import AlreadyExists, EnvironmentProblem, NotFound, UsageError
+from vmigrate.lab.accel import accelerator
+from vmigrate.lab.config import LAB_HOSTS, LOCAL_POOL, SHARED_POOL, LabHost, lab_host
+from vmigrate.lab.domain import LabDisk, LabGuestSpec, render_domain_xml
+from vmigrate.lab.heartbeat import wait_for_console
+from vmigrate.lab.heartbeat_collector import (
+    log_path,
+    send_to_guest,
+    socket_path,
+    start_collector,
+    stop_collector,
+)
+from vmigrate.lab.image import kernel_cmdline, load_guest_image
+from vmigrate.lab.lifecycle import connect, running_hosts
+from vmigrate.virt.connection import (
+    UNDEFINE_WITH_METADATA,
+    Connection,
+    LibvirtError,
+    domain_state,
+    find_domain,
+)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: Memory the guest kernel and initramfs need besides the working set (measured: a 256 MiB
+#: guest runs a 160 MiB working set and runs out of memory at 192 MiB).
+GUEST_BASE_MIB = 96
+#: The default working set leaves a margin above that.
+DEFAULT_HEADROOM_MIB = 128
+#: What QEMU itself takes beside guest RAM (TCG translation cache and friends).
+QEMU_OVERHEAD_MIB = 160
+BOOT_TIMEOUT_SECONDS = 90.0
+DISK_PATTERN_MIB = 16
+
+
+@dataclass(frozen=True)
+class LabVmRequest:
+    name: str
+    host: str = "hostA"
+    memory_mib: int = 512
+    working_set_mib: int | None = None  # default: memory less DEFAULT_HEADROOM_MIB
+    dirty_rate_mib: int = 0
+    disk: str = "none"  # none | shared | local
+    disk_format: str = "qcow2"  # qcow2 | raw
+    disk_size_gib: float = 1.0
+
+
+@dataclass(frozen=True)
+class LabVm:
+    name: str
+    host: str
+    memory_mib: int
+    working_set_mib: int
+    dirty_rate_mib: int
+    disk_path: str | None
+    boot_seconds: float
+
+
+def available_memory_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def disk_seed(name: str) -> int:
+    """The seed of the pattern a lab VM writes to its disk, derived from its name."""
+    return zlib.crc32(name.encode())
+
+
+def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
+    name = request.name
+    if not _NAME.match(name):
+        raise UsageError(f"{name!r} is not a valid VM name", vm=name,
+                         fix="use up to 63 letters, digits, '.', '_' or '-', starting with a "
+                             "letter or digit")
+    host = lab_host(request.host)
+    if host is None:
+        raise UsageError(f"unknown lab host {request.host!r}", vm=name,
+                         fix="use A or B (hostA, hostB)")
+    working_set = (request.working_set_mib if request.working_set_mib is not None
+                   else max(request.memory_mib - DEFAULT_HEADROOM_MIB, 0))
+    if request.memory_mib < 128:
+        raise UsageError(f"{request.memory_mib} MiB is too little memory for the lab guest",
+                         vm=name, fix="give it at least 128 MiB")
+    available = available_memory_mib()
+    if request.memory_mib + QEMU_OVERHEAD_MIB > available:
+        raise UsageError(
+            f"{request.memory_mib} MiB of guest memory does not fit: this machine has "
+            f"{available} MiB available", vm=name, host=host.name,
+            fix=f"ask for at most {max(available - QEMU_OVERHEAD_MIB, 0)} MiB (--memory)")
+    if not 0 <= working_set <= request.memory_mib - GUEST_BASE_MIB:
+        raise UsageError(
+            f"a working set of {working_set} MiB does not fit in {request.memory_mib} MiB",
+            vm=name, fix=f"use at most {request.memory_mib - GUEST_BASE_MIB} MiB (--working-set)")
+    if not 0 <= request.dirty_rate_mib <= 100_000:
+        raise UsageError(f"dirty rate {request.dirty_rate_mib} MiB/s is out of range", vm=name,
+                         fix="use 0 to 100000 MiB/s")
+    if request.disk not in ("none", "shared", "local"):
+        raise UsageError(f"unknown disk kind {request.disk!r}", vm=name,
+                         fix="use none, shared or local")
+    if request.disk_format not in ("qcow2", "raw"):
+        raise UsageError(f"unknown disk format {request.disk_format!r}", vm=name,
+                         fix="use qcow2 or raw")
+    if request.disk != "none" and request.disk_size_gib * 1024 < DISK_PATTERN_MIB * 2:
+        raise UsageError(f"a {request.disk_size_gib} GiB disk is too small", vm=name,
+                         fix=f"use at least {DISK_PATTERN_MIB * 2 / 1024:g} GiB")
+    return host, working_set
+
+
+def _volume_xml(name: str, fmt: str, size_gib: float) -> str:
+    volume = ET.Element("volume")
+    ET.SubElement(volume, "name").text = name
+    ET.SubElement(volume, "capacity", unit="bytes").text = str(int(size_gib * 2**30))
+    target = ET.SubElement(volume, "target")
+    ET.SubElement(target, "format", type=fmt)
+    return ET.tostring(volume, encoding="unicode")
+
+
+def volume_name(vm: str, fmt: str) -> str:
+    return f"{vm}-vda.{'qcow2' if fmt == 'qcow2' else 'img'}"
+
+
+def _ensure_absent(name: str) -> None:
+    for host_name in running_hosts():
+        host = lab_host(host_name)
+        assert host is not None
+        conn = connect(host)
+        try:
+            if find_domain(conn, name) is not None:
+                raise AlreadyExists(f"a VM named {name!r} already exists", vm=name,
+                                    host=host.name,
+                                    fix=f"pick another name, or remove it: "
+                                        f"vmigrate lab vm rm {name}")
+        finally:
+            conn.close()
+
+
+def create_vm(request: LabVmRequest) -> LabVm:
+    host, working_set = _validate(request)
+    image = load_guest_image()
+    if image is None:
+        raise EnvironmentProblem("the lab guest image is not built",
+                                 fix="run scripts/setup.sh (it builds the image)")
+    conn = connect(host)
+    _ensure_absent(request.name)
+    undo: list[Callable[[], None]] = []
+    try:
+        log_path(request.name).unlink(missing_ok=True)
+        start_collector(request.name)
+        undo.append(lambda: _remove_console(request.name))
+        disk = None
+        if request.disk != "none":
+            pool = conn.storagePoolLookupByName(SHARED_POOL if request.disk == "shared"
+                                                else LOCAL_POOL)
+            volume = pool.createXML(_volume_xml(volume_name(request.name, request.disk_format),
+                                                request.disk_format, request.disk_size_gib), 0)
+            undo.append(lambda: volume.delete(0))
+            disk = LabDisk(Path(volume.path()), request.disk_format)
+        spec = LabGuestSpec(
+            name=request.name,
+            memory_mib=request.memory_mib,
+            working_set_mib=working_set,
+            dirty_rate_mib=request.dirty_rate_mib,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            cmdline=kernel_cmdline(working_set_mib=working_set,
+                                   dirty_rate_mib=request.dirty_rate_mib,
+                                   disk=disk is not None, seed=disk_seed(request.name),
+                                   disk_mib=DISK_PATTERN_MIB),
+            serial_socket=socket_path(request.name),
+            domain_type="kvm" if accelerator(image) == "kvm" else "qemu",
+            disk=disk,
+        )
+        domain = conn.defineXML(render_domain_xml(spec))
+        undo.append(domain.undefine)
+        started = time.monotonic()
+        domain.create()
+        undo.append(domain.destroy)
+        wait_for_console(request.name, r"^HB 1$", timeout=BOOT_TIMEOUT_SECONDS)
+        boot_seconds = time.monotonic() - started
+        if disk is not None:
+            line = wait_for_console(request.name, r"^DISK ", timeout=BOOT_TIMEOUT_SECONDS)
+            if "bad" in line.text:
+                raise EnvironmentProblem(f"the guest reports its disk is bad: {line.text}",
+                                         vm=request.name, host=host.name)
+    except BaseException:
+        for step in reversed(undo):
+            # Keep undoing the rest: the original error is the one that matters.
+            with contextlib.suppress(LibvirtError, OSError):
+                step()
+        raise
+    finally:
+        conn.close()
+    return LabVm(request.name, host.name, request.memory_mib, working_set,
+                 request.dirty_rate_mib, str(disk.path) if disk else None, boot_seconds)
+
+
+def _remove_console(name: str) -> None:
+    stop_collector(name)
+    log_path(name).unlink(missing_ok=True)
+
+
+def _remove_from_host(conn: Connection, name: str) -> bool:
+    found = False
+    domain = find_domain(conn, name)
+    if domain is not None:
+        found = True
+        if domain.isActive():
+            domain.destroy()
+        if domain.isPersistent():
+            domain.undefineFlags(UNDEFINE_WITH_METADATA)
+    for pool_name in (SHARED_POOL, LOCAL_POOL):
+        pool = conn.storagePoolLookupByName(pool_name)
+        pool.refresh(0)
+        for fmt in ("qcow2", "raw"):
+            try:
+                volume = pool.storageVolLookupByName(volume_name(name, fmt))
+            except LibvirtError:
+                continue
+            volume.delete(0)
+            found = True
+    return found
+
+
+def remove_vm(name: str) -> list[str]:
+    """Destroy and undefine the VM on every lab host, delete its lab disks and console."""
+    removed_from = []
+    for host in LAB_HOSTS:
+        if host.name not in running_hosts():
+            continue
+        conn = connect(host)
+        try:
+            if _remove_from_host(conn, name):
+                removed_from.append(host.name)
+        finally:
+            conn.close()
+    had_console = log_path(name).exists()
+    _remove_console(name)
+    if not removed_from and not had_console:
+        raise NotFound(f"no lab VM named {name!r}", vm=name,
+                       fix="see the lab's VMs with `vmigrate lab status`")
+    return removed_from
+
+
+def locate_vm(name: str) -> dict[str, str]:
+    """The state of the VM on each lab host that knows it."""
+    where = {}
+    for host in LAB_HOSTS:
+        if host.name not in running_hosts():
+            continue
+        conn = connect(host)
+        try:
+            domain = find_domain(conn, name)
+            if domain is not None:
+                where[host.name] = domain_state(domain)
+        finally:
+            conn.close()
+    return where
+
+
+def set_rate(name: str, rate_mib: int, *, timeout: float = 10.0) -> None:
+    """Change the guest's dirty rate while it runs; returns once the guest confirms."""
+    if not 0 <= rate_mib <= 100_000:
+        raise UsageError(f"dirty rate {rate_mib} MiB/s is out of range", vm=name,
+                         fix="use 0 to 100000 MiB/s")
+    where = locate_vm(name)
+    if not where:
+        raise NotFound(f"no lab VM named {name!r}", vm=name,
+                       fix="see the lab's VMs with `vmigrate lab status`")
+    if "running" not in where.values():
+        raise UsageError(f"the VM is not running ({', '.join(where.values())})", vm=name,
+                         fix="start it, or create a new one")
+    since = time.monotonic_ns()
+    send_to_guest(name, f"rate {rate_mib}")
+    wait_for_console(name, rf"^RATE {rate_mib}$", timeout=timeout, since_ns=since)

@@ -1,0 +1,1 @@
+"""The only package that imports libvirt. Everything else receives values or a connection."""

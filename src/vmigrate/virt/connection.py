@@ -1,0 +1,97 @@
+"""Opening libvirt connections, and turning libvirt's errors into ones that say what to do."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import libvirt
+
+from vmigrate.errors import HostUnreachable, NotFound, VmigrateError
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_error_handler(_context: Any, _error: Any) -> None:
+    # libvirt prints every error to stderr by default; we raise them as exceptions instead.
+    return
+
+
+libvirt.registerErrorHandler(_quiet_error_handler, None)
+
+Connection = libvirt.virConnect
+Domain = libvirt.virDomain
+LibvirtError = libvirt.libvirtError
+#: Undefine a domain together with its managed save image and snapshot metadata.
+UNDEFINE_WITH_METADATA = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+)
+
+
+def open_connection(uri: str, *, host: str | None = None) -> libvirt.virConnect:
+    """Open a read-write connection; errors name the host and what to check."""
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        raise HostUnreachable(
+            f"cannot connect to libvirt at {uri}: {err.get_error_message()}",
+            host=host or uri,
+            fix="check that libvirtd runs there and listens on this transport "
+            "(for the local lab: `vmigrate lab up`)",
+        ) from err
+
+
+def wait_for_connection(uri: str, *, timeout: float, host: str | None = None) -> libvirt.virConnect:
+    """Retry until the daemon answers (it is starting up) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return open_connection(uri, host=host)
+        except HostUnreachable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def lookup_domain(conn: libvirt.virConnect, name: str, *, host: str) -> libvirt.virDomain:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise NotFound(f"no VM named {name!r}", host=host, vm=name,
+                           fix="list the VMs with `virsh list --all` or `vmigrate lab status`") \
+                from err
+        raise wrap_error(err, host=host, vm=name) from err
+
+
+def find_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def wrap_error(err: libvirt.libvirtError, *, host: str | None = None,
+               vm: str | None = None, doing: str = "") -> VmigrateError:
+    prefix = f"{doing}: " if doing else ""
+    return VmigrateError(f"{prefix}{err.get_error_message()}", host=host, vm=vm)
+
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "no state",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+
+
+def domain_state(domain: libvirt.virDomain) -> str:
+    state, _reason = domain.state()
+    return STATE_NAMES.get(state, f"state {state}")
