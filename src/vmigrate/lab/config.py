@@ -119,6 +119,9 @@ def render_qemu_conf(host: LabHost) -> str:
             "dynamic_ownership = 0",
             "remember_owner = 0",
             "namespaces = [ ]",
+            # The shared pool stands in for NFS: tell libvirt it is shared, or it refuses to
+            # live-migrate disks on it without copying them.
+            f'shared_filesystems = [ "{SHARED_POOL_PATH}" ]',
             "",
         ]
     )

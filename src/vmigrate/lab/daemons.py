@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from vmigrate.errors import EnvironmentProblem
 from vmigrate.lab.config import (
     PRIVATE_DIRS,
+    SHARED_POOL_PATH,
     LabHost,
     render_libvirtd_conf,
     render_qemu_conf,
@@ -46,6 +47,8 @@ def _tool(name: str) -> str:
 def write_host_config(host: LabHost) -> None:
     for system_path in PRIVATE_DIRS:
         host.private_dir(system_path).mkdir(parents=True, exist_ok=True)
+    # libvirt resolves `shared_filesystems` when it starts: the directory must exist by then.
+    SHARED_POOL_PATH.mkdir(parents=True, exist_ok=True)
     etc = host.private_dir("/etc/libvirt")
     (etc / "libvirtd.conf").write_text(render_libvirtd_conf(host))
     (etc / "qemu.conf").write_text(render_qemu_conf(host))

@@ -59,7 +59,10 @@ def kernel_cmdline(
 ) -> str:
     # quiet + loglevel=3 keep kernel chatter out of the heartbeat stream; tsc=reliable avoids the
     # clocksource watchdog (TCG time jitters); 8250.nr_uarts=1 skips probing absent UARTs.
-    fast = "quiet loglevel=3 panic=-1 tsc=reliable no_timer_check mitigations=off 8250.nr_uarts=1"
+    fast = (
+        "quiet loglevel=3 panic=-1 tsc=reliable no_timer_check mitigations=off 8250.nr_uarts=1"
+        " cryptomgr.notests i8042.noaux i8042.nokbd"
+    )
     params = (
         f"vmigrate.ws={working_set_mib} vmigrate.rate={dirty_rate_mib} "
         f"vmigrate.disk={int(disk)} vmigrate.seed={seed & 0xFFFFFFFF} vmigrate.diskmb={disk_mib}"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmigrate.errors import AlreadyExists, EnvironmentProblem, NotFound, UsageError
+from vmigrate.errors import AlreadyExists, EnvironmentProblem, LabError, NotFound, UsageError
 from vmigrate.lab.accel import accelerator
 from vmigrate.lab.config import LAB_HOSTS, LOCAL_POOL, SHARED_POOL, LabHost, lab_host
 from vmigrate.lab.domain import LabDisk, LabGuestSpec, render_domain_xml
@@ -197,9 +197,10 @@ def create_vm(request: LabVmRequest) -> LabVm:
         boot_seconds = time.monotonic() - started
         if disk is not None:
             line = wait_for_console(request.name, r"^DISK ", timeout=BOOT_TIMEOUT_SECONDS)
-            if "bad" in line.text:
-                raise EnvironmentProblem(f"the guest reports its disk is bad: {line.text}",
-                                         vm=request.name, host=host.name)
+            if not line.text.startswith(("DISK written", "DISK verify ok")):
+                raise LabError(f"the guest could not use its disk: {line.text}",
+                               vm=request.name, host=host.name,
+                               fix=f"see the console log {log_path(request.name)}")
     except BaseException:
         for step in reversed(undo):
             # Keep undoing the rest: the original error is the one that matters.
@@ -222,9 +223,11 @@ def _remove_from_host(conn: Connection, name: str) -> bool:
     domain = find_domain(conn, name)
     if domain is not None:
         found = True
+        # A transient domain vanishes when destroyed: ask before destroying it.
+        persistent = bool(domain.isPersistent())
         if domain.isActive():
             domain.destroy()
-        if domain.isPersistent():
+        if persistent:
             domain.undefineFlags(UNDEFINE_WITH_METADATA)
     for pool_name in (SHARED_POOL, LOCAL_POOL):
         pool = conn.storagePoolLookupByName(pool_name)

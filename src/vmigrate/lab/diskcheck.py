@@ -1,0 +1,38 @@
+"""Host-side check of a lab guest's disk: does the image hold the pattern the guest wrote?"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmigrate.errors import LabError
+from vmigrate.lab.image import BLOCK_SIZE, disk_header, expected_disk_block
+
+
+@dataclass(frozen=True)
+class DiskCheck:
+    ok: bool
+    blocks: int
+    first_bad_block: int | None
+
+
+def check_disk_image(path: Path, fmt: str, *, seed: int, disk_mib: int) -> DiskCheck:
+    """Read the image (qcow2 or raw, even while a QEMU has it open) and compare every block."""
+    with tempfile.TemporaryDirectory(prefix="vmigrate-diskcheck-") as scratch:
+        raw = Path(scratch) / "disk.raw"
+        result = subprocess.run(
+            ["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), str(raw)],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise LabError(f"cannot read disk image {path}: {result.stderr.strip()}")
+        blocks = disk_mib * (1 << 20) // BLOCK_SIZE
+        with raw.open("rb") as image:
+            if image.read(BLOCK_SIZE) != disk_header(seed, disk_mib):
+                return DiskCheck(False, blocks, 0)
+            for index in range(1, blocks):
+                if image.read(BLOCK_SIZE) != expected_disk_block(seed, index):
+                    return DiskCheck(False, blocks, index)
+    return DiskCheck(True, blocks, None)
