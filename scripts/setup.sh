@@ -54,6 +54,7 @@ if [ "$need_backports" = 1 ] || [ "${#missing_stable[@]}" -gt 0 ]; then
         say "installing QEMU and libvirt from bookworm-backports"
         apt-get install -y -q --no-install-recommends -t bookworm-backports "${backport_pkgs[@]}"
     fi
+    apt_updated=1
 else
     say "packages: QEMU $(version_of qemu-system-x86), libvirt $(version_of libvirt-daemon) already installed"
 fi
@@ -78,8 +79,14 @@ else
 fi
 
 # --- 5. the lab guest: Debian kernel + busybox + our static workload as init
-say "lab guest image"
-.venv/bin/python -m vmigrate.lab.image build
+if .venv/bin/python -c 'import sys; from vmigrate.lab.image import load_guest_image as g; sys.exit(g() is None)'; then
+    say "lab guest image already built"
+else
+    # The kernel comes from Debian's linux-image package: apt needs fresh package lists.
+    [ "$apt_updated" = 1 ] || { say "apt-get update"; apt-get update -q; }
+    say "building the lab guest image (Debian kernel, busybox, our workload as init)"
+    .venv/bin/python -m vmigrate.lab.image build
+fi
 say "accelerator (KVM only if it really boots a guest)"
 .venv/bin/python -m vmigrate.lab.accel
 say "set-up complete: activate with '. .venv/bin/activate', then try 'vmigrate lab up'"
