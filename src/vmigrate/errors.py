@@ -22,8 +22,12 @@ class VmigrateError(Exception):
 
     def __str__(self) -> str:
         where = ", ".join(
-            part for part in (f"host {self.host}" if self.host else "",
-                              f"VM {self.vm}" if self.vm else "") if part
+            part
+            for part in (
+                f"host {self.host}" if self.host else "",
+                f"VM {self.vm}" if self.vm else "",
+            )
+            if part
         )
         text = f"{where}: {self.message}" if where else self.message
         return f"{text}\n  what to do: {self.fix}" if self.fix else text

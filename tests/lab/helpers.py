@@ -13,7 +13,10 @@ def virsh_migrate_live(name: str, *extra: str, timeout: float = 300) -> None:
     """What users do today: `virsh migrate --live --p2p` from hostA to hostB."""
     result = subprocess.run(
         ["virsh", "-c", HOST_A.uri, "migrate", "--live", "--p2p", *extra, name, HOST_B.uri],
-        check=False, timeout=timeout, capture_output=True, text=True,
+        check=False,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, f"virsh migrate failed: {result.stderr.strip()}"
 

@@ -22,7 +22,10 @@ pytestmark = pytest.mark.lab
 def vmigrate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vmigrate.cli.main", *args],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -61,25 +64,33 @@ def test_create_heartbeat_and_remove_from_the_command_line(
     assert locate_vm(vm_name) == {}
 
 
-@pytest.mark.parametrize("command", [
-    ("lab", "vm", "rm", "no-such-vm"),
-    ("lab", "vm", "set-rate", "no-such-vm", "10"),
-    ("lab", "heartbeat", "no-such-vm"),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("lab", "vm", "rm", "no-such-vm"),
+        ("lab", "vm", "set-rate", "no-such-vm", "10"),
+        ("lab", "heartbeat", "no-such-vm"),
+    ],
+)
 def test_unknown_vm(lab: list[HostStatus], command: tuple[str, ...]) -> None:
     assert_clean_failure(vmigrate(*command), 1, "no-such-vm", "what to do")
 
 
 def test_existing_vm_is_not_created_twice(lab: list[HostStatus], vm_name: str) -> None:
     assert vmigrate("lab", "vm", "create", vm_name, "--memory", "256").returncode == 0
-    assert_clean_failure(vmigrate("lab", "vm", "create", vm_name, "--memory", "256",
-                                  "--host", "B"), 1, "already exists", "vmigrate lab vm rm")
+    assert_clean_failure(
+        vmigrate("lab", "vm", "create", vm_name, "--memory", "256", "--host", "B"),
+        1,
+        "already exists",
+        "vmigrate lab vm rm",
+    )
     assert locate_vm(vm_name) == {"hostA": "running"}
 
 
 def test_memory_larger_than_the_machine(lab: list[HostStatus], vm_name: str) -> None:
-    result = vmigrate("lab", "vm", "create", vm_name, "--memory", str(64 * 1024 * 1024),
-                      "--disk", "shared")
+    result = vmigrate(
+        "lab", "vm", "create", vm_name, "--memory", str(64 * 1024 * 1024), "--disk", "shared"
+    )
     assert_clean_failure(result, 2, "does not fit", "MiB available")
     assert locate_vm(vm_name) == {}
     assert not list(SHARED_POOL_PATH.glob(f"{vm_name}*"))
@@ -92,14 +103,22 @@ def test_bad_link_rate(lab: list[HostStatus]) -> None:
 def test_missing_guest_image_says_to_run_setup(
     lab: list[HostStatus], vm_name: str, tmp_path: Path
 ) -> None:
-    result = vmigrate("lab", "vm", "create", vm_name, "--memory", "256",
-                      env={"VMIGRATE_GUEST_CACHE": str(tmp_path)})
+    result = vmigrate(
+        "lab",
+        "vm",
+        "create",
+        vm_name,
+        "--memory",
+        "256",
+        env={"VMIGRATE_GUEST_CACHE": str(tmp_path)},
+    )
     assert_clean_failure(result, 1, "guest image is not built", "scripts/setup.sh")
     assert locate_vm(vm_name) == {}
 
 
-@pytest.mark.parametrize("command", [("lab", "up"), ("lab", "down"),
-                                     ("lab", "link", "--rate", "1gbit")])
+@pytest.mark.parametrize(
+    "command", [("lab", "up"), ("lab", "down"), ("lab", "link", "--rate", "1gbit")]
+)
 def test_lab_commands_refuse_to_run_without_root(
     monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
 ) -> None:

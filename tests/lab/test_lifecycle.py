@@ -71,12 +71,15 @@ def test_up_is_idempotent_and_down_up_leaves_nothing_behind(lab: list[HostStatus
 def test_down_during_a_migration_still_cleans_up(lab: list[HostStatus], vm_name: str) -> None:
     # A guest that dirties faster than the shaped link carries never converges: the
     # migration is guaranteed to be in flight when the lab goes down.
-    create_vm(LabVmRequest(vm_name, host="A", memory_mib=256, working_set_mib=128,
-                           dirty_rate_mib=200))
+    create_vm(
+        LabVmRequest(vm_name, host="A", memory_mib=256, working_set_mib=128, dirty_rate_mib=200)
+    )
     link.shape("100mbit")
     migration = subprocess.Popen(
         ["virsh", "-c", HOST_A.uri, "migrate", "--live", "--p2p", vm_name, HOST_B.uri],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(3.0)

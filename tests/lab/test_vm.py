@@ -42,8 +42,9 @@ def test_vm_boots_on_hosta_and_beats(lab: list[HostStatus], vm_name: str) -> Non
 def test_busy_vm_moves_live_to_hostb_with_contiguous_heartbeat(
     lab: list[HostStatus], vm_name: str
 ) -> None:
-    create_vm(LabVmRequest(vm_name, host="A", memory_mib=256, working_set_mib=128,
-                           dirty_rate_mib=100))
+    create_vm(
+        LabVmRequest(vm_name, host="A", memory_mib=256, working_set_mib=128, dirty_rate_mib=100)
+    )
     virsh_migrate_live(vm_name)
     assert locate_vm(vm_name).get("hostB") == "running"
     assert locate_vm(vm_name).get("hostA") != "running"
@@ -64,12 +65,14 @@ def test_rate_changes_while_the_guest_runs(lab: list[HostStatus], vm_name: str) 
 def test_disk_on_shared_pool_holds_what_the_guest_wrote_after_a_live_move(
     lab: list[HostStatus], vm_name: str, disk_format: str
 ) -> None:
-    created = create_vm(LabVmRequest(vm_name, host="A", memory_mib=256, disk="shared",
-                                     disk_format=disk_format))
+    created = create_vm(
+        LabVmRequest(vm_name, host="A", memory_mib=256, disk="shared", disk_format=disk_format)
+    )
     assert created.disk_path is not None
     assert created.disk_path.startswith(str(SHARED_POOL_PATH))
-    check = check_disk_image(Path(created.disk_path), disk_format, seed=disk_seed(vm_name),
-                             disk_mib=DISK_PATTERN_MIB)
+    check = check_disk_image(
+        Path(created.disk_path), disk_format, seed=disk_seed(vm_name), disk_mib=DISK_PATTERN_MIB
+    )
     assert check.ok, f"first bad block {check.first_bad_block}"
     virsh_migrate_live(vm_name)
     # The guest, now on hostB, reads its disk back through the same shared image.
@@ -80,8 +83,9 @@ def test_disk_on_shared_pool_holds_what_the_guest_wrote_after_a_live_move(
 
 
 def test_local_disk_lives_in_the_hosts_private_pool(lab: list[HostStatus], vm_name: str) -> None:
-    created = create_vm(LabVmRequest(vm_name, host="B", memory_mib=256, disk="local",
-                                     disk_format="qcow2"))
+    created = create_vm(
+        LabVmRequest(vm_name, host="B", memory_mib=256, disk="local", disk_format="qcow2")
+    )
     assert created.disk_path == f"/var/lib/libvirt/images/{vm_name}-vda.qcow2"
     assert remove_vm(vm_name) == ["hostB"]
     assert locate_vm(vm_name) == {}

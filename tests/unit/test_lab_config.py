@@ -55,8 +55,9 @@ def test_every_private_dir_maps_to_a_distinct_place_per_host() -> None:
     assert len(places) == 2 * len(PRIVATE_DIRS)
 
 
-@pytest.mark.parametrize(("name", "expected"), [("A", "hostA"), ("hostb", "hostB"),
-                                                ("hostA", "hostA"), ("C", None)])
+@pytest.mark.parametrize(
+    ("name", "expected"), [("A", "hostA"), ("hostb", "hostB"), ("hostA", "hostA"), ("C", None)]
+)
 def test_lab_host_names(name: str, expected: str | None) -> None:
     host = lab_host(name)
     assert (host.name if host else None) == expected
@@ -64,9 +65,15 @@ def test_lab_host_names(name: str, expected: str | None) -> None:
 
 def spec(**overrides: object) -> LabGuestSpec:
     values: dict[str, object] = {
-        "name": "vm1", "memory_mib": 256, "working_set_mib": 128, "dirty_rate_mib": 100,
-        "kernel": Path("/k"), "initrd": Path("/i"), "cmdline": "console=ttyS0",
-        "serial_socket": Path("/run/vm1.sock"), "domain_type": "qemu",
+        "name": "vm1",
+        "memory_mib": 256,
+        "working_set_mib": 128,
+        "dirty_rate_mib": 100,
+        "kernel": Path("/k"),
+        "initrd": Path("/i"),
+        "cmdline": "console=ttyS0",
+        "serial_socket": Path("/run/vm1.sock"),
+        "domain_type": "qemu",
     }
     values.update(overrides)
     return LabGuestSpec(**values)  # type: ignore[arg-type]

@@ -30,18 +30,31 @@ def _status_table(hosts: list[HostStatus]) -> Table:
         if host.problem:
             daemon += f" [red]{host.problem}[/]"
         vms = ", ".join(f"{vm.name} ({vm.state})" for vm in host.vms) or "-"
-        table.add_row(host.name, host.uri, daemon, host.libvirt_version, host.qemu_version,
-                      host.accelerator, vms)
+        table.add_row(
+            host.name,
+            host.uri,
+            daemon,
+            host.libvirt_version,
+            host.qemu_version,
+            host.accelerator,
+            vms,
+        )
     return table
 
 
 def _host_dict(host: HostStatus) -> dict[str, object]:
     return {
-        "name": host.name, "uri": host.uri, "running": host.running, "pid": host.pid,
-        "hostname": host.hostname, "libvirt_version": host.libvirt_version,
-        "qemu_version": host.qemu_version, "accelerator": host.accelerator,
-        "vms": [{"name": vm.name, "state": vm.state, "persistent": vm.persistent}
-                for vm in host.vms],
+        "name": host.name,
+        "uri": host.uri,
+        "running": host.running,
+        "pid": host.pid,
+        "hostname": host.hostname,
+        "libvirt_version": host.libvirt_version,
+        "qemu_version": host.qemu_version,
+        "accelerator": host.accelerator,
+        "vms": [
+            {"name": vm.name, "state": vm.state, "persistent": vm.persistent} for vm in host.vms
+        ],
         "problem": host.problem or None,
     }
 
@@ -78,14 +91,15 @@ def status(as_json: bool) -> None:
     """Each host: daemon, versions, accelerator and VMs."""
     hosts = lab_status()
     if as_json:
-        _print_json({"hosts": [_host_dict(h) for h in hosts],
-                     "link": lab_link.status().to_dict()})
+        _print_json({"hosts": [_host_dict(h) for h in hosts], "link": lab_link.status().to_dict()})
         return
     console.print(_status_table(hosts))
     shaped = lab_link.status()
     if shaped.shaped:
-        console.print(f"link to hostB shaped: {shaped.rate}"
-                      + (f", delay {shaped.delay}" if shaped.delay else ""))
+        console.print(
+            f"link to hostB shaped: {shaped.rate}"
+            + (f", delay {shaped.delay}" if shaped.delay else "")
+        )
 
 
 @lab.group()
@@ -96,23 +110,60 @@ def vm() -> None:
 @vm.command("create")
 @click.argument("name")
 @click.option("--host", default="A", show_default=True, help="A or B.")
-@click.option("--memory", "memory_mib", type=int, default=512, show_default=True,
-              help="Guest memory in MiB.")
-@click.option("--working-set", "working_set_mib", type=int, default=None,
-              help="MiB the workload keeps and dirties [default: memory - 128].")
-@click.option("--dirty-rate", "dirty_rate_mib", type=int, default=0, show_default=True,
-              help="MiB/s the workload dirties.")
-@click.option("--disk", type=click.Choice(["none", "shared", "local"]), default="none",
-              show_default=True, help="A disk in the shared pool or hostA/B's local pool.")
-@click.option("--disk-format", type=click.Choice(["qcow2", "raw"]), default="qcow2",
-              show_default=True)
-@click.option("--disk-size", "disk_size_gib", type=float, default=1.0, show_default=True,
-              help="GiB.")
-def vm_create(name: str, host: str, memory_mib: int, working_set_mib: int | None,
-              dirty_rate_mib: int, disk: str, disk_format: str, disk_size_gib: float) -> None:
+@click.option(
+    "--memory", "memory_mib", type=int, default=512, show_default=True, help="Guest memory in MiB."
+)
+@click.option(
+    "--working-set",
+    "working_set_mib",
+    type=int,
+    default=None,
+    help="MiB the workload keeps and dirties [default: memory - 128].",
+)
+@click.option(
+    "--dirty-rate",
+    "dirty_rate_mib",
+    type=int,
+    default=0,
+    show_default=True,
+    help="MiB/s the workload dirties.",
+)
+@click.option(
+    "--disk",
+    type=click.Choice(["none", "shared", "local"]),
+    default="none",
+    show_default=True,
+    help="A disk in the shared pool or hostA/B's local pool.",
+)
+@click.option(
+    "--disk-format", type=click.Choice(["qcow2", "raw"]), default="qcow2", show_default=True
+)
+@click.option(
+    "--disk-size", "disk_size_gib", type=float, default=1.0, show_default=True, help="GiB."
+)
+def vm_create(
+    name: str,
+    host: str,
+    memory_mib: int,
+    working_set_mib: int | None,
+    dirty_rate_mib: int,
+    disk: str,
+    disk_format: str,
+    disk_size_gib: float,
+) -> None:
     """Create and start a lab VM; returns once it beats."""
-    created = create_vm(LabVmRequest(name, host, memory_mib, working_set_mib, dirty_rate_mib,
-                                     disk, disk_format, disk_size_gib))
+    created = create_vm(
+        LabVmRequest(
+            name,
+            host,
+            memory_mib,
+            working_set_mib,
+            dirty_rate_mib,
+            disk,
+            disk_format,
+            disk_size_gib,
+        )
+    )
     console.print(
         f"{created.name} runs on {created.host}: {created.memory_mib} MiB, working set "
         f"{created.working_set_mib} MiB, dirtying {created.dirty_rate_mib} MiB/s"
@@ -145,10 +196,14 @@ def render_heartbeat(report: HeartbeatReport) -> str:
     verdict = "contiguous" if report.contiguous else "NOT contiguous: " + "; ".join(report.problems)
     gap = f"largest gap {report.largest_gap_ms:.0f} ms"
     if report.largest_gap_hosts:
-        gap += (f" after #{report.largest_gap_after_seq} "
-                f"({report.largest_gap_hosts[0]} -> {report.largest_gap_hosts[1]})")
-    return (f"{report.vm}: {report.beats} beats #{report.first_seq}..#{report.last_seq}, "
-            f"{verdict}; {gap}; {hosts}")
+        gap += (
+            f" after #{report.largest_gap_after_seq} "
+            f"({report.largest_gap_hosts[0]} -> {report.largest_gap_hosts[1]})"
+        )
+    return (
+        f"{report.vm}: {report.beats} beats #{report.first_seq}..#{report.last_seq}, "
+        f"{verdict}; {gap}; {hosts}"
+    )
 
 
 @lab.command()
@@ -184,8 +239,10 @@ def link(rate: str | None, delay: str | None, reset: bool, as_json: bool) -> Non
     if as_json:
         _print_json(current.to_dict())
     elif current.shaped:
-        console.print(f"traffic to hostB limited to {current.rate}"
-                      + (f" with {current.delay} delay" if current.delay else "")
-                      + f"; {current.bytes_to_hostb} bytes sent through the limit")
+        console.print(
+            f"traffic to hostB limited to {current.rate}"
+            + (f" with {current.delay} delay" if current.delay else "")
+            + f"; {current.bytes_to_hostb} bytes sent through the limit"
+        )
     else:
         console.print("traffic to hostB is not shaped")

@@ -40,10 +40,25 @@ def _boots_with_kvm(image: GuestImage) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as scratch:
         console = Path(scratch) / "console.log"
         command = [
-            QEMU, "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-reboot",
-            "-display", "none", "-serial", f"file:{console}",
-            "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-            "-append", kernel_cmdline(working_set_mib=8, dirty_rate_mib=0, disk=False, seed=1),
+            QEMU,
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-serial",
+            f"file:{console}",
+            "-kernel",
+            str(image.kernel),
+            "-initrd",
+            str(image.initrd),
+            "-append",
+            kernel_cmdline(working_set_mib=8, dirty_rate_mib=0, disk=False, seed=1),
         ]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + PROBE_TIMEOUT_SECONDS

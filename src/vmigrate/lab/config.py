@@ -128,7 +128,4 @@ def render_qemu_conf(host: LabHost) -> str:
 
 
 def render_dir_pool_xml(name: str, path: Path | str) -> str:
-    return (
-        f"<pool type='dir'><name>{name}</name>"
-        f"<target><path>{path}</path></target></pool>"
-    )
+    return f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"

@@ -61,11 +61,24 @@ def start_libvirtd(host: LabHost) -> DaemonRecord:
     write_host_config(host)
     binds = [f"--bind={host.private_dir(path)}={path}" for path in PRIVATE_DIRS]
     command = [
-        unshare, "--mount", "--uts", "--propagation", "private", "--",
-        sys.executable, "-m", "vmigrate.lab.nsinit", f"--hostname={host.name}", *binds, "--",
-        libvirtd, "--listen",
-        "--config", "/etc/libvirt/libvirtd.conf",
-        "--pid-file", "/run/libvirt/libvirtd.pid",
+        unshare,
+        "--mount",
+        "--uts",
+        "--propagation",
+        "private",
+        "--",
+        sys.executable,
+        "-m",
+        "vmigrate.lab.nsinit",
+        f"--hostname={host.name}",
+        *binds,
+        "--",
+        libvirtd,
+        "--listen",
+        "--config",
+        "/etc/libvirt/libvirtd.conf",
+        "--pid-file",
+        "/run/libvirt/libvirtd.pid",
     ]
     pid = spawn_daemon(command, host.root / "libvirtd.console.log")
     return DaemonRecord(pid=pid, mount_namespace="")

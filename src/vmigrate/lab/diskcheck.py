@@ -24,7 +24,9 @@ def check_disk_image(path: Path, fmt: str, *, seed: int, disk_mib: int) -> DiskC
         raw = Path(scratch) / "disk.raw"
         result = subprocess.run(
             ["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), str(raw)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise LabError(f"cannot read disk image {path}: {result.stderr.strip()}")

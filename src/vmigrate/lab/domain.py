@@ -44,10 +44,14 @@ def render_domain_xml(spec: LabGuestSpec) -> str:
     _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(spec.vcpus))
     metadata = _sub(domain, "metadata")
-    ET.SubElement(metadata, f"{{{LAB_XMLNS}}}guest", {
-        "working-set-mib": str(spec.working_set_mib),
-        "dirty-rate-mib": str(spec.dirty_rate_mib),
-    })
+    ET.SubElement(
+        metadata,
+        f"{{{LAB_XMLNS}}}guest",
+        {
+            "working-set-mib": str(spec.working_set_mib),
+            "dirty-rate-mib": str(spec.dirty_rate_mib),
+        },
+    )
     os_element = _sub(domain, "os")
     _sub(os_element, "type", "hvm", arch="x86_64", machine="pc")
     _sub(os_element, "kernel", str(spec.kernel))

@@ -88,8 +88,9 @@ def beats_of(lines: Iterable[ConsoleLine]) -> list[Beat]:
 def analyse(vm: str, beats: list[Beat], *, now_ns: int | None = None) -> HeartbeatReport:
     """Contiguity, largest gap and last sequence per host of a series of beats."""
     if not beats:
-        return HeartbeatReport(vm, 0, None, None, {}, contiguous=False,
-                               problems=["no heartbeat received"])
+        return HeartbeatReport(
+            vm, 0, None, None, {}, contiguous=False, problems=["no heartbeat received"]
+        )
     problems: list[str] = []
     last_by_host: dict[str, int] = {}
     gap_ns, gap_index = 0, 0
@@ -132,7 +133,8 @@ def read_console(vm: str) -> list[ConsoleLine]:
             return parse_console(handle)
     except FileNotFoundError as err:
         raise LabError(
-            "no heartbeat log: this is not a lab VM, or it was removed", vm=vm,
+            "no heartbeat log: this is not a lab VM, or it was removed",
+            vm=vm,
             fix="create it with `vmigrate lab vm create NAME`",
         ) from err
 
@@ -152,6 +154,9 @@ def wait_for_console(vm: str, pattern: str, *, timeout: float, since_ns: int = 0
             if line.time_ns >= since_ns and wanted.search(line.text):
                 return line
         if time.monotonic() > deadline:
-            raise LabError(f"the guest did not print /{pattern}/ within {timeout:.0f} s", vm=vm,
-                           fix=f"look at its console log {log_path(vm)}")
+            raise LabError(
+                f"the guest did not print /{pattern}/ within {timeout:.0f} s",
+                vm=vm,
+                fix=f"look at its console log {log_path(vm)}",
+            )
         time.sleep(0.1)

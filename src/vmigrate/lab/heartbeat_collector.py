@@ -65,8 +65,10 @@ class Collector:
         self.pending = b""
         self.guests: dict[socket.socket, str] = {}
         self.last_active: socket.socket | None = None
-        for path, handler in ((socket_path(vm), self._accept_guest),
-                              (control_path(vm), self._accept_control)):
+        for path, handler in (
+            (socket_path(vm), self._accept_guest),
+            (control_path(vm), self._accept_control),
+        ):
             path.unlink(missing_ok=True)
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             server.bind(str(path))
@@ -102,9 +104,7 @@ class Collector:
         # destination after switch-over, and must not be split into two broken lines.
         self.pending += data
         *lines, self.pending = self.pending.split(b"\n")
-        out = b"".join(
-            f"{now} {host} ".encode() + line.rstrip(b"\r") + b"\n" for line in lines
-        )
+        out = b"".join(f"{now} {host} ".encode() + line.rstrip(b"\r") + b"\n" for line in lines)
         if out:
             self._write(out)
 
@@ -140,8 +140,11 @@ def start_collector(vm: str, *, timeout: float = 5.0) -> int:
     while not control_path(vm).exists():
         if time.monotonic() > deadline or not is_alive(pid):
             stop_collector(vm)
-            raise LabError("the heartbeat collector did not start", vm=vm,
-                           fix=f"see {HEARTBEAT_DIR / (vm + '.collector.log')}")
+            raise LabError(
+                "the heartbeat collector did not start",
+                vm=vm,
+                fix=f"see {HEARTBEAT_DIR / (vm + '.collector.log')}",
+            )
         time.sleep(0.02)
     return pid
 
@@ -180,8 +183,11 @@ def send_to_guest(vm: str, text: str) -> None:
         try:
             conn.connect(str(control_path(vm)))
         except OSError as err:
-            raise LabError("no heartbeat collector runs for this VM", vm=vm,
-                           fix="is it a lab VM? (`vmigrate lab status`)") from err
+            raise LabError(
+                "no heartbeat collector runs for this VM",
+                vm=vm,
+                fix="is it a lab VM? (`vmigrate lab status`)",
+            ) from err
         conn.sendall(f"send {text}\n".encode())
         reply = conn.recv(4096).decode(errors="replace").strip()
     if reply != "ok":
@@ -198,7 +204,6 @@ def main(argv: list[str]) -> None:
         for path in (socket_path(vm), control_path(vm)):
             with contextlib.suppress(OSError):
                 path.unlink()
-
 
 
 if __name__ == "__main__":

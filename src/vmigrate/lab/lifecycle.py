@@ -55,8 +55,9 @@ def running_hosts() -> dict[str, DaemonRecord]:
 def connect(host: LabHost) -> Connection:
     """A connection to a lab host, with a hint to start the lab if it is down."""
     if host.name not in running_hosts():
-        raise LabError("the lab is not running", host=host.name,
-                       fix="start it with `vmigrate lab up`")
+        raise LabError(
+            "the lab is not running", host=host.name, fix="start it with `vmigrate lab up`"
+        )
     return open_connection(host.uri, host=host.name)
 
 
@@ -144,8 +145,10 @@ def lab_down() -> DownReport:
     if LAB_DIR.exists():
         shutil.rmtree(LAB_DIR)
     return DownReport(
-        stopped_hosts=sorted(records), killed_pids=killed,
-        stopped_collectors=collectors, link_reset=was_shaped,
+        stopped_hosts=sorted(records),
+        killed_pids=killed,
+        stopped_collectors=collectors,
+        link_reset=was_shaped,
     )
 
 

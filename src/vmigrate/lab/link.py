@@ -33,8 +33,12 @@ class LinkStatus:
     bytes_to_hostb: int
 
     def to_dict(self) -> dict[str, object]:
-        return {"shaped": self.shaped, "rate": self.rate, "delay": self.delay,
-                "bytes_to_hostb": self.bytes_to_hostb}
+        return {
+            "shaped": self.shaped,
+            "rate": self.rate,
+            "delay": self.delay,
+            "bytes_to_hostb": self.bytes_to_hostb,
+        }
 
 
 def _tc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -58,23 +62,74 @@ def shaping_commands(rate: str, delay: str | None) -> list[list[str]]:
         raise UsageError(f"link delay {delay!r} is not a duration", fix="use e.g. 5ms or 200us")
     commands = [
         ["qdisc", "add", "dev", DEVICE, "root", "handle", ROOT_HANDLE, "htb"],
-        ["class", "add", "dev", DEVICE, "parent", ROOT_HANDLE, "classid", SHAPED_CLASS,
-         # Loopback packets are up to 64 KiB: burst and quantum must hold whole packets.
-         "htb", "rate", rate, "ceil", rate, "burst", "256k", "cburst", "256k",
-         "quantum", "65536"],
-        ["filter", "add", "dev", DEVICE, "parent", ROOT_HANDLE, "protocol", "ip", "prio", "1",
-         "u32", "match", "ip", "dst", f"{HOST_B.address}/32", "flowid", SHAPED_CLASS],
+        [
+            "class",
+            "add",
+            "dev",
+            DEVICE,
+            "parent",
+            ROOT_HANDLE,
+            "classid",
+            SHAPED_CLASS,
+            # Loopback packets are up to 64 KiB: burst and quantum must hold whole packets.
+            "htb",
+            "rate",
+            rate,
+            "ceil",
+            rate,
+            "burst",
+            "256k",
+            "cburst",
+            "256k",
+            "quantum",
+            "65536",
+        ],
+        [
+            "filter",
+            "add",
+            "dev",
+            DEVICE,
+            "parent",
+            ROOT_HANDLE,
+            "protocol",
+            "ip",
+            "prio",
+            "1",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            f"{HOST_B.address}/32",
+            "flowid",
+            SHAPED_CLASS,
+        ],
     ]
     if delay is not None:
-        commands.append(["qdisc", "add", "dev", DEVICE, "parent", SHAPED_CLASS, "handle", "10:",
-                         "netem", "delay", delay, "limit", "100000"])
+        commands.append(
+            [
+                "qdisc",
+                "add",
+                "dev",
+                DEVICE,
+                "parent",
+                SHAPED_CLASS,
+                "handle",
+                "10:",
+                "netem",
+                "delay",
+                delay,
+                "limit",
+                "100000",
+            ]
+        )
     return commands
 
 
 def _is_ours() -> bool:
     qdiscs = json.loads(_tc("-j", "qdisc", "show", "dev", DEVICE).stdout or "[]")
-    return any(q.get("kind") == "htb" and q.get("handle") == ROOT_HANDLE and q.get("root")
-               for q in qdiscs)
+    return any(
+        q.get("kind") == "htb" and q.get("handle") == ROOT_HANDLE and q.get("root") for q in qdiscs
+    )
 
 
 def shape(rate: str, delay: str | None = None) -> LinkStatus:

@@ -87,40 +87,62 @@ def disk_seed(name: str) -> int:
 def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
     name = request.name
     if not _NAME.match(name):
-        raise UsageError(f"{name!r} is not a valid VM name", vm=name,
-                         fix="use up to 63 letters, digits, '.', '_' or '-', starting with a "
-                             "letter or digit")
+        raise UsageError(
+            f"{name!r} is not a valid VM name",
+            vm=name,
+            fix="use up to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
     host = lab_host(request.host)
     if host is None:
-        raise UsageError(f"unknown lab host {request.host!r}", vm=name,
-                         fix="use A or B (hostA, hostB)")
-    working_set = (request.working_set_mib if request.working_set_mib is not None
-                   else max(request.memory_mib - DEFAULT_HEADROOM_MIB, 0))
+        raise UsageError(
+            f"unknown lab host {request.host!r}", vm=name, fix="use A or B (hostA, hostB)"
+        )
+    working_set = (
+        request.working_set_mib
+        if request.working_set_mib is not None
+        else max(request.memory_mib - DEFAULT_HEADROOM_MIB, 0)
+    )
     if request.memory_mib < 128:
-        raise UsageError(f"{request.memory_mib} MiB is too little memory for the lab guest",
-                         vm=name, fix="give it at least 128 MiB")
+        raise UsageError(
+            f"{request.memory_mib} MiB is too little memory for the lab guest",
+            vm=name,
+            fix="give it at least 128 MiB",
+        )
     available = available_memory_mib()
     if request.memory_mib + QEMU_OVERHEAD_MIB > available:
         raise UsageError(
             f"{request.memory_mib} MiB of guest memory does not fit: this machine has "
-            f"{available} MiB available", vm=name, host=host.name,
-            fix=f"ask for at most {max(available - QEMU_OVERHEAD_MIB, 0)} MiB (--memory)")
+            f"{available} MiB available",
+            vm=name,
+            host=host.name,
+            fix=f"ask for at most {max(available - QEMU_OVERHEAD_MIB, 0)} MiB (--memory)",
+        )
     if not 0 <= working_set <= request.memory_mib - GUEST_BASE_MIB:
         raise UsageError(
             f"a working set of {working_set} MiB does not fit in {request.memory_mib} MiB",
-            vm=name, fix=f"use at most {request.memory_mib - GUEST_BASE_MIB} MiB (--working-set)")
+            vm=name,
+            fix=f"use at most {request.memory_mib - GUEST_BASE_MIB} MiB (--working-set)",
+        )
     if not 0 <= request.dirty_rate_mib <= 100_000:
-        raise UsageError(f"dirty rate {request.dirty_rate_mib} MiB/s is out of range", vm=name,
-                         fix="use 0 to 100000 MiB/s")
+        raise UsageError(
+            f"dirty rate {request.dirty_rate_mib} MiB/s is out of range",
+            vm=name,
+            fix="use 0 to 100000 MiB/s",
+        )
     if request.disk not in ("none", "shared", "local"):
-        raise UsageError(f"unknown disk kind {request.disk!r}", vm=name,
-                         fix="use none, shared or local")
+        raise UsageError(
+            f"unknown disk kind {request.disk!r}", vm=name, fix="use none, shared or local"
+        )
     if request.disk_format not in ("qcow2", "raw"):
-        raise UsageError(f"unknown disk format {request.disk_format!r}", vm=name,
-                         fix="use qcow2 or raw")
+        raise UsageError(
+            f"unknown disk format {request.disk_format!r}", vm=name, fix="use qcow2 or raw"
+        )
     if request.disk != "none" and request.disk_size_gib * 1024 < DISK_PATTERN_MIB * 2:
-        raise UsageError(f"a {request.disk_size_gib} GiB disk is too small", vm=name,
-                         fix=f"use at least {DISK_PATTERN_MIB * 2 / 1024:g} GiB")
+        raise UsageError(
+            f"a {request.disk_size_gib} GiB disk is too small",
+            vm=name,
+            fix=f"use at least {DISK_PATTERN_MIB * 2 / 1024:g} GiB",
+        )
     return host, working_set
 
 
@@ -144,10 +166,12 @@ def _ensure_absent(name: str) -> None:
         conn = connect(host)
         try:
             if find_domain(conn, name) is not None:
-                raise AlreadyExists(f"a VM named {name!r} already exists", vm=name,
-                                    host=host.name,
-                                    fix=f"pick another name, or remove it: "
-                                        f"vmigrate lab vm rm {name}")
+                raise AlreadyExists(
+                    f"a VM named {name!r} already exists",
+                    vm=name,
+                    host=host.name,
+                    fix=f"pick another name, or remove it: vmigrate lab vm rm {name}",
+                )
         finally:
             conn.close()
 
@@ -156,8 +180,9 @@ def create_vm(request: LabVmRequest) -> LabVm:
     host, working_set = _validate(request)
     image = load_guest_image()
     if image is None:
-        raise EnvironmentProblem("the lab guest image is not built",
-                                 fix="run scripts/setup.sh (it builds the image)")
+        raise EnvironmentProblem(
+            "the lab guest image is not built", fix="run scripts/setup.sh (it builds the image)"
+        )
     conn = connect(host)
     _ensure_absent(request.name)
     undo: list[Callable[[], None]] = []
@@ -167,10 +192,17 @@ def create_vm(request: LabVmRequest) -> LabVm:
         undo.append(lambda: _remove_console(request.name))
         disk = None
         if request.disk != "none":
-            pool = conn.storagePoolLookupByName(SHARED_POOL if request.disk == "shared"
-                                                else LOCAL_POOL)
-            volume = pool.createXML(_volume_xml(volume_name(request.name, request.disk_format),
-                                                request.disk_format, request.disk_size_gib), 0)
+            pool = conn.storagePoolLookupByName(
+                SHARED_POOL if request.disk == "shared" else LOCAL_POOL
+            )
+            volume = pool.createXML(
+                _volume_xml(
+                    volume_name(request.name, request.disk_format),
+                    request.disk_format,
+                    request.disk_size_gib,
+                ),
+                0,
+            )
             undo.append(lambda: volume.delete(0))
             disk = LabDisk(Path(volume.path()), request.disk_format)
         spec = LabGuestSpec(
@@ -180,10 +212,13 @@ def create_vm(request: LabVmRequest) -> LabVm:
             dirty_rate_mib=request.dirty_rate_mib,
             kernel=image.kernel,
             initrd=image.initrd,
-            cmdline=kernel_cmdline(working_set_mib=working_set,
-                                   dirty_rate_mib=request.dirty_rate_mib,
-                                   disk=disk is not None, seed=disk_seed(request.name),
-                                   disk_mib=DISK_PATTERN_MIB),
+            cmdline=kernel_cmdline(
+                working_set_mib=working_set,
+                dirty_rate_mib=request.dirty_rate_mib,
+                disk=disk is not None,
+                seed=disk_seed(request.name),
+                disk_mib=DISK_PATTERN_MIB,
+            ),
             serial_socket=socket_path(request.name),
             domain_type="kvm" if accelerator(image) == "kvm" else "qemu",
             disk=disk,
@@ -198,9 +233,12 @@ def create_vm(request: LabVmRequest) -> LabVm:
         if disk is not None:
             line = wait_for_console(request.name, r"^DISK ", timeout=BOOT_TIMEOUT_SECONDS)
             if not line.text.startswith(("DISK written", "DISK verify ok")):
-                raise LabError(f"the guest could not use its disk: {line.text}",
-                               vm=request.name, host=host.name,
-                               fix=f"see the console log {log_path(request.name)}")
+                raise LabError(
+                    f"the guest could not use its disk: {line.text}",
+                    vm=request.name,
+                    host=host.name,
+                    fix=f"see the console log {log_path(request.name)}",
+                )
     except BaseException:
         for step in reversed(undo):
             # Keep undoing the rest: the original error is the one that matters.
@@ -209,8 +247,15 @@ def create_vm(request: LabVmRequest) -> LabVm:
         raise
     finally:
         conn.close()
-    return LabVm(request.name, host.name, request.memory_mib, working_set,
-                 request.dirty_rate_mib, str(disk.path) if disk else None, boot_seconds)
+    return LabVm(
+        request.name,
+        host.name,
+        request.memory_mib,
+        working_set,
+        request.dirty_rate_mib,
+        str(disk.path) if disk else None,
+        boot_seconds,
+    )
 
 
 def _remove_console(name: str) -> None:
@@ -257,8 +302,9 @@ def remove_vm(name: str) -> list[str]:
     had_console = log_path(name).exists()
     _remove_console(name)
     if not removed_from and not had_console:
-        raise NotFound(f"no lab VM named {name!r}", vm=name,
-                       fix="see the lab's VMs with `vmigrate lab status`")
+        raise NotFound(
+            f"no lab VM named {name!r}", vm=name, fix="see the lab's VMs with `vmigrate lab status`"
+        )
     return removed_from
 
 
@@ -281,15 +327,20 @@ def locate_vm(name: str) -> dict[str, str]:
 def set_rate(name: str, rate_mib: int, *, timeout: float = 10.0) -> None:
     """Change the guest's dirty rate while it runs; returns once the guest confirms."""
     if not 0 <= rate_mib <= 100_000:
-        raise UsageError(f"dirty rate {rate_mib} MiB/s is out of range", vm=name,
-                         fix="use 0 to 100000 MiB/s")
+        raise UsageError(
+            f"dirty rate {rate_mib} MiB/s is out of range", vm=name, fix="use 0 to 100000 MiB/s"
+        )
     where = locate_vm(name)
     if not where:
-        raise NotFound(f"no lab VM named {name!r}", vm=name,
-                       fix="see the lab's VMs with `vmigrate lab status`")
+        raise NotFound(
+            f"no lab VM named {name!r}", vm=name, fix="see the lab's VMs with `vmigrate lab status`"
+        )
     if "running" not in where.values():
-        raise UsageError(f"the VM is not running ({', '.join(where.values())})", vm=name,
-                         fix="start it, or create a new one")
+        raise UsageError(
+            f"the VM is not running ({', '.join(where.values())})",
+            vm=name,
+            fix="start it, or create a new one",
+        )
     since = time.monotonic_ns()
     send_to_guest(name, f"rate {rate_mib}")
     wait_for_console(name, rf"^RATE {rate_mib}$", timeout=timeout, since_ns=since)

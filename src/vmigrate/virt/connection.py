@@ -59,9 +59,12 @@ def lookup_domain(conn: libvirt.virConnect, name: str, *, host: str) -> libvirt.
         return conn.lookupByName(name)
     except libvirt.libvirtError as err:
         if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            raise NotFound(f"no VM named {name!r}", host=host, vm=name,
-                           fix="list the VMs with `virsh list --all` or `vmigrate lab status`") \
-                from err
+            raise NotFound(
+                f"no VM named {name!r}",
+                host=host,
+                vm=name,
+                fix="list the VMs with `virsh list --all` or `vmigrate lab status`",
+            ) from err
         raise wrap_error(err, host=host, vm=name) from err
 
 
@@ -74,8 +77,9 @@ def find_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None
         raise
 
 
-def wrap_error(err: libvirt.libvirtError, *, host: str | None = None,
-               vm: str | None = None, doing: str = "") -> VmigrateError:
+def wrap_error(
+    err: libvirt.libvirtError, *, host: str | None = None, vm: str | None = None, doing: str = ""
+) -> VmigrateError:
     prefix = f"{doing}: " if doing else ""
     return VmigrateError(f"{prefix}{err.get_error_message()}", host=host, vm=vm)
 

@@ -4,7 +4,7 @@
  * Serial protocol (one line each, "\n" terminated, console = ttyS0):
  *   out: "VMIGRATE workload ws=<MiB> rate=<MiB/s> disk=<0|1>"   once at start
  *   out: "DISK written <blocks>" | "DISK verify ok <blocks>" | "DISK verify bad <block>"
- *        | "DISK error <what>"
+ *        | "DISK error <what>";   "FATAL <why>" then the guest powers off
  *   out: "HB <seq>"  every 10 ms of guest monotonic time, seq = 1, 2, 3, ...
  *   in:  "rate <N>"  -> "RATE <N>";  "verify" -> "DISK verify ...";
  *        "poweroff"  -> powers the guest off;  anything else -> "ERR unknown command"
@@ -16,6 +16,7 @@
  * Build: gcc -static -O2 -Wall -o init workload.c
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -32,6 +33,7 @@
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/sysmacros.h>
 #include <termios.h>
 #include <time.h>
@@ -44,6 +46,7 @@
 #define TICK_NS 1000000ULL        /* 1 ms dirtying tick */
 #define MAX_CATCHUP_NS 50000000ULL /* after a stall, do not burst more than 50 ms of writes */
 #define IO_CHUNK 64               /* blocks per O_DIRECT request */
+#define MAX_RATE 100000UL          /* MiB/s; keeps the rate arithmetic far from overflow */
 #define VERIFY_STEP 16            /* blocks verified per loop pass by the "verify" command */
 
 static unsigned long p_ws = 64, p_rate = 0, p_disk = 0, p_seed = 1, p_diskmb = 16;
@@ -69,7 +72,7 @@ static void say(const char *fmt, ...) {
 }
 
 static void die(const char *what) {
-    say("FATAL %s: %s", what, strerror(errno));
+    say("FATAL %s", what);
     sync();
     reboot(RB_POWER_OFF); /* PID 1 must not exit; a powered-off guest is an obvious failure */
     for (;;) pause();
@@ -100,10 +103,11 @@ static void parse_cmdline(void) {
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
             size_t kl = strlen(keys[i].key);
-            if (strncmp(tok, keys[i].key, kl) == 0) *keys[i].val = strtoul(tok + kl, NULL, 0);
+            if (strncmp(tok, keys[i].key, kl) == 0) *keys[i].val = strtoul(tok + kl, NULL, 10);
         }
     }
     p_seed &= 0xffffffffUL;
+    if (p_rate > MAX_RATE) p_rate = MAX_RATE;
 }
 
 /* ---- early system setup ------------------------------------------------ */
@@ -130,6 +134,7 @@ static void setup_system(void) {
     struct termios t;
     if (tcgetattr(0, &t) == 0) {
         cfmakeraw(&t);
+        t.c_cflag |= CLOCAL; /* ignore modem lines: no hangup whatever the host side does */
         t.c_cc[VMIN] = 0;
         t.c_cc[VTIME] = 0;
         tcsetattr(0, TCSANOW, &t);
@@ -242,7 +247,7 @@ static void disk_setup(void) {
     }
     if (posix_memalign((void **)&iobuf, BLOCK, IO_CHUNK * BLOCK) ||
         posix_memalign((void **)&expbuf, BLOCK, BLOCK))
-        die("posix_memalign");
+        die("posix_memalign failed");
 
     if (verify_range(0, 1) >= 0) {
         /* No (or another) header: write data first, header last, so a torn write never
@@ -283,11 +288,18 @@ int main(void) {
     say("VMIGRATE workload ws=%lu rate=%lu disk=%lu", p_ws, p_rate, p_disk ? 1UL : 0UL);
 
     size_t ws_pages = p_ws * (1024 * 1024 / PAGE);
+    struct sysinfo si;
+    /* Better a clear message than the OOM killer taking PID 1 (= kernel panic, reboot loop). */
+    if (sysinfo(&si) == 0 && p_ws + 16 > (uint64_t)si.freeram * si.mem_unit >> 20) {
+        say("FATAL working set %lu MiB does not fit in %lu MiB of free guest memory", p_ws,
+            (unsigned long)((uint64_t)si.freeram * si.mem_unit >> 20));
+        die("out of memory");
+    }
     volatile uint64_t *ws = NULL;
     if (ws_pages) {
         void *m = mmap(NULL, ws_pages * PAGE, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED) die("mmap working set");
+        if (m == MAP_FAILED) die("mmap of the working set failed");
         ws = m;
         /* Non-zero so that migration cannot skip these as zero pages. */
         for (size_t i = 0; i < ws_pages; i++) ws[i * (PAGE / 8)] = i + 1;
@@ -297,6 +309,7 @@ int main(void) {
     uint64_t seq = 0, value = 0, carry = 0;
     size_t cursor = 0;
     int64_t verify_pos = -1; /* >= 0 while a "verify" command is in progress */
+    int console_in = 0;
     char line[128];
     size_t line_len = 0;
     uint64_t now = mono_ns(), next_hb = now, last_dirty = now;
@@ -342,9 +355,12 @@ int main(void) {
         if (verify_pos >= 0) wake = now;
         uint64_t delay = wake > now ? wake - now : 0;
         struct timespec ts = {(time_t)(delay / NS), (long)(delay % NS)};
-        struct pollfd pfd = {.fd = 0, .events = POLLIN};
-        if (ppoll(&pfd, 1, &ts, NULL) <= 0 || !(pfd.revents & POLLIN)) continue;
-
+        struct pollfd pfd = {.fd = console_in, .events = POLLIN};
+        if (ppoll(&pfd, 1, &ts, NULL) <= 0) continue;
+        if (pfd.revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            console_in = -1; /* console input is gone: stop polling it rather than spin */
+            continue;
+        }
         char in[256];
         ssize_t r = read(0, in, sizeof in);
         for (ssize_t i = 0; i < r; i++) {
@@ -358,7 +374,8 @@ int main(void) {
             line_len = 0;
             unsigned long v;
             char extra;
-            if (sscanf(line, "rate %lu %c", &v, &extra) == 1) {
+            if (strncmp(line, "rate ", 5) == 0 && isdigit((unsigned char)line[5]) &&
+                sscanf(line, "rate %lu %c", &v, &extra) == 1 && v <= MAX_RATE) {
                 p_rate = v;
                 carry = 0;
                 say("RATE %lu", p_rate);

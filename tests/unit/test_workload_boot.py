@@ -1,0 +1,139 @@
+"""Boot the real lab guest in plain QEMU (TCG) and check what the workload promises.
+
+Needs the built image (`python -m vmigrate.lab.image build`) and QEMU; ~20 s in all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmigrate.lab.image import (
+    GuestImage,
+    boot_guest,
+    first_bad_disk_block,
+    heartbeat_stats,
+    kernel_cmdline,
+    load_guest_image,
+    qemu_command,
+)
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def guest() -> GuestImage:
+    img = load_guest_image()
+    if img is None:
+        pytest.skip("guest image not built: python -m vmigrate.lab.image build")
+    return img
+
+
+def is_hb(line: str) -> bool:
+    return line.startswith("HB ")
+
+
+def test_heartbeats_every_10ms(guest: GuestImage) -> None:
+    cmdline = kernel_cmdline(working_set_mib=32, dirty_rate_mib=100, disk=False, seed=1)
+    log = boot_guest(guest, cmdline, until="HB 500".__eq__)
+    assert "VMIGRATE workload ws=32 rate=100 disk=0" in [s for _, s in log]
+    first, mean, worst = heartbeat_stats(log)
+    assert first < 30
+    assert mean == pytest.approx(0.010, rel=0.05)
+    assert worst < 0.1
+
+
+def test_console_commands(guest: GuestImage) -> None:
+    cmdline = kernel_cmdline(working_set_mib=8, dirty_rate_mib=0, disk=False, seed=1)
+    log = boot_guest(guest, cmdline, until="HB 20".__eq__, send=["rate 250", "frobnicate"])
+    said = [s for _, s in log if not is_hb(s)]
+    assert said[-2:] == ["RATE 250", "ERR unknown command"]
+    assert not any("frobnicate" in s or "rate 250" in s for s in said)  # raw tty: no echo
+    heartbeat_stats(log)  # beats stay in sequence
+
+
+def test_disk_pattern_survives_reboot_and_detects_corruption(
+    guest: GuestImage, tmp_path: Path
+) -> None:
+    seed, mib = 0x5EED, 16
+    qcow, raw = tmp_path / "d.qcow2", tmp_path / "d.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", qcow, "32M"], check=True)
+    cmdline = kernel_cmdline(working_set_mib=8, dirty_rate_mib=0, disk=True, seed=seed)
+
+    def boot(*send: str) -> list[str]:
+        log = boot_guest(guest, cmdline, disk=qcow, until=is_hb, send=send)
+        return [s for _, s in log if not is_hb(s)]
+
+    assert f"DISK written {mib * 256}" in boot("poweroff")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", qcow, raw], check=True)
+    assert first_bad_disk_block(raw, seed, mib) is None
+    assert boot("verify").count(f"DISK verify ok {mib * 256}") == 2
+    if shutil.which("qemu-io") is None:
+        pytest.skip("no qemu-io to corrupt the disk with")
+    corrupt = ["qemu-io", "-f", "qcow2", "-c", f"write -P 0x55 {123 * 4096 + 512} 512", str(qcow)]
+    subprocess.run(corrupt, check=True, capture_output=True)
+    assert boot()[-1] == "DISK verify bad 123"
+
+
+@pytest.fixture
+def qmp_guest(guest: GuestImage, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """A guest with a 512 MiB working set, its serial console and a QMP connection."""
+    sock_path = tmp_path / "qmp.sock"
+    cmdline = kernel_cmdline(working_set_mib=512, dirty_rate_mib=0, disk=False, seed=1)
+    cmd = qemu_command(guest, cmdline, memory_mib=768)
+    cmd += ["-qmp", f"unix:{sock_path},server=on,wait=off"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(b"HB 10\n"):
+                break
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(sock_path))
+        qmp = sock.makefile("rw")
+        qmp.readline()  # greeting
+        yield proc, qmp
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def qmp_call(qmp: Any, command: str, **arguments: object) -> Any:
+    qmp.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
+    qmp.flush()
+    while True:
+        reply = json.loads(qmp.readline())
+        if "return" in reply:
+            return reply["return"]
+        assert "error" not in reply, reply
+
+
+@pytest.mark.parametrize("rate", [0, 100, 500])
+def test_dirty_rate_is_accurate(qmp_guest: tuple[subprocess.Popen[bytes], Any], rate: int) -> None:
+    proc, qmp = qmp_guest
+    qmp_call(qmp, "qmp_capabilities")
+    assert proc.stdin is not None
+    proc.stdin.write(f"rate {rate}\n".encode())
+    proc.stdin.flush()
+    time.sleep(0.5)
+    # 500 ms window: even 500 MiB/s touches fewer pages than the 512 MiB working set holds.
+    unit = {"calc-time-unit": "millisecond"}
+    qmp_call(qmp, "calc-dirty-rate", **{"calc-time": 500, "sample-pages": 10000}, **unit)
+    for _ in range(50):
+        time.sleep(0.2)
+        result = qmp_call(qmp, "query-dirty-rate", **unit)
+        if result["status"] == "measured":
+            break
+    measured = result["dirty-rate"]  # MiB/s, estimated from ~7500 sampled pages
+    if rate == 0:
+        assert measured <= 5
+    else:
+        assert measured == pytest.approx(rate, rel=0.2)
