@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
-import time
-from pathlib import Path
 
-from vmigrate.lab.image import GuestImage, kernel_cmdline
+from vmigrate.lab.image import GuestImage, GuestImageError, boot_guest, kernel_cmdline
 from vmigrate.lab.paths import GUEST_CACHE_DIR
 
 ACCEL_FILE = GUEST_CACHE_DIR / "accelerator.json"
@@ -37,41 +34,18 @@ def cached_accelerator() -> str | None:
 def _boots_with_kvm(image: GuestImage) -> tuple[bool, str]:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "no usable /dev/kvm"
-    with tempfile.TemporaryDirectory() as scratch:
-        console = Path(scratch) / "console.log"
-        command = [
-            QEMU,
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "128",
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-serial",
-            f"file:{console}",
-            "-kernel",
-            str(image.kernel),
-            "-initrd",
-            str(image.initrd),
-            "-append",
-            kernel_cmdline(working_set_mib=8, dirty_rate_mib=0, disk=False, seed=1),
-        ]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + PROBE_TIMEOUT_SECONDS
-        try:
-            while time.monotonic() < deadline and process.poll() is None:
-                if console.exists() and "HB 1" in console.read_text(errors="replace"):
-                    return True, "a guest booted under KVM"
-                time.sleep(0.2)
-        finally:
-            process.kill()
-            _, stderr = process.communicate()
-        reason = stderr.decode(errors="replace").strip().splitlines()
-        return False, (reason[-1] if reason else "the guest did not boot under KVM")
+    cmdline = kernel_cmdline(working_set_mib=8, dirty_rate_mib=0, disk=False, seed=1)
+    try:
+        boot_guest(
+            image,
+            cmdline,
+            until=lambda line: line.startswith("HB "),
+            timeout=PROBE_TIMEOUT_SECONDS,
+            accel="kvm",
+        )
+    except GuestImageError as err:
+        return False, str(err).splitlines()[0]
+    return True, "a guest booted under KVM"
 
 
 def accelerator(image: GuestImage) -> str:

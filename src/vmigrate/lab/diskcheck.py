@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmigrate.errors import LabError
-from vmigrate.lab.image import BLOCK_SIZE, disk_header, expected_disk_block
+from vmigrate.lab.image import BLOCK_SIZE, first_bad_disk_block
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,5 @@ def check_disk_image(path: Path, fmt: str, *, seed: int, disk_mib: int) -> DiskC
         if result.returncode != 0:
             raise LabError(f"cannot read disk image {path}: {result.stderr.strip()}")
         blocks = disk_mib * (1 << 20) // BLOCK_SIZE
-        with raw.open("rb") as image:
-            if image.read(BLOCK_SIZE) != disk_header(seed, disk_mib):
-                return DiskCheck(False, blocks, 0)
-            for index in range(1, blocks):
-                if image.read(BLOCK_SIZE) != expected_disk_block(seed, index):
-                    return DiskCheck(False, blocks, index)
-    return DiskCheck(True, blocks, None)
+        bad = first_bad_disk_block(raw, seed, disk_mib)
+    return DiskCheck(bad is None, blocks, bad)

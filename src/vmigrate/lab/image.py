@@ -321,16 +321,14 @@ def boot_guest(
         while True:
             try:
                 item = lines.get(timeout=max(0.0, start + timeout - time.monotonic()))
+                why = "QEMU exited"
             except queue.Empty:
-                item = None
+                item, why = None, f"timed out after {timeout:.0f}s"
             if item is None:
                 if ready and not pending:  # QEMU exited after our last command ("poweroff")
                     return log
-                tail = "\n".join(f"  {t:7.3f} {s}" for t, s in log[-15:])
-                raise GuestImageError(
-                    f"guest did not get there within {timeout:.0f}s (QEMU exit {proc.poll()});"
-                    f" last console lines:\n{tail}"
-                )
+                tail = "\n".join(f"  {t:7.3f} {s}" for t, s in log[-15:]) or "  (none)"
+                raise GuestImageError(f"guest boot failed: {why}; last console lines:\n{tail}")
             log.append(item)
             if not ready:
                 ready = until(item[1])

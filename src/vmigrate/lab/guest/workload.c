@@ -71,8 +71,8 @@ static void say(const char *fmt, ...) {
     }
 }
 
-static void die(const char *what) {
-    say("FATAL %s", what);
+static void die(const char *why) {
+    say("FATAL %s", why);
     sync();
     reboot(RB_POWER_OFF); /* PID 1 must not exit; a powered-off guest is an obvious failure */
     for (;;) pause();
@@ -291,9 +291,10 @@ int main(void) {
     struct sysinfo si;
     /* Better a clear message than the OOM killer taking PID 1 (= kernel panic, reboot loop). */
     if (sysinfo(&si) == 0 && p_ws + 16 > (uint64_t)si.freeram * si.mem_unit >> 20) {
-        say("FATAL working set %lu MiB does not fit in %lu MiB of free guest memory", p_ws,
-            (unsigned long)((uint64_t)si.freeram * si.mem_unit >> 20));
-        die("out of memory");
+        char why[128];
+        snprintf(why, sizeof why, "working set %lu MiB does not fit in %lu MiB of free memory",
+                 p_ws, (unsigned long)((uint64_t)si.freeram * si.mem_unit >> 20));
+        die(why);
     }
     volatile uint64_t *ws = NULL;
     if (ws_pages) {

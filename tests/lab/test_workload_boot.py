@@ -33,7 +33,7 @@ pytestmark = pytest.mark.lab
 def guest() -> GuestImage:
     img = load_guest_image()
     if img is None:
-        pytest.skip("guest image not built: python -m vmigrate.lab.image build")
+        pytest.fail("guest image not built: run scripts/setup.sh")
     return img
 
 
@@ -77,7 +77,7 @@ def test_disk_pattern_survives_reboot_and_detects_corruption(
     assert first_bad_disk_block(raw, seed, mib) is None
     assert boot("verify").count(f"DISK verify ok {mib * 256}") == 2
     if shutil.which("qemu-io") is None:
-        pytest.skip("no qemu-io to corrupt the disk with")
+        pytest.fail("qemu-io (from qemu-utils) is missing: run scripts/setup.sh")
     corrupt = ["qemu-io", "-f", "qcow2", "-c", f"write -P 0x55 {123 * 4096 + 512} 512", str(qcow)]
     subprocess.run(corrupt, check=True, capture_output=True)
     assert boot()[-1] == "DISK verify bad 123"
