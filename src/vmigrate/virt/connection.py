@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import queue
+import socket
+import threading
 import time
 from typing import Any
 
@@ -99,3 +103,51 @@ STATE_NAMES = {
 def domain_state(domain: libvirt.virDomain) -> str:
     state, _reason = domain.state()
     return STATE_NAMES.get(state, f"state {state}")
+
+
+def probe_tcp(host: str, port: int, *, timeout: float) -> tuple[str, float]:
+    """Try a TCP connection: ('open'|'refused'|'filtered'|'unreachable'|'error: ...', seconds).
+
+    'refused' means a host answered with a reset: reachable, nothing listening (or a REJECT
+    rule); 'filtered' means no answer at all within `timeout`, typical of a firewall DROP.
+    """
+    started = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return "open", time.monotonic() - started
+    except ConnectionRefusedError:
+        return "refused", time.monotonic() - started
+    except TimeoutError:
+        return "filtered", time.monotonic() - started
+    except OSError as err:
+        if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "unreachable", time.monotonic() - started
+        return f"error: {err.strerror or err}", time.monotonic() - started
+
+
+def open_with_timeout(uri: str, *, host: str, timeout: float) -> libvirt.virConnect:
+    """Open a connection, giving up after `timeout` seconds instead of TCP's minutes.
+
+    libvirt's open blocks without a deadline; it runs in a daemon thread that is abandoned
+    if the daemon does not answer in time.
+    """
+    result: queue.Queue[libvirt.virConnect | BaseException] = queue.Queue()
+
+    def attempt() -> None:
+        try:
+            result.put(open_connection(uri, host=host))
+        except BaseException as err:  # handed to the caller's thread
+            result.put(err)
+
+    threading.Thread(target=attempt, daemon=True, name=f"open {uri}").start()
+    try:
+        outcome = result.get(timeout=timeout)
+    except queue.Empty:
+        raise HostUnreachable(
+            f"libvirt at {uri} did not answer within {timeout:.0f} s",
+            host=host,
+            fix="check that the host is up and that its libvirt port is not filtered",
+        ) from None
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

@@ -1,0 +1,48 @@
+"""Everything the checks look at, gathered before any check runs (so checks stay pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmigrate.model import Mode
+from vmigrate.virt.facts import DomainFacts, HostFacts
+from vmigrate.virt.storage import ShareProbe, VolumeLocation
+
+
+@dataclass(frozen=True)
+class DiskStorage:
+    """Where one disk lives on the source, and what the destination has for it."""
+
+    target: str
+    source_location: VolumeLocation | None  # None: no libvirt pool on the source holds it
+    share_probe: ShareProbe | None  # None: not probed (network disk, empty, no pool)
+    exists_on_destination: bool  # the same path is a volume on the destination
+    destination_pool_for_copy: str | None  # where a copy would be created
+    destination_available: int | None  # free bytes in that pool
+
+
+@dataclass(frozen=True)
+class PortProbe:
+    address: str
+    port: int
+    result: str  # open | refused | filtered | unreachable | error: ...
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CheckInput:
+    mode: Mode
+    copy_storage: bool
+    source_name: str
+    destination_name: str
+    source: HostFacts | None
+    destination: HostFacts | None
+    source_error: str | None
+    destination_error: str | None
+    domain: DomainFacts | None
+    destination_domcaps: str | None
+    destination_domcaps_error: str | None
+    disks: tuple[DiskStorage, ...]
+    libvirt_port: PortProbe | None
+    migration_ports: tuple[PortProbe, ...]
+    probes_representative: bool  # this machine is the source: our probes see what it sees

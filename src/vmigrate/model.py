@@ -1,0 +1,69 @@
+"""Typed, immutable values that flow between the stages: facts -> findings -> report.
+
+Every value here can be turned into JSON (`to_dict`) for `--json`, the job store and fixtures.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Verdict(enum.StrEnum):
+    PASS = "pass"  # noqa: S105 - a verdict, not a password
+    WARN = "warn"
+    FAIL = "fail"
+    SKIPPED = "skipped"
+
+
+class Mode(enum.StrEnum):
+    LIVE = "live"
+    COLD = "cold"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one check saw: a verdict, the evidence behind it, and how to fix a problem."""
+
+    check: str  # e.g. "cpu.compatible"
+    family: str  # versions, machine, connectivity, storage, cpu, resources, devices, ...
+    verdict: Verdict
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    fix: str = ""
+    subject: str = ""  # what the check was about when there are several (a disk, a NIC)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict.value}
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    vm: str
+    source: str
+    destination: str
+    mode: Mode
+    copy_storage: bool
+    findings: tuple[Finding, ...]
+    seconds: float
+
+    @property
+    def failed(self) -> bool:
+        return any(f.verdict is Verdict.FAIL for f in self.findings)
+
+    def count(self, verdict: Verdict) -> int:
+        return sum(1 for f in self.findings if f.verdict is verdict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "source": self.source,
+            "destination": self.destination,
+            "mode": self.mode.value,
+            "copy_storage": self.copy_storage,
+            "ok": not self.failed,
+            "counts": {v.value: self.count(v) for v in Verdict},
+            "seconds": round(self.seconds, 3),
+            "findings": [f.to_dict() for f in self.findings],
+        }

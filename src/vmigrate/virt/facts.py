@@ -1,0 +1,211 @@
+"""Facts about hosts and domains, read from libvirt once and turned into plain values."""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from vmigrate.domxml.domain import DomainSummary, parse_domain
+from vmigrate.hosts import HostRef
+from vmigrate.virt.connection import domain_state
+
+
+@dataclass(frozen=True)
+class PoolFacts:
+    name: str
+    type: str
+    target_path: str | None
+    active: bool
+    capacity: int
+    allocation: int
+    available: int
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    name: str
+    active: bool
+    bridge: str | None
+    portgroups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    ref: HostRef
+    hostname: str
+    libvirt_version: int
+    hypervisor_type: str
+    hypervisor_version: int
+    arch: str
+    cpus: int
+    memory_free_bytes: int
+    rtt_ms: float
+    pools: tuple[PoolFacts, ...]
+    networks: tuple[NetworkFacts, ...]
+    host_interfaces: tuple[str, ...] | None  # None: the host's interface driver cannot tell
+    domains: dict[str, str]  # name -> UUID of every domain the host knows
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    name: str
+    state: str
+    persistent: bool
+    live_xml: str
+    summary: DomainSummary
+    snapshots: int
+    managed_save: bool
+    block_jobs: tuple[str, ...]  # disks with an active block job
+    migratable_error: str | None  # libvirt's refusal to produce migratable XML, if any
+
+
+def _pool(pool: libvirt.virStoragePool) -> PoolFacts:
+    root = ET.fromstring(pool.XMLDesc(0))
+    active = bool(pool.isActive())
+    _state, capacity, allocation, available = pool.info() if active else (0, 0, 0, 0)
+    return PoolFacts(
+        name=pool.name(),
+        type=root.get("type", "?"),
+        target_path=root.findtext("target/path"),
+        active=active,
+        capacity=capacity,
+        allocation=allocation,
+        available=available,
+    )
+
+
+def _network(network: libvirt.virNetwork) -> NetworkFacts:
+    root = ET.fromstring(network.XMLDesc(0))
+    bridge = root.find("bridge")
+    return NetworkFacts(
+        name=network.name(),
+        active=bool(network.isActive()),
+        bridge=bridge.get("name") if bridge is not None else None,
+        portgroups=tuple(pg.get("name", "") for pg in root.findall("portgroup")),
+    )
+
+
+def _host_interfaces(conn: libvirt.virConnect) -> tuple[str, ...] | None:
+    try:
+        return tuple(iface.name() for iface in conn.listAllInterfaces(0))
+    except libvirt.libvirtError:
+        return None
+
+
+def gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
+    started = time.monotonic()
+    libvirt_version = conn.getLibVersion()
+    rtt_ms = (time.monotonic() - started) * 1000
+    capabilities = ET.fromstring(conn.getCapabilities())
+    _model, _memory, cpus, *_rest = conn.getInfo()
+    return HostFacts(
+        ref=ref,
+        hostname=conn.getHostname(),
+        libvirt_version=libvirt_version,
+        hypervisor_type=conn.getType(),
+        hypervisor_version=conn.getVersion(),
+        arch=capabilities.findtext("host/cpu/arch", ""),
+        cpus=cpus,
+        memory_free_bytes=conn.getFreeMemory(),
+        rtt_ms=rtt_ms,
+        pools=tuple(_pool(p) for p in conn.listAllStoragePools(0)),
+        networks=tuple(_network(n) for n in conn.listAllNetworks(0)),
+        host_interfaces=_host_interfaces(conn),
+        domains={d.name(): d.UUIDString() for d in conn.listAllDomains(0)},
+    )
+
+
+def _block_jobs(domain: libvirt.virDomain, summary: DomainSummary) -> tuple[str, ...]:
+    busy = []
+    for disk in summary.disks:
+        try:
+            if domain.blockJobInfo(disk.target, 0):
+                busy.append(disk.target)
+        except libvirt.libvirtError:
+            continue
+    return tuple(busy)
+
+
+def gather_domain_facts(domain: libvirt.virDomain) -> DomainFacts:
+    live_xml = domain.XMLDesc(0)
+    summary = parse_domain(live_xml)
+    try:
+        domain.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+        migratable_error = None
+    except libvirt.libvirtError as err:
+        migratable_error = err.get_error_message()
+    try:
+        snapshots = domain.snapshotNum(0)
+    except libvirt.libvirtError:
+        snapshots = 0
+    active = bool(domain.isActive())
+    return DomainFacts(
+        name=domain.name(),
+        state=domain_state(domain),
+        persistent=bool(domain.isPersistent()),
+        live_xml=live_xml,
+        summary=summary,
+        snapshots=snapshots,
+        managed_save=bool(domain.hasManagedSaveImage(0)),
+        block_jobs=_block_jobs(domain, summary) if active else (),
+        migratable_error=migratable_error,
+    )
+
+
+def domain_capabilities(
+    conn: libvirt.virConnect, summary: DomainSummary
+) -> tuple[str | None, str | None]:
+    """The host's domain capabilities for this domain's emulator/arch/machine/type, or why not."""
+    try:
+        xml = conn.getDomainCapabilities(
+            summary.emulator, summary.arch, summary.machine, summary.virt_type, 0
+        )
+    except libvirt.libvirtError as err:
+        return None, err.get_error_message()
+    return xml, None
+
+
+_COMPARE = {
+    libvirt.VIR_CPU_COMPARE_INCOMPATIBLE: "incompatible",
+    libvirt.VIR_CPU_COMPARE_IDENTICAL: "identical",
+    libvirt.VIR_CPU_COMPARE_SUPERSET: "superset",
+}
+
+
+def compare_cpu(conn: libvirt.virConnect, summary: DomainSummary, cpu_xml: str) -> tuple[str, str]:
+    """libvirt's own verdict on whether this host's hypervisor can run `cpu_xml`."""
+    try:
+        result = conn.compareHypervisorCPU(
+            summary.emulator,
+            summary.arch,
+            summary.machine,
+            summary.virt_type,
+            cpu_xml,
+            libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE,
+        )
+    except libvirt.libvirtError as err:
+        incompatible = err.get_error_code() == libvirt.VIR_ERR_CPU_INCOMPATIBLE
+        return ("incompatible" if incompatible else "error"), err.get_error_message()
+    return _COMPARE.get(result, "error"), ""
+
+
+def baseline_cpu(
+    conn: libvirt.virConnect, summary: DomainSummary, cpu_xmls: list[str]
+) -> str | None:
+    """A CPU definition every given CPU can run, computed by libvirt for this hypervisor."""
+    try:
+        return str(
+            conn.baselineHypervisorCPU(
+                summary.emulator,
+                summary.arch,
+                summary.machine,
+                summary.virt_type,
+                cpu_xmls,
+                0,
+            )
+        )
+    except libvirt.libvirtError:
+        return None

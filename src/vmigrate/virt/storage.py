@@ -1,0 +1,132 @@
+"""Storage questions only libvirt can answer: which pool holds a disk, and is a pool shared?
+
+Shared storage is proven, not guessed from path names: a small probe volume with random
+content is written through a pool on one host and read back through the other host's pools.
+The probe is deleted afterwards; nothing else is changed on either host.
+"""
+
+from __future__ import annotations
+
+import secrets
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+PROBE_BYTES = 4096
+PROBE_PREFIX = ".vmigrate-probe-"
+# Refreshing these pool types is cheap and local; others (iSCSI, RBD) are left alone.
+_REFRESHABLE = {"dir", "fs", "netfs"}
+
+
+@dataclass(frozen=True)
+class VolumeLocation:
+    pool: str
+    pool_type: str
+    pool_path: str | None
+    capacity: int
+    allocation: int
+
+
+@dataclass(frozen=True)
+class ShareProbe:
+    shared: bool
+    destination_pool: str | None  # the destination pool the probe appeared in
+    detail: str
+
+
+def locate_volume(conn: libvirt.virConnect, path: str) -> VolumeLocation | None:
+    """The pool (and sizes) of the volume at `path` on this host, if any pool holds it."""
+    try:
+        volume = conn.storageVolLookupByPath(path)
+        pool = volume.storagePoolLookupByVolume()
+    except libvirt.libvirtError:
+        return None
+    _type, capacity, allocation = volume.info()
+    root = ET.fromstring(pool.XMLDesc(0))
+    return VolumeLocation(
+        pool.name(), root.get("type", "?"), root.findtext("target/path"), capacity, allocation
+    )
+
+
+def volume_exists(conn: libvirt.virConnect, path: str) -> bool:
+    try:
+        conn.storageVolLookupByPath(path)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def _probe_xml(name: str) -> str:
+    volume = ET.Element("volume")
+    ET.SubElement(volume, "name").text = name
+    ET.SubElement(volume, "capacity", unit="bytes").text = str(PROBE_BYTES)
+    ET.SubElement(ET.SubElement(volume, "target"), "format", type="raw")
+    return ET.tostring(volume, encoding="unicode")
+
+
+def _read(conn: libvirt.virConnect, volume: libvirt.virStorageVol) -> bytes:
+    stream = conn.newStream(0)
+    volume.download(stream, 0, PROBE_BYTES, 0)
+    chunks = []
+    while True:
+        chunk = stream.recv(PROBE_BYTES)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    stream.finish()
+    return b"".join(chunks)
+
+
+def _write(conn: libvirt.virConnect, volume: libvirt.virStorageVol, data: bytes) -> None:
+    stream = conn.newStream(0)
+    volume.upload(stream, 0, len(data), 0)
+    stream.send(data)
+    stream.finish()
+
+
+def probe_shared_pool(
+    source: libvirt.virConnect, destination: libvirt.virConnect, source_pool: str
+) -> ShareProbe:
+    """Write a probe through `source_pool` and look for it, byte for byte, on the destination."""
+    pool = source.storagePoolLookupByName(source_pool)
+    name = PROBE_PREFIX + secrets.token_hex(6)
+    content = secrets.token_bytes(PROBE_BYTES)
+    try:
+        probe = pool.createXML(_probe_xml(name), 0)
+    except libvirt.libvirtError as err:
+        return ShareProbe(False, None, f"could not write a probe volume: {err.get_error_message()}")
+    try:
+        _write(source, probe, content)
+        for candidate in destination.listAllStoragePools(
+            libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
+        ):
+            if ET.fromstring(candidate.XMLDesc(0)).get("type") not in _REFRESHABLE:
+                continue
+            candidate.refresh(0)
+            try:
+                seen = candidate.storageVolLookupByName(name)
+            except libvirt.libvirtError:
+                continue
+            if _read(destination, seen) == content:
+                return ShareProbe(
+                    True,
+                    candidate.name(),
+                    f"a probe written through pool {source_pool!r} was read back "
+                    f"byte for byte through pool {candidate.name()!r}",
+                )
+        return ShareProbe(
+            False,
+            None,
+            f"a probe written through pool {source_pool!r} is not "
+            "visible in any pool of the destination",
+        )
+    finally:
+        try:
+            probe.delete(0)
+        finally:
+            for candidate in destination.listAllStoragePools(
+                libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
+            ):
+                if ET.fromstring(candidate.XMLDesc(0)).get("type") in _REFRESHABLE:
+                    candidate.refresh(0)

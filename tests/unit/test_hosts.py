@@ -1,0 +1,94 @@
+"""Host names, hosts files and libvirt URIs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmigrate.errors import UsageError
+from vmigrate.hosts import load_hosts_file, parse_uri, resolve_host
+
+
+@pytest.mark.parametrize(
+    ("uri", "transport", "port", "encrypted"),
+    [
+        ("qemu+tcp://127.0.0.3/system", "tcp", 16509, False),
+        ("qemu+tls://web-a/system", "tls", 16514, True),
+        ("qemu://web-a/system", "tls", 16514, True),
+        ("qemu+ssh://root@web-a:2222/system", "ssh", 2222, True),
+        ("qemu:///system", "unix", None, True),
+    ],
+)
+def test_uri_transports(uri: str, transport: str, port: int | None, encrypted: bool) -> None:
+    parsed = parse_uri(uri)
+    assert parsed.effective_transport == transport
+    assert parsed.daemon_port == port
+    assert parsed.encrypted is encrypted
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+tcp:/host/system",
+        "xen+ssh://h/system",
+        "qemu+foo://h/system",
+        "qemu+tcp://h/",
+        "qemu+tcp://h:99999/system",
+        "://",
+    ],
+)
+def test_malformed_uris(uri: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_uri(uri)
+    assert caught.value.exit_code == 2
+
+
+def test_hosts_file(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.toml"
+    path.write_text(
+        '[hosts.web-a]\nuri = "qemu+tls://web-a/system"\n'
+        'migration_address = "10.0.0.11"\nmigration_ports = [50000, 50010]\n'
+    )
+    hosts = load_hosts_file(path)
+    assert hosts["web-a"].migration_address == "10.0.0.11"
+    assert hosts["web-a"].migration_ports == (50000, 50010)
+    assert resolve_host("web-a", path).uri == "qemu+tls://web-a/system"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[hosts.a\nuri = 1",  # not TOML
+        '[a]\nuri = "qemu:///system"\n',  # not under [hosts]
+        "[hosts.a]\nmigration_address = 'x'\n",  # no uri
+        '[hosts.a]\nuri = "qemu:///system"\ncolour = "red"\n',  # unknown key
+        '[hosts.a]\nuri = "qemu:///system"\nmigration_ports = [9, 1]\n',
+        '[hosts.a]\nuri = "nonsense"\n',
+    ],
+)
+def test_malformed_hosts_files(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "hosts.toml"
+    path.write_text(content)
+    with pytest.raises(UsageError) as caught:
+        load_hosts_file(path)
+    assert str(path) in str(caught.value)
+
+
+def test_lab_names_need_no_hosts_file(tmp_path: Path) -> None:
+    ref = resolve_host("hostB")
+    assert ref.uri == "qemu+tcp://127.0.0.3/system"
+    assert ref.address == "127.0.0.3"
+
+
+def test_unknown_name_says_what_to_do(tmp_path: Path) -> None:
+    empty = tmp_path / "hosts.toml"
+    empty.write_text("")
+    with pytest.raises(UsageError) as caught:
+        resolve_host("web-z", empty)
+    assert "web-z" in str(caught.value) and "qemu+ssh://root@web-z/system" in str(caught.value)
+
+
+def test_missing_explicit_hosts_file(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        resolve_host("web-a", tmp_path / "nope.toml")
