@@ -100,7 +100,8 @@ def check_versions(facts: CheckInput) -> list[Finding]:
             Verdict.PASS if same else Verdict.FAIL,
             f"{evidence['source']} on both hosts"
             if same
-            else f"hypervisor/architecture differ: {evidence['source']} vs {evidence['destination']}",
+            else f"hypervisor/architecture differ: {evidence['source']} vs "
+            f"{evidence['destination']}",
             evidence,
             fix="" if same else "pick a destination with the same hypervisor and architecture",
         )
