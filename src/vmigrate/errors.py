@@ -57,3 +57,13 @@ class NotFound(VmigrateError):
 
 class AlreadyExists(VmigrateError):
     """Creating something that already exists."""
+
+
+class MigrationRefused(VmigrateError):
+    """Pre-flight checks failed, so nothing was moved."""
+
+    def __init__(
+        self, message: str, *, fix: str = "", vm: str | None = None, report: object = None
+    ) -> None:
+        super().__init__(message, fix=fix, vm=vm)
+        self.report = report

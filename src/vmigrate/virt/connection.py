@@ -27,6 +27,8 @@ libvirt.registerErrorHandler(_quiet_error_handler, None)
 Connection = libvirt.virConnect
 Domain = libvirt.virDomain
 LibvirtError = libvirt.libvirtError
+#: Undefine a migrated-away source but keep its NVRAM file (it may be on shared storage).
+UNDEFINE_KEEP_NVRAM = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
 #: Undefine a domain together with its managed save image and snapshot metadata.
 UNDEFINE_WITH_METADATA = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA

@@ -1,0 +1,1 @@
+"""Pre-flight checks: pure functions from gathered facts to findings."""

@@ -1,0 +1,1 @@
+"""Pure readers of libvirt XML (domains, capabilities)."""

@@ -1,0 +1,36 @@
+"""Drop TCP packets to a lab address for the duration of a test (iptables on loopback only)."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+COMMENT = "vmigrate-test"
+
+
+@contextmanager
+def dropped(address: str, ports: str) -> Iterator[None]:
+    """Silently drop TCP to `address`:`ports` ("16509" or "49152:49215"), like a firewall."""
+    assert ipaddress.ip_address(address).is_loopback, "tests only touch loopback addresses"
+    rule = [
+        "INPUT",
+        "-d",
+        f"{address}/32",
+        "-p",
+        "tcp",
+        "--dport",
+        ports,
+        "-m",
+        "comment",
+        "--comment",
+        COMMENT,
+        "-j",
+        "DROP",
+    ]
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)

@@ -1,0 +1,295 @@
+"""`vmigrate check` against the real lab: a passing check, and each failure we can stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmigrate.lab.config import HOST_A, HOST_B
+from vmigrate.lab.lifecycle import HostStatus
+from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
+from vmigrate.model import CheckReport, Finding, Mode, Verdict
+from vmigrate.preflight import run_checks
+from vmigrate.virt.connection import open_connection
+
+from .firewall import dropped
+
+pytestmark = pytest.mark.lab
+
+
+def vmigrate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmigrate.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+
+
+def findings(report: CheckReport, check: str) -> list[Finding]:
+    return [f for f in report.findings if f.check == check]
+
+
+def verdict(report: CheckReport, check: str) -> Verdict:
+    found = findings(report, check)
+    assert found, f"no finding {check}: {[f.check for f in report.findings]}"
+    order = [Verdict.FAIL, Verdict.WARN, Verdict.SKIPPED, Verdict.PASS]
+    return min((f.verdict for f in found), key=order.index)
+
+
+@pytest.fixture
+def running_vm(lab: list[HostStatus], vm_name: str) -> str:
+    create_vm(LabVmRequest(vm_name, host="A", memory_mib=256, disk="shared"))
+    return vm_name
+
+
+def test_a_lab_vm_passes_a_live_check_in_seconds(running_vm: str) -> None:
+    started = time.monotonic()
+    result = vmigrate("check", running_vm, "--from", "hostA", "--to", "hostB", "--json")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    by_check = {f["check"]: f for f in report["findings"]}
+    for family in (
+        "versions",
+        "machine",
+        "connectivity",
+        "storage",
+        "cpu",
+        "resources",
+        "devices",
+        "networks",
+        "conflicts",
+        "state",
+    ):
+        assert any(f["family"] == family for f in report["findings"]), family
+    assert by_check["storage.shared"]["verdict"] == "pass"
+    assert "byte for byte" in by_check["storage.shared"]["summary"]
+    assert by_check["connectivity.migration-ports"]["verdict"] == "pass"
+    # The lab's qemu+tcp is unencrypted: said loudly, as a warning.
+    assert by_check["connectivity.transport-destination"]["verdict"] == "warn"
+    assert "UNENCRYPTED" in by_check["connectivity.transport-destination"]["summary"]
+    assert elapsed < 30
+    # The probe volume is gone again: nothing changed on either host.
+    assert not list(Path("/var/lib/vmigrate-lab/shared").glob(".vmigrate-probe-*"))
+
+
+def test_human_output_is_a_table_with_a_verdict(running_vm: str) -> None:
+    result = vmigrate("check", running_vm, "--from", "hostA", "--to", HOST_B.uri)
+    assert result.returncode == 0, result.stderr
+    assert "can go ahead" in result.stdout
+    assert "storage.shared" in result.stdout
+
+
+def test_blocked_libvirt_port_fails_within_seconds(running_vm: str) -> None:
+    started = time.monotonic()
+    with dropped(HOST_B.address, "16509"):
+        report = run_checks(running_vm, "hostA", "hostB")
+    assert time.monotonic() - started < 20
+    assert report.failed
+    port = findings(report, "connectivity.libvirt-port")[0]
+    assert port.verdict is Verdict.FAIL
+    assert "firewall drops" in port.summary and "16509" in port.fix
+    assert verdict(report, "connectivity.destination") is Verdict.FAIL
+    assert verdict(report, "storage.shared") is Verdict.SKIPPED
+
+
+def test_blocked_migration_ports_fail(running_vm: str) -> None:
+    with dropped(HOST_B.address, "49152:49215"):
+        report = run_checks(running_vm, "hostA", "hostB")
+    ports = findings(report, "connectivity.migration-ports")[0]
+    assert ports.verdict is Verdict.FAIL
+    assert "49152" in ports.summary and "firewall" in ports.summary
+    # Everything else still works: only this check fails.
+    assert [f.check for f in report.findings if f.verdict is Verdict.FAIL] == [
+        "connectivity.migration-ports"
+    ]
+
+
+@pytest.fixture
+def defined_on_b(running_vm: str) -> Iterator[str]:
+    """A stale definition of the same name on hostB (with another UUID)."""
+    src = open_connection(HOST_A.uri)
+    dst = open_connection(HOST_B.uri)
+    root = ET.fromstring(src.lookupByName(running_vm).XMLDesc(0))
+    root.remove(root.find("uuid"))  # type: ignore[arg-type]
+    stale = dst.defineXML(ET.tostring(root, encoding="unicode"))
+    yield running_vm
+    stale.undefine()
+    src.close()
+    dst.close()
+
+
+def test_name_clash_fails(defined_on_b: str) -> None:
+    report = run_checks(defined_on_b, "hostA", "hostB")
+    clash = findings(report, "conflicts.name")[0]
+    assert clash.verdict is Verdict.FAIL
+    assert "already defined on hostB" in clash.summary
+
+
+def test_local_disk_needs_copy_storage(lab: list[HostStatus], vm_name: str) -> None:
+    create_vm(LabVmRequest(vm_name, host="A", memory_mib=256, disk="local"))
+    report = run_checks(vm_name, "hostA", "hostB")
+    shared = findings(report, "storage.shared")[0]
+    assert shared.verdict is Verdict.FAIL
+    assert "local to hostA" in shared.summary and "--copy-storage" in shared.fix
+    copied = run_checks(vm_name, "hostA", "hostB", copy_storage=True)
+    assert verdict(copied, "storage.shared") is Verdict.PASS
+    assert verdict(copied, "storage.space") is Verdict.PASS
+    assert not copied.failed
+
+
+@pytest.fixture
+def shut_off_vm_with_network(lab: list[HostStatus], vm_name: str) -> Iterator[str]:
+    """A defined, shut-off VM on hostA whose NIC uses a network hostB does not have."""
+    conn = open_connection(HOST_A.uri)
+    xml = (
+        f"<domain type='qemu'><name>{vm_name}</name><memory unit='MiB'>128</memory>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+        "<interface type='network'><source network='lab-only-on-a'/></interface>"
+        "</devices></domain>"
+    )
+    domain = conn.defineXML(xml)
+    yield vm_name
+    domain.undefine()
+    conn.close()
+
+
+def test_missing_network_fails_a_cold_check(shut_off_vm_with_network: str) -> None:
+    report = run_checks(shut_off_vm_with_network, "hostA", "hostB", mode=Mode.COLD)
+    network = findings(report, "networks.present")[0]
+    assert network.verdict is Verdict.FAIL
+    assert "'lab-only-on-a' does not exist on hostB" in network.summary
+    # A shut-off VM cannot move live: that is said too.
+    live = run_checks(shut_off_vm_with_network, "hostA", "hostB", mode=Mode.LIVE)
+    assert verdict(live, "state.mode") is Verdict.FAIL
+
+
+def test_destination_pool_too_small(lab: list[HostStatus], vm_name: str) -> None:
+    """hostB's copy of pool 'small' is a 16 MiB tmpfs; the VM's disk there holds 64 MiB."""
+    path = "/var/lib/libvirt/small"
+    src = open_connection(HOST_A.uri)
+    dst = open_connection(HOST_B.uri)
+    hostb_pid = dst_pid()
+    pools = []
+    subprocess.run(
+        ["nsenter", f"--mount=/proc/{hostb_pid}/ns/mnt", "--", "mkdir", "-p", path], check=True
+    )
+    subprocess.run(
+        [
+            "nsenter",
+            f"--mount=/proc/{hostb_pid}/ns/mnt",
+            "--",
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=16m",
+            "tmpfs",
+            path,
+        ],
+        check=True,
+    )
+    try:
+        for conn in (src, dst):
+            pool = conn.storagePoolCreateXML(
+                f"<pool type='dir'><name>small</name><target><path>{path}</path></target></pool>",
+                libvirt_build_flag(),
+            )
+            pools.append(pool)
+        volume = pools[0].createXML(
+            "<volume><name>big.img</name><capacity unit='MiB'>64</capacity>"
+            "<allocation unit='MiB'>64</allocation><target><format type='raw'/></target>"
+            "</volume>",
+            0,
+        )
+        domain = src.defineXML(
+            f"<domain type='qemu'><name>{vm_name}</name><memory unit='MiB'>128</memory>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+            f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{volume.path()}'/><target dev='vda' bus='virtio'/></disk>"
+            "</devices></domain>"
+        )
+        try:
+            report = run_checks(vm_name, "hostA", "hostB", mode=Mode.COLD)
+        finally:
+            domain.undefine()
+            volume.delete(0)
+        space = findings(report, "storage.space")[0]
+        assert space.verdict is Verdict.FAIL, space
+        assert "pool 'small' on hostB" in space.summary
+        assert locate_vm(vm_name) == {}
+    finally:
+        for pool in pools:
+            pool.destroy()
+        subprocess.run(
+            ["nsenter", f"--mount=/proc/{hostb_pid}/ns/mnt", "--", "umount", path], check=True
+        )
+        src.close()
+        dst.close()
+
+
+def dst_pid() -> int:
+    from vmigrate.lab.state import load_records
+
+    return load_records()["hostB"].pid
+
+
+def libvirt_build_flag() -> int:
+    import libvirt
+
+    return int(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (
+            ("check", "no-such-vm", "--from", "hostA", "--to", "hostB"),
+            1,
+            ("no VM named 'no-such-vm'", "host hostA"),
+        ),
+        (("check", "x", "--from", "hostQ", "--to", "hostB"), 2, ("unknown host 'hostQ'",)),
+        (("check", "x", "--from", "qemu+tcp:/nohost", "--to", "hostB"), 2, ("malformed",)),
+        (
+            ("check", "x", "--from", "qemu+tcp://127.0.0.9/system", "--to", "hostB"),
+            1,
+            ("127.0.0.9", "refused"),
+        ),
+    ],
+)
+def test_bad_input_is_a_clear_error(
+    lab: list[HostStatus], args: tuple[str, ...], code: int, words: tuple[str, ...]
+) -> None:
+    result = vmigrate(*args)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_malformed_hosts_file(lab: list[HostStatus], tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text("[hosts.a\n")
+    result = vmigrate("check", "x", "--from", "a", "--to", "hostB", "--hosts", str(hosts))
+    assert result.returncode == 2
+    assert str(hosts) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_source_that_does_not_answer_gives_up_in_seconds(lab: list[HostStatus]) -> None:
+    started = time.monotonic()
+    with dropped(HOST_A.address, "16509"):
+        result = vmigrate("check", "x", "--from", "hostA", "--to", "hostB")
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1
+    assert "hostA" in result.stderr and "filtered" in result.stderr
