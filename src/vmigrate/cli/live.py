@@ -1,0 +1,216 @@
+"""`vmigrate live`: a live migration with progress, the policy's actions, and a final report."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from vmigrate.cli.check import render_report
+from vmigrate.errors import MigrationRefused
+from vmigrate.live.policy import PRESETS
+from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
+from vmigrate.model import CheckReport
+
+console = Console(highlight=False)
+MIB = 1 << 20
+
+
+def _mib(value: float) -> str:
+    return f"{value / MIB:,.0f} MiB"
+
+
+def progress_table(sample: dict[str, Any]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    phase = sample["phase"]
+    label = f"pre-copy pass {sample['iteration']}" if phase == "precopy" else phase
+    bar_width = 30
+    filled = int(bar_width * sample["percent"] / 100)
+    bandwidth = sample["bandwidth_bps"]
+    eta = sample["memory_remaining"] / bandwidth if bandwidth > 0 else None
+    expected = sample.get("expected_downtime_ms")
+    table.add_row(
+        f"[bold]{label}[/]",
+        f"[green]{'█' * filled}[/]{'░' * (bar_width - filled)} {sample['percent']:5.1f} %",
+    )
+    table.add_row(
+        "sent / remaining",
+        f"{_mib(sample['memory_processed'] + sample['disk_processed'])} / "
+        f"{_mib(sample['memory_remaining'] + sample['disk_remaining'])}",
+    )
+    table.add_row(
+        "bandwidth / dirty rate",
+        f"{_mib(bandwidth)}/s / {_mib(sample['dirty_rate_bps'])}/s",
+    )
+    table.add_row(
+        "expected downtime / limit",
+        f"{expected:.0f} ms / {sample['downtime_limit_ms']:.0f} ms"
+        if expected is not None
+        else f"- / {sample['downtime_limit_ms']:.0f} ms",
+    )
+    table.add_row(
+        "elapsed / ETA this pass",
+        f"{sample['elapsed_s']:.1f} s / " + (f"{eta:.1f} s" if eta else "-"),
+    )
+    if sample.get("throttle_pct"):
+        table.add_row("guest throttled", f"{sample['throttle_pct']} %")
+    return table
+
+
+def render_final(report: LiveReport) -> None:
+    colour = {"succeeded": "green", "aborted": "yellow"}.get(report.outcome, "red")
+    console.print(
+        f"[bold {colour}]{report.outcome}[/]: {report.vm} "
+        f"{report.source} -> {report.destination}: {report.message}"
+    )
+    downtime = f"{report.downtime_ms:.0f} ms" if report.downtime_ms is not None else "n/a"
+    console.print(
+        f"  total {report.total_s:.1f} s, downtime {downtime}, "
+        f"sent {_mib(report.bytes_sent)}, passes {report.passes}"
+        + (", finished in post-copy" if report.postcopy else "")
+    )
+    for action in report.actions:
+        value = f" {action['value']:g}" if action["value"] is not None else ""
+        console.print(
+            f"  {action['at_s']:6.1f} s  {action['by']:<6} {action['action']}{value}: "
+            f"{action['reason']}"
+        )
+    where = report.placement.get("summary", "")
+    if report.placement_ok:
+        console.print(f"  verified: {where}")
+    else:
+        console.print(
+            f"[bold red]  ATTENTION: {where} — not where it should be; "
+            f"run `vmigrate jobs show {report.job_id}`[/]"
+        )
+    console.print(f"  job {report.job_id} (vmigrate jobs show {report.job_id})")
+
+
+@click.command("live")
+@click.argument("vm")
+@click.option("--from", "source", required=True, help="Source host: name or libvirt URI.")
+@click.option("--to", "destination", required=True, help="Destination host: name or URI.")
+@click.option(
+    "--policy",
+    type=click.Choice(sorted(PRESETS)),
+    default="fast",
+    show_default=True,
+    help="fast: post-copy when needed; safe: never post-copy, "
+    "throttle instead; strict: short pause or abort.",
+)
+@click.option("--max-downtime", type=int, help="Never pause the guest longer (ms).")
+@click.option("--timeout", type=float, help="Then post-copy (if allowed) or abort (s).")
+@click.option("--allow-postcopy/--no-postcopy", default=None, help="Override the policy.")
+@click.option("--direct", is_flag=True, help="Client-managed migration instead of peer-to-peer.")
+@click.option("--transient", is_flag=True, help="Leave definitions as they are.")
+@click.option("--bandwidth", type=int, help="Limit the migration stream (MiB/s).")
+@click.option("--parallel", type=int, help="Parallel connections (multifd).")
+@click.option("--compress", is_flag=True, help="Compress memory pages.")
+@click.option("--tls", is_flag=True, help="Encrypt the migration stream (QEMU TLS).")
+@click.option("--migration-address", help="Destination address for the data stream.")
+@click.option("--force", is_flag=True, help="Go ahead even if pre-flight checks fail.")
+@click.option("--hosts", "hosts_file", type=click.Path(path_type=Path), help="Hosts file.")
+@click.option("--store", "store_path", type=click.Path(path_type=Path), help="Job store.")
+@click.option("--json", "as_json", is_flag=True, help="Stream JSON lines instead.")
+def live(
+    vm: str,
+    source: str,
+    destination: str,
+    policy: str,
+    max_downtime: int | None,
+    timeout: float | None,
+    allow_postcopy: bool | None,
+    direct: bool,
+    transient: bool,
+    bandwidth: int | None,
+    parallel: int | None,
+    compress: bool,
+    tls: bool,
+    migration_address: str | None,
+    force: bool,
+    hosts_file: Path | None,
+    store_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Move a running VM to another host without stopping it. Ctrl-C aborts (VM stays)."""
+    for name, value in (("--bandwidth", bandwidth), ("--parallel", parallel)):
+        if value is not None and value <= 0:
+            raise click.BadParameter(f"{name} must be positive")
+    config = PRESETS[policy].with_limits(
+        max_downtime_ms=max_downtime, timeout_s=timeout, postcopy=allow_postcopy
+    )
+    request = LiveRequest(
+        vm=vm,
+        source=source,
+        destination=destination,
+        policy=config,
+        peer_to_peer=not direct,
+        transient=transient,
+        bandwidth_mib=bandwidth,
+        parallel_connections=parallel,
+        compressed=compress,
+        tls=tls,
+        migration_address=migration_address,
+        force=force,
+        hosts_file=hosts_file,
+        store_path=store_path,
+    )
+    # Ctrl-C and SIGTERM abort the migration cleanly, even where a parent shell started us
+    # with SIGINT ignored; the runner turns the interrupt into an abort of the job.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+    report = _run_json(request) if as_json else _run_interactive(request)
+    if report.outcome != "succeeded" or not report.placement_ok:
+        raise SystemExit(1)
+
+
+def _run_json(request: LiveRequest) -> LiveReport:
+    def emit(kind: str, payload: dict[str, Any]) -> None:
+        click.echo(json.dumps({"event": kind, **payload}, default=str))
+
+    try:
+        return migrate_live(request, emit)
+    except MigrationRefused as err:
+        if isinstance(err.report, CheckReport):
+            click.echo(json.dumps({"event": "checks", **err.report.to_dict()}))
+        raise
+
+
+def _run_interactive(request: LiveRequest) -> LiveReport:
+    with Live(console=console, refresh_per_second=4, transient=True) as display:
+
+        def emit(kind: str, payload: dict[str, Any]) -> None:
+            if kind == "checks":
+                warnings = [f for f in payload["findings"] if f["verdict"] in ("warn", "fail")]
+                for finding in warnings:
+                    style = "yellow" if finding["verdict"] == "warn" else "red"
+                    console.print(
+                        f"[{style}]{finding['verdict']}[/] {finding['check']}: {finding['summary']}"
+                    )
+            elif kind == "job":
+                console.print(f"job {payload['job_id']} started")
+            elif kind == "sample":
+                display.update(progress_table(payload))
+            elif kind == "action":
+                value = f" {payload['value']:g}" if payload["value"] is not None else ""
+                console.print(
+                    f"[cyan]{payload['at_s']:6.1f} s {payload['by']}: "
+                    f"{payload['action']}{value}[/] — {payload['reason']}"
+                )
+            elif kind == "notice":
+                console.print(f"[yellow]{payload['message']}[/]")
+
+        try:
+            report = migrate_live(request, emit)
+        except MigrationRefused as err:
+            if isinstance(err.report, CheckReport):
+                console.print(render_report(err.report))
+            raise
+    render_final(report)
+    return report

@@ -1,0 +1,320 @@
+"""`vmigrate live`: checks, start, monitor + policy every 0.5 s, finish, verify, report.
+
+The library never prints: progress goes to an `on_event(kind, payload)` callback, and every
+sample and action goes into the job store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmigrate.errors import MigrationRefused
+from vmigrate.hosts import resolve_host
+from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
+from vmigrate.live.samples import JobSample, sample_from_job_stats
+from vmigrate.model import CheckReport, Mode
+from vmigrate.preflight import run_checks
+from vmigrate.store import JobStore
+from vmigrate.virt.connection import UNDEFINE_KEEP_NVRAM, lookup_domain, open_with_timeout
+from vmigrate.virt.migration import (
+    LiveOptions,
+    MigrationCall,
+    abort_job,
+    ensure_event_loop,
+    job_stats,
+    set_max_downtime,
+    start_postcopy,
+    watch_job_completed,
+)
+from vmigrate.virt.placement import Placement, locate
+
+log = logging.getLogger(__name__)
+SAMPLE_INTERVAL_S = 0.5
+CONNECT_TIMEOUT_S = 10.0
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class LiveRequest:
+    vm: str
+    source: str
+    destination: str
+    policy: PolicyConfig
+    peer_to_peer: bool = True
+    transient: bool = False  # leave definitions as they are
+    bandwidth_mib: int | None = None
+    parallel_connections: int | None = None
+    compressed: bool = False
+    tls: bool = False
+    migration_address: str | None = None
+    force: bool = False  # go ahead despite failed checks
+    hosts_file: Path | None = None
+    store_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class LiveReport:
+    job_id: int
+    vm: str
+    source: str
+    destination: str
+    outcome: str  # succeeded | failed | aborted
+    message: str
+    total_s: float
+    downtime_ms: float | None
+    bytes_sent: int
+    passes: int
+    postcopy: bool
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    placement: dict[str, Any] = field(default_factory=dict)
+    placement_ok: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _options(request: LiveRequest, migration_address: str | None) -> LiveOptions:
+    return LiveOptions(
+        peer_to_peer=request.peer_to_peer,
+        persist_destination=not request.transient,
+        postcopy=request.policy.postcopy_allowed,
+        autoconverge=request.policy.autoconverge_at_start,
+        bandwidth_mib=request.bandwidth_mib,
+        parallel_connections=request.parallel_connections,
+        compressed=request.compressed,
+        tls=request.tls,
+        migration_uri=f"tcp://{migration_address}" if migration_address else None,
+    )
+
+
+class _Steering:
+    """Applies the policy's (and the user's) actions to the running job, and records them."""
+
+    def __init__(self, store: JobStore, job_id: int, emit: EventSink) -> None:
+        self.store, self.job_id, self.emit = store, job_id, emit
+        self.taken: list[dict[str, Any]] = []
+
+    def apply(self, domain: Any, action: Action, actor: str = "policy") -> None:
+        if action.kind == "set-downtime" and action.value is not None:
+            set_max_downtime(domain, action.value)
+        elif action.kind == "postcopy":
+            start_postcopy(domain)
+        elif action.kind == "abort":
+            abort_job(domain)
+        record = {
+            "at_s": round(action.at_s, 2),
+            "action": action.kind,
+            "value": action.value,
+            "reason": action.reason,
+            "by": actor,
+        }
+        self.taken.append(record)
+        label = action.kind if action.value is None else f"{action.kind} {action.value:g}"
+        self.store.add_action(self.job_id, label, action.reason, actor)
+        self.emit("action", record)
+
+
+class _Monitor:
+    """Samples the job every SAMPLE_INTERVAL_S, records it, and lets the policy act.
+
+    Ctrl-C aborts the job (the VM stays on the source) unless post-copy has begun: then the
+    guest already runs on the destination and the only safe way is forward.
+    """
+
+    def __init__(
+        self,
+        domain: Any,
+        policy: PolicyConfig,
+        store: JobStore,
+        job_id: int,
+        steering: _Steering,
+        emit: EventSink,
+        started: float,
+    ) -> None:
+        self.domain, self.policy, self.store, self.job_id = domain, policy, store, job_id
+        self.steering, self.emit, self.started = steering, emit, started
+        self.state = initial_state(policy)
+        self.samples: list[JobSample] = []
+        self._downtime_set = False
+
+    def finished(self, call: MigrationCall) -> bool:
+        """One monitoring step; True once the migrate call has returned."""
+        try:
+            if call.wait(SAMPLE_INTERVAL_S):
+                return True
+            self._step()
+        except KeyboardInterrupt:
+            self._interrupted()
+        return False
+
+    def _step(self) -> None:
+        elapsed = time.monotonic() - self.started
+        sample = sample_from_job_stats(
+            job_stats(self.domain), elapsed, postcopy=self.state.postcopy
+        )
+        if sample is None:
+            return
+        if not self._downtime_set:
+            # Start low: the policy raises it only as far as the guest needs.
+            set_max_downtime(self.domain, self.state.downtime_ms)
+            self._downtime_set = True
+        self.samples.append(sample)
+        self.store.add_sample(self.job_id, sample.to_dict())
+        self.emit(
+            "sample",
+            {
+                **sample.to_dict(),
+                "percent": sample.percent,
+                "downtime_limit_ms": self.state.downtime_ms,
+            },
+        )
+        actions = decide(self.samples, self.policy, self.state)
+        for action in actions:
+            self.steering.apply(self.domain, action)
+        self.state = self.state.after(actions, sample.iteration, sample.throttle_pct)
+
+    def _interrupted(self) -> None:
+        if self.state.postcopy:
+            self.emit(
+                "notice",
+                {
+                    "message": "in post-copy the guest already runs on the "
+                    "destination and cannot go back: finishing the migration"
+                },
+            )
+            return
+        if self.state.aborting:
+            return
+        abort = Action(
+            "abort", None, "interrupted by the user (Ctrl-C)", time.monotonic() - self.started
+        )
+        with contextlib.suppress(Exception):  # the job may have ended a moment ago
+            self.steering.apply(self.domain, abort, actor="user")
+        self.state = self.state.after([abort], 0, None)
+
+
+def _checks(request: LiveRequest) -> CheckReport:
+    report = run_checks(
+        request.vm,
+        request.source,
+        request.destination,
+        mode=Mode.LIVE,
+        hosts_file=request.hosts_file,
+    )
+    if report.failed and not request.force:
+        failed = [f for f in report.findings if f.verdict.value == "fail"]
+        details = "; ".join(f"{f.check}: {f.summary}" for f in failed)
+        raise MigrationRefused(
+            f"pre-flight checks failed, nothing was moved: {details}",
+            vm=request.vm,
+            fix=failed[0].fix or "run `vmigrate check` for details; --force overrides",
+            report=report,
+        )
+    return report
+
+
+def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> LiveReport:
+    """Move a running VM live; after every outcome, verify and report where it is."""
+    emit: EventSink = on_event or (lambda _kind, _payload: None)
+    checks = _checks(request)
+    emit("checks", checks.to_dict())
+    src_ref = resolve_host(request.source, request.hosts_file)
+    dst_ref = resolve_host(request.destination, request.hosts_file)
+    ensure_event_loop()
+    src = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
+    dst = open_with_timeout(dst_ref.uri, host=dst_ref.name, timeout=CONNECT_TIMEOUT_S)
+    store = JobStore(request.store_path)
+    domain = lookup_domain(src, request.vm, host=src_ref.name)
+    was_persistent = bool(domain.isPersistent())
+    options = _options(request, request.migration_address or dst_ref.migration_address)
+    job_id = store.create_job(
+        "live",
+        request.vm,
+        src_ref.uri,
+        dst_ref.uri,
+        {"policy": asdict(request.policy), "options": asdict(options), "force": request.force},
+    )
+    emit("job", {"job_id": job_id, "store": str(store.path)})
+    completed: dict[str, Any] = {}
+    callback = watch_job_completed(src, domain, completed)
+    steering = _Steering(store, job_id, emit)
+    call = MigrationCall(domain, options, destination_uri=dst_ref.uri, destination=dst)
+    started = time.monotonic()
+    monitor = _Monitor(domain, request.policy, store, job_id, steering, emit, started)
+    try:
+        call.start()
+        while not monitor.finished(call):
+            pass
+    finally:
+        with contextlib.suppress(Exception):
+            src.domainEventDeregisterAny(callback)
+    state, samples = monitor.state, monitor.samples
+    placement_before_settle = locate(request.vm, {src_ref.name: src, dst_ref.name: dst})
+    if call.error is None and placement_before_settle.running_on == [dst_ref.name]:
+        outcome, message = "succeeded", "migration completed"
+    elif call.error is None:
+        outcome = "aborted" if state.aborting else "failed"
+        message = (
+            f"libvirt reported success, but {placement_before_settle.summary()}"
+            if not state.aborting
+            else steering.taken[-1]["reason"]
+        )
+    elif state.aborting:
+        outcome = "aborted"
+        message = steering.taken[-1]["reason"] if steering.taken else call.error
+    else:
+        outcome, message = "failed", call.error
+    total_s = time.monotonic() - started
+    placement = _settle(request, src_ref.name, dst_ref.name, src, dst, outcome)
+    if outcome == "succeeded":
+        placement_ok = placement.exactly_on(dst_ref.name, defined=not request.transient)
+    else:
+        placement_ok = placement.exactly_on(src_ref.name, defined=was_persistent)
+    last = samples[-1] if samples else None
+    report = LiveReport(
+        job_id=job_id,
+        vm=request.vm,
+        source=src_ref.name,
+        destination=dst_ref.name,
+        outcome=outcome,
+        message=message,
+        total_s=round(total_s, 3),
+        downtime_ms=float(completed["downtime"]) if "downtime" in completed else None,
+        bytes_sent=int(completed.get("data_processed", last.data_processed if last else 0)),
+        passes=int(completed.get("memory_iteration", last.iteration if last else 0)),
+        postcopy=state.postcopy,
+        actions=steering.taken,
+        placement=placement.to_dict(),
+        placement_ok=placement_ok,
+    )
+    store.finish_job(job_id, outcome, message, report.to_dict())
+    store.close()
+    src.close()
+    dst.close()
+    emit("done", report.to_dict())
+    return report
+
+
+def _settle(
+    request: LiveRequest, src_name: str, dst_name: str, src: Any, dst: Any, outcome: str
+) -> Placement:
+    """After success, undefine the source only once the destination is verified running."""
+    hosts = {src_name: src, dst_name: dst}
+    placement = locate(request.vm, hosts)
+    if (
+        outcome == "succeeded"
+        and not request.transient
+        and placement.running_on == [dst_name]
+        and dst_name in placement.defined_on
+        and src_name in placement.defined_on
+    ):
+        with contextlib.suppress(Exception):
+            src.lookupByName(request.vm).undefineFlags(UNDEFINE_KEEP_NVRAM)
+        placement = locate(request.vm, hosts)
+    return placement

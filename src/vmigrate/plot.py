@@ -1,0 +1,54 @@
+"""Drawing a job: remaining memory and dirty rate over time, with the policy's actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+from vmigrate.store import ActionRecord, JobRecord
+
+MIB = 1 << 20
+
+
+def plot_job(
+    record: JobRecord, samples: list[dict[str, Any]], actions: list[ActionRecord], path: Path
+) -> None:
+    t0 = record.started
+    times = [s.get("elapsed_s", s["t"] - t0) for s in samples]
+    fig, left = plt.subplots(figsize=(9, 4.5))
+    left.plot(
+        times,
+        [s["memory_remaining"] / MIB for s in samples],
+        label="remaining (MiB)",
+        color="tab:blue",
+    )
+    left.set_xlabel("seconds since start")
+    left.set_ylabel("remaining memory (MiB)")
+    right = left.twinx()
+    right.plot(
+        times,
+        [s["dirty_rate_bps"] / MIB for s in samples],
+        label="dirty rate (MiB/s)",
+        color="tab:red",
+        linestyle="--",
+    )
+    right.set_ylabel("dirty rate (MiB/s)")
+    for action in actions:
+        left.axvline(action.t - t0, color="gray", linestyle=":")
+        left.annotate(
+            action.action, (action.t - t0, left.get_ylim()[1]), rotation=90, va="top", fontsize=7
+        )
+    left.set_title(
+        f"job {record.id}: {record.vm} {record.source} -> {record.destination} "
+        f"({record.outcome or record.state})",
+        fontsize=9,
+    )
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,174 @@
+"""The libvirt calls of a live migration: flags and parameters, start, steer, finish."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+_loop_lock = threading.Lock()
+
+
+def _signals_to_main_thread() -> None:
+    """Block Ctrl-C and SIGTERM in worker threads: the main thread turns them into an abort,
+    and a signal landing in a thread blocked inside libvirt would only disturb that call."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+_loop_started = False
+
+
+def ensure_event_loop() -> None:
+    """libvirt delivers events (job completed, keepalive) only with an event loop running.
+
+    Must run before connections are opened; the loop lives in a daemon thread.
+    """
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            _signals_to_main_thread()
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, daemon=True, name="libvirt-events").start()
+        _loop_started = True
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    peer_to_peer: bool = True
+    persist_destination: bool = True
+    postcopy: bool = False  # enable the capability; the switch itself is the policy's call
+    autoconverge: bool = False
+    autoconverge_initial: int | None = None
+    autoconverge_increment: int | None = None
+    bandwidth_mib: int | None = None
+    parallel_connections: int | None = None
+    compressed: bool = False
+    tls: bool = False
+    migration_uri: str | None = None  # e.g. tcp://10.0.0.2 for the data stream
+
+
+def migration_flags(options: LiveOptions) -> int:
+    flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+    if options.peer_to_peer:
+        flags |= libvirt.VIR_MIGRATE_PEER2PEER
+    if options.persist_destination:
+        flags |= libvirt.VIR_MIGRATE_PERSIST_DEST
+    if options.postcopy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    if options.autoconverge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if options.compressed:
+        flags |= libvirt.VIR_MIGRATE_COMPRESSED
+    if options.tls:
+        flags |= libvirt.VIR_MIGRATE_TLS
+    if options.parallel_connections:
+        flags |= libvirt.VIR_MIGRATE_PARALLEL
+    return int(flags)
+
+
+def migration_params(options: LiveOptions) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if options.bandwidth_mib:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mib
+    if options.parallel_connections:
+        params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = options.parallel_connections
+    if options.migration_uri:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = options.migration_uri
+    if options.autoconverge and options.autoconverge_initial is not None:
+        params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = options.autoconverge_initial
+    if options.autoconverge and options.autoconverge_increment is not None:
+        params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = options.autoconverge_increment
+    return params
+
+
+class MigrationCall:
+    """Runs the blocking migrate call in a worker thread; the caller monitors meanwhile."""
+
+    def __init__(
+        self,
+        domain: libvirt.virDomain,
+        options: LiveOptions,
+        *,
+        destination_uri: str,
+        destination: libvirt.virConnect | None,
+    ) -> None:
+        self.domain = domain
+        self.error: str | None = None
+        self.error_code: int | None = None
+        self._thread = threading.Thread(
+            target=self._run,
+            daemon=True,
+            name="migrate",
+            args=(options, destination_uri, destination),
+        )
+
+    def _run(
+        self, options: LiveOptions, destination_uri: str, destination: libvirt.virConnect | None
+    ) -> None:
+        _signals_to_main_thread()
+        flags, params = migration_flags(options), migration_params(options)
+        try:
+            if options.peer_to_peer:
+                self.domain.migrateToURI3(destination_uri, params, flags)
+            else:
+                assert destination is not None
+                self.domain.migrate3(destination, params, flags)
+        except libvirt.libvirtError as err:
+            self.error, self.error_code = err.get_error_message(), err.get_error_code()
+        except BaseException as err:  # never report success for a call that did not return
+            self.error = f"the migrate call failed: {err!r}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def job_stats(domain: libvirt.virDomain) -> dict[str, Any]:
+    try:
+        return dict(domain.jobStats(0))
+    except libvirt.libvirtError:
+        return {}
+
+
+def set_max_downtime(domain: libvirt.virDomain, ms: float) -> None:
+    domain.migrateSetMaxDowntime(int(ms), 0)
+
+
+def start_postcopy(domain: libvirt.virDomain) -> None:
+    domain.migrateStartPostCopy(0)
+
+
+def abort_job(domain: libvirt.virDomain) -> None:
+    domain.abortJob()
+
+
+def watch_job_completed(
+    conn: libvirt.virConnect, domain: libvirt.virDomain, into: dict[str, Any]
+) -> int:
+    """Collect the completed job's statistics (downtime, totals) from libvirt's event."""
+
+    def on_completed(
+        _conn: libvirt.virConnect, _dom: libvirt.virDomain, params: dict[str, Any], _opaque: object
+    ) -> None:
+        into.update(params)
+
+    return int(
+        conn.domainEventRegisterAny(
+            domain, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_completed, None
+        )
+    )

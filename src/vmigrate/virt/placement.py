@@ -1,0 +1,57 @@
+"""Where a VM really is: running and defined on which hosts (the exactly-one-host check)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libvirt
+
+from vmigrate.virt.connection import domain_state, find_domain
+
+
+@dataclass(frozen=True)
+class Placement:
+    vm: str
+    states: dict[str, str] = field(default_factory=dict)  # host -> state, where it exists
+    persistent: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def running_on(self) -> list[str]:
+        return [h for h, s in self.states.items() if s in ("running", "paused", "blocked")]
+
+    @property
+    def defined_on(self) -> list[str]:
+        return [h for h, p in self.persistent.items() if p]
+
+    def exactly_on(self, host: str, *, defined: bool) -> bool:
+        """Running on `host` only; defined there (and nowhere else) when `defined`."""
+        if self.running_on != [host]:
+            return False
+        return self.defined_on == [host] if defined else True
+
+    def summary(self) -> str:
+        running = ", ".join(self.running_on) or "no host"
+        defined = ", ".join(self.defined_on) or "no host"
+        return f"{self.vm} runs on {running}; defined on {defined}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "running_on": self.running_on,
+            "defined_on": self.defined_on,
+            "states": self.states,
+            "summary": self.summary(),
+        }
+
+
+def locate(vm: str, hosts: dict[str, libvirt.virConnect]) -> Placement:
+    states, persistent = {}, {}
+    for name, conn in hosts.items():
+        try:
+            domain = find_domain(conn, vm)
+            if domain is None:
+                continue
+            persistent[name] = bool(domain.isPersistent())
+            states[name] = domain_state(domain)
+        except libvirt.libvirtError as err:
+            states[name] = f"unknown ({err.get_error_message()})"
+    return Placement(vm, states, persistent)

@@ -1,0 +1,53 @@
+"""The SQLite job store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from vmigrate.errors import NotFound
+from vmigrate.store import JobStore, redact_uri
+
+
+def test_job_lifecycle(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job = store.create_job(
+        "live",
+        "web1",
+        "qemu+ssh://root:hunter2@a/system",
+        "qemu+tls://b/system",
+        {"policy": "fast"},
+    )
+    store.add_sample(job, {"memory_remaining": 10})
+    store.add_action(job, "postcopy", "pass 2: cannot converge", "policy")
+    assert store.job(job).state == "running"
+    store.finish_job(job, "succeeded", "migration completed", {"downtime_ms": 12})
+    record = store.job(job)
+    assert record.state == "succeeded" and record.report == {"downtime_ms": 12}
+    assert record.source == "qemu+ssh://root@a/system"  # no password stored
+    for written in tmp_path.iterdir():  # the database and its WAL
+        assert b"hunter2" not in written.read_bytes()
+    assert [a.action for a in store.actions(job)] == ["postcopy"]
+    assert store.samples(job)[0]["memory_remaining"] == 10
+    assert [r.id for r in store.jobs()] == [job]
+
+
+def test_a_job_whose_process_died_is_interrupted(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    store = JobStore(path)
+    job = store.create_job("live", "web1", "a", "b", {})
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE jobs SET pid = 999999999 WHERE id = ?", (job,))
+    assert store.job(job).state == "interrupted"
+
+
+def test_unknown_job(tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        JobStore(tmp_path / "jobs.sqlite").job(42)
+
+
+def test_redact_uri() -> None:
+    assert redact_uri("qemu+tcp://u:p@h:16509/system") == "qemu+tcp://u@h:16509/system"
+    assert redact_uri("qemu:///system") == "qemu:///system"
