@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set everything up (idempotent), start the two-host lab, boot a guest that dirties 100 MiB/s,
-# move it live from hostA to hostB, and print what the guest saw: the heartbeat report.
+# check and move it live from hostA to hostB, and print what the guest saw: the heartbeat report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -11,9 +11,10 @@ $vmigrate lab vm rm demo >/dev/null 2>&1 || true
 echo "==> vmigrate lab vm create demo --memory 512 --dirty-rate 100"
 $vmigrate lab vm create demo --memory 512 --dirty-rate 100
 sleep 2
-echo "==> virsh migrate --live --p2p demo: hostA -> hostB"
-time virsh -c qemu+tcp://127.0.0.2/system migrate --live --p2p --persistent --undefinesource \
-    --verbose demo qemu+tcp://127.0.0.3/system
+echo "==> vmigrate check demo --from hostA --to hostB"
+$vmigrate check demo --from hostA --to hostB
+echo "==> vmigrate live demo --from hostA --to hostB"
+$vmigrate live demo --from hostA --to hostB
 sleep 1
 echo "==> vmigrate lab heartbeat demo"
 $vmigrate lab heartbeat demo

@@ -217,3 +217,28 @@ def test_live_bad_input(
     assert "Traceback" not in err
     for word in words:
         assert word in err
+
+
+def test_direct_transient_multifd(lab: list[HostStatus], vm_name: str, store: Path) -> None:
+    """Client-managed migration over 2 multifd channels, leaving definitions as they were."""
+    create_vm(LabVmRequest(vm_name, memory_mib=256, working_set_mib=64, dirty_rate_mib=20))
+    request = LiveRequest(
+        vm_name,
+        "hostA",
+        "hostB",
+        PRESETS["fast"],
+        peer_to_peer=False,
+        transient=True,
+        parallel_connections=2,
+        store_path=store,
+    )
+    report = migrate_live(request)
+    assert report.outcome == "succeeded", report.message
+    assert report.placement["running_on"] == ["hostB"]
+    assert report.placement["defined_on"] == ["hostA"]  # the source definition is kept
+    assert report.placement_ok
+    params = JobStore(store).job(report.job_id).params
+    assert params["options"]["peer_to_peer"] is False
+    assert params["options"]["parallel_connections"] == 2
+    healthy = heartbeat_report(vm_name)
+    assert healthy.contiguous and healthy.last_seq_by_host["hostB"] > 0

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,8 @@ def _options(request: LiveRequest, migration_address: str | None) -> LiveOptions
         persist_destination=not request.transient,
         postcopy=request.policy.postcopy_allowed,
         autoconverge=request.policy.autoconverge_at_start,
+        autoconverge_initial=request.policy.autoconverge_initial_pct,
+        autoconverge_increment=request.policy.autoconverge_increment_pct,
         bandwidth_mib=request.bandwidth_mib,
         parallel_connections=request.parallel_connections,
         compressed=request.compressed,
@@ -222,6 +224,16 @@ def _checks(request: LiveRequest) -> CheckReport:
 def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> LiveReport:
     """Move a running VM live; after every outcome, verify and report where it is."""
     emit: EventSink = on_event or (lambda _kind, _payload: None)
+    if request.parallel_connections and request.policy.postcopy_allowed:
+        # QEMU refuses the post-copy capability together with multifd.
+        request = replace(request, policy=request.policy.with_limits(postcopy=False))
+        emit(
+            "notice",
+            {
+                "message": "post-copy cannot be combined with parallel connections "
+                "(multifd) in QEMU: the policy throttles the guest instead"
+            },
+        )
     checks = _checks(request)
     emit("checks", checks.to_dict())
     src_ref = resolve_host(request.source, request.hosts_file)

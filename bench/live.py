@@ -1,0 +1,271 @@
+"""Live-migration benchmarks L1-L4 (docs/benchmarks.md): vmigrate against virsh, side by side.
+
+Each scenario runs `--pairs` rounds; in each round every tool migrates a fresh lab guest
+(512 MiB, 384 MiB working set) from hostA to hostB over the scenario's link, in an order
+that alternates between rounds. Measured per run: outcome, wall time, libvirt downtime,
+guest-observed gap (host-timestamped heartbeats), bytes sent, passes, policy actions.
+
+    python -m bench.live [--scenario L1 ...] [--pairs 3] [--out bench/results/live.json]
+
+Needs root and `vmigrate lab up`. Benchmarks never fail a build; they only measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from vmigrate.lab import link
+from vmigrate.lab.config import HOST_A, HOST_B
+from vmigrate.lab.heartbeat import heartbeat_report
+from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm
+from vmigrate.live.policy import PRESETS
+from vmigrate.live.runner import LiveRequest, migrate_live
+
+MEMORY_MIB, WORKING_SET_MIB = 512, 384
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    virsh_flags: tuple[str, ...] = ()  # empty for vmigrate
+    set_downtime_ms: int | None = None  # virsh migrate-setmaxdowntime once the job runs
+    policy: str = "fast"
+    postcopy: bool | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    dirty_rate: int
+    link_rate: str | None
+    tools: tuple[Tool, ...]
+
+
+P2P = ("--live", "--p2p")
+SCENARIOS = {
+    "L1": Scenario(
+        "L1",
+        0,
+        None,
+        (
+            Tool("vmigrate"),
+            Tool("virsh common", P2P),
+            Tool("virsh expert", P2P, set_downtime_ms=30),
+        ),
+    ),
+    "L2": Scenario(
+        "L2",
+        100,
+        "1gbit",
+        (
+            Tool("vmigrate"),
+            Tool("virsh common", P2P),
+            Tool("virsh expert", (*P2P, "--postcopy", "--postcopy-after-precopy")),
+        ),
+    ),
+    "L3": Scenario(
+        "L3",
+        200,
+        "1gbit",
+        (
+            Tool("vmigrate"),
+            Tool("virsh common", (*P2P, "--postcopy", "--timeout", "60", "--timeout-postcopy")),
+            Tool("virsh expert", (*P2P, "--postcopy", "--postcopy-after-precopy")),
+        ),
+    ),
+    "L4": Scenario(
+        "L4",
+        200,
+        "1gbit",
+        (
+            Tool("vmigrate", policy="safe", postcopy=False),
+            Tool("virsh common", (*P2P, "--auto-converge")),
+            Tool(
+                "virsh expert",
+                (
+                    *P2P,
+                    "--auto-converge",
+                    "--auto-converge-initial",
+                    "60",
+                    "--auto-converge-increment",
+                    "20",
+                ),
+            ),
+        ),
+    ),
+}
+
+
+@dataclass
+class Run:
+    scenario: str
+    tool: str
+    round: int
+    outcome: str
+    total_s: float
+    downtime_ms: float | None
+    guest_gap_ms: float | None
+    contiguous: bool
+    bytes_sent: int
+    passes: int
+    actions: list[str] = field(default_factory=list)
+
+
+def _completed_stats(vm: str) -> dict[str, Any]:
+    """virsh leaves the source defined (shut off): its completed job holds the figures."""
+    conn = libvirt.open(HOST_A.uri)
+    try:
+        return dict(conn.lookupByName(vm).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+    except libvirt.libvirtError:
+        return {}
+    finally:
+        conn.close()
+
+
+def _lower_downtime_when_running(vm: str, ms: int, stop: threading.Event) -> None:
+    conn = libvirt.open(HOST_A.uri)
+    try:
+        domain = conn.lookupByName(vm)
+        while not stop.is_set():
+            try:
+                if domain.jobStats(0).get("type", 0) in (1, 2):
+                    domain.migrateSetMaxDowntime(ms, 0)
+                    return
+            except libvirt.libvirtError:
+                return
+            time.sleep(0.01)
+    finally:
+        conn.close()
+
+
+def _run_virsh(vm: str, tool: Tool) -> tuple[str, float, dict[str, Any]]:
+    stop = threading.Event()
+    helper = None
+    if tool.set_downtime_ms is not None:
+        helper = threading.Thread(
+            target=_lower_downtime_when_running, args=(vm, tool.set_downtime_ms, stop)
+        )
+        helper.start()
+    started = time.monotonic()
+    result = subprocess.run(
+        ["virsh", "-c", HOST_A.uri, "migrate", *tool.virsh_flags, vm, HOST_B.uri],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    total = time.monotonic() - started
+    stop.set()
+    if helper is not None:
+        helper.join()
+    outcome = "succeeded" if result.returncode == 0 else f"failed: {result.stderr.strip()}"
+    return outcome, total, _completed_stats(vm)
+
+
+def run_once(scenario: Scenario, tool: Tool, round_no: int) -> Run:
+    vm = f"bench-{scenario.id.lower()}-{round_no}-{tool.name.split()[-1]}"
+    create_vm(
+        LabVmRequest(
+            vm,
+            memory_mib=MEMORY_MIB,
+            working_set_mib=WORKING_SET_MIB,
+            dirty_rate_mib=scenario.dirty_rate,
+        )
+    )
+    time.sleep(2)  # let the workload settle at its rate
+    try:
+        if scenario.link_rate:
+            link.shape(scenario.link_rate)
+        if tool.virsh_flags:
+            outcome, total, stats = _run_virsh(vm, tool)
+            downtime = stats.get("downtime")
+            sent, passes, actions = (
+                stats.get("data_processed", 0),
+                stats.get("memory_iteration", 0),
+                [],
+            )
+        else:
+            config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
+            report = migrate_live(
+                LiveRequest(
+                    vm, "hostA", "hostB", config, store_path=Path("/tmp/vmigrate-bench.sqlite")
+                )
+            )
+            outcome, total, downtime = report.outcome, report.total_s, report.downtime_ms
+            sent, passes = report.bytes_sent, report.passes
+            actions = [f"{a['at_s']}s {a['action']}" for a in report.actions]
+        link.reset()
+        time.sleep(1)
+        beats = heartbeat_report(vm)
+        return Run(
+            scenario.id,
+            tool.name,
+            round_no,
+            outcome,
+            round(total, 2),
+            float(downtime) if downtime is not None else None,
+            round(beats.largest_gap_ms, 1),
+            beats.contiguous,
+            int(sent),
+            int(passes),
+            actions,
+        )
+    finally:
+        link.reset()
+        remove_vm(vm)
+
+
+def environment() -> dict[str, str]:
+    conn = libvirt.open(HOST_A.uri)
+    try:
+        lib, qemu = conn.getLibVersion(), conn.getVersion()
+    finally:
+        conn.close()
+    return {
+        "libvirt": f"{lib // 1_000_000}.{lib // 1000 % 1000}.{lib % 1000}",
+        "qemu": f"{qemu // 1_000_000}.{qemu // 1000 % 1000}.{qemu % 1000}",
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+        "memory": subprocess.run(
+            ["free", "-h"], capture_output=True, text=True, check=False
+        ).stdout.split()[7],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.live")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/live.json"))
+    args = parser.parse_args()
+    runs: list[Run] = []
+    for scenario_id in args.scenario or sorted(SCENARIOS):
+        scenario = SCENARIOS[scenario_id]
+        for round_no in range(args.pairs):
+            order = scenario.tools if round_no % 2 == 0 else tuple(reversed(scenario.tools))
+            for tool in order:
+                run = run_once(scenario, tool, round_no)
+                print(json.dumps(asdict(run)), flush=True)
+                runs.append(run)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {"environment": environment(), "pairs": args.pairs, "runs": [asdict(r) for r in runs]},
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
