@@ -258,13 +258,18 @@ def main() -> None:
                 run = run_once(scenario, tool, round_no)
                 print(json.dumps(asdict(run)), flush=True)
                 runs.append(run)
+    # Re-running some scenarios keeps the others' latest results.
+    rerun = {r.scenario for r in runs}
+    kept = []
+    if args.out.exists():
+        kept = [r for r in json.loads(args.out.read_text())["runs"] if r["scenario"] not in rerun]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"environment": environment(), "pairs": args.pairs, "runs": [asdict(r) for r in runs]},
-            indent=1,
-        )
-    )
+    payload = {
+        "environment": environment(),
+        "pairs": args.pairs,
+        "runs": kept + [asdict(r) for r in runs],
+    }
+    args.out.write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

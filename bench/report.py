@@ -47,7 +47,7 @@ def live_section(data: dict[str, Any]) -> list[str]:
         lines += [
             f"### {scenario}",
             "",
-            "| tool | ok | total s | vs vmigrate | libvirt downtime ms | guest gap ms "
+            "| tool | ok | total s | vmigrate ÷ peer | libvirt downtime ms | guest gap ms "
             "| sent MiB | passes |",
             "|---|---|---|---|---|---|---|---|",
         ]

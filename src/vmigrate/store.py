@@ -47,6 +47,25 @@ CREATE TABLE IF NOT EXISTS actions (
     reason TEXT NOT NULL,
     actor TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS controls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    command TEXT NOT NULL,
+    value REAL,
+    requested_at REAL NOT NULL,
+    requested_by TEXT NOT NULL,
+    handled_at REAL,
+    result TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    t REAL NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
 CREATE INDEX IF NOT EXISTS samples_job ON samples(job_id, t);
 CREATE INDEX IF NOT EXISTS actions_job ON actions(job_id, t);
 """
@@ -101,6 +120,30 @@ class JobRecord:
             "outcome": self.outcome,
             "report": self.report,
         }
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """A request from another terminal to the process running a job."""
+
+    id: int
+    job_id: int
+    command: str  # cancel | postcopy | max-downtime | bandwidth
+    value: float | None
+    requested_by: str
+    handled_at: float | None = None
+    result: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of a cold migration's journal, as last recorded."""
+
+    seq: int
+    name: str
+    state: str  # started | done | failed | undone
+    detail: dict[str, Any]
+    t: float
 
 
 @dataclass(frozen=True)
@@ -248,3 +291,65 @@ class JobStore:
             "SELECT t, action, reason, actor FROM actions WHERE job_id = ? ORDER BY t", (job_id,)
         )
         return [ActionRecord(*row) for row in rows]
+
+    def request_control(
+        self, job_id: int, command: str, value: float | None, requested_by: str
+    ) -> int:
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO controls (job_id, command, value, requested_at, requested_by)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (job_id, command, value, time.time(), requested_by),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def pending_controls(self, job_id: int) -> list[ControlRequest]:
+        rows = self._db.execute(
+            "SELECT id, job_id, command, value, requested_by FROM controls "
+            "WHERE job_id = ? AND handled_at IS NULL ORDER BY id",
+            (job_id,),
+        )
+        return [ControlRequest(*row) for row in rows]
+
+    def mark_control(self, control_id: int, result: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE controls SET handled_at = ?, result = ? WHERE id = ?",
+                (time.time(), result, control_id),
+            )
+
+    def control(self, control_id: int) -> ControlRequest:
+        row = self._db.execute(
+            "SELECT id, job_id, command, value, requested_by, handled_at, result "
+            "FROM controls WHERE id = ?",
+            (control_id,),
+        ).fetchone()
+        return ControlRequest(*row)
+
+    def record_step(
+        self, job_id: int, seq: int, name: str, state: str, detail: dict[str, Any]
+    ) -> None:
+        """Write a step's state before and after it runs (one row per step, replaced)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO steps (job_id, seq, name, state, detail, t) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, seq, name, state, json.dumps(detail, default=str), time.time()),
+            )
+
+    def steps(self, job_id: int) -> list[StepRecord]:
+        rows = self._db.execute(
+            "SELECT seq, name, state, detail, t FROM steps WHERE job_id = ? ORDER BY seq", (job_id,)
+        )
+        return [
+            StepRecord(seq, name, state, json.loads(detail), t)
+            for seq, name, state, detail, t in rows
+        ]
+
+    def reopen_job(self, job_id: int) -> None:
+        """A resumed or rolled-back job is driven by this process from now on."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, pid = ?, finished = NULL WHERE id = ?",
+                (RUNNING, os.getpid(), job_id),
+            )

@@ -91,3 +91,43 @@ def test_limits_override_presets() -> None:
         PRESETS["fast"].with_limits(max_downtime_ms=0)
     with pytest.raises(UsageError):
         PRESETS["fast"].with_limits(timeout_s=-1)
+
+
+def _throttled(iteration: int, remaining_mib: int) -> JobSample:
+    return JobSample(
+        elapsed_s=iteration * 2.0,
+        phase="precopy",
+        iteration=iteration,
+        memory_total=512 * MIB,
+        memory_processed=iteration * 512 * MIB,
+        memory_remaining=remaining_mib * MIB,
+        bandwidth_bps=119 * MIB,
+        dirty_rate_bps=100 * MIB,
+        expected_downtime_ms=None,
+        disk_total=0,
+        disk_processed=0,
+        disk_remaining=0,
+        throttle_pct=99,
+        postcopy_requests=0,
+    )
+
+
+def _run(passes: list[int], config: PolicyConfig) -> list[Action]:
+    state = initial_state(config).after([], 1, None)
+    samples: list[JobSample] = []
+    taken: list[Action] = []
+    for iteration, remaining in enumerate(passes, start=2):
+        samples.append(_throttled(iteration, remaining))
+        actions = decide(samples, config, state)
+        taken += actions
+        state = state.after(actions, iteration, 99)
+    return taken
+
+
+def test_full_throttle_gives_up_only_when_passes_stop_shrinking() -> None:
+    config = PRESETS["safe"]
+    shrinking = _run([380, 330, 290, 250, 215, 185, 160], config)
+    assert "abort" not in [a.kind for a in shrinking]
+    stuck = _run([380, 378, 379, 377, 378, 379, 378], config)
+    assert [a.kind for a in stuck][-1] == "abort"
+    assert "throttled to the maximum" in stuck[-1].reason

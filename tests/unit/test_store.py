@@ -51,3 +51,15 @@ def test_unknown_job(tmp_path: Path) -> None:
 def test_redact_uri() -> None:
     assert redact_uri("qemu+tcp://u:p@h:16509/system") == "qemu+tcp://u@h:16509/system"
     assert redact_uri("qemu:///system") == "qemu:///system"
+
+
+def test_control_requests_are_queued_and_answered(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job = store.create_job("live", "web1", "a", "b", {})
+    first = store.request_control(job, "max-downtime", 250.0, "ops (pid 1)")
+    store.request_control(job, "cancel", None, "ops (pid 1)")
+    assert [c.command for c in store.pending_controls(job)] == ["max-downtime", "cancel"]
+    store.mark_control(first, "applied")
+    assert [c.command for c in store.pending_controls(job)] == ["cancel"]
+    answered = store.control(first)
+    assert answered.result == "applied" and answered.handled_at is not None

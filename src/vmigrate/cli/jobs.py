@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from vmigrate.errors import VmigrateError
 from vmigrate.plot import plot_job
 from vmigrate.store import JobStore
 
@@ -103,3 +106,104 @@ def show(store_path: Path | None, job_id: int, as_json: bool, plot_path: Path | 
             console.print(f"  where: {placement.get('summary')}")
     if plot_path is not None:
         console.print(f"  plot written to {plot_path}")
+
+
+CONTROL_WAIT_S = 15.0
+
+
+def _send(store_path: Path | None, job_id: int, command: str, value: float | None) -> None:
+    """Ask the process running a job to act, and wait for its answer."""
+    store = JobStore(store_path)
+    record = store.job(job_id)
+    if record.state != "running":
+        raise VmigrateError(
+            f"job {job_id} is not running (it is {record.state})",
+            vm=record.vm,
+            fix="see the running jobs with `vmigrate jobs`",
+        )
+    if record.kind != "live":
+        raise VmigrateError(
+            f"job {job_id} is a {record.kind} migration: only live jobs take '{command}'",
+            vm=record.vm,
+        )
+    by = f"{getpass.getuser()} (pid {os.getpid()})"
+    control_id = store.request_control(job_id, command, value, by)
+    deadline = time.monotonic() + CONTROL_WAIT_S
+    while (answer := store.control(control_id)).handled_at is None:
+        if time.monotonic() > deadline:
+            raise VmigrateError(
+                f"the vmigrate process running job {job_id} (pid {record.pid}) did not answer "
+                f"within {CONTROL_WAIT_S:.0f} s; the request stays queued",
+                vm=record.vm,
+                fix="check that the job is still running: vmigrate jobs",
+            )
+        time.sleep(0.1)
+    if answer.result != "applied":
+        raise VmigrateError(f"job {job_id}: {answer.result}", vm=record.vm)
+    console.print(
+        f"job {job_id}: {command}"
+        + (f" {value:g}" if value is not None else "")
+        + " applied by the running vmigrate"
+    )
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@click.pass_obj
+def cancel(store_path: Path | None, job_id: int) -> None:
+    """Abort a running live migration; the VM stays on the source."""
+    _send(store_path, job_id, "cancel", None)
+
+
+@jobs.command("postcopy")
+@click.argument("job_id", type=int)
+@click.pass_obj
+def postcopy(store_path: Path | None, job_id: int) -> None:
+    """Switch a running live migration to post-copy now."""
+    _send(store_path, job_id, "postcopy", None)
+
+
+@jobs.command("set")
+@click.argument("job_id", type=int)
+@click.option("--max-downtime", type=click.IntRange(min=1), help="New maximum downtime (ms).")
+@click.option("--bandwidth", type=click.IntRange(min=1), help="New bandwidth limit (MiB/s).")
+@click.pass_obj
+def set_limits(
+    store_path: Path | None, job_id: int, max_downtime: int | None, bandwidth: int | None
+) -> None:
+    """Change a running live migration's maximum downtime or bandwidth."""
+    if max_downtime is None and bandwidth is None:
+        raise click.UsageError("give --max-downtime MS and/or --bandwidth MiB/s")
+    if max_downtime is not None:
+        _send(store_path, job_id, "max-downtime", float(max_downtime))
+    if bandwidth is not None:
+        _send(store_path, job_id, "bandwidth", float(bandwidth))
+
+
+@jobs.command("resume")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def resume(store_path: Path | None, job_id: int, as_json: bool) -> None:
+    """Finish an interrupted or failed cold migration from where it stopped."""
+    from vmigrate.cli.cold import run_with_progress
+    from vmigrate.cold.runner import resume_cold
+
+    report = run_with_progress(lambda emit: resume_cold(job_id, store_path, emit), as_json)
+    if report.outcome != "succeeded":
+        raise SystemExit(1)
+
+
+@jobs.command("rollback")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def rollback(store_path: Path | None, job_id: int, as_json: bool) -> None:
+    """Undo an interrupted or failed cold migration: remove only what it created, restore
+    the source as it was."""
+    from vmigrate.cli.cold import run_with_progress
+    from vmigrate.cold.runner import rollback_cold
+
+    report = run_with_progress(lambda emit: rollback_cold(job_id, store_path, emit), as_json)
+    if report.outcome != "rolled back" or not report.placement_ok:
+        raise SystemExit(1)

@@ -19,14 +19,15 @@ from vmigrate.errors import UsageError
 from vmigrate.estimate import Advice, PrecopyInput, advise, estimate_with_autoconverge, mib
 from vmigrate.live.samples import JobSample
 
-ActionKind = Literal["set-downtime", "postcopy", "abort", "note"]
+ActionKind = Literal["set-downtime", "set-bandwidth", "postcopy", "abort", "note"]
 #: How many passes ahead the model must see convergence to call plain pre-copy good enough;
 #: without post-copy to fall back on, more passes are worth waiting for.
 LOOKAHEAD_PASSES = 4
 LOOKAHEAD_PASSES_WITHOUT_POSTCOPY = 10
 #: A pass at least this share of the one before makes no progress.
 STUCK_RATIO = 0.9
-#: Under auto-converge, give up once the throttle is at its maximum for this many passes.
+#: Under auto-converge, give up once the throttle has been at its maximum for this many
+#: passes and the passes no longer shrink.
 PASSES_AT_FULL_THROTTLE = 4
 
 
@@ -126,8 +127,9 @@ class PolicyState:
     def after(
         self, actions: Sequence[Action], iteration: int, throttle_pct: int | None
     ) -> PolicyState:
+        new_pass = iteration > self.decided_iteration
         state = replace(self, decided_iteration=max(self.decided_iteration, iteration))
-        if throttle_pct is not None and throttle_pct >= 99:
+        if new_pass and throttle_pct is not None and throttle_pct >= 99:
             state = replace(state, full_throttle_passes=state.full_throttle_passes + 1)
         for action in actions:
             if action.kind == "set-downtime" and action.value is not None:
@@ -182,7 +184,10 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
         ]
     if now.phase != "precopy" or now.iteration < 2 or now.iteration <= state.decided_iteration:
         return []
-    if now.iteration > config.max_passes or state.full_throttle_passes >= PASSES_AT_FULL_THROTTLE:
+    throttled_out = state.full_throttle_passes >= PASSES_AT_FULL_THROTTLE and _not_shrinking(
+        samples
+    )
+    if now.iteration > config.max_passes or throttled_out:
         why = (
             f"{now.iteration} passes"
             if now.iteration > config.max_passes

@@ -20,16 +20,23 @@ from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
 from vmigrate.live.samples import JobSample, sample_from_job_stats
 from vmigrate.model import CheckReport, Mode
 from vmigrate.preflight import run_checks
-from vmigrate.store import JobStore
-from vmigrate.virt.connection import UNDEFINE_KEEP_NVRAM, lookup_domain, open_with_timeout
+from vmigrate.store import ControlRequest, JobStore
+from vmigrate.virt.connection import (
+    UNDEFINE_KEEP_NVRAM,
+    LibvirtError,
+    lookup_domain,
+    open_with_timeout,
+)
 from vmigrate.virt.migration import (
     LiveOptions,
     MigrationCall,
     abort_job,
     ensure_event_loop,
     job_stats,
+    set_bandwidth,
     set_max_downtime,
     start_postcopy,
+    watch_iterations,
     watch_job_completed,
 )
 from vmigrate.virt.placement import Placement, locate
@@ -105,6 +112,8 @@ class _Steering:
     def apply(self, domain: Any, action: Action, actor: str = "policy") -> None:
         if action.kind == "set-downtime" and action.value is not None:
             set_max_downtime(domain, action.value)
+        elif action.kind == "set-bandwidth" and action.value is not None:
+            set_bandwidth(domain, action.value)
         elif action.kind == "postcopy":
             start_postcopy(domain)
         elif action.kind == "abort":
@@ -148,7 +157,11 @@ class _Monitor:
     def finished(self, call: MigrationCall) -> bool:
         """One monitoring step; True once the migrate call has returned."""
         try:
-            if call.wait(SAMPLE_INTERVAL_S):
+            # Woken early when a pass ends (libvirt's iteration event) or the call returns.
+            call.wake.wait(SAMPLE_INTERVAL_S)
+            call.wake.clear()
+            if not call.running():
+                call.wait()
                 return True
             self._step()
         except KeyboardInterrupt:
@@ -156,6 +169,8 @@ class _Monitor:
         return False
 
     def _step(self) -> None:
+        for request in self.store.pending_controls(self.job_id):
+            self.store.mark_control(request.id, self._control(request))
         elapsed = time.monotonic() - self.started
         sample = sample_from_job_stats(
             job_stats(self.domain), elapsed, postcopy=self.state.postcopy
@@ -180,6 +195,39 @@ class _Monitor:
         for action in actions:
             self.steering.apply(self.domain, action)
         self.state = self.state.after(actions, sample.iteration, sample.throttle_pct)
+
+    def _control(self, request: ControlRequest) -> str:
+        """Apply a request from `vmigrate jobs cancel|postcopy|set` in another terminal."""
+        now = time.monotonic() - self.started
+        reason = f"requested by {request.requested_by}"
+        if self.state.aborting:
+            return "refused: the job is already being aborted"
+        if request.command == "cancel":
+            if self.state.postcopy:
+                return (
+                    "refused: in post-copy the guest already runs on the destination "
+                    "and cannot go back"
+                )
+            action = Action("abort", None, f"cancelled: {reason}", now)
+        elif request.command == "postcopy":
+            if not self.policy.postcopy_allowed:
+                return "refused: post-copy was not enabled for this job (policy/--no-postcopy)"
+            if self.state.postcopy:
+                return "refused: already in post-copy"
+            action = Action("postcopy", None, f"switch forced: {reason}", now)
+        elif request.command == "max-downtime" and request.value:
+            self.policy = self.policy.with_limits(max_downtime_ms=int(request.value))
+            action = Action("set-downtime", request.value, f"new maximum: {reason}", now)
+        elif request.command == "bandwidth" and request.value:
+            action = Action("set-bandwidth", request.value, reason, now)
+        else:
+            return f"refused: unknown request {request.command!r}"
+        try:
+            self.steering.apply(self.domain, action, actor="user")
+        except LibvirtError as err:
+            return f"failed: {err.get_error_message()}"
+        self.state = self.state.after([action], 0, None)
+        return "applied"
 
     def _interrupted(self) -> None:
         if self.state.postcopy:
@@ -254,18 +302,20 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     )
     emit("job", {"job_id": job_id, "store": str(store.path)})
     completed: dict[str, Any] = {}
-    callback = watch_job_completed(src, domain, completed)
+    callbacks = [watch_job_completed(src, domain, completed)]
     steering = _Steering(store, job_id, emit)
     call = MigrationCall(domain, options, destination_uri=dst_ref.uri, destination=dst)
     started = time.monotonic()
+    callbacks.append(watch_iterations(src, domain, call.wake))
     monitor = _Monitor(domain, request.policy, store, job_id, steering, emit, started)
     try:
         call.start()
         while not monitor.finished(call):
             pass
     finally:
-        with contextlib.suppress(Exception):
-            src.domainEventDeregisterAny(callback)
+        for callback in callbacks:
+            with contextlib.suppress(Exception):
+                src.domainEventDeregisterAny(callback)
     state, samples = monitor.state, monitor.samples
     placement_before_settle = locate(request.vm, {src_ref.name: src, dst_ref.name: dst})
     if call.error is None and placement_before_settle.running_on == [dst_ref.name]:

@@ -27,6 +27,9 @@ libvirt.registerErrorHandler(_quiet_error_handler, None)
 Connection = libvirt.virConnect
 Domain = libvirt.virDomain
 LibvirtError = libvirt.libvirtError
+#: The definition of a running domain as another host must see it (no host-only parts;
+#: without VIR_DOMAIN_XML_SECURE, so no passwords end up in the job store).
+MIGRATABLE_XML = libvirt.VIR_DOMAIN_XML_MIGRATABLE
 #: Undefine a migrated-away source but keep its NVRAM file (it may be on shared storage).
 UNDEFINE_KEEP_NVRAM = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
 #: Undefine a domain together with its managed save image and snapshot metadata.

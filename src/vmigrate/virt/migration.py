@@ -104,6 +104,8 @@ class MigrationCall:
         self.domain = domain
         self.error: str | None = None
         self.error_code: int | None = None
+        #: Set when the call returns or a pass ends: the monitor waits on it.
+        self.wake = threading.Event()
         self._thread = threading.Thread(
             target=self._run,
             daemon=True,
@@ -126,6 +128,8 @@ class MigrationCall:
             self.error, self.error_code = err.get_error_message(), err.get_error_code()
         except BaseException as err:  # never report success for a call that did not return
             self.error = f"the migrate call failed: {err!r}"
+        finally:
+            self.wake.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -149,12 +153,33 @@ def set_max_downtime(domain: libvirt.virDomain, ms: float) -> None:
     domain.migrateSetMaxDowntime(int(ms), 0)
 
 
+def set_bandwidth(domain: libvirt.virDomain, mib_per_s: float) -> None:
+    domain.migrateSetMaxSpeed(int(mib_per_s), 0)
+
+
 def start_postcopy(domain: libvirt.virDomain) -> None:
     domain.migrateStartPostCopy(0)
 
 
 def abort_job(domain: libvirt.virDomain) -> None:
     domain.abortJob()
+
+
+def watch_iterations(
+    conn: libvirt.virConnect, domain: libvirt.virDomain, wake: threading.Event
+) -> int:
+    """Wake the monitor the moment a pre-copy pass ends, instead of at its next poll."""
+
+    def on_iteration(
+        _conn: libvirt.virConnect, _dom: libvirt.virDomain, _iteration: int, _opaque: object
+    ) -> None:
+        wake.set()
+
+    return int(
+        conn.domainEventRegisterAny(
+            domain, libvirt.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, on_iteration, None
+        )
+    )
 
 
 def watch_job_completed(

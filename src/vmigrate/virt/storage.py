@@ -130,3 +130,59 @@ def probe_shared_pool(
             ):
                 if ET.fromstring(candidate.XMLDesc(0)).get("type") in _REFRESHABLE:
                     candidate.refresh(0)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    path: str
+    name: str
+    pool: str
+    pool_path: str | None
+    format: str
+    capacity: int
+    allocation: int
+    physical: int  # the file's size: what a verbatim copy writes
+    backing_path: str | None
+
+
+def volume_info(conn: libvirt.virConnect, path: str) -> VolumeInfo | None:
+    try:
+        volume = conn.storageVolLookupByPath(path)
+        pool = volume.storagePoolLookupByVolume()
+    except libvirt.libvirtError:
+        return None
+    root = ET.fromstring(volume.XMLDesc(0))
+    pool_root = ET.fromstring(pool.XMLDesc(0))
+    fmt = root.find("target/format")
+    _type, capacity, allocation = volume.info()
+    return VolumeInfo(
+        path=path,
+        name=volume.name(),
+        pool=pool.name(),
+        pool_path=pool_root.findtext("target/path"),
+        format=fmt.get("type", "raw") if fmt is not None else "raw",
+        capacity=capacity,
+        allocation=allocation,
+        physical=int(root.findtext("physical") or capacity),
+        backing_path=root.findtext("backingStore/path"),
+    )
+
+
+def volume_chain(conn: libvirt.virConnect, path: str) -> list[VolumeInfo] | None:
+    """The volume at `path` and its backing files, top first; None if one is in no pool."""
+    chain: list[VolumeInfo] = []
+    current: str | None = path
+    while current is not None:
+        info = volume_info(conn, current)
+        if info is None or len(chain) > 32:
+            return None
+        chain.append(info)
+        current = info.backing_path
+    return chain
+
+
+def pool_by_name(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool | None:
+    try:
+        return conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError:
+        return None

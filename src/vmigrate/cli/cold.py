@@ -1,0 +1,193 @@
+"""`vmigrate cold`: move a stopped (or stoppable) VM with its disks, losing nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from vmigrate.cli.check import render_report
+from vmigrate.cold.plan import ColdPlan
+from vmigrate.cold.runner import ColdReport, ColdRequest, migrate_cold, plan_cold
+from vmigrate.domxml.rewrite import parse_maps
+from vmigrate.errors import MigrationRefused, UsageError
+from vmigrate.model import CheckReport
+
+console = Console(highlight=False)
+MIB = 1 << 20
+
+
+def render_plan(plan: ColdPlan) -> None:
+    console.print(
+        f"[bold]plan[/] for {plan.vm} ({plan.state}"
+        + (", state carried" if plan.keep_state else "")
+        + "):"
+    )
+    for copy in plan.copies:
+        console.print(
+            f"  copy {copy.source_path} -> {copy.destination_path} "
+            f"({copy.format}, {copy.allocation / MIB:,.0f} MiB allocated)"
+        )
+    for target in plan.shared_disks:
+        console.print(f"  {target}: on shared storage, left in place")
+    for change in plan.changes:
+        console.print(f"  xml: {change}")
+    console.print(
+        "  then: define on the destination"
+        + (", start it" if plan.start_after else "")
+        + ", verify, undefine on the source"
+    )
+
+
+def render_final(report: ColdReport) -> None:
+    colour = "green" if report.outcome == "succeeded" else "red"
+    console.print(
+        f"[bold {colour}]{report.outcome}[/]: {report.vm} {report.source} -> "
+        f"{report.destination}: {report.message}"
+    )
+    if report.downtime_s is not None:
+        console.print(f"  service downtime {report.downtime_s:.1f} s (stopped -> running)")
+    console.print(f"  moved {report.bytes_moved / MIB:,.0f} MiB")
+    for disk in report.disks:
+        speed = f"{disk['mib_per_s']} MiB/s" if disk["mib_per_s"] else "-"
+        console.print(
+            f"  {disk['destination']}: {disk['bytes'] / MIB:,.0f} MiB in "
+            f"{disk['seconds']:.1f} s ({speed}), sha256 {str(disk['sha256'])[:16]}"
+        )
+    where = report.placement.get("summary", "")
+    style = "" if report.placement_ok else "[bold red]ATTENTION: "
+    console.print(f"  {style}where: {where}" + ("[/]" if style else ""))
+    if report.job_id is not None:
+        console.print(f"  job {report.job_id} (vmigrate jobs show {report.job_id})")
+
+
+@click.command("cold")
+@click.argument("vm")
+@click.option("--from", "source", required=True, help="Source host: name or libvirt URI.")
+@click.option("--to", "destination", required=True, help="Destination host: name or URI.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Power off after the shutdown timeout; go ahead despite failed checks.",
+)
+@click.option("--keep-state", is_flag=True, help="Save memory state and resume it there.")
+@click.option("--start/--no-start", default=None, help="[default: start it if it was running]")
+@click.option("--pool-map", multiple=True, metavar="SRC:DST", help="Source pool -> pool.")
+@click.option("--path-map", multiple=True, metavar="SRC:DST", help="Source dir -> dir.")
+@click.option("--net-map", multiple=True, metavar="SRC:DST", help="Network/bridge -> new.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the XML changes only.")
+@click.option(
+    "--delete-source-disks",
+    is_flag=True,
+    help="Delete the source's disk files once the destination runs.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for an ACPI shutdown.",
+)
+@click.option("--hosts", "hosts_file", type=click.Path(path_type=Path), help="Hosts file.")
+@click.option("--store", "store_path", type=click.Path(path_type=Path), help="Job store.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cold(
+    vm: str,
+    source: str,
+    destination: str,
+    force: bool,
+    keep_state: bool,
+    start: bool | None,
+    pool_map: tuple[str, ...],
+    path_map: tuple[str, ...],
+    net_map: tuple[str, ...],
+    dry_run: bool,
+    delete_source_disks: bool,
+    shutdown_timeout: float,
+    hosts_file: Path | None,
+    store_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Move VM with its disks: stop (or save) it, copy, verify, define, start there."""
+    try:
+        maps = [
+            parse_maps(pool_map, "--pool-map"),
+            parse_maps(path_map, "--path-map"),
+            parse_maps(net_map, "--net-map"),
+        ]
+    except ValueError as err:
+        raise UsageError(str(err), fix="write each map as SRC:DST") from err
+    request = ColdRequest(
+        vm,
+        source,
+        destination,
+        force=force,
+        keep_state=keep_state,
+        start=start,
+        pool_map=maps[0],
+        path_map=maps[1],
+        net_map=maps[2],
+        delete_source_disks=delete_source_disks,
+        shutdown_timeout_s=shutdown_timeout,
+        hosts_file=hosts_file,
+        store_path=store_path,
+    )
+    # Ctrl-C and SIGTERM stop at a clean point: streams aborted, the job left to resume.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+    if dry_run:
+        plan = plan_cold(request)
+        if as_json:
+            click.echo(json.dumps(plan.to_dict(), indent=2))
+        else:
+            render_plan(plan)
+            console.print("dry run: nothing was changed")
+        return
+    report = run_with_progress(lambda emit: migrate_cold(request, emit), as_json)
+    if report.outcome != "succeeded" or not report.placement_ok:
+        raise SystemExit(1)
+
+
+def run_with_progress(action: Any, as_json: bool) -> ColdReport:
+    if as_json:
+
+        def emit_json(kind: str, payload: dict[str, Any]) -> None:
+            if kind != "copy":
+                click.echo(json.dumps({"event": kind, **payload}, default=str))
+
+        report: ColdReport = action(emit_json)
+        return report
+    with Progress(
+        "{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, Any] = {}
+
+        def emit(kind: str, payload: dict[str, Any]) -> None:
+            if kind == "copy":
+                path = payload["path"]
+                if path not in tasks:
+                    tasks[path] = progress.add_task(path, total=payload["total"])
+                progress.update(tasks[path], completed=payload["done"])
+            elif kind == "plan":
+                render_plan(ColdPlan.from_dict(payload))
+            elif kind == "job":
+                console.print(f"job {payload['job_id']} started")
+
+        try:
+            report = action(emit)
+        except MigrationRefused as err:
+            if isinstance(err.report, CheckReport):
+                console.print(render_report(err.report))
+            raise
+    render_final(report)
+    return report

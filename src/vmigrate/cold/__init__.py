@@ -1,0 +1,1 @@
+"""Cold migration: stop (or save), copy disks through libvirt streams, define, start, verify."""

@@ -1,0 +1,85 @@
+"""Domain and volume operations a cold move needs, one libvirt call each, with waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import xml.etree.ElementTree as ET
+
+import libvirt
+
+from vmigrate.virt.connection import domain_state, find_domain
+
+
+def shutdown(domain: libvirt.virDomain, *, timeout: float) -> bool:
+    """Ask the guest to shut down (ACPI) and wait; False if it is still running at the end."""
+    domain.shutdown()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _active(domain):
+            return True
+        time.sleep(0.5)
+    return not _active(domain)
+
+
+def _active(domain: libvirt.virDomain) -> bool:
+    try:
+        return bool(domain.isActive())
+    except libvirt.libvirtError:
+        return False  # a transient domain is gone once it stops
+
+
+def power_off(domain: libvirt.virDomain) -> None:
+    domain.destroy()
+
+
+def save_state(domain: libvirt.virDomain, path: str) -> None:
+    """Save memory and device state to `path` (the domain stops)."""
+    domain.saveFlags(path, None, 0)
+
+
+def restore_state(conn: libvirt.virConnect, path: str, xml: str | None) -> None:
+    conn.restoreFlags(path, xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+
+
+def is_running(conn: libvirt.virConnect, vm: str) -> bool:
+    domain = find_domain(conn, vm)
+    return domain is not None and domain_state(domain) == "running"
+
+
+def refresh_pool(conn: libvirt.virConnect, pool: str) -> None:
+    conn.storagePoolLookupByName(pool).refresh(0)
+
+
+def create_file_volume(
+    conn: libvirt.virConnect, pool: str, name: str, size: int
+) -> libvirt.virStorageVol:
+    """An empty sparse file to copy into verbatim (its real format is in its bytes)."""
+    volume = ET.Element("volume")
+    ET.SubElement(volume, "name").text = name
+    ET.SubElement(volume, "capacity", unit="bytes").text = str(size)
+    ET.SubElement(volume, "allocation", unit="bytes").text = "0"
+    ET.SubElement(ET.SubElement(volume, "target"), "format", type="raw")
+    return conn.storagePoolLookupByName(pool).createXML(ET.tostring(volume, encoding="unicode"), 0)
+
+
+def volume_at(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | None:
+    try:
+        return conn.storageVolLookupByPath(path)
+    except libvirt.libvirtError:
+        return None
+
+
+def delete_volume(conn: libvirt.virConnect, path: str) -> bool:
+    volume = volume_at(conn, path)
+    if volume is None:
+        return False
+    volume.delete(0)
+    return True
+
+
+def undefine(domain: libvirt.virDomain, flags: int) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        if not domain.isPersistent():
+            return
+    domain.undefineFlags(flags)

@@ -1,0 +1,111 @@
+"""Where a cold move puts each file: maps, same-name pools, chains, space (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmigrate.cold.plan import ColdPlan, check_space, destination_for, plan_copies
+from vmigrate.errors import UsageError
+from vmigrate.virt.facts import PoolFacts
+from vmigrate.virt.storage import VolumeInfo
+
+GIB = 1 << 30
+POOLS = (
+    PoolFacts("local", "dir", "/var/lib/libvirt/images", True, 100 * GIB, 0, 50 * GIB),
+    PoolFacts("fast", "dir", "/srv/nvme", True, 10 * GIB, 0, 2 * GIB),
+    PoolFacts("off", "dir", "/srv/off", False, 0, 0, 0),
+)
+
+
+def volume(
+    path: str, pool: str = "local", backing: str | None = None, allocation: int = GIB
+) -> VolumeInfo:
+    folder = path.rsplit("/", 1)[0]
+    return VolumeInfo(
+        path,
+        path.rsplit("/", 1)[1],
+        pool,
+        folder,
+        "qcow2",
+        4 * GIB,
+        allocation,
+        allocation + 65536,
+        backing,
+    )
+
+
+def test_same_name_pool_keeps_the_path() -> None:
+    pool, path = destination_for(
+        volume("/var/lib/libvirt/images/a.qcow2"), POOLS, pool_map={}, path_map={}
+    )
+    assert (pool, path) == ("local", "/var/lib/libvirt/images/a.qcow2")
+
+
+def test_pool_map_and_path_map() -> None:
+    vol = volume("/var/lib/libvirt/images/a.qcow2")
+    assert destination_for(vol, POOLS, pool_map={"local": "fast"}, path_map={}) == (
+        "fast",
+        "/srv/nvme/a.qcow2",
+    )
+    assert destination_for(
+        vol, POOLS, pool_map={}, path_map={"/var/lib/libvirt/images": "/srv/nvme"}
+    ) == ("fast", "/srv/nvme/a.qcow2")
+    with pytest.raises(UsageError, match="not active"):
+        destination_for(vol, POOLS, pool_map={"local": "off"}, path_map={})
+    with pytest.raises(UsageError, match="no active storage pool"):
+        destination_for(vol, POOLS, pool_map={}, path_map={"/var/lib/libvirt/images": "/x"})
+
+
+def test_unknown_pool_asks_for_a_map() -> None:
+    with pytest.raises(UsageError) as caught:
+        destination_for(volume("/data/a.qcow2", pool="data"), POOLS, pool_map={}, path_map={})
+    assert "--pool-map data:DESTINATION_POOL" in str(caught.value)
+
+
+def test_chain_is_copied_bottom_first_once() -> None:
+    base = volume("/var/lib/libvirt/images/base.qcow2")
+    top_a = volume("/var/lib/libvirt/images/a.qcow2", backing=base.path)
+    top_b = volume("/var/lib/libvirt/images/b.qcow2", backing=base.path)
+    copies = plan_copies(
+        {"vda": [top_a, base], "vdb": [top_b, base]}, POOLS, pool_map={}, path_map={}
+    )
+    assert [c.source_path for c in copies] == [base.path, top_a.path, top_b.path]
+    assert copies[1].backing_path == base.path
+
+
+def test_chain_cannot_change_directory() -> None:
+    base = volume("/var/lib/libvirt/images/base.qcow2")
+    top = volume("/var/lib/libvirt/images/a.qcow2", backing=base.path)
+    with pytest.raises(UsageError, match="lose its backing chain"):
+        plan_copies({"vda": [top, base]}, POOLS, pool_map={"local": "fast"}, path_map={})
+
+
+def test_space_is_checked_per_pool() -> None:
+    copies = plan_copies(
+        {"vda": [volume("/var/lib/libvirt/images/a.qcow2", allocation=3 * GIB)]},
+        POOLS,
+        pool_map={"local": "fast"},
+        path_map={},
+    )
+    with pytest.raises(UsageError, match="'fast' has 2048 MiB free"):
+        check_space(copies, POOLS)
+    check_space(copies[:0], POOLS)
+
+
+def test_plan_round_trips_through_the_job_store_format() -> None:
+    copies = plan_copies(
+        {"vda": [volume("/var/lib/libvirt/images/a.qcow2")]}, POOLS, pool_map={}, path_map={}
+    )
+    plan = ColdPlan(
+        "vm",
+        "running",
+        True,
+        False,
+        True,
+        copies,
+        ("vdb",),
+        "<domain/>",
+        "<domain/>",
+        ("vda: a -> b",),
+    )
+    assert ColdPlan.from_dict(plan.to_dict()) == plan
