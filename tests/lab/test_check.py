@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -21,18 +19,9 @@ from vmigrate.preflight import run_checks
 from vmigrate.virt.connection import open_connection
 
 from .firewall import dropped
+from .helpers import run_cli
 
 pytestmark = pytest.mark.lab
-
-
-def vmigrate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmigrate.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
-    )
 
 
 def findings(report: CheckReport, check: str) -> list[Finding]:
@@ -54,7 +43,7 @@ def running_vm(lab: list[HostStatus], vm_name: str) -> str:
 
 def test_a_lab_vm_passes_a_live_check_in_seconds(running_vm: str) -> None:
     started = time.monotonic()
-    result = vmigrate("check", running_vm, "--from", "hostA", "--to", "hostB", "--json")
+    result = run_cli("check", running_vm, "--from", "hostA", "--to", "hostB", "--json")
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
@@ -85,7 +74,7 @@ def test_a_lab_vm_passes_a_live_check_in_seconds(running_vm: str) -> None:
 
 
 def test_human_output_is_a_table_with_a_verdict(running_vm: str) -> None:
-    result = vmigrate("check", running_vm, "--from", "hostA", "--to", HOST_B.uri)
+    result = run_cli("check", running_vm, "--from", "hostA", "--to", HOST_B.uri)
     assert result.returncode == 0, result.stderr
     assert "can go ahead" in result.stdout
     assert "storage.shared" in result.stdout
@@ -271,7 +260,7 @@ def libvirt_build_flag() -> int:
 def test_bad_input_is_a_clear_error(
     lab: list[HostStatus], args: tuple[str, ...], code: int, words: tuple[str, ...]
 ) -> None:
-    result = vmigrate(*args)
+    result = run_cli(*args)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     for word in words:
@@ -281,7 +270,7 @@ def test_bad_input_is_a_clear_error(
 def test_malformed_hosts_file(lab: list[HostStatus], tmp_path: Path) -> None:
     hosts = tmp_path / "hosts.toml"
     hosts.write_text("[hosts.a\n")
-    result = vmigrate("check", "x", "--from", "a", "--to", "hostB", "--hosts", str(hosts))
+    result = run_cli("check", "x", "--from", "a", "--to", "hostB", "--hosts", str(hosts))
     assert result.returncode == 2
     assert str(hosts) in result.stderr and "Traceback" not in result.stderr
 
@@ -289,7 +278,7 @@ def test_malformed_hosts_file(lab: list[HostStatus], tmp_path: Path) -> None:
 def test_source_that_does_not_answer_gives_up_in_seconds(lab: list[HostStatus]) -> None:
     started = time.monotonic()
     with dropped(HOST_A.address, "16509"):
-        result = vmigrate("check", "x", "--from", "hostA", "--to", "hostB")
+        result = run_cli("check", "x", "--from", "hostA", "--to", "hostB")
     assert time.monotonic() - started < 20
     assert result.returncode == 1
     assert "hostA" in result.stderr and "filtered" in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,9 @@ from vmigrate.lab.config import SHARED_POOL_PATH
 from vmigrate.lab.lifecycle import HostStatus
 from vmigrate.lab.vms import locate_vm
 
+from .helpers import run_cli
+
 pytestmark = pytest.mark.lab
-
-
-def vmigrate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmigrate.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
@@ -37,7 +28,7 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int, *w
 
 
 def test_status_json_describes_both_hosts(lab: list[HostStatus]) -> None:
-    result = vmigrate("lab", "status", "--json")
+    result = run_cli("lab", "status", "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     hosts = {h["name"]: h for h in status["hosts"]}
@@ -50,16 +41,16 @@ def test_status_json_describes_both_hosts(lab: list[HostStatus]) -> None:
 def test_create_heartbeat_and_remove_from_the_command_line(
     lab: list[HostStatus], vm_name: str
 ) -> None:
-    created = vmigrate("lab", "vm", "create", vm_name, "--memory", "256", "--host", "B")
+    created = run_cli("lab", "vm", "create", vm_name, "--memory", "256", "--host", "B")
     assert created.returncode == 0, created.stderr
     assert "runs on hostB" in created.stdout
-    report = json.loads(vmigrate("lab", "heartbeat", vm_name, "--json").stdout)
+    report = json.loads(run_cli("lab", "heartbeat", vm_name, "--json").stdout)
     assert report["vm"] == vm_name
     assert report["contiguous"] is True
     assert report["beats"] > 0
     assert report["last_seq_by_host"].keys() == {"hostB"}
-    assert vmigrate("lab", "vm", "set-rate", vm_name, "20").returncode == 0
-    removed = vmigrate("lab", "vm", "rm", vm_name)
+    assert run_cli("lab", "vm", "set-rate", vm_name, "20").returncode == 0
+    removed = run_cli("lab", "vm", "rm", vm_name)
     assert removed.returncode == 0 and "hostB" in removed.stdout
     assert locate_vm(vm_name) == {}
 
@@ -73,13 +64,13 @@ def test_create_heartbeat_and_remove_from_the_command_line(
     ],
 )
 def test_unknown_vm(lab: list[HostStatus], command: tuple[str, ...]) -> None:
-    assert_clean_failure(vmigrate(*command), 1, "no-such-vm", "what to do")
+    assert_clean_failure(run_cli(*command), 1, "no-such-vm", "what to do")
 
 
 def test_existing_vm_is_not_created_twice(lab: list[HostStatus], vm_name: str) -> None:
-    assert vmigrate("lab", "vm", "create", vm_name, "--memory", "256").returncode == 0
+    assert run_cli("lab", "vm", "create", vm_name, "--memory", "256").returncode == 0
     assert_clean_failure(
-        vmigrate("lab", "vm", "create", vm_name, "--memory", "256", "--host", "B"),
+        run_cli("lab", "vm", "create", vm_name, "--memory", "256", "--host", "B"),
         1,
         "already exists",
         "vmigrate lab vm rm",
@@ -88,7 +79,7 @@ def test_existing_vm_is_not_created_twice(lab: list[HostStatus], vm_name: str) -
 
 
 def test_memory_larger_than_the_machine(lab: list[HostStatus], vm_name: str) -> None:
-    result = vmigrate(
+    result = run_cli(
         "lab", "vm", "create", vm_name, "--memory", str(64 * 1024 * 1024), "--disk", "shared"
     )
     assert_clean_failure(result, 2, "does not fit", "MiB available")
@@ -97,13 +88,13 @@ def test_memory_larger_than_the_machine(lab: list[HostStatus], vm_name: str) -> 
 
 
 def test_bad_link_rate(lab: list[HostStatus]) -> None:
-    assert_clean_failure(vmigrate("lab", "link", "--rate", "fast"), 2, "is not a rate")
+    assert_clean_failure(run_cli("lab", "link", "--rate", "fast"), 2, "is not a rate")
 
 
 def test_missing_guest_image_says_to_run_setup(
     lab: list[HostStatus], vm_name: str, tmp_path: Path
 ) -> None:
-    result = vmigrate(
+    result = run_cli(
         "lab",
         "vm",
         "create",

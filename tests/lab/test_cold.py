@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,8 @@ from vmigrate.lab.state import load_records
 from vmigrate.lab.vms import DISK_PATTERN_MIB, LabVmRequest, create_vm, disk_seed, locate_vm
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_connection
+
+from .helpers import run_cli, start_cli
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
@@ -98,22 +98,7 @@ def test_running_guest_that_ignores_acpi_needs_force(
     )
     assert refused.outcome == "failed" and "did not shut down" in refused.message
     assert locate_vm(vm_name) == {"hostA": "running"}
-    rolled = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vmigrate.cli.main",
-            "jobs",
-            "--store",
-            str(store),
-            "rollback",
-            str(refused.job_id),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    rolled = run_cli("jobs", "--store", str(store), "rollback", str(refused.job_id), timeout=120)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     report = migrate_cold(
         ColdRequest(vm_name, "hostA", "hostB", force=True, shutdown_timeout_s=2, store_path=store)
@@ -227,24 +212,7 @@ def test_dry_run_changes_nothing(lab: list[HostStatus], vm_name: str) -> None:
     plan = plan_cold(ColdRequest(vm_name, "hostA", "hostB", net_map={"x": "y"}))
     assert [c.destination_pool for c in plan.copies] == ["local"]
     assert plan.start_after
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vmigrate.cli.main",
-            "cold",
-            vm_name,
-            "--from",
-            "hostA",
-            "--to",
-            "hostB",
-            "--dry-run",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("cold", vm_name, "--from", "hostA", "--to", "hostB", "--dry-run", timeout=60)
     assert result.returncode == 0 and "nothing was changed" in result.stdout
     assert locate_vm(vm_name) == {"hostA": "running"}
 
@@ -274,25 +242,8 @@ def _random_disk_vm(vm_name: str, megabytes: int) -> None:
 
 def _interrupt_mid_copy(vm_name: str, store: Path) -> int:
     link.shape("200mbit")  # ~24 MiB/s: the copy takes seconds, long enough to interrupt
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vmigrate.cli.main",
-            "cold",
-            vm_name,
-            "--from",
-            "hostA",
-            "--to",
-            "hostB",
-            "--store",
-            str(store),
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
+    process = start_cli(
+        "cold", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store), "--json"
     )
     job_id = 0
     deadline = time.monotonic() + 60
@@ -320,23 +271,7 @@ def test_interrupted_copy_resumes_where_it_stopped(
     job_id = _interrupt_mid_copy(vm_name, store)
     checkpoint = next(s for s in JobStore(store).steps(job_id) if s.name.startswith("copy "))
     assert checkpoint.state in ("started", "failed") and checkpoint.detail["offset"] > 0
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vmigrate.cli.main",
-            "jobs",
-            "--store",
-            str(store),
-            "resume",
-            str(job_id),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    resumed = run_cli("jobs", "--store", str(store), "resume", str(job_id), "--json", timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     done = next(
         json.loads(line) for line in resumed.stdout.splitlines() if '"event": "done"' in line
@@ -352,23 +287,7 @@ def test_interrupted_move_rolls_back_to_the_source(
 ) -> None:
     _random_disk_vm(vm_name, 160)
     job_id = _interrupt_mid_copy(vm_name, store)
-    rolled = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vmigrate.cli.main",
-            "jobs",
-            "--store",
-            str(store),
-            "rollback",
-            str(job_id),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    rolled = run_cli("jobs", "--store", str(store), "rollback", str(job_id), "--json", timeout=300)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert locate_vm(vm_name) == {"hostA": "shut off"}
     assert not on_host("hostB", f"/var/lib/libvirt/images/{vm_name}.img").exists()
@@ -381,12 +300,6 @@ def test_bad_input(lab: list[HostStatus], vm_name: str, store: Path) -> None:
         (("cold", vm_name, "--from", "hostA", "--to", "hostB", "--pool-map", "x"), 2, "SRC:DST"),
         (("jobs", "--store", str(store), "resume", "42"), 1, "no job 42"),
     ):
-        result = subprocess.run(
-            [sys.executable, "-m", "vmigrate.cli.main", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_cli(*args, timeout=60)
         assert result.returncode == code, result.stderr
         assert word in result.stderr and "Traceback" not in result.stderr

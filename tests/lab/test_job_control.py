@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,17 +15,9 @@ from vmigrate.lab.lifecycle import HostStatus
 from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 from vmigrate.store import JobStore
 
+from .helpers import run_cli, start_cli
+
 pytestmark = pytest.mark.lab
-
-
-def vmigrate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmigrate.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
-    )
 
 
 @pytest.fixture
@@ -38,29 +28,20 @@ def running_job(
     store = tmp_path / "jobs.sqlite"
     create_vm(LabVmRequest(vm_name, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
     link.shape("1gbit")
-    process: subprocess.Popen[str] = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vmigrate.cli.main",
-            "live",
-            vm_name,
-            "--from",
-            "hostA",
-            "--to",
-            "hostB",
-            "--policy",
-            "safe",
-            "--max-downtime",
-            "3000",
-            "--store",
-            str(store),
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
+    process = start_cli(
+        "live",
+        vm_name,
+        "--from",
+        "hostA",
+        "--to",
+        "hostB",
+        "--policy",
+        "safe",
+        "--max-downtime",
+        "3000",
+        "--store",
+        str(store),
+        "--json",
     )
     assert process.stdout is not None
     job_id = 0
@@ -87,7 +68,7 @@ def test_cancel_from_another_terminal(
     running_job: tuple[subprocess.Popen[str], int, Path, str],
 ) -> None:
     process, job_id, store, vm = running_job
-    result = vmigrate("jobs", "--store", str(store), "cancel", str(job_id))
+    result = run_cli("jobs", "--store", str(store), "cancel", str(job_id))
     assert result.returncode == 0, result.stderr
     assert "applied" in result.stdout
     done = finish(process)
@@ -98,7 +79,7 @@ def test_cancel_from_another_terminal(
     assert "cancelled: requested by" in actions[-1]["reason"]
     assert locate_vm(vm) == {"hostA": "running"}
     # The job is over: further requests are refused with a clear error.
-    again = vmigrate("jobs", "--store", str(store), "cancel", str(job_id))
+    again = run_cli("jobs", "--store", str(store), "cancel", str(job_id))
     assert again.returncode == 1 and "is not running (it is aborted)" in again.stderr
 
 
@@ -106,7 +87,7 @@ def test_set_max_downtime_from_another_terminal(
     running_job: tuple[subprocess.Popen[str], int, Path, str],
 ) -> None:
     process, job_id, store, _vm = running_job
-    result = vmigrate("jobs", "--store", str(store), "set", str(job_id), "--max-downtime", "250")
+    result = run_cli("jobs", "--store", str(store), "set", str(job_id), "--max-downtime", "250")
     assert result.returncode == 0, result.stderr
     process.send_signal(2)  # Ctrl-C: end the test quickly
     done = finish(process)
@@ -120,7 +101,7 @@ def test_postcopy_is_refused_when_the_job_did_not_enable_it(
     running_job: tuple[subprocess.Popen[str], int, Path, str],
 ) -> None:
     process, job_id, store, _vm = running_job
-    result = vmigrate("jobs", "--store", str(store), "postcopy", str(job_id))
+    result = run_cli("jobs", "--store", str(store), "postcopy", str(job_id))
     assert result.returncode == 1
     assert "post-copy was not enabled" in result.stderr and "Traceback" not in result.stderr
     process.send_signal(2)
@@ -130,8 +111,8 @@ def test_postcopy_is_refused_when_the_job_did_not_enable_it(
 def test_unknown_job_id(lab: list[HostStatus], tmp_path: Path) -> None:
     store = str(tmp_path / "jobs.sqlite")
     for args in (("cancel", "7"), ("postcopy", "7"), ("set", "7", "--max-downtime", "100")):
-        result = vmigrate("jobs", "--store", store, *args)
+        result = run_cli("jobs", "--store", store, *args)
         assert result.returncode == 1, result.stderr
         assert "no job 7" in result.stderr and "Traceback" not in result.stderr
-    bad = vmigrate("jobs", "--store", store, "set", "7", "--max-downtime", "0")
+    bad = run_cli("jobs", "--store", store, "set", "7", "--max-downtime", "0")
     assert bad.returncode == 2

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,8 @@ from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
 from vmigrate.store import JobStore
+
+from .helpers import start_cli
 
 pytestmark = pytest.mark.lab
 
@@ -116,19 +115,11 @@ def test_strict_aborts_with_a_diagnosis_and_the_vm_stays(
     assert JobStore(store).job(report.job_id).state == "aborted"
 
 
-def vmigrate(*args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "vmigrate.cli.main", *args]
-    process: subprocess.Popen[str] = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
-    )
-    return process
-
-
 def test_ctrl_c_aborts_cleanly_and_the_vm_stays_on_the_source(
     lab: list[HostStatus], vm_name: str, store: Path, gigabit_link: None
 ) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
-    process = vmigrate(
+    process = start_cli(
         "live",
         vm_name,
         "--from",
@@ -173,21 +164,21 @@ def test_jobs_list_show_and_plot(
     lab: list[HostStatus], vm_name: str, store: Path, tmp_path: Path
 ) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, working_set_mib=128, dirty_rate_mib=50))
-    process = vmigrate("live", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store))
+    process = start_cli("live", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store))
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     assert "succeeded" in out and f"verified: {vm_name} runs on hostB" in out
-    listing = vmigrate("jobs", "--store", str(store), "--json")
+    listing = start_cli("jobs", "--store", str(store), "--json")
     jobs = json.loads(listing.communicate(timeout=60)[0])
     assert jobs[0]["vm"] == vm_name and jobs[0]["state"] == "succeeded"
     png = tmp_path / "job.png"
-    shown = vmigrate(
+    shown = start_cli(
         "jobs", "--store", str(store), "show", str(jobs[0]["id"]), "--json", "--plot", str(png)
     )
     detail = json.loads(shown.communicate(timeout=60)[0])
     assert detail["samples"] and detail["report"]["placement_ok"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    missing = vmigrate("jobs", "--store", str(store), "show", "999")
+    missing = start_cli("jobs", "--store", str(store), "show", "999")
     _, err = missing.communicate(timeout=60)
     assert missing.returncode == 1 and "no job 999" in err and "Traceback" not in err
 
@@ -211,7 +202,7 @@ def test_jobs_list_show_and_plot(
 def test_live_bad_input(
     lab: list[HostStatus], args: tuple[str, ...], code: int, words: tuple[str, ...], store: Path
 ) -> None:
-    process = vmigrate(*args, "--store", str(store))
+    process = start_cli(*args, "--store", str(store))
     _, err = process.communicate(timeout=120)
     assert process.returncode == code, err
     assert "Traceback" not in err
