@@ -168,7 +168,7 @@ def _run_virsh(vm: str, tool: Tool) -> tuple[str, float, dict[str, Any]]:
     stop.set()
     if helper is not None:
         helper.join()
-    outcome = "succeeded" if result.returncode == 0 else f"failed: {result.stderr.strip()}"
+    outcome = "completed" if result.returncode == 0 else f"failed: {result.stderr.strip()}"
     return outcome, total, _completed_stats(vm)
 
 
@@ -250,6 +250,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/live.json"))
     args = parser.parse_args()
     runs: list[Run] = []
+    kept = []
+    if args.out.exists():  # re-running some scenarios keeps the others' latest results
+        chosen = set(args.scenario or SCENARIOS)
+        kept = [r for r in json.loads(args.out.read_text())["runs"] if r["scenario"] not in chosen]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for scenario_id in args.scenario or sorted(SCENARIOS):
         scenario = SCENARIOS[scenario_id]
         for round_no in range(args.pairs):
@@ -258,18 +263,13 @@ def main() -> None:
                 run = run_once(scenario, tool, round_no)
                 print(json.dumps(asdict(run)), flush=True)
                 runs.append(run)
-    # Re-running some scenarios keeps the others' latest results.
-    rerun = {r.scenario for r in runs}
-    kept = []
-    if args.out.exists():
-        kept = [r for r in json.loads(args.out.read_text())["runs"] if r["scenario"] not in rerun]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "environment": environment(),
-        "pairs": args.pairs,
-        "runs": kept + [asdict(r) for r in runs],
-    }
-    args.out.write_text(json.dumps(payload, indent=1))
+                # Written after every run: an interrupted benchmark keeps what it measured.
+                payload = {
+                    "environment": environment(),
+                    "pairs": args.pairs,
+                    "runs": kept + [asdict(r) for r in runs],
+                }
+                args.out.write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

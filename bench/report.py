@@ -15,6 +15,10 @@ DOC = Path("docs/benchmarks.md")
 MIB = 1 << 20
 
 
+def _ok(run: dict[str, Any]) -> bool:
+    return run["outcome"] in ("completed", "succeeded")  # the word older results used
+
+
 def _spread(values: list[float], fmt: str = "{:.1f}") -> str:
     if not values:
         return "-"
@@ -53,12 +57,10 @@ def live_section(data: dict[str, Any]) -> list[str]:
         ]
         for tool in tools:
             these = [r for r in mine if r["tool"] == tool]
-            ok = [r for r in these if r["outcome"] == "succeeded"]
+            ok = [r for r in these if _ok(r)]
             totals = [r["total_s"] for r in ok]
             ratio = (
-                ""
-                if tool == "vmigrate"
-                else _ratio([r["total_s"] for r in ours if r["outcome"] == "succeeded"], totals)
+                "" if tool == "vmigrate" else _ratio([r["total_s"] for r in ours if _ok(r)], totals)
             )
             downtimes = [r["downtime_ms"] for r in ok if r["downtime_ms"] is not None]
             gaps = [r["guest_gap_ms"] for r in ok if r["guest_gap_ms"] is not None]
@@ -69,7 +71,7 @@ def live_section(data: dict[str, Any]) -> list[str]:
                 f"{_spread(downtimes, '{:.0f}')} | {_spread(gaps, '{:.0f}')} | "
                 f"{_spread(sent, '{:.0f}')} | {_spread(passes, '{:.0f}')} |"
             )
-        failed = [r for r in mine if r["outcome"] != "succeeded"]
+        failed = [r for r in mine if not _ok(r)]
         for run in failed:
             lines.append(f"\n- round {run['round']} {run['tool']}: {run['outcome']}")
         actions = [f"round {r['round']}: {', '.join(r['actions'])}" for r in ours if r["actions"]]

@@ -19,7 +19,7 @@ from vmigrate.checks.resources import check_resources
 from vmigrate.checks.storage import check_storage
 from vmigrate.checks.versions import check_machine, check_versions
 from vmigrate.domxml.cpu import cpu_xml_element, parse_domain_capabilities, parse_domain_cpu
-from vmigrate.errors import HostUnreachable
+from vmigrate.errors import HostUnreachable, UsageError
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.model import CheckReport, Finding, Mode
 from vmigrate.virt.connection import Connection, lookup_domain, open_with_timeout, probe_tcp
@@ -161,6 +161,12 @@ def run_checks(
     started = time.monotonic()
     src_ref = resolve_host(source, hosts_file)
     dst_ref = resolve_host(destination, hosts_file)
+    if src_ref.uri == dst_ref.uri:
+        raise UsageError(
+            f"the source and the destination are the same host ({src_ref.uri})",
+            vm=vm,
+            fix="name another host with --to",
+        )
     src_conn, src_error = _connect(src_ref, _daemon_probe(src_ref))
     if src_conn is None:
         raise HostUnreachable(

@@ -98,7 +98,7 @@ class JobRecord:
     source: str
     destination: str
     params: dict[str, Any]
-    state: str  # running | succeeded | failed | aborted | interrupted
+    state: str  # running | completed | failed | aborted | interrupted
     pid: int | None
     started: float
     finished: float | None

@@ -64,7 +64,7 @@ def test_shut_off_vm_with_local_qcow2_moves_and_its_data_is_intact(
     created = create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
     power_off(vm_name)
     report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", store_path=store))
-    assert report.outcome == "succeeded", report.message
+    assert report.outcome == "completed", report.message
     assert report.placement_ok
     assert locate_vm(vm_name) == {"hostB": "shut off"}  # it was off: it stays off
     disk = report.disks[0]
@@ -103,7 +103,7 @@ def test_running_guest_that_ignores_acpi_needs_force(
     report = migrate_cold(
         ColdRequest(vm_name, "hostA", "hostB", force=True, shutdown_timeout_s=2, store_path=store)
     )
-    assert report.outcome == "succeeded", report.message
+    assert report.outcome == "completed", report.message
     assert report.placement_ok and locate_vm(vm_name) == {"hostB": "running"}
     assert report.downtime_s is not None and report.downtime_s > 0
     line = wait_for_console(
@@ -117,7 +117,7 @@ def test_keep_state_resumes_the_guest_where_it_stopped(
 ) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, working_set_mib=32, disk="local"))
     report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", keep_state=True, store_path=store))
-    assert report.outcome == "succeeded", report.message
+    assert report.outcome == "completed", report.message
     assert report.placement_ok and locate_vm(vm_name) == {"hostB": "running"}
     time.sleep(1)
     beats = heartbeat_report(vm_name)
@@ -132,7 +132,7 @@ def test_shared_disk_stays_in_place(lab: list[HostStatus], vm_name: str, store: 
     create_vm(LabVmRequest(vm_name, memory_mib=256, disk="shared"))
     power_off(vm_name)
     report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", start=True, store_path=store))
-    assert report.outcome == "succeeded", report.message
+    assert report.outcome == "completed", report.message
     assert report.disks == [] and report.plan["shared_disks"] == ["vda"]
     assert locate_vm(vm_name) == {"hostB": "running"}
 
@@ -180,7 +180,7 @@ def chained_vm(lab: list[HostStatus], vm_name: str) -> Iterator[str]:
 
 def test_backing_chain_is_kept_as_a_chain(chained_vm: str, store: Path) -> None:
     report = migrate_cold(ColdRequest(chained_vm, "hostA", "hostB", store_path=store))
-    assert report.outcome == "succeeded", report.message
+    assert report.outcome == "completed", report.message
     copied = [d["destination"] for d in report.disks]
     assert copied[0].endswith("-base.qcow2") and copied[1].endswith("-top.qcow2")
     info = json.loads(
@@ -276,7 +276,7 @@ def test_interrupted_copy_resumes_where_it_stopped(
     done = next(
         json.loads(line) for line in resumed.stdout.splitlines() if '"event": "done"' in line
     )
-    assert done["outcome"] == "succeeded" and done["placement_ok"]
+    assert done["outcome"] == "completed" and done["placement_ok"]
     # Only the rest crossed the link the second time; the checksums still agree.
     assert done["disks"][0]["bytes"] < 160 * MIB and done["disks"][0]["sha256"]
     assert locate_vm(vm_name) == {"hostB": "shut off"}

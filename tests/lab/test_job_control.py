@@ -72,7 +72,7 @@ def test_cancel_from_another_terminal(
     assert result.returncode == 0, result.stderr
     assert "applied" in result.stdout
     done = finish(process)
-    assert done["outcome"] == "aborted"
+    assert done["outcome"] == "cancelled"
     assert done["placement_ok"]
     actions = done["actions"]
     assert actions[-1]["by"] == "user"
@@ -80,7 +80,7 @@ def test_cancel_from_another_terminal(
     assert locate_vm(vm) == {"hostA": "running"}
     # The job is over: further requests are refused with a clear error.
     again = run_cli("jobs", "--store", str(store), "cancel", str(job_id))
-    assert again.returncode == 1 and "is not running (it is aborted)" in again.stderr
+    assert again.returncode == 1 and "is not running (it is cancelled)" in again.stderr
 
 
 def test_set_max_downtime_from_another_terminal(

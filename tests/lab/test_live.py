@@ -12,12 +12,14 @@ import pytest
 
 from vmigrate.errors import MigrationRefused
 from vmigrate.lab import link
+from vmigrate.lab.config import HOST_A
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report, wait_for_console
 from vmigrate.lab.lifecycle import HostStatus
 from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
 from vmigrate.store import JobStore
+from vmigrate.virt.connection import open_connection
 
 from .helpers import start_cli
 
@@ -54,21 +56,21 @@ def healthy_on_b(vm: str) -> HeartbeatReport:
 def test_idle_guest(lab: list[HostStatus], vm_name: str, store: Path) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256))
     report = move(vm_name, store)
-    assert report.outcome == "succeeded", report.message
+    assert report.outcome == "completed", report.message
     assert report.placement_ok
     assert report.placement["defined_on"] == ["hostB"]  # persistent there, undefined on A
     assert report.actions == []  # nothing to decide for an idle guest
     assert report.downtime_ms is not None
     assert healthy_on_b(vm_name).largest_gap_ms < 1000
     job = JobStore(store).job(report.job_id)
-    assert job.state == "succeeded" and job.report is not None
+    assert job.state == "completed" and job.report is not None
     assert JobStore(store).samples(report.job_id)
 
 
 def test_busy_guest(lab: list[HostStatus], vm_name: str, store: Path) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, working_set_mib=128, dirty_rate_mib=100))
     report = move(vm_name, store)
-    assert report.outcome == "succeeded", report.message
+    assert report.outcome == "completed", report.message
     assert report.placement_ok
     assert healthy_on_b(vm_name).largest_gap_ms < 1000
 
@@ -78,7 +80,7 @@ def test_non_converging_guest_finishes_through_postcopy(
 ) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
     report = move(vm_name, store, "fast")
-    assert report.outcome == "succeeded", report.message
+    assert report.outcome == "completed", report.message
     assert report.postcopy
     assert [a["action"] for a in report.actions] == ["postcopy"]
     assert "cannot converge" in report.actions[0]["reason"]
@@ -93,7 +95,7 @@ def test_non_converging_guest_finishes_without_postcopy(
     # The whole 256 MiB working set is re-dirtied each pass: at 119 MiB/s only a downtime
     # of ~2.2 s can finish it. Allowed up to 3 s, the policy raises it as far as needed.
     report = move(vm_name, store, "safe", max_downtime_ms=3000)
-    assert report.outcome == "succeeded", (report.message, report.actions)
+    assert report.outcome == "completed", (report.message, report.actions)
     assert not report.postcopy
     raised = [a["value"] for a in report.actions if a["action"] == "set-downtime"]
     assert raised and max(raised) <= 3000
@@ -140,7 +142,7 @@ def test_ctrl_c_aborts_cleanly_and_the_vm_stays_on_the_source(
     out, err = process.communicate(timeout=120)
     assert process.returncode == 1, err
     done = next(json.loads(line) for line in out.splitlines() if '"event": "done"' in line)
-    assert done["outcome"] == "aborted"
+    assert done["outcome"] == "cancelled"
     assert done["actions"][-1]["by"] == "user"
     assert done["placement_ok"]
     assert locate_vm(vm_name) == {"hostA": "running"}
@@ -167,10 +169,10 @@ def test_jobs_list_show_and_plot(
     process = start_cli("live", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store))
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
-    assert "succeeded" in out and f"verified: {vm_name} runs on hostB" in out
+    assert "completed" in out and f"verified: {vm_name} runs on hostB" in out
     listing = start_cli("jobs", "--store", str(store), "--json")
     jobs = json.loads(listing.communicate(timeout=60)[0])
-    assert jobs[0]["vm"] == vm_name and jobs[0]["state"] == "succeeded"
+    assert jobs[0]["vm"] == vm_name and jobs[0]["state"] == "completed"
     png = tmp_path / "job.png"
     shown = start_cli(
         "jobs", "--store", str(store), "show", str(jobs[0]["id"]), "--json", "--plot", str(png)
@@ -196,6 +198,22 @@ def test_jobs_list_show_and_plot(
             ("live", "x", "--from", "hostA", "--to", "hostB", "--bandwidth", "-5"),
             2,
             ("must be positive",),
+        ),
+        (("live", "x", "--from", "hostA", "--to", "hostA"), 2, ("same host",)),
+        (
+            (
+                "live",
+                "x",
+                "--from",
+                "hostA",
+                "--to",
+                "hostB",
+                "--policy",
+                "strict",
+                "--allow-postcopy",
+            ),
+            2,
+            ("never uses post-copy",),
         ),
     ],
 )
@@ -224,7 +242,7 @@ def test_direct_transient_multifd(lab: list[HostStatus], vm_name: str, store: Pa
         store_path=store,
     )
     report = migrate_live(request)
-    assert report.outcome == "succeeded", report.message
+    assert report.outcome == "completed", report.message
     assert report.placement["running_on"] == ["hostB"]
     assert report.placement["defined_on"] == ["hostA"]  # the source definition is kept
     assert report.placement_ok
@@ -233,3 +251,14 @@ def test_direct_transient_multifd(lab: list[HostStatus], vm_name: str, store: Pa
     assert params["options"]["parallel_connections"] == 2
     healthy = heartbeat_report(vm_name)
     assert healthy.contiguous and healthy.last_seq_by_host["hostB"] > 0
+
+
+def test_a_shut_off_vm_is_pointed_to_cold(lab: list[HostStatus], vm_name: str, store: Path) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256))
+    conn = open_connection(HOST_A.uri)
+    conn.lookupByName(vm_name).destroy()
+    conn.close()
+    process = start_cli("live", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1 and "vmigrate cold" in err and "Traceback" not in err
+    assert locate_vm(vm_name) == {"hostA": "shut off"}

@@ -25,6 +25,7 @@ def host(name: str, uri: str, **changes: object) -> HostFacts:
     facts = HostFacts(
         ref=HostRef(name, uri),
         hostname=name,
+        host_uuid=f"uuid-of-{name}",
         libvirt_version=11_003_000,
         hypervisor_type="QEMU",
         hypervisor_version=10_000_002,
@@ -264,3 +265,9 @@ def test_connectivity_ports_and_encryption() -> None:
     plain = facts(destination=host("kvm2", "qemu+tcp://kvm2/system"))
     warning = only(check_connectivity(plain), "connectivity.transport-destination")
     assert warning.verdict is Verdict.WARN and "UNENCRYPTED" in warning.summary
+
+
+def test_same_host_is_refused() -> None:
+    twin = host("kvm2", "qemu+tls://kvm2/system", host_uuid="uuid-of-kvm1")
+    clash = only(check_conflicts(facts(destination=twin)), "conflicts.same-host")
+    assert clash.verdict is Verdict.FAIL and "host_uuid" in clash.fix

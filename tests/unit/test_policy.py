@@ -131,3 +131,10 @@ def test_full_throttle_gives_up_only_when_passes_stop_shrinking() -> None:
     stuck = _run([380, 378, 379, 377, 378, 379, 378], config)
     assert [a.kind for a in stuck][-1] == "abort"
     assert "throttled to the maximum" in stuck[-1].reason
+
+
+@pytest.mark.parametrize("preset", ["safe", "strict"])
+def test_postcopy_contradicting_the_policy_is_refused(preset: str) -> None:
+    with pytest.raises(UsageError, match="never uses post-copy"):
+        PRESETS[preset].with_limits(postcopy=True)
+    assert PRESETS["fast"].with_limits(postcopy=False).postcopy_allowed is False

@@ -23,9 +23,9 @@ def test_job_lifecycle(tmp_path: Path) -> None:
     store.add_sample(job, {"memory_remaining": 10})
     store.add_action(job, "postcopy", "pass 2: cannot converge", "policy")
     assert store.job(job).state == "running"
-    store.finish_job(job, "succeeded", "migration completed", {"downtime_ms": 12})
+    store.finish_job(job, "completed", "migration completed", {"downtime_ms": 12})
     record = store.job(job)
-    assert record.state == "succeeded" and record.report == {"downtime_ms": 12}
+    assert record.state == "completed" and record.report == {"downtime_ms": 12}
     assert record.source == "qemu+ssh://root@a/system"  # no password stored
     for written in tmp_path.iterdir():  # the database and its WAL
         assert b"hunter2" not in written.read_bytes()

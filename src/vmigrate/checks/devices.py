@@ -224,7 +224,7 @@ def check_conflicts(facts: CheckInput) -> list[Finding]:
                     Verdict.FAIL,
                     f"the VM is {domain.state}; a live migration needs it running or paused",
                     {"state": domain.state},
-                    fix="start it, or move it cold (--mode cold)",
+                    fix="start it, or move it switched off with `vmigrate cold`",
                 )
             )
         else:
@@ -248,6 +248,20 @@ def check_conflicts(facts: CheckInput) -> list[Finding]:
             ),
         ]
     uuid = domain.summary.uuid
+    src = facts.source
+    if src is not None and src.host_uuid and src.host_uuid == dst.host_uuid:
+        findings.append(
+            Finding(
+                "conflicts.same-host",
+                "conflicts",
+                Verdict.FAIL,
+                f"{facts.source_name} and {dst.ref.name} are the same host (host UUID "
+                f"{dst.host_uuid})",
+                {"host_uuid": dst.host_uuid},
+                fix="pick another destination; if they really are two machines, give them "
+                "distinct host_uuid values in libvirtd.conf",
+            )
+        )
     if domain.name in dst.domains:
         findings.append(
             Finding(

@@ -45,7 +45,7 @@ def render_plan(plan: ColdPlan) -> None:
 
 
 def render_final(report: ColdReport) -> None:
-    colour = "green" if report.outcome == "succeeded" else "red"
+    colour = "green" if report.outcome == "completed" else "red"
     console.print(
         f"[bold {colour}]{report.outcome}[/]: {report.vm} {report.source} -> "
         f"{report.destination}: {report.message}"
@@ -149,7 +149,7 @@ def cold(
             console.print("dry run: nothing was changed")
         return
     report = run_with_progress(lambda emit: migrate_cold(request, emit), as_json)
-    if report.outcome != "succeeded" or not report.placement_ok:
+    if report.outcome != "completed" or not report.placement_ok:
         raise SystemExit(1)
 
 

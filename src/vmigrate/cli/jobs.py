@@ -190,7 +190,7 @@ def resume(store_path: Path | None, job_id: int, as_json: bool) -> None:
     from vmigrate.cold.runner import resume_cold
 
     report = run_with_progress(lambda emit: resume_cold(job_id, store_path, emit), as_json)
-    if report.outcome != "succeeded":
+    if report.outcome != "completed":
         raise SystemExit(1)
 
 

@@ -64,7 +64,9 @@ def progress_table(sample: dict[str, Any]) -> Table:
 
 
 def render_final(report: LiveReport) -> None:
-    colour = {"succeeded": "green", "aborted": "yellow"}.get(report.outcome, "red")
+    colour = {"completed": "green", "aborted": "yellow", "cancelled": "yellow"}.get(
+        report.outcome, "red"
+    )
     console.print(
         f"[bold {colour}]{report.outcome}[/]: {report.vm} "
         f"{report.source} -> {report.destination}: {report.message}"
@@ -166,7 +168,7 @@ def live(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.default_int_handler)
     report = _run_json(request) if as_json else _run_interactive(request)
-    if report.outcome != "succeeded" or not report.placement_ok:
+    if report.outcome != "completed" or not report.placement_ok:
         raise SystemExit(1)
 
 

@@ -74,7 +74,7 @@ class ColdReport:
     vm: str
     source: str
     destination: str
-    outcome: str  # succeeded | failed | rolled back | planned
+    outcome: str  # completed | failed | rolled back | planned
     message: str
     downtime_s: float | None
     bytes_moved: int
@@ -473,7 +473,7 @@ def _report(
         )
         if stopped and running:
             downtime = round(float(running) - float(stopped), 2)
-    if outcome == "succeeded":
+    if outcome == "completed":
         placement_ok = placement.defined_on == [expected] and placement.running_on == (
             [expected] if plan.start_after else []
         )
@@ -522,7 +522,7 @@ def _run(
             outcome, message = "rolled back", f"undid: {', '.join(undone) or 'nothing'}"
         else:
             move.forward()
-            outcome, message = "succeeded", "cold migration completed"
+            outcome, message = "completed", "cold migration completed"
     except VmigrateError as err:
         outcome, message = (
             "failed",
@@ -535,7 +535,7 @@ def _run(
             f"{err} (resume: vmigrate jobs resume {job_id}; undo: vmigrate jobs rollback {job_id})",
         )
     placement = locate(request.vm, {src_ref.name: src, dst_ref.name: dst})
-    expected = dst_ref.name if outcome == "succeeded" else src_ref.name
+    expected = dst_ref.name if outcome == "completed" else src_ref.name
     report = _report(job_id, request, outcome, message, plan, journal, placement, expected)
     store.finish_job(job_id, outcome, message, report.to_dict())
     src.close()
@@ -606,7 +606,7 @@ def resume_cold(
 ) -> ColdReport:
     store = JobStore(store_path)
     request, plan = _job(job_id, store)
-    if store.job(job_id).state in ("succeeded", "rolled back"):
+    if store.job(job_id).state in ("completed", "rolled back"):
         raise UsageError(f"job {job_id} already {store.job(job_id).state}: nothing to resume")
     store.reopen_job(job_id)
     try:

@@ -65,6 +65,11 @@ class PolicyConfig:
             if timeout_s <= 0:
                 raise UsageError(f"--timeout {timeout_s} s must be positive")
             config = replace(config, timeout_s=timeout_s)
+        if postcopy and not self.postcopy_allowed and self.name in POSTCOPY_FORBIDDEN:
+            raise UsageError(
+                f"--policy {self.name} never uses post-copy, so --allow-postcopy contradicts it",
+                fix="use --policy fast for post-copy, or drop --allow-postcopy",
+            )
         if postcopy is not None:
             config = replace(
                 config,
@@ -79,6 +84,9 @@ class PolicyConfig:
         # hand the policy switches instead, so the guest is not throttled for nothing.
         return self.autoconverge_allowed and not self.postcopy_allowed
 
+
+#: Presets whose whole point is to avoid post-copy (a broken link in post-copy needs recovery).
+POSTCOPY_FORBIDDEN = ("safe", "strict")
 
 PRESETS = {
     # Finish fast with a short pause; post-copy when pre-copy cannot converge.

@@ -71,7 +71,7 @@ class LiveReport:
     vm: str
     source: str
     destination: str
-    outcome: str  # succeeded | failed | aborted
+    outcome: str  # completed | aborted (by the policy) | cancelled (by a user) | failed
     message: str
     total_s: float
     downtime_ms: float | None
@@ -108,6 +108,10 @@ class _Steering:
     def __init__(self, store: JobStore, job_id: int, emit: EventSink) -> None:
         self.store, self.job_id, self.emit = store, job_id, emit
         self.taken: list[dict[str, Any]] = []
+
+    def abort_action(self) -> dict[str, Any] | None:
+        """The abort that ended the job, if one was taken."""
+        return next((a for a in reversed(self.taken) if a["action"] == "abort"), None)
 
     def apply(self, domain: Any, action: Action, actor: str = "policy") -> None:
         if action.kind == "set-downtime" and action.value is not None:
@@ -249,6 +253,23 @@ class _Monitor:
         self.state = self.state.after([abort], 0, None)
 
 
+def job_outcome(
+    *, call_error: str | None, abort: dict[str, Any] | None, running_on: list[str], destination: str
+) -> tuple[str, str]:
+    """How a job ended: completed, aborted (policy), cancelled (a user) or failed.
+
+    Success is what libvirt said *and* where the VM runs: a call that returned without an
+    error while the VM is not running on the destination is not a completed migration.
+    """
+    if call_error is None and running_on == [destination]:
+        return "completed", "migration completed"
+    if abort is not None and running_on != [destination]:
+        return ("cancelled" if abort["by"] == "user" else "aborted"), str(abort["reason"])
+    if call_error is None:
+        return "failed", f"libvirt reported success, but the VM runs on {running_on or 'no host'}"
+    return "failed", call_error
+
+
 def _checks(request: LiveRequest) -> CheckReport:
     report = run_checks(
         request.vm,
@@ -317,24 +338,16 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
             with contextlib.suppress(Exception):
                 src.domainEventDeregisterAny(callback)
     state, samples = monitor.state, monitor.samples
-    placement_before_settle = locate(request.vm, {src_ref.name: src, dst_ref.name: dst})
-    if call.error is None and placement_before_settle.running_on == [dst_ref.name]:
-        outcome, message = "succeeded", "migration completed"
-    elif call.error is None:
-        outcome = "aborted" if state.aborting else "failed"
-        message = (
-            f"libvirt reported success, but {placement_before_settle.summary()}"
-            if not state.aborting
-            else steering.taken[-1]["reason"]
-        )
-    elif state.aborting:
-        outcome = "aborted"
-        message = steering.taken[-1]["reason"] if steering.taken else call.error
-    else:
-        outcome, message = "failed", call.error
+    arrived = locate(request.vm, {src_ref.name: src, dst_ref.name: dst}).running_on
+    outcome, message = job_outcome(
+        call_error=call.error,
+        abort=steering.abort_action(),
+        running_on=arrived,
+        destination=dst_ref.name,
+    )
     total_s = time.monotonic() - started
     placement = _settle(request, src_ref.name, dst_ref.name, src, dst, outcome)
-    if outcome == "succeeded":
+    if outcome == "completed":
         placement_ok = placement.exactly_on(dst_ref.name, defined=not request.transient)
     else:
         placement_ok = placement.exactly_on(src_ref.name, defined=was_persistent)
@@ -370,7 +383,7 @@ def _settle(
     hosts = {src_name: src, dst_name: dst}
     placement = locate(request.vm, hosts)
     if (
-        outcome == "succeeded"
+        outcome == "completed"
         and not request.transient
         and placement.running_on == [dst_name]
         and dst_name in placement.defined_on

@@ -36,6 +36,7 @@ class NetworkFacts:
 class HostFacts:
     ref: HostRef
     hostname: str
+    host_uuid: str
     libvirt_version: int
     hypervisor_type: str
     hypervisor_version: int
@@ -104,6 +105,7 @@ def gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
     return HostFacts(
         ref=ref,
         hostname=conn.getHostname(),
+        host_uuid=capabilities.findtext("host/uuid", ""),
         libvirt_version=libvirt_version,
         hypervisor_type=conn.getType(),
         hypervisor_version=conn.getVersion(),
