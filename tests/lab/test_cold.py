@@ -17,7 +17,7 @@ from vmigrate.cold.runner import ColdRequest, migrate_cold, plan_cold
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.diskcheck import check_disk_image
-from vmigrate.lab.heartbeat import heartbeat_report, wait_for_console
+from vmigrate.lab.heartbeat import heartbeat_report, read_console, wait_for_console
 from vmigrate.lab.lifecycle import HostStatus
 from vmigrate.lab.state import load_records
 from vmigrate.lab.vms import DISK_PATTERN_MIB, LabVmRequest, create_vm, disk_seed, locate_vm
@@ -89,10 +89,32 @@ def test_shut_off_vm_with_local_qcow2_moves_and_its_data_is_intact(
     assert steps[0] == "stop" and "undefine source" in steps
 
 
+def test_running_guest_shuts_down_by_acpi_and_comes_back_on_hostb(
+    lab: list[HostStatus], vm_name: str, store: Path
+) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
+    report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", store_path=store))
+    assert report.outcome == "completed", report.message
+    assert report.placement_ok and locate_vm(vm_name) == {"hostB": "running"}
+    assert report.job_id is not None
+    stop = next(s for s in JobStore(store).steps(report.job_id) if s.name == "stop")
+    assert stop.detail["how"] == "shut down (ACPI)"
+    assert any(
+        line.text == "POWEROFF acpi" and line.host == "hostA" for line in read_console(vm_name)
+    )
+    line = wait_for_console(
+        vm_name,
+        r"^DISK ",
+        timeout=90,
+        since_ns=time.monotonic_ns() - int((report.downtime_s or 60) * 1e9),
+    )
+    assert line.text.startswith("DISK verify ok") and line.host == "hostB"
+
+
 def test_running_guest_that_ignores_acpi_needs_force(
     lab: list[HostStatus], vm_name: str, store: Path
 ) -> None:
-    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local", disk_format="raw"))
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local", disk_format="raw", acpi=False))
     refused = migrate_cold(
         ColdRequest(vm_name, "hostA", "hostB", shutdown_timeout_s=2, store_path=store)
     )

@@ -110,6 +110,31 @@ def test_kernel_cmdline() -> None:
     assert "vmigrate.diskmb=8" in other.split()
 
 
+def test_kernel_cmdline_acpi_flag() -> None:
+    def line(**acpi: bool) -> list[str]:
+        return kernel_cmdline(
+            working_set_mib=8, dirty_rate_mib=0, disk=False, seed=1, **acpi
+        ).split()
+
+    default = line()
+    assert "vmigrate.acpi=1" in default  # the guest obeys the power button unless told not to
+    assert line(acpi=True) == default
+    ignoring = line(acpi=False)
+    assert "vmigrate.acpi=0" in ignoring
+    assert "vmigrate.acpi=1" not in ignoring
+    assert [w for w in ignoring if w != "vmigrate.acpi=0"] == [
+        w for w in default if w != "vmigrate.acpi=1"
+    ]
+
+
+def test_every_module_list_is_loaded_by_the_workload() -> None:
+    source = image.WORKLOAD_SOURCE.read_text()
+    assert set(image.MODULE_ROOTS) == {"acpi", "disk"}
+    for name in image.MODULE_ROOTS:
+        assert f'load_modules("{name}", ' in source
+    assert "vmigrate.acpi=" in source
+
+
 def test_disk_header() -> None:
     h = disk_header(42, 16)
     assert len(h) == 4096

@@ -141,6 +141,11 @@ def vm() -> None:
 @click.option(
     "--disk-size", "disk_size_gib", type=float, default=1.0, show_default=True, help="GiB."
 )
+@click.option(
+    "--ignore-acpi",
+    is_flag=True,
+    help="The guest ignores the ACPI power button (to test forced power-off).",
+)
 def vm_create(
     name: str,
     host: str,
@@ -150,6 +155,7 @@ def vm_create(
     disk: str,
     disk_format: str,
     disk_size_gib: float,
+    ignore_acpi: bool,
 ) -> None:
     """Create and start a lab VM; returns once it beats."""
     created = create_vm(
@@ -162,6 +168,7 @@ def vm_create(
             disk,
             disk_format,
             disk_size_gib,
+            acpi=not ignore_acpi,
         )
     )
     console.print(

@@ -33,8 +33,11 @@ BLOCK_SIZE = 4096
 HEARTBEAT_INTERVAL_S = 0.010
 MANIFEST = "manifest.json"
 INITRD = "initrd.cpio"
-# virtio-blk over PCI; everything else they need (and VIRTIO_PCI_LEGACY) is built in (=y).
-MODULE_ROOTS = ("virtio_pci", "virtio_blk")
+# Kernel modules the workload loads (finit_module) from lib/modules/<list>.order, by list:
+# "acpi" at every boot: the ACPI power button as an input device (CONFIG_ACPI_BUTTON=m) and
+# /dev/input/event* to read it (CONFIG_INPUT_EVDEV=m); "disk" with vmigrate.disk=1:
+# virtio-blk over PCI.  Everything else they need (and VIRTIO_PCI_LEGACY) is built in (=y).
+MODULE_ROOTS = {"acpi": ("button", "evdev"), "disk": ("virtio_pci", "virtio_blk")}
 BUSYBOX_LINKS = ("sh", "ls", "cat", "mount", "dmesg")
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 
@@ -55,8 +58,15 @@ class GuestImage:
 
 
 def kernel_cmdline(
-    *, working_set_mib: int, dirty_rate_mib: int, disk: bool, seed: int, disk_mib: int = 16
+    *,
+    working_set_mib: int,
+    dirty_rate_mib: int,
+    disk: bool,
+    seed: int,
+    disk_mib: int = 16,
+    acpi: bool = True,
 ) -> str:
+    """The guest's kernel command line; `acpi=False` makes it ignore the ACPI power button."""
     # quiet + loglevel=3 keep kernel chatter out of the heartbeat stream; tsc=reliable avoids the
     # clocksource watchdog (TCG time jitters); the rest trims ~0.3 s of boot under TCG (measured).
     fast = (
@@ -65,7 +75,8 @@ def kernel_cmdline(
     )
     params = (
         f"vmigrate.ws={working_set_mib} vmigrate.rate={dirty_rate_mib} "
-        f"vmigrate.disk={int(disk)} vmigrate.seed={seed & 0xFFFFFFFF} vmigrate.diskmb={disk_mib}"
+        f"vmigrate.disk={int(disk)} vmigrate.seed={seed & 0xFFFFFFFF} vmigrate.diskmb={disk_mib} "
+        f"vmigrate.acpi={int(acpi)}"
     )
     return f"console=ttyS0 {fast} {params}"
 
@@ -159,6 +170,10 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
     return res.stdout
 
 
+def _order_file(order: list[str]) -> bytes:
+    return "".join(f"{n}.ko\n" for n in order).encode()
+
+
 def _kernel_package() -> tuple[str, str]:
     """(package, version) behind bookworm's linux-image-amd64, skipping backports."""
     for line in _run(["apt-cache", "madison", "linux-image-amd64"], "apt-cache").splitlines():
@@ -220,14 +235,14 @@ def _build(cache_dir: Path) -> GuestImage:
             p.name.removesuffix(".ko").replace("-", "_"): p.read_bytes()
             for p in (tmp / "x" / "lib" / "modules" / kernel_version).rglob("*.ko")
         }
-        order = module_load_order(MODULE_ROOTS, kos)
+        orders = {lst: module_load_order(roots, kos) for lst, roots in MODULE_ROOTS.items()}
         init = tmp / "init"
         _run(["gcc", "-static", "-O2", "-Wall", "-s", "-o", str(init), str(WORKLOAD_SOURCE)], "gcc")
         busybox = shutil.which("busybox")
         if not busybox:
             raise GuestImageError("busybox not found; run `apt-get install busybox-static`")
         dirs = ("bin", "dev", "proc", "sys", "lib", "lib/modules")
-        order_txt = "".join(f"{n}.ko\n" for n in order).encode()
+        modules = sorted({n for order in orders.values() for n in order})
         entries = [
             *(CpioEntry(d, stat.S_IFDIR | 0o755) for d in dirs),
             CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
@@ -235,8 +250,11 @@ def _build(cache_dir: Path) -> GuestImage:
             CpioEntry("init", stat.S_IFREG | 0o755, init.read_bytes()),
             CpioEntry("bin/busybox", stat.S_IFREG | 0o755, Path(busybox).read_bytes()),
             *(CpioEntry(f"bin/{n}", stat.S_IFLNK | 0o777, b"busybox") for n in BUSYBOX_LINKS),
-            *(CpioEntry(f"lib/modules/{n}.ko", stat.S_IFREG | 0o644, kos[n]) for n in order),
-            CpioEntry("lib/modules/order", stat.S_IFREG | 0o644, order_txt),
+            *(CpioEntry(f"lib/modules/{n}.ko", stat.S_IFREG | 0o644, kos[n]) for n in modules),
+            *(
+                CpioEntry(f"lib/modules/{lst}.order", stat.S_IFREG | 0o644, _order_file(order))
+                for lst, order in orders.items()
+            ),
         ]
         # Uncompressed: ~3 MiB unpacks faster under TCG than the guest could inflate it.
         (cache_dir / INITRD).write_bytes(cpio_newc(entries))
@@ -248,7 +266,9 @@ def _build(cache_dir: Path) -> GuestImage:
         (cache_dir / name).write_bytes(blob)
         image = GuestImage(cache_dir / name, cache_dir / INITRD, kernel_version, fmt)
         try:  # QEMU's ELF loader needs a PVH note; prove it boots rather than assume.
-            boot_guest(image, smoke, until="HB 1".__eq__, timeout=60)
+            log = boot_guest(image, smoke, until="HB 1".__eq__, timeout=60)
+            if errors := [s for _, s in log if s.startswith("ACPI error")]:
+                raise GuestImageError(f"the power button is not watched: {errors}")
         except GuestImageError as e:
             (cache_dir / name).unlink()
             failures.append(f"{fmt}: {e}")

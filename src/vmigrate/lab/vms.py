@@ -59,6 +59,7 @@ class LabVmRequest:
     disk: str = "none"  # none | shared | local
     disk_format: str = "qcow2"  # qcow2 | raw
     disk_size_gib: float = 1.0
+    acpi: bool = True  # False: the guest ignores the ACPI power button (a stuck guest)
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def create_vm(request: LabVmRequest) -> LabVm:
                 disk=disk is not None,
                 seed=disk_seed(request.name),
                 disk_mib=DISK_PATTERN_MIB,
+                acpi=request.acpi,
             ),
             serial_socket=socket_path(request.name),
             domain_type="kvm" if accelerator(image) == "kvm" else "qemu",

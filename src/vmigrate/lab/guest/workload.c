@@ -8,18 +8,24 @@
  *   out: "HB <seq>"  every 10 ms of guest monotonic time, seq = 1, 2, 3, ...
  *   in:  "rate <N>"  -> "RATE <N>";  "verify" -> "DISK verify ...";
  *        "poweroff"  -> powers the guest off;  anything else -> "ERR unknown command"
+ *   ACPI power button (QEMU system_powerdown, libvirt virDomainShutdown):
+ *        "POWEROFF acpi", then a clean power off;  with vmigrate.acpi=0 the guest keeps
+ *        running and says "ACPI ignored" (once per press);  "ACPI error <what>" if the
+ *        button cannot be watched.  The button works from the first heartbeat on.
  *
  * Parameters come from /proc/cmdline: vmigrate.ws, vmigrate.rate, vmigrate.disk,
- * vmigrate.seed, vmigrate.diskmb.  The disk pattern must stay byte-identical to
- * expected_disk_block() / disk_header() in vmigrate/lab/image.py.
+ * vmigrate.seed, vmigrate.diskmb, vmigrate.acpi.  The disk pattern must stay byte-identical
+ * to expected_disk_block() / disk_header() in vmigrate/lab/image.py.
  *
  * Build: gcc -static -O2 -Wall -o init workload.c
  */
 #define _GNU_SOURCE
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/input.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -48,8 +54,9 @@
 #define IO_CHUNK 64               /* blocks per O_DIRECT request */
 #define MAX_RATE 100000UL          /* MiB/s; keeps the rate arithmetic far from overflow */
 #define VERIFY_STEP 16            /* blocks verified per loop pass by the "verify" command */
+#define MAX_BUTTONS 4             /* input devices with KEY_POWER that we watch */
 
-static unsigned long p_ws = 64, p_rate = 0, p_disk = 0, p_seed = 1, p_diskmb = 16;
+static unsigned long p_ws = 64, p_rate = 0, p_disk = 0, p_seed = 1, p_diskmb = 16, p_acpi = 1;
 
 static void say(const char *fmt, ...) {
     char buf[256];
@@ -71,10 +78,14 @@ static void say(const char *fmt, ...) {
     }
 }
 
+static void power_off(void) {
+    sync();
+    reboot(RB_POWER_OFF);
+}
+
 static void die(const char *why) {
     say("FATAL %s", why);
-    sync();
-    reboot(RB_POWER_OFF); /* PID 1 must not exit; a powered-off guest is an obvious failure */
+    power_off(); /* PID 1 must not exit; a powered-off guest is an obvious failure */
     for (;;) pause();
 }
 
@@ -99,7 +110,7 @@ static void parse_cmdline(void) {
         static const struct { const char *key; unsigned long *val; } keys[] = {
             {"vmigrate.ws=", &p_ws},     {"vmigrate.rate=", &p_rate},
             {"vmigrate.disk=", &p_disk}, {"vmigrate.seed=", &p_seed},
-            {"vmigrate.diskmb=", &p_diskmb},
+            {"vmigrate.diskmb=", &p_diskmb}, {"vmigrate.acpi=", &p_acpi},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
             size_t kl = strlen(keys[i].key);
@@ -141,25 +152,94 @@ static void setup_system(void) {
     }
 }
 
-/* finit_module() every module listed (in dependency order) in /lib/modules/order. */
-static void load_modules(void) {
-    FILE *f = fopen("/lib/modules/order", "r");
-    if (!f) return;
+/* finit_module() every module listed (in dependency order) in /lib/modules/<list>.order;
+ * failures are reported as "<tag> error ...". */
+static void load_modules(const char *list, const char *tag) {
     char name[256], path[300];
+    snprintf(path, sizeof path, "/lib/modules/%s.order", list);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        say("%s error open %s: %s", tag, path, strerror(errno));
+        return;
+    }
     while (fgets(name, sizeof name, f)) {
         name[strcspn(name, "\r\n")] = 0;
         if (!name[0]) continue;
         snprintf(path, sizeof path, "/lib/modules/%s", name);
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
-            say("DISK error open %s: %s", name, strerror(errno));
+            say("%s error open %s: %s", tag, name, strerror(errno));
             continue;
         }
         if (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)
-            say("DISK error finit_module %s: %s", name, strerror(errno));
+            say("%s error finit_module %s: %s", tag, name, strerror(errno));
         close(fd);
     }
     fclose(f);
+}
+
+/* ---- ACPI power button ------------------------------------------------- */
+
+/* The ACPI button driver (button.ko) turns the power button into an input device that sends
+ * KEY_POWER; evdev.ko makes it readable as /dev/input/event<N>.  The kernel has no way to
+ * power off on the button by itself (CONFIG_ACPI_TINY_POWER_BUTTON is not set), so we poll. */
+static int button_fd[MAX_BUTTONS];
+static int n_buttons;
+
+static int has_key_power(int fd) {
+    unsigned long keys[KEY_MAX / (8 * sizeof(unsigned long)) + 1] = {0};
+    const int bits = 8 * sizeof(unsigned long);
+    return ioctl(fd, EVIOCGBIT(EV_KEY, sizeof keys), keys) >= 0 &&
+           (keys[KEY_POWER / bits] >> (KEY_POWER % bits) & 1);
+}
+
+static void acpi_setup(void) {
+    load_modules("acpi", "ACPI");
+    DIR *d = opendir("/sys/class/input");
+    if (!d) {
+        say("ACPI error opendir /sys/class/input: %s", strerror(errno));
+        return;
+    }
+    mkdir("/dev/input", 0755);
+    for (struct dirent *e; (e = readdir(d)) && n_buttons < MAX_BUTTONS;) {
+        if (strncmp(e->d_name, "event", 5) != 0) continue;
+        char path[300], dev[32] = {0};
+        snprintf(path, sizeof path, "/dev/input/%s", e->d_name);
+        int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) { /* no devtmpfs: make the node from sysfs */
+            snprintf(path, sizeof path, "/sys/class/input/%s/dev", e->d_name);
+            unsigned maj, min;
+            int sfd = open(path, O_RDONLY | O_CLOEXEC);
+            ssize_t n = sfd < 0 ? -1 : read(sfd, dev, sizeof dev - 1);
+            if (sfd >= 0) close(sfd);
+            snprintf(path, sizeof path, "/dev/input/%s", e->d_name);
+            if (n > 0 && sscanf(dev, "%u:%u", &maj, &min) == 2 &&
+                mknod(path, S_IFCHR | 0600, makedev(maj, min)) == 0)
+                fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        }
+        if (fd < 0) continue;
+        if (has_key_power(fd)) button_fd[n_buttons++] = fd;
+        else close(fd);
+    }
+    closedir(d);
+    if (n_buttons == 0) say("ACPI error no power button input device");
+}
+
+/* Drain one button device; power off (or say we ignore it) on a KEY_POWER press. */
+static void button_event(int fd) {
+    struct input_event ev[16];
+    ssize_t r;
+    while ((r = read(fd, ev, sizeof ev)) > 0) {
+        for (size_t i = 0; i < (size_t)r / sizeof ev[0]; i++) {
+            if (ev[i].type != EV_KEY || ev[i].code != KEY_POWER || ev[i].value != 1) continue;
+            if (!p_acpi) {
+                say("ACPI ignored");
+                continue;
+            }
+            say("POWEROFF acpi");
+            power_off();
+        }
+    }
 }
 
 /* ---- disk pattern ------------------------------------------------------ */
@@ -217,7 +297,7 @@ static int64_t verify_range(uint32_t first, uint32_t n) {
 }
 
 static void disk_setup(void) {
-    load_modules();
+    load_modules("disk", "DISK");
     /* virtio_blk probes synchronously, but give devtmpfs a moment anyway. */
     for (int i = 0; i < 500 && access("/dev/vda", F_OK) != 0; i++) {
         char dev[32] = {0};
@@ -286,6 +366,7 @@ int main(void) {
     setup_system();
     parse_cmdline();
     say("VMIGRATE workload ws=%lu rate=%lu disk=%lu", p_ws, p_rate, p_disk ? 1UL : 0UL);
+    acpi_setup(); /* before the first heartbeat: once a guest beats, its power button works */
 
     size_t ws_pages = p_ws * (1024 * 1024 / PAGE);
     struct sysinfo si;
@@ -310,7 +391,8 @@ int main(void) {
     uint64_t seq = 0, value = 0, carry = 0;
     size_t cursor = 0;
     int64_t verify_pos = -1; /* >= 0 while a "verify" command is in progress */
-    int console_in = 0;
+    struct pollfd pfd[1 + MAX_BUTTONS] = {{.fd = 0, .events = POLLIN}};
+    for (int i = 0; i < n_buttons; i++) pfd[1 + i] = (struct pollfd){button_fd[i], POLLIN, 0};
     char line[128];
     size_t line_len = 0;
     uint64_t now = mono_ns(), next_hb = now, last_dirty = now;
@@ -350,18 +432,20 @@ int main(void) {
             }
         }
 
-        /* Sleep until the next beat, the next dirtying tick, or console input. */
+        /* Sleep until the next beat, the next dirtying tick, console input or a button. */
         uint64_t wake = next_hb;
         if (p_rate && ws_pages && now + TICK_NS < wake) wake = now + TICK_NS;
         if (verify_pos >= 0) wake = now;
         uint64_t delay = wake > now ? wake - now : 0;
         struct timespec ts = {(time_t)(delay / NS), (long)(delay % NS)};
-        struct pollfd pfd = {.fd = console_in, .events = POLLIN};
-        if (ppoll(&pfd, 1, &ts, NULL) <= 0) continue;
-        if (pfd.revents & (POLLERR | POLLHUP | POLLNVAL)) {
-            console_in = -1; /* console input is gone: stop polling it rather than spin */
-            continue;
+        if (ppoll(pfd, 1 + n_buttons, &ts, NULL) <= 0) continue;
+        for (int i = 1; i <= n_buttons; i++) {
+            if (pfd[i].revents & POLLIN) button_event(pfd[i].fd);
+            if (pfd[i].revents & (POLLERR | POLLHUP | POLLNVAL)) pfd[i].fd = -1;
         }
+        if (pfd[0].revents & (POLLERR | POLLHUP | POLLNVAL))
+            pfd[0].fd = -1; /* console input is gone: stop polling it rather than spin */
+        if (!(pfd[0].revents & POLLIN)) continue;
         char in[256];
         ssize_t r = read(0, in, sizeof in);
         for (ssize_t i = 0; i < r; i++) {
@@ -384,8 +468,7 @@ int main(void) {
                 if (disk_fd < 0) say("DISK error no disk");
                 else verify_pos = 0;
             } else if (strcmp(line, "poweroff") == 0) {
-                sync();
-                reboot(RB_POWER_OFF);
+                power_off();
             } else {
                 say("ERR unknown command");
             }
