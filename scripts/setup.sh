@@ -36,7 +36,7 @@ fi
 version_of() { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | awk '/install ok installed/ {print $4}'; }
 at_least() { [ -n "$1" ] && dpkg --compare-versions "$1" ge "$2"; }
 backport_pkgs=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
-stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static iproute2 iptables
+stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static iproute2 iptables cpio
              xz-utils util-linux mount dpkg-dev)
 need_backports=0
 at_least "$(version_of qemu-system-x86)" "1:10.0" || need_backports=1

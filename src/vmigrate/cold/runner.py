@@ -1,24 +1,26 @@
-"""`vmigrate cold`: checks, plan, then a journal of steps that can resume or roll back.
-
-Order: stop (shut down, power off, or save the state) -> copy every local file (sparse,
-resumable) -> verify checksums -> define on the destination -> start or restore -> verify it
-runs -> only then undefine the source -> optionally delete the source's disk files.
-Nothing is deleted that this job did not create, and never before the destination runs.
-"""
+"""`vmigrate cold`: checks, a plan, then the journalled steps (cold/steps.py); resume and
+rollback of an interrupted job; the final report (downtime, bytes, throughput, checksums)."""
 
 from __future__ import annotations
 
-import contextlib
-import posixpath
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vmigrate.cold.journal import Detail, Journal
-from vmigrate.cold.plan import ColdPlan, VolumeCopy, check_space, plan_copies
+from vmigrate.cold.journal import Journal
+from vmigrate.cold.plan import ColdPlan, check_space, plan_copies
+from vmigrate.cold.steps import CONNECT_TIMEOUT_S, ColdMove, ColdMoveError, ColdRequest
+
+__all__ = [
+    "ColdMoveError",
+    "ColdReport",
+    "ColdRequest",
+    "migrate_cold",
+    "plan_cold",
+    "resume_cold",
+    "rollback_cold",
+]
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.domxml.rewrite import Rewrite, rewrite_for_destination
 from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
@@ -26,46 +28,18 @@ from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.model import Mode
 from vmigrate.preflight import run_checks
 from vmigrate.store import JobStore
-from vmigrate.virt import domains
 from vmigrate.virt.connection import (
     MIGRATABLE_XML,
-    UNDEFINE_KEEP_NVRAM,
     Connection,
     domain_state,
-    find_domain,
     lookup_domain,
     open_with_timeout,
 )
 from vmigrate.virt.facts import gather_host_facts
 from vmigrate.virt.placement import Placement, locate
 from vmigrate.virt.storage import probe_shared_pool, volume_chain
-from vmigrate.virt.streams import copy_volume, volume_digest
 
 EventSink = Callable[[str, dict[str, Any]], None]
-CHECKPOINT_BYTES = 64 << 20
-CONNECT_TIMEOUT_S = 10.0
-VERIFY_RUNNING_S = 3.0
-
-
-class ColdMoveError(VmigrateError):
-    """A step of a cold move failed; the job can be resumed or rolled back."""
-
-
-@dataclass(frozen=True)
-class ColdRequest:
-    vm: str
-    source: str
-    destination: str
-    force: bool = False
-    keep_state: bool = False
-    start: bool | None = None  # None: start if it was running
-    pool_map: dict[str, str] = field(default_factory=dict)
-    path_map: dict[str, str] = field(default_factory=dict)
-    net_map: dict[str, str] = field(default_factory=dict)
-    delete_source_disks: bool = False
-    shutdown_timeout_s: float = 60.0
-    hosts_file: Path | None = None
-    store_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -169,274 +143,6 @@ def plan_cold(request: ColdRequest) -> ColdPlan:
         dst.close()
 
 
-class _Move:
-    """The steps of one cold move, over open connections, recorded in the journal."""
-
-    def __init__(
-        self,
-        plan: ColdPlan,
-        request: ColdRequest,
-        src: Connection,
-        dst: Connection,
-        journal: Journal,
-        emit: EventSink,
-    ) -> None:
-        self.plan, self.request, self.src, self.dst = plan, request, src, dst
-        self.journal, self.emit = journal, emit
-
-    # ---- forward ---------------------------------------------------------------------
-    def save_path(self) -> str | None:
-        if not self.plan.keep_state:
-            return None
-        pools = [c for c in self.plan.copies]
-        folder = posixpath.dirname(pools[0].source_path) if pools else "/var/lib/libvirt/images"
-        return posixpath.join(folder, f".vmigrate-{self.plan.vm}-{self.journal.job_id}.save")
-
-    def stop(self, _previous: Detail) -> Detail:
-        domain = find_domain(self.src, self.plan.vm)
-        if domain is None or not domain.isActive():
-            return {"how": "already stopped", "at": time.time()}
-        stopped_at = time.time()
-        if self.plan.keep_state:
-            path = self.save_path()
-            assert path is not None
-            domains.save_state(domain, path)
-            return {"how": "saved", "save_path": path, "at": stopped_at}
-        if self.plan.state == "running" and domains.shutdown(
-            domain, timeout=self.request.shutdown_timeout_s
-        ):
-            return {"how": "shut down (ACPI)", "at": stopped_at}
-        if not self.request.force:
-            raise ColdMoveError(
-                f"the guest did not shut down within {self.request.shutdown_timeout_s:g} s",
-                vm=self.plan.vm,
-                fix="retry with --force to power it off after the timeout, "
-                "or shut it down from inside the guest",
-            )
-        domains.power_off(domain)
-        return {"how": "powered off (--force)", "at": stopped_at}
-
-    def copy(self, copy: VolumeCopy, previous: Detail) -> Detail:
-        existing = domains.volume_at(self.dst, copy.destination_path)
-        if existing is not None and not previous.get("created"):
-            raise ColdMoveError(
-                f"{copy.destination_path} already exists on the destination "
-                "and was not created by this job: it is never overwritten",
-                vm=self.plan.vm,
-                fix="remove it there, or use --pool-map",
-            )
-        offset = int(previous.get("offset", 0)) if existing is not None else 0
-        if existing is None:
-            existing = domains.create_file_volume(
-                self.dst,
-                copy.destination_pool,
-                posixpath.basename(copy.destination_path),
-                copy.physical,
-            )
-        detail: Detail = {"created": True, "offset": offset}
-        self.journal.record(f"copy {copy.destination_path}", "started", detail)
-        source = self.src.storageVolLookupByPath(copy.source_path)
-        last = [offset]
-
-        def progress(position: int) -> None:
-            self.emit("copy", {"path": copy.source_path, "done": position, "total": copy.physical})
-            if position - last[0] >= CHECKPOINT_BYTES:
-                last[0] = position
-                self.journal.record(
-                    f"copy {copy.destination_path}",
-                    "started",
-                    {"created": True, "offset": position},
-                )
-
-        result = copy_volume(self.src, source, self.dst, existing, offset=offset, progress=progress)
-        domains.refresh_pool(self.dst, copy.destination_pool)
-        return {
-            "created": True,
-            "offset": result.end_offset,
-            "data_bytes": result.data_bytes,
-            "hole_bytes": result.hole_bytes,
-            "seconds": round(result.seconds, 3),
-        }
-
-    def verify(self, copy: VolumeCopy, _previous: Detail) -> Detail:
-        source = volume_digest(self.src, self.src.storageVolLookupByPath(copy.source_path))
-        target = domains.volume_at(self.dst, copy.destination_path)
-        if target is None:
-            raise ColdMoveError(
-                f"{copy.destination_path} vanished from the destination", vm=self.plan.vm
-            )
-        copied = volume_digest(self.dst, target)
-        if source != copied:
-            raise ColdMoveError(
-                f"checksum mismatch for {copy.destination_path}: source "
-                f"{source[:16]}, destination {copied[:16]}",
-                vm=self.plan.vm,
-                fix="resume the job to copy again, or roll it back",
-            )
-        return {"sha256": source}
-
-    def copy_state(self, previous: Detail) -> Detail:
-        path = self.journal.detail("stop").get("save_path")
-        if not path:
-            return {"skipped": True}
-        folder = posixpath.dirname(path)
-        pool = next(
-            (c.source_pool for c in self.plan.copies if posixpath.dirname(c.source_path) == folder),
-            None,
-        )
-        if pool is not None:
-            domains.refresh_pool(self.src, pool)
-        state_copy = next((c for c in self.plan.copies), None)
-        if state_copy is None:
-            raise ColdMoveError(
-                "--keep-state needs a local disk pool to carry the state file", vm=self.plan.vm
-            )
-        volume = self.src.storageVolLookupByPath(path)
-        _type, _capacity, _allocation = volume.info()
-        carrier = VolumeCopy(
-            path,
-            state_copy.source_pool,
-            state_copy.destination_pool,
-            posixpath.join(
-                posixpath.dirname(state_copy.destination_path), posixpath.basename(path)
-            ),
-            "raw",
-            _capacity,
-            _allocation,
-            _capacity,
-            None,
-        )
-        detail = self.copy(carrier, previous)
-        self.verify(carrier, {})
-        return {**detail, "destination_path": carrier.destination_path}
-
-    def define(self, _previous: Detail) -> Detail:
-        if find_domain(self.dst, self.plan.vm) is not None and not self.journal.detail(
-            "define"
-        ).get("defined"):
-            raise ColdMoveError(
-                f"a VM named {self.plan.vm!r} already exists on the destination", vm=self.plan.vm
-            )
-        self.dst.defineXML(self.plan.destination_xml)
-        return {"defined": True}
-
-    def start(self, _previous: Detail) -> Detail:
-        state_path = self.journal.detail("copy state").get("destination_path")
-        if state_path:
-            domains.restore_state(self.dst, state_path, self.plan.restore_xml)
-            return {"started": "restored"}
-        if not self.plan.start_after:
-            return {"started": False}
-        lookup_domain(self.dst, self.plan.vm, host=self.request.destination).create()
-        return {"started": True}
-
-    def verify_running(self, _previous: Detail) -> Detail:
-        if not self.journal.detail("start").get("started"):
-            return {"running": False}
-        deadline = time.time() + VERIFY_RUNNING_S
-        while time.time() < deadline:
-            if not domains.is_running(self.dst, self.plan.vm):
-                raise ColdMoveError(
-                    "the VM stopped right after starting on the destination",
-                    vm=self.plan.vm,
-                    fix="see its log on the destination; "
-                    "roll the job back to restart it on the source",
-                )
-            time.sleep(0.5)
-        return {"running": True, "at": time.time()}
-
-    def undefine_source(self, _previous: Detail) -> Detail:
-        domain = find_domain(self.src, self.plan.vm)
-        if domain is not None and domain.isActive():
-            raise ColdMoveError(
-                "the VM runs on the source again: not undefining it", vm=self.plan.vm
-            )
-        if domain is not None and domain.isPersistent():
-            domain.undefineFlags(UNDEFINE_KEEP_NVRAM)
-            return {"undefined": True}
-        return {"undefined": False}
-
-    def cleanup_state(self, _previous: Detail) -> Detail:
-        removed = []
-        for conn, path in (
-            (self.src, self.journal.detail("stop").get("save_path")),
-            (self.dst, self.journal.detail("copy state").get("destination_path")),
-        ):
-            if path and domains.delete_volume(conn, path):
-                removed.append(path)
-        return {"removed": removed}
-
-    def delete_source_disks(self, _previous: Detail) -> Detail:
-        tops = {d.path for d in parse_domain(self.plan.source_xml).disks}
-        removed = []
-        for copy in self.plan.copies:
-            # Only the VM's own top images: backing files may serve other VMs.
-            if copy.source_path in tops and domains.delete_volume(self.src, copy.source_path):
-                removed.append(copy.source_path)
-        return {"removed": removed}
-
-    def forward(self) -> None:
-        j = self.journal
-        j.run("stop", self.stop)
-        for copy in self.plan.copies:
-            j.run(f"copy {copy.destination_path}", partial(self.copy, copy))
-        for copy in self.plan.copies:
-            j.run(f"verify {copy.destination_path}", partial(self.verify, copy))
-        j.run("copy state", self.copy_state)
-        j.run("define", self.define)
-        j.run("start", self.start)
-        j.run("verify running", self.verify_running)
-        j.run("undefine source", self.undefine_source)
-        j.run("cleanup state", self.cleanup_state)
-        if self.request.delete_source_disks:
-            j.run("delete source disks", self.delete_source_disks)
-
-    # ---- backward --------------------------------------------------------------------
-    def rollback(self) -> list[str]:
-        undone = []
-        for record in self.journal.done_in_reverse():
-            name, detail = record.name, record.detail
-            if name == "delete source disks":
-                raise ColdMoveError(
-                    "the source's disk files were already deleted: this job cannot be rolled back",
-                    vm=self.plan.vm,
-                )
-            if name == "undefine source" and detail.get("undefined"):
-                self.src.defineXML(self.plan.source_xml)
-            elif name == "start" and detail.get("started"):
-                domain = find_domain(self.dst, self.plan.vm)
-                if domain is not None and domain.isActive():
-                    domain.destroy()
-            elif name == "define" and detail.get("defined"):
-                domain = find_domain(self.dst, self.plan.vm)
-                if domain is not None:
-                    domains.undefine(domain, UNDEFINE_KEEP_NVRAM)
-            elif name.startswith("copy ") and detail.get("created"):
-                path = detail.get("destination_path") or name.removeprefix("copy ")
-                with contextlib.suppress(Exception):
-                    domains.delete_volume(self.dst, path)
-            elif name == "stop":
-                self._restart_source(detail)
-            else:
-                continue
-            self.journal.record(name, "undone", detail)
-            undone.append(name)
-        return undone
-
-    def _restart_source(self, detail: Detail) -> None:
-        if detail.get("how") == "saved":
-            path = detail["save_path"]
-            domains.restore_state(self.src, path, None)
-            with contextlib.suppress(Exception):
-                domains.delete_volume(self.src, path)
-        elif self.plan.state in ("running", "paused") and detail.get("how") != "already stopped":
-            domain = find_domain(self.src, self.plan.vm)
-            if domain is None:
-                self.src.createXML(self.plan.source_xml, 0)
-            elif not domain.isActive():
-                domain.create()
-
-
 def _report(
     job_id: int | None,
     request: ColdRequest,
@@ -515,7 +221,7 @@ def _run(
     dst_ref = resolve_host(request.destination, request.hosts_file)
     src, dst = _connect(src_ref), _connect(dst_ref)
     journal = Journal(store, job_id)
-    move = _Move(plan, request, src, dst, journal, emit)
+    move = ColdMove(plan, request, src, dst, journal, emit)
     try:
         if rollback:
             undone = move.rollback()
