@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from vmigrate.cli.options import json_option, vm_and_hosts
 from vmigrate.model import CheckReport, Mode, Verdict
 from vmigrate.preflight import run_checks
 
@@ -44,20 +45,12 @@ def render_report(report: CheckReport) -> Table:
 
 
 @click.command("check")
-@click.argument("vm")
-@click.option("--from", "source", required=True, help="Source host: name or libvirt URI.")
-@click.option("--to", "destination", required=True, help="Destination host: name or URI.")
+@vm_and_hosts
 @click.option(
     "--mode", type=click.Choice([m.value for m in Mode]), default="live", show_default=True
 )
 @click.option("--copy-storage", is_flag=True, help="Local disks will be copied (live).")
-@click.option(
-    "--hosts",
-    "hosts_file",
-    type=click.Path(path_type=Path),
-    help="Hosts file [default: ~/.config/vmigrate/hosts.toml].",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def check(
     vm: str,
     source: str,

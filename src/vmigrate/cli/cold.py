@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from vmigrate.cli.check import render_report
+from vmigrate.cli.options import json_option, store_option, vm_and_hosts
 from vmigrate.cold.plan import ColdPlan
 from vmigrate.cold.runner import ColdReport, ColdRequest, migrate_cold, plan_cold
 from vmigrate.domxml.rewrite import parse_maps
@@ -67,9 +68,7 @@ def render_final(report: ColdReport) -> None:
 
 
 @click.command("cold")
-@click.argument("vm")
-@click.option("--from", "source", required=True, help="Source host: name or libvirt URI.")
-@click.option("--to", "destination", required=True, help="Destination host: name or URI.")
+@vm_and_hosts
 @click.option(
     "--force",
     is_flag=True,
@@ -93,9 +92,8 @@ def render_final(report: ColdReport) -> None:
     show_default=True,
     help="Seconds to wait for an ACPI shutdown.",
 )
-@click.option("--hosts", "hosts_file", type=click.Path(path_type=Path), help="Hosts file.")
-@click.option("--store", "store_path", type=click.Path(path_type=Path), help="Job store.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_option
+@json_option
 def cold(
     vm: str,
     source: str,

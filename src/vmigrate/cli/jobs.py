@@ -12,17 +12,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from vmigrate.cli.options import json_option, store_option
 from vmigrate.errors import VmigrateError
 from vmigrate.plot import plot_job
 from vmigrate.store import JobStore
 
 console = Console(highlight=False)
-store_option = click.option(
-    "--store",
-    "store_path",
-    type=click.Path(path_type=Path),
-    help="Job store [default: ~/.local/state/vmigrate/jobs.sqlite].",
-)
 
 
 def _when(t: float | None) -> str:
@@ -31,7 +26,7 @@ def _when(t: float | None) -> str:
 
 @click.group("jobs", invoke_without_command=True)
 @store_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def jobs(ctx: click.Context, store_path: Path | None, as_json: bool) -> None:
     """List migration jobs (running, finished, interrupted)."""
@@ -64,7 +59,7 @@ def jobs(ctx: click.Context, store_path: Path | None, as_json: bool) -> None:
 
 @jobs.command("show")
 @click.argument("job_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.option(
     "--plot",
     "plot_path",
@@ -182,7 +177,7 @@ def set_limits(
 
 @jobs.command("resume")
 @click.argument("job_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_obj
 def resume(store_path: Path | None, job_id: int, as_json: bool) -> None:
     """Finish an interrupted or failed cold migration from where it stopped."""
@@ -196,7 +191,7 @@ def resume(store_path: Path | None, job_id: int, as_json: bool) -> None:
 
 @jobs.command("rollback")
 @click.argument("job_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_obj
 def rollback(store_path: Path | None, job_id: int, as_json: bool) -> None:
     """Undo an interrupted or failed cold migration: remove only what it created, restore

@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from vmigrate.cli.check import render_report
+from vmigrate.cli.options import json_option, store_option, vm_and_hosts
 from vmigrate.errors import MigrationRefused
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
@@ -95,9 +96,7 @@ def render_final(report: LiveReport) -> None:
 
 
 @click.command("live")
-@click.argument("vm")
-@click.option("--from", "source", required=True, help="Source host: name or libvirt URI.")
-@click.option("--to", "destination", required=True, help="Destination host: name or URI.")
+@vm_and_hosts
 @click.option(
     "--policy",
     type=click.Choice(sorted(PRESETS)),
@@ -117,9 +116,8 @@ def render_final(report: LiveReport) -> None:
 @click.option("--tls", is_flag=True, help="Encrypt the migration stream (QEMU TLS).")
 @click.option("--migration-address", help="Destination address for the data stream.")
 @click.option("--force", is_flag=True, help="Go ahead even if pre-flight checks fail.")
-@click.option("--hosts", "hosts_file", type=click.Path(path_type=Path), help="Hosts file.")
-@click.option("--store", "store_path", type=click.Path(path_type=Path), help="Job store.")
-@click.option("--json", "as_json", is_flag=True, help="Stream JSON lines instead.")
+@store_option
+@json_option
 def live(
     vm: str,
     source: str,

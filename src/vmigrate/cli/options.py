@@ -1,0 +1,53 @@
+"""Options every command that moves or checks a VM shares, declared once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def vm_and_hosts(command: F) -> F:
+    """VM, --from, --to and --hosts, in that order on the command line."""
+    for decorator in reversed(
+        (
+            click.argument("vm"),
+            click.option(
+                "--from",
+                "source",
+                required=True,
+                help="Source host: a libvirt URI or a name from the hosts file.",
+            ),
+            click.option(
+                "--to",
+                "destination",
+                required=True,
+                help="Destination host: a libvirt URI or a name from the hosts file.",
+            ),
+            click.option(
+                "--hosts",
+                "hosts_file",
+                type=click.Path(path_type=Path),
+                help="Hosts file [default: ~/.config/vmigrate/hosts.toml].",
+            ),
+        )
+    ):
+        command = decorator(command)
+    return command
+
+
+def store_option(command: F) -> F:
+    return click.option(
+        "--store",
+        "store_path",
+        type=click.Path(path_type=Path),
+        help="Job store [default: ~/.local/state/vmigrate/jobs.sqlite].",
+    )(command)
+
+
+def json_option(command: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
