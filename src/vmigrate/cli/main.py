@@ -40,6 +40,7 @@ def cli(verbose: int) -> None:
 def _register() -> None:
     from vmigrate.cli.check import check
     from vmigrate.cli.cold import cold
+    from vmigrate.cli.estimate import estimate
     from vmigrate.cli.jobs import jobs
     from vmigrate.cli.lab import lab
     from vmigrate.cli.live import live
@@ -47,6 +48,7 @@ def _register() -> None:
     cli.add_command(check)
     cli.add_command(live)
     cli.add_command(cold)
+    cli.add_command(estimate)
     cli.add_command(jobs)
     cli.add_command(lab)
 

@@ -211,3 +211,17 @@ def baseline_cpu(
         )
     except libvirt.libvirtError:
         return None
+
+
+def measure_dirty_rate(domain: libvirt.virDomain, seconds: int) -> float:
+    """QEMU's own measurement of the guest's dirty rate over `seconds`, in bytes per second."""
+    domain.startDirtyRateCalc(seconds, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
+    deadline = time.monotonic() + seconds + 10
+    conn = domain.connect()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        records = conn.domainListGetStats([domain], libvirt.VIR_DOMAIN_STATS_DIRTYRATE, 0)
+        stats = records[0][1] if records else {}
+        if stats.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+            return float(stats.get("dirtyrate.megabytes_per_second", 0)) * (1 << 20)
+    raise TimeoutError("QEMU did not finish measuring the dirty rate")
