@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from vmigrate.errors import NotFound, UsageError
+from vmigrate.errors import NotFound, UsageError, VmigrateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -182,6 +182,12 @@ class JobStore:
             ) from err
         self._db.execute("PRAGMA journal_mode=WAL")
 
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._db.close()
 
@@ -271,6 +277,37 @@ class JobStore:
     def jobs(self, limit: int = 50) -> list[JobRecord]:
         rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
         return [self._record(row) for row in rows]
+
+    def open_jobs(self, vm: str) -> list[JobRecord]:
+        """Jobs that still hold the VM: running ones, and cold moves left half-done."""
+        rows = self._db.execute("SELECT * FROM jobs WHERE vm = ? ORDER BY id", (vm,))
+        records = [self._record(row) for row in rows]
+        return [
+            r
+            for r in records
+            if r.state == RUNNING or (r.kind == "cold" and r.state in ("interrupted", "failed"))
+        ]
+
+    def ensure_no_open_job(self, vm: str) -> None:
+        """Refuse to start a second move of a VM that one job has not finished with."""
+        for record in self.open_jobs(vm):
+            if record.state == RUNNING:
+                fix = (
+                    f"wait for it, or cancel it with `vmigrate jobs cancel {record.id}`"
+                    if record.kind == "live"
+                    else f"wait for it, or stop process {record.pid} and roll it back"
+                )
+            else:
+                fix = (
+                    f"finish it with `vmigrate jobs resume {record.id}` or undo it with "
+                    f"`vmigrate jobs rollback {record.id}`"
+                )
+            raise VmigrateError(
+                f"{vm!r} is in the middle of {record.kind} job {record.id} "
+                f"({record.source} -> {record.destination}, {record.state})",
+                vm=vm,
+                fix=fix,
+            )
 
     def job(self, job_id: int) -> JobRecord:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report
@@ -56,3 +58,45 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
         env=dict(os.environ),
     )
     return process
+
+
+def in_host(host_name: str, *command: str) -> subprocess.CompletedProcess[str]:
+    """Run a command inside a lab host's mount namespace (where its paths resolve)."""
+    from vmigrate.lab.state import load_records
+
+    pid = load_records()[host_name].pid
+    return subprocess.run(
+        ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def small_pool(size_mib: int) -> Iterator[str]:
+    """A pool 'small' on both hosts at one path; on hostB it is a tmpfs of `size_mib`."""
+    import libvirt
+
+    path = "/var/lib/libvirt/small"
+    in_host("hostB", "mkdir", "-p", path)
+    mounted = in_host("hostB", "mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", path)
+    assert mounted.returncode == 0, mounted.stderr
+    pools = []
+    try:
+        for uri in (HOST_A.uri, HOST_B.uri):
+            conn = libvirt.open(uri)
+            with contextlib.suppress(libvirt.libvirtError):  # left by a test that crashed
+                conn.storagePoolLookupByName("small").destroy()
+            pools.append(
+                conn.storagePoolCreateXML(
+                    f"<pool type='dir'><name>small</name><target><path>{path}</path></target>"
+                    "</pool>",
+                    libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD,
+                )
+            )
+        yield path
+    finally:
+        for pool in pools:
+            pool.destroy()
+        in_host("hostB", "umount", path)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import secrets
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,13 +21,13 @@ from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.diskcheck import check_disk_image
 from vmigrate.lab.heartbeat import heartbeat_report, read_console, wait_for_console
-from vmigrate.lab.lifecycle import HostStatus
+from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.state import load_records
 from vmigrate.lab.vms import DISK_PATTERN_MIB, LabVmRequest, create_vm, disk_seed, locate_vm
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_connection
 
-from .helpers import run_cli, start_cli
+from .helpers import in_host, run_cli, small_pool, start_cli
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
@@ -34,17 +37,6 @@ def on_host(host_name: str, path: str) -> Path:
     """Where a path inside a lab host's private /var/lib/libvirt is, seen from outside."""
     host = HOST_A if host_name == "hostA" else HOST_B
     return host.private_dir("/var/lib/libvirt") / path.removeprefix("/var/lib/libvirt/")
-
-
-def in_host(host_name: str, *command: str) -> subprocess.CompletedProcess[str]:
-    """Run a command inside a lab host's mount namespace (where its paths resolve)."""
-    pid = load_records()[host_name].pid
-    return subprocess.run(
-        ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *command],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def power_off(vm: str) -> None:
@@ -63,7 +55,9 @@ def test_shut_off_vm_with_local_qcow2_moves_and_its_data_is_intact(
 ) -> None:
     created = create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
     power_off(vm_name)
-    report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", store_path=store))
+    report = migrate_cold(
+        ColdRequest(vm_name, "hostA", "hostB", delete_source_disks=True, store_path=store)
+    )
     assert report.outcome == "completed", report.message
     assert report.placement_ok
     assert locate_vm(vm_name) == {"hostB": "shut off"}  # it was off: it stays off
@@ -87,6 +81,15 @@ def test_shut_off_vm_with_local_qcow2_moves_and_its_data_is_intact(
     assert report.job_id is not None
     steps = [s.name for s in JobStore(store).steps(report.job_id)]
     assert steps[0] == "stop" and "undefine source" in steps
+    assert not on_host("hostA", created.disk_path).exists()  # --delete-source-disks
+    # And back: running on hostB now, it shuts down by ACPI, moves, and starts on hostA.
+    since = time.monotonic_ns()
+    back = migrate_cold(ColdRequest(vm_name, "hostB", "hostA", store_path=store))
+    assert back.outcome == "completed", back.message
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    assert on_host("hostB", created.disk_path).exists()  # source disks are kept by default
+    line = wait_for_console(vm_name, r"^DISK ", timeout=90, since_ns=since)
+    assert line.text.startswith("DISK verify ok") and line.host == "hostA"
 
 
 def test_running_guest_shuts_down_by_acpi_and_comes_back_on_hostb(
@@ -118,10 +121,9 @@ def test_running_guest_that_ignores_acpi_needs_force(
     refused = migrate_cold(
         ColdRequest(vm_name, "hostA", "hostB", shutdown_timeout_s=2, store_path=store)
     )
-    assert refused.outcome == "failed" and "did not shut down" in refused.message
+    # Refused, and put back as it was by the automatic rollback: still running on hostA.
+    assert refused.outcome == "rolled back" and "did not shut down" in refused.message
     assert locate_vm(vm_name) == {"hostA": "running"}
-    rolled = run_cli("jobs", "--store", str(store), "rollback", str(refused.job_id), timeout=120)
-    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     report = migrate_cold(
         ColdRequest(vm_name, "hostA", "hostB", force=True, shutdown_timeout_s=2, store_path=store)
     )
@@ -231,7 +233,7 @@ def test_backing_chain_is_kept_as_a_chain(chained_vm: str, store: Path) -> None:
 
 def test_dry_run_changes_nothing(lab: list[HostStatus], vm_name: str) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
-    plan = plan_cold(ColdRequest(vm_name, "hostA", "hostB", net_map={"x": "y"}))
+    plan = plan_cold(ColdRequest(vm_name, "hostA", "hostB"))
     assert [c.destination_pool for c in plan.copies] == ["local"]
     assert plan.start_after
     result = run_cli("cold", vm_name, "--from", "hostA", "--to", "hostB", "--dry-run", timeout=60)
@@ -239,10 +241,10 @@ def test_dry_run_changes_nothing(lab: list[HostStatus], vm_name: str) -> None:
     assert locate_vm(vm_name) == {"hostA": "running"}
 
 
-def _random_disk_vm(vm_name: str, megabytes: int) -> None:
+def _random_disk_vm(vm_name: str, megabytes: int, pool: str = "local") -> Path:
     """A shut-off VM on hostA with a 1 GiB raw disk holding `megabytes` of random data."""
     conn = open_connection(HOST_A.uri)
-    volume = conn.storagePoolLookupByName("local").createXML(
+    volume = conn.storagePoolLookupByName(pool).createXML(
         f"<volume><name>{vm_name}.img</name><capacity unit='GiB'>1</capacity>"
         "<target><format type='raw'/></target></volume>",
         0,
@@ -259,10 +261,13 @@ def _random_disk_vm(vm_name: str, megabytes: int) -> None:
         f"<source file='{volume.path()}'/><target dev='vda' bus='virtio'/></disk>"
         "</devices></domain>"
     )
+    path = volume.path()
     conn.close()
+    return on_host("hostA", path)
 
 
-def _interrupt_mid_copy(vm_name: str, store: Path) -> int:
+def _start_cold_and_wait_for_copy(vm_name: str, store: Path) -> tuple[subprocess.Popen[str], int]:
+    """Start `vmigrate cold` over a 200 Mbit/s link; return once the copy is under way."""
     link.shape("200mbit")  # ~24 MiB/s: the copy takes seconds, long enough to interrupt
     process = start_cli(
         "cold", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store), "--json"
@@ -272,43 +277,79 @@ def _interrupt_mid_copy(vm_name: str, store: Path) -> int:
     while time.monotonic() < deadline:
         steps = JobStore(store).steps(job_id) if job_id else []
         if any(s.name.startswith("copy ") and s.detail.get("offset", 0) > 0 for s in steps):
-            break
+            return process, job_id
         if not job_id and store.exists():
             jobs = JobStore(store).jobs()
             job_id = jobs[0].id if jobs else 0
         time.sleep(0.2)
-    # Ctrl-C: vmigrate aborts its streams and leaves the job interrupted. (A SIGKILL mid-
-    # upload wedged the destination libvirtd 11.3 in our lab: see docs/lab.md.)
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=30)
-    link.reset()
-    assert job_id and JobStore(store).job(job_id).state == "interrupted"
+    process.kill()
+    raise AssertionError("the copy did not start within 60 s")
+
+
+def _interrupt_mid_copy(vm_name: str, store: Path, signum: signal.Signals) -> int:
+    try:
+        process, job_id = _start_cold_and_wait_for_copy(vm_name, store)
+        process.send_signal(signum)
+        process.wait(timeout=30)
+    finally:
+        link.reset()
+    assert JobStore(store).job(job_id).state == "interrupted"
+    # hostB still answers: the copy's helper process aborted its streams when vmigrate died
+    # (a client killed mid-upload wedged libvirtd 11.3 in our lab; see docs/lab.md).
+    answer = subprocess.run(
+        ["virsh", "-c", HOST_B.uri, "pool-list"], capture_output=True, text=True, timeout=10
+    )
+    assert answer.returncode == 0, answer.stderr
+    deadline = time.monotonic() + 30
+    while _copy_workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _copy_workers()
     return job_id
+
+
+def _copy_workers() -> list[str]:
+    found = subprocess.run(
+        ["pgrep", "-f", "vmigrate.virt.copy_worker"], capture_output=True, text=True, check=False
+    )
+    return found.stdout.split()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(MIB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _done_event(stdout: str) -> dict[str, Any]:
+    return next(
+        json.loads(line) for line in stdout.splitlines() if line.startswith('{"event": "done"')
+    )
 
 
 def test_interrupted_copy_resumes_where_it_stopped(
     lab: list[HostStatus], vm_name: str, store: Path
 ) -> None:
     _random_disk_vm(vm_name, 160)
-    job_id = _interrupt_mid_copy(vm_name, store)
+    job_id = _interrupt_mid_copy(vm_name, store, signal.SIGKILL)
     checkpoint = next(s for s in JobStore(store).steps(job_id) if s.name.startswith("copy "))
     assert checkpoint.state in ("started", "failed") and checkpoint.detail["offset"] > 0
     resumed = run_cli("jobs", "--store", str(store), "resume", str(job_id), "--json", timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    done = next(
-        json.loads(line) for line in resumed.stdout.splitlines() if '"event": "done"' in line
-    )
+    done = _done_event(resumed.stdout)
     assert done["outcome"] == "completed" and done["placement_ok"]
     # Only the rest crossed the link the second time; the checksums still agree.
     assert done["disks"][0]["bytes"] < 160 * MIB and done["disks"][0]["sha256"]
     assert locate_vm(vm_name) == {"hostB": "shut off"}
 
 
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
 def test_interrupted_move_rolls_back_to_the_source(
-    lab: list[HostStatus], vm_name: str, store: Path
+    lab: list[HostStatus], vm_name: str, store: Path, signum: signal.Signals
 ) -> None:
     _random_disk_vm(vm_name, 160)
-    job_id = _interrupt_mid_copy(vm_name, store)
+    job_id = _interrupt_mid_copy(vm_name, store, signum)
     rolled = run_cli("jobs", "--store", str(store), "rollback", str(job_id), "--json", timeout=300)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert locate_vm(vm_name) == {"hostA": "shut off"}
@@ -317,11 +358,110 @@ def test_interrupted_move_rolls_back_to_the_source(
 
 
 def test_bad_input(lab: list[HostStatus], vm_name: str, store: Path) -> None:
-    for args, code, word in (
-        (("cold", "no-such-vm", "--from", "hostA", "--to", "hostB"), 1, "no VM named"),
-        (("cold", vm_name, "--from", "hostA", "--to", "hostB", "--pool-map", "x"), 2, "SRC:DST"),
-        (("jobs", "--store", str(store), "resume", "42"), 1, "no job 42"),
-    ):
-        result = run_cli(*args, timeout=60)
-        assert result.returncode == code, result.stderr
-        assert word in result.stderr and "Traceback" not in result.stderr
+    """Each refused with a clear message and a non-zero exit; nothing changes anywhere."""
+    _random_disk_vm(vm_name, 1)
+    loose = f"/var/lib/libvirt/{vm_name}-loose.img"  # a file in no storage pool
+    in_host("hostA", "truncate", "-s", "1M", loose)
+    loose_vm = f"{vm_name}-x"
+    conn = open_connection(HOST_A.uri)
+    conn.defineXML(
+        f"<domain type='qemu'><name>{loose_vm}</name><memory unit='MiB'>128</memory>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source file='{loose}'/><target dev='vda' bus='virtio'/></disk>"
+        "</devices></domain>"
+    )
+    busy = JobStore(store)
+    busy.create_job("cold", f"{vm_name}-busy", "hostA", "hostB", {})  # held by a live process
+    cold = ("cold", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store))
+    busy_vm = (*cold[:1], f"{vm_name}-busy", *cold[2:])
+    try:
+        for args, code, words in (
+            (("cold", "no-such-vm", "--from", "hostA", "--to", "hostB"), 1, "no VM named"),
+            ((*cold, "--pool-map", "x"), 2, "SRC:DST"),
+            ((*cold, "--pool-map", "local:nope"), 2, "nope"),
+            ((*cold, "--net-map", "default:nope"), 2, "nope"),
+            (("cold", loose_vm, "--from", "hostA", "--to", "hostB"), 1, "define a pool on hostA"),
+            (busy_vm, 1, "in the middle of cold job"),
+            (("jobs", "--store", str(store), "resume", "42"), 1, "no job 42"),
+        ):
+            result = run_cli(*args, timeout=60)
+            assert result.returncode == code, (args, result.stdout, result.stderr)
+            assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
+        # A name clash: refused by the checks, on both hosts nothing changed.
+        conn_b = open_connection(HOST_B.uri)
+        clash = conn_b.defineXML(
+            f"<domain type='qemu'><name>{vm_name}</name><memory unit='MiB'>64</memory>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+        )
+        try:
+            result = run_cli(*cold, timeout=60)
+            assert result.returncode == 1 and "already defined on hostB" in result.stderr
+            assert "Traceback" not in result.stderr
+        finally:
+            clash.undefine()
+            conn_b.close()
+        assert locate_vm(vm_name) == {"hostA": "shut off"}
+        assert not on_host("hostB", f"/var/lib/libvirt/images/{vm_name}.img").exists()
+        assert [j.vm for j in JobStore(store).jobs()] == [f"{vm_name}-busy"]
+    finally:
+        conn.lookupByName(loose_vm).undefine()
+        conn.close()
+        in_host("hostA", "rm", "-f", loose)
+
+
+def test_destination_pool_too_small_is_refused_and_forced_fails_with_a_clean_rollback(
+    lab: list[HostStatus], vm_name: str, store: Path
+) -> None:
+    with small_pool(16) as path:
+        source_image = _random_disk_vm(vm_name, 48, pool="small")
+        before = _sha256(source_image)
+        try:
+            refused = run_cli("cold", vm_name, "--from", "hostA", "--to", "hostB", timeout=120)
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert "pool 'small' on hostB" in refused.stdout + refused.stderr
+            assert not JobStore(store).jobs()
+            forced = run_cli(
+                "cold", vm_name, "--from", "hostA", "--to", "hostB", "--force",
+                "--store", str(store), "--json", timeout=300,
+            )  # fmt: skip
+            assert forced.returncode == 1, forced.stdout + forced.stderr
+            done = _done_event(forced.stdout)
+            assert done["outcome"] == "rolled back", done["message"]
+            assert "rolled back automatically" in done["message"]
+            assert locate_vm(vm_name) == {"hostA": "shut off"}
+            assert in_host("hostB", "ls", "-A", path).stdout == ""  # the partial copy is gone
+            assert _sha256(source_image) == before
+        finally:
+            conn = open_connection(HOST_A.uri)
+            conn.lookupByName(vm_name).undefine()
+            conn.storageVolLookupByPath(f"{path}/{vm_name}.img").delete(0)
+            conn.close()
+
+
+def test_hostb_libvirtd_killed_mid_copy_leaves_the_source_intact(
+    lab: list[HostStatus], vm_name: str, store: Path
+) -> None:
+    source_image = _random_disk_vm(vm_name, 160)
+    before = _sha256(source_image)
+    try:
+        process, job_id = _start_cold_and_wait_for_copy(vm_name, store)
+        os.kill(load_records()["hostB"].pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        link.reset()
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr
+    done = _done_event(stdout)
+    assert done["outcome"] == "failed" and "could not remove" in done["message"], done
+    assert f"vmigrate jobs rollback {job_id}" in done["message"]
+    assert _sha256(source_image) == before
+    lab_up()  # hostB's libvirtd comes back
+    assert locate_vm(vm_name) == {"hostA": "shut off"}
+    assert on_host("hostB", f"/var/lib/libvirt/images/{vm_name}.img").exists()
+    rolled = run_cli("jobs", "--store", str(store), "rollback", str(job_id), timeout=120)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert not on_host("hostB", f"/var/lib/libvirt/images/{vm_name}.img").exists()
+    conn = open_connection(HOST_A.uri)
+    conn.lookupByName(vm_name).create()  # the source is restartable
+    conn.close()
+    assert locate_vm(vm_name) == {"hostA": "running"}

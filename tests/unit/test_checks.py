@@ -271,3 +271,11 @@ def test_same_host_is_refused() -> None:
     twin = host("kvm2", "qemu+tls://kvm2/system", host_uuid="uuid-of-kvm1")
     clash = only(check_conflicts(facts(destination=twin)), "conflicts.same-host")
     assert clash.verdict is Verdict.FAIL and "host_uuid" in clash.fix
+
+
+def test_a_vm_busy_with_a_libvirt_job_is_refused() -> None:
+    busy = only(
+        check_conflicts(facts(domain=domain(active_job="an outgoing migration"))), "state.job"
+    )
+    assert busy.verdict is Verdict.FAIL and "outgoing migration" in busy.summary
+    assert not [f for f in check_conflicts(facts()) if f.check == "state.job"]

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from vmigrate.cold.plan import ColdPlan, check_space, destination_for, plan_copies
+from vmigrate.cold.plan import (
+    ColdPlan,
+    check_space,
+    destination_for,
+    plan_copies,
+    validate_maps,
+)
+from vmigrate.domxml.domain import InterfaceInfo
 from vmigrate.errors import UsageError
-from vmigrate.virt.facts import PoolFacts
+from vmigrate.hosts import HostRef
+from vmigrate.virt.facts import HostFacts, NetworkFacts, PoolFacts
 from vmigrate.virt.storage import VolumeInfo
 
 GIB = 1 << 30
@@ -109,3 +117,61 @@ def test_plan_round_trips_through_the_job_store_format() -> None:
         ("vda: a -> b",),
     )
     assert ColdPlan.from_dict(plan.to_dict()) == plan
+
+
+def _destination() -> HostFacts:
+    return HostFacts(
+        ref=HostRef("kvm2", "qemu+tls://kvm2/system"),
+        hostname="kvm2",
+        host_uuid="u2",
+        libvirt_version=11_003_000,
+        hypervisor_type="QEMU",
+        hypervisor_version=10_000_002,
+        arch="x86_64",
+        cpus=8,
+        memory_free_bytes=1 << 34,
+        rtt_ms=0.3,
+        pools=POOLS,
+        networks=(NetworkFacts("prod", True, "virbr1", ()),),
+        host_interfaces=("br0", "eth0"),
+        domains={},
+    )
+
+
+NICS = (
+    InterfaceInfo("network", "default", None, None),
+    InterfaceInfo("bridge", "br-old", None, None),
+)
+
+
+@pytest.mark.parametrize(
+    ("pool_map", "net_map", "words"),
+    [
+        ({"nope": "fast"}, {}, "the source has no pool 'nope'"),
+        ({"default": "nope"}, {}, "kvm2 has no active pool 'nope'"),
+        ({}, {"unused": "prod"}, "no interface of the VM uses 'unused'"),
+        ({}, {"default": "nope"}, "no active network or bridge 'nope'"),
+        ({}, {"default": "br0"}, "no active network or bridge 'br0'"),  # a network needs one
+    ],
+)
+def test_maps_naming_what_does_not_exist_are_refused(
+    pool_map: dict[str, str], net_map: dict[str, str], words: str
+) -> None:
+    with pytest.raises(UsageError, match=words):
+        validate_maps(
+            pool_map=pool_map,
+            net_map=net_map,
+            source_pools=("default",),
+            interfaces=NICS,
+            destination=_destination(),
+        )
+
+
+def test_maps_to_what_exists_are_accepted() -> None:
+    validate_maps(
+        pool_map={"default": "fast"},
+        net_map={"default": "prod", "br-old": "br0"},
+        source_pools=("default",),
+        interfaces=NICS,
+        destination=_destination(),
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vmigrate.errors import NotFound
+from vmigrate.errors import NotFound, VmigrateError
 from vmigrate.store import JobStore, redact_uri
 
 
@@ -63,3 +63,18 @@ def test_control_requests_are_queued_and_answered(tmp_path: Path) -> None:
     assert [c.command for c in store.pending_controls(job)] == ["cancel"]
     answered = store.control(first)
     assert answered.result == "applied" and answered.handled_at is not None
+
+
+def test_a_vm_held_by_an_unfinished_job_cannot_start_another(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job_id = store.create_job("cold", "web1", "hostA", "hostB", {})
+    with pytest.raises(VmigrateError, match="in the middle of cold job") as raised:
+        store.ensure_no_open_job("web1")  # running, by this very process
+    assert "wait for it" in (raised.value.fix or "")
+    store.finish_job(job_id, "failed", "copy failed", {})
+    with pytest.raises(VmigrateError) as raised:
+        store.ensure_no_open_job("web1")
+    assert f"vmigrate jobs resume {job_id}" in (raised.value.fix or "")
+    store.finish_job(job_id, "rolled back", "undone", {})
+    store.ensure_no_open_job("web1")
+    store.ensure_no_open_job("another-vm")

@@ -237,6 +237,18 @@ def check_conflicts(facts: CheckInput) -> list[Finding]:
                     {"state": domain.state},
                 )
             )
+    if domain is not None and domain.active_job is not None:
+        findings.append(
+            Finding(
+                "state.job",
+                "state",
+                Verdict.FAIL,
+                f"the VM is busy with {domain.active_job} on {facts.source_name}",
+                {"job": domain.active_job},
+                fix="wait for it to finish, or stop it (`vmigrate jobs cancel ID`, "
+                "or `virsh domjobabort VM`)",
+            )
+        )
     if domain is None or dst is None:
         return [
             *findings,

@@ -86,6 +86,12 @@ def render_final(report: ColdReport) -> None:
     help="Delete the source's disk files once the destination runs.",
 )
 @click.option(
+    "--no-rollback",
+    is_flag=True,
+    help="On a failure, leave the job where it stopped for `jobs resume` "
+    "instead of putting the VM back on the source.",
+)
+@click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=1),
     default=60.0,
@@ -106,6 +112,7 @@ def cold(
     net_map: tuple[str, ...],
     dry_run: bool,
     delete_source_disks: bool,
+    no_rollback: bool,
     shutdown_timeout: float,
     hosts_file: Path | None,
     store_path: Path | None,
@@ -131,6 +138,7 @@ def cold(
         path_map=maps[1],
         net_map=maps[2],
         delete_source_disks=delete_source_disks,
+        rollback_on_failure=not no_rollback,
         shutdown_timeout_s=shutdown_timeout,
         hosts_file=hosts_file,
         store_path=store_path,
@@ -169,6 +177,7 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
         transient=True,
     ) as progress:
         tasks: dict[str, Any] = {}
+        done: dict[str, int] = {}
 
         def emit(kind: str, payload: dict[str, Any]) -> None:
             if kind == "copy":
@@ -176,8 +185,17 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
                 if path not in tasks:
                     tasks[path] = progress.add_task(path, total=payload["total"])
                 progress.update(tasks[path], completed=payload["done"])
+                done[path] = payload["done"]
+                if "total" in tasks:
+                    progress.update(tasks["total"], completed=sum(done.values()))
+            elif kind == "rollback":
+                console.print(f"[red]failed:[/] {payload['reason']}\nrolling back")
             elif kind == "plan":
-                render_plan(ColdPlan.from_dict(payload))
+                plan = ColdPlan.from_dict(payload)
+                render_plan(plan)
+                if len(plan.copies) > 1:
+                    total = sum(c.physical for c in plan.copies)
+                    tasks["total"] = progress.add_task("all disks", total=total)
             elif kind == "job":
                 console.print(f"job {payload['job_id']} started")
 

@@ -12,8 +12,9 @@ import posixpath
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from vmigrate.domxml.domain import InterfaceInfo
 from vmigrate.errors import UsageError
-from vmigrate.virt.facts import PoolFacts
+from vmigrate.virt.facts import HostFacts, PoolFacts
 from vmigrate.virt.storage import VolumeInfo
 
 
@@ -157,4 +158,49 @@ def check_space(
                 f"destination pool {pool!r} has {available.get(pool, 0) >> 20} MiB free; the "
                 f"copy needs {bytes_needed >> 20} MiB",
                 fix="free space there or use --pool-map",
+            )
+
+
+def validate_maps(
+    *,
+    pool_map: dict[str, str],
+    net_map: dict[str, str],
+    source_pools: tuple[str, ...],
+    interfaces: tuple[InterfaceInfo, ...],
+    destination: HostFacts,
+) -> None:
+    """Refuse maps that name what does not exist: a typo must not move a VM somewhere else."""
+    destination_pools = {p.name for p in destination.pools if p.active}
+    for old, new in pool_map.items():
+        if old not in source_pools:
+            raise UsageError(
+                f"--pool-map {old}:{new}: the source has no pool {old!r} "
+                f"(it has: {', '.join(sorted(source_pools)) or 'none'})",
+                fix="list the source's pools with `virsh pool-list --all`",
+            )
+        if new not in destination_pools:
+            raise UsageError(
+                f"--pool-map {old}:{new}: {destination.ref.name} has no active pool {new!r} "
+                f"(it has: {', '.join(sorted(destination_pools)) or 'none'})",
+                fix=f"create or start it on {destination.ref.name}, or map to another pool",
+            )
+    used = {i.source for i in interfaces if i.source}
+    networks = {n.name for n in destination.networks if n.active}
+    bridges = {n.bridge for n in destination.networks if n.bridge}
+    bridges |= set(destination.host_interfaces or ())
+    for old, new in net_map.items():
+        if old not in used:
+            raise UsageError(
+                f"--net-map {old}:{new}: no interface of the VM uses {old!r} "
+                f"(it uses: {', '.join(sorted(used)) or 'none'})",
+                fix="map the networks or bridges the VM's interfaces name",
+            )
+        kinds = {i.kind for i in interfaces if i.source == old}
+        known = networks if kinds == {"network"} else networks | bridges
+        if new not in known and not (destination.host_interfaces is None and kinds != {"network"}):
+            raise UsageError(
+                f"--net-map {old}:{new}: {destination.ref.name} has no active network "
+                f"or bridge {new!r}",
+                fix=f"create it on {destination.ref.name} (virsh net-list --all), "
+                "or map to one that exists",
             )

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.cold.journal import Journal
-from vmigrate.cold.plan import ColdPlan, check_space, plan_copies
-from vmigrate.cold.steps import CONNECT_TIMEOUT_S, ColdMove, ColdMoveError, ColdRequest
+from vmigrate.cold.plan import ColdPlan, check_space, plan_copies, validate_maps
+from vmigrate.cold.steps import CONNECT_TIMEOUT_S, ColdMove, ColdMoveError, ColdRequest, Rollback
 
 __all__ = [
     "ColdMoveError",
@@ -101,10 +101,18 @@ def build_plan(
         else:
             chains[disk.target] = chain
     dst_facts = gather_host_facts(dst, dst_ref)
+    validate_maps(
+        pool_map=request.pool_map,
+        net_map=request.net_map,
+        source_pools=tuple(p.name() for p in src.listAllStoragePools(0)),
+        interfaces=summary.interfaces,
+        destination=dst_facts,
+    )
     copies = plan_copies(
         chains, dst_facts.pools, pool_map=request.pool_map, path_map=request.path_map
     )
-    check_space(copies, dst_facts.pools)
+    if not request.force:  # --force: the copy itself finds out (and rolls back if it fails)
+        check_space(copies, dst_facts.pools)
     rewrite = Rewrite(
         disk_paths={c.source_path: c.destination_path for c in copies}, networks=request.net_map
     )
@@ -224,22 +232,20 @@ def _run(
     move = ColdMove(plan, request, src, dst, journal, emit)
     try:
         if rollback:
-            undone = move.rollback()
-            outcome, message = "rolled back", f"undid: {', '.join(undone) or 'nothing'}"
+            outcome, message = _rolled_back(move.rollback(), job_id)
         else:
             move.forward()
             outcome, message = "completed", "cold migration completed"
-    except VmigrateError as err:
-        outcome, message = (
-            "failed",
-            f"{err.message} (resume: vmigrate jobs resume {job_id}; "
-            f"undo: vmigrate jobs rollback {job_id})",
-        )
-    except Exception as err:  # libvirt errors mid-step: the journal says where it stopped
-        outcome, message = (
-            "failed",
-            f"{err} (resume: vmigrate jobs resume {job_id}; undo: vmigrate jobs rollback {job_id})",
-        )
+    except Exception as err:  # libvirt errors mid-step too
+        failure = err.message if isinstance(err, VmigrateError) else str(err)
+        if rollback or not request.rollback_on_failure or move.runs_on_destination():
+            outcome, message = (
+                "failed",
+                f"{failure} (resume: vmigrate jobs resume {job_id}; "
+                f"undo: vmigrate jobs rollback {job_id})",
+            )
+        else:
+            outcome, message = _roll_back_after(move, failure, job_id, emit)
     placement = locate(request.vm, {src_ref.name: src, dst_ref.name: dst})
     expected = dst_ref.name if outcome == "completed" else src_ref.name
     report = _report(job_id, request, outcome, message, plan, journal, placement, expected)
@@ -248,6 +254,32 @@ def _run(
     dst.close()
     emit("done", report.to_dict())
     return report
+
+
+def _rolled_back(result: Rollback, job_id: int) -> tuple[str, str]:
+    undid = f"undid: {', '.join(result.undone) or 'nothing'}"
+    if result.leftovers:
+        return (
+            "failed",
+            f"{undid}; could not remove on the destination: {'; '.join(result.leftovers)} "
+            f"(when it answers again: vmigrate jobs rollback {job_id})",
+        )
+    return "rolled back", undid
+
+
+def _roll_back_after(move: ColdMove, failure: str, job_id: int, emit: EventSink) -> tuple[str, str]:
+    """A step failed while vmigrate was there to see it: put the VM back as it was."""
+    emit("rollback", {"reason": failure})
+    try:
+        outcome, undid = _rolled_back(move.rollback(), job_id)
+    except Exception as err:  # report both failures
+        reason = err.message if isinstance(err, VmigrateError) else str(err)
+        return (
+            "failed",
+            f"{failure}; the automatic rollback stopped too: {reason} "
+            f"(retry: vmigrate jobs rollback {job_id}; or resume: vmigrate jobs resume {job_id})",
+        )
+    return outcome, f"{failure}; rolled back automatically ({undid})"
 
 
 def _request_params(request: ColdRequest, plan: ColdPlan) -> dict[str, Any]:
@@ -259,6 +291,8 @@ def _request_params(request: ColdRequest, plan: ColdPlan) -> dict[str, Any]:
 
 def migrate_cold(request: ColdRequest, on_event: EventSink | None = None) -> ColdReport:
     emit: EventSink = on_event or (lambda _kind, _payload: None)
+    with JobStore(request.store_path) as store:
+        store.ensure_no_open_job(request.vm)
     checks = run_checks(
         request.vm,
         request.source,

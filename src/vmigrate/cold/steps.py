@@ -28,16 +28,24 @@ from vmigrate.virt.connection import (
     find_domain,
     lookup_domain,
 )
-from vmigrate.virt.streams import copy_volume, volume_digest
+from vmigrate.virt.copy_worker import copy_in_worker
+from vmigrate.virt.streams import volume_digest
 
 EventSink = Callable[[str, dict[str, Any]], None]
 CHECKPOINT_BYTES = 64 << 20
+SPACE_MARGIN_BYTES = 4 << 20  # kept free in a destination pool (file system metadata)
 CONNECT_TIMEOUT_S = 10.0
 VERIFY_RUNNING_S = 3.0
 
 
 class ColdMoveError(VmigrateError):
     """A step of a cold move failed; the job can be resumed or rolled back."""
+
+
+@dataclass
+class Rollback:
+    undone: list[str] = field(default_factory=list)  # steps undone, latest first
+    leftovers: list[str] = field(default_factory=list)  # destination files still there
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class ColdRequest:
     path_map: dict[str, str] = field(default_factory=dict)
     net_map: dict[str, str] = field(default_factory=dict)
     delete_source_disks: bool = False
+    rollback_on_failure: bool = True  # False: leave a failed job for `jobs resume`
     shutdown_timeout_s: float = 60.0
     hosts_file: Path | None = None
     store_path: Path | None = None
@@ -123,7 +132,6 @@ class ColdMove:
             )
         detail: Detail = {"created": True, "offset": offset}
         self.journal.record(f"copy {copy.destination_path}", "started", detail)
-        source = self.src.storageVolLookupByPath(copy.source_path)
         last = [offset]
 
         def progress(position: int) -> None:
@@ -136,7 +144,17 @@ class ColdMove:
                     {"created": True, "offset": position},
                 )
 
-        result = copy_volume(self.src, source, self.dst, existing, offset=offset, progress=progress)
+        # Stop short of a full pool: an upload that hits ENOSPC crashed libvirtd 11.3.
+        room = domains.pool_available(self.dst, copy.destination_pool)
+        result = copy_in_worker(  # a helper process: see copy_worker.py for why
+            self.src.getURI(),
+            copy.source_path,
+            self.dst.getURI(),
+            existing.path(),
+            offset=offset,
+            progress=progress,
+            budget=max(0, room - SPACE_MARGIN_BYTES - room // 200),
+        )
         domains.refresh_pool(self.dst, copy.destination_pool)
         return {
             "created": True,
@@ -280,8 +298,19 @@ class ColdMove:
             j.run("delete source disks", self.delete_source_disks)
 
     # ---- backward --------------------------------------------------------------------
-    def rollback(self) -> list[str]:
-        undone = []
+    def runs_on_destination(self) -> bool:
+        """Past this point a failure is not undone automatically: the VM already runs there."""
+        return self.journal.done("verify running")
+
+    def rollback(self) -> Rollback:
+        """Undo the job's steps, latest first.
+
+        Files the destination cannot delete now (it does not answer) are left, listed and
+        not marked undone, so a later rollback removes them. Anything about the VM itself
+        that cannot be undone on the destination stops the rollback before the source is
+        restarted: two running copies of one VM are worse than one stopped VM.
+        """
+        result = Rollback()
         for record in self.journal.done_in_reverse():
             name, detail = record.name, record.detail
             if name == "delete source disks":
@@ -301,15 +330,18 @@ class ColdMove:
                     domains.undefine(domain, UNDEFINE_KEEP_NVRAM)
             elif name.startswith("copy ") and detail.get("created"):
                 path = detail.get("destination_path") or name.removeprefix("copy ")
-                with contextlib.suppress(Exception):
+                try:
                     domains.delete_volume(self.dst, path)
+                except Exception as err:  # it answers no more: leave it
+                    result.leftovers.append(f"{path} ({err})")
+                    continue
             elif name == "stop":
                 self._restart_source(detail)
             else:
                 continue
             self.journal.record(name, "undone", detail)
-            undone.append(name)
-        return undone
+            result.undone.append(name)
+        return result
 
     def _restart_source(self, detail: Detail) -> None:
         if detail.get("how") == "saved":

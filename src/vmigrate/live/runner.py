@@ -303,6 +303,8 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
                 "(multifd) in QEMU: the policy throttles the guest instead"
             },
         )
+    with JobStore(request.store_path) as store:
+        store.ensure_no_open_job(request.vm)
     checks = _checks(request)
     emit("checks", checks.to_dict())
     src_ref = resolve_host(request.source, request.hosts_file)

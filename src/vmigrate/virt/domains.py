@@ -51,6 +51,13 @@ def refresh_pool(conn: libvirt.virConnect, pool: str) -> None:
     conn.storagePoolLookupByName(pool).refresh(0)
 
 
+def pool_available(conn: libvirt.virConnect, pool: str) -> int:
+    """Free bytes in a pool now (refreshed first: other writers may have used some)."""
+    handle = conn.storagePoolLookupByName(pool)
+    handle.refresh(0)
+    return int(handle.info()[3])
+
+
 def create_file_volume(
     conn: libvirt.virConnect, pool: str, name: str, size: int
 ) -> libvirt.virStorageVol:
@@ -64,10 +71,13 @@ def create_file_volume(
 
 
 def volume_at(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | None:
+    """The volume at `path`, or None if there is none; a host that does not answer raises."""
     try:
         return conn.storageVolLookupByPath(path)
-    except libvirt.libvirtError:
-        return None
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return None
+        raise
 
 
 def delete_volume(conn: libvirt.virConnect, path: str) -> bool:

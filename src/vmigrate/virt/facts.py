@@ -61,6 +61,7 @@ class DomainFacts:
     managed_save: bool
     block_jobs: tuple[str, ...]  # disks with an active block job
     migratable_error: str | None  # libvirt's refusal to produce migratable XML, if any
+    active_job: str | None = None  # a libvirt job in progress (a migration, a save, ...)
 
 
 def _pool(pool: libvirt.virStoragePool) -> PoolFacts:
@@ -131,6 +132,31 @@ def _block_jobs(domain: libvirt.virDomain, summary: DomainSummary) -> tuple[str,
     return tuple(busy)
 
 
+# virDomainJobOperation: what a running libvirt job is doing.
+_JOB_OPERATIONS = {
+    1: "starting",
+    2: "saving",
+    3: "restoring",
+    4: "an incoming migration",
+    5: "an outgoing migration",
+    6: "a snapshot",
+    7: "a snapshot revert",
+    8: "a memory dump",
+    9: "a backup",
+    10: "a snapshot deletion",
+}
+
+
+def _active_job(domain: libvirt.virDomain) -> str | None:
+    try:
+        stats = domain.jobStats(0)
+    except libvirt.libvirtError:
+        return None
+    if int(stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE)) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None
+    return _JOB_OPERATIONS.get(int(stats.get("operation", 0)), "a job")
+
+
 def gather_domain_facts(domain: libvirt.virDomain) -> DomainFacts:
     live_xml = domain.XMLDesc(0)
     summary = parse_domain(live_xml)
@@ -154,6 +180,7 @@ def gather_domain_facts(domain: libvirt.virDomain) -> DomainFacts:
         managed_save=bool(domain.hasManagedSaveImage(0)),
         block_jobs=_block_jobs(domain, summary) if active else (),
         migratable_error=migratable_error,
+        active_job=_active_job(domain) if active else None,
     )
 
 
