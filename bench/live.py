@@ -6,6 +6,7 @@ that alternates between rounds. Measured per run: outcome, wall time, libvirt do
 guest-observed gap (host-timestamped heartbeats), bytes sent, passes, policy actions.
 
     python -m bench.live [--scenario L1 ...] [--pairs 3] [--out bench/results/live.json]
+    python -m bench.live --quick --out /tmp/quick.json   # one small L1 round (CI)
 
 Needs root and `vmigrate lab up`. Benchmarks never fail a build; they only measure.
 """
@@ -33,6 +34,7 @@ from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveRequest, migrate_live
 
 MEMORY_MIB, WORKING_SET_MIB = 512, 384
+QUICK_MEMORY_MIB, QUICK_WORKING_SET_MIB = 256, 64  # --quick: proves the suite still runs
 
 
 @dataclass(frozen=True)
@@ -172,13 +174,21 @@ def _run_virsh(vm: str, tool: Tool) -> tuple[str, float, dict[str, Any]]:
     return outcome, total, _completed_stats(vm)
 
 
-def run_once(scenario: Scenario, tool: Tool, round_no: int) -> Run:
+def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = False) -> Run:
     vm = f"bench-{scenario.id.lower()}-{round_no}-{tool.name.split()[-1]}"
+    memory, working_set = (
+        (QUICK_MEMORY_MIB, QUICK_WORKING_SET_MIB)
+        if quick
+        else (
+            MEMORY_MIB,
+            WORKING_SET_MIB,
+        )
+    )
     create_vm(
         LabVmRequest(
             vm,
-            memory_mib=MEMORY_MIB,
-            working_set_mib=WORKING_SET_MIB,
+            memory_mib=memory,
+            working_set_mib=working_set,
             dirty_rate_mib=scenario.dirty_rate,
         )
     )
@@ -248,7 +258,17 @@ def main() -> None:
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/live.json"))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one round of L1 with a small guest, vmigrate and virsh common only",
+    )
     args = parser.parse_args()
+    scenarios = dict(SCENARIOS)
+    if args.quick:
+        l1 = SCENARIOS["L1"]
+        scenarios = {"L1": Scenario("L1", l1.dirty_rate, l1.link_rate, l1.tools[:2])}
+        args.scenario, args.pairs = ["L1"], 1
     runs: list[Run] = []
     kept = []
     if args.out.exists():  # re-running some scenarios keeps the others' latest results
@@ -256,17 +276,18 @@ def main() -> None:
         kept = [r for r in json.loads(args.out.read_text())["runs"] if r["scenario"] not in chosen]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for scenario_id in args.scenario or sorted(SCENARIOS):
-        scenario = SCENARIOS[scenario_id]
+        scenario = scenarios[scenario_id]
         for round_no in range(args.pairs):
             order = scenario.tools if round_no % 2 == 0 else tuple(reversed(scenario.tools))
             for tool in order:
-                run = run_once(scenario, tool, round_no)
+                run = run_once(scenario, tool, round_no, quick=args.quick)
                 print(json.dumps(asdict(run)), flush=True)
                 runs.append(run)
                 # Written after every run: an interrupted benchmark keeps what it measured.
                 payload = {
                     "environment": environment(),
                     "pairs": args.pairs,
+                    "quick": args.quick,
                     "runs": kept + [asdict(r) for r in runs],
                 }
                 args.out.write_text(json.dumps(payload, indent=1))

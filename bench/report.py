@@ -1,10 +1,11 @@
 """Rewrite docs/benchmarks.md from the results in bench/results/ (medians, ranges, ratios).
 
-python -m bench.report
+python -m bench.report [--results bench/results] [--doc docs/benchmarks.md]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
@@ -82,6 +83,14 @@ def live_section(data: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.report")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--doc", type=Path, default=DOC)
+    args = parser.parse_args()
+    args.doc.write_text(render(args.results))
+
+
+def render(results: Path) -> str:
     parts = [
         "# Benchmarks",
         "",
@@ -90,7 +99,7 @@ def main() -> None:
         "tools side by side. Never asserted in tests.",
         "",
     ]
-    live = RESULTS / "live.json"
+    live = results / "live.json"
     if live.exists():
         data = json.loads(live.read_text())
         env = data["environment"]
@@ -104,7 +113,7 @@ def main() -> None:
             "",
         ]
         parts += live_section(data)
-    check = RESULTS / "check.json"
+    check = results / "check.json"
     if check.exists():
         data = json.loads(check.read_text())
         parts += [
@@ -118,7 +127,7 @@ def main() -> None:
             f"start-up (~0.5 s). Regenerate: `sudo .venv/bin/python -m bench.check`.",
             "",
         ]
-    DOC.write_text("\n".join(parts))
+    return "\n".join(parts)
 
 
 if __name__ == "__main__":
