@@ -162,10 +162,13 @@ class ColdMove:
             "data_bytes": result.data_bytes,
             "hole_bytes": result.hole_bytes,
             "seconds": round(result.seconds, 3),
+            "source_sha256": result.sha256,  # read as it passed; None after a resume
         }
 
     def verify(self, copy: VolumeCopy, _previous: Detail) -> Detail:
-        source = volume_digest(self.src, self.src.storageVolLookupByPath(copy.source_path))
+        source = self.journal.detail(f"copy {copy.destination_path}").get(
+            "source_sha256"
+        ) or volume_digest(self.src, self.src.storageVolLookupByPath(copy.source_path))
         target = domains.volume_at(self.dst, copy.destination_path)
         if target is None:
             raise ColdMoveError(

@@ -1,0 +1,290 @@
+"""Cold-migration benchmarks C1-C3 (docs/benchmarks.md): vmigrate against virsh, side by side.
+
+Each round moves the same image from hostA to hostB over a 1 Gbit/s lab link with every tool,
+in an order that alternates between rounds:
+- vmigrate cold (stream copy of the allocated data, checksums on both sides);
+- virsh vol-download --sparse to a local file, then virsh vol-upload --sparse (the two-step
+  users run when they have no shared storage and no SSH between the hosts).
+Measured per run: wall time, bytes through the link (tc counter), destination allocation,
+whether the destination's bytes equal the source's, and the link bound (allocated bytes /
+link throughput measured in the same run).
+
+    python -m bench.cold [--scenario C1 ...] [--pairs 1] [--out bench/results/cold.json]
+
+Needs root and `vmigrate lab up`. scp and rsync peers need an sshd on hostB's loopback
+address, which the lab does not run yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import libvirt
+
+from bench.live import environment
+from vmigrate.cold.runner import ColdRequest, migrate_cold
+from vmigrate.lab import link
+from vmigrate.lab.config import HOST_A, HOST_B
+from vmigrate.lab.state import load_records
+
+MIB, GIB = 1 << 20, 1 << 30
+LINK = "1gbit"
+POOL = "local"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    description: str
+
+
+SCENARIOS = {
+    "C1": Scenario("C1", "raw, 4 GiB virtual, 1 GiB allocated with random data"),
+    "C2": Scenario("C2", "qcow2, same content"),
+    "C3": Scenario("C3", "qcow2 overlay (256 MiB written) on a 1 GiB qcow2 backing file"),
+}
+
+
+@dataclass
+class Run:
+    scenario: str
+    tool: str
+    round: int
+    outcome: str
+    total_s: float
+    link_bytes: int
+    allocated_bytes: int  # on the source, all files
+    destination_allocated: int
+    identical: bool
+    link_mib_s: float
+
+
+def _in_host(host: str, *command: str) -> None:
+    pid = load_records()[host].pid
+    subprocess.run(["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *command], check=True)
+
+
+def _on_host(host: str, path: str) -> Path:
+    lab_host = HOST_A if host == "hostA" else HOST_B
+    return lab_host.private_dir("/var/lib/libvirt") / path.removeprefix("/var/lib/libvirt/")
+
+
+def _random_raw(conn: libvirt.virConnect, name: str, virtual: int, data: int) -> str:
+    pool = conn.storagePoolLookupByName(POOL)
+    volume = pool.createXML(
+        f"<volume><name>{name}</name><capacity unit='bytes'>{virtual}</capacity>"
+        "<allocation>0</allocation><target><format type='raw'/></target></volume>",
+        0,
+    )
+    stream = conn.newStream(0)
+    volume.upload(stream, 0, data, 0)
+    block = 4 * MIB
+    for _ in range(data // block):
+        stream.send(os.urandom(block))
+    stream.finish()
+    return str(volume.path())
+
+
+def make_images(scenario: str, tag: str) -> list[str]:
+    """The scenario's files on hostA, bottom of the chain first; returns their paths."""
+    conn = libvirt.open(HOST_A.uri)
+    try:
+        raw = _random_raw(conn, f"{tag}.img", 4 * GIB, GIB)
+        if scenario == "C1":
+            return [raw]
+        if scenario == "C2":
+            qcow = raw.removesuffix(".img") + ".qcow2"
+            _in_host("hostA", "qemu-img", "convert", "-O", "qcow2", raw, qcow)
+            _in_host("hostA", "rm", raw)
+            conn.storagePoolLookupByName(POOL).refresh(0)
+            return [qcow]
+        base = raw.removesuffix(".img") + "-base.qcow2"
+        top = raw.removesuffix(".img") + "-top.qcow2"
+        _in_host("hostA", "truncate", "-s", str(GIB), raw)
+        _in_host("hostA", "qemu-img", "convert", "-O", "qcow2", raw, base)
+        _in_host("hostA", "rm", raw)
+        _in_host("hostA", "qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", base, top)
+        _in_host("hostA", "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 256M", top)
+        conn.storagePoolLookupByName(POOL).refresh(0)
+        return [base, top]
+    finally:
+        conn.close()
+
+
+def _allocated(host: str, paths: list[str]) -> int:
+    return sum(_on_host(host, p).stat().st_blocks * 512 for p in paths)
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(8 * MIB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _define(vm: str, paths: list[str]) -> None:
+    kind = "raw" if paths[-1].endswith(".img") else "qcow2"
+    conn = libvirt.open(HOST_A.uri)
+    conn.defineXML(
+        f"<domain type='qemu'><name>{vm}</name><memory unit='MiB'>128</memory>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+        f"<disk type='file' device='disk'><driver name='qemu' type='{kind}'/>"
+        f"<source file='{paths[-1]}'/><target dev='vda' bus='virtio'/></disk>"
+        "</devices></domain>"
+    )
+    conn.close()
+
+
+def _virsh_two_step(paths: list[str]) -> str:
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
+        for path in paths:
+            local = str(Path(scratch) / Path(path).name)
+            name = Path(path).name
+            subprocess.run(
+                ["virsh", "-c", HOST_A.uri, "vol-download", "--pool", POOL, "--sparse", name,
+                 local],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            size = _on_host("hostA", path).stat().st_size
+            subprocess.run(
+                ["virsh", "-c", HOST_B.uri, "vol-create-as", POOL, name, str(size),
+                 "--allocation", "0", "--format", "raw"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            subprocess.run(
+                ["virsh", "-c", HOST_B.uri, "vol-upload", "--pool", POOL, "--sparse", name,
+                 local],
+                check=True, capture_output=True,
+            )  # fmt: skip
+    return "completed"
+
+
+def measure_link(seconds: float = 3.0) -> float:
+    """MiB/s a plain TCP stream gets to hostB's address through the shaped link."""
+    server = socket.create_server((HOST_B.address, 0))
+    port = server.getsockname()[1]
+    received = [0]
+
+    def sink() -> None:
+        peer, _ = server.accept()
+        while chunk := peer.recv(1 << 20):
+            received[0] += len(chunk)
+        peer.close()
+
+    thread = threading.Thread(target=sink)
+    thread.start()
+    client = socket.create_connection((HOST_B.address, port))
+    payload = bytes(1 << 20)
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        client.sendall(payload)
+    client.close()
+    thread.join()
+    elapsed = time.monotonic() - started
+    server.close()
+    return received[0] / MIB / elapsed
+
+
+def _cleanup(vm: str, paths: list[str]) -> None:
+    for uri in (HOST_A.uri, HOST_B.uri):
+        conn = libvirt.open(uri)
+        try:
+            try:
+                conn.lookupByName(vm).undefine()
+            except libvirt.libvirtError:
+                pass
+            pool = conn.storagePoolLookupByName(POOL)
+            pool.refresh(0)
+            for path in paths:
+                try:
+                    pool.storageVolLookupByName(Path(path).name).delete(0)
+                except libvirt.libvirtError:
+                    pass
+        finally:
+            conn.close()
+
+
+def run_once(scenario: str, tool: str, round_no: int, link_mib_s: float) -> Run:
+    vm = f"bench-{scenario.lower()}-{round_no}-{tool.split()[0]}"
+    paths = make_images(scenario, vm)
+    try:
+        allocated = _allocated("hostA", paths)
+        digests = [_digest(_on_host("hostA", p)) for p in paths]
+        _define(vm, paths)
+        link.shape(LINK)
+        before = link.status().bytes_to_hostb
+        started = time.monotonic()
+        if tool == "vmigrate":
+            report = migrate_cold(
+                ColdRequest(vm, "hostA", "hostB", store_path=Path("/tmp/vmigrate-bench.sqlite"))
+            )
+            outcome = report.outcome
+        else:
+            outcome = _virsh_two_step(paths)
+        total = time.monotonic() - started
+        sent = link.status().bytes_to_hostb - before
+        link.reset()
+        identical = [_digest(_on_host("hostB", p)) for p in paths] == digests
+        return Run(
+            scenario,
+            tool,
+            round_no,
+            outcome,
+            round(total, 2),
+            sent,
+            allocated,
+            _allocated("hostB", paths),
+            identical,
+            round(link_mib_s, 1),
+        )
+    finally:
+        link.reset()
+        _cleanup(vm, paths)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.cold")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument("--pairs", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/cold.json"))
+    args = parser.parse_args()
+    tools = ("vmigrate", "virsh two-step")
+    link.shape(LINK)
+    try:
+        link_mib_s = measure_link()
+    finally:
+        link.reset()
+    runs: list[Run] = []
+    for scenario in args.scenario or sorted(SCENARIOS):
+        for round_no in range(args.pairs):
+            for tool in tools if round_no % 2 == 0 else tools[::-1]:
+                run = run_once(scenario, tool, round_no, link_mib_s)
+                print(json.dumps(asdict(run)), flush=True)
+                runs.append(run)
+                args.out.write_text(
+                    json.dumps(
+                        {
+                            "environment": environment(),
+                            "pairs": args.pairs,
+                            "link": LINK,
+                            "scenarios": {k: v.description for k, v in SCENARIOS.items()},
+                            "runs": [asdict(r) for r in runs],
+                        },
+                        indent=1,
+                    )
+                )
+
+
+if __name__ == "__main__":
+    main()
