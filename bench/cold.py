@@ -18,6 +18,7 @@ address, which the lab does not run yet.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -200,17 +201,13 @@ def _cleanup(vm: str, paths: list[str]) -> None:
     for uri in (HOST_A.uri, HOST_B.uri):
         conn = libvirt.open(uri)
         try:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 conn.lookupByName(vm).undefine()
-            except libvirt.libvirtError:
-                pass
             pool = conn.storagePoolLookupByName(POOL)
             pool.refresh(0)
             for path in paths:
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     pool.storageVolLookupByName(Path(path).name).delete(0)
-                except libvirt.libvirtError:
-                    pass
         finally:
             conn.close()
 

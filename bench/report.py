@@ -82,6 +82,47 @@ def live_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cold_section(data: dict[str, Any]) -> list[str]:
+    runs = data["runs"]
+    lines = [
+        "## Cold migration (C1-C3)",
+        "",
+        f"Over the {data['link']} lab link to hostB, {data['pairs']} round(s), tools "
+        "alternating. Link bound = allocated bytes / link throughput measured in the same run "
+        f"({runs[0]['link_mib_s'] if runs else '-'} MiB/s). vmigrate's time includes "
+        "verifying a checksum of every file on both sides; the virsh two-step verifies "
+        "nothing. Regenerate: `sudo .venv/bin/python -m bench.cold && "
+        ".venv/bin/python -m bench.report`.",
+        "",
+        "| scenario | tool | ok | total s | ÷ link bound | ÷ virsh two-step | through link MiB "
+        "| dest. allocated ÷ source | bytes equal |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario in sorted({r["scenario"] for r in runs}):
+        mine = [r for r in runs if r["scenario"] == scenario]
+        virsh = [r["total_s"] for r in mine if r["tool"] != "vmigrate" and _ok(r)]
+        for tool in dict.fromkeys(r["tool"] for r in mine):
+            these = [r for r in mine if r["tool"] == tool]
+            ok = [r for r in these if _ok(r)]
+            totals = [r["total_s"] for r in ok]
+            bound = [r["allocated_bytes"] / MIB / r["link_mib_s"] for r in ok]
+            alloc = [r["destination_allocated"] / max(1, r["allocated_bytes"]) for r in ok]
+            lines.append(
+                f"| {scenario} {data['scenarios'].get(scenario, '')} | {tool} | "
+                f"{len(ok)}/{len(these)} | {_spread(totals)} | {_ratio(totals, bound)} | "
+                f"{_ratio(totals, virsh) if tool == 'vmigrate' else ''} | "
+                f"{_spread([r['link_bytes'] / MIB for r in ok], '{:.0f}')} | "
+                f"{_spread(alloc, '{:.2f}')} | {all(r['identical'] for r in ok)} |"
+            )
+    lines += [
+        "",
+        "scp and rsync --sparse are not measured yet: they need an sshd on hostB's loopback "
+        "address, which the lab does not run.",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.report")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -113,6 +154,9 @@ def render(results: Path) -> str:
             "",
         ]
         parts += live_section(data)
+    cold = results / "cold.json"
+    if cold.exists():
+        parts += cold_section(json.loads(cold.read_text()))
     check = results / "check.json"
     if check.exists():
         data = json.loads(check.read_text())
