@@ -4,15 +4,16 @@ Each round moves the same image from hostA to hostB over a 1 Gbit/s lab link wit
 in an order that alternates between rounds:
 - vmigrate cold (stream copy of the allocated data, checksums on both sides);
 - virsh vol-download --sparse to a local file, then virsh vol-upload --sparse (the two-step
-  users run when they have no shared storage and no SSH between the hosts).
+  users run when they have no shared storage and no SSH between the hosts);
+- scp and rsync --sparse, to an sshd the benchmark starts on hostB's loopback address only
+  (throwaway keys), writing straight into hostB's pool directory.
 Measured per run: wall time, bytes through the link (tc counter), destination allocation,
 whether the destination's bytes equal the source's, and the link bound (allocated bytes /
 link throughput measured in the same run).
 
     python -m bench.cold [--scenario C1 ...] [--pairs 1] [--out bench/results/cold.json]
 
-Needs root and `vmigrate lab up`. scp and rsync peers need an sshd on hostB's loopback
-address, which the lab does not run yet.
+Needs root and `vmigrate lab up`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -171,6 +173,61 @@ def _virsh_two_step(paths: list[str]) -> str:
     return "completed"
 
 
+SSH_PORT = 2222
+
+
+@contextlib.contextmanager
+def lab_sshd() -> Iterator[list[str]]:
+    """An sshd for root on hostB's loopback address only; yields the ssh client options."""
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        for key in ("host_key", "client_key"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True
+            )
+        (tmp / "authorized_keys").write_text((tmp / "client_key.pub").read_text())
+        (tmp / "sshd_config").write_text(
+            f"ListenAddress {HOST_B.address}:{SSH_PORT}\nHostKey {tmp}/host_key\n"
+            f"AuthorizedKeysFile {tmp}/authorized_keys\nPermitRootLogin prohibit-password\n"
+            f"PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {tmp}/sshd.pid\n"
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+        daemon = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(tmp / "sshd_config")],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection((HOST_B.address, SSH_PORT), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            yield [
+                "-i", str(tmp / "client_key"), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            ]  # fmt: skip
+        finally:
+            daemon.terminate()
+            daemon.wait()
+
+
+def _over_ssh(tool: str, paths: list[str], ssh: list[str]) -> str:
+    for path in paths:
+        source, target = _on_host("hostA", path), _on_host("hostB", path)
+        remote = f"root@{HOST_B.address}:{target}"
+        if tool == "scp":
+            command = ["scp", "-q", "-P", str(SSH_PORT), *ssh, str(source), remote]
+        else:  # the options are our own fixed values, never user input
+            shell = " ".join(["ssh", "-p", str(SSH_PORT), *ssh])
+            command = ["rsync", "--sparse", "-e", shell, str(source), remote]
+        subprocess.run(command, check=True, capture_output=True)
+    return "completed"
+
+
 def measure_link(seconds: float = 3.0) -> float:
     """MiB/s a plain TCP stream gets to hostB's address through the shaped link."""
     server = socket.create_server((HOST_B.address, 0))
@@ -212,7 +269,7 @@ def _cleanup(vm: str, paths: list[str]) -> None:
             conn.close()
 
 
-def run_once(scenario: str, tool: str, round_no: int, link_mib_s: float) -> Run:
+def run_once(scenario: str, tool: str, round_no: int, link_mib_s: float, ssh: list[str]) -> Run:
     vm = f"bench-{scenario.lower()}-{round_no}-{tool.split()[0]}"
     paths = make_images(scenario, vm)
     try:
@@ -227,8 +284,10 @@ def run_once(scenario: str, tool: str, round_no: int, link_mib_s: float) -> Run:
                 ColdRequest(vm, "hostA", "hostB", store_path=Path("/tmp/vmigrate-bench.sqlite"))
             )
             outcome = report.outcome
-        else:
+        elif tool == "virsh two-step":
             outcome = _virsh_two_step(paths)
+        else:
+            outcome = _over_ssh(tool, paths, ssh)
         total = time.monotonic() - started
         sent = link.status().bytes_to_hostb - before
         link.reset()
@@ -256,17 +315,28 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/cold.json"))
     args = parser.parse_args()
-    tools = ("vmigrate", "virsh two-step")
+    tools = ("vmigrate", "virsh two-step", "scp", "rsync --sparse")
     link.shape(LINK)
     try:
         link_mib_s = measure_link()
     finally:
         link.reset()
     runs: list[Run] = []
+    with lab_sshd() as ssh:
+        _run_all(args, tools, link_mib_s, ssh, runs)
+
+
+def _run_all(
+    args: argparse.Namespace,
+    tools: tuple[str, ...],
+    link_mib_s: float,
+    ssh: list[str],
+    runs: list[Run],
+) -> None:
     for scenario in args.scenario or sorted(SCENARIOS):
         for round_no in range(args.pairs):
             for tool in tools if round_no % 2 == 0 else tools[::-1]:
-                run = run_once(scenario, tool, round_no, link_mib_s)
+                run = run_once(scenario, tool, round_no, link_mib_s, ssh)
                 print(json.dumps(asdict(run)), flush=True)
                 runs.append(run)
                 args.out.write_text(

@@ -26,12 +26,14 @@ from typing import Any
 
 import libvirt
 
+from vmigrate.forecast import forecast
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.heartbeat import heartbeat_report
 from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveRequest, migrate_live
+from vmigrate.store import JobStore
 
 MEMORY_MIB, WORKING_SET_MIB = 512, 384
 QUICK_MEMORY_MIB, QUICK_WORKING_SET_MIB = 256, 64  # --quick: proves the suite still runs
@@ -122,6 +124,11 @@ class Run:
     bytes_sent: int
     passes: int
     actions: list[str] = field(default_factory=list)
+    # `vmigrate estimate` just before vmigrate's run (L1-L3): the route it expects and its
+    # predicted figures, for the planning-accuracy table.
+    predicted: dict[str, Any] | None = None
+    # remaining memory over time [[s, bytes], ...] (L3 only: the plot in docs/benchmarks.md)
+    timeline: list[list[float]] | None = None
 
 
 def _completed_stats(vm: str) -> dict[str, Any]:
@@ -151,8 +158,54 @@ def _lower_downtime_when_running(vm: str, ms: int, stop: threading.Event) -> Non
         conn.close()
 
 
-def _run_virsh(vm: str, tool: Tool) -> tuple[str, float, dict[str, Any]]:
+def _sample_remaining(vm: str, stop: threading.Event, timeline: list[list[float]]) -> None:
+    """What virsh's migration still has to send, every 0.5 s (as vmigrate's monitor does)."""
+    conn = libvirt.open(HOST_A.uri)
+    started = time.monotonic()
+    try:
+        domain = conn.lookupByName(vm)
+        while not stop.wait(0.5):
+            try:
+                stats = domain.jobStats(0)
+            except libvirt.libvirtError:
+                return
+            if stats.get("type", 0) in (1, 2):
+                timeline.append(
+                    [round(time.monotonic() - started, 2), float(stats.get("memory_remaining", 0))]
+                )
+    finally:
+        conn.close()
+
+
+def _predict(vm: str, tool: Tool) -> dict[str, Any]:
+    """What `vmigrate estimate` says before the run, in the terms the run will be measured."""
+    config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
+    result = forecast(vm, "hostA", "hostB", max_downtime_ms=config.max_downtime_ms)
+    advice = (result.advice or {}).get("action")
+    if advice == "postcopy" and result.postcopy:
+        total, downtime = result.postcopy["total_seconds"], result.postcopy["switch_pause_ms"]
+    elif result.precopy and result.precopy["converges"]:
+        total, downtime = result.precopy["total_seconds"], result.precopy["downtime_ms"]
+    else:
+        auto = result.autoconverge or {}
+        total, downtime = auto.get("total_seconds"), auto.get("downtime_ms")
+    return {
+        "route": advice,
+        "total_s": total,
+        "downtime_ms": downtime,
+        "bandwidth_mib_s": round(result.bandwidth_bps / (1 << 20), 1),
+        "dirty_rate_mib_s": round((result.dirty_rate_bps or 0) / (1 << 20), 1),
+    }
+
+
+def _run_virsh(
+    vm: str, tool: Tool, timeline: list[list[float]] | None
+) -> tuple[str, float, dict[str, Any]]:
     stop = threading.Event()
+    sampler = None
+    if timeline is not None:
+        sampler = threading.Thread(target=_sample_remaining, args=(vm, stop, timeline))
+        sampler.start()
     helper = None
     if tool.set_downtime_ms is not None:
         helper = threading.Thread(
@@ -168,8 +221,9 @@ def _run_virsh(vm: str, tool: Tool) -> tuple[str, float, dict[str, Any]]:
     )
     total = time.monotonic() - started
     stop.set()
-    if helper is not None:
-        helper.join()
+    for thread in (helper, sampler):
+        if thread is not None:
+            thread.join()
     outcome = "completed" if result.returncode == 0 else f"failed: {result.stderr.strip()}"
     return outcome, total, _completed_stats(vm)
 
@@ -196,8 +250,14 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
     try:
         if scenario.link_rate:
             link.shape(scenario.link_rate)
+        timeline: list[list[float]] | None = [] if scenario.id == "L3" else None
+        predicted = (
+            _predict(vm, tool)
+            if not tool.virsh_flags and scenario.id in ("L1", "L2", "L3") and not quick
+            else None
+        )
         if tool.virsh_flags:
-            outcome, total, stats = _run_virsh(vm, tool)
+            outcome, total, stats = _run_virsh(vm, tool, timeline)
             downtime = stats.get("downtime")
             sent, passes, actions = (
                 stats.get("data_processed", 0),
@@ -206,12 +266,15 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
             )
         else:
             config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
-            report = migrate_live(
-                LiveRequest(
-                    vm, "hostA", "hostB", config, store_path=Path("/tmp/vmigrate-bench.sqlite")
-                )
-            )
+            store = Path("/tmp/vmigrate-bench.sqlite")
+            report = migrate_live(LiveRequest(vm, "hostA", "hostB", config, store_path=store))
             outcome, total, downtime = report.outcome, report.total_s, report.downtime_ms
+            if timeline is not None and report.job_id is not None:
+                with JobStore(store) as jobs:
+                    timeline += [
+                        [s["elapsed_s"], float(s["memory_remaining"])]
+                        for s in jobs.samples(report.job_id)
+                    ]
             sent, passes = report.bytes_sent, report.passes
             actions = [f"{a['at_s']}s {a['action']}" for a in report.actions]
         link.reset()
@@ -229,6 +292,8 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
             int(sent),
             int(passes),
             actions,
+            predicted,
+            timeline,
         )
     finally:
         link.reset()

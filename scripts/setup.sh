@@ -37,7 +37,8 @@ version_of() { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | awk '/
 at_least() { [ -n "$1" ] && dpkg --compare-versions "$1" ge "$2"; }
 backport_pkgs=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
 stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static iproute2 iptables cpio
-             xz-utils util-linux mount dpkg-dev)
+             xz-utils util-linux mount dpkg-dev
+             openssh-server openssh-client rsync)  # the last three: peers of the cold benchmark
 need_backports=0
 at_least "$(version_of qemu-system-x86)" "1:10.0" || need_backports=1
 at_least "$(version_of libvirt-daemon)" "11.0" || need_backports=1
@@ -48,7 +49,18 @@ if [ "$need_backports" = 1 ] || [ "${#missing_stable[@]}" -gt 0 ]; then
     [ "$apt_updated" = 1 ] || { say "apt-get update"; apt-get update -q; }
     if [ "${#missing_stable[@]}" -gt 0 ]; then
         say "installing ${missing_stable[*]}"
+        # The benchmark runs its own sshd on hostB's loopback address only: keep the
+        # package from starting a system-wide one (policy-rc.d 101 = do not start services).
+        guard=0
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+            guard=1
+        fi
         apt-get install -y -q --no-install-recommends "${missing_stable[@]}"
+        [ "$guard" = 1 ] && rm -f /usr/sbin/policy-rc.d
+        if [[ " ${missing_stable[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null; then
+            systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+        fi
     fi
     if [ "$need_backports" = 1 ]; then
         say "installing QEMU and libvirt from bookworm-backports"

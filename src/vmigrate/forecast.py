@@ -20,9 +20,10 @@ from vmigrate.estimate import (
     estimate_precopy,
     estimate_with_autoconverge,
 )
-from vmigrate.hosts import resolve_host
+from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.virt.connection import domain_state, lookup_domain, open_with_timeout
 from vmigrate.virt.facts import measure_dirty_rate
+from vmigrate.virt.linkprobe import measure_upload
 from vmigrate.virt.storage import volume_info
 
 MIB = 1 << 20
@@ -37,6 +38,7 @@ class Forecast:
     memory_bytes: int
     dirty_rate_bps: float | None
     bandwidth_bps: float
+    bandwidth_source: str  # given | measured ...
     max_downtime_ms: float
     precopy: dict[str, Any] | None
     autoconverge: dict[str, Any] | None
@@ -55,13 +57,13 @@ def forecast(
     source: str,
     destination: str,
     *,
-    bandwidth_mib: float,
+    bandwidth_mib: float | None = None,
     max_downtime_ms: float = 300.0,
     postcopy_allowed: bool = True,
     measure_seconds: int = 2,
     hosts_file: Path | None = None,
 ) -> Forecast:
-    if bandwidth_mib <= 0 or bandwidth_mib > 1_000_000:
+    if bandwidth_mib is not None and (bandwidth_mib <= 0 or bandwidth_mib > 1_000_000):
         raise UsageError(
             f"a bandwidth of {bandwidth_mib:g} MiB/s is impossible",
             fix="give the link's real rate, e.g. --bandwidth 119 for 1 Gbit/s",
@@ -72,14 +74,17 @@ def forecast(
             fix="give a positive number of milliseconds",
         )
     src_ref = resolve_host(source, hosts_file)
-    resolve_host(destination, hosts_file)
+    dst_ref = resolve_host(destination, hosts_file)
+    if bandwidth_mib is None:
+        bandwidth, bandwidth_source = _measured_bandwidth(dst_ref)
+    else:
+        bandwidth, bandwidth_source = bandwidth_mib * MIB, "given"
     conn = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     try:
         domain = lookup_domain(conn, vm, host=src_ref.name)
         _state, _max_kib, memory_kib, *_ = domain.info()
         memory = memory_kib * 1024
         cold = _allocated_bytes(conn, domain.XMLDesc(0))
-        bandwidth = bandwidth_mib * MIB
         state = domain_state(domain)
         if state not in ("running", "paused"):
             raise VmigrateError(
@@ -110,6 +115,7 @@ def forecast(
         memory,
         dirty,
         bandwidth,
+        bandwidth_source,
         max_downtime_ms,
         asdict(precopy),
         asdict(throttled),
@@ -119,6 +125,22 @@ def forecast(
         cold,
         round(cold / bandwidth, 2),
     )
+
+
+def _measured_bandwidth(dst_ref: HostRef) -> tuple[float, str]:
+    conn = open_with_timeout(dst_ref.uri, host=dst_ref.name, timeout=CONNECT_TIMEOUT_S)
+    try:
+        rate = measure_upload(conn)
+    finally:
+        conn.close()
+    if rate is None:
+        raise UsageError(
+            f"cannot measure the bandwidth to {dst_ref.name}: no storage pool there has "
+            "1 GiB free for the probe",
+            host=dst_ref.name,
+            fix="give it with --bandwidth MiB/s (e.g. 119 for 1 Gbit/s)",
+        )
+    return rate, f"measured from this machine to {dst_ref.name} (2 s upload through libvirt)"
 
 
 def _allocated_bytes(conn: Any, domain_xml: str) -> int:

@@ -231,6 +231,26 @@ def test_backing_chain_is_kept_as_a_chain(chained_vm: str, store: Path) -> None:
     assert all(d["sha256"] for d in report.disks)
 
 
+def test_flatten_moves_one_standalone_image(chained_vm: str, store: Path) -> None:
+    report = migrate_cold(ColdRequest(chained_vm, "hostA", "hostB", flatten=True, store_path=store))
+    assert report.outcome == "completed", report.message
+    (disk,) = report.disks
+    top = disk["destination"]
+    info = json.loads(in_host("hostB", "qemu-img", "info", "-U", "--output=json", top).stdout)
+    assert "backing-filename" not in info and info["format"] == "qcow2"
+    assert not on_host("hostB", top.replace("-top.", "-base.")).exists()
+    read = in_host(
+        "hostB", "qemu-io", "-f", "qcow2", "-r", "-U",
+        "-c", "read -P 0xa5 4M 1M", "-c", "read -P 0x5a 0 4M", top,
+    )  # fmt: skip
+    assert read.returncode == 0 and "Pattern verification failed" not in read.stdout, read.stdout
+    # The source's chain is untouched, and the flattened image made there is gone.
+    images = on_host("hostA", "/var/lib/libvirt/images")
+    assert (images / f"{chained_vm}-top.qcow2").exists()
+    assert (images / f"{chained_vm}-base.qcow2").exists()
+    assert not list(images.glob(".vmigrate-*"))
+
+
 def test_dry_run_changes_nothing(lab: list[HostStatus], vm_name: str) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
     plan = plan_cold(ColdRequest(vm_name, "hostA", "hostB"))

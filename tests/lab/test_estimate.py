@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vmigrate.lab import link
-from vmigrate.lab.config import HOST_A
+from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.lifecycle import HostStatus
 from vmigrate.lab.vms import LabVmRequest, create_vm
 from vmigrate.live.policy import PRESETS
@@ -32,11 +32,16 @@ def test_converging_estimate_matches_a_real_migration_roughly(
     lab: list[HostStatus], vm_name: str, gigabit: None, tmp_path: Path
 ) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, working_set_mib=64, dirty_rate_mib=20))
-    result = run_cli(
-        "estimate", vm_name, "--from", "hostA", "--to", "hostB", "--bandwidth", "119", "--json"
-    )
+    # No --bandwidth: estimate measures the 1 Gbit/s link to hostB (119 MiB/s of payload).
+    result = run_cli("estimate", vm_name, "--from", "hostA", "--to", "hostB", "--json")
     assert result.returncode == 0, result.stderr
     forecast = json.loads(result.stdout)
+    assert forecast["bandwidth_source"].startswith("measured")
+    assert 90 < forecast["bandwidth_bps"] / (1 << 20) < 130, forecast["bandwidth_bps"]
+    hostb = open_connection(HOST_B.uri)
+    names = [v.name() for p in hostb.listAllStoragePools(0) for v in p.listAllVolumes(0)]
+    hostb.close()
+    assert ".vmigrate-bandwidth-probe" not in names
     assert forecast["dirty_rate_bps"] > 0
     assert forecast["precopy"]["converges"]
     predicted = forecast["precopy"]["total_seconds"]

@@ -175,3 +175,18 @@ def test_maps_to_what_exists_are_accepted() -> None:
         interfaces=NICS,
         destination=_destination(),
     )
+
+
+def test_flatten_copies_one_standalone_image_anywhere() -> None:
+    base = volume("/var/lib/libvirt/images/base.qcow2", allocation=3 * GIB)
+    top = volume("/var/lib/libvirt/images/a.qcow2", backing=base.path)
+    (copy,) = plan_copies(
+        {"vda": [top, base]},
+        POOLS,
+        pool_map={"local": "fast"},
+        path_map={},
+        flatten_targets=frozenset({"vda"}),
+    )
+    assert copy.flatten and copy.backing_path is None
+    assert copy.destination_path == "/srv/nvme/a.qcow2"
+    assert copy.allocation == 4 * GIB  # the whole chain's data, for the space check

@@ -50,3 +50,16 @@ def test_maps() -> None:
     assert parse_maps(("a:b", "c:d"), "--net-map") == {"a": "b", "c": "d"}
     with pytest.raises(ValueError, match="--pool-map 'nocolon'"):
         parse_maps(("nocolon",), "--pool-map")
+
+
+def test_a_flattened_disk_loses_its_backing_store() -> None:
+    result = rewrite_for_destination(
+        BLOCKERS,
+        Rewrite(
+            disk_paths={"/var/lib/libvirt/images/db1.qcow2": "/srv/pool/db1.qcow2"},
+            flattened=frozenset({"vda"}),
+        ),
+    )
+    disk = ET.fromstring(result.xml).find("devices/disk")
+    assert disk is not None and disk.find("backingStore") is None
+    assert "vda: backing chain flattened into one image" in result.changes

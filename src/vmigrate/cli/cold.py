@@ -79,6 +79,11 @@ def render_final(report: ColdReport) -> None:
 @click.option("--pool-map", multiple=True, metavar="SRC:DST", help="Source pool -> pool.")
 @click.option("--path-map", multiple=True, metavar="SRC:DST", help="Source dir -> dir.")
 @click.option("--net-map", multiple=True, metavar="SRC:DST", help="Network/bridge -> new.")
+@click.option(
+    "--flatten",
+    is_flag=True,
+    help="Copy each backing chain as one standalone image (the source's chain is untouched).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the XML changes only.")
 @click.option(
     "--delete-source-disks",
@@ -110,6 +115,7 @@ def cold(
     pool_map: tuple[str, ...],
     path_map: tuple[str, ...],
     net_map: tuple[str, ...],
+    flatten: bool,
     dry_run: bool,
     delete_source_disks: bool,
     no_rollback: bool,
@@ -139,6 +145,7 @@ def cold(
         net_map=maps[2],
         delete_source_disks=delete_source_disks,
         rollback_on_failure=not no_rollback,
+        flatten=flatten,
         shutdown_timeout_s=shutdown_timeout,
         hosts_file=hosts_file,
         store_path=store_path,

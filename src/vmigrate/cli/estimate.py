@@ -19,7 +19,7 @@ def render(result: Forecast) -> None:
     console.print(
         f"[bold]{result.vm}[/]: {result.source} -> {result.destination}, "
         f"{result.memory_bytes / MIB:,.0f} MiB of memory, link "
-        f"{result.bandwidth_bps / MIB:,.0f} MiB/s"
+        f"{result.bandwidth_bps / MIB:,.0f} MiB/s ({result.bandwidth_source})"
     )
     if result.dirty_rate_bps is not None:
         console.print(f"  measured dirty rate: {result.dirty_rate_bps / MIB:,.0f} MiB/s")
@@ -58,8 +58,9 @@ def render(result: Forecast) -> None:
 @click.option(
     "--bandwidth",
     type=float,
-    required=True,
-    help="Link bandwidth to the destination (MiB/s), e.g. 119 for 1 Gbit/s.",
+    default=None,
+    help="Link bandwidth to the destination (MiB/s), e.g. 119 for 1 Gbit/s. "
+    "[default: measured with a 2 s upload to the destination]",
 )
 @click.option(
     "--max-downtime",
@@ -82,7 +83,7 @@ def estimate(
     source: str,
     destination: str,
     hosts_file: Path | None,
-    bandwidth: float,
+    bandwidth: float | None,
     max_downtime: float,
     no_postcopy: bool,
     measure: int,

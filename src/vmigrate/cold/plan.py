@@ -9,7 +9,7 @@ so a chain may only move to the same directory on the destination.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from vmigrate.domxml.domain import InterfaceInfo
@@ -29,6 +29,7 @@ class VolumeCopy:
     allocation: int
     physical: int
     backing_path: str | None  # on the destination (same as on the source by construction)
+    flatten: bool = False  # --flatten: copy one standalone image made from the whole chain
 
 
 @dataclass(frozen=True)
@@ -112,21 +113,33 @@ def plan_copies(
     *,
     pool_map: dict[str, str],
     path_map: dict[str, str],
+    flatten_targets: frozenset[str] = frozenset(),
 ) -> tuple[VolumeCopy, ...]:
-    """Every file to copy, backing files before the overlays that need them, each once."""
+    """Every file to copy, backing files before the overlays that need them, each once.
+
+    A disk in `flatten_targets` is copied as one standalone image of its whole chain.
+    """
     copies: dict[str, VolumeCopy] = {}
-    for target, chain in chains.items():
+    for target, full_chain in chains.items():
+        chain = full_chain[:1] if target in flatten_targets else full_chain
         for volume in reversed(chain):  # bottom of the chain first
             if volume.path in copies:
                 continue
             pool, path = destination_for(volume, pools, pool_map=pool_map, path_map=path_map)
-            if volume.backing_path is not None and path != volume.path:
+            flatten = volume.backing_path is not None and target in flatten_targets
+            if flatten:
+                volume = replace(
+                    volume,
+                    backing_path=None,
+                    allocation=sum(v.allocation for v in full_chain),
+                )
+            elif volume.backing_path is not None and path != volume.path:
                 raise UsageError(
                     f"{target}: {volume.path} is a qcow2 overlay whose backing file is named "
                     f"by its absolute path; moved to {path} it would lose its backing chain",
                     fix="keep the chain in the same directory on the destination (a pool with "
-                    f"target {posixpath.dirname(volume.path)}), or flatten it first "
-                    "(qemu-img convert) and move the flat image",
+                    f"target {posixpath.dirname(volume.path)}), or add --flatten to move one "
+                    "standalone image instead of the chain",
                 )
             copies[volume.path] = VolumeCopy(
                 source_path=volume.path,
@@ -138,6 +151,7 @@ def plan_copies(
                 allocation=volume.allocation,
                 physical=volume.physical,
                 backing_path=volume.backing_path,
+                flatten=flatten,
             )
     return tuple(copies.values())
 

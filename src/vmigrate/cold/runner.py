@@ -108,13 +108,20 @@ def build_plan(
         interfaces=summary.interfaces,
         destination=dst_facts,
     )
+    flatten = frozenset(t for t, c in chains.items() if request.flatten and len(c) > 1)
     copies = plan_copies(
-        chains, dst_facts.pools, pool_map=request.pool_map, path_map=request.path_map
+        chains,
+        dst_facts.pools,
+        pool_map=request.pool_map,
+        path_map=request.path_map,
+        flatten_targets=flatten,
     )
     if not request.force:  # --force: the copy itself finds out (and rolls back if it fails)
         check_space(copies, dst_facts.pools)
     rewrite = Rewrite(
-        disk_paths={c.source_path: c.destination_path for c in copies}, networks=request.net_map
+        disk_paths={c.source_path: c.destination_path for c in copies},
+        networks=request.net_map,
+        flattened=flatten,
     )
     result = rewrite_for_destination(xml, rewrite)
     # A saved state must come back with an ABI-identical definition: the running one.

@@ -61,6 +61,7 @@ class ColdRequest:
     net_map: dict[str, str] = field(default_factory=dict)
     delete_source_disks: bool = False
     rollback_on_failure: bool = True  # False: leave a failed job for `jobs resume`
+    flatten: bool = False  # copy each backing chain as one standalone image
     shutdown_timeout_s: float = 60.0
     hosts_file: Path | None = None
     store_path: Path | None = None
@@ -113,6 +114,28 @@ class ColdMove:
         domains.power_off(domain)
         return {"how": "powered off (--force)", "at": stopped_at}
 
+    def flatten(self, copy: VolumeCopy, previous: Detail) -> Detail:
+        """A standalone image of the chain, next to its top on the source (qemu-img convert)."""
+        folder, name = posixpath.split(copy.source_path)
+        temp = posixpath.join(folder, f".vmigrate-{self.journal.job_id}-flat-{name}")
+        if previous.get("created"):
+            domains.delete_volume(self.src, temp)  # half-made by an interrupted run
+        self.journal.record(f"flatten {copy.source_path}", "started", {"created": True})
+        domains.flatten_volume(
+            self.src, copy.source_pool, copy.source_path, posixpath.basename(temp)
+        )
+        return {"created": True, "temp_path": temp}
+
+    def remove_flat(self, copy: VolumeCopy, _previous: Detail) -> Detail:
+        domains.delete_volume(self.src, self.read_path(copy))
+        return {"removed": self.read_path(copy)}
+
+    def read_path(self, copy: VolumeCopy) -> str:
+        """Where the bytes to copy are on the source: the file, or its flattened image."""
+        if not copy.flatten:
+            return copy.source_path
+        return str(self.journal.detail(f"flatten {copy.source_path}")["temp_path"])
+
     def copy(self, copy: VolumeCopy, previous: Detail) -> Detail:
         existing = domains.volume_at(self.dst, copy.destination_path)
         if existing is not None and not previous.get("created"):
@@ -123,19 +146,20 @@ class ColdMove:
                 fix="remove it there, or use --pool-map",
             )
         offset = int(previous.get("offset", 0)) if existing is not None else 0
+        size = domains.physical_size(self.src, self.read_path(copy))
         if existing is None:
             existing = domains.create_file_volume(
                 self.dst,
                 copy.destination_pool,
                 posixpath.basename(copy.destination_path),
-                copy.physical,
+                size,
             )
         detail: Detail = {"created": True, "offset": offset}
         self.journal.record(f"copy {copy.destination_path}", "started", detail)
         last = [offset]
 
         def progress(position: int) -> None:
-            self.emit("copy", {"path": copy.source_path, "done": position, "total": copy.physical})
+            self.emit("copy", {"path": copy.source_path, "done": position, "total": size})
             if position - last[0] >= CHECKPOINT_BYTES:
                 last[0] = position
                 self.journal.record(
@@ -148,7 +172,7 @@ class ColdMove:
         room = domains.pool_available(self.dst, copy.destination_pool)
         result = copy_in_worker(  # a helper process: see copy_worker.py for why
             self.src.getURI(),
-            copy.source_path,
+            self.read_path(copy),
             self.dst.getURI(),
             existing.path(),
             offset=offset,
@@ -168,7 +192,7 @@ class ColdMove:
     def verify(self, copy: VolumeCopy, _previous: Detail) -> Detail:
         source = self.journal.detail(f"copy {copy.destination_path}").get(
             "source_sha256"
-        ) or volume_digest(self.src, self.src.storageVolLookupByPath(copy.source_path))
+        ) or volume_digest(self.src, self.src.storageVolLookupByPath(self.read_path(copy)))
         target = domains.volume_at(self.dst, copy.destination_path)
         if target is None:
             raise ColdMoveError(
@@ -288,9 +312,14 @@ class ColdMove:
         j = self.journal
         j.run("stop", self.stop)
         for copy in self.plan.copies:
+            if copy.flatten:
+                j.run(f"flatten {copy.source_path}", partial(self.flatten, copy))
             j.run(f"copy {copy.destination_path}", partial(self.copy, copy))
         for copy in self.plan.copies:
             j.run(f"verify {copy.destination_path}", partial(self.verify, copy))
+        for copy in self.plan.copies:
+            if copy.flatten:
+                j.run(f"remove flattened {copy.source_path}", partial(self.remove_flat, copy))
         j.run("copy state", self.copy_state)
         j.run("define", self.define)
         j.run("start", self.start)
@@ -338,6 +367,9 @@ class ColdMove:
                 except Exception as err:  # it answers no more: leave it
                     result.leftovers.append(f"{path} ({err})")
                     continue
+            elif name.startswith("flatten ") and detail.get("created"):
+                with contextlib.suppress(Exception):  # a leftover temp file harms nobody
+                    domains.delete_volume(self.src, str(detail.get("temp_path", "")))
             elif name == "stop":
                 self._restart_source(detail)
             else:

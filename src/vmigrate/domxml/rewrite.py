@@ -14,6 +14,7 @@ _HOST_SPECIFIC = ("seclabel", "resource")
 class Rewrite:
     disk_paths: dict[str, str] = field(default_factory=dict)  # source path -> destination path
     networks: dict[str, str] = field(default_factory=dict)  # network or bridge -> new name
+    flattened: frozenset[str] = frozenset()  # disk targets whose chain became one image
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ def rewrite_for_destination(domain_xml: str, rewrite: Rewrite) -> RewriteResult:
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
         name = target.get("dev", "?") if target is not None else "?"
+        if name in rewrite.flattened:
+            for backing in disk.findall("backingStore"):
+                disk.remove(backing)
+            changes.append(f"{name}: backing chain flattened into one image")
         for source in [disk.find("source"), *disk.findall(".//backingStore/source")]:
             if source is None:
                 continue

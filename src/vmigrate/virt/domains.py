@@ -58,6 +58,33 @@ def pool_available(conn: libvirt.virConnect, pool: str) -> int:
     return int(handle.info()[3])
 
 
+def physical_size(conn: libvirt.virConnect, path: str) -> int:
+    """The file's size on disk as the host sees it (a verbatim copy writes this much)."""
+    volume = conn.storageVolLookupByPath(path)
+    return int(volume.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
+
+
+def flatten_volume(conn: libvirt.virConnect, pool: str, path: str, name: str) -> str:
+    """A new volume `name` in `pool` with the guest-visible content of the chain at `path`.
+
+    libvirt's createXMLFrom runs qemu-img convert, which reads through the backing chain.
+    """
+    source = conn.storageVolLookupByPath(path)
+    fmt = ET.fromstring(source.XMLDesc(0)).find("target/format")
+    volume = ET.Element("volume")
+    ET.SubElement(volume, "name").text = name
+    ET.SubElement(volume, "capacity", unit="bytes").text = str(source.info()[1])
+    ET.SubElement(
+        ET.SubElement(volume, "target"),
+        "format",
+        type=fmt.get("type", "qcow2") if fmt is not None else "qcow2",
+    )
+    created = conn.storagePoolLookupByName(pool).createXMLFrom(
+        ET.tostring(volume, encoding="unicode"), source, 0
+    )
+    return str(created.path())
+
+
 def create_file_volume(
     conn: libvirt.virConnect, pool: str, name: str, size: int
 ) -> libvirt.virStorageVol:
