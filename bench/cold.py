@@ -190,6 +190,7 @@ def lab_sshd() -> Iterator[list[str]]:
             f"ListenAddress {HOST_B.address}:{SSH_PORT}\nHostKey {tmp}/host_key\n"
             f"AuthorizedKeysFile {tmp}/authorized_keys\nPermitRootLogin prohibit-password\n"
             f"PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {tmp}/sshd.pid\n"
+            "Subsystem sftp internal-sftp\n"  # scp speaks SFTP by default on Debian 12
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
         daemon = subprocess.Popen(
