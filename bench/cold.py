@@ -334,7 +334,12 @@ def _run_all(
     ssh: list[str],
     runs: list[Run],
 ) -> None:
-    for scenario in args.scenario or sorted(SCENARIOS):
+    chosen = args.scenario or sorted(SCENARIOS)
+    kept = []  # re-running some scenarios keeps the others' latest results
+    if args.out.exists():
+        previous = json.loads(args.out.read_text())["runs"]
+        kept = [r for r in previous if r["scenario"] not in chosen]
+    for scenario in chosen:
         for round_no in range(args.pairs):
             for tool in tools if round_no % 2 == 0 else tools[::-1]:
                 run = run_once(scenario, tool, round_no, link_mib_s, ssh)
@@ -347,7 +352,7 @@ def _run_all(
                             "pairs": args.pairs,
                             "link": LINK,
                             "scenarios": {k: v.description for k, v in SCENARIOS.items()},
-                            "runs": [asdict(r) for r in runs],
+                            "runs": kept + [asdict(r) for r in runs],
                         },
                         indent=1,
                     )

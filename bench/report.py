@@ -220,15 +220,21 @@ def render(results: Path, doc: Path) -> str:
             f"{env['kernel']}, {env['cpus']} CPUs, {env['memory']} memory, "
             f"{env['date']}.",
             "",
-            "Regenerate: `sudo .venv/bin/vmigrate lab up && sudo .venv/bin/python -m "
-            "bench.live --pairs 3 && .venv/bin/python -m bench.report`",
+            "Regenerate everything: `sudo .venv/bin/python -m bench` (one scenario: "
+            "`--scenario L3`); live only: `sudo .venv/bin/python -m bench.live --pairs 3 && "
+            ".venv/bin/python -m bench.report`",
             "",
         ]
         parts += live_section(data)
         parts += accuracy_section(data["runs"])
         if plot_l3(data["runs"], doc.parent / "l3-remaining.png"):
             parts += [
-                "### L3 remaining memory over time (round 1)",
+                "### L3 remaining memory over time (first round)",
+                "",
+                "Sampled every 0.5 s from libvirt's job statistics. vmigrate's line ends where "
+                "its policy switches to post-copy (the guest then runs on hostB and the rest "
+                "arrives on demand); virsh's common flags re-send the working set for 60 s "
+                "until the timeout forces post-copy.",
                 "",
                 "![remaining memory in L3, vmigrate against virsh](l3-remaining.png)",
                 "",

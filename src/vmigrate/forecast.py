@@ -75,7 +75,9 @@ def forecast(
         )
     src_ref = resolve_host(source, hosts_file)
     dst_ref = resolve_host(destination, hosts_file)
-    if bandwidth_mib is None:
+    if bandwidth_mib is None and dst_ref.bandwidth_mib is not None:
+        bandwidth, bandwidth_source = dst_ref.bandwidth_mib * MIB, "hosts file"
+    elif bandwidth_mib is None:
         bandwidth, bandwidth_source = _measured_bandwidth(dst_ref)
     else:
         bandwidth, bandwidth_source = bandwidth_mib * MIB, "given"

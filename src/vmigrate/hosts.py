@@ -7,6 +7,7 @@ A host is named on the command line either by a libvirt URI or by a name from th
     uri = "qemu+tls://web-a.example.net/system"
     migration_address = "10.0.0.11"     # optional: where QEMU listens for incoming migrations
     migration_ports = [49152, 49215]    # optional: the destination's migration port range
+    bandwidth = 119                     # optional: MiB/s of the link to this host (estimate)
 
 The lab's hostA and hostB work without a hosts file.
 """
@@ -64,6 +65,7 @@ class HostRef:
     uri: str
     migration_address: str | None = None
     migration_ports: tuple[int, int] = DEFAULT_MIGRATION_PORTS
+    bandwidth_mib: float | None = None  # the link to this host, when the operator knows it
 
     @property
     def parsed(self) -> ParsedUri:
@@ -134,11 +136,11 @@ def load_hosts_file(path: Path) -> dict[str, HostRef]:
         where = f"hosts file {path}, host {name!r}"
         if not isinstance(table, dict) or not isinstance(table.get("uri"), str):
             raise UsageError(f'{where}: needs uri = "qemu+...://.../system"')
-        extra = set(table) - {"uri", "migration_address", "migration_ports"}
+        extra = set(table) - {"uri", "migration_address", "migration_ports", "bandwidth"}
         if extra:
             raise UsageError(
                 f"{where}: unknown keys {', '.join(sorted(extra))}",
-                fix="allowed: uri, migration_address, migration_ports",
+                fix="allowed: uri, migration_address, migration_ports, bandwidth",
             )
         try:
             parse_uri(table["uri"])
@@ -152,7 +154,16 @@ def load_hosts_file(path: Path) -> dict[str, HostRef]:
             if "migration_ports" in table
             else DEFAULT_MIGRATION_PORTS
         )
-        hosts[name] = HostRef(name, table["uri"], address, ports)
+        bandwidth = table.get("bandwidth")
+        if bandwidth is not None and (
+            isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float) or bandwidth <= 0
+        ):
+            raise UsageError(
+                f"{where}: bandwidth must be a positive number of MiB/s, e.g. 119 for 1 Gbit/s"
+            )
+        hosts[name] = HostRef(
+            name, table["uri"], address, ports, float(bandwidth) if bandwidth else None
+        )
     return hosts
 
 

@@ -140,7 +140,11 @@ def test_keep_state_resumes_the_guest_where_it_stopped(
     lab: list[HostStatus], vm_name: str, store: Path
 ) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, working_set_mib=32, disk="local"))
-    report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", keep_state=True, store_path=store))
+    report = migrate_cold(
+        ColdRequest(
+            vm_name, "hostA", "hostB", keep_state=True, delete_source_disks=True, store_path=store
+        )
+    )
     assert report.outcome == "completed", report.message
     assert report.placement_ok and locate_vm(vm_name) == {"hostB": "running"}
     time.sleep(1)
@@ -150,6 +154,14 @@ def test_keep_state_resumes_the_guest_where_it_stopped(
     assert beats.last_seq_by_host["hostB"] > beats.last_seq_by_host["hostA"]
     assert not list(on_host("hostA", "/var/lib/libvirt/images").glob(".vmigrate-*.save"))
     assert not list(on_host("hostB", "/var/lib/libvirt/images").glob(".vmigrate-*.save"))
+    # And back, state and all: the sequence goes on on hostA.
+    back = migrate_cold(ColdRequest(vm_name, "hostB", "hostA", keep_state=True, store_path=store))
+    assert back.outcome == "completed", back.message
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    time.sleep(1)
+    beats = heartbeat_report(vm_name)
+    assert beats.contiguous, beats.problems
+    assert beats.last_seq_by_host["hostA"] > beats.last_seq_by_host["hostB"]
 
 
 def test_shared_disk_stays_in_place(lab: list[HostStatus], vm_name: str, store: Path) -> None:
@@ -420,6 +432,20 @@ def test_bad_input(lab: list[HostStatus], vm_name: str, store: Path) -> None:
             assert "Traceback" not in result.stderr
         finally:
             clash.undefine()
+            conn_b.close()
+        # A file already at the disk's destination path: never overwritten, refused up front.
+        conn_b = open_connection(HOST_B.uri)
+        stale = conn_b.storagePoolLookupByName("local").createXML(
+            f"<volume><name>{vm_name}.img</name><capacity unit='MiB'>1</capacity>"
+            "<target><format type='raw'/></target></volume>",
+            0,
+        )
+        try:
+            result = run_cli(*cold, timeout=60)
+            assert result.returncode == 1 and "already exists on hostB" in result.stderr
+            assert "vol-delete" in result.stderr and "Traceback" not in result.stderr
+        finally:
+            stale.delete(0)
             conn_b.close()
         assert locate_vm(vm_name) == {"hostA": "shut off"}
         assert not on_host("hostB", f"/var/lib/libvirt/images/{vm_name}.img").exists()

@@ -49,8 +49,10 @@ def test_hosts_file(tmp_path: Path) -> None:
     path.write_text(
         '[hosts.web-a]\nuri = "qemu+tls://web-a/system"\n'
         'migration_address = "10.0.0.11"\nmigration_ports = [50000, 50010]\n'
+        "bandwidth = 119\n"
     )
     hosts = load_hosts_file(path)
+    assert hosts["web-a"].bandwidth_mib == 119.0
     assert hosts["web-a"].migration_address == "10.0.0.11"
     assert hosts["web-a"].migration_ports == (50000, 50010)
     assert resolve_host("web-a", path).uri == "qemu+tls://web-a/system"
@@ -65,6 +67,8 @@ def test_hosts_file(tmp_path: Path) -> None:
         '[hosts.a]\nuri = "qemu:///system"\ncolour = "red"\n',  # unknown key
         '[hosts.a]\nuri = "qemu:///system"\nmigration_ports = [9, 1]\n',
         '[hosts.a]\nuri = "nonsense"\n',
+        '[hosts.a]\nuri = "qemu:///system"\nbandwidth = -5\n',
+        '[hosts.a]\nuri = "qemu:///system"\nbandwidth = "fast"\n',
     ],
 )
 def test_malformed_hosts_files(tmp_path: Path, content: str) -> None:

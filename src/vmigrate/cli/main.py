@@ -44,11 +44,13 @@ def _register() -> None:
     from vmigrate.cli.jobs import jobs
     from vmigrate.cli.lab import lab
     from vmigrate.cli.live import live
+    from vmigrate.cli.recover import recover
 
     cli.add_command(check)
     cli.add_command(live)
     cli.add_command(cold)
     cli.add_command(estimate)
+    cli.add_command(recover)
     cli.add_command(jobs)
     cli.add_command(lab)
 

@@ -35,6 +35,7 @@ from vmigrate.virt.connection import (
     lookup_domain,
     open_with_timeout,
 )
+from vmigrate.virt.domains import volume_at
 from vmigrate.virt.facts import gather_host_facts
 from vmigrate.virt.placement import Placement, locate
 from vmigrate.virt.storage import probe_shared_pool, volume_chain
@@ -116,6 +117,17 @@ def build_plan(
         path_map=request.path_map,
         flatten_targets=flatten,
     )
+    for copy in copies:  # refused now, before the VM is stopped
+        if volume_at(dst, copy.destination_path) is not None:
+            raise VmigrateError(
+                f"{copy.destination_path} already exists on {dst_ref.name}; vmigrate never "
+                "overwrites a file it did not create (it may be the copy kept there when this "
+                "VM last moved away: source disks stay unless --delete-source-disks)",
+                vm=request.vm,
+                host=dst_ref.name,
+                fix=f"check it is not needed, then delete it (virsh -c {dst_ref.uri} vol-delete "
+                f"{copy.destination_path}), or send the disk elsewhere with --pool-map",
+            )
     if not request.force:  # --force: the copy itself finds out (and rolls back if it fails)
         check_space(copies, dst_facts.pools)
     rewrite = Rewrite(

@@ -147,7 +147,7 @@ _JOB_OPERATIONS = {
 }
 
 
-def _active_job(domain: libvirt.virDomain) -> str | None:
+def active_job(domain: libvirt.virDomain) -> str | None:
     try:
         stats = domain.jobStats(0)
     except libvirt.libvirtError:
@@ -180,7 +180,7 @@ def gather_domain_facts(domain: libvirt.virDomain) -> DomainFacts:
         managed_save=bool(domain.hasManagedSaveImage(0)),
         block_jobs=_block_jobs(domain, summary) if active else (),
         migratable_error=migratable_error,
-        active_job=_active_job(domain) if active else None,
+        active_job=active_job(domain) if active else None,
     )
 
 

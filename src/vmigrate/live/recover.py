@@ -1,0 +1,94 @@
+"""`vmigrate recover VM`: after vmigrate died mid-migration, find where the VM really is,
+finish or clean up what the job left, and record the outcome in the job store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vmigrate.errors import NotFound
+from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
+from vmigrate.store import JobRecord, JobStore
+from vmigrate.virt.connection import open_with_timeout
+from vmigrate.virt.placement import locate
+from vmigrate.virt.recovery import apply, observe, wait_for_jobs
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RecoverReport:
+    job_id: int
+    vm: str
+    outcome: str
+    message: str
+    fix: str
+    steps: list[str]
+    still_running_jobs: dict[str, str]
+    placement: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _interrupted_job(store: JobStore, vm: str) -> JobRecord:
+    for record in store.jobs(limit=500):
+        if record.vm == vm and record.kind == "live" and record.state == "interrupted":
+            return record
+    raise NotFound(
+        f"no interrupted live migration of {vm!r} in {store.path}",
+        vm=vm,
+        fix="`vmigrate jobs` lists the jobs; an interrupted cold move is finished with "
+        "`vmigrate jobs resume ID` or undone with `vmigrate jobs rollback ID`",
+    )
+
+
+def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -> RecoverReport:
+    with JobStore(store_path) as store:
+        job = _interrupted_job(store, vm)
+        source = open_with_timeout(job.source, host=job.source, timeout=CONNECT_TIMEOUT_S)
+        destination = open_with_timeout(
+            job.destination, host=job.destination, timeout=CONNECT_TIMEOUT_S
+        )
+        try:
+            conns = {job.source: source, job.destination: destination}
+            # A peer-to-peer migration can outlive its client: let libvirt finish it first.
+            busy = wait_for_jobs(conns, vm, timeout_s=wait_s)
+            transient = not job.params.get("options", {}).get("persist_destination", True)
+            if busy:
+                plan = RecoveryPlan(
+                    "failed",
+                    (),
+                    f"a libvirt job still runs on {vm} after {wait_s:.0f} s: "
+                    + ", ".join(f"{h}: {j}" for h, j in busy.items()),
+                    fix="run `vmigrate recover` again when it ends, or abort it "
+                    f"(virsh -c {job.source} domjobabort {vm})",
+                )
+            else:
+                plan = plan_recovery(
+                    vm,
+                    observe(source, "source", job.source, vm),
+                    observe(destination, "destination", job.destination, vm),
+                    transient=transient,
+                )
+                for step in plan.steps:
+                    apply(step, vm, source, destination)
+            placement = locate(vm, conns)
+        finally:
+            source.close()
+            destination.close()
+        report = RecoverReport(
+            job.id,
+            vm,
+            plan.outcome,
+            plan.message,
+            plan.fix,
+            list(plan.steps),
+            busy,
+            placement.to_dict(),
+        )
+        store.add_action(job.id, "recover", plan.message, actor="vmigrate recover")
+        if not busy:  # still migrating: the job stays interrupted for the next recover
+            store.finish_job(job.id, plan.outcome, f"recovered: {plan.message}", report.to_dict())
+        return report

@@ -1,0 +1,123 @@
+"""What to do after vmigrate died in the middle of a live migration (pure).
+
+`vmigrate recover` observes the VM on both hosts, then this decides: finish a migration that
+had completed (undefine the source, keep the destination's definition), clean up one that
+had not (resume a source paused for a switch-over that never came, destroy an incoming
+leftover on the destination), or, when the state is one a program must not guess about
+(post-copy cut in half, the VM running on both), change nothing and say exactly what to do.
+Whatever the case, nothing that holds the only running copy of the guest is ever destroyed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Step = Literal["resume-source", "start-source", "destroy-destination-leftover", "undefine-source"]
+
+
+@dataclass(frozen=True)
+class DomainView:
+    """The VM as one host sees it."""
+
+    host: str
+    uri: str
+    exists: bool
+    state: str = "absent"  # running | paused | shut off | ... | absent
+    reason: str = ""  # for running/paused: migration, postcopy, postcopy-failed, user, ...
+    persistent: bool = False
+    uuid: str | None = None
+    job: str | None = None  # a libvirt job still running on the VM there
+
+    @property
+    def in_postcopy(self) -> bool:
+        return self.reason in ("postcopy", "postcopy-failed")
+
+    @property
+    def incoming_leftover(self) -> bool:
+        """A destination domain that only ever was the target of an unfinished migration."""
+        return (
+            self.exists
+            and self.state == "paused"
+            and self.reason
+            in (
+                "migration",
+                "starting up",
+            )
+        )
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    outcome: str  # completed | aborted | failed
+    steps: tuple[Step, ...]
+    message: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_recovery(
+    vm: str, source: DomainView, destination: DomainView, *, transient: bool
+) -> RecoveryPlan:
+    src, dst = source.host, destination.host
+    if source.in_postcopy or destination.in_postcopy:
+        return RecoveryPlan(
+            "failed",
+            (),
+            f"post-copy was interrupted: {vm} runs from {dst}'s memory and still needs pages "
+            f"that only {src} holds; both halves are kept, nothing was destroyed",
+            fix=f"when both hosts answer, resume the migration: virsh -c {source.uri} migrate "
+            f"--live --p2p --postcopy --postcopy-resume {vm} {destination.uri}",
+        )
+    source_runs = source.state == "running"
+    destination_runs = destination.state == "running"
+    if source_runs and destination_runs:
+        return RecoveryPlan(
+            "failed",
+            (),
+            f"{vm} runs on both {src} and {dst}: two copies write to its disks",
+            fix=f"decide which copy is current, then stop the other at once "
+            f"(virsh -c URI destroy {vm}); vmigrate does not guess",
+        )
+    if destination_runs:
+        steps: tuple[Step, ...] = (
+            ("undefine-source",) if source.exists and source.persistent and not transient else ()
+        )
+        return RecoveryPlan(
+            "completed",
+            steps,
+            f"the migration had finished: {vm} runs on {dst}"
+            + ("; its definition on the source is removed" if steps else ""),
+        )
+    cleanup: tuple[Step, ...] = (
+        ("destroy-destination-leftover",) if destination.incoming_leftover else ()
+    )
+    if source_runs:
+        return RecoveryPlan(
+            "aborted",
+            cleanup,
+            f"the migration did not finish: {vm} runs on {src}"
+            + (f"; the unfinished incoming copy on {dst} is removed" if cleanup else ""),
+        )
+    if source.state == "paused" and source.reason == "migration":
+        return RecoveryPlan(
+            "aborted",
+            (*cleanup, "resume-source"),
+            f"{vm} was paused on {src} for a switch-over that never happened: resumed there",
+        )
+    if source.exists and source.state == "shut off" and not destination.exists:
+        return RecoveryPlan(
+            "aborted",
+            ("start-source",),
+            f"{vm} was found shut off on {src} and absent from {dst}: started again on {src}",
+        )
+    return RecoveryPlan(
+        "failed",
+        (),
+        f"{vm} is {source.state} on {src} and {destination.state} on {dst}: "
+        "not a state vmigrate changes by itself",
+        fix=f"look at both hosts (virsh -c URI domstate --reason {vm}) and start the copy "
+        "that holds the current disks",
+    )

@@ -1,0 +1,78 @@
+"""vmigrate itself SIGKILLed mid-migration, then `vmigrate recover`: the VM ends on exactly
+one host, its heartbeat contiguous, and the job records what happened."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vmigrate.lab import link
+from vmigrate.lab.heartbeat import heartbeat_report
+from vmigrate.lab.lifecycle import HostStatus
+from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
+from vmigrate.store import JobStore
+
+from .helpers import run_cli, start_cli
+
+pytestmark = pytest.mark.lab
+
+
+def _kill_when(process: subprocess.Popen[str], wanted: str) -> int:
+    """Read the JSON events until one of kind `wanted`, then SIGKILL vmigrate."""
+    assert process.stdout is not None
+    job_id = 0
+    for line in process.stdout:
+        event = json.loads(line)
+        if event["event"] == "job":
+            job_id = event["job_id"]
+        if event["event"] == wanted or (
+            event["event"] == "action" and event.get("action") == wanted
+        ):
+            break
+    process.kill()
+    process.wait(timeout=30)
+    return job_id
+
+
+def _recover(vm: str, store: Path) -> dict[str, object]:
+    result = run_cli("recover", vm, "--store", str(store), "--wait", "120", "--json", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report: dict[str, object] = json.loads(result.stdout)
+    return report
+
+
+@pytest.mark.parametrize("moment", ["sample", "postcopy"], ids=["mid-precopy", "mid-postcopy"])
+def test_vmigrate_killed_then_recover(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path, moment: str
+) -> None:
+    store = tmp_path / "jobs.sqlite"
+    create_vm(LabVmRequest(vm_name, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
+    link.shape("1gbit")  # 200 MiB/s dirtied, 119 MiB/s carried: the policy goes post-copy
+    try:
+        process = start_cli(
+            "live", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store), "--json"
+        )
+        job_id = _kill_when(process, moment)
+        assert JobStore(store).job(job_id).state == "interrupted"
+        jobs = run_cli("jobs", "--store", str(store), timeout=60)
+        assert "interrupted" in jobs.stdout
+    finally:
+        link.reset()
+    report = _recover(vm_name, store)
+    assert report["outcome"] in ("completed", "aborted"), report
+    placement = locate_vm(vm_name)
+    assert list(placement.values()) == ["running"], placement  # exactly one host
+    expected = "hostB" if report["outcome"] == "completed" else "hostA"
+    assert list(placement) == [expected], (placement, report)
+    if moment == "postcopy":
+        assert report["outcome"] == "completed"  # post-copy cannot go back: it finishes
+    beats = heartbeat_report(vm_name)
+    assert beats.contiguous, beats.problems
+    record = JobStore(store).job(job_id)
+    assert record.state == report["outcome"] and record.outcome
+    assert "recovered" in record.outcome
+    again = run_cli("recover", vm_name, "--store", str(store), timeout=60)
+    assert again.returncode == 1 and "no interrupted live migration" in again.stderr
