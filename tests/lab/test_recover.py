@@ -44,20 +44,25 @@ def _recover(vm: str, store: Path) -> dict[str, object]:
     return report
 
 
-@pytest.mark.parametrize("moment", ["sample", "postcopy"], ids=["mid-precopy", "mid-postcopy"])
+@pytest.mark.parametrize(
+    ("moment", "extra"),
+    [("sample", ()), ("postcopy", ()), ("sample", ("--direct",))],
+    ids=["mid-precopy", "mid-postcopy", "direct-mid-precopy"],
+)
 def test_vmigrate_killed_then_recover(
-    lab: list[HostStatus], vm_name: str, tmp_path: Path, moment: str
+    lab: list[HostStatus], vm_name: str, tmp_path: Path, moment: str, extra: tuple[str, ...]
 ) -> None:
     store = tmp_path / "jobs.sqlite"
     create_vm(LabVmRequest(vm_name, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
     link.shape("1gbit")  # 200 MiB/s dirtied, 119 MiB/s carried: the policy goes post-copy
     try:
         process = start_cli(
-            "live", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store), "--json"
-        )
+            "live", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store), "--json",
+            *extra,
+        )  # fmt: skip
         job_id = _kill_when(process, moment)
         assert JobStore(store).job(job_id).state == "interrupted"
-        jobs = run_cli("jobs", "--store", str(store), timeout=60)
+        jobs = run_cli("jobs", "--store", str(store), env={"COLUMNS": "200"}, timeout=60)
         assert "interrupted" in jobs.stdout
     finally:
         link.reset()
