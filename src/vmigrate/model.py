@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 class Verdict(enum.StrEnum):
@@ -67,3 +67,39 @@ class CheckReport:
             "seconds": round(self.seconds, 3),
             "findings": [f.to_dict() for f in self.findings],
         }
+
+
+# What `vmigrate recover` observes and does (plan in live/recovery_plan, libvirt side in
+# virt/recovery).
+Step = Literal["resume-source", "start-source", "destroy-destination-leftover", "undefine-source"]
+
+
+@dataclass(frozen=True)
+class DomainView:
+    """The VM as one host sees it."""
+
+    host: str
+    uri: str
+    exists: bool
+    state: str = "absent"  # running | paused | shut off | ... | absent
+    reason: str = ""  # for running/paused: migration, postcopy, postcopy-failed, user, ...
+    persistent: bool = False
+    uuid: str | None = None
+    job: str | None = None  # a libvirt job still running on the VM there
+
+    @property
+    def in_postcopy(self) -> bool:
+        return self.reason in ("postcopy", "postcopy-failed")
+
+    @property
+    def incoming_leftover(self) -> bool:
+        """A destination domain that only ever was the target of an unfinished migration."""
+        return (
+            self.exists
+            and self.state == "paused"
+            and self.reason
+            in (
+                "migration",
+                "starting up",
+            )
+        )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vmigrate.live.recovery_plan import DomainView, plan_recovery
+from vmigrate.live.recovery_plan import plan_recovery
+from vmigrate.model import DomainView
 
 SRC, DST = "qemu+tcp://a/system", "qemu+tcp://b/system"
 

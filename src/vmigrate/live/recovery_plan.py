@@ -11,40 +11,9 @@ Whatever the case, nothing that holds the only running copy of the guest is ever
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-Step = Literal["resume-source", "start-source", "destroy-destination-leftover", "undefine-source"]
-
-
-@dataclass(frozen=True)
-class DomainView:
-    """The VM as one host sees it."""
-
-    host: str
-    uri: str
-    exists: bool
-    state: str = "absent"  # running | paused | shut off | ... | absent
-    reason: str = ""  # for running/paused: migration, postcopy, postcopy-failed, user, ...
-    persistent: bool = False
-    uuid: str | None = None
-    job: str | None = None  # a libvirt job still running on the VM there
-
-    @property
-    def in_postcopy(self) -> bool:
-        return self.reason in ("postcopy", "postcopy-failed")
-
-    @property
-    def incoming_leftover(self) -> bool:
-        """A destination domain that only ever was the target of an unfinished migration."""
-        return (
-            self.exists
-            and self.state == "paused"
-            and self.reason
-            in (
-                "migration",
-                "starting up",
-            )
-        )
+from vmigrate.model import DomainView, Step
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import time
 
 import libvirt
 
-from vmigrate.live.recovery_plan import DomainView, Step
+from vmigrate.model import DomainView, Step
 from vmigrate.virt.connection import UNDEFINE_KEEP_NVRAM, domain_state, find_domain
 from vmigrate.virt.facts import active_job
 
