@@ -118,6 +118,7 @@ class _Reader:
         self.thread.start()
 
     def _run(self) -> None:
+        failed = False
         try:
             while not self.stopping.is_set():
                 chunk = self.stream.recvFlags(CHUNK, libvirt.VIR_STREAM_RECV_STOP_AT_HOLE)
@@ -134,7 +135,10 @@ class _Reader:
                     return
         except BaseException as err:  # handed to the copying thread
             self._put(err)
-        if self.stopping.is_set():
+            failed = True
+        # A failed read leaves the download half-read too, and stop() cannot abort it once
+        # this thread has ended: abort here, or the daemon is left holding the stream.
+        if failed or self.stopping.is_set():
             with contextlib.suppress(libvirt.libvirtError):
                 self.stream.abort()
 
