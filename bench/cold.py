@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
+import functools
 import json
 import os
 import socket
@@ -38,7 +38,7 @@ from bench.live import environment
 from vmigrate.cold.runner import ColdRequest, migrate_cold
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B
-from vmigrate.lab.state import load_records
+from vmigrate.lab.hostfs import file_sha256, in_host, on_host
 
 MIB, GIB = 1 << 20, 1 << 30
 LINK = "1gbit"
@@ -72,16 +72,6 @@ class Run:
     link_mib_s: float
 
 
-def _in_host(host: str, *command: str) -> None:
-    pid = load_records()[host].pid
-    subprocess.run(["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *command], check=True)
-
-
-def _on_host(host: str, path: str) -> Path:
-    lab_host = HOST_A if host == "hostA" else HOST_B
-    return lab_host.private_dir("/var/lib/libvirt") / path.removeprefix("/var/lib/libvirt/")
-
-
 def _random_raw(conn: libvirt.virConnect, name: str, virtual: int, data: int) -> str:
     pool = conn.storagePoolLookupByName(POOL)
     volume = pool.createXML(
@@ -100,6 +90,8 @@ def _random_raw(conn: libvirt.virConnect, name: str, virtual: int, data: int) ->
 
 def make_images(scenario: str, tag: str) -> list[str]:
     """The scenario's files on hostA, bottom of the chain first; returns their paths."""
+    # hostA's tools: a failure stops the benchmark, their output shows with ours
+    on_a = functools.partial(in_host, "hostA", check=True, capture=False)
     conn = libvirt.open(HOST_A.uri)
     try:
         raw = _random_raw(conn, f"{tag}.img", 4 * GIB, GIB)
@@ -107,17 +99,17 @@ def make_images(scenario: str, tag: str) -> list[str]:
             return [raw]
         if scenario == "C2":
             qcow = raw.removesuffix(".img") + ".qcow2"
-            _in_host("hostA", "qemu-img", "convert", "-O", "qcow2", raw, qcow)
-            _in_host("hostA", "rm", raw)
+            on_a("qemu-img", "convert", "-O", "qcow2", raw, qcow)
+            on_a("rm", raw)
             conn.storagePoolLookupByName(POOL).refresh(0)
             return [qcow]
         base = raw.removesuffix(".img") + "-base.qcow2"
         top = raw.removesuffix(".img") + "-top.qcow2"
-        _in_host("hostA", "truncate", "-s", str(GIB), raw)
-        _in_host("hostA", "qemu-img", "convert", "-O", "qcow2", raw, base)
-        _in_host("hostA", "rm", raw)
-        _in_host("hostA", "qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", base, top)
-        _in_host("hostA", "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 256M", top)
+        on_a("truncate", "-s", str(GIB), raw)
+        on_a("qemu-img", "convert", "-O", "qcow2", raw, base)
+        on_a("rm", raw)
+        on_a("qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", base, top)
+        on_a("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 256M", top)
         conn.storagePoolLookupByName(POOL).refresh(0)
         return [base, top]
     finally:
@@ -125,15 +117,7 @@ def make_images(scenario: str, tag: str) -> list[str]:
 
 
 def _allocated(host: str, paths: list[str]) -> int:
-    return sum(_on_host(host, p).stat().st_blocks * 512 for p in paths)
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(8 * MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sum(on_host(host, p).stat().st_blocks * 512 for p in paths)
 
 
 def _define(vm: str, paths: list[str]) -> None:
@@ -159,7 +143,7 @@ def _virsh_two_step(paths: list[str]) -> str:
                  local],
                 check=True, capture_output=True,
             )  # fmt: skip
-            size = _on_host("hostA", path).stat().st_size
+            size = on_host("hostA", path).stat().st_size
             subprocess.run(
                 ["virsh", "-c", HOST_B.uri, "vol-create-as", POOL, name, str(size),
                  "--allocation", "0", "--format", "raw"],
@@ -218,7 +202,7 @@ def lab_sshd() -> Iterator[list[str]]:
 
 def _over_ssh(tool: str, paths: list[str], ssh: list[str]) -> str:
     for path in paths:
-        source, target = _on_host("hostA", path), _on_host("hostB", path)
+        source, target = on_host("hostA", path), on_host("hostB", path)
         remote = f"root@{HOST_B.address}:{target}"
         if tool == "scp":
             command = ["scp", "-q", "-P", str(SSH_PORT), *ssh, str(source), remote]
@@ -275,7 +259,7 @@ def run_once(scenario: str, tool: str, round_no: int, link_mib_s: float, ssh: li
     paths = make_images(scenario, vm)
     try:
         allocated = _allocated("hostA", paths)
-        digests = [_digest(_on_host("hostA", p)) for p in paths]
+        digests = [file_sha256(on_host("hostA", p)) for p in paths]
         _define(vm, paths)
         link.shape(LINK)
         before = link.status().bytes_to_hostb
@@ -292,7 +276,7 @@ def run_once(scenario: str, tool: str, round_no: int, link_mib_s: float, ssh: li
         total = time.monotonic() - started
         sent = link.status().bytes_to_hostb - before
         link.reset()
-        identical = [_digest(_on_host("hostB", p)) for p in paths] == digests
+        identical = [file_sha256(on_host("hostB", p)) for p in paths] == digests
         return Run(
             scenario,
             tool,

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report
+from vmigrate.lab.hostfs import in_host as in_host  # lab tests import it from here
 
 
 def virsh_migrate_live(name: str, *extra: str, timeout: float = 300) -> None:
@@ -58,19 +59,6 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
         env=dict(os.environ),
     )
     return process
-
-
-def in_host(host_name: str, *command: str) -> subprocess.CompletedProcess[str]:
-    """Run a command inside a lab host's mount namespace (where its paths resolve)."""
-    from vmigrate.lab.state import load_records
-
-    pid = load_records()[host_name].pid
-    return subprocess.run(
-        ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *command],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -21,22 +20,17 @@ from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.diskcheck import check_disk_image
 from vmigrate.lab.heartbeat import heartbeat_report, read_console, wait_for_console
+from vmigrate.lab.hostfs import file_sha256, in_host, on_host
 from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.state import load_records
 from vmigrate.lab.vms import DISK_PATTERN_MIB, LabVmRequest, create_vm, disk_seed, locate_vm
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_connection
 
-from .helpers import in_host, run_cli, small_pool, start_cli
+from .helpers import run_cli, small_pool, start_cli
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
-
-
-def on_host(host_name: str, path: str) -> Path:
-    """Where a path inside a lab host's private /var/lib/libvirt is, seen from outside."""
-    host = HOST_A if host_name == "hostA" else HOST_B
-    return host.private_dir("/var/lib/libvirt") / path.removeprefix("/var/lib/libvirt/")
 
 
 def power_off(vm: str) -> None:
@@ -346,14 +340,6 @@ def _copy_workers() -> list[str]:
     return found.stdout.split()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _done_event(stdout: str) -> dict[str, Any]:
     return next(
         json.loads(line) for line in stdout.splitlines() if line.startswith('{"event": "done"')
@@ -461,7 +447,7 @@ def test_destination_pool_too_small_is_refused_and_forced_fails_with_a_clean_rol
 ) -> None:
     with small_pool(16) as path:
         source_image = _random_disk_vm(vm_name, 48, pool="small")
-        before = _sha256(source_image)
+        before = file_sha256(source_image)
         try:
             refused = run_cli("cold", vm_name, "--from", "hostA", "--to", "hostB", timeout=120)
             assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -477,7 +463,7 @@ def test_destination_pool_too_small_is_refused_and_forced_fails_with_a_clean_rol
             assert "rolled back automatically" in done["message"]
             assert locate_vm(vm_name) == {"hostA": "shut off"}
             assert in_host("hostB", "ls", "-A", path).stdout == ""  # the partial copy is gone
-            assert _sha256(source_image) == before
+            assert file_sha256(source_image) == before
         finally:
             conn = open_connection(HOST_A.uri)
             conn.lookupByName(vm_name).undefine()
@@ -489,7 +475,7 @@ def test_hostb_libvirtd_killed_mid_copy_leaves_the_source_intact(
     lab: list[HostStatus], vm_name: str, store: Path
 ) -> None:
     source_image = _random_disk_vm(vm_name, 160)
-    before = _sha256(source_image)
+    before = file_sha256(source_image)
     try:
         process, job_id = _start_cold_and_wait_for_copy(vm_name, store)
         os.kill(load_records()["hostB"].pid, signal.SIGKILL)
@@ -500,7 +486,7 @@ def test_hostb_libvirtd_killed_mid_copy_leaves_the_source_intact(
     done = _done_event(stdout)
     assert done["outcome"] == "failed" and "could not remove" in done["message"], done
     assert f"vmigrate jobs rollback {job_id}" in done["message"]
-    assert _sha256(source_image) == before
+    assert file_sha256(source_image) == before
     lab_up()  # hostB's libvirtd comes back
     assert locate_vm(vm_name) == {"hostA": "shut off"}
     assert on_host("hostB", f"/var/lib/libvirt/images/{vm_name}.img").exists()
