@@ -121,7 +121,7 @@ def _disk(disk: DiskInfo, where: DiskStorage | None, facts: CheckInput) -> list[
                 FAMILY,
                 Verdict.PASS,
                 f"{disk.target}: network storage ({disk.protocol}), reachable from both hosts",
-                evidence,
+                {**evidence, "placement": "network"},
                 subject=disk.target,
             )
         ]
@@ -132,7 +132,7 @@ def _disk(disk: DiskInfo, where: DiskStorage | None, facts: CheckInput) -> list[
                 FAMILY,
                 Verdict.PASS,
                 f"{disk.target}: shared — {where.share_probe.detail}{chain}",
-                evidence,
+                {**evidence, "placement": "shared"},
                 subject=disk.target,
             )
         ]
@@ -151,6 +151,7 @@ def _disk(disk: DiskInfo, where: DiskStorage | None, facts: CheckInput) -> list[
                 subject=disk.target,
             )
         ]
+    evidence = {**evidence, "placement": "local"}
     local = (
         f"{disk.target}: local to {facts.source_name}{chain} — {where.share_probe.detail}"
         if where.share_probe

@@ -142,6 +142,11 @@ def vm() -> None:
     "--disk-size", "disk_size_gib", type=float, default=1.0, show_default=True, help="GiB."
 )
 @click.option(
+    "--disk-backing",
+    is_flag=True,
+    help="Put the qcow2 disk on a raw backing file (which holds data of its own).",
+)
+@click.option(
     "--ignore-acpi",
     is_flag=True,
     help="The guest ignores the ACPI power button (to test forced power-off).",
@@ -155,6 +160,7 @@ def vm_create(
     disk: str,
     disk_format: str,
     disk_size_gib: float,
+    disk_backing: bool,
     ignore_acpi: bool,
 ) -> None:
     """Create and start a lab VM; returns once it beats."""
@@ -168,6 +174,7 @@ def vm_create(
             disk,
             disk_format,
             disk_size_gib,
+            disk_backing=disk_backing,
             acpi=not ignore_acpi,
         )
     )

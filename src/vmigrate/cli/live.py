@@ -40,6 +40,17 @@ def progress_table(sample: dict[str, Any]) -> Table:
         f"[bold]{label}[/]",
         f"[green]{'█' * filled}[/]{'░' * (bar_width - filled)} {sample['percent']:5.1f} %",
     )
+    if sample["disk_total"]:
+        table.add_row(
+            "disks copied",
+            f"{_mib(sample['disk_processed'])} / {_mib(sample['disk_total'])}"
+            f" ({100 * sample['disk_processed'] / sample['disk_total']:.0f} %)",
+        )
+        table.add_row(
+            "memory copied",
+            f"{_mib(min(sample['memory_processed'], sample['memory_total']))} / "
+            f"{_mib(sample['memory_total'])}",
+        )
     table.add_row(
         "sent / remaining",
         f"{_mib(sample['memory_processed'] + sample['disk_processed'])} / "
@@ -84,6 +95,7 @@ def render_final(report: LiveReport) -> None:
             f"  {action['at_s']:6.1f} s  {action['by']:<6} {action['action']}{value}: "
             f"{action['reason']}"
         )
+    _render_storage(report.storage)
     where = report.placement.get("summary", "")
     if report.placement_ok:
         console.print(f"  verified: {where}")
@@ -93,6 +105,28 @@ def render_final(report: LiveReport) -> None:
             f"run `vmigrate jobs show {report.job_id}`[/]"
         )
     console.print(f"  job {report.job_id} (vmigrate jobs show {report.job_id})")
+
+
+def _render_storage(storage: dict[str, Any]) -> None:
+    if not storage:
+        return
+    console.print(
+        f"  disks copied: {', '.join(storage['copied']) or 'none'}; "
+        f"left in place (shared): {', '.join(storage['shared']) or 'none'}"
+    )
+    if storage.get("removed_from_destination"):
+        console.print(
+            "  removed from the destination again: "
+            + ", ".join(storage["removed_from_destination"])
+        )
+    for left in storage.get("left_on_destination", []):
+        console.print(f"[bold red]  left on the destination, remove by hand: {left}[/]")
+    if storage.get("source_images_kept"):
+        console.print(
+            "  the source still holds its copies: "
+            + ", ".join(storage["source_images_kept"])
+            + " (--delete-source-disks removes them)"
+        )
 
 
 @click.command("live")
@@ -115,6 +149,15 @@ def render_final(report: LiveReport) -> None:
 @click.option("--compress", is_flag=True, help="Compress memory pages.")
 @click.option("--tls", is_flag=True, help="Encrypt the migration stream (QEMU TLS).")
 @click.option("--migration-address", help="Destination address for the data stream.")
+@click.option(
+    "--copy-storage", is_flag=True, help="Copy local disks along with memory (shared never)."
+)
+@click.option("--disks", help="With --copy-storage: the local disks to copy, e.g. vda,vdb.")
+@click.option(
+    "--delete-source-disks",
+    is_flag=True,
+    help="With --copy-storage: remove the source's copied images once the VM runs there.",
+)
 @click.option("--force", is_flag=True, help="Go ahead even if pre-flight checks fail.")
 @store_option
 @json_option
@@ -133,6 +176,9 @@ def live(
     compress: bool,
     tls: bool,
     migration_address: str | None,
+    copy_storage: bool,
+    disks: str | None,
+    delete_source_disks: bool,
     force: bool,
     hosts_file: Path | None,
     store_path: Path | None,
@@ -142,6 +188,8 @@ def live(
     for name, value in (("--bandwidth", bandwidth), ("--parallel", parallel)):
         if value is not None and value <= 0:
             raise click.BadParameter(f"{name} must be positive")
+    if delete_source_disks and not copy_storage:
+        raise click.BadParameter("--delete-source-disks only applies with --copy-storage")
     config = PRESETS[policy].with_limits(
         max_downtime_ms=max_downtime, timeout_s=timeout, postcopy=allow_postcopy
     )
@@ -160,6 +208,9 @@ def live(
         force=force,
         hosts_file=hosts_file,
         store_path=store_path,
+        copy_storage=copy_storage,
+        disks=_disk_list(disks),
+        delete_source_disks=delete_source_disks,
     )
     # Ctrl-C and SIGTERM abort the migration cleanly, even where a parent shell started us
     # with SIGINT ignored; the runner turns the interrupt into an abort of the job.
@@ -168,6 +219,15 @@ def live(
     report = _run_json(request) if as_json else _run_interactive(request)
     if report.outcome != "completed" or not report.placement_ok:
         raise SystemExit(1)
+
+
+def _disk_list(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    if not names:
+        raise click.BadParameter("name at least one disk target, e.g. --disks vda,vdb")
+    return names
 
 
 def _run_json(request: LiveRequest) -> LiveReport:

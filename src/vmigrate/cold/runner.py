@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vmigrate.cold.journal import Journal
 from vmigrate.cold.plan import ColdPlan, check_space, plan_copies, validate_maps
 from vmigrate.cold.steps import CONNECT_TIMEOUT_S, ColdMove, ColdMoveError, ColdRequest, Rollback
+from vmigrate.journal import Journal
 
 __all__ = [
     "ColdMoveError",

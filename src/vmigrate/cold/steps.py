@@ -17,10 +17,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from vmigrate.cold.journal import Detail, Journal
 from vmigrate.cold.plan import ColdPlan, VolumeCopy
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.errors import VmigrateError
+from vmigrate.journal import Detail, Journal
 from vmigrate.virt import domains
 from vmigrate.virt.connection import (
     UNDEFINE_KEEP_NVRAM,

@@ -59,6 +59,7 @@ class LabVmRequest:
     disk: str = "none"  # none | shared | local
     disk_format: str = "qcow2"  # qcow2 | raw
     disk_size_gib: float = 1.0
+    disk_backing: bool = False  # qcow2 disk on a raw backing file that holds backing_data()
     acpi: bool = True  # False: the guest ignores the ACPI power button (a stuck guest)
 
 
@@ -138,6 +139,10 @@ def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
         raise UsageError(
             f"unknown disk format {request.disk_format!r}", vm=name, fix="use qcow2 or raw"
         )
+    if request.disk_backing and (request.disk == "none" or request.disk_format != "qcow2"):
+        raise UsageError(
+            "a backing file needs a qcow2 disk", vm=name, fix="add --disk local --disk-format qcow2"
+        )
     if request.disk != "none" and request.disk_size_gib * 1024 < DISK_PATTERN_MIB * 2:
         raise UsageError(
             f"a {request.disk_size_gib} GiB disk is too small",
@@ -147,17 +152,68 @@ def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
     return host, working_set
 
 
-def _volume_xml(name: str, fmt: str, size_gib: float) -> str:
+def _volume_xml(
+    name: str,
+    fmt: str,
+    size_gib: float,
+    backing: tuple[str, str] | None = None,
+    *,
+    sparse: bool = False,
+) -> str:
     volume = ET.Element("volume")
     ET.SubElement(volume, "name").text = name
     ET.SubElement(volume, "capacity", unit="bytes").text = str(int(size_gib * 2**30))
+    if sparse:
+        ET.SubElement(volume, "allocation", unit="bytes").text = "0"
     target = ET.SubElement(volume, "target")
     ET.SubElement(target, "format", type=fmt)
+    if backing is not None:
+        store = ET.SubElement(volume, "backingStore")
+        ET.SubElement(store, "path").text = backing[0]
+        ET.SubElement(store, "format", type=backing[1])
     return ET.tostring(volume, encoding="unicode")
 
 
 def volume_name(vm: str, fmt: str) -> str:
     return f"{vm}-vda.{'qcow2' if fmt == 'qcow2' else 'img'}"
+
+
+def backing_volume_name(vm: str) -> str:
+    return f"{vm}-base.img"
+
+
+#: Where the backing file of a lab disk holds data of its own, past the guest's pattern.
+BACKING_DATA_OFFSET = 2 * DISK_PATTERN_MIB << 20
+
+
+def backing_data(vm: str) -> bytes:
+    """1 MiB that only the backing file holds: the guest never writes there."""
+    line = f"vmigrate backing file of {vm}\n".encode()
+    return (line * (2**20 // len(line) + 1))[: 2**20]
+
+
+def _lab_volume(vm: str, name: str) -> bool:
+    """The lab's volumes of `vm`: its disks vda..vdz (tests add some) and its backing file,
+    and not those of a VM whose name merely starts the same."""
+    return name == backing_volume_name(vm) or bool(
+        re.fullmatch(re.escape(vm) + r"-vd[a-z]\.(qcow2|img)", name)
+    )
+
+
+def _backing_file(conn: Connection, pool_name: str, vm: str, size_gib: float) -> str:
+    """A raw backing file holding backing_data() at BACKING_DATA_OFFSET; returns its path."""
+    pool = conn.storagePoolLookupByName(pool_name)
+    volume = pool.createXML(_volume_xml(backing_volume_name(vm), "raw", size_gib, sparse=True), 0)
+    try:
+        data = backing_data(vm)
+        stream = conn.newStream(0)
+        volume.upload(stream, BACKING_DATA_OFFSET, len(data), 0)
+        stream.send(data)
+        stream.finish()
+    except BaseException:
+        volume.delete(0)
+        raise
+    return str(volume.path())
 
 
 def _ensure_absent(name: str) -> None:
@@ -193,14 +249,19 @@ def create_vm(request: LabVmRequest) -> LabVm:
         undo.append(lambda: _remove_console(request.name))
         disk = None
         if request.disk != "none":
-            pool = conn.storagePoolLookupByName(
-                SHARED_POOL if request.disk == "shared" else LOCAL_POOL
-            )
+            pool_name = SHARED_POOL if request.disk == "shared" else LOCAL_POOL
+            pool = conn.storagePoolLookupByName(pool_name)
+            backing = None
+            if request.disk_backing:
+                base = _backing_file(conn, pool_name, request.name, request.disk_size_gib)
+                undo.append(lambda: conn.storageVolLookupByPath(base).delete(0))
+                backing = (base, "raw")
             volume = pool.createXML(
                 _volume_xml(
                     volume_name(request.name, request.disk_format),
                     request.disk_format,
                     request.disk_size_gib,
+                    backing,
                 ),
                 0,
             )
@@ -279,13 +340,11 @@ def _remove_from_host(conn: Connection, name: str) -> bool:
     for pool_name in (SHARED_POOL, LOCAL_POOL):
         pool = conn.storagePoolLookupByName(pool_name)
         pool.refresh(0)
-        for fmt in ("qcow2", "raw"):
-            try:
-                volume = pool.storageVolLookupByName(volume_name(name, fmt))
-            except LibvirtError:
-                continue
-            volume.delete(0)
-            found = True
+        # Overlays before the backing files under them.
+        for volume in sorted(pool.listAllVolumes(0), key=lambda v: v.name().endswith("base.img")):
+            if _lab_volume(name, volume.name()):
+                volume.delete(0)
+                found = True
     return found
 
 

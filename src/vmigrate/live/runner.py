@@ -14,10 +14,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vmigrate.errors import MigrationRefused
-from vmigrate.hosts import resolve_host
+from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
+from vmigrate.hosts import HostRef, resolve_host
+from vmigrate.journal import Journal
 from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
 from vmigrate.live.samples import JobSample, sample_from_job_stats
+from vmigrate.live.storage_copy import (
+    DestinationImages,
+    created_paths,
+    plan_for,
+    remove_created,
+    remove_source_images,
+)
+from vmigrate.live.storage_plan import StorageCopyPlan
 from vmigrate.model import CheckReport, Mode
 from vmigrate.preflight import run_checks
 from vmigrate.store import ControlRequest, JobStore
@@ -27,6 +36,7 @@ from vmigrate.virt.connection import (
     lookup_domain,
     open_with_timeout,
 )
+from vmigrate.virt.facts import gather_host_facts
 from vmigrate.virt.migration import (
     LiveOptions,
     MigrationCall,
@@ -63,6 +73,9 @@ class LiveRequest:
     force: bool = False  # go ahead despite failed checks
     hosts_file: Path | None = None
     store_path: Path | None = None
+    copy_storage: bool = False  # mirror local disks along with memory
+    disks: tuple[str, ...] | None = None  # --disks: the local disks to copy (default: all)
+    delete_source_disks: bool = False  # after a verified move, remove the source's top images
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ class LiveReport:
     actions: list[dict[str, Any]] = field(default_factory=list)
     placement: dict[str, Any] = field(default_factory=dict)
     placement_ok: bool = False
+    storage: dict[str, Any] = field(default_factory=dict)  # --copy-storage: what moved, made
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -276,6 +290,7 @@ def _checks(request: LiveRequest) -> CheckReport:
         request.source,
         request.destination,
         mode=Mode.LIVE,
+        copy_storage=request.copy_storage,
         hosts_file=request.hosts_file,
     )
     if report.failed and not request.force:
@@ -290,9 +305,77 @@ def _checks(request: LiveRequest) -> CheckReport:
     return report
 
 
+def _storage_plan(
+    request: LiveRequest, domain: Any, src: Any, dst: Any, dst_ref: HostRef, checks: CheckReport
+) -> StorageCopyPlan:
+    pools = gather_host_facts(dst, dst_ref).pools
+    return plan_for(
+        request.vm,
+        domain,
+        src,
+        dst,
+        pools,
+        checks,
+        request.disks,
+        check_space=not request.force,
+    )
+
+
+def _prepare_storage(images: DestinationImages | None) -> tuple[str | None, bool]:
+    """Create the destination's images; (error, cancelled by the user)."""
+    if images is None:
+        return None, False
+    try:
+        images.prepare()
+    except KeyboardInterrupt:
+        return "interrupted by the user (Ctrl-C) while preparing the destination's disks", True
+    except (VmigrateError, LibvirtError, OSError) as err:
+        message = err.get_error_message() if isinstance(err, LibvirtError) else str(err)
+        return f"preparing the destination's disks failed: {message}", False
+    return None, False
+
+
+def _storage_after(
+    request: LiveRequest,
+    plan: StorageCopyPlan | None,
+    journal: Journal,
+    src: Any,
+    dst: Any,
+    placement: Placement,
+    dst_name: str,
+    completed: bool,
+) -> dict[str, Any]:
+    """What --copy-storage moved and made; undo it when the VM is not on the destination."""
+    if plan is None:
+        return {}
+    result: dict[str, Any] = {
+        "copied": list(plan.copied),
+        "shared": list(plan.shared),
+        "created_on_destination": created_paths(journal),
+    }
+    if completed:
+        kept = [image.path for image in plan.images]
+        if request.delete_source_disks:
+            result["source_images_removed"] = remove_source_images(plan, src)
+            kept = [p for p in kept if p not in result["source_images_removed"]]
+        result["source_images_kept"] = kept
+    elif dst_name not in placement.running_on and dst_name not in placement.defined_on:
+        # The VM stays on the source: what this job made on the destination goes again.
+        result["removed_from_destination"], result["left_on_destination"] = remove_created(
+            journal, dst
+        )
+    return result
+
+
 def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> LiveReport:
     """Move a running VM live; after every outcome, verify and report where it is."""
     emit: EventSink = on_event or (lambda _kind, _payload: None)
+    if request.disks is not None and not request.copy_storage:
+        raise UsageError(
+            "--disks chooses the disks --copy-storage copies",
+            vm=request.vm,
+            fix="add --copy-storage",
+        )
     if request.parallel_connections and request.policy.postcopy_allowed:
         # QEMU refuses the post-copy capability together with multifd.
         request = replace(request, policy=request.policy.with_limits(postcopy=False))
@@ -312,43 +395,67 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     ensure_event_loop()
     src = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     dst = open_with_timeout(dst_ref.uri, host=dst_ref.name, timeout=CONNECT_TIMEOUT_S)
-    store = JobStore(request.store_path)
     domain = lookup_domain(src, request.vm, host=src_ref.name)
+    storage = (
+        _storage_plan(request, domain, src, dst, dst_ref, checks) if request.copy_storage else None
+    )
+    for notice in storage.notices if storage else ():
+        emit("notice", {"message": notice})
     was_persistent = bool(domain.isPersistent())
-    options = _options(request, request.migration_address or dst_ref.migration_address)
+    options = replace(
+        _options(request, request.migration_address or dst_ref.migration_address),
+        copy_disks=storage.copied if storage else (),
+    )
+    store = JobStore(request.store_path)
     job_id = store.create_job(
         "live",
         request.vm,
         src_ref.uri,
         dst_ref.uri,
-        {"policy": asdict(request.policy), "options": asdict(options), "force": request.force},
+        {
+            "policy": asdict(request.policy),
+            "options": asdict(options),
+            "force": request.force,
+            "storage": storage.to_dict() if storage else None,
+        },
     )
     emit("job", {"job_id": job_id, "store": str(store.path)})
+    journal = Journal(store, job_id)
+    prepare_error, prepare_cancelled = _prepare_storage(
+        DestinationImages(request.vm, storage, src, dst, journal, emit) if storage else None
+    )
     completed: dict[str, Any] = {}
-    callbacks = [watch_job_completed(src, domain, completed)]
     steering = _Steering(store, job_id, emit)
     call = MigrationCall(domain, options, destination_uri=dst_ref.uri, destination=dst)
     started = time.monotonic()
-    callbacks.append(watch_iterations(src, domain, call.wake))
     monitor = _Monitor(domain, request.policy, store, job_id, steering, emit, started)
-    try:
-        call.start()
-        while not monitor.finished(call):
-            pass
-    finally:
-        for callback in callbacks:
-            with contextlib.suppress(Exception):
-                src.domainEventDeregisterAny(callback)
+    if prepare_error is None:
+        callbacks = [watch_job_completed(src, domain, completed)]
+        callbacks.append(watch_iterations(src, domain, call.wake))
+        try:
+            call.start()
+            while not monitor.finished(call):
+                pass
+        finally:
+            for callback in callbacks:
+                with contextlib.suppress(Exception):
+                    src.domainEventDeregisterAny(callback)
     state, samples = monitor.state, monitor.samples
     arrived = locate(request.vm, {src_ref.name: src, dst_ref.name: dst}).running_on
-    outcome, message = job_outcome(
-        call_error=call.error,
-        abort=steering.abort_action(),
-        running_on=arrived,
-        destination=dst_ref.name,
-    )
+    if prepare_error is not None:
+        outcome, message = ("cancelled" if prepare_cancelled else "failed"), prepare_error
+    else:
+        outcome, message = job_outcome(
+            call_error=call.error,
+            abort=steering.abort_action(),
+            running_on=arrived,
+            destination=dst_ref.name,
+        )
     total_s = time.monotonic() - started
     placement = _settle(request, src_ref.name, dst_ref.name, src, dst, outcome)
+    storage_result = _storage_after(
+        request, storage, journal, src, dst, placement, dst_ref.name, outcome == "completed"
+    )
     if outcome == "completed":
         placement_ok = placement.exactly_on(dst_ref.name, defined=not request.transient)
     else:
@@ -369,6 +476,7 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
         actions=steering.taken,
         placement=placement.to_dict(),
         placement_ok=placement_ok,
+        storage=storage_result,
     )
     store.finish_job(job_id, outcome, message, report.to_dict())
     store.close()

@@ -97,6 +97,28 @@ def create_file_volume(
     return conn.storagePoolLookupByName(pool).createXML(ET.tostring(volume, encoding="unicode"), 0)
 
 
+def create_image(
+    conn: libvirt.virConnect,
+    pool: str,
+    name: str,
+    *,
+    fmt: str,
+    capacity: int,
+    backing: tuple[str, str] | None = None,
+) -> libvirt.virStorageVol:
+    """An empty image of `fmt` and `capacity`, on top of `backing` (path, format) if given."""
+    volume = ET.Element("volume")
+    ET.SubElement(volume, "name").text = name
+    ET.SubElement(volume, "capacity", unit="bytes").text = str(capacity)
+    ET.SubElement(volume, "allocation", unit="bytes").text = "0"
+    ET.SubElement(ET.SubElement(volume, "target"), "format", type=fmt)
+    if backing is not None:
+        store = ET.SubElement(volume, "backingStore")
+        ET.SubElement(store, "path").text = backing[0]
+        ET.SubElement(store, "format", type=backing[1])
+    return conn.storagePoolLookupByName(pool).createXML(ET.tostring(volume, encoding="unicode"), 0)
+
+
 def volume_at(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | None:
     """The volume at `path`, or None if there is none; a host that does not answer raises."""
     try:

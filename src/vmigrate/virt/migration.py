@@ -54,6 +54,7 @@ class LiveOptions:
     compressed: bool = False
     tls: bool = False
     migration_uri: str | None = None  # e.g. tcp://10.0.0.2 for the data stream
+    copy_disks: tuple[str, ...] = ()  # targets whose top image QEMU mirrors (--copy-storage)
 
 
 def migration_flags(options: LiveOptions) -> int:
@@ -72,6 +73,9 @@ def migration_flags(options: LiveOptions) -> int:
         flags |= libvirt.VIR_MIGRATE_TLS
     if options.parallel_connections:
         flags |= libvirt.VIR_MIGRATE_PARALLEL
+    if options.copy_disks:
+        # Only the top image: the destination already holds the backing chain (we made it).
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
     return int(flags)
 
 
@@ -87,6 +91,9 @@ def migration_params(options: LiveOptions) -> dict[str, Any]:
         params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = options.autoconverge_initial
     if options.autoconverge and options.autoconverge_increment is not None:
         params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = options.autoconverge_increment
+    if options.copy_disks:
+        # Named explicitly, so that libvirt never copies a disk we found shared.
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
     return params
 
 

@@ -1,0 +1,199 @@
+"""--copy-storage on the hosts: plan from what the hosts hold, prepare the destination's images
+before the migration starts, and remove them again if the VM does not end up there.
+
+Every image created on the destination is journalled before it is created, so that a failure,
+a Ctrl-C or `vmigrate recover` after a crash can remove exactly what this job made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import libvirt
+
+from vmigrate.domxml.domain import parse_domain
+from vmigrate.errors import VmigrateError
+from vmigrate.journal import Detail, Journal
+from vmigrate.live.storage_plan import (
+    LOCAL,
+    BackingCopy,
+    ImageToCreate,
+    StorageCopyPlan,
+    check_room,
+    plan_storage_copy,
+)
+from vmigrate.model import CheckReport
+from vmigrate.virt import domains
+from vmigrate.virt.copy_worker import copy_in_worker
+from vmigrate.virt.facts import PoolFacts
+from vmigrate.virt.storage import VolumeInfo, volume_chain, volume_exists
+from vmigrate.virt.streams import volume_digest
+
+EventSink = Callable[[str, dict[str, Any]], None]
+SPACE_MARGIN_BYTES = 64 << 20  # an upload that hits ENOSPC crashed libvirtd 11.3
+
+
+class StorageCopyError(VmigrateError):
+    """Preparing the destination's images failed; what was made is removed again."""
+
+
+def placement_from_checks(report: CheckReport) -> dict[str, str]:
+    """Per disk target, where the pre-flight storage check found it: shared, local, ..."""
+    placement: dict[str, str] = {}
+    for finding in report.findings:
+        where = finding.evidence.get("placement") if finding.evidence else None
+        if finding.check == "storage.shared" and finding.subject and isinstance(where, str):
+            placement[finding.subject] = where
+    return placement
+
+
+def plan_for(
+    vm: str,
+    domain: libvirt.virDomain,
+    src: libvirt.virConnect,
+    dst: libvirt.virConnect,
+    destination_pools: tuple[PoolFacts, ...],
+    report: CheckReport,
+    selection: tuple[str, ...] | None,
+    *,
+    check_space: bool = True,
+) -> StorageCopyPlan:
+    disks = list(parse_domain(domain.XMLDesc(0)).disks)
+    placement = placement_from_checks(report)
+    chains: dict[str, list[VolumeInfo]] = {}
+    for disk in disks:
+        if placement.get(disk.target) == LOCAL and disk.path is not None:
+            chains[disk.target] = volume_chain(src, disk.path) or []
+    paths = {v.path for chain in chains.values() for v in chain}
+    plan = plan_storage_copy(
+        vm,
+        disks,
+        placement,
+        chains,
+        destination_pools,
+        frozenset(p for p in paths if volume_exists(dst, p)),
+        selection,
+    )
+    if check_space:
+        check_room(
+            plan,
+            {p.name: max(0, p.available - SPACE_MARGIN_BYTES) for p in destination_pools},
+            vm,
+        )
+    return plan
+
+
+def _step_name(path: str) -> str:
+    return f"destination image {path}"
+
+
+class DestinationImages:
+    """Creates (and can remove) the images a copy-storage migration needs on the destination."""
+
+    def __init__(
+        self,
+        vm: str,
+        plan: StorageCopyPlan,
+        src: libvirt.virConnect,
+        dst: libvirt.virConnect,
+        journal: Journal,
+        emit: EventSink,
+    ) -> None:
+        self.vm, self.plan, self.src, self.dst = vm, plan, src, dst
+        self.journal, self.emit = journal, emit
+
+    def prepare(self) -> None:
+        for path in self.plan.backing_present:
+            self._same_on_both(path)
+        for copy in self.plan.backing:
+            self.journal.run(_step_name(copy.path), partial(self._copy_backing, copy))
+        for image in self.plan.images:
+            self.journal.run(_step_name(image.path), partial(self._create, image))
+
+    def _same_on_both(self, path: str) -> None:
+        """A backing file already on the destination must hold the very same bytes."""
+        ours = volume_digest(self.src, self.src.storageVolLookupByPath(path))
+        theirs = volume_digest(self.dst, self.dst.storageVolLookupByPath(path))
+        if ours != theirs:
+            raise StorageCopyError(
+                f"the backing file {path} exists on the destination with other content "
+                f"(digest {theirs[:16]} there, {ours[:16]} here)",
+                vm=self.vm,
+                fix="remove or rename the destination's file, then run again to copy it",
+            )
+
+    def _copy_backing(self, copy: BackingCopy, _previous: Detail) -> Detail:
+        # Journalled as "started" before the file exists: undo deletes it if it appeared.
+        volume = domains.create_file_volume(
+            self.dst, copy.destination_pool, posixpath.basename(copy.path), copy.physical
+        )
+
+        def progress(position: int) -> None:
+            self.emit("copy", {"path": copy.path, "done": position, "total": copy.physical})
+
+        result = copy_in_worker(  # a helper process: see copy_worker.py for why
+            self.src.getURI(), copy.path, self.dst.getURI(), volume.path(), progress=progress
+        )
+        domains.refresh_pool(self.dst, copy.destination_pool)
+        copied = volume_digest(self.dst, self.dst.storageVolLookupByPath(copy.path))
+        if result.sha256 is not None and copied != result.sha256:
+            raise StorageCopyError(
+                f"checksum mismatch for the backing file {copy.path} on the destination",
+                vm=self.vm,
+                fix="run the migration again; the copy is removed",
+            )
+        return {"created": copy.path, "kind": "backing", "sha256": copied}
+
+    def _create(self, image: ImageToCreate, _previous: Detail) -> Detail:
+        backing = (
+            (image.backing_path, image.backing_format or "raw") if image.backing_path else None
+        )
+        domains.create_image(
+            self.dst,
+            image.pool,
+            posixpath.basename(image.path),
+            fmt=image.format,
+            capacity=image.capacity,
+            backing=backing,
+        )
+        self.emit("notice", {"message": f"created {image.path} on the destination"})
+        return {"created": image.path, "kind": "image", "target": image.target}
+
+
+def created_paths(journal: Journal) -> list[str]:
+    """Destination files this job made or may have made (a started step may have), latest first."""
+    return [
+        step.name.removeprefix("destination image ")
+        for step in journal.done_in_reverse()
+        if step.name.startswith("destination image ") and step.state != "undone"
+    ]
+
+
+def remove_created(journal: Journal, dst: libvirt.virConnect) -> tuple[list[str], list[str]]:
+    """Delete what the job created on the destination: (removed, left behind with why)."""
+    removed: list[str] = []
+    left: list[str] = []
+    for path in created_paths(journal):
+        name = _step_name(path)
+        try:
+            if domains.delete_volume(dst, path):
+                removed.append(path)
+            journal.record(name, "undone", journal.detail(name))
+        except libvirt.libvirtError as err:
+            left.append(f"{path}: {err.get_error_message()}")
+    return removed, left
+
+
+def remove_source_images(plan: StorageCopyPlan, src: libvirt.virConnect) -> list[str]:
+    """--delete-source-disks after a verified move: only the VM's own top images; backing
+    files may serve other VMs."""
+    removed = []
+    for image in plan.images:
+        with contextlib.suppress(libvirt.libvirtError):
+            if domains.delete_volume(src, image.path):
+                removed.append(image.path)
+    return removed

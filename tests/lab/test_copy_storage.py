@@ -1,0 +1,179 @@
+"""`vmigrate live --copy-storage`: local disks move with the memory, shared ones stay put,
+and a failed or refused move leaves nothing on the destination."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL, SHARED_POOL
+from vmigrate.lab.heartbeat import heartbeat_report
+from vmigrate.lab.image import first_bad_disk_block
+from vmigrate.lab.lifecycle import HostStatus
+from vmigrate.lab.vms import (
+    BACKING_DATA_OFFSET,
+    DISK_PATTERN_MIB,
+    LabVmRequest,
+    backing_data,
+    create_vm,
+    disk_seed,
+    locate_vm,
+)
+from vmigrate.store import JobStore
+
+from .helpers import in_host, run_cli, small_pool
+
+pytestmark = pytest.mark.lab
+MIB = 1 << 20
+
+
+def _add_disk(vm: str, pool: str, target: str, size_mib: int, fill: str) -> str:
+    """A qcow2 disk in `pool` on hostA holding `fill` (a qemu-io write), attached live."""
+    conn = libvirt.open(HOST_A.uri)
+    try:
+        volume = conn.storagePoolLookupByName(pool).createXML(
+            f"<volume><name>{vm}-{target}.qcow2</name><capacity unit='MiB'>{size_mib}</capacity>"
+            "<target><format type='qcow2'/></target></volume>",
+            0,
+        )
+        written = in_host("hostA", "qemu-io", "-f", "qcow2", "-c", fill, volume.path())
+        assert written.returncode == 0, written.stderr
+        conn.lookupByName(vm).attachDeviceFlags(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            f"<source file='{volume.path()}'/><target dev='{target}' bus='virtio'/></disk>",
+            libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+        )
+        return str(volume.path())
+    finally:
+        conn.close()
+
+
+def _volumes(uri: str, pool: str) -> set[str]:
+    conn = libvirt.open(uri)
+    try:
+        found = conn.storagePoolLookupByName(pool)
+        found.refresh(0)
+        return {v.path() for v in found.listAllVolumes(0)}
+    finally:
+        conn.close()
+
+
+def _reads(host: str, path: str, command: str) -> bool:
+    """qemu-io inside the host's namespace, through the image's backing chain."""
+    result = in_host(host, "qemu-io", "-r", "-U", "-f", "qcow2", "-c", command, path)
+    return result.returncode == 0 and "Pattern verification failed" not in result.stdout
+
+
+def _guest_view(host: str, path: str, scratch: str) -> bytes:
+    """The disk as the guest sees it on `host` (the chain resolved there), as raw bytes."""
+    converted = in_host(host, "qemu-img", "convert", "-U", "-O", "raw", path, scratch)
+    assert converted.returncode == 0, converted.stderr
+    lab_host = HOST_A if host == "hostA" else HOST_B
+    raw = lab_host.private_dir("/var/lib/libvirt") / scratch.removeprefix("/var/lib/libvirt/")
+    try:
+        return raw.read_bytes()
+    finally:
+        raw.unlink()
+
+
+def _done(stdout: str) -> dict[str, object]:
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    done: dict[str, object] = next(e for e in events if e["event"] == "done")
+    return done
+
+
+def test_copy_storage_moves_local_disks_and_backing_file_leaves_shared(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "jobs.sqlite"
+    created = create_vm(
+        LabVmRequest(vm_name, memory_mib=256, dirty_rate_mib=20, disk="local", disk_backing=True)
+    )
+    assert created.disk_path is not None
+    vdb = _add_disk(vm_name, LOCAL_POOL, "vdb", 64, "write -P 0xa5 0 8M")
+    vdc = _add_disk(vm_name, SHARED_POOL, "vdc", 256, "write -P 0x3c 0 4M")
+    base = created.disk_path.replace("-vda.qcow2", "-base.img")
+    shared_before = _volumes(HOST_B.uri, SHARED_POOL)
+    assert base not in _volumes(HOST_B.uri, LOCAL_POOL)
+
+    result = run_cli(
+        "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage",
+        "--delete-source-disks", "--store", str(store), "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    done = _done(result.stdout)
+    assert done["outcome"] == "completed" and done["placement_ok"], done
+    storage = done["storage"]
+    assert isinstance(storage, dict)
+    assert storage["copied"] == ["vda", "vdb"] and storage["shared"] == ["vdc"], storage
+    assert sorted(storage["created_on_destination"]) == sorted([base, created.disk_path, vdb])
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    assert heartbeat_report(vm_name).contiguous
+
+    # The guest's pattern (in the overlay) and the backing file's own data, read on hostB.
+    view = _guest_view("hostB", created.disk_path, f"/var/lib/libvirt/images/{vm_name}.raw")
+    scratch = tmp_path / "vda.raw"
+    scratch.write_bytes(view)
+    assert first_bad_disk_block(scratch, disk_seed(vm_name), DISK_PATTERN_MIB) is None
+    assert view[BACKING_DATA_OFFSET : BACKING_DATA_OFFSET + MIB] == backing_data(vm_name)
+    assert _reads("hostB", vdb, "read -P 0xa5 0 8M")
+    # The shared disk was not copied: only vda and vdb were mirrored, and the shared pool
+    # holds the same files, with vdc's data, as before.
+    with JobStore(store) as jobs:
+        job = jobs.job(int(str(done["job_id"])))
+        mirrored = max(s["disk_total"] for s in jobs.samples(job.id))
+    assert job.params["options"]["copy_disks"] == ["vda", "vdb"]
+    assert 0 < mirrored <= (1024 + 64) * MIB, mirrored
+    assert _volumes(HOST_B.uri, SHARED_POOL) == shared_before
+    assert _reads("hostB", vdc, "read -P 0x3c 0 4M")
+    # --delete-source-disks removed the VM's own images on hostA, never the backing file.
+    assert sorted(storage["source_images_removed"]) == sorted([created.disk_path, vdb])
+    left_on_a = _volumes(HOST_A.uri, LOCAL_POOL)
+    assert base in left_on_a and created.disk_path not in left_on_a and vdb not in left_on_a
+
+
+def test_copy_storage_bad_input_changes_nothing(lab: list[HostStatus], vm_name: str) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
+    _add_disk(vm_name, LOCAL_POOL, "vdb", 64, "write -P 0xa5 0 1M")
+    before = _volumes(HOST_B.uri, LOCAL_POOL)
+    cases = {
+        ("--disks", "vda,vdz"): "does not have",
+        ("--disks", "vda"): "vdb",  # a local disk left out would be lost
+        ("--disks", ","): "at least one disk",
+    }
+    for extra, expected in cases.items():
+        result = run_cli(
+            "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage", *extra
+        )
+        assert result.returncode != 0, (extra, result.stdout)
+        assert expected in result.stdout + result.stderr, (extra, result.stderr)
+        assert "Traceback" not in result.stderr
+    result = run_cli("live", vm_name, "--from", "hostA", "--to", "hostB", "--disks", "vda")
+    assert result.returncode != 0 and "--copy-storage" in result.stderr
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    assert _volumes(HOST_B.uri, LOCAL_POOL) == before
+
+
+def test_copy_storage_refused_when_the_destination_pool_is_too_small(
+    lab: list[HostStatus], vm_name: str
+) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256))
+    with small_pool(16):
+        vdb = _add_disk(vm_name, "small", "vdb", 64, "write -P 0xa5 0 32M")
+        try:
+            result = run_cli(
+                "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage"
+            )  # fmt: skip
+            assert result.returncode != 0
+            assert "storage.space" in result.stdout + result.stderr, result.stderr
+            assert "vdb" in result.stderr, result.stderr
+            assert _volumes(HOST_B.uri, "small") == set()
+            assert locate_vm(vm_name) == {"hostA": "running"}
+        finally:
+            conn = libvirt.open(HOST_A.uri)
+            conn.lookupByName(vm_name).destroy()
+            conn.storageVolLookupByPath(vdb).delete(0)
+            conn.close()
