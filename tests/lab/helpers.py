@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -59,6 +60,25 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
         env=dict(os.environ),
     )
     return process
+
+
+def read_events_until(process: subprocess.Popen[str], wanted: str) -> int:
+    """Read `vmigrate --json` events until one of kind `wanted` (or an action event whose
+    action is `wanted`, e.g. "postcopy"); return the job id announced on the way (0: none).
+
+    The process keeps running; the rest of its output is left unread.
+    """
+    assert process.stdout is not None
+    job_id = 0
+    for line in process.stdout:
+        event = json.loads(line)
+        if event["event"] == "job":
+            job_id = event["job_id"]
+        if event["event"] == wanted or (
+            event["event"] == "action" and event.get("action") == wanted
+        ):
+            break
+    return job_id
 
 
 @contextlib.contextmanager

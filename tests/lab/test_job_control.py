@@ -15,7 +15,7 @@ from vmigrate.lab.lifecycle import HostStatus
 from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 from vmigrate.store import JobStore
 
-from .helpers import run_cli, start_cli
+from .helpers import read_events_until, run_cli, start_cli
 
 pytestmark = pytest.mark.lab
 
@@ -43,14 +43,7 @@ def running_job(
         str(store),
         "--json",
     )
-    assert process.stdout is not None
-    job_id = 0
-    for line in process.stdout:
-        event = json.loads(line)
-        if event["event"] == "job":
-            job_id = event["job_id"]
-        if event["event"] == "sample":
-            break
+    job_id = read_events_until(process, "sample")
     try:
         yield process, job_id, store, vm_name
     finally:

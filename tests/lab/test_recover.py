@@ -15,23 +15,14 @@ from vmigrate.lab.lifecycle import HostStatus
 from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 from vmigrate.store import JobStore
 
-from .helpers import run_cli, start_cli
+from .helpers import read_events_until, run_cli, start_cli
 
 pytestmark = pytest.mark.lab
 
 
 def _kill_when(process: subprocess.Popen[str], wanted: str) -> int:
     """Read the JSON events until one of kind `wanted`, then SIGKILL vmigrate."""
-    assert process.stdout is not None
-    job_id = 0
-    for line in process.stdout:
-        event = json.loads(line)
-        if event["event"] == "job":
-            job_id = event["job_id"]
-        if event["event"] == wanted or (
-            event["event"] == "action" and event.get("action") == wanted
-        ):
-            break
+    job_id = read_events_until(process, wanted)
     process.kill()
     process.wait(timeout=30)
     return job_id
