@@ -24,31 +24,10 @@ from vmigrate.lab.vms import (
 )
 from vmigrate.store import JobStore
 
-from .helpers import in_host, run_cli, small_pool
+from .helpers import add_disk, in_host, run_cli, small_pool
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
-
-
-def _add_disk(vm: str, pool: str, target: str, size_mib: int, fill: str) -> str:
-    """A qcow2 disk in `pool` on hostA holding `fill` (a qemu-io write), attached live."""
-    conn = libvirt.open(HOST_A.uri)
-    try:
-        volume = conn.storagePoolLookupByName(pool).createXML(
-            f"<volume><name>{vm}-{target}.qcow2</name><capacity unit='MiB'>{size_mib}</capacity>"
-            "<target><format type='qcow2'/></target></volume>",
-            0,
-        )
-        written = in_host("hostA", "qemu-io", "-f", "qcow2", "-c", fill, volume.path())
-        assert written.returncode == 0, written.stderr
-        conn.lookupByName(vm).attachDeviceFlags(
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
-            f"<source file='{volume.path()}'/><target dev='{target}' bus='virtio'/></disk>",
-            libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG,
-        )
-        return str(volume.path())
-    finally:
-        conn.close()
 
 
 def _volumes(uri: str, pool: str) -> set[str]:
@@ -93,8 +72,8 @@ def test_copy_storage_moves_local_disks_and_backing_file_leaves_shared(
         LabVmRequest(vm_name, memory_mib=256, dirty_rate_mib=20, disk="local", disk_backing=True)
     )
     assert created.disk_path is not None
-    vdb = _add_disk(vm_name, LOCAL_POOL, "vdb", 64, "write -P 0xa5 0 8M")
-    vdc = _add_disk(vm_name, SHARED_POOL, "vdc", 256, "write -P 0x3c 0 4M")
+    vdb = add_disk(vm_name, LOCAL_POOL, "vdb", 64, "write -P 0xa5 0 8M")
+    vdc = add_disk(vm_name, SHARED_POOL, "vdc", 256, "write -P 0x3c 0 4M")
     base = created.disk_path.replace("-vda.qcow2", "-base.img")
     shared_before = _volumes(HOST_B.uri, SHARED_POOL)
     assert base not in _volumes(HOST_B.uri, LOCAL_POOL)
@@ -137,7 +116,7 @@ def test_copy_storage_moves_local_disks_and_backing_file_leaves_shared(
 
 def test_copy_storage_bad_input_changes_nothing(lab: list[HostStatus], vm_name: str) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
-    _add_disk(vm_name, LOCAL_POOL, "vdb", 64, "write -P 0xa5 0 1M")
+    add_disk(vm_name, LOCAL_POOL, "vdb", 64, "write -P 0xa5 0 1M")
     before = _volumes(HOST_B.uri, LOCAL_POOL)
     cases = {
         ("--disks", "vda,vdz"): "does not have",
@@ -162,7 +141,7 @@ def test_copy_storage_refused_when_the_destination_pool_is_too_small(
 ) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256))
     with small_pool(16):
-        vdb = _add_disk(vm_name, "small", "vdb", 64, "write -P 0xa5 0 32M")
+        vdb = add_disk(vm_name, "small", "vdb", 64, "write -P 0xa5 0 32M")
         try:
             result = run_cli(
                 "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage"

@@ -104,6 +104,8 @@ def render_final(report: LiveReport) -> None:
             f"[bold red]  ATTENTION: {where} — not where it should be; "
             f"run `vmigrate jobs show {report.job_id}`[/]"
         )
+    if report.fix:
+        console.print(f"[bold]  what to do:[/] {report.fix}")
     console.print(f"  job {report.job_id} (vmigrate jobs show {report.job_id})")
 
 
@@ -142,6 +144,13 @@ def _render_storage(storage: dict[str, Any]) -> None:
 @click.option("--max-downtime", type=int, help="Never pause the guest longer (ms).")
 @click.option("--timeout", type=float, help="Then post-copy (if allowed) or abort (s).")
 @click.option("--allow-postcopy/--no-postcopy", default=None, help="Override the policy.")
+@click.option(
+    "--postcopy-wait",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="If the link breaks in post-copy, wait this long for it to return (s).",
+)
 @click.option("--direct", is_flag=True, help="Client-managed migration instead of peer-to-peer.")
 @click.option("--transient", is_flag=True, help="Leave definitions as they are.")
 @click.option("--bandwidth", type=int, help="Limit the migration stream (MiB/s).")
@@ -169,6 +178,7 @@ def live(
     max_downtime: int | None,
     timeout: float | None,
     allow_postcopy: bool | None,
+    postcopy_wait: float,
     direct: bool,
     transient: bool,
     bandwidth: int | None,
@@ -185,7 +195,11 @@ def live(
     as_json: bool,
 ) -> None:
     """Move a running VM to another host without stopping it. Ctrl-C aborts (VM stays)."""
-    for name, value in (("--bandwidth", bandwidth), ("--parallel", parallel)):
+    for name, value in (
+        ("--bandwidth", bandwidth),
+        ("--parallel", parallel),
+        ("--postcopy-wait", postcopy_wait),
+    ):
         if value is not None and value <= 0:
             raise click.BadParameter(f"{name} must be positive")
     if delete_source_disks and not copy_storage:
@@ -211,6 +225,7 @@ def live(
         copy_storage=copy_storage,
         disks=_disk_list(disks),
         delete_source_disks=delete_source_disks,
+        postcopy_wait_s=postcopy_wait,
     )
     # Ctrl-C and SIGTERM abort the migration cleanly, even where a parent shell started us
     # with SIGINT ignored; the runner turns the interrupt into an abort of the job.

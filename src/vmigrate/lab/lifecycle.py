@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -181,10 +182,11 @@ def _host_status(host: LabHost, record: DaemonRecord | None) -> HostStatus:
     except Exception as err:  # a status report shows every problem rather than stopping
         return HostStatus(host.name, host.uri, running=True, pid=record.pid, problem=str(err))
     try:
-        vms = [
-            VmSummary(dom.name(), domain_state(dom), bool(dom.isPersistent()))
-            for dom in conn.listAllDomains(0)
-        ]
+        vms = []
+        for dom in conn.listAllDomains(0):
+            # A domain may vanish while we look (a restarted libvirtd kills half-migrated ones).
+            with contextlib.suppress(LibvirtError):
+                vms.append(VmSummary(dom.name(), domain_state(dom), bool(dom.isPersistent())))
         return HostStatus(
             name=host.name,
             uri=host.uri,

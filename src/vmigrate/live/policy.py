@@ -44,6 +44,9 @@ class PolicyConfig:
     # nothing and spares a hopeless guest many passes (QEMU's own default is 20 % + 10 %).
     autoconverge_initial_pct: int = 60
     autoconverge_increment_pct: int = 20
+    # No byte moved for this long before post-copy: the link is down or blocked. Aborting
+    # then is safe (the VM keeps running on the source); TCP alone would wait for minutes.
+    stall_s: float = 20.0
 
     def with_limits(
         self,
@@ -179,10 +182,32 @@ def _not_shrinking(samples: Sequence[JobSample]) -> bool:
     return len(sizes) == 3 and all(b >= STUCK_RATIO * a for a, b in pairwise(sizes))
 
 
+def stalled_for(samples: Sequence[JobSample]) -> float:
+    """Seconds since the amount of data sent (memory and disks) last grew."""
+    if not samples:
+        return 0.0
+    now = samples[-1]
+    moved = next(
+        (s for s in reversed(samples) if s.data_processed != now.data_processed), samples[0]
+    )
+    return now.elapsed_s - moved.elapsed_s
+
+
 def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyState) -> list[Action]:
     if not samples or state.postcopy or state.aborting:
         return []
     now = samples[-1]
+    if stalled_for(samples) >= config.stall_s:
+        return [
+            Action(
+                "abort",
+                None,
+                f"nothing reached the destination for {config.stall_s:g} s: the link is "
+                "down or blocked (a firewall on the migration ports?); aborting, "
+                "the VM stays on the source",
+                now.elapsed_s,
+            )
+        ]
     if config.timeout_s is not None and now.elapsed_s >= config.timeout_s:
         why = f"not finished after {config.timeout_s:g} s (--timeout)"
         if config.postcopy_allowed:

@@ -18,6 +18,7 @@ from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.journal import Journal
 from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
+from vmigrate.live.postcopy_link import LinkWatch, postcopy_instructions, wait_for_postcopy
 from vmigrate.live.samples import JobSample, sample_from_job_stats
 from vmigrate.live.storage_copy import (
     DestinationImages,
@@ -49,11 +50,14 @@ from vmigrate.virt.migration import (
     watch_iterations,
     watch_job_completed,
 )
-from vmigrate.virt.placement import Placement, locate
+from vmigrate.virt.placement import Placement
+from vmigrate.virt.reachability import HostLinks
 
 log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S = 0.5
 CONNECT_TIMEOUT_S = 10.0
+#: After the job, how long a host that does not answer gets to show where the VM is not.
+VERIFY_WAIT_S = 60.0
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
@@ -76,6 +80,7 @@ class LiveRequest:
     copy_storage: bool = False  # mirror local disks along with memory
     disks: tuple[str, ...] | None = None  # --disks: the local disks to copy (default: all)
     delete_source_disks: bool = False  # after a verified move, remove the source's top images
+    postcopy_wait_s: float = 600.0  # how long a broken link in post-copy may take to return
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class LiveReport:
     placement: dict[str, Any] = field(default_factory=dict)
     placement_ok: bool = False
     storage: dict[str, Any] = field(default_factory=dict)  # --copy-storage: what moved, made
+    fix: str = ""  # what the operator should do when the outcome needs a hand
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +177,11 @@ class _Monitor:
         self.state = initial_state(policy)
         self.samples: list[JobSample] = []
         self._downtime_set = False
+        self.link_watch = LinkWatch(policy.stall_s, "the destination", self._note)
+
+    def _note(self, message: str) -> None:
+        note = Action("note", None, message, time.monotonic() - self.started)
+        self.steering.apply(self.domain, note, actor="vmigrate")
 
     def finished(self, call: MigrationCall) -> bool:
         """One monitoring step; True once the migrate call has returned."""
@@ -209,6 +220,8 @@ class _Monitor:
                 "downtime_limit_ms": self.state.downtime_ms,
             },
         )
+        if self.state.postcopy:
+            self.link_watch.update(sample.data_processed)
         actions = decide(self.samples, self.policy, self.state)
         for action in actions:
             self.steering.apply(self.domain, action)
@@ -339,11 +352,11 @@ def _storage_after(
     request: LiveRequest,
     plan: StorageCopyPlan | None,
     journal: Journal,
-    src: Any,
-    dst: Any,
-    placement: Placement,
+    links: HostLinks,
+    src_name: str,
     dst_name: str,
-    completed: bool,
+    placement: Placement,
+    outcome: str,
 ) -> dict[str, Any]:
     """What --copy-storage moved and made; undo it when the VM is not on the destination."""
     if plan is None:
@@ -353,12 +366,17 @@ def _storage_after(
         "shared": list(plan.shared),
         "created_on_destination": created_paths(journal),
     }
-    if completed:
+    src, dst = links.conn(src_name), links.conn(dst_name)
+    if outcome == "completed":
         kept = [image.path for image in plan.images]
-        if request.delete_source_disks:
+        if request.delete_source_disks and src is not None:
             result["source_images_removed"] = remove_source_images(plan, src)
             kept = [p for p in kept if p not in result["source_images_removed"]]
         result["source_images_kept"] = kept
+    elif dst is None or dst_name in placement.unknown_on:
+        result["left_on_destination"] = [
+            f"{path}: the destination did not answer" for path in created_paths(journal)
+        ]
     elif dst_name not in placement.running_on and dst_name not in placement.defined_on:
         # The VM stays on the source: what this job made on the destination goes again.
         result["removed_from_destination"], result["left_on_destination"] = remove_created(
@@ -441,21 +459,42 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
                 with contextlib.suppress(Exception):
                     src.domainEventDeregisterAny(callback)
     state, samples = monitor.state, monitor.samples
-    arrived = locate(request.vm, {src_ref.name: src, dst_ref.name: dst}).running_on
+    links = HostLinks(
+        {src_ref.name: src_ref.uri, dst_ref.name: dst_ref.uri},
+        {src_ref.name: src, dst_ref.name: dst},
+    )
+    call_error, fix = call.error, ""
+    if state.postcopy:
+        finished = _see_postcopy_through(request, links, src_ref.name, monitor, emit)
+        if not finished:
+            call_error = (
+                f"post-copy did not finish within {request.postcopy_wait_s:g} s: the guest "
+                f"runs on {dst_ref.name} and part of its memory is still on {src_ref.name}"
+            )
+            fix = postcopy_instructions(request.vm, src_ref.uri, dst_ref.uri)
+    arrived = links.locate_when_known(request.vm, wait_s=VERIFY_WAIT_S).running_on
+    if state.postcopy and call.error and arrived == [dst_ref.name] and not fix:
+        # libvirt gave up on its call when the link broke; the migration finished anyway.
+        call_error = None
     if prepare_error is not None:
         outcome, message = ("cancelled" if prepare_cancelled else "failed"), prepare_error
     else:
         outcome, message = job_outcome(
-            call_error=call.error,
+            call_error=call_error,
             abort=steering.abort_action(),
             running_on=arrived,
             destination=dst_ref.name,
         )
     total_s = time.monotonic() - started
-    placement = _settle(request, src_ref.name, dst_ref.name, src, dst, outcome)
+    placement = _settle(request, src_ref.name, dst_ref.name, links, outcome)
     storage_result = _storage_after(
-        request, storage, journal, src, dst, placement, dst_ref.name, outcome == "completed"
+        request, storage, journal, links, src_ref.name, dst_ref.name, placement, outcome
     )
+    if placement.unknown_on and not fix:
+        fix = (
+            f"{', '.join(placement.unknown_on)} did not answer, so vmigrate could not prove "
+            f"where {request.vm} is not: run `vmigrate recover {request.vm}` once it answers"
+        )
     if outcome == "completed":
         placement_ok = placement.exactly_on(dst_ref.name, defined=not request.transient)
     else:
@@ -477,29 +516,43 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
         placement=placement.to_dict(),
         placement_ok=placement_ok,
         storage=storage_result,
+        fix=fix,
     )
     store.finish_job(job_id, outcome, message, report.to_dict())
     store.close()
-    src.close()
-    dst.close()
+    links.close()
     emit("done", report.to_dict())
     return report
 
 
+def _see_postcopy_through(
+    request: LiveRequest, links: HostLinks, source: str, monitor: _Monitor, emit: EventSink
+) -> bool:
+    """In post-copy there is no way back: wait (within --postcopy-wait) until it finishes."""
+    try:
+        return wait_for_postcopy(
+            request.vm, links, source, monitor.link_watch, wait_s=request.postcopy_wait_s
+        )
+    except KeyboardInterrupt:
+        emit("notice", {"message": "stopped waiting for post-copy (Ctrl-C); nothing destroyed"})
+        return False
+
+
 def _settle(
-    request: LiveRequest, src_name: str, dst_name: str, src: Any, dst: Any, outcome: str
+    request: LiveRequest, src_name: str, dst_name: str, links: HostLinks, outcome: str
 ) -> Placement:
     """After success, undefine the source only once the destination is verified running."""
-    hosts = {src_name: src, dst_name: dst}
-    placement = locate(request.vm, hosts)
+    placement = links.locate(request.vm)
+    src = links.conn(src_name)
     if (
         outcome == "completed"
         and not request.transient
+        and src is not None
         and placement.running_on == [dst_name]
         and dst_name in placement.defined_on
         and src_name in placement.defined_on
     ):
         with contextlib.suppress(Exception):
             src.lookupByName(request.vm).undefineFlags(UNDEFINE_KEEP_NVRAM)
-        placement = locate(request.vm, hosts)
+        placement = links.locate(request.vm)
     return placement

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import queue
+import signal
 import socket
 import threading
 import time
@@ -38,10 +40,49 @@ UNDEFINE_WITH_METADATA = (
 )
 
 
+_loop_lock = threading.Lock()
+
+
+def signals_to_main_thread() -> None:
+    """Block Ctrl-C and SIGTERM in worker threads: the main thread turns them into an abort,
+    and a signal landing in a thread blocked inside libvirt would only disturb that call."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+_loop_started = False
+
+
+def ensure_event_loop() -> None:
+    """libvirt delivers events (job completed, keepalive) only with an event loop running.
+
+    Must run before connections are opened; the loop lives in a daemon thread.
+    """
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            signals_to_main_thread()
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, daemon=True, name="libvirt-events").start()
+        _loop_started = True
+
+
+#: A peer that stops answering (link cut, daemon frozen) fails our calls after about
+#: interval x (count + 1) seconds instead of hanging them for TCP's many minutes.
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 3
+
+
 def open_connection(uri: str, *, host: str | None = None) -> libvirt.virConnect:
-    """Open a read-write connection; errors name the host and what to check."""
+    """Open a read-write connection with keepalive; errors name the host and what to check."""
+    ensure_event_loop()  # keepalive messages need libvirt's event loop
     try:
-        return libvirt.open(uri)
+        conn = libvirt.open(uri)
     except libvirt.libvirtError as err:
         raise HostUnreachable(
             f"cannot connect to libvirt at {uri}: {err.get_error_message()}",
@@ -49,6 +90,9 @@ def open_connection(uri: str, *, host: str | None = None) -> libvirt.virConnect:
             fix="check that libvirtd runs there and listens on this transport "
             "(for the local lab: `vmigrate lab up`)",
         ) from err
+    with contextlib.suppress(libvirt.libvirtError):  # drivers without a daemon have none
+        conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+    return conn
 
 
 def wait_for_connection(uri: str, *, timeout: float, host: str | None = None) -> libvirt.virConnect:

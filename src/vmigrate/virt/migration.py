@@ -2,43 +2,15 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import libvirt
 
-_loop_lock = threading.Lock()
+from vmigrate.virt.connection import ensure_event_loop, signals_to_main_thread
 
-
-def _signals_to_main_thread() -> None:
-    """Block Ctrl-C and SIGTERM in worker threads: the main thread turns them into an abort,
-    and a signal landing in a thread blocked inside libvirt would only disturb that call."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-_loop_started = False
-
-
-def ensure_event_loop() -> None:
-    """libvirt delivers events (job completed, keepalive) only with an event loop running.
-
-    Must run before connections are opened; the loop lives in a daemon thread.
-    """
-    global _loop_started
-    with _loop_lock:
-        if _loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            _signals_to_main_thread()
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, daemon=True, name="libvirt-events").start()
-        _loop_started = True
+__all__ = ["ensure_event_loop"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +95,7 @@ class MigrationCall:
     def _run(
         self, options: LiveOptions, destination_uri: str, destination: libvirt.virConnect | None
     ) -> None:
-        _signals_to_main_thread()
+        signals_to_main_thread()
         flags, params = migration_flags(options), migration_params(options)
         try:
             if options.peer_to_peer:

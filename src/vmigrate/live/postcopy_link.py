@@ -1,0 +1,85 @@
+"""A link that breaks during post-copy: say so, never abort, and see the migration through.
+
+In post-copy the guest already runs on the destination while part of its memory is still on
+the source, so aborting or destroying either side would lose it. What works in our lab
+(libvirt 11.3, QEMU 10.0), measured: with the link cut, QEMU's TCP stream stalls but stays
+open, and once the link is back TCP retransmits and post-copy finishes by itself, even after
+libvirt's keepalive has marked the job "post-copy failed" and the migrate call has returned
+(libvirt then completes the migration unattended). libvirt's own `--postcopy-resume`, needed
+only when QEMU itself dropped the connection, crashes the destination's libvirtd 11.2-11.3
+(fixed in 11.4); docs/lab.md has the evidence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+from vmigrate.virt.connection import find_domain
+from vmigrate.virt.migration import job_stats
+from vmigrate.virt.reachability import HostLinks
+
+POLL_S = 1.0
+
+
+class LinkWatch:
+    """Notices, once each, that data stopped reaching the destination and that it flows again."""
+
+    def __init__(self, stall_s: float, destination: str, note: Callable[[str], None]) -> None:
+        self.stall_s, self.destination, self.note = stall_s, destination, note
+        self.last_processed: int | None = None
+        self.last_move = time.monotonic()
+        self.broken = False
+
+    def update(self, processed: int) -> None:
+        now = time.monotonic()
+        if processed != self.last_processed:
+            self.last_processed, self.last_move = processed, now
+            if self.broken:
+                self.broken = False
+                self.note(f"data reaches {self.destination} again: post-copy continues")
+            return
+        if not self.broken and now - self.last_move >= self.stall_s:
+            self.broken = True
+            self.note(
+                f"nothing has reached {self.destination} for {self.stall_s:g} s in post-copy: "
+                "the link is broken. The guest runs there and waits for memory still on the "
+                "source, so vmigrate does not abort (that would lose it) and waits for the link"
+            )
+
+
+def wait_for_postcopy(
+    vm: str,
+    links: HostLinks,
+    source: str,
+    watch: LinkWatch,
+    *,
+    wait_s: float,
+) -> bool:
+    """After the migrate call returned during post-copy, wait until the source's QEMU has
+    handed everything over (libvirt stops it) or `wait_s` passes; True when it has."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        conn = links.conn(source)
+        domain = find_domain(conn, vm) if conn is not None else None
+        if conn is not None and (domain is None or not domain.isActive()):
+            return True
+        if domain is not None:
+            stats = job_stats(domain)
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                watch.update(int(stats["memory_processed"]) + int(stats.get("disk_processed", 0)))
+        time.sleep(POLL_S)
+    return False
+
+
+def postcopy_instructions(vm: str, source_uri: str, destination_uri: str) -> str:
+    return (
+        f"do not destroy {vm} on either host: its memory is split between them. Restore the "
+        "link: the migration then continues by itself, and `vmigrate recover "
+        f"{vm}` records the outcome. If the source still shows 'paused (post-copy failed)' and "
+        "nothing moves once the link is back, QEMU gave up on the connection: resume with "
+        f"`virsh -c {source_uri} migrate --live --p2p --postcopy --postcopy-resume {vm} "
+        f"{destination_uri}`, but first upgrade libvirt on the destination if it is 11.2 or "
+        "11.3 (their resume crashes libvirtd; fixed in 11.4; the guest survives the restart)"
+    )

@@ -1,0 +1,154 @@
+"""Real faults during a live migration: the link cut in pre-copy and in post-copy, hostB's
+libvirtd killed, a copy-storage job cancelled. Each ends with the VM running on exactly one
+host, its heartbeat contiguous, and nothing of the job left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from vmigrate.lab import link
+from vmigrate.lab.config import HOST_B, LOCAL_POOL
+from vmigrate.lab.heartbeat import heartbeat_report
+from vmigrate.lab.lifecycle import HostStatus, lab_up
+from vmigrate.lab.state import load_records
+from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
+
+from .firewall import dropped
+from .helpers import add_disk, read_events_until, run_cli, start_cli
+
+pytestmark = pytest.mark.lab
+
+
+@contextlib.contextmanager
+def link_cut() -> Iterator[None]:
+    """Nothing reaches hostB: neither its libvirtd nor its migration ports (a dead link)."""
+    with dropped(HOST_B.address, "16509"), dropped(HOST_B.address, "49152:49215"):
+        yield
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
+    """Let vmigrate end; its final report (the "done" event)."""
+    out, err = process.communicate(timeout=timeout)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    done = [e for e in events if e["event"] == "done"]
+    assert done, f"vmigrate ended without a report: {err[-2000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    report: dict[str, Any] = done[-1]
+    return report
+
+
+def wait_until_only_on(vm: str, host: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while locate_vm(vm) != {host: "running"}:
+        assert time.monotonic() < deadline, locate_vm(vm)
+        time.sleep(1)
+
+
+def slow_precopy(vm: str, tmp_path: Path) -> subprocess.Popen[str]:
+    """A live migration held to 8 MiB/s, once its first sample is out (it runs ~30 s)."""
+    create_vm(LabVmRequest(vm, memory_mib=256, dirty_rate_mib=20))
+    process = start_cli(
+        "live", vm, "--from", "hostA", "--to", "hostB", "--bandwidth", "8",
+        "--store", str(tmp_path / "jobs.sqlite"), "--json",
+    )  # fmt: skip
+    read_events_until(process, "sample")
+    return process
+
+
+def test_link_cut_mid_precopy_aborts_and_keeps_the_vm_on_hosta(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    process = slow_precopy(vm_name, tmp_path)
+    with link_cut():
+        read_events_until(process, "abort")  # the policy notices that nothing moves
+    report = finish(process)
+    assert report["outcome"] == "aborted", report
+    assert "link is down or blocked" in report["message"]
+    assert report["placement_ok"], report["placement"]
+    assert process.returncode == 1
+    wait_until_only_on(vm_name, "hostA")
+    assert heartbeat_report(vm_name).contiguous
+
+
+def test_link_cut_mid_postcopy_then_restored_completes_on_hostb(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
+    link.shape("1gbit")  # 200 MiB/s dirtied, 119 MiB/s carried: the policy goes post-copy
+    try:
+        process = start_cli(
+            "live", vm_name, "--from", "hostA", "--to", "hostB",
+            "--store", str(tmp_path / "jobs.sqlite"), "--json",
+        )  # fmt: skip
+        read_events_until(process, "postcopy")
+        time.sleep(0.5)
+        # Longer than libvirt's own keepalive between the daemons (30 s): libvirt marks the
+        # job "post-copy failed" and its migrate call returns; vmigrate must see it through.
+        with link_cut():
+            time.sleep(40)
+        report = finish(process)
+    finally:
+        link.reset()
+    assert report["outcome"] == "completed", report
+    assert report["placement_ok"] and report["postcopy"], report["placement"]
+    notes = [a["reason"] for a in report["actions"] if a["action"] == "note"]
+    assert any("the link is broken" in n for n in notes), notes
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    assert heartbeat_report(vm_name).contiguous
+
+
+def test_hostb_libvirtd_killed_mid_precopy_leaves_the_vm_on_hosta(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    process = slow_precopy(vm_name, tmp_path)
+    os.kill(load_records()["hostB"].pid, signal.SIGKILL)
+    time.sleep(2)
+    lab_up()  # hostB's libvirtd comes back (as systemd would restart it)
+    report = finish(process)
+    assert report["outcome"] == "failed", report
+    assert process.returncode == 1
+    # The restarted libvirtd on hostB killed the half-received incoming guest.
+    wait_until_only_on(vm_name, "hostA")
+    assert heartbeat_report(vm_name).contiguous
+
+
+def test_copy_storage_cancelled_from_another_terminal_removes_the_destination_images(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "jobs.sqlite"
+    created = create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
+    assert created.disk_path is not None
+    vdb = add_disk(vm_name, LOCAL_POOL, "vdb", 128, "write -P 0xa5 0 64M")
+    process = start_cli(
+        "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage",
+        "--bandwidth", "4", "--store", str(store), "--json",
+    )  # fmt: skip
+    job_id = read_events_until(process, "sample")
+    cancelled = run_cli("jobs", "--store", str(store), "cancel", str(job_id))
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    report = finish(process)
+    assert report["outcome"] == "cancelled", report
+    assert report["placement_ok"], report["placement"]
+    storage = report["storage"]
+    assert sorted(storage["removed_from_destination"]) == sorted([created.disk_path, vdb])
+    assert storage["left_on_destination"] == []
+    conn = libvirt.open(HOST_B.uri)
+    try:
+        pool = conn.storagePoolLookupByName(LOCAL_POOL)
+        pool.refresh(0)
+        assert not {v.path() for v in pool.listAllVolumes(0)} & {created.disk_path, vdb}
+    finally:
+        conn.close()
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    assert heartbeat_report(vm_name).contiguous
