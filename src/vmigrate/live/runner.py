@@ -19,6 +19,7 @@ from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.journal import Journal
 from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
 from vmigrate.live.postcopy_link import LinkWatch, postcopy_instructions, wait_for_postcopy
+from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
 from vmigrate.live.samples import JobSample, sample_from_job_stats
 from vmigrate.live.storage_copy import (
     DestinationImages,
@@ -52,12 +53,14 @@ from vmigrate.virt.migration import (
 )
 from vmigrate.virt.placement import Placement
 from vmigrate.virt.reachability import HostLinks
+from vmigrate.virt.recovery import apply, observe
 
 log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S = 0.5
 CONNECT_TIMEOUT_S = 10.0
 #: After the job, how long a host that does not answer gets to show where the VM is not.
 VERIFY_WAIT_S = 60.0
+TIDY_GRACE_S = 3.0
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
@@ -177,9 +180,9 @@ class _Monitor:
         self.state = initial_state(policy)
         self.samples: list[JobSample] = []
         self._downtime_set = False
-        self.link_watch = LinkWatch(policy.stall_s, "the destination", self._note)
+        self.link_watch = LinkWatch(policy.stall_s, "the destination", self.note)
 
-    def _note(self, message: str) -> None:
+    def note(self, message: str) -> None:
         note = Action("note", None, message, time.monotonic() - self.started)
         self.steering.apply(self.domain, note, actor="vmigrate")
 
@@ -485,6 +488,14 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
             running_on=arrived,
             destination=dst_ref.name,
         )
+    if dst_ref.name in links.lost and outcome == "failed":
+        message = (
+            f"lost the connection to {dst_ref.name} during the migration (its libvirtd "
+            f"stopped or the link broke): {message}"
+        )
+    if outcome != "completed" and not state.postcopy:
+        for cleaned in _tidy_after_failure(request.vm, links, src_ref, dst_ref, request.transient):
+            monitor.note(cleaned)
     total_s = time.monotonic() - started
     placement = _settle(request, src_ref.name, dst_ref.name, links, outcome)
     storage_result = _storage_after(
@@ -523,6 +534,36 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     links.close()
     emit("done", report.to_dict())
     return report
+
+
+def _tidy_after_failure(
+    vm: str, links: HostLinks, src_ref: HostRef, dst_ref: HostRef, transient: bool
+) -> list[str]:
+    """A pre-copy that failed may leave the half-received guest paused on the destination
+    (libvirt removes it, but not when its daemon restarted meanwhile): remove it, and resume
+    a source paused for a switch-over that never came. Only what `vmigrate recover` would do."""
+    src, dst = links.conn(src_ref.name), links.conn(dst_ref.name)
+    if src is None or dst is None:
+        return []
+
+    def plan() -> RecoveryPlan:
+        return plan_recovery(
+            vm,
+            observe(src, src_ref.name, src_ref.uri, vm),
+            observe(dst, dst_ref.name, dst_ref.uri, vm),
+            transient=transient,
+        )
+
+    if not plan().steps:
+        return []
+    time.sleep(TIDY_GRACE_S)  # let libvirt clean up first: it usually does
+    plan_now = plan()
+    if plan_now.outcome != "aborted" or not plan_now.steps:
+        return []
+    for step in plan_now.steps:
+        with contextlib.suppress(LibvirtError):  # it may have gone by itself meanwhile
+            apply(step, vm, src, dst)
+    return [f"cleaned up after the failed migration: {plan_now.message}"]
 
 
 def _see_postcopy_through(

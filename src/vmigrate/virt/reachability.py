@@ -20,6 +20,7 @@ class HostLinks:
         self.uris = uris
         self.conns: dict[str, libvirt.virConnect | None] = dict(conns)
         self.errors: dict[str, str] = {}
+        self.lost: set[str] = set()  # hosts whose connection died on the way
 
     def conn(self, host: str) -> libvirt.virConnect | None:
         """The host's connection, opened again if keepalive closed it; None if it is silent."""
@@ -31,6 +32,7 @@ class HostLinks:
             with contextlib.suppress(libvirt.libvirtError):
                 current.close()
             self.conns[host] = None
+            self.lost.add(host)
         try:
             fresh = open_with_timeout(self.uris[host], host=host, timeout=RECONNECT_TIMEOUT_S)
         except HostUnreachable as err:
