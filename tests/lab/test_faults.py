@@ -48,6 +48,17 @@ def finish(process: subprocess.Popen[str], timeout: float = 300) -> dict[str, An
     return report
 
 
+def _destination_images(paths: set[str]) -> set[str]:
+    """Which of `paths` exist in hostB's local pool."""
+    conn = libvirt.open(HOST_B.uri)
+    try:
+        pool = conn.storagePoolLookupByName(LOCAL_POOL)
+        pool.refresh(0)
+        return {v.path() for v in pool.listAllVolumes(0)} & paths
+    finally:
+        conn.close()
+
+
 def wait_until_only_on(vm: str, host: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while locate_vm(vm) != {host: "running"}:
@@ -145,12 +156,32 @@ def test_copy_storage_cancelled_from_another_terminal_removes_the_destination_im
     storage = report["storage"]
     assert sorted(storage["removed_from_destination"]) == sorted([created.disk_path, vdb])
     assert storage["left_on_destination"] == []
-    conn = libvirt.open(HOST_B.uri)
-    try:
-        pool = conn.storagePoolLookupByName(LOCAL_POOL)
-        pool.refresh(0)
-        assert not {v.path() for v in pool.listAllVolumes(0)} & {created.disk_path, vdb}
-    finally:
-        conn.close()
+    assert not _destination_images({created.disk_path, vdb})
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    assert heartbeat_report(vm_name).contiguous
+
+
+def test_copy_storage_vmigrate_killed_then_recover_removes_the_destination_images(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "jobs.sqlite"
+    created = create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
+    assert created.disk_path is not None
+    vdb = add_disk(vm_name, LOCAL_POOL, "vdb", 128, "write -P 0xa5 0 64M")
+    # --direct: libvirt aborts a client-driven migration whose client is gone.
+    process = start_cli(
+        "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage", "--direct",
+        "--bandwidth", "4", "--store", str(store), "--json",
+    )  # fmt: skip
+    read_events_until(process, "sample")
+    process.kill()
+    process.wait(timeout=30)
+    assert _destination_images({created.disk_path, vdb})  # made before the mirror started
+    result = run_cli("recover", vm_name, "--store", str(store), "--wait", "120", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "aborted", report
+    assert "removed from the destination" in report["message"], report["message"]
+    assert not _destination_images({created.disk_path, vdb})
     assert locate_vm(vm_name) == {"hostA": "running"}
     assert heartbeat_report(vm_name).contiguous

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from vmigrate.errors import UsageError
 from vmigrate.live.policy import PRESETS, Action, PolicyConfig, decide, initial_state
+from vmigrate.live.postcopy_link import LinkWatch
 from vmigrate.live.samples import JobSample, sample_from_job_stats
 
 TRACES = Path(__file__).parent / "data" / "jobstats"
@@ -138,3 +141,50 @@ def test_postcopy_contradicting_the_policy_is_refused(preset: str) -> None:
     with pytest.raises(UsageError, match="never uses post-copy"):
         PRESETS[preset].with_limits(postcopy=True)
     assert PRESETS["fast"].with_limits(postcopy=False).postcopy_allowed is False
+
+
+def _first_pass(elapsed_s: float, sent_mib: int) -> JobSample:
+    return replace(
+        _throttled(1, 512 - sent_mib),
+        elapsed_s=elapsed_s,
+        memory_processed=sent_mib * MIB,
+        throttle_pct=None,
+    )
+
+
+def _feed(samples: list[JobSample], config: PolicyConfig) -> list[Action]:
+    state, seen, taken = initial_state(config), [], []
+    for sample in samples:
+        seen.append(sample)
+        actions = decide(seen, config, state)
+        taken += actions
+        state = state.after(actions, sample.iteration, sample.throttle_pct)
+    return taken
+
+
+def test_a_stalled_link_in_precopy_aborts_after_the_stall_time() -> None:
+    moving = [_first_pass(t * 0.5, 10 + t) for t in range(10)]
+    stalled = [_first_pass(5.0 + t * 0.5, 19) for t in range(1, 45)]
+    taken = _feed(moving + stalled, PRESETS["fast"])
+    assert [a.kind for a in taken] == ["abort"]
+    assert "link is down or blocked" in taken[0].reason
+    assert taken[0].at_s == pytest.approx(4.5 + PRESETS["fast"].stall_s, abs=0.6)
+
+
+def test_a_slow_link_that_still_moves_is_not_a_stall() -> None:
+    # 1 MiB every 10 s: slow, but moving; with a long stall time nothing is aborted.
+    samples = [_first_pass(t * 0.5, 10 + t // 20) for t in range(120)]
+    assert _feed(samples, PRESETS["fast"]) == []
+
+
+def test_link_watch_notes_a_break_in_postcopy_once_and_its_end() -> None:
+    notes: list[str] = []
+    watch = LinkWatch(0.05, "hostB", notes.append)
+    watch.update(100)
+    time.sleep(0.08)
+    watch.update(100)
+    watch.update(100)
+    watch.update(200)
+    assert len(notes) == 2
+    assert "the link is broken" in notes[0] and "does not abort" in notes[0]
+    assert notes[1] == "data reaches hostB again: post-copy continues"

@@ -71,15 +71,3 @@ def wait_for_postcopy(
                 watch.update(int(stats["memory_processed"]) + int(stats.get("disk_processed", 0)))
         time.sleep(POLL_S)
     return False
-
-
-def postcopy_instructions(vm: str, source_uri: str, destination_uri: str) -> str:
-    return (
-        f"do not destroy {vm} on either host: its memory is split between them. Restore the "
-        "link: the migration then continues by itself, and `vmigrate recover "
-        f"{vm}` records the outcome. If the source still shows 'paused (post-copy failed)' and "
-        "nothing moves once the link is back, QEMU gave up on the connection: resume with "
-        f"`virsh -c {source_uri} migrate --live --p2p --postcopy --postcopy-resume {vm} "
-        f"{destination_uri}`, but first upgrade libvirt on the destination if it is 11.2 or "
-        "11.3 (their resume crashes libvirtd; fixed in 11.4; the guest survives the restart)"
-    )

@@ -3,12 +3,14 @@ finish or clean up what the job left, and record the outcome in the job store.""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from vmigrate.errors import NotFound
+from vmigrate.journal import Journal
 from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
+from vmigrate.live.storage_copy import remove_created
 from vmigrate.store import JobRecord, JobStore
 from vmigrate.virt.connection import open_with_timeout
 from vmigrate.virt.placement import locate
@@ -33,15 +35,30 @@ class RecoverReport:
 
 
 def _interrupted_job(store: JobStore, vm: str) -> JobRecord:
+    """The VM's latest live job, if vmigrate died in it or could not verify its end."""
     for record in store.jobs(limit=500):
-        if record.vm == vm and record.kind == "live" and record.state == "interrupted":
+        if record.vm != vm or record.kind != "live":
+            continue
+        unverified = record.report is not None and not record.report.get("placement_ok", True)
+        if record.state == "interrupted" or unverified:
             return record
+        break
     raise NotFound(
-        f"no interrupted live migration of {vm!r} in {store.path}",
+        f"no interrupted or unverified live migration of {vm!r} in {store.path}",
         vm=vm,
         fix="`vmigrate jobs` lists the jobs; an interrupted cold move is finished with "
         "`vmigrate jobs resume ID` or undone with `vmigrate jobs rollback ID`",
     )
+
+
+def _with_removed(plan: RecoveryPlan, removed: list[str], left: list[str]) -> RecoveryPlan:
+    if not removed and not left:
+        return plan
+    message = plan.message + (
+        f"; removed from the destination: {', '.join(removed)}" if removed else ""
+    )
+    fix = f"remove by hand on the destination: {'; '.join(left)}" if left else plan.fix
+    return replace(plan, message=message, fix=fix)
 
 
 def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -> RecoverReport:
@@ -74,6 +91,10 @@ def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -
                 )
                 for step in plan.steps:
                     apply(step, vm, source, destination)
+                if plan.outcome == "aborted":
+                    # --copy-storage: the images this job created on the destination go too.
+                    removed, left = remove_created(Journal(store, job.id), destination)
+                    plan = _with_removed(plan, removed, left)
             placement = locate(vm, conns)
         finally:
             source.close()

@@ -37,8 +37,7 @@ def plan_recovery(
             (),
             f"post-copy was interrupted: {vm} runs from {dst}'s memory and still needs pages "
             f"that only {src} holds; both halves are kept, nothing was destroyed",
-            fix=f"when both hosts answer, resume the migration: virsh -c {source.uri} migrate "
-            f"--live --p2p --postcopy --postcopy-resume {vm} {destination.uri}",
+            fix=postcopy_instructions(vm, source.uri, destination.uri),
         )
     source_runs = source.state == "running"
     destination_runs = destination.state == "running"
@@ -89,4 +88,16 @@ def plan_recovery(
         "not a state vmigrate changes by itself",
         fix=f"look at both hosts (virsh -c URI domstate --reason {vm}) and start the copy "
         "that holds the current disks",
+    )
+
+
+def postcopy_instructions(vm: str, source_uri: str, destination_uri: str) -> str:
+    return (
+        f"do not destroy {vm} on either host: its memory is split between them. Restore the "
+        "link: the migration then continues by itself, and `vmigrate recover "
+        f"{vm}` records the outcome. If the source still shows 'paused (post-copy failed)' and "
+        "nothing moves once the link is back, QEMU gave up on the connection: resume with "
+        f"`virsh -c {source_uri} migrate --live --p2p --postcopy --postcopy-resume {vm} "
+        f"{destination_uri}`, but first upgrade libvirt on the destination if it is 11.2 or "
+        "11.3 (their resume crashes libvirtd; fixed in 11.4; the guest survives the restart)"
     )

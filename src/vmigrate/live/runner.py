@@ -18,8 +18,8 @@ from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.journal import Journal
 from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
-from vmigrate.live.postcopy_link import LinkWatch, postcopy_instructions, wait_for_postcopy
-from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
+from vmigrate.live.postcopy_link import LinkWatch, wait_for_postcopy
+from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery, postcopy_instructions
 from vmigrate.live.samples import JobSample, sample_from_job_stats
 from vmigrate.live.storage_copy import (
     DestinationImages,
@@ -494,7 +494,11 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
             f"stopped or the link broke): {message}"
         )
     if outcome != "completed" and not state.postcopy:
-        for cleaned in _tidy_after_failure(request.vm, links, src_ref, dst_ref, request.transient):
+        try:
+            tidied = _tidy_after_failure(request.vm, links, src_ref, dst_ref, request.transient)
+        except LibvirtError as err:  # a host failing now: the verification below reports it
+            tidied = [f"could not clean up after the failure: {err.get_error_message()}"]
+        for cleaned in tidied:
             monitor.note(cleaned)
     total_s = time.monotonic() - started
     placement = _settle(request, src_ref.name, dst_ref.name, links, outcome)

@@ -63,5 +63,9 @@ def locate(vm: str, hosts: dict[str, libvirt.virConnect]) -> Placement:
             persistent[name] = bool(domain.isPersistent())
             states[name] = domain_state(domain)
         except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # vanished as we looked
+                states.pop(name, None)
+                persistent.pop(name, None)
+                continue
             states[name] = f"unknown ({err.get_error_message()})"
     return Placement(vm, states, persistent)

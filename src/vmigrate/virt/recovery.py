@@ -27,6 +27,15 @@ _RUNNING = {
 
 
 def observe(conn: libvirt.virConnect, host: str, uri: str, vm: str) -> DomainView:
+    try:
+        return _observe(conn, host, uri, vm)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # it vanished as we looked
+            return DomainView(host, uri, exists=False)
+        raise
+
+
+def _observe(conn: libvirt.virConnect, host: str, uri: str, vm: str) -> DomainView:
     domain = find_domain(conn, vm)
     if domain is None:
         return DomainView(host, uri, exists=False)
