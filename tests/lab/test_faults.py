@@ -136,27 +136,36 @@ def test_hostb_libvirtd_killed_mid_precopy_leaves_the_vm_on_hosta(
     assert heartbeat_report(vm_name).contiguous
 
 
+def slow_copy_storage(
+    vm: str, store: Path, *extra: str
+) -> tuple[subprocess.Popen[str], set[str], int]:
+    """A --copy-storage migration of vda and a 64 MiB-filled vdb at 4 MiB/s, once its first
+    sample is out; with its two local images and its job id."""
+    created = create_vm(LabVmRequest(vm, memory_mib=256, disk="local"))
+    assert created.disk_path is not None
+    vdb = add_disk(vm, LOCAL_POOL, "vdb", 128, "write -P 0xa5 0 64M")
+    process = start_cli(
+        "live", vm, "--from", "hostA", "--to", "hostB", "--copy-storage", *extra,
+        "--bandwidth", "4", "--store", str(store), "--json",
+    )  # fmt: skip
+    job_id = read_events_until(process, "sample")
+    return process, {created.disk_path, vdb}, job_id
+
+
 def test_copy_storage_cancelled_from_another_terminal_removes_the_destination_images(
     lab: list[HostStatus], vm_name: str, tmp_path: Path
 ) -> None:
     store = tmp_path / "jobs.sqlite"
-    created = create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
-    assert created.disk_path is not None
-    vdb = add_disk(vm_name, LOCAL_POOL, "vdb", 128, "write -P 0xa5 0 64M")
-    process = start_cli(
-        "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage",
-        "--bandwidth", "4", "--store", str(store), "--json",
-    )  # fmt: skip
-    job_id = read_events_until(process, "sample")
+    process, images, job_id = slow_copy_storage(vm_name, store)
     cancelled = run_cli("jobs", "--store", str(store), "cancel", str(job_id))
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     report = finish(process)
     assert report["outcome"] == "cancelled", report
     assert report["placement_ok"], report["placement"]
     storage = report["storage"]
-    assert sorted(storage["removed_from_destination"]) == sorted([created.disk_path, vdb])
+    assert sorted(storage["removed_from_destination"]) == sorted(images)
     assert storage["left_on_destination"] == []
-    assert not _destination_images({created.disk_path, vdb})
+    assert not _destination_images(images)
     assert locate_vm(vm_name) == {"hostA": "running"}
     assert heartbeat_report(vm_name).contiguous
 
@@ -165,23 +174,16 @@ def test_copy_storage_vmigrate_killed_then_recover_removes_the_destination_image
     lab: list[HostStatus], vm_name: str, tmp_path: Path
 ) -> None:
     store = tmp_path / "jobs.sqlite"
-    created = create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
-    assert created.disk_path is not None
-    vdb = add_disk(vm_name, LOCAL_POOL, "vdb", 128, "write -P 0xa5 0 64M")
     # --direct: libvirt aborts a client-driven migration whose client is gone.
-    process = start_cli(
-        "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage", "--direct",
-        "--bandwidth", "4", "--store", str(store), "--json",
-    )  # fmt: skip
-    read_events_until(process, "sample")
+    process, images, _job = slow_copy_storage(vm_name, store, "--direct")
     process.kill()
     process.wait(timeout=30)
-    assert _destination_images({created.disk_path, vdb})  # made before the mirror started
+    assert _destination_images(images)  # made before the mirror started
     result = run_cli("recover", vm_name, "--store", str(store), "--wait", "120", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["outcome"] == "aborted", report
     assert "removed from the destination" in report["message"], report["message"]
-    assert not _destination_images({created.disk_path, vdb})
+    assert not _destination_images(images)
     assert locate_vm(vm_name) == {"hostA": "running"}
     assert heartbeat_report(vm_name).contiguous
