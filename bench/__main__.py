@@ -1,6 +1,6 @@
 """One command for the whole benchmark suite, or one scenario, then docs/benchmarks.md.
 
-    sudo .venv/bin/python -m bench                    # L1-L4, C1-C3, check speed, report
+    sudo .venv/bin/python -m bench                    # L1-L4, C1-C3, S1, check speed, report
     sudo .venv/bin/python -m bench --scenario L3      # one scenario (repeatable), report
     sudo .venv/bin/python -m bench --quick            # one small L1 round (what CI runs)
 
@@ -18,7 +18,7 @@ from bench.cold import SCENARIOS as COLD
 from bench.live import SCENARIOS as LIVE
 from vmigrate.lab.lifecycle import lab_up
 
-CHOICES = sorted(LIVE) + sorted(COLD) + ["check"]
+CHOICES = sorted(LIVE) + sorted(COLD) + ["S1", "check"]
 
 
 def _run(module: str, *args: str) -> None:
@@ -42,6 +42,8 @@ def main() -> None:
         _run("bench.live", *live, f"--pairs={args.pairs or 3}")
     if cold:
         _run("bench.cold", *cold, f"--pairs={args.pairs or 1}")
+    if "S1" in chosen:
+        _run("bench.storage", f"--pairs={args.pairs or 2}")
     if "check" in chosen:
         _run("bench.check")
     _run("bench.report")

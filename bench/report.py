@@ -194,6 +194,40 @@ def cold_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def storage_section(data: dict[str, Any]) -> list[str]:
+    runs = data["runs"]
+    lines = [
+        "## Live migration of local disks (S1)",
+        "",
+        f"A 256 MiB guest dirtying 20 MiB/s with two local qcow2 disks (vda on a raw backing "
+        f"file, holding the guest's 16 MiB; vdb holding {data['vdb_data_mib']} MiB), moved live "
+        f"over the {data['link']} lab link, {data['pairs']} round(s), tools alternating. virsh "
+        "without pre-created images needs --copy-storage-all (a standalone copy of each "
+        "chain); vmigrate creates the images on the backing chain itself and mirrors the top "
+        "only. Regenerate: `sudo .venv/bin/python -m bench.storage && .venv/bin/python -m "
+        "bench.report`.",
+        "",
+        "| tool | ok | total s | vmigrate ÷ peer | guest gap ms | heartbeat contiguous "
+        "| through link MiB | hostB allocated MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ours = [r["total_s"] for r in runs if r["tool"] == "vmigrate" and _ok(r)]
+    for tool in dict.fromkeys(r["tool"] for r in runs):
+        these = [r for r in runs if r["tool"] == tool]
+        ok = [r for r in these if _ok(r)]
+        totals = [r["total_s"] for r in ok]
+        lines.append(
+            f"| {tool} | {len(ok)}/{len(these)} | {_spread(totals)} | "
+            f"{'' if tool == 'vmigrate' else _ratio(ours, totals)} | "
+            f"{_spread([r['guest_gap_ms'] for r in ok], '{:.0f}')} | "
+            f"{all(r['contiguous'] for r in ok)} | "
+            f"{_spread([r['link_bytes'] / MIB for r in ok], '{:.0f}')} | "
+            f"{_spread([r['destination_allocated'] / MIB for r in ok], '{:.0f}')} |"
+        )
+    lines.append("")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.report")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -242,6 +276,9 @@ def render(results: Path, doc: Path) -> str:
     cold = results / "cold.json"
     if cold.exists():
         parts += cold_section(json.loads(cold.read_text()))
+    storage = results / "storage.json"
+    if storage.exists():
+        parts += storage_section(json.loads(storage.read_text()))
     check = results / "check.json"
     if check.exists():
         data = json.loads(check.read_text())

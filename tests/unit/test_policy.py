@@ -188,3 +188,10 @@ def test_link_watch_notes_a_break_in_postcopy_once_and_its_end() -> None:
     assert len(notes) == 2
     assert "the link is broken" in notes[0] and "does not abort" in notes[0]
     assert notes[1] == "data reaches hostB again: post-copy continues"
+
+
+def test_before_the_first_byte_the_stall_limit_is_longer() -> None:
+    nothing_yet = [_first_pass(t * 0.5, 0) for t in range(100)]  # 50 s of setup
+    assert _feed(nothing_yet, PRESETS["fast"]) == []
+    taken = _feed([_first_pass(t * 0.5, 0) for t in range(130)], PRESETS["fast"])
+    assert [a.kind for a in taken] == ["abort"] and "60 s" in taken[0].reason

@@ -118,3 +118,13 @@ def test_room_is_checked_per_pool() -> None:
     check_room(plan(), {"default": GIB}, "vm")
     with pytest.raises(UsageError, match=r"768 MiB in pool 'default'.*512 MiB free"):
         check_room(plan(), {"default": GIB // 2}, "vm")
+
+
+def test_a_disk_in_no_pool_left_out_of_disks_stays_in_place() -> None:
+    result = plan_storage_copy(
+        "vm", DISKS, {**PLACEMENT, "vdb": "unknown"}, CHAINS, POOLS, frozenset(), ("vda",)
+    )
+    assert result.copied == ("vda",)
+    assert result.notices == (
+        "vdb is left in place: it must be at the same path on the destination",
+    )

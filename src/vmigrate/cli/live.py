@@ -31,6 +31,8 @@ def progress_table(sample: dict[str, Any]) -> Table:
     table = Table.grid(padding=(0, 2))
     phase = sample["phase"]
     label = f"pre-copy pass {sample['iteration']}" if phase == "precopy" else phase
+    if phase == "setup" and sample["disk_total"]:
+        label = "copying disks"  # QEMU mirrors the disks before memory's first pass
     bar_width = 30
     filled = int(bar_width * sample["percent"] / 100)
     bandwidth = sample["bandwidth_bps"]

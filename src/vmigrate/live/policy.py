@@ -197,12 +197,15 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
     if not samples or state.postcopy or state.aborting:
         return []
     now = samples[-1]
-    if stalled_for(samples) >= config.stall_s:
+    # Before the first byte the destination may still be starting QEMU (preallocating a
+    # large guest's memory, say): give that longer before calling the link dead.
+    stall_limit = config.stall_s if now.data_processed > 0 else max(60.0, 3 * config.stall_s)
+    if stalled_for(samples) >= stall_limit:
         return [
             Action(
                 "abort",
                 None,
-                f"nothing reached the destination for {config.stall_s:g} s: the link is "
+                f"nothing reached the destination for {stall_limit:g} s: the link is "
                 "down or blocked (a firewall on the migration ports?); aborting, "
                 "the VM stays on the source",
                 now.elapsed_s,

@@ -16,9 +16,12 @@ import contextlib
 import time
 from collections.abc import Callable
 
+import libvirt
+
 from vmigrate.virt.connection import find_domain
 from vmigrate.virt.migration import job_stats
 from vmigrate.virt.reachability import HostLinks
+from vmigrate.virt.recovery import observe
 
 POLL_S = 1.0
 
@@ -53,21 +56,36 @@ def wait_for_postcopy(
     vm: str,
     links: HostLinks,
     source: str,
+    destination: str,
     watch: LinkWatch,
     *,
     wait_s: float,
 ) -> bool:
     """After the migrate call returned during post-copy, wait until the source's QEMU has
-    handed everything over (libvirt stops it) or `wait_s` passes; True when it has."""
+    handed everything over and the destination runs the guest on its own (libvirt stops
+    the source and marks the destination "migrated"), or `wait_s` passes."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        conn = links.conn(source)
-        domain = find_domain(conn, vm) if conn is not None else None
-        if conn is not None and (domain is None or not domain.isActive()):
-            return True
-        if domain is not None:
-            stats = job_stats(domain)
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                watch.update(int(stats["memory_processed"]) + int(stats.get("disk_processed", 0)))
+        with contextlib.suppress(libvirt.libvirtError):  # a host that fails now: poll again
+            if _handed_over(vm, links, source, destination, watch):
+                return True
         time.sleep(POLL_S)
     return False
+
+
+def _handed_over(
+    vm: str, links: HostLinks, source: str, destination: str, watch: LinkWatch
+) -> bool:
+    src, dst = links.conn(source), links.conn(destination)
+    if src is None or dst is None:
+        return False
+    before = observe(src, source, "", vm)
+    if before.exists and before.state != "shut off":
+        domain = find_domain(src, vm)
+        stats = job_stats(domain) if domain is not None else {}
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            watch.update(int(stats["memory_processed"]) + int(stats.get("disk_processed", 0)))
+        return False
+    after = observe(dst, destination, "", vm)
+    # A source that is gone while the destination still waits for pages is not a success.
+    return after.state == "running" and not after.in_postcopy

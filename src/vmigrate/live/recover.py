@@ -13,7 +13,7 @@ from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
 from vmigrate.live.storage_copy import remove_created
 from vmigrate.store import JobRecord, JobStore
 from vmigrate.virt.connection import open_with_timeout
-from vmigrate.virt.placement import locate
+from vmigrate.virt.placement import Placement, locate
 from vmigrate.virt.recovery import apply, observe, wait_for_jobs
 
 CONNECT_TIMEOUT_S = 10.0
@@ -29,6 +29,7 @@ class RecoverReport:
     steps: list[str]
     still_running_jobs: dict[str, str]
     placement: dict[str, Any]
+    placement_ok: bool  # False: `vmigrate recover` may be run again for this job
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +60,16 @@ def _with_removed(plan: RecoveryPlan, removed: list[str], left: list[str]) -> Re
     )
     fix = f"remove by hand on the destination: {'; '.join(left)}" if left else plan.fix
     return replace(plan, message=message, fix=fix)
+
+
+def _where_it_should_be(
+    plan: RecoveryPlan, placement: Placement, job: JobRecord, *, transient: bool
+) -> bool:
+    if plan.outcome == "completed":
+        return placement.exactly_on(job.destination, defined=not transient)
+    if plan.outcome == "aborted":
+        return placement.running_on == [job.source] and not placement.unknown_on
+    return False
 
 
 def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -> RecoverReport:
@@ -108,6 +119,7 @@ def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -
             list(plan.steps),
             busy,
             placement.to_dict(),
+            _where_it_should_be(plan, placement, job, transient=transient),
         )
         store.add_action(job.id, "recover", plan.message, actor="vmigrate recover")
         if not busy:  # still migrating: the job stays interrupted for the next recover

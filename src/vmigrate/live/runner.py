@@ -35,6 +35,7 @@ from vmigrate.store import ControlRequest, JobStore
 from vmigrate.virt.connection import (
     UNDEFINE_KEEP_NVRAM,
     LibvirtError,
+    ensure_event_loop,
     lookup_domain,
     open_with_timeout,
 )
@@ -43,7 +44,6 @@ from vmigrate.virt.migration import (
     LiveOptions,
     MigrationCall,
     abort_job,
-    ensure_event_loop,
     job_stats,
     set_bandwidth,
     set_max_downtime,
@@ -174,13 +174,14 @@ class _Monitor:
         steering: _Steering,
         emit: EventSink,
         started: float,
+        destination: str,
     ) -> None:
         self.domain, self.policy, self.store, self.job_id = domain, policy, store, job_id
         self.steering, self.emit, self.started = steering, emit, started
         self.state = initial_state(policy)
         self.samples: list[JobSample] = []
         self._downtime_set = False
-        self.link_watch = LinkWatch(policy.stall_s, "the destination", self.note)
+        self.link_watch = LinkWatch(policy.stall_s, destination, self.note)
 
     def note(self, message: str) -> None:
         note = Action("note", None, message, time.monotonic() - self.started)
@@ -227,7 +228,10 @@ class _Monitor:
             self.link_watch.update(sample.data_processed)
         actions = decide(self.samples, self.policy, self.state)
         for action in actions:
-            self.steering.apply(self.domain, action)
+            try:
+                self.steering.apply(self.domain, action)
+            except LibvirtError as err:  # e.g. the job ended a moment ago
+                self.note(f"{action.kind} could not be applied: {err.get_error_message()}")
         self.state = self.state.after(actions, sample.iteration, sample.throttle_pct)
 
     def _control(self, request: ControlRequest) -> str:
@@ -372,7 +376,8 @@ def _storage_after(
     src, dst = links.conn(src_name), links.conn(dst_name)
     if outcome == "completed":
         kept = [image.path for image in plan.images]
-        if request.delete_source_disks and src is not None:
+        verified = placement.exactly_on(dst_name, defined=not request.transient)
+        if request.delete_source_disks and src is not None and verified:
             result["source_images_removed"] = remove_source_images(plan, src)
             kept = [p for p in kept if p not in result["source_images_removed"]]
         result["source_images_kept"] = kept
@@ -385,12 +390,23 @@ def _storage_after(
         result["removed_from_destination"], result["left_on_destination"] = remove_created(
             journal, dst
         )
+    else:
+        result["left_on_destination"] = [
+            f"{path}: kept, the VM is on the destination" for path in created_paths(journal)
+        ]
     return result
 
 
 def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> LiveReport:
     """Move a running VM live; after every outcome, verify and report where it is."""
     emit: EventSink = on_event or (lambda _kind, _payload: None)
+    if request.delete_source_disks and (request.transient or not request.copy_storage):
+        raise UsageError(
+            "--delete-source-disks needs --copy-storage and a persistent move "
+            "(with --transient the source keeps a definition that uses those disks)",
+            vm=request.vm,
+            fix="drop --delete-source-disks, or --transient",
+        )
     if request.disks is not None and not request.copy_storage:
         raise UsageError(
             "--disks chooses the disks --copy-storage copies",
@@ -449,7 +465,7 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     steering = _Steering(store, job_id, emit)
     call = MigrationCall(domain, options, destination_uri=dst_ref.uri, destination=dst)
     started = time.monotonic()
-    monitor = _Monitor(domain, request.policy, store, job_id, steering, emit, started)
+    monitor = _Monitor(domain, request.policy, store, job_id, steering, emit, started, dst_ref.name)
     if prepare_error is None:
         callbacks = [watch_job_completed(src, domain, completed)]
         callbacks.append(watch_iterations(src, domain, call.wake))
@@ -490,14 +506,16 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
         )
     if dst_ref.name in links.lost and outcome == "failed":
         message = (
-            f"lost the connection to {dst_ref.name} during the migration (its libvirtd "
-            f"stopped or the link broke): {message}"
+            f"lost the connection to {dst_ref.name} (its libvirtd stopped or the link "
+            f"broke): {message}"
         )
     if outcome != "completed" and not state.postcopy:
         try:
             tidied = _tidy_after_failure(request.vm, links, src_ref, dst_ref, request.transient)
         except LibvirtError as err:  # a host failing now: the verification below reports it
             tidied = [f"could not clean up after the failure: {err.get_error_message()}"]
+        except KeyboardInterrupt:
+            tidied = ["clean-up skipped (Ctrl-C): `vmigrate recover` does it later"]
         for cleaned in tidied:
             monitor.note(cleaned)
     total_s = time.monotonic() - started
@@ -550,18 +568,22 @@ def _tidy_after_failure(
     if src is None or dst is None:
         return []
 
-    def plan() -> RecoveryPlan:
-        return plan_recovery(
-            vm,
+    def plan() -> RecoveryPlan | None:
+        views = (
             observe(src, src_ref.name, src_ref.uri, vm),
             observe(dst, dst_ref.name, dst_ref.uri, vm),
-            transient=transient,
         )
+        if any(view.job for view in views):  # libvirt is still at it: never interfere
+            return None
+        return plan_recovery(vm, *views, transient=transient)
 
-    if not plan().steps:
+    first = plan()
+    if first is None or not first.steps:
         return []
     time.sleep(TIDY_GRACE_S)  # let libvirt clean up first: it usually does
     plan_now = plan()
+    if plan_now is None:
+        return [f"a libvirt job still runs on {vm}: left as it is; run `vmigrate recover {vm}`"]
     if plan_now.outcome != "aborted" or not plan_now.steps:
         return []
     for step in plan_now.steps:
@@ -576,7 +598,12 @@ def _see_postcopy_through(
     """In post-copy there is no way back: wait (within --postcopy-wait) until it finishes."""
     try:
         return wait_for_postcopy(
-            request.vm, links, source, monitor.link_watch, wait_s=request.postcopy_wait_s
+            request.vm,
+            links,
+            source,
+            monitor.link_watch.destination,
+            monitor.link_watch,
+            wait_s=request.postcopy_wait_s,
         )
     except KeyboardInterrupt:
         emit("notice", {"message": "stopped waiting for post-copy (Ctrl-C); nothing destroyed"})

@@ -87,10 +87,6 @@ def plan_for(
     return plan
 
 
-def _step_name(path: str) -> str:
-    return f"destination image {path}"
-
-
 class DestinationImages:
     """Creates (and can remove) the images a copy-storage migration needs on the destination."""
 
@@ -126,8 +122,20 @@ class DestinationImages:
                 fix="remove or rename the destination's file, then run again to copy it",
             )
 
+    def _claim(self, path: str) -> None:
+        """Record that this job is about to create `path`, after making sure it is not there:
+        a file another job (or a person) made meanwhile is never ours to remove."""
+        if domains.volume_at(self.dst, path) is not None:
+            raise StorageCopyError(
+                f"{path} appeared on the destination after the plan was made "
+                "(another migration of a VM that shares it?); it is left alone",
+                vm=self.vm,
+                fix="wait for the other job to end, then run the migration again",
+            )
+        self.journal.record(_step_name(path), "started", {"creating": path})
+
     def _copy_backing(self, copy: BackingCopy, _previous: Detail) -> Detail:
-        # Journalled as "started" before the file exists: undo deletes it if it appeared.
+        self._claim(copy.path)
         volume = domains.create_file_volume(
             self.dst, copy.destination_pool, posixpath.basename(copy.path), copy.physical
         )
@@ -149,6 +157,7 @@ class DestinationImages:
         return {"created": copy.path, "kind": "backing", "sha256": copied}
 
     def _create(self, image: ImageToCreate, _previous: Detail) -> Detail:
+        self._claim(image.path)
         backing = (
             (image.backing_path, image.backing_format or "raw") if image.backing_path else None
         )
@@ -164,22 +173,45 @@ class DestinationImages:
         return {"created": image.path, "kind": "image", "target": image.target}
 
 
+STEP_PREFIX = "destination image "
+
+
+def _step_name(path: str) -> str:
+    return STEP_PREFIX + path
+
+
 def created_paths(journal: Journal) -> list[str]:
-    """Destination files this job made or may have made (a started step may have), latest first."""
+    """Destination files this job made, or was making when it stopped, latest first."""
     return [
-        step.name.removeprefix("destination image ")
+        step.name.removeprefix(STEP_PREFIX)
         for step in journal.done_in_reverse()
-        if step.name.startswith("destination image ") and step.state != "undone"
+        if step.name.startswith(STEP_PREFIX)
+        and ("creating" in step.detail or "created" in step.detail)
     ]
 
 
+def _in_use(dst: libvirt.virConnect, path: str) -> str | None:
+    """The destination domain whose disks (or their backing chains) name `path`, if any."""
+    for domain in dst.listAllDomains(0):
+        with contextlib.suppress(libvirt.libvirtError):  # one that vanishes as we look
+            if path in domain.XMLDesc(0):
+                return str(domain.name())
+    return None
+
+
 def remove_created(journal: Journal, dst: libvirt.virConnect) -> tuple[list[str], list[str]]:
-    """Delete what the job created on the destination: (removed, left behind with why)."""
+    """Delete what the job created on the destination: (removed, left behind with why).
+
+    A file some domain there uses (a backing file another migration shares) is left."""
     removed: list[str] = []
     left: list[str] = []
     for path in created_paths(journal):
         name = _step_name(path)
         try:
+            user = _in_use(dst, path)
+            if user is not None:
+                left.append(f"{path}: kept, {user} on the destination uses it")
+                continue
             if domains.delete_volume(dst, path):
                 removed.append(path)
             journal.record(name, "undone", journal.detail(name))

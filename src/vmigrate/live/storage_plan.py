@@ -111,6 +111,11 @@ def _selected(
                     "exist at the same path on the destination",
                 )
             continue
+        if where != LOCAL and not wanted:
+            notices.append(
+                f"{disk.target} is left in place: it must be at the same path on the destination"
+            )
+            continue
         if where != LOCAL:
             raise UsageError(
                 f"{disk.target}: {disk.path} is in no libvirt storage pool on the source, "

@@ -8,9 +8,7 @@ from typing import Any
 
 import libvirt
 
-from vmigrate.virt.connection import ensure_event_loop, signals_to_main_thread
-
-__all__ = ["ensure_event_loop"]
+from vmigrate.virt.connection import signals_to_main_thread
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,14 @@ class HostLinks:
     def locate_when_known(self, vm: str, *, wait_s: float) -> Placement:
         """Where the VM is, waiting up to `wait_s` for silent hosts to answer again."""
         deadline = time.monotonic() + wait_s
-        while True:
-            placement = self.locate(vm)
-            if not placement.unknown_on or time.monotonic() >= deadline:
-                return placement
-            time.sleep(2.0)
+        placement = self.locate(vm)
+        try:
+            while placement.unknown_on and time.monotonic() < deadline:
+                time.sleep(2.0)
+                placement = self.locate(vm)
+        except KeyboardInterrupt:  # stop waiting; report what is known
+            pass
+        return placement
 
     def close(self) -> None:
         for conn in self.conns.values():

@@ -1,0 +1,167 @@
+"""Live migration of local disks (S1, docs/benchmarks.md): vmigrate --copy-storage against
+virsh migrate --copy-storage-all, side by side.
+
+Each round migrates a fresh lab guest (256 MiB, dirtying 20 MiB/s) with two local qcow2
+disks from hostA to hostB over a 1 Gbit/s lab link: vda sits on a raw backing file and holds
+the guest's 16 MiB pattern, vdb holds 256 MiB the host wrote. virsh users without a way to
+pre-create images use --copy-storage-all (libvirt creates a standalone image per disk and
+mirrors the whole chain); vmigrate creates the images on the backing chain and mirrors the
+top only. Measured per run: outcome, wall time, guest-observed gap, contiguous heartbeat,
+bytes through the link (tc counter), and what the destination's images allocate.
+
+    python -m bench.storage [--pairs 2] [--out bench/results/storage.json]
+
+Needs root and `vmigrate lab up`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import libvirt
+
+from bench.live import environment
+from vmigrate.lab import link
+from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL
+from vmigrate.lab.heartbeat import heartbeat_report
+from vmigrate.lab.hostfs import in_host
+from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm
+from vmigrate.live.policy import PRESETS
+from vmigrate.live.runner import LiveRequest, migrate_live
+
+LINK = "1gbit"
+VDB_DATA_MIB = 256
+TOOLS = ("vmigrate", "virsh copy-storage-all")
+
+
+@dataclass
+class StorageRun:
+    scenario: str
+    tool: str
+    round: int
+    outcome: str
+    total_s: float
+    guest_gap_ms: float
+    contiguous: bool
+    link_bytes: int
+    destination_allocated: int  # the disks' images on hostB (and vmigrate's backing copy)
+
+
+def _guest_with_two_local_disks(vm: str) -> list[str]:
+    created = create_vm(
+        LabVmRequest(vm, memory_mib=256, dirty_rate_mib=20, disk="local", disk_backing=True)
+    )
+    assert created.disk_path is not None
+    conn = libvirt.open(HOST_A.uri)
+    try:
+        volume = conn.storagePoolLookupByName(LOCAL_POOL).createXML(
+            f"<volume><name>{vm}-vdb.qcow2</name><capacity unit='MiB'>1024</capacity>"
+            "<target><format type='qcow2'/></target></volume>",
+            0,
+        )
+        in_host(
+            "hostA", "qemu-io", "-f", "qcow2", "-c", f"write -P 0xa5 0 {VDB_DATA_MIB}M",
+            volume.path(), check=True,
+        )  # fmt: skip
+        conn.lookupByName(vm).attachDeviceFlags(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            f"<source file='{volume.path()}'/><target dev='vdb' bus='virtio'/></disk>",
+            libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+        )
+        return [created.disk_path, str(volume.path())]
+    finally:
+        conn.close()
+
+
+def _allocated_on_hostb(paths: list[str]) -> int:
+    conn = libvirt.open(HOST_B.uri)
+    try:
+        pool = conn.storagePoolLookupByName(LOCAL_POOL)
+        pool.refresh(0)
+        return sum(v.info()[2] for v in pool.listAllVolumes(0) if v.path() in paths)
+    finally:
+        conn.close()
+
+
+def run_once(tool: str, round_no: int) -> StorageRun:
+    vm = f"bench-s1-{round_no}-{tool.split()[0]}"
+    disks = _guest_with_two_local_disks(vm)
+    base = disks[0].replace("-vda.qcow2", "-base.img")
+    time.sleep(2)
+    try:
+        link.shape(LINK)
+        before = link.status().bytes_to_hostb
+        started = time.monotonic()
+        if tool == "vmigrate":
+            report = migrate_live(
+                LiveRequest(
+                    vm,
+                    "hostA",
+                    "hostB",
+                    PRESETS["fast"],
+                    copy_storage=True,
+                    store_path=Path("/tmp/vmigrate-bench.sqlite"),
+                )
+            )
+            outcome = report.outcome
+        else:
+            result = subprocess.run(
+                ["virsh", "-c", HOST_A.uri, "migrate", "--live", "--p2p", "--persistent",
+                 "--copy-storage-all", vm, HOST_B.uri],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            outcome = "completed" if result.returncode == 0 else result.stderr.strip()
+        total = time.monotonic() - started
+        sent = link.status().bytes_to_hostb - before
+        link.reset()
+        time.sleep(1)
+        beats = heartbeat_report(vm)
+        return StorageRun(
+            "S1",
+            tool,
+            round_no,
+            outcome,
+            round(total, 2),
+            round(beats.largest_gap_ms, 1),
+            beats.contiguous,
+            sent,
+            _allocated_on_hostb([*disks, base]),
+        )
+    finally:
+        link.reset()
+        remove_vm(vm)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.storage")
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/storage.json"))
+    args = parser.parse_args()
+    runs: list[StorageRun] = []
+    for round_no in range(args.pairs):
+        for tool in TOOLS if round_no % 2 == 0 else tuple(reversed(TOOLS)):
+            run = run_once(tool, round_no)
+            print(json.dumps(asdict(run)), flush=True)
+            runs.append(run)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(
+                json.dumps(
+                    {
+                        "environment": environment(),
+                        "link": LINK,
+                        "pairs": args.pairs,
+                        "vdb_data_mib": VDB_DATA_MIB,
+                        "runs": [asdict(r) for r in runs],
+                    },
+                    indent=1,
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()
