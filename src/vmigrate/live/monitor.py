@@ -1,0 +1,189 @@
+"""While the migrate call runs: sample the job, let the policy (and users) steer it.
+
+Every sample and action goes into the job store and to the event sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
+from vmigrate.live.postcopy_link import LinkWatch
+from vmigrate.live.request import EventSink
+from vmigrate.live.samples import JobSample, sample_from_job_stats
+from vmigrate.store import ControlRequest, JobStore
+from vmigrate.virt.connection import LibvirtError
+from vmigrate.virt.migration import (
+    MigrationCall,
+    abort_job,
+    job_stats,
+    set_bandwidth,
+    set_max_downtime,
+    start_postcopy,
+)
+
+SAMPLE_INTERVAL_S = 0.5
+
+
+class Steering:
+    """Applies the policy's (and the user's) actions to the running job, and records them."""
+
+    def __init__(self, store: JobStore, job_id: int, emit: EventSink) -> None:
+        self.store, self.job_id, self.emit = store, job_id, emit
+        self.taken: list[dict[str, Any]] = []
+
+    def abort_action(self) -> dict[str, Any] | None:
+        """The abort that ended the job, if one was taken."""
+        return next((a for a in reversed(self.taken) if a["action"] == "abort"), None)
+
+    def apply(self, domain: Any, action: Action, actor: str = "policy") -> None:
+        if action.kind == "set-downtime" and action.value is not None:
+            set_max_downtime(domain, action.value)
+        elif action.kind == "set-bandwidth" and action.value is not None:
+            set_bandwidth(domain, action.value)
+        elif action.kind == "postcopy":
+            start_postcopy(domain)
+        elif action.kind == "abort":
+            abort_job(domain)
+        record = {
+            "at_s": round(action.at_s, 2),
+            "action": action.kind,
+            "value": action.value,
+            "reason": action.reason,
+            "by": actor,
+        }
+        self.taken.append(record)
+        label = action.kind if action.value is None else f"{action.kind} {action.value:g}"
+        self.store.add_action(self.job_id, label, action.reason, actor)
+        self.emit("action", record)
+
+
+class Monitor:
+    """Samples the job every SAMPLE_INTERVAL_S, records it, and lets the policy act.
+
+    Ctrl-C aborts the job (the VM stays on the source) unless post-copy has begun: then the
+    guest already runs on the destination and the only safe way is forward.
+    """
+
+    def __init__(
+        self,
+        domain: Any,
+        policy: PolicyConfig,
+        store: JobStore,
+        job_id: int,
+        steering: Steering,
+        emit: EventSink,
+        started: float,
+        destination: str,
+    ) -> None:
+        self.domain, self.policy, self.store, self.job_id = domain, policy, store, job_id
+        self.steering, self.emit, self.started = steering, emit, started
+        self.state = initial_state(policy)
+        self.samples: list[JobSample] = []
+        self._downtime_set = False
+        self.link_watch = LinkWatch(policy.stall_s, destination, self.note)
+
+    def note(self, message: str) -> None:
+        note = Action("note", None, message, time.monotonic() - self.started)
+        self.steering.apply(self.domain, note, actor="vmigrate")
+
+    def finished(self, call: MigrationCall) -> bool:
+        """One monitoring step; True once the migrate call has returned."""
+        try:
+            # Woken early when a pass ends (libvirt's iteration event) or the call returns.
+            call.wake.wait(SAMPLE_INTERVAL_S)
+            call.wake.clear()
+            if not call.running():
+                call.wait()
+                return True
+            self._step()
+        except KeyboardInterrupt:
+            self._interrupted()
+        return False
+
+    def _step(self) -> None:
+        for request in self.store.pending_controls(self.job_id):
+            self.store.mark_control(request.id, self._control(request))
+        elapsed = time.monotonic() - self.started
+        sample = sample_from_job_stats(
+            job_stats(self.domain), elapsed, postcopy=self.state.postcopy
+        )
+        if sample is None:
+            return
+        if not self._downtime_set:
+            # Start low: the policy raises it only as far as the guest needs.
+            set_max_downtime(self.domain, self.state.downtime_ms)
+            self._downtime_set = True
+        self.samples.append(sample)
+        self.store.add_sample(self.job_id, sample.to_dict())
+        self.emit(
+            "sample",
+            {
+                **sample.to_dict(),
+                "percent": sample.percent,
+                "downtime_limit_ms": self.state.downtime_ms,
+            },
+        )
+        if self.state.postcopy:
+            self.link_watch.update(sample.data_processed)
+        actions = decide(self.samples, self.policy, self.state)
+        for action in actions:
+            try:
+                self.steering.apply(self.domain, action)
+            except LibvirtError as err:  # e.g. the job ended a moment ago
+                self.note(f"{action.kind} could not be applied: {err.get_error_message()}")
+        self.state = self.state.after(actions, sample.iteration, sample.throttle_pct)
+
+    def _control(self, request: ControlRequest) -> str:
+        """Apply a request from `vmigrate jobs cancel|postcopy|set` in another terminal."""
+        now = time.monotonic() - self.started
+        reason = f"requested by {request.requested_by}"
+        if self.state.aborting:
+            return "refused: the job is already being aborted"
+        if request.command == "cancel":
+            if self.state.postcopy:
+                return (
+                    "refused: in post-copy the guest already runs on the destination "
+                    "and cannot go back"
+                )
+            action = Action("abort", None, f"cancelled: {reason}", now)
+        elif request.command == "postcopy":
+            if not self.policy.postcopy_allowed:
+                return "refused: post-copy was not enabled for this job (policy/--no-postcopy)"
+            if self.state.postcopy:
+                return "refused: already in post-copy"
+            action = Action("postcopy", None, f"switch forced: {reason}", now)
+        elif request.command == "max-downtime" and request.value:
+            self.policy = self.policy.with_limits(max_downtime_ms=int(request.value))
+            action = Action("set-downtime", request.value, f"new maximum: {reason}", now)
+        elif request.command == "bandwidth" and request.value:
+            action = Action("set-bandwidth", request.value, reason, now)
+        else:
+            return f"refused: unknown request {request.command!r}"
+        try:
+            self.steering.apply(self.domain, action, actor="user")
+        except LibvirtError as err:
+            return f"failed: {err.get_error_message()}"
+        self.state = self.state.after([action], 0, None)
+        return "applied"
+
+    def _interrupted(self) -> None:
+        if self.state.postcopy:
+            self.emit(
+                "notice",
+                {
+                    "message": "in post-copy the guest already runs on the "
+                    "destination and cannot go back: finishing the migration"
+                },
+            )
+            return
+        if self.state.aborting:
+            return
+        abort = Action(
+            "abort", None, "interrupted by the user (Ctrl-C)", time.monotonic() - self.started
+        )
+        with contextlib.suppress(Exception):  # the job may have ended a moment ago
+            self.steering.apply(self.domain, abort, actor="user")
+        self.state = self.state.after([abort], 0, None)

@@ -1,0 +1,75 @@
+"""What `vmigrate live` is asked to do, and what it reports (plain data)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmigrate.live.policy import PolicyConfig
+from vmigrate.virt.migration import LiveOptions
+
+#: Progress goes to an `on_event(kind, payload)` callback: the library never prints.
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class LiveRequest:
+    vm: str
+    source: str
+    destination: str
+    policy: PolicyConfig
+    peer_to_peer: bool = True
+    transient: bool = False  # leave definitions as they are
+    bandwidth_mib: int | None = None
+    parallel_connections: int | None = None
+    compressed: bool = False
+    tls: bool = False
+    migration_address: str | None = None
+    force: bool = False  # go ahead despite failed checks
+    hosts_file: Path | None = None
+    store_path: Path | None = None
+    copy_storage: bool = False  # mirror local disks along with memory
+    disks: tuple[str, ...] | None = None  # --disks: the local disks to copy (default: all)
+    delete_source_disks: bool = False  # after a verified move, remove the source's top images
+    postcopy_wait_s: float = 600.0  # how long a broken link in post-copy may take to return
+
+
+@dataclass(frozen=True)
+class LiveReport:
+    job_id: int
+    vm: str
+    source: str
+    destination: str
+    outcome: str  # completed | aborted (by the policy) | cancelled (by a user) | failed
+    message: str
+    total_s: float
+    downtime_ms: float | None
+    bytes_sent: int
+    passes: int
+    postcopy: bool
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    placement: dict[str, Any] = field(default_factory=dict)
+    placement_ok: bool = False
+    storage: dict[str, Any] = field(default_factory=dict)  # --copy-storage: what moved, made
+    fix: str = ""  # what the operator should do when the outcome needs a hand
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def live_options(request: LiveRequest, migration_address: str | None) -> LiveOptions:
+    return LiveOptions(
+        peer_to_peer=request.peer_to_peer,
+        persist_destination=not request.transient,
+        postcopy=request.policy.postcopy_allowed,
+        autoconverge=request.policy.autoconverge_at_start,
+        autoconverge_initial=request.policy.autoconverge_initial_pct,
+        autoconverge_increment=request.policy.autoconverge_increment_pct,
+        bandwidth_mib=request.bandwidth_mib,
+        parallel_connections=request.parallel_connections,
+        compressed=request.compressed,
+        tls=request.tls,
+        migration_uri=f"tcp://{migration_address}" if migration_address else None,
+    )
