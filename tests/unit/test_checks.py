@@ -213,7 +213,14 @@ def test_memory_and_vcpus() -> None:
 
 
 def test_versions() -> None:
-    assert {f.verdict for f in check_versions(facts())} == {Verdict.PASS}
+    found = check_versions(facts())
+    # 11.3 on the destination: its post-copy resume crashes the daemon (fixed in 11.4).
+    assert only(found, "versions.postcopy-resume").verdict is Verdict.WARN
+    assert {f.verdict for f in found if f.check != "versions.postcopy-resume"} == {Verdict.PASS}
+    fixed = host("kvm3", "qemu+tls://kvm3/system", libvirt_version=11_004_000)
+    assert not [
+        f for f in check_versions(facts(destination=fixed)) if f.check == "versions.postcopy-resume"
+    ]
     old = host("kvm1", "qemu+tls://kvm1/system", libvirt_version=3_009_000)
     assert only(check_versions(facts(source=old)), "versions.libvirt").verdict is Verdict.FAIL
     no_recovery = host("kvm2", "qemu+tls://kvm2/system", libvirt_version=8_000_000)

@@ -8,6 +8,9 @@ from vmigrate.virt.versions import format_version, parse_version
 
 MIN_LIBVIRT = parse_version("4.0.0")  # the project's floor (the seed's requirement)
 POSTCOPY_RECOVERY_LIBVIRT = parse_version("8.5.0")
+#: libvirt 11.2.0-11.3.x crash the destination's daemon when resuming a failed post-copy
+#: migration (a NULL fd in qemuMigrationDstPrepareResume; fixed in 11.4.0, docs/lab.md).
+POSTCOPY_RESUME_CRASH = (parse_version("11.2.0"), parse_version("11.4.0"))
 FAMILY = "versions"
 
 
@@ -60,6 +63,22 @@ def check_versions(facts: CheckInput) -> list[Finding]:
                 Verdict.PASS,
                 f"libvirt {versions['source']} -> {versions['destination']}",
                 versions,
+            )
+        )
+    low, high = POSTCOPY_RESUME_CRASH
+    if facts.mode is Mode.LIVE and low <= dst.libvirt_version < high:
+        findings.append(
+            Finding(
+                "versions.postcopy-resume",
+                FAMILY,
+                Verdict.WARN,
+                f"libvirt {versions['destination']} on {dst.ref.name} crashes when it resumes "
+                "a post-copy migration that QEMU itself paused (fixed in 11.4); vmigrate waits "
+                "out link breaks without that call, but a break longer than TCP's retries "
+                "(about 15 min) would need it",
+                versions,
+                fix=f"upgrade libvirt on {dst.ref.name} to 11.4+, or use --policy safe (no "
+                "post-copy) where the link may break for long",
             )
         )
     qemu = {
