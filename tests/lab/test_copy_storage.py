@@ -9,6 +9,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL, SHARED_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
 from vmigrate.lab.image import first_bad_disk_block
@@ -58,6 +59,15 @@ def _guest_view(host: str, path: str, scratch: str) -> bytes:
         raw.unlink()
 
 
+def _pattern_intact_on_hostb(vm: str, path: str, tmp_path: Path) -> bytes:
+    """The guest's disk as seen on hostB, after checking the pattern the guest wrote."""
+    view = _guest_view("hostB", path, f"/var/lib/libvirt/images/{vm}.raw")
+    scratch = tmp_path / "vda.raw"
+    scratch.write_bytes(view)
+    assert first_bad_disk_block(scratch, disk_seed(vm), DISK_PATTERN_MIB) is None
+    return view
+
+
 def _done(stdout: str) -> dict[str, object]:
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     done: dict[str, object] = next(e for e in events if e["event"] == "done")
@@ -93,10 +103,7 @@ def test_copy_storage_moves_local_disks_and_backing_file_leaves_shared(
     assert heartbeat_report(vm_name).contiguous
 
     # The guest's pattern (in the overlay) and the backing file's own data, read on hostB.
-    view = _guest_view("hostB", created.disk_path, f"/var/lib/libvirt/images/{vm_name}.raw")
-    scratch = tmp_path / "vda.raw"
-    scratch.write_bytes(view)
-    assert first_bad_disk_block(scratch, disk_seed(vm_name), DISK_PATTERN_MIB) is None
+    view = _pattern_intact_on_hostb(vm_name, created.disk_path, tmp_path)
     assert view[BACKING_DATA_OFFSET : BACKING_DATA_OFFSET + MIB] == backing_data(vm_name)
     assert _reads("hostB", vdb, "read -P 0xa5 0 8M")
     # The shared disk was not copied: only vda and vdb were mirrored, and the shared pool
@@ -156,3 +163,26 @@ def test_copy_storage_refused_when_the_destination_pool_is_too_small(
             conn.lookupByName(vm_name).destroy()
             conn.storageVolLookupByPath(vdb).delete(0)
             conn.close()
+
+
+def test_copy_storage_of_a_busy_guest_finishes_in_postcopy_with_its_disk_intact(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    created = create_vm(
+        LabVmRequest(vm_name, memory_mib=384, working_set_mib=256, dirty_rate_mib=200, disk="local")
+    )
+    assert created.disk_path is not None
+    link.shape("1gbit")  # 200 MiB/s dirtied, 119 MiB/s carried: the policy goes post-copy
+    try:
+        result = run_cli(
+            "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage",
+            "--store", str(tmp_path / "jobs.sqlite"), "--json",
+        )  # fmt: skip
+    finally:
+        link.reset()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    done = _done(result.stdout)
+    assert done["outcome"] == "completed" and done["postcopy"] and done["placement_ok"], done
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    assert heartbeat_report(vm_name).contiguous
+    _pattern_intact_on_hostb(vm_name, created.disk_path, tmp_path)
