@@ -187,3 +187,18 @@ def test_copy_storage_vmigrate_killed_then_recover_removes_the_destination_image
     assert not _destination_images(images)
     assert locate_vm(vm_name) == {"hostA": "running"}
     assert heartbeat_report(vm_name).contiguous
+
+
+def test_link_cut_mid_disk_copy_aborts_and_removes_the_destination_images(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    process, images, _job = slow_copy_storage(vm_name, tmp_path / "jobs.sqlite")
+    with link_cut():
+        read_events_until(process, "abort")  # nothing moves: the disk mirror stalls too
+    report = finish(process)
+    assert report["outcome"] == "aborted", report
+    assert report["placement_ok"], report["placement"]
+    assert sorted(report["storage"]["removed_from_destination"]) == sorted(images)
+    assert not _destination_images(images)
+    wait_until_only_on(vm_name, "hostA")
+    assert heartbeat_report(vm_name).contiguous
