@@ -217,9 +217,10 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
             running_on=arrived,
             destination=dst_ref.name,
         )
-    if dst_ref.name in links.lost and outcome == "failed":
+    lost = [host for host in (src_ref.name, dst_ref.name) if host in links.lost]
+    if lost and outcome == "failed":
         message = (
-            f"lost the connection to {dst_ref.name} (its libvirtd stopped or the link "
+            f"lost the connection to {' and '.join(lost)} (its libvirtd stopped or the link "
             f"broke): {message}"
         )
     if outcome != "completed" and not state.postcopy:
