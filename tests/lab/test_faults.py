@@ -25,7 +25,7 @@ from vmigrate.lab.state import load_records
 from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 
 from .firewall import dropped
-from .helpers import add_disk, read_events_until, run_cli, start_cli
+from .helpers import add_disk, in_host, read_events_until, run_cli, start_cli
 
 pytestmark = pytest.mark.lab
 
@@ -152,6 +152,20 @@ def slow_copy_storage(
     )  # fmt: skip
     job_id = read_events_until(process, "sample")
     return process, {created.disk_path, vdb}, job_id
+
+
+def test_destination_qemu_killed_mid_precopy_leaves_the_vm_on_hosta(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    process = slow_precopy(vm_name, tmp_path)
+    incoming = in_host("hostB", "cat", f"/run/libvirt/qemu/{vm_name}.pid").stdout.strip()
+    os.kill(int(incoming), signal.SIGKILL)
+    report = finish(process)
+    assert report["outcome"] == "failed", report
+    assert "the migration stream to hostB broke" in report["message"], report["message"]
+    assert report["placement_ok"], report["placement"]
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    assert heartbeat_report(vm_name).contiguous
 
 
 def test_copy_storage_cancelled_from_another_terminal_removes_the_destination_images(

@@ -223,6 +223,11 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
             f"lost the connection to {' and '.join(lost)} (its libvirtd stopped or the link "
             f"broke): {message}"
         )
+    elif outcome == "failed" and "job 'migration out' failed" in message:  # QEMU's stream
+        message = (
+            f"the migration stream to {dst_ref.name} broke (its QEMU exited or the "
+            f"connection was reset): {message}"
+        )
     if outcome != "completed" and not state.postcopy:
         try:
             tidied = tidy_after_failure(request.vm, links, src_ref, dst_ref, request.transient)
