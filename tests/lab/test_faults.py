@@ -18,7 +18,7 @@ import libvirt
 import pytest
 
 from vmigrate.lab import link
-from vmigrate.lab.config import HOST_B, LOCAL_POOL
+from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
 from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.state import load_records
@@ -92,25 +92,33 @@ def test_link_cut_mid_precopy_aborts_and_keeps_the_vm_on_hosta(
     assert heartbeat_report(vm_name).contiguous
 
 
-def test_link_cut_mid_postcopy_then_restored_completes_on_hostb(
-    lab: list[HostStatus], vm_name: str, tmp_path: Path
-) -> None:
-    create_vm(LabVmRequest(vm_name, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
-    link.shape("1gbit")  # 200 MiB/s dirtied, 119 MiB/s carried: the policy goes post-copy
+@contextlib.contextmanager
+def postcopy_job(vm: str, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A live migration of a guest dirtying 200 MiB/s over a 1 Gbit/s link (119 MiB/s), once
+    the policy has asked for post-copy; the link is reset afterwards."""
+    create_vm(LabVmRequest(vm, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
+    link.shape("1gbit")
     try:
         process = start_cli(
-            "live", vm_name, "--from", "hostA", "--to", "hostB",
+            "live", vm, "--from", "hostA", "--to", "hostB",
             "--store", str(tmp_path / "jobs.sqlite"), "--json",
         )  # fmt: skip
         read_events_until(process, "postcopy")
+        yield process
+    finally:
+        link.reset()
+
+
+def test_link_cut_mid_postcopy_then_restored_completes_on_hostb(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    with postcopy_job(vm_name, tmp_path) as process:
         time.sleep(0.5)
         # Longer than libvirt's own keepalive between the daemons (30 s): libvirt marks the
         # job "post-copy failed" and its migrate call returns; vmigrate must see it through.
         with link_cut():
             time.sleep(40)
         report = finish(process)
-    finally:
-        link.reset()
     assert report["outcome"] == "completed", report
     assert report["placement_ok"] and report["postcopy"], report["placement"]
     notes = [a["reason"] for a in report["actions"] if a["action"] == "note"]
@@ -166,6 +174,38 @@ def test_destination_qemu_killed_mid_precopy_leaves_the_vm_on_hosta(
     assert report["placement_ok"], report["placement"]
     assert locate_vm(vm_name) == {"hostA": "running"}
     assert heartbeat_report(vm_name).contiguous
+
+
+def _until_source_paused_in_postcopy(vm: str, timeout: float = 60) -> None:
+    conn = libvirt.open(HOST_A.uri)
+    try:
+        deadline = time.monotonic() + timeout
+        postcopy = [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY]
+        while conn.lookupByName(vm).state() != postcopy:
+            assert time.monotonic() < deadline, "the switch to post-copy never happened"
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def test_destination_qemu_killed_mid_postcopy_is_reported_and_nothing_is_destroyed(
+    lab: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    with postcopy_job(vm_name, tmp_path) as process:
+        _until_source_paused_in_postcopy(vm_name)  # the switch has really happened
+        running = in_host("hostB", "cat", f"/run/libvirt/qemu/{vm_name}.pid").stdout.strip()
+        os.kill(int(running), signal.SIGKILL)  # post-copy's one unrecoverable failure
+        started = time.monotonic()
+        report = finish(process)
+    # Said at once (not after --postcopy-wait), as what it is, with what to do.
+    assert time.monotonic() - started < 60
+    assert report["outcome"] == "failed" and not report["placement_ok"], report
+    assert "stopped on hostB during post-copy" in report["message"], report["message"]
+    assert "older than its disks" in report["fix"]
+    # vmigrate destroyed nothing: the source's paused copy is still there for the operator
+    # (and hostB keeps the definition libvirt gave it at the switch).
+    where = locate_vm(vm_name)
+    assert where["hostA"] == "paused" and where.get("hostB", "shut off") == "shut off", where
 
 
 def test_copy_storage_cancelled_from_another_terminal_removes_the_destination_images(

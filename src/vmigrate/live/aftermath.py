@@ -9,7 +9,7 @@ from typing import Any
 
 from vmigrate.hosts import HostRef
 from vmigrate.journal import Journal
-from vmigrate.live.postcopy_link import LinkWatch, wait_for_postcopy
+from vmigrate.live.postcopy_link import TIMED_OUT, LinkWatch, wait_for_postcopy
 from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
 from vmigrate.live.request import EventSink, LiveRequest
 from vmigrate.live.storage_copy import created_paths, remove_created, remove_source_images
@@ -119,7 +119,7 @@ def tidy_after_failure(
 
 def see_postcopy_through(
     request: LiveRequest, links: HostLinks, source: str, watch: LinkWatch, emit: EventSink
-) -> bool:
+) -> str:
     """In post-copy there is no way back: wait (within --postcopy-wait) until it finishes."""
     try:
         return wait_for_postcopy(
@@ -132,7 +132,7 @@ def see_postcopy_through(
         )
     except KeyboardInterrupt:
         emit("notice", {"message": "stopped waiting for post-copy (Ctrl-C); nothing destroyed"})
-        return False
+        return TIMED_OUT
 
 
 def settle(

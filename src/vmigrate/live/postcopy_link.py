@@ -52,6 +52,10 @@ class LinkWatch:
             )
 
 
+FINISHED, TIMED_OUT, DESTINATION_GONE = "finished", "timed out", "destination gone"
+NEVER_SWITCHED = "never switched"  # the job failed before the switch: the source runs on
+
+
 def wait_for_postcopy(
     vm: str,
     links: HostLinks,
@@ -60,32 +64,39 @@ def wait_for_postcopy(
     watch: LinkWatch,
     *,
     wait_s: float,
-) -> bool:
+) -> str:
     """After the migrate call returned during post-copy, wait until the source's QEMU has
     handed everything over and the destination runs the guest on its own (libvirt stops
-    the source and marks the destination "migrated"), or `wait_s` passes."""
+    the source and marks the destination "migrated"): FINISHED. TIMED_OUT after `wait_s`;
+    DESTINATION_GONE at once if the guest stopped existing on the destination (its QEMU
+    died: post-copy's one unrecoverable failure, since each side holds half of the guest)."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         with contextlib.suppress(libvirt.libvirtError):  # a host that fails now: poll again
-            if _handed_over(vm, links, source, destination, watch):
-                return True
+            status = _status(vm, links, source, destination, watch)
+            if status is not None:
+                return status
         time.sleep(POLL_S)
-    return False
+    return TIMED_OUT
 
 
-def _handed_over(
+def _status(
     vm: str, links: HostLinks, source: str, destination: str, watch: LinkWatch
-) -> bool:
+) -> str | None:
     src, dst = links.conn(source), links.conn(destination)
     if src is None or dst is None:
-        return False
+        return None
     before = observe(src, source, "", vm)
+    if before.state == "running" and not before.in_postcopy:
+        return NEVER_SWITCHED  # libvirt resumed the source: it still holds the whole guest
+    after = observe(dst, destination, "", vm)
+    if not after.exists or after.state in ("shut off", "crashed"):
+        return DESTINATION_GONE
     if before.exists and before.state != "shut off":
         domain = find_domain(src, vm)
         stats = job_stats(domain) if domain is not None else {}
         with contextlib.suppress(KeyError, TypeError, ValueError):
             watch.update(int(stats["memory_processed"]) + int(stats.get("disk_processed", 0)))
-        return False
-    after = observe(dst, destination, "", vm)
+        return None
     # A source that is gone while the destination still waits for pages is not a success.
-    return after.state == "running" and not after.in_postcopy
+    return FINISHED if after.state == "running" and not after.in_postcopy else None

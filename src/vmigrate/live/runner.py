@@ -24,6 +24,7 @@ from vmigrate.live.aftermath import (
     tidy_after_failure,
 )
 from vmigrate.live.monitor import Monitor, Steering
+from vmigrate.live.postcopy_link import DESTINATION_GONE, NEVER_SWITCHED, TIMED_OUT
 from vmigrate.live.recovery_plan import postcopy_instructions
 from vmigrate.live.request import EventSink, LiveReport, LiveRequest, live_options
 from vmigrate.live.storage_copy import DestinationImages, plan_for
@@ -190,22 +191,37 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     monitor = Monitor(domain, request.policy, store, job_id, steering, emit, started, dst_ref.name)
     if prepare_error is None:
         _run_call(call, monitor, src, domain, completed)
-    state, samples = monitor.state, monitor.samples
+    samples = monitor.samples
     links = HostLinks(
         {src_ref.name: src_ref.uri, dst_ref.name: dst_ref.uri},
         {src_ref.name: src, dst_ref.name: dst},
     )
-    call_error, fix = call.error, ""
-    if state.postcopy:
-        finished = see_postcopy_through(request, links, src_ref.name, monitor.link_watch, emit)
-        if not finished:
+    call_error, fix, status = call.error, "", ""
+    # Asked for post-copy; whether the switch really happened, the aftermath finds out.
+    postcopy = monitor.state.postcopy
+    if postcopy:
+        status = see_postcopy_through(request, links, src_ref.name, monitor.link_watch, emit)
+        postcopy = status != NEVER_SWITCHED
+        if status == TIMED_OUT:
             call_error = (
                 f"post-copy did not finish within {request.postcopy_wait_s:g} s: the guest "
                 f"runs on {dst_ref.name} and part of its memory is still on {src_ref.name}"
             )
             fix = postcopy_instructions(request.vm, src_ref.uri, dst_ref.uri)
+        elif status == DESTINATION_GONE:
+            call_error = (
+                f"the guest stopped on {dst_ref.name} during post-copy (its QEMU exited): "
+                f"its state was split between the hosts and cannot be put back together; "
+                f"{src_ref.name} keeps a paused copy that is older than the disks"
+            )
+            fix = (
+                f"do not resume the paused copy on {src_ref.name} (its memory is older than "
+                f"its disks): destroy it (virsh -c {src_ref.uri} destroy {request.vm}) and "
+                f"start {request.vm} again from its disks on one host; check the guest's "
+                "file systems"
+            )
     arrived = links.locate_when_known(request.vm, wait_s=VERIFY_WAIT_S).running_on
-    if state.postcopy and call.error and arrived == [dst_ref.name] and not fix:
+    if postcopy and call.error and arrived == [dst_ref.name] and not fix:
         # libvirt gave up on its call when the link broke; the migration finished anyway.
         call_error = None
     if prepare_error is not None:
@@ -228,7 +244,7 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
             f"the migration stream to {dst_ref.name} broke (its QEMU exited or the "
             f"connection was reset): {message}"
         )
-    if outcome != "completed" and not state.postcopy:
+    if outcome != "completed" and not postcopy:
         try:
             tidied = tidy_after_failure(request.vm, links, src_ref, dst_ref, request.transient)
         except LibvirtError as err:  # a host failing now: the verification below reports it
@@ -249,8 +265,10 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
         )
     if outcome == "completed":
         placement_ok = placement.exactly_on(dst_ref.name, defined=not request.transient)
-    else:
-        placement_ok = placement.exactly_on(src_ref.name, defined=was_persistent)
+    else:  # a stale paused copy left by a post-copy whose destination died is no placement
+        placement_ok = status != DESTINATION_GONE and placement.exactly_on(
+            src_ref.name, defined=was_persistent
+        )
     last = samples[-1] if samples else None
     report = LiveReport(
         job_id=job_id,
@@ -263,7 +281,7 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
         downtime_ms=float(completed["downtime"]) if "downtime" in completed else None,
         bytes_sent=int(completed.get("data_processed", last.data_processed if last else 0)),
         passes=int(completed.get("memory_iteration", last.iteration if last else 0)),
-        postcopy=state.postcopy,
+        postcopy=postcopy,
         actions=steering.taken,
         placement=placement.to_dict(),
         placement_ok=placement_ok,
