@@ -12,7 +12,7 @@ import pytest
 from vmigrate.errors import UsageError
 from vmigrate.live.policy import PRESETS, Action, PolicyConfig, decide, initial_state
 from vmigrate.live.postcopy_link import LinkWatch
-from vmigrate.live.samples import JobSample, sample_from_job_stats
+from vmigrate.live.samples import JobSample, sample_from_job_stats, with_disk_rate
 
 TRACES = Path(__file__).parent / "data" / "jobstats"
 MIB = 1 << 20
@@ -195,3 +195,10 @@ def test_before_the_first_byte_the_stall_limit_is_longer() -> None:
     assert _feed(nothing_yet, PRESETS["fast"]) == []
     taken = _feed([_first_pass(t * 0.5, 0) for t in range(130)], PRESETS["fast"])
     assert [a.kind for a in taken] == ["abort"] and "60 s" in taken[0].reason
+
+
+def test_the_disk_mirror_rate_is_derived_from_two_samples() -> None:
+    first = replace(_first_pass(1.0, 0), disk_total=100 * MIB, disk_processed=10 * MIB)
+    second = replace(first, elapsed_s=1.5, disk_processed=30 * MIB)
+    assert with_disk_rate(second, first).disk_bandwidth_bps == 40 * MIB
+    assert with_disk_rate(first, None).disk_bandwidth_bps == 0.0

@@ -36,6 +36,7 @@ def progress_table(sample: dict[str, Any]) -> Table:
     bar_width = 30
     filled = int(bar_width * sample["percent"] / 100)
     bandwidth = sample["bandwidth_bps"]
+    link_rate = bandwidth + sample.get("disk_bandwidth_bps", 0.0)
     eta = sample["memory_remaining"] / bandwidth if bandwidth > 0 else None
     expected = sample.get("expected_downtime_ms")
     table.add_row(
@@ -51,7 +52,9 @@ def progress_table(sample: dict[str, Any]) -> Table:
         table.add_row(
             "memory copied",
             f"{_mib(min(sample['memory_processed'], sample['memory_total']))} / "
-            f"{_mib(sample['memory_total'])}",
+            f"{_mib(sample['memory_total'])}"
+            if sample["memory_total"]
+            else "starts once the disks are in sync",
         )
     table.add_row(
         "sent / remaining",
@@ -60,7 +63,7 @@ def progress_table(sample: dict[str, Any]) -> Table:
     )
     table.add_row(
         "bandwidth / dirty rate",
-        f"{_mib(bandwidth)}/s / {_mib(sample['dirty_rate_bps'])}/s",
+        f"{_mib(link_rate)}/s / {_mib(sample['dirty_rate_bps'])}/s",
     )
     table.add_row(
         "expected downtime / limit",

@@ -12,7 +12,7 @@ from typing import Any
 from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
 from vmigrate.live.postcopy_link import LinkWatch
 from vmigrate.live.request import EventSink
-from vmigrate.live.samples import JobSample, sample_from_job_stats
+from vmigrate.live.samples import JobSample, sample_from_job_stats, with_disk_rate
 from vmigrate.store import ControlRequest, JobStore
 from vmigrate.virt.connection import LibvirtError
 from vmigrate.virt.migration import (
@@ -112,6 +112,7 @@ class Monitor:
         )
         if sample is None:
             return
+        sample = with_disk_rate(sample, self.samples[-1] if self.samples else None)
         if not self._downtime_set:
             # Start low: the policy raises it only as far as the guest needs.
             set_max_downtime(self.domain, self.state.downtime_ms)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 # virDomainJobType values (libvirt.VIR_DOMAIN_JOB_*), repeated so this module stays pure.
@@ -27,6 +27,7 @@ class JobSample:
     disk_remaining: int
     throttle_pct: int | None  # auto-converge CPU throttle
     postcopy_requests: int
+    disk_bandwidth_bps: float = 0.0  # the storage mirror's rate (--copy-storage)
 
     @property
     def data_total(self) -> int:
@@ -81,4 +82,16 @@ def sample_from_job_stats(
         if "auto_converge_throttle" in stats
         else None,
         postcopy_requests=int(stats.get("memory_postcopy_requests", 0)),
+        disk_bandwidth_bps=float(stats.get("disk_bps", 0)),
     )
+
+
+def with_disk_rate(sample: JobSample, previous: JobSample | None) -> JobSample:
+    """libvirt 11.3 reports no rate for the storage mirror: derive it from two samples."""
+    if sample.disk_bandwidth_bps or previous is None:
+        return sample
+    seconds = sample.elapsed_s - previous.elapsed_s
+    copied = sample.disk_processed - previous.disk_processed
+    if seconds <= 0 or copied <= 0:
+        return sample
+    return replace(sample, disk_bandwidth_bps=copied / seconds)
