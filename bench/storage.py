@@ -29,8 +29,7 @@ from bench.live import environment
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
-from vmigrate.lab.hostfs import in_host
-from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm
+from vmigrate.lab.vms import LabVmRequest, add_disk, create_vm, remove_vm
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveRequest, migrate_live
 
@@ -57,25 +56,8 @@ def _guest_with_two_local_disks(vm: str) -> list[str]:
         LabVmRequest(vm, memory_mib=256, dirty_rate_mib=20, disk="local", disk_backing=True)
     )
     assert created.disk_path is not None
-    conn = libvirt.open(HOST_A.uri)
-    try:
-        volume = conn.storagePoolLookupByName(LOCAL_POOL).createXML(
-            f"<volume><name>{vm}-vdb.qcow2</name><capacity unit='MiB'>1024</capacity>"
-            "<target><format type='qcow2'/></target></volume>",
-            0,
-        )
-        in_host(
-            "hostA", "qemu-io", "-f", "qcow2", "-c", f"write -P 0xa5 0 {VDB_DATA_MIB}M",
-            volume.path(), check=True,
-        )  # fmt: skip
-        conn.lookupByName(vm).attachDeviceFlags(
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
-            f"<source file='{volume.path()}'/><target dev='vdb' bus='virtio'/></disk>",
-            libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG,
-        )
-        return [created.disk_path, str(volume.path())]
-    finally:
-        conn.close()
+    vdb = add_disk(vm, LOCAL_POOL, "vdb", 1024, f"write -P 0xa5 0 {VDB_DATA_MIB}M")
+    return [created.disk_path, vdb]
 
 
 def _allocated_on_hostb(paths: list[str]) -> int:

@@ -110,24 +110,14 @@ def small_pool(size_mib: int) -> Iterator[str]:
         in_host("hostB", "umount", path)
 
 
-def add_disk(vm: str, pool: str, target: str, size_mib: int, fill: str) -> str:
-    """A qcow2 disk in `pool` on hostA holding `fill` (a qemu-io write), attached live."""
+def pool_volumes(uri: str, pool: str) -> set[str]:
+    """The paths of the volumes in a host's pool, freshly listed."""
     import libvirt
 
-    conn = libvirt.open(HOST_A.uri)
+    conn = libvirt.open(uri)
     try:
-        volume = conn.storagePoolLookupByName(pool).createXML(
-            f"<volume><name>{vm}-{target}.qcow2</name><capacity unit='MiB'>{size_mib}</capacity>"
-            "<target><format type='qcow2'/></target></volume>",
-            0,
-        )
-        written = in_host("hostA", "qemu-io", "-f", "qcow2", "-c", fill, volume.path())
-        assert written.returncode == 0, written.stderr
-        conn.lookupByName(vm).attachDeviceFlags(
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
-            f"<source file='{volume.path()}'/><target dev='{target}' bus='virtio'/></disk>",
-            libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG,
-        )
-        return str(volume.path())
+        found = conn.storagePoolLookupByName(pool)
+        found.refresh(0)
+        return {v.path() for v in found.listAllVolumes(0)}
     finally:
         conn.close()

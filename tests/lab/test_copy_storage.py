@@ -18,6 +18,7 @@ from vmigrate.lab.vms import (
     BACKING_DATA_OFFSET,
     DISK_PATTERN_MIB,
     LabVmRequest,
+    add_disk,
     backing_data,
     create_vm,
     disk_seed,
@@ -25,20 +26,10 @@ from vmigrate.lab.vms import (
 )
 from vmigrate.store import JobStore
 
-from .helpers import add_disk, in_host, run_cli, small_pool
+from .helpers import in_host, pool_volumes, run_cli, small_pool
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
-
-
-def _volumes(uri: str, pool: str) -> set[str]:
-    conn = libvirt.open(uri)
-    try:
-        found = conn.storagePoolLookupByName(pool)
-        found.refresh(0)
-        return {v.path() for v in found.listAllVolumes(0)}
-    finally:
-        conn.close()
 
 
 def _reads(host: str, path: str, command: str) -> bool:
@@ -85,8 +76,8 @@ def test_copy_storage_moves_local_disks_and_backing_file_leaves_shared(
     vdb = add_disk(vm_name, LOCAL_POOL, "vdb", 64, "write -P 0xa5 0 8M")
     vdc = add_disk(vm_name, SHARED_POOL, "vdc", 256, "write -P 0x3c 0 4M")
     base = created.disk_path.replace("-vda.qcow2", "-base.img")
-    shared_before = _volumes(HOST_B.uri, SHARED_POOL)
-    assert base not in _volumes(HOST_B.uri, LOCAL_POOL)
+    shared_before = pool_volumes(HOST_B.uri, SHARED_POOL)
+    assert base not in pool_volumes(HOST_B.uri, LOCAL_POOL)
 
     result = run_cli(
         "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage",
@@ -113,18 +104,18 @@ def test_copy_storage_moves_local_disks_and_backing_file_leaves_shared(
         mirrored = max(s["disk_total"] for s in jobs.samples(job.id))
     assert job.params["options"]["copy_disks"] == ["vda", "vdb"]
     assert 0 < mirrored <= (1024 + 64) * MIB, mirrored
-    assert _volumes(HOST_B.uri, SHARED_POOL) == shared_before
+    assert pool_volumes(HOST_B.uri, SHARED_POOL) == shared_before
     assert _reads("hostB", vdc, "read -P 0x3c 0 4M")
     # --delete-source-disks removed the VM's own images on hostA, never the backing file.
     assert sorted(storage["source_images_removed"]) == sorted([created.disk_path, vdb])
-    left_on_a = _volumes(HOST_A.uri, LOCAL_POOL)
+    left_on_a = pool_volumes(HOST_A.uri, LOCAL_POOL)
     assert base in left_on_a and created.disk_path not in left_on_a and vdb not in left_on_a
 
 
 def test_copy_storage_bad_input_changes_nothing(lab: list[HostStatus], vm_name: str) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
     add_disk(vm_name, LOCAL_POOL, "vdb", 64, "write -P 0xa5 0 1M")
-    before = _volumes(HOST_B.uri, LOCAL_POOL)
+    before = pool_volumes(HOST_B.uri, LOCAL_POOL)
     cases = {
         ("--disks", "vda,vdz"): "does not have",
         ("--disks", "vda"): "vdb",  # a local disk left out would be lost
@@ -140,7 +131,7 @@ def test_copy_storage_bad_input_changes_nothing(lab: list[HostStatus], vm_name: 
     result = run_cli("live", vm_name, "--from", "hostA", "--to", "hostB", "--disks", "vda")
     assert result.returncode != 0 and "--copy-storage" in result.stderr
     assert locate_vm(vm_name) == {"hostA": "running"}
-    assert _volumes(HOST_B.uri, LOCAL_POOL) == before
+    assert pool_volumes(HOST_B.uri, LOCAL_POOL) == before
 
 
 def test_copy_storage_refused_when_the_destination_pool_is_too_small(
@@ -156,7 +147,7 @@ def test_copy_storage_refused_when_the_destination_pool_is_too_small(
             assert result.returncode != 0
             assert "storage.space" in result.stdout + result.stderr, result.stderr
             assert "vdb" in result.stderr, result.stderr
-            assert _volumes(HOST_B.uri, "small") == set()
+            assert pool_volumes(HOST_B.uri, "small") == set()
             assert locate_vm(vm_name) == {"hostA": "running"}
         finally:
             conn = libvirt.open(HOST_A.uri)

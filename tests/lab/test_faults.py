@@ -22,10 +22,10 @@ from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
 from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.state import load_records
-from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
+from vmigrate.lab.vms import LabVmRequest, add_disk, create_vm, locate_vm
 
 from .firewall import dropped
-from .helpers import add_disk, in_host, read_events_until, run_cli, start_cli
+from .helpers import in_host, pool_volumes, read_events_until, run_cli, start_cli
 
 pytestmark = pytest.mark.lab
 
@@ -50,13 +50,7 @@ def finish(process: subprocess.Popen[str], timeout: float = 300) -> dict[str, An
 
 def _destination_images(paths: set[str]) -> set[str]:
     """Which of `paths` exist in hostB's local pool."""
-    conn = libvirt.open(HOST_B.uri)
-    try:
-        pool = conn.storagePoolLookupByName(LOCAL_POOL)
-        pool.refresh(0)
-        return {v.path() for v in pool.listAllVolumes(0)} & paths
-    finally:
-        conn.close()
+    return pool_volumes(HOST_B.uri, LOCAL_POOL) & paths
 
 
 def wait_until_only_on(vm: str, host: str, timeout: float = 60) -> None:

@@ -27,9 +27,11 @@ from vmigrate.lab.heartbeat_collector import (
     start_collector,
     stop_collector,
 )
+from vmigrate.lab.hostfs import in_host
 from vmigrate.lab.image import kernel_cmdline, load_guest_image
 from vmigrate.lab.lifecycle import connect, running_hosts
 from vmigrate.virt.connection import (
+    AFFECT_LIVE_AND_CONFIG,
     UNDEFINE_WITH_METADATA,
     Connection,
     LibvirtError,
@@ -405,3 +407,31 @@ def set_rate(name: str, rate_mib: int, *, timeout: float = 10.0) -> None:
     since = time.monotonic_ns()
     send_to_guest(name, f"rate {rate_mib}")
     wait_for_console(name, rf"^RATE {rate_mib}$", timeout=timeout, since_ns=since)
+
+
+def add_disk(vm: str, pool: str, target: str, size_mib: int, fill: str) -> str:
+    """A qcow2 disk `target` in `pool` on hostA holding `fill` (a qemu-io command, e.g.
+    "write -P 0xa5 0 8M"), attached to the running VM and its definition; its path.
+
+    Named like the VM's own lab disks, so `lab vm rm` deletes it too."""
+    host = lab_host("hostA")
+    assert host is not None
+    conn = connect(host)
+    try:
+        volume = conn.storagePoolLookupByName(pool).createXML(
+            f"<volume><name>{vm}-{target}.qcow2</name><capacity unit='MiB'>{size_mib}</capacity>"
+            "<target><format type='qcow2'/></target></volume>",
+            0,
+        )
+        written = in_host("hostA", "qemu-io", "-f", "qcow2", "-c", fill, volume.path())
+        if written.returncode != 0:
+            volume.delete(0)
+            raise LabError(f"qemu-io could not fill {volume.path()}: {written.stderr.strip()}")
+        conn.lookupByName(vm).attachDeviceFlags(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            f"<source file='{volume.path()}'/><target dev='{target}' bus='virtio'/></disk>",
+            AFFECT_LIVE_AND_CONFIG,
+        )
+        return str(volume.path())
+    finally:
+        conn.close()

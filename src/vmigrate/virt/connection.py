@@ -34,6 +34,8 @@ LibvirtError = libvirt.libvirtError
 MIGRATABLE_XML = libvirt.VIR_DOMAIN_XML_MIGRATABLE
 #: Undefine a migrated-away source but keep its NVRAM file (it may be on shared storage).
 UNDEFINE_KEEP_NVRAM = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+#: A device change that applies to the running domain and to its definition alike.
+AFFECT_LIVE_AND_CONFIG = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
 #: Undefine a domain together with its managed save image and snapshot metadata.
 UNDEFINE_WITH_METADATA = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
