@@ -17,7 +17,6 @@ from typing import Any
 import libvirt
 import pytest
 
-from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
 from vmigrate.lab.lifecycle import HostStatus, lab_up
@@ -25,7 +24,14 @@ from vmigrate.lab.state import load_records
 from vmigrate.lab.vms import LabVmRequest, add_disk, create_vm, locate_vm
 
 from .firewall import dropped
-from .helpers import in_host, pool_volumes, read_events_until, run_cli, start_cli
+from .helpers import (
+    busy_migration,
+    in_host,
+    pool_volumes,
+    read_events_until,
+    run_cli,
+    start_cli,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -88,19 +94,10 @@ def test_link_cut_mid_precopy_aborts_and_keeps_the_vm_on_hosta(
 
 @contextlib.contextmanager
 def postcopy_job(vm: str, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    """A live migration of a guest dirtying 200 MiB/s over a 1 Gbit/s link (119 MiB/s), once
-    the policy has asked for post-copy; the link is reset afterwards."""
-    create_vm(LabVmRequest(vm, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
-    link.shape("1gbit")
-    try:
-        process = start_cli(
-            "live", vm, "--from", "hostA", "--to", "hostB",
-            "--store", str(tmp_path / "jobs.sqlite"), "--json",
-        )  # fmt: skip
+    """A busy guest's live migration, once the policy has asked for post-copy."""
+    with busy_migration(vm, tmp_path / "jobs.sqlite") as process:
         read_events_until(process, "postcopy")
         yield process
-    finally:
-        link.reset()
 
 
 def test_link_cut_mid_postcopy_then_restored_completes_on_hostb(

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from vmigrate.lab import link
 from vmigrate.lab.heartbeat import heartbeat_report
 from vmigrate.lab.lifecycle import HostStatus
-from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
+from vmigrate.lab.vms import locate_vm
 from vmigrate.store import JobStore
 
-from .helpers import read_events_until, run_cli, start_cli
+from .helpers import busy_migration, read_events_until, run_cli
 
 pytestmark = pytest.mark.lab
 
@@ -44,19 +43,11 @@ def test_vmigrate_killed_then_recover(
     lab: list[HostStatus], vm_name: str, tmp_path: Path, moment: str, extra: tuple[str, ...]
 ) -> None:
     store = tmp_path / "jobs.sqlite"
-    create_vm(LabVmRequest(vm_name, memory_mib=384, working_set_mib=256, dirty_rate_mib=200))
-    link.shape("1gbit")  # 200 MiB/s dirtied, 119 MiB/s carried: the policy goes post-copy
-    try:
-        process = start_cli(
-            "live", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store), "--json",
-            *extra,
-        )  # fmt: skip
+    with busy_migration(vm_name, store, *extra) as process:
         job_id = _kill_when(process, moment)
         assert JobStore(store).job(job_id).state == "interrupted"
         jobs = run_cli("jobs", "--store", str(store), env={"COLUMNS": "200"}, timeout=60)
         assert "interrupted" in jobs.stdout
-    finally:
-        link.reset()
     report = _recover(vm_name, store)
     assert report["outcome"] in ("completed", "aborted"), report
     placement = locate_vm(vm_name)
