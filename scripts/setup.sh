@@ -35,7 +35,10 @@ fi
 # --- 2. packages
 version_of() { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | awk '/install ok installed/ {print $4}'; }
 at_least() { [ -n "$1" ] && dpkg --compare-versions "$1" ge "$2"; }
-backport_pkgs=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
+# libvirt's drivers are packages of their own: without the storage and network drivers every pool
+# and network call fails ("this function is not supported by the connection driver").
+backport_pkgs=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
+               libvirt-daemon-driver-storage libvirt-daemon-driver-network libvirt-clients libvirt-dev)
 stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static iproute2 iptables cpio
              xz-utils util-linux mount dpkg-dev
              openssh-server openssh-client rsync)  # the last three: peers of the cold benchmark

@@ -103,3 +103,19 @@ class DomainView:
                 "starting up",
             )
         )
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    peer_to_peer: bool = True
+    persist_destination: bool = True
+    postcopy: bool = False  # enable the capability; the switch itself is the policy's call
+    autoconverge: bool = False
+    autoconverge_initial: int | None = None
+    autoconverge_increment: int | None = None
+    bandwidth_mib: int | None = None
+    parallel_connections: int | None = None
+    compressed: bool = False
+    tls: bool = False
+    migration_uri: str | None = None  # e.g. tcp://10.0.0.2 for the data stream
+    copy_disks: tuple[str, ...] = ()  # targets whose top image QEMU mirrors (--copy-storage)

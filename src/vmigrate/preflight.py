@@ -20,19 +20,18 @@ from vmigrate.checks.storage import check_storage
 from vmigrate.checks.versions import check_machine, check_versions
 from vmigrate.domxml.cpu import cpu_xml_element, parse_domain_capabilities, parse_domain_cpu
 from vmigrate.errors import HostUnreachable, UsageError
+from vmigrate.facts import DomainFacts, HostFacts, ShareProbe
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.model import CheckReport, Finding, Mode
 from vmigrate.virt.connection import Connection, lookup_domain, open_with_timeout, probe_tcp
 from vmigrate.virt.facts import (
-    DomainFacts,
-    HostFacts,
     baseline_cpu,
     compare_cpu,
     domain_capabilities,
     gather_domain_facts,
     gather_host_facts,
 )
-from vmigrate.virt.storage import ShareProbe, locate_volume, probe_shared_pool, volume_exists
+from vmigrate.virt.storage import locate_volume, probe_shared_pool, volume_exists
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 8.0

@@ -12,10 +12,17 @@ from vmigrate.checks.resources import check_resources
 from vmigrate.checks.storage import check_storage
 from vmigrate.checks.versions import check_machine, check_versions
 from vmigrate.domxml.domain import parse_domain
+from vmigrate.facts import (
+    DomainFacts,
+    HostFacts,
+    NetworkFacts,
+    PoolFacts,
+    ShareProbe,
+    VolumeLocation,
+    available_memory_bytes,
+)
 from vmigrate.hosts import HostRef
 from vmigrate.model import Finding, Mode, Verdict
-from vmigrate.virt.facts import DomainFacts, HostFacts, NetworkFacts, PoolFacts
-from vmigrate.virt.storage import ShareProbe, VolumeLocation
 
 BLOCKERS = (Path(__file__).parent / "data" / "domains" / "blockers.xml").read_text()
 GIB = 1 << 30
@@ -32,6 +39,7 @@ def host(name: str, uri: str, **changes: object) -> HostFacts:
         arch="x86_64",
         cpus=16,
         memory_free_bytes=64 * GIB,
+        memory_available_bytes=64 * GIB,
         rtt_ms=0.4,
         pools=(
             PoolFacts("default", "dir", "/var/lib/libvirt/images", True, 100 * GIB, 0, 100 * GIB),
@@ -206,10 +214,35 @@ def test_name_and_uuid_clashes_and_state() -> None:
 
 
 def test_memory_and_vcpus() -> None:
-    small = host("kvm2", "qemu+tls://kvm2/system", memory_free_bytes=3 * GIB, cpus=4)
+    small = host(
+        "kvm2",
+        "qemu+tls://kvm2/system",
+        memory_free_bytes=3 * GIB,
+        memory_available_bytes=3 * GIB,
+        cpus=4,
+    )
     found = check_resources(facts(destination=small))
     assert only(found, "resources.memory").verdict is Verdict.FAIL
     assert "8 vCPUs" in only(found, "resources.vcpus").summary
+
+
+def test_memory_counts_the_page_cache_not_memfree_alone() -> None:
+    # getMemoryStats (KiB) of a host with a warm page cache, as issue #12 saw on the lab
+    # machine: MemFree said 4181 MiB while ~23 GiB were available.
+    stats = {"total": 24_601_232, "free": 4_281_640, "buffers": 412_996, "cached": 18_950_552}
+    available = available_memory_bytes(stats)
+    assert available == (4_281_640 + 412_996 + 18_950_552) * 1024
+    warm = host(
+        "kvm2",
+        "qemu+tls://kvm2/system",
+        memory_free_bytes=4_281_640 * 1024,
+        memory_available_bytes=available,
+    )
+    memory = only(check_resources(facts(destination=warm)), "resources.memory")
+    assert memory.verdict is Verdict.PASS
+    # Both figures are in the finding, and the reserve is held back.
+    assert "4181 MiB free" in memory.summary
+    assert memory.evidence["destination_can_give"] == available - 512 * (1 << 20)
 
 
 def test_versions() -> None:

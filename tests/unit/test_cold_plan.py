@@ -13,9 +13,8 @@ from vmigrate.cold.plan import (
 )
 from vmigrate.domxml.domain import InterfaceInfo
 from vmigrate.errors import UsageError
+from vmigrate.facts import HostFacts, NetworkFacts, PoolFacts, VolumeInfo
 from vmigrate.hosts import HostRef
-from vmigrate.virt.facts import HostFacts, NetworkFacts, PoolFacts
-from vmigrate.virt.storage import VolumeInfo
 
 GIB = 1 << 30
 POOLS = (
@@ -130,6 +129,7 @@ def _destination() -> HostFacts:
         arch="x86_64",
         cpus=8,
         memory_free_bytes=1 << 34,
+        memory_available_bytes=1 << 34,
         rtt_ms=0.3,
         pools=POOLS,
         networks=(NetworkFacts("prod", True, "virbr1", ()),),

@@ -18,7 +18,7 @@ from vmigrate.lab.config import (
 )
 from vmigrate.lab.domain import LabDisk, LabGuestSpec, render_domain_xml
 from vmigrate.lab.link import shaping_commands
-from vmigrate.virt.versions import format_version, parse_version
+from vmigrate.versions import format_version, parse_version
 
 
 def conf_values(text: str) -> dict[str, str]:

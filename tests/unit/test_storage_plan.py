@@ -6,9 +6,8 @@ import pytest
 
 from vmigrate.domxml.domain import DiskInfo
 from vmigrate.errors import UsageError
+from vmigrate.facts import PoolFacts, VolumeInfo
 from vmigrate.live.storage_plan import StorageCopyPlan, check_room, plan_storage_copy
-from vmigrate.virt.facts import PoolFacts
-from vmigrate.virt.storage import VolumeInfo
 
 IMAGES = "/var/lib/libvirt/images"
 GIB = 1 << 30

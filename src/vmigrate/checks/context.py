@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vmigrate.facts import DomainFacts, HostFacts, ShareProbe, VolumeLocation
 from vmigrate.model import Mode
-from vmigrate.virt.facts import DomainFacts, HostFacts
-from vmigrate.virt.storage import ShareProbe, VolumeLocation
 
 
 @dataclass(frozen=True)

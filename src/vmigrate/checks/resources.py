@@ -7,6 +7,8 @@ from vmigrate.model import Finding, Verdict
 
 FAMILY = "resources"
 MIB = 1 << 20
+#: Memory a host keeps for itself (kernel, libvirtd, its own services) and never gives a VM.
+HOST_RESERVE_BYTES = 512 * MIB
 
 
 def qemu_overhead_bytes(memory_bytes: int) -> int:
@@ -27,18 +29,28 @@ def check_resources(facts: CheckInput) -> list[Finding]:
         ]
     memory = domain.summary.memory_kib * 1024
     need = memory + qemu_overhead_bytes(memory)
+    # MemFree alone understates a host with a warm page cache: count what the kernel gives
+    # back on demand, and keep a reserve for the host itself.
+    can_give = max(0, dst.memory_available_bytes - HOST_RESERVE_BYTES)
     evidence = {
         "guest_memory": memory,
         "needed_with_overhead": need,
+        "destination_available": dst.memory_available_bytes,
         "destination_free": dst.memory_free_bytes,
+        "host_reserve": HOST_RESERVE_BYTES,
+        "destination_can_give": can_give,
     }
-    if dst.memory_free_bytes < need:
+    seen = (
+        f"{dst.ref.name} can give {can_give // MIB} MiB ({dst.memory_available_bytes // MIB} MiB "
+        f"available: {dst.memory_free_bytes // MIB} MiB free plus page cache and buffers, "
+        f"less {HOST_RESERVE_BYTES // MIB} MiB kept for the host)"
+    )
+    if can_give < need:
         memory_finding = Finding(
             "resources.memory",
             FAMILY,
             Verdict.FAIL,
-            f"{dst.ref.name} has {dst.memory_free_bytes // MIB} MiB free; the VM needs "
-            f"{memory // MIB} MiB plus ~{(need - memory) // MIB} MiB for QEMU",
+            f"{seen}; the VM needs {memory // MIB} MiB plus ~{(need - memory) // MIB} MiB for QEMU",
             evidence,
             fix=f"free memory on {dst.ref.name} (move or stop other VMs) or pick another host",
         )
@@ -47,7 +59,7 @@ def check_resources(facts: CheckInput) -> list[Finding]:
             "resources.memory",
             FAMILY,
             Verdict.PASS,
-            f"{dst.ref.name} has {dst.memory_free_bytes // MIB} MiB free for {need // MIB} MiB",
+            f"{seen}; the VM needs {need // MIB} MiB with QEMU's overhead",
             evidence,
         )
     vcpus = domain.summary.vcpus

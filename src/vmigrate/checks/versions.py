@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vmigrate.checks.context import CheckInput
 from vmigrate.model import Finding, Mode, Verdict
-from vmigrate.virt.versions import format_version, parse_version
+from vmigrate.versions import format_version, parse_version
 
 MIN_LIBVIRT = parse_version("4.0.0")  # the project's floor (the seed's requirement)
 POSTCOPY_RECOVERY_LIBVIRT = parse_version("8.5.0")

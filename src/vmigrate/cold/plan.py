@@ -14,8 +14,7 @@ from typing import Any
 
 from vmigrate.domxml.domain import InterfaceInfo
 from vmigrate.errors import UsageError
-from vmigrate.virt.facts import HostFacts, PoolFacts
-from vmigrate.virt.storage import VolumeInfo
+from vmigrate.facts import HostFacts, PoolFacts, VolumeInfo
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from vmigrate.lab.daemons import (
 from vmigrate.lab.heartbeat_collector import stop_all_collectors
 from vmigrate.lab.paths import LAB_DIR
 from vmigrate.lab.state import load_records, save_records
+from vmigrate.versions import format_version
 from vmigrate.virt.connection import (
     Connection,
     LibvirtError,
@@ -36,7 +37,6 @@ from vmigrate.virt.connection import (
     open_connection,
     wait_for_connection,
 )
-from vmigrate.virt.versions import format_version
 
 START_TIMEOUT_SECONDS = 30.0
 

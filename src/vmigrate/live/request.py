@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.live.policy import PolicyConfig
-from vmigrate.virt.migration import LiveOptions
+from vmigrate.model import LiveOptions
 
 #: Progress goes to an `on_event(kind, payload)` callback: the library never prints.
 EventSink = Callable[[str, dict[str, Any]], None]

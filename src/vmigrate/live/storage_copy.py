@@ -17,6 +17,7 @@ import libvirt
 
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.errors import VmigrateError
+from vmigrate.facts import PoolFacts, VolumeInfo
 from vmigrate.journal import Detail, Journal
 from vmigrate.live.storage_plan import (
     LOCAL,
@@ -29,8 +30,7 @@ from vmigrate.live.storage_plan import (
 from vmigrate.model import CheckReport
 from vmigrate.virt import domains
 from vmigrate.virt.copy_worker import copy_in_worker
-from vmigrate.virt.facts import PoolFacts
-from vmigrate.virt.storage import VolumeInfo, volume_chain, volume_exists
+from vmigrate.virt.storage import volume_chain, volume_exists
 from vmigrate.virt.streams import volume_digest
 
 EventSink = Callable[[str, dict[str, Any]], None]

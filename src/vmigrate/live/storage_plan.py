@@ -14,8 +14,7 @@ from typing import Any
 
 from vmigrate.domxml.domain import DiskInfo
 from vmigrate.errors import UsageError
-from vmigrate.virt.facts import PoolFacts
-from vmigrate.virt.storage import VolumeInfo
+from vmigrate.facts import PoolFacts, VolumeInfo
 
 SHARED, NETWORK, LOCAL, UNKNOWN = "shared", "network", "local", "unknown"
 

@@ -4,64 +4,19 @@ from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 
 import libvirt
 
 from vmigrate.domxml.domain import DomainSummary, parse_domain
+from vmigrate.facts import (
+    DomainFacts,
+    HostFacts,
+    NetworkFacts,
+    PoolFacts,
+    available_memory_bytes,
+)
 from vmigrate.hosts import HostRef
 from vmigrate.virt.connection import domain_state
-
-
-@dataclass(frozen=True)
-class PoolFacts:
-    name: str
-    type: str
-    target_path: str | None
-    active: bool
-    capacity: int
-    allocation: int
-    available: int
-
-
-@dataclass(frozen=True)
-class NetworkFacts:
-    name: str
-    active: bool
-    bridge: str | None
-    portgroups: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    ref: HostRef
-    hostname: str
-    host_uuid: str
-    libvirt_version: int
-    hypervisor_type: str
-    hypervisor_version: int
-    arch: str
-    cpus: int
-    memory_free_bytes: int
-    rtt_ms: float
-    pools: tuple[PoolFacts, ...]
-    networks: tuple[NetworkFacts, ...]
-    host_interfaces: tuple[str, ...] | None  # None: the host's interface driver cannot tell
-    domains: dict[str, str]  # name -> UUID of every domain the host knows
-
-
-@dataclass(frozen=True)
-class DomainFacts:
-    name: str
-    state: str
-    persistent: bool
-    live_xml: str
-    summary: DomainSummary
-    snapshots: int
-    managed_save: bool
-    block_jobs: tuple[str, ...]  # disks with an active block job
-    migratable_error: str | None  # libvirt's refusal to produce migratable XML, if any
-    active_job: str | None = None  # a libvirt job in progress (a migration, a save, ...)
 
 
 def _pool(pool: libvirt.virStoragePool) -> PoolFacts:
@@ -113,6 +68,9 @@ def gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
         arch=capabilities.findtext("host/cpu/arch", ""),
         cpus=cpus,
         memory_free_bytes=conn.getFreeMemory(),
+        memory_available_bytes=available_memory_bytes(
+            conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+        ),
         rtt_ms=rtt_ms,
         pools=tuple(_pool(p) for p in conn.listAllStoragePools(0)),
         networks=tuple(_network(n) for n in conn.listAllNetworks(0)),

@@ -9,30 +9,15 @@ from __future__ import annotations
 
 import secrets
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 
 import libvirt
+
+from vmigrate.facts import ShareProbe, VolumeInfo, VolumeLocation
 
 PROBE_BYTES = 4096
 PROBE_PREFIX = ".vmigrate-probe-"
 # Refreshing these pool types is cheap and local; others (iSCSI, RBD) are left alone.
 _REFRESHABLE = {"dir", "fs", "netfs"}
-
-
-@dataclass(frozen=True)
-class VolumeLocation:
-    pool: str
-    pool_type: str
-    pool_path: str | None
-    capacity: int
-    allocation: int
-
-
-@dataclass(frozen=True)
-class ShareProbe:
-    shared: bool
-    destination_pool: str | None  # the destination pool the probe appeared in
-    detail: str
 
 
 def locate_volume(conn: libvirt.virConnect, path: str) -> VolumeLocation | None:
@@ -130,19 +115,6 @@ def probe_shared_pool(
             ):
                 if ET.fromstring(candidate.XMLDesc(0)).get("type") in _REFRESHABLE:
                     candidate.refresh(0)
-
-
-@dataclass(frozen=True)
-class VolumeInfo:
-    path: str
-    name: str
-    pool: str
-    pool_path: str | None
-    format: str
-    capacity: int
-    allocation: int
-    physical: int  # the file's size: what a verbatim copy writes
-    backing_path: str | None
 
 
 def volume_info(conn: libvirt.virConnect, path: str) -> VolumeInfo | None:

@@ -1,0 +1,100 @@
+"""What vmigrate knows about hosts, domains, pools and volumes: plain values read once.
+
+`virt/` fills these in from libvirt; checks, plans and reports read them without libvirt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmigrate.domxml.domain import DomainSummary
+from vmigrate.hosts import HostRef
+
+
+@dataclass(frozen=True)
+class PoolFacts:
+    name: str
+    type: str
+    target_path: str | None
+    active: bool
+    capacity: int
+    allocation: int
+    available: int
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    name: str
+    active: bool
+    bridge: str | None
+    portgroups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    ref: HostRef
+    hostname: str
+    host_uuid: str
+    libvirt_version: int
+    hypervisor_type: str
+    hypervisor_version: int
+    arch: str
+    cpus: int
+    memory_free_bytes: int  # the kernel's MemFree: far below what the host can give
+    memory_available_bytes: int  # free + buffers + cached: what the host can hand a VM
+    rtt_ms: float
+    pools: tuple[PoolFacts, ...]
+    networks: tuple[NetworkFacts, ...]
+    host_interfaces: tuple[str, ...] | None  # None: the host's interface driver cannot tell
+    domains: dict[str, str]  # name -> UUID of every domain the host knows
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    name: str
+    state: str
+    persistent: bool
+    live_xml: str
+    summary: DomainSummary
+    snapshots: int
+    managed_save: bool
+    block_jobs: tuple[str, ...]  # disks with an active block job
+    migratable_error: str | None  # libvirt's refusal to produce migratable XML, if any
+    active_job: str | None = None  # a libvirt job in progress (a migration, a save, ...)
+
+
+@dataclass(frozen=True)
+class VolumeLocation:
+    pool: str
+    pool_type: str
+    pool_path: str | None
+    capacity: int
+    allocation: int
+
+
+@dataclass(frozen=True)
+class ShareProbe:
+    shared: bool
+    destination_pool: str | None  # the destination pool the probe appeared in
+    detail: str
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    path: str
+    name: str
+    pool: str
+    pool_path: str | None
+    format: str
+    capacity: int
+    allocation: int
+    physical: int  # the file's size: what a verbatim copy writes
+    backing_path: str | None
+
+
+def available_memory_bytes(node_memory_stats_kib: dict[str, int]) -> int:
+    """What a host can hand a new guest: free memory plus the page cache and buffers the
+    kernel gives back on demand (libvirt's getMemoryStats, in KiB). getFreeMemory() is
+    MemFree alone, which a warm page cache keeps far below this."""
+    stats = node_memory_stats_kib
+    return (stats.get("free", 0) + stats.get("buffers", 0) + stats.get("cached", 0)) * 1024
