@@ -44,7 +44,42 @@ class EnvironmentProblem(VmigrateError):
 
 
 class HostUnreachable(VmigrateError):
-    """A libvirt daemon did not answer."""
+    """A libvirt daemon did not answer, or the connection to it was lost."""
+
+
+class HostError(VmigrateError):
+    """A host's libvirt refused or failed an operation. `cause` keeps libvirt's own words and
+    `code` its error number, so callers outside `virt/` can tell cases apart without libvirt."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        fix: str = "",
+        host: str | None = None,
+        vm: str | None = None,
+        code: int | None = None,
+        cause: str = "",
+    ) -> None:
+        super().__init__(message, fix=fix, host=host, vm=vm)
+        self.code = code
+        self.cause = cause
+
+
+class DriverMissing(HostError):
+    """The host's libvirt daemon lacks a driver (storage, network, ...): a package to install."""
+
+
+class Vanished(HostError):
+    """A domain, volume or pool went away while vmigrate looked at it: an answer, not a crash."""
+
+
+class OutOfSpace(VmigrateError):
+    """The destination would run out of space: the copy stops before it does."""
+
+
+class GuestImageError(VmigrateError):
+    """The lab's guest image cannot be built, found or booted; the message says what to do."""
 
 
 class LabError(VmigrateError):

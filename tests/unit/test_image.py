@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from vmigrate.errors import GuestImageError
 from vmigrate.lab import image
 from vmigrate.lab.image import (
     CpioEntry,
     GuestImage,
-    GuestImageError,
     build_guest_image,
     cpio_newc,
     disk_header,

@@ -11,7 +11,8 @@ import json
 import os
 import subprocess
 
-from vmigrate.lab.image import GuestImage, GuestImageError, boot_guest, kernel_cmdline
+from vmigrate.errors import GuestImageError
+from vmigrate.lab.image import GuestImage, boot_guest, kernel_cmdline
 from vmigrate.lab.paths import GUEST_CACHE_DIR
 
 ACCEL_FILE = GUEST_CACHE_DIR / "accelerator.json"

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmigrate.errors import GuestImageError
 from vmigrate.lab.paths import GUEST_CACHE_DIR
 
 WORKLOAD_SOURCE = Path(__file__).parent / "guest" / "workload.c"
@@ -40,10 +41,6 @@ INITRD = "initrd.cpio"
 MODULE_ROOTS = {"acpi": ("button", "evdev"), "disk": ("virtio_pci", "virtio_blk")}
 BUSYBOX_LINKS = ("sh", "ls", "cat", "mount", "dmesg")
 _XZ_MAGIC = b"\xfd7zXZ\x00"
-
-
-class GuestImageError(RuntimeError):
-    """The guest image cannot be built, found or booted; the message says what to do."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 import libvirt
 
 from vmigrate.errors import HostUnreachable, NotFound, VmigrateError
+from vmigrate.virt.errors import translate
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,7 @@ def find_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None
 def wrap_error(
     err: libvirt.libvirtError, *, host: str | None = None, vm: str | None = None, doing: str = ""
 ) -> VmigrateError:
-    prefix = f"{doing}: " if doing else ""
-    return VmigrateError(f"{prefix}{err.get_error_message()}", host=host, vm=vm)
+    return translate(err, host=host, vm=vm, doing=doing)
 
 
 STATE_NAMES = {

@@ -30,8 +30,8 @@ from typing import IO
 
 import libvirt
 
-from vmigrate.errors import VmigrateError
-from vmigrate.virt.streams import OutOfSpace, Progress, StreamCopy, copy_volume
+from vmigrate.errors import OutOfSpace, VmigrateError
+from vmigrate.virt.streams import Progress, StreamCopy, copy_volume
 
 _PR_SET_PDEATHSIG = 1
 _STOP_GRACE_S = 30.0  # how long a stopping child may take to abort its streams

@@ -18,15 +18,13 @@ from dataclasses import dataclass
 
 import libvirt
 
+from vmigrate.errors import OutOfSpace
+
 CHUNK = 4 << 20  # large chunks: small ones make streams many times slower
 _HOLE = -3
 _ZEROS = bytes(CHUNK)
 
 Progress = Callable[[int], None]  # called with the offset reached (bytes, data and holes)
-
-
-class OutOfSpace(Exception):
-    """The destination would run out of space: the copy stops before it does."""
 
 
 @dataclass(frozen=True)
