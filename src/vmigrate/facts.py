@@ -31,6 +31,15 @@ class NetworkFacts:
 
 
 @dataclass(frozen=True)
+class MissingDriver:
+    """A libvirt driver the host's daemon lacks: what cannot be done there, and the package."""
+
+    driver: str  # "storage", "network", ...
+    package: str
+    detail: str  # libvirt's words
+
+
+@dataclass(frozen=True)
 class HostFacts:
     ref: HostRef
     hostname: str
@@ -47,6 +56,10 @@ class HostFacts:
     networks: tuple[NetworkFacts, ...]
     host_interfaces: tuple[str, ...] | None  # None: the host's interface driver cannot tell
     domains: dict[str, str]  # name -> UUID of every domain the host knows
+    missing_drivers: tuple[MissingDriver, ...] = ()  # pools/networks then read as empty
+
+    def lacks(self, driver: str) -> bool:
+        return any(missing.driver == driver for missing in self.missing_drivers)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from vmigrate.estimate import (
 )
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.virt.connection import domain_state, lookup_domain, open_with_timeout
+from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.facts import measure_dirty_rate
 from vmigrate.virt.linkprobe import measure_upload
 from vmigrate.virt.storage import volume_info
@@ -84,10 +85,11 @@ def forecast(
     conn = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     try:
         domain = lookup_domain(conn, vm, host=src_ref.name)
-        _state, _max_kib, memory_kib, *_ = domain.info()
-        memory = memory_kib * 1024
-        cold = _allocated_bytes(conn, domain.XMLDesc(0))
-        state = domain_state(domain)
+        with libvirt_errors(host=src_ref.name, vm=vm, doing="read the VM"):
+            _state, _max_kib, memory_kib, *_ = domain.info()
+            memory = memory_kib * 1024
+            cold = _allocated_bytes(conn, domain.XMLDesc(0))
+            state = domain_state(domain)
         if state not in ("running", "paused"):
             raise VmigrateError(
                 f"the VM is {state}: there is nothing to estimate for a live move",
@@ -96,7 +98,7 @@ def forecast(
                 fix=f"a cold move of its {cold / MIB:,.0f} MiB of disk "
                 f"data would take ~{cold / bandwidth:.0f} s at this bandwidth (vmigrate cold)",
             )
-        dirty = measure_dirty_rate(domain, measure_seconds)
+        dirty = measure_dirty_rate(domain, measure_seconds, host=src_ref.name, vm=vm)
     finally:
         conn.close()
     model = PrecopyInput(
@@ -132,7 +134,7 @@ def forecast(
 def _measured_bandwidth(dst_ref: HostRef) -> tuple[float, str]:
     conn = open_with_timeout(dst_ref.uri, host=dst_ref.name, timeout=CONNECT_TIMEOUT_S)
     try:
-        rate = measure_upload(conn)
+        rate = measure_upload(conn, host=dst_ref.name)
     finally:
         conn.close()
     if rate is None:

@@ -15,6 +15,7 @@ from vmigrate.checks.connectivity import check_connectivity
 from vmigrate.checks.context import CheckInput, DiskStorage, PortProbe
 from vmigrate.checks.cpu import CpuFacts, check_cpu
 from vmigrate.checks.devices import check_conflicts, check_devices, check_networks
+from vmigrate.checks.drivers import check_drivers
 from vmigrate.checks.resources import check_resources
 from vmigrate.checks.storage import check_storage
 from vmigrate.checks.versions import check_machine, check_versions
@@ -173,7 +174,7 @@ def run_checks(
             host=src_ref.name,
             fix="check that libvirtd runs there and that its port is open (or use qemu+ssh://)",
         )
-    domain = gather_domain_facts(lookup_domain(src_conn, vm, host=src_ref.name))
+    domain = gather_domain_facts(lookup_domain(src_conn, vm, host=src_ref.name), host=src_ref.name)
     dst_port = _daemon_probe(dst_ref)
     dst_conn, dst_error = _connect(dst_ref, dst_port)
     try:
@@ -182,8 +183,13 @@ def run_checks(
         dst_domcaps, dst_domcaps_error = (
             domain_capabilities(dst_conn, domain.summary) if dst_conn else (None, dst_error)
         )
+        storage_answers = not (
+            src_facts.lacks("storage") or (dst_facts is not None and dst_facts.lacks("storage"))
+        )
         disks = (
-            _disk_storage(src_conn, dst_conn, domain, dst_facts) if dst_conn and dst_facts else ()
+            _disk_storage(src_conn, dst_conn, domain, dst_facts)
+            if dst_conn and dst_facts and storage_answers
+            else ()
         )
         migration_ports: tuple[PortProbe, ...] = ()
         address = dst_ref.address
@@ -211,6 +217,7 @@ def run_checks(
         )
         findings: list[Finding] = []
         for check in (
+            check_drivers,
             check_versions,
             check_machine,
             check_connectivity,

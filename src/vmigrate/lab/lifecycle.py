@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmigrate.errors import EnvironmentProblem, LabError
+from vmigrate.errors import DriverMissing, EnvironmentProblem, LabError
 from vmigrate.lab import link
 from vmigrate.lab.accel import cached_accelerator
 from vmigrate.lab.config import (
@@ -27,7 +27,7 @@ from vmigrate.lab.daemons import (
     stop_host_processes,
 )
 from vmigrate.lab.heartbeat_collector import stop_all_collectors
-from vmigrate.lab.paths import LAB_DIR
+from vmigrate.lab.paths import LAB_DIR, LAB_MARKER
 from vmigrate.lab.state import load_records, save_records
 from vmigrate.versions import format_version
 from vmigrate.virt.connection import (
@@ -37,6 +37,8 @@ from vmigrate.virt.connection import (
     open_connection,
     wait_for_connection,
 )
+from vmigrate.virt.errors import libvirt_errors
+from vmigrate.virt.storage import pool_by_name
 
 START_TIMEOUT_SECONDS = 30.0
 
@@ -70,23 +72,44 @@ def _tail(path: Path, lines: int = 8) -> str:
         return ""
 
 
-def _ensure_pools(conn: Connection) -> None:
+def verify_drivers(conn: Connection, host: LabHost) -> None:
+    """Prove by calls, not by package names, that the daemon has every driver the lab and
+    vmigrate use: a daemon without its storage or network driver answers "not supported"."""
+    listings = {
+        "list storage pools": conn.listAllStoragePools,
+        "list networks": conn.listAllNetworks,
+    }
+    for doing, listing in listings.items():
+        try:
+            with libvirt_errors(host=host.name, doing=doing):
+                listing(0)
+        except DriverMissing as err:
+            raise LabError(
+                f"{err.message}; the lab needs it for its pools and networks",
+                host=host.name,
+                fix=err.fix,
+            ) from err
+
+
+def _ensure_pools(conn: Connection, host: LabHost) -> None:
     SHARED_POOL_PATH.mkdir(parents=True, exist_ok=True)
     for name, path in ((SHARED_POOL, SHARED_POOL_PATH), (LOCAL_POOL, LOCAL_POOL_PATH)):
-        try:
-            pool = conn.storagePoolLookupByName(name)
-        except LibvirtError:
-            pool = conn.storagePoolDefineXML(render_dir_pool_xml(name, path), 0)
-            pool.build(0)
-            pool.setAutostart(True)
-        if not pool.isActive():
-            pool.create(0)
-        pool.refresh(0)
+        with libvirt_errors(host=host.name, doing=f"set up the lab pool {name!r}"):
+            pool = pool_by_name(conn, name)
+            if pool is None:
+                pool = conn.storagePoolDefineXML(render_dir_pool_xml(name, path), 0)
+                pool.build(0)
+                pool.setAutostart(True)
+            if not pool.isActive():
+                pool.create(0)
+            pool.refresh(0)
 
 
 def lab_up() -> list[HostStatus]:
     """Start both hosts (those not already running) and return when both answer."""
     require_root()
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    LAB_MARKER.touch()
     records = load_records()
     fresh = not any(rec.is_running() for rec in records.values())
     if fresh:
@@ -115,9 +138,12 @@ def lab_up() -> list[HostStatus]:
                     "Stop it, then run `vmigrate lab up` again",
                 )
             records[host.name] = namespace_when_ready(record)
-            _ensure_pools(conn)
-            conn.close()
-    except Exception:
+            try:
+                verify_drivers(conn, host)
+                _ensure_pools(conn, host)
+            finally:
+                conn.close()
+    except BaseException:  # nothing half-started: stop what this call started, whatever broke
         save_records(records)
         for host in started:
             stop_host_processes(namespace_when_ready(records[host.name]))
@@ -134,9 +160,20 @@ class DownReport:
     link_reset: bool
 
 
+def _refuse_foreign_lab_dir() -> None:
+    """`lab down` deletes LAB_DIR as root: only ever a directory `lab up` made."""
+    if LAB_DIR.exists() and not LAB_MARKER.exists():
+        raise LabError(
+            f"{LAB_DIR} is not a vmigrate lab directory (it has no {LAB_MARKER.name}): "
+            "nothing was stopped or deleted",
+            fix="check VMIGRATE_LAB_DIR; `lab down` only removes a directory `lab up` made",
+        )
+
+
 def lab_down() -> DownReport:
     """Stop everything the lab started, by PID, and remove its state. Safe to run twice."""
     require_root()
+    _refuse_foreign_lab_dir()
     records = load_records()
     killed: list[int] = []
     for record in records.values():

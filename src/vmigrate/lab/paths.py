@@ -10,6 +10,8 @@ GUEST_CACHE_DIR = Path(os.environ.get("VMIGRATE_GUEST_CACHE", "/var/cache/vmigra
 
 #: Everything a running lab owns: per-host daemon state, the shared pool, heartbeat logs.
 LAB_DIR = Path(os.environ.get("VMIGRATE_LAB_DIR", "/var/lib/vmigrate-lab"))
+#: Written by `lab up`: `lab down` deletes LAB_DIR only where it finds this file.
+LAB_MARKER = LAB_DIR / ".vmigrate-lab"
 
 #: Per-host caches that are safe to keep across labs (libvirt's QEMU capabilities).
 HOST_CACHE_DIR = Path(os.environ.get("VMIGRATE_HOST_CACHE", "/var/cache/vmigrate/hosts"))

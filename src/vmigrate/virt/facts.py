@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import TypeVar
 
 import libvirt
 
 from vmigrate.domxml.domain import DomainSummary, parse_domain
+from vmigrate.errors import HostError
 from vmigrate.facts import (
     DomainFacts,
     HostFacts,
+    MissingDriver,
     NetworkFacts,
     PoolFacts,
     available_memory_bytes,
 )
 from vmigrate.hosts import HostRef
 from vmigrate.virt.connection import domain_state
+from vmigrate.virt.errors import libvirt_errors, missing_driver
+
+T = TypeVar("T")
 
 
 def _pool(pool: libvirt.virStoragePool) -> PoolFacts:
@@ -52,12 +60,31 @@ def _host_interfaces(conn: libvirt.virConnect) -> tuple[str, ...] | None:
         return None
 
 
+def _listing(call: Callable[[], list[T]], missing: list[MissingDriver]) -> list[T]:
+    """A listing that a daemon without the driver cannot give: empty, and the gap noted."""
+    try:
+        return call()
+    except libvirt.libvirtError as err:
+        driver = missing_driver(err.get_error_message() or "")
+        if driver is None:
+            raise
+        missing.append(MissingDriver(driver[0], driver[1], err.get_error_message()))
+        return []
+
+
 def gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
+    """Everything the checks and plans need of one host; libvirt errors leave translated."""
+    with libvirt_errors(host=ref.name, doing="read the host's facts"):
+        return _gather_host_facts(conn, ref)
+
+
+def _gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
     started = time.monotonic()
     libvirt_version = conn.getLibVersion()
     rtt_ms = (time.monotonic() - started) * 1000
     capabilities = ET.fromstring(conn.getCapabilities())
     _model, _memory, cpus, *_rest = conn.getInfo()
+    missing: list[MissingDriver] = []
     return HostFacts(
         ref=ref,
         hostname=conn.getHostname(),
@@ -72,11 +99,20 @@ def gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
             conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
         ),
         rtt_ms=rtt_ms,
-        pools=tuple(_pool(p) for p in conn.listAllStoragePools(0)),
-        networks=tuple(_network(n) for n in conn.listAllNetworks(0)),
+        pools=tuple(_pool(p) for p in _listing(lambda: conn.listAllStoragePools(0), missing)),
+        networks=tuple(_network(n) for n in _listing(lambda: conn.listAllNetworks(0), missing)),
         host_interfaces=_host_interfaces(conn),
-        domains={d.name(): d.UUIDString() for d in conn.listAllDomains(0)},
+        domains=_domains(conn),
+        missing_drivers=tuple(missing),
     )
+
+
+def _domains(conn: libvirt.virConnect) -> dict[str, str]:
+    found = {}
+    for domain in conn.listAllDomains(0):
+        with contextlib.suppress(libvirt.libvirtError):  # one that vanishes as we look
+            found[domain.name()] = domain.UUIDString()
+    return found
 
 
 def _block_jobs(domain: libvirt.virDomain, summary: DomainSummary) -> tuple[str, ...]:
@@ -115,7 +151,13 @@ def active_job(domain: libvirt.virDomain) -> str | None:
     return _JOB_OPERATIONS.get(int(stats.get("operation", 0)), "a job")
 
 
-def gather_domain_facts(domain: libvirt.virDomain) -> DomainFacts:
+def gather_domain_facts(domain: libvirt.virDomain, *, host: str) -> DomainFacts:
+    """What the checks need of one VM; a VM that vanishes meanwhile is a Vanished error."""
+    with libvirt_errors(host=host, vm=domain.name(), doing="read the VM's definition"):
+        return _gather_domain_facts(domain)
+
+
+def _gather_domain_facts(domain: libvirt.virDomain) -> DomainFacts:
     live_xml = domain.XMLDesc(0)
     summary = parse_domain(live_xml)
     try:
@@ -198,15 +240,21 @@ def baseline_cpu(
         return None
 
 
-def measure_dirty_rate(domain: libvirt.virDomain, seconds: int) -> float:
+def measure_dirty_rate(domain: libvirt.virDomain, seconds: int, *, host: str, vm: str) -> float:
     """QEMU's own measurement of the guest's dirty rate over `seconds`, in bytes per second."""
-    domain.startDirtyRateCalc(seconds, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
-    deadline = time.monotonic() + seconds + 10
-    conn = domain.connect()
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        records = conn.domainListGetStats([domain], libvirt.VIR_DOMAIN_STATS_DIRTYRATE, 0)
-        stats = records[0][1] if records else {}
-        if stats.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
-            return float(stats.get("dirtyrate.megabytes_per_second", 0)) * (1 << 20)
-    raise TimeoutError("QEMU did not finish measuring the dirty rate")
+    with libvirt_errors(host=host, vm=vm, doing="measure the guest's dirty rate"):
+        domain.startDirtyRateCalc(seconds, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
+        deadline = time.monotonic() + seconds + 10
+        conn = domain.connect()
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            records = conn.domainListGetStats([domain], libvirt.VIR_DOMAIN_STATS_DIRTYRATE, 0)
+            stats = records[0][1] if records else {}
+            if stats.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+                return float(stats.get("dirtyrate.megabytes_per_second", 0)) * (1 << 20)
+    raise HostError(
+        f"QEMU did not finish measuring the dirty rate within {seconds + 10} s",
+        host=host,
+        vm=vm,
+        fix="the host or the guest may be overloaded: retry `vmigrate estimate` in a moment",
+    )

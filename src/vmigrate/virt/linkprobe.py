@@ -15,14 +15,21 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
+from vmigrate.virt.errors import libvirt_errors
+
 CHUNK = 4 << 20
 PROBE_NAME = ".vmigrate-bandwidth-probe"
 
 
 def measure_upload(
-    conn: libvirt.virConnect, *, seconds: float = 2.0, max_bytes: int = 512 << 20
+    conn: libvirt.virConnect, *, host: str, seconds: float = 2.0, max_bytes: int = 512 << 20
 ) -> float | None:
     """Bytes per second into the destination, or None when no pool has room to try."""
+    with libvirt_errors(host=host, doing="measure the bandwidth with a probe upload"):
+        return _measure_upload(conn, seconds, max_bytes)
+
+
+def _measure_upload(conn: libvirt.virConnect, seconds: float, max_bytes: int) -> float | None:
     pool = _roomy_pool(conn, 2 * max_bytes)
     if pool is None:
         return None
@@ -47,7 +54,10 @@ def measure_upload(
                 stream.abort()
         return sent / max(time.monotonic() - started, 1e-6)
     finally:
-        volume.delete(0)
+        # Never let the clean-up hide why the probe failed; a left-over probe is deleted
+        # by the next one.
+        with contextlib.suppress(libvirt.libvirtError):
+            volume.delete(0)
 
 
 def _roomy_pool(conn: libvirt.virConnect, room: int) -> libvirt.virStoragePool | None:

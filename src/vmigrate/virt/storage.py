@@ -7,8 +7,10 @@ The probe is deleted afterwards; nothing else is changed on either host.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 
 import libvirt
 
@@ -52,69 +54,101 @@ def _probe_xml(name: str) -> str:
 
 def _read(conn: libvirt.virConnect, volume: libvirt.virStorageVol) -> bytes:
     stream = conn.newStream(0)
-    volume.download(stream, 0, PROBE_BYTES, 0)
     chunks = []
-    while True:
-        chunk = stream.recv(PROBE_BYTES)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    stream.finish()
+    with _aborted_on_error(stream):
+        volume.download(stream, 0, PROBE_BYTES, 0)
+        while True:
+            chunk = stream.recv(PROBE_BYTES)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        stream.finish()
     return b"".join(chunks)
 
 
 def _write(conn: libvirt.virConnect, volume: libvirt.virStorageVol, data: bytes) -> None:
     stream = conn.newStream(0)
-    volume.upload(stream, 0, len(data), 0)
-    stream.send(data)
-    stream.finish()
+    with _aborted_on_error(stream):
+        volume.upload(stream, 0, len(data), 0)
+        stream.send(data)
+        stream.finish()
+
+
+@contextlib.contextmanager
+def _aborted_on_error(stream: libvirt.virStream) -> Iterator[None]:
+    """A stream whose transfer failed is aborted, so the daemon frees it; the first error
+    is the one raised."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()
+        raise
 
 
 def probe_shared_pool(
     source: libvirt.virConnect, destination: libvirt.virConnect, source_pool: str
 ) -> ShareProbe:
-    """Write a probe through `source_pool` and look for it, byte for byte, on the destination."""
-    pool = source.storagePoolLookupByName(source_pool)
-    name = PROBE_PREFIX + secrets.token_hex(6)
-    content = secrets.token_bytes(PROBE_BYTES)
+    """Write a probe through `source_pool` and look for it, byte for byte, on the destination.
+
+    A host that fails mid-probe gives a "not shared" answer that says why, never an error:
+    the check then says the storage could not be proven shared."""
     try:
+        pool = source.storagePoolLookupByName(source_pool)
+        name = PROBE_PREFIX + secrets.token_hex(6)
         probe = pool.createXML(_probe_xml(name), 0)
     except libvirt.libvirtError as err:
         return ShareProbe(False, None, f"could not write a probe volume: {err.get_error_message()}")
     try:
-        _write(source, probe, content)
-        for candidate in destination.listAllStoragePools(
-            libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
-        ):
-            if ET.fromstring(candidate.XMLDesc(0)).get("type") not in _REFRESHABLE:
-                continue
-            candidate.refresh(0)
-            try:
-                seen = candidate.storageVolLookupByName(name)
-            except libvirt.libvirtError:
-                continue
-            if _read(destination, seen) == content:
-                return ShareProbe(
-                    True,
-                    candidate.name(),
-                    f"a probe written through pool {source_pool!r} was read back "
-                    f"byte for byte through pool {candidate.name()!r}",
-                )
-        return ShareProbe(
-            False,
-            None,
-            f"a probe written through pool {source_pool!r} is not "
-            "visible in any pool of the destination",
-        )
+        return _look_for_probe(source, destination, source_pool, probe, name)
+    except libvirt.libvirtError as err:
+        return ShareProbe(False, None, f"the probe failed: {err.get_error_message()}")
     finally:
-        try:
+        # Clean-up errors must not hide the answer (or the first error): a left-over probe
+        # volume is tiny, named .vmigrate-probe-*, and safe to delete by hand.
+        with contextlib.suppress(libvirt.libvirtError):
             probe.delete(0)
-        finally:
-            for candidate in destination.listAllStoragePools(
-                libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
-            ):
-                if ET.fromstring(candidate.XMLDesc(0)).get("type") in _REFRESHABLE:
-                    candidate.refresh(0)
+        with contextlib.suppress(libvirt.libvirtError):
+            _refresh_all(destination)
+
+
+def _refresh_all(conn: libvirt.virConnect) -> None:
+    for candidate in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        if ET.fromstring(candidate.XMLDesc(0)).get("type") in _REFRESHABLE:
+            with contextlib.suppress(libvirt.libvirtError):  # a pool that went inactive
+                candidate.refresh(0)
+
+
+def _look_for_probe(
+    source: libvirt.virConnect,
+    destination: libvirt.virConnect,
+    source_pool: str,
+    probe: libvirt.virStorageVol,
+    name: str,
+) -> ShareProbe:
+    content = secrets.token_bytes(PROBE_BYTES)
+    _write(source, probe, content)
+    for candidate in destination.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        if ET.fromstring(candidate.XMLDesc(0)).get("type") not in _REFRESHABLE:
+            continue
+        try:
+            candidate.refresh(0)
+            seen = candidate.storageVolLookupByName(name)
+        except libvirt.libvirtError:
+            continue
+        if _read(destination, seen) == content:
+            return ShareProbe(
+                True,
+                candidate.name(),
+                f"a probe written through pool {source_pool!r} was read back "
+                f"byte for byte through pool {candidate.name()!r}",
+            )
+    return ShareProbe(
+        False,
+        None,
+        f"a probe written through pool {source_pool!r} is not "
+        "visible in any pool of the destination",
+    )
 
 
 def volume_info(conn: libvirt.virConnect, path: str) -> VolumeInfo | None:
@@ -154,7 +188,10 @@ def volume_chain(conn: libvirt.virConnect, path: str) -> list[VolumeInfo] | None
 
 
 def pool_by_name(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool | None:
+    """The pool, or None if the host has none of that name (any other error is raised)."""
     try:
         return conn.storagePoolLookupByName(name)
-    except libvirt.libvirtError:
-        return None
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            return None
+        raise
