@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report
@@ -63,23 +67,122 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
     return process
 
 
-def read_events_until(process: subprocess.Popen[str], wanted: str) -> int:
+class _Output:
+    """One process's output, read by two threads that alone read its pipes: stdout line by
+    line with readline() (so no buffered line is ever lost to another reader) and stderr.
+
+    Both pipes are read all along, so vmigrate never blocks on a full pipe while a test
+    does something else between reading its events."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None and process.stderr is not None
+        self.lines: queue.Queue[str | None] = queue.Queue()  # None: stdout ended
+        self.stderr: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._pump_stdout, args=(process.stdout,), daemon=True),
+            threading.Thread(target=self._pump_stderr, args=(process.stderr,), daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _pump_stdout(self, stream: IO[str]) -> None:
+        try:
+            while line := stream.readline():
+                self.lines.put(line)
+        finally:
+            self.lines.put(None)
+
+    def _pump_stderr(self, stream: IO[str]) -> None:
+        while line := stream.readline():
+            self.stderr.append(line)
+
+    def stderr_tail(self) -> str:
+        return "".join(self.stderr)[-3000:]
+
+
+_outputs: weakref.WeakKeyDictionary[subprocess.Popen[str], _Output] = weakref.WeakKeyDictionary()
+
+
+def _output(process: subprocess.Popen[str]) -> _Output:
+    """The readers of a process started by start_cli (started on first use)."""
+    found = _outputs.get(process)
+    if found is None:
+        found = _outputs[process] = _Output(process)
+    return found
+
+
+def read_events_until(process: subprocess.Popen[str], wanted: str, timeout: float = 300) -> int:
     """Read `vmigrate --json` events until one of kind `wanted` (or an action event whose
     action is `wanted`, e.g. "postcopy"); return the job id announced on the way (0: none).
 
-    The process keeps running; the rest of its output is left unread.
+    The process keeps running; read the rest of its output with read_rest(), never with
+    communicate() (which reads the pipes underneath and would miss lines read ahead here).
+    Fails, killing vmigrate, if no such event comes within `timeout` seconds.
     """
-    assert process.stdout is not None
+    output = _output(process)
+    deadline = time.monotonic() + timeout
     job_id = 0
-    for line in process.stdout:
+    seen: list[str] = []
+    while True:
+        try:
+            line = output.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            process.kill()
+            raise AssertionError(
+                f"no {wanted!r} event from vmigrate within {timeout:g} s (killed it); "
+                f"events seen: {seen[-20:]}; stderr: {output.stderr_tail()}"
+            ) from None
+        if line is None:
+            returncode = process.wait(timeout=30)
+            for thread in output.threads:
+                thread.join(timeout=10)
+            raise AssertionError(
+                f"vmigrate ended (exit {returncode}) before a {wanted!r} event; "
+                f"events seen: {seen[-20:]}; stderr: {output.stderr_tail()}"
+            )
+        if not line.startswith("{"):
+            continue
         event = json.loads(line)
+        seen.append(event["event"])
         if event["event"] == "job":
             job_id = event["job_id"]
         if event["event"] == wanted or (
             event["event"] == "action" and event.get("action") == wanted
         ):
+            return job_id
+
+
+def read_rest(process: subprocess.Popen[str], timeout: float = 300) -> tuple[str, str]:
+    """Wait for vmigrate to end; (the rest of its stdout, all of its stderr).
+
+    The stdout lines are those read_events_until() has not consumed, from the same reader,
+    so none is lost. Fails, killing vmigrate, if it does not end within `timeout` seconds.
+    """
+    output = _output(process)
+    try:
+        process.wait(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+        timed_out = True
+    for thread in output.threads:
+        # Both pipes end with the process (unless a child of it still holds them).
+        thread.join(timeout=30)
+    lines = []
+    while True:
+        try:
+            line = output.lines.get_nowait()
+        except queue.Empty:
             break
-    return job_id
+        if line is not None:
+            lines.append(line)
+    if timed_out:
+        raise AssertionError(
+            f"vmigrate did not end within {timeout:g} s (killed it); "
+            f"last output: {''.join(lines)[-2000:]}; stderr: {output.stderr_tail()}"
+        )
+    return "".join(lines), "".join(output.stderr)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from .helpers import (
     in_host,
     pool_volumes,
     read_events_until,
+    read_rest,
     run_cli,
     start_cli,
 )
@@ -45,7 +46,7 @@ def link_cut() -> Iterator[None]:
 
 def finish(process: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
     """Let vmigrate end; its final report (the "done" event)."""
-    out, err = process.communicate(timeout=timeout)
+    out, err = read_rest(process, timeout=timeout)
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     done = [e for e in events if e["event"] == "done"]
     assert done, f"vmigrate ended without a report: {err[-2000:]}"

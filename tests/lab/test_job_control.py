@@ -15,7 +15,7 @@ from vmigrate.lab.lifecycle import HostStatus
 from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 from vmigrate.store import JobStore
 
-from .helpers import read_events_until, run_cli, start_cli
+from .helpers import read_events_until, read_rest, run_cli, start_cli
 
 pytestmark = pytest.mark.lab
 
@@ -53,7 +53,7 @@ def running_job(
 
 
 def finish(process: subprocess.Popen[str]) -> dict[str, Any]:
-    out, _ = process.communicate(timeout=180)
+    out, _ = read_rest(process, timeout=180)
     return next(json.loads(line) for line in out.splitlines() if '"event": "done"' in line)
 
 

@@ -21,7 +21,7 @@ from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_connection
 
-from .helpers import start_cli
+from .helpers import read_events_until, read_rest, start_cli
 
 pytestmark = pytest.mark.lab
 
@@ -134,12 +134,9 @@ def test_ctrl_c_aborts_cleanly_and_the_vm_stays_on_the_source(
         str(store),
         "--json",
     )
-    assert process.stdout is not None
-    for line in process.stdout:  # wait until the migration really runs
-        if json.loads(line)["event"] == "sample":
-            break
+    read_events_until(process, "sample")  # the migration really runs
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    out, err = read_rest(process, timeout=120)
     assert process.returncode == 1, err
     done = next(json.loads(line) for line in out.splitlines() if '"event": "done"' in line)
     assert done["outcome"] == "cancelled"

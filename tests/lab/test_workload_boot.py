@@ -95,17 +95,24 @@ def qmp_guest(guest: GuestImage, tmp_path: Path) -> Iterator[tuple[subprocess.Po
     cmd = qemu_command(guest, cmdline, memory_mib=768)
     cmd += ["-qmp", f"unix:{sock_path},server=on,wait=off"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    watchdog = threading.Timer(60, proc.kill)  # a guest that never beats ends the wait
+    watchdog.start()
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith(b"HB 10\n"):
-                break
+        console = proc.stdout
+        while not (line := console.readline()).startswith(b"HB 10\n"):
+            assert line, "QEMU exited (or the guest did not beat within 60 s)"
+        watchdog.cancel()
+        # Keep reading the console, from the same file object, so that the guest never
+        # blocks on a full pipe while the test runs.
+        threading.Thread(target=console.read, daemon=True).start()
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(str(sock_path))
         qmp = sock.makefile("rw")
         qmp.readline()  # greeting
         yield proc, qmp
     finally:
+        watchdog.cancel()
         proc.kill()
         proc.wait()
 
