@@ -1,8 +1,10 @@
 """The job store: every migration job with its parameters, samples, actions and outcome (SQLite).
 
 One file, default `$XDG_STATE_HOME/vmigrate/jobs.sqlite` (~/.local/state/vmigrate/...).
-Nothing secret goes in: URIs are stored without passwords. Each write is its own transaction,
-so a job killed mid-way leaves a consistent record that `vmigrate jobs` shows as interrupted.
+Nothing secret goes in: URIs are stored without passwords. It still holds domain XML and
+the controls that steer running jobs, so it is private: directory 0700, files 0600. Each
+write is its own transaction, so a job killed mid-way leaves a consistent record that
+`vmigrate jobs` shows as interrupted.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,21 +169,90 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
+#: The store holds domain XML, host URIs and the controls that steer running jobs: only its
+#: owner may read or write it.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+#: The files SQLite keeps beside the database (WAL mode; a rollback journal if it ever falls
+#: back to one). SQLite creates them with the database file's own mode.
+SIDE_FILE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def store_files(path: Path) -> list[Path]:
+    """The database file and the side files SQLite may keep next to it."""
+    return [path, *(path.with_name(path.name + suffix) for suffix in SIDE_FILE_SUFFIXES)]
+
+
+def _restrict(path: Path, allowed: int) -> None:
+    """Take away every permission bit outside `allowed` (never adds one)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & ~allowed:
+        path.chmod(mode & allowed)
+
+
+def make_private(path: Path) -> None:
+    """Create the store's file (and its directory if missing) readable by its owner only, and
+    tighten an existing store and side files that are looser.
+
+    A directory vmigrate creates, and the default one, are made 0700; an existing directory
+    the user chose with --store (the current directory, /tmp) is left as it is: the files in
+    it are private either way.
+    """
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, mode=PRIVATE_DIR_MODE)
+    except FileExistsError:
+        if directory == default_store_path().parent:
+            _restrict(directory, PRIVATE_DIR_MODE)
+    else:
+        directory.chmod(PRIVATE_DIR_MODE)  # mkdir's mode went through the umask
+    # Created private before SQLite opens it: SQLite would create it 0644.
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    for file in store_files(path):
+        if file.exists():
+            _restrict(file, PRIVATE_FILE_MODE)
+
+
+def _open_error(path: Path, err: OSError | sqlite3.Error) -> VmigrateError:
+    """What to tell the user when the store cannot be opened."""
+    if isinstance(err, sqlite3.DatabaseError) and err.sqlite_errorname in (
+        "SQLITE_NOTADB",
+        "SQLITE_CORRUPT",
+    ):
+        return VmigrateError(
+            f"the job store {path} is damaged: {err}",
+            fix=f"move it aside (`mv {path} {path}.damaged`) and vmigrate starts a new store "
+            "there, or pass --store PATH to use another one",
+        )
+    if isinstance(err, OSError):
+        what = f"{err.filename or path}: {err.strerror or err}"
+    else:
+        what = str(err)
+    return UsageError(
+        f"cannot open the job store {path} ({what})",
+        fix=f"make {path.parent} a directory this user can write, and the store's files "
+        f"writable by it (their owner can `chmod 700 {path.parent}` and "
+        f"`chmod 600 {path}*`), or pass --store PATH to a writable location",
+    )
+
+
 class JobStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_store_path()
+        db: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
+            make_private(self.path)
+            db = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
-            self._db.executescript(SCHEMA)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as err:
-            raise UsageError(
-                f"cannot open the job store {self.path}: {err}",
-                fix="pass --store PATH to a writable location",
-            ) from err
-        self._db.execute("PRAGMA journal_mode=WAL")
+            if db is not None:
+                db.close()
+            raise _open_error(self.path, err) from err
+        self._db = db
 
     def __enter__(self) -> JobStore:
         return self
