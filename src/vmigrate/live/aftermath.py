@@ -4,9 +4,11 @@ a failed job left, settle the definitions, and account for --copy-storage's imag
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from typing import Any
 
+from vmigrate.errors import VmigrateError
 from vmigrate.hosts import HostRef
 from vmigrate.journal import Journal
 from vmigrate.live.postcopy_link import TIMED_OUT, LinkWatch, wait_for_postcopy
@@ -14,8 +16,8 @@ from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
 from vmigrate.live.request import EventSink, LiveRequest
 from vmigrate.live.storage_copy import created_paths, remove_created, remove_source_images
 from vmigrate.live.storage_plan import StorageCopyPlan
-from vmigrate.virt.connection import UNDEFINE_KEEP_NVRAM, LibvirtError
-from vmigrate.virt.placement import Placement
+from vmigrate.model import Placement
+from vmigrate.virt.connection import UNDEFINE_KEEP_NVRAM
 from vmigrate.virt.reachability import HostLinks
 from vmigrate.virt.recovery import apply, observe
 
@@ -108,12 +110,15 @@ def tidy_after_failure(
     time.sleep(TIDY_GRACE_S)  # let libvirt clean up first: it usually does
     plan_now = plan()
     if plan_now is None:
-        return [f"a libvirt job still runs on {vm}: left as it is; run `vmigrate recover {vm}`"]
+        return [
+            f"a libvirt job still runs on {vm}: left as it is; "
+            f"run `vmigrate recover {shlex.quote(vm)}`"
+        ]
     if plan_now.outcome != "aborted" or not plan_now.steps:
         return []
     for step in plan_now.steps:
-        with contextlib.suppress(LibvirtError):  # it may have gone by itself meanwhile
-            apply(step, vm, src, dst)
+        with contextlib.suppress(VmigrateError):  # it may have gone by itself meanwhile
+            apply(step, vm, src, dst, source_name=src_ref.name, destination_name=dst_ref.name)
     return [f"cleaned up after the failed migration: {plan_now.message}"]
 
 

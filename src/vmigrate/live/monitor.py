@@ -9,12 +9,12 @@ import contextlib
 import time
 from typing import Any
 
+from vmigrate.errors import VmigrateError
 from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
 from vmigrate.live.postcopy_link import LinkWatch
 from vmigrate.live.request import EventSink
 from vmigrate.live.samples import JobSample, sample_from_job_stats, with_disk_rate
 from vmigrate.store import ControlRequest, JobStore
-from vmigrate.virt.connection import LibvirtError
 from vmigrate.virt.migration import (
     MigrationCall,
     abort_job,
@@ -115,8 +115,11 @@ class Monitor:
         sample = with_disk_rate(sample, self.samples[-1] if self.samples else None)
         if not self._downtime_set:
             # Start low: the policy raises it only as far as the guest needs.
-            set_max_downtime(self.domain, self.state.downtime_ms)
             self._downtime_set = True
+            try:
+                set_max_downtime(self.domain, self.state.downtime_ms)
+            except VmigrateError as err:  # the job ended a moment ago, or the host went
+                self.note(f"the starting downtime limit could not be set: {err.message}")
         self.samples.append(sample)
         self.store.add_sample(self.job_id, sample.to_dict())
         self.emit(
@@ -133,8 +136,8 @@ class Monitor:
         for action in actions:
             try:
                 self.steering.apply(self.domain, action)
-            except LibvirtError as err:  # e.g. the job ended a moment ago
-                self.note(f"{action.kind} could not be applied: {err.get_error_message()}")
+            except VmigrateError as err:  # e.g. the job ended a moment ago
+                self.note(f"{action.kind} could not be applied: {err.message}")
         self.state = self.state.after(actions, sample.iteration, sample.throttle_pct)
 
     def _control(self, request: ControlRequest) -> str:
@@ -165,8 +168,8 @@ class Monitor:
             return f"refused: unknown request {request.command!r}"
         try:
             self.steering.apply(self.domain, action, actor="user")
-        except LibvirtError as err:
-            return f"failed: {err.get_error_message()}"
+        except VmigrateError as err:
+            return f"failed: {err.message}"
         self.state = self.state.after([action], 0, None)
         return "applied"
 

@@ -16,8 +16,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-import libvirt
-
+from vmigrate.errors import VmigrateError
 from vmigrate.virt.connection import find_domain
 from vmigrate.virt.migration import job_stats
 from vmigrate.virt.reachability import HostLinks
@@ -72,7 +71,7 @@ def wait_for_postcopy(
     died: post-copy's one unrecoverable failure, since each side holds half of the guest)."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(libvirt.libvirtError):  # a host that fails now: poll again
+        with contextlib.suppress(VmigrateError):  # a host that fails now: poll again
             status = _status(vm, links, source, destination, watch)
             if status is not None:
                 return status

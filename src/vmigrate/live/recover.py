@@ -3,17 +3,19 @@ finish or clean up what the job left, and record the outcome in the job store.""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from vmigrate.errors import NotFound
+from vmigrate.errors import NotFound, VmigrateError
 from vmigrate.journal import Journal
 from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
 from vmigrate.live.storage_copy import remove_created
+from vmigrate.model import Placement
 from vmigrate.store import JobRecord, JobStore
 from vmigrate.virt.connection import open_with_timeout
-from vmigrate.virt.placement import Placement, locate
+from vmigrate.virt.placement import locate
 from vmigrate.virt.recovery import apply, observe, wait_for_jobs
 
 CONNECT_TIMEOUT_S = 10.0
@@ -72,6 +74,32 @@ def _where_it_should_be(
     return False
 
 
+def _apply_steps(
+    plan: RecoveryPlan, vm: str, source: Any, destination: Any, job: JobRecord
+) -> tuple[RecoveryPlan, bool]:
+    """Carry out the plan's steps in order; a step a host refuses stops there and says so
+    (the job stays open, so `vmigrate recover` can be run again)."""
+    for done, step in enumerate(plan.steps):
+        try:
+            apply(
+                step,
+                vm,
+                source,
+                destination,
+                source_name=job.source,
+                destination_name=job.destination,
+            )
+        except VmigrateError as err:
+            failed = RecoveryPlan(
+                "failed",
+                plan.steps[:done],
+                f"{step} failed: {err}",
+                fix=f"fix what it names, then run `vmigrate recover {shlex.quote(vm)}` again",
+            )
+            return failed, True
+    return plan, False
+
+
 def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -> RecoverReport:
     with JobStore(store_path) as store:
         job = _interrupted_job(store, vm)
@@ -83,6 +111,7 @@ def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -
             conns = {job.source: source, job.destination: destination}
             # A peer-to-peer migration can outlive its client: let libvirt finish it first.
             busy = wait_for_jobs(conns, vm, timeout_s=wait_s)
+            step_failed = False
             transient = not job.params.get("options", {}).get("persist_destination", True)
             if busy:
                 plan = RecoveryPlan(
@@ -100,8 +129,7 @@ def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -
                     observe(destination, "destination", job.destination, vm),
                     transient=transient,
                 )
-                for step in plan.steps:
-                    apply(step, vm, source, destination)
+                plan, step_failed = _apply_steps(plan, vm, source, destination, job)
                 if plan.outcome == "aborted":
                     # --copy-storage: the images this job created on the destination go too.
                     removed, left = remove_created(Journal(store, job.id), destination)
@@ -122,6 +150,7 @@ def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -
             _where_it_should_be(plan, placement, job, transient=transient),
         )
         store.add_action(job.id, "recover", plan.message, actor="vmigrate recover")
-        if not busy:  # still migrating: the job stays interrupted for the next recover
+        # Still migrating, or a step failed: the job stays interrupted for the next recover.
+        if not busy and not step_failed:
             store.finish_job(job.id, plan.outcome, f"recovered: {plan.message}", report.to_dict())
         return report

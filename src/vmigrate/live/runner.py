@@ -23,6 +23,7 @@ from vmigrate.live.aftermath import (
     storage_after,
     tidy_after_failure,
 )
+from vmigrate.live.failure import explain_failure
 from vmigrate.live.monitor import Monitor, Steering
 from vmigrate.live.postcopy_link import DESTINATION_GONE, NEVER_SWITCHED, TIMED_OUT
 from vmigrate.live.recovery_plan import postcopy_instructions
@@ -33,7 +34,6 @@ from vmigrate.model import CheckReport, Mode
 from vmigrate.preflight import run_checks
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import (
-    LibvirtError,
     ensure_event_loop,
     lookup_domain,
     open_with_timeout,
@@ -91,9 +91,8 @@ def _prepare_storage(images: DestinationImages | None) -> tuple[str | None, bool
         images.prepare()
     except KeyboardInterrupt:
         return "interrupted by the user (Ctrl-C) while preparing the destination's disks", True
-    except (VmigrateError, LibvirtError, OSError) as err:
-        message = err.get_error_message() if isinstance(err, LibvirtError) else str(err)
-        return f"preparing the destination's disks failed: {message}", False
+    except (VmigrateError, OSError) as err:
+        return f"preparing the destination's disks failed: {err}", False
     return None, False
 
 
@@ -233,22 +232,14 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
             running_on=arrived,
             destination=dst_ref.name,
         )
-    lost = [host for host in (src_ref.name, dst_ref.name) if host in links.lost]
-    if lost and outcome == "failed":
-        message = (
-            f"lost the connection to {' and '.join(lost)} (its libvirtd stopped or the link "
-            f"broke): {message}"
-        )
-    elif outcome == "failed" and "job 'migration out' failed" in message:  # QEMU's stream
-        message = (
-            f"the migration stream to {dst_ref.name} broke (its QEMU exited or the "
-            f"connection was reset): {message}"
-        )
+    if outcome == "failed":
+        lost = [host for host in (src_ref.name, dst_ref.name) if host in links.lost]
+        message = explain_failure(message, lost=lost, destination=dst_ref.name)
     if outcome != "completed" and not postcopy:
         try:
             tidied = tidy_after_failure(request.vm, links, src_ref, dst_ref, request.transient)
-        except LibvirtError as err:  # a host failing now: the verification below reports it
-            tidied = [f"could not clean up after the failure: {err.get_error_message()}"]
+        except VmigrateError as err:  # a host failing now: the verification below reports it
+            tidied = [f"could not clean up after the failure: {err.message}"]
         except KeyboardInterrupt:
             tidied = ["clean-up skipped (Ctrl-C): `vmigrate recover` does it later"]
         for cleaned in tidied:

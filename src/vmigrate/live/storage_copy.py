@@ -13,8 +13,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import libvirt
-
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.errors import VmigrateError
 from vmigrate.facts import PoolFacts, VolumeInfo
@@ -29,7 +27,9 @@ from vmigrate.live.storage_plan import (
 )
 from vmigrate.model import CheckReport
 from vmigrate.virt import domains
+from vmigrate.virt.connection import Connection, Domain
 from vmigrate.virt.copy_worker import copy_in_worker
+from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.storage import volume_chain, volume_exists
 from vmigrate.virt.streams import volume_digest
 
@@ -53,9 +53,9 @@ def placement_from_checks(report: CheckReport) -> dict[str, str]:
 
 def plan_for(
     vm: str,
-    domain: libvirt.virDomain,
-    src: libvirt.virConnect,
-    dst: libvirt.virConnect,
+    domain: Domain,
+    src: Connection,
+    dst: Connection,
     destination_pools: tuple[PoolFacts, ...],
     report: CheckReport,
     selection: tuple[str, ...] | None,
@@ -94,8 +94,8 @@ class DestinationImages:
         self,
         vm: str,
         plan: StorageCopyPlan,
-        src: libvirt.virConnect,
-        dst: libvirt.virConnect,
+        src: Connection,
+        dst: Connection,
         journal: Journal,
         emit: EventSink,
     ) -> None:
@@ -103,6 +103,10 @@ class DestinationImages:
         self.journal, self.emit = journal, emit
 
     def prepare(self) -> None:
+        with libvirt_errors(host=None, vm=self.vm, doing="prepare the destination's disks"):
+            self._prepare()
+
+    def _prepare(self) -> None:
         for path in self.plan.backing_present:
             self._same_on_both(path)
         for copy in self.plan.backing:
@@ -190,16 +194,7 @@ def created_paths(journal: Journal) -> list[str]:
     ]
 
 
-def _in_use(dst: libvirt.virConnect, path: str) -> str | None:
-    """The destination domain whose disks (or their backing chains) name `path`, if any."""
-    for domain in dst.listAllDomains(0):
-        with contextlib.suppress(libvirt.libvirtError):  # one that vanishes as we look
-            if path in domain.XMLDesc(0):
-                return str(domain.name())
-    return None
-
-
-def remove_created(journal: Journal, dst: libvirt.virConnect) -> tuple[list[str], list[str]]:
+def remove_created(journal: Journal, dst: Connection) -> tuple[list[str], list[str]]:
     """Delete what the job created on the destination: (removed, left behind with why).
 
     A file some domain there uses (a backing file another migration shares) is left."""
@@ -208,24 +203,24 @@ def remove_created(journal: Journal, dst: libvirt.virConnect) -> tuple[list[str]
     for path in created_paths(journal):
         name = _step_name(path)
         try:
-            user = _in_use(dst, path)
+            user = domains.domain_using(dst, path)
             if user is not None:
                 left.append(f"{path}: kept, {user} on the destination uses it")
                 continue
             if domains.delete_volume(dst, path):
                 removed.append(path)
             journal.record(name, "undone", journal.detail(name))
-        except libvirt.libvirtError as err:
-            left.append(f"{path}: {err.get_error_message()}")
+        except VmigrateError as err:
+            left.append(f"{path}: {err.message}")
     return removed, left
 
 
-def remove_source_images(plan: StorageCopyPlan, src: libvirt.virConnect) -> list[str]:
+def remove_source_images(plan: StorageCopyPlan, src: Connection) -> list[str]:
     """--delete-source-disks after a verified move: only the VM's own top images; backing
     files may serve other VMs."""
     removed = []
     for image in plan.images:
-        with contextlib.suppress(libvirt.libvirtError):
+        with contextlib.suppress(VmigrateError):
             if domains.delete_volume(src, image.path):
                 removed.append(image.path)
     return removed

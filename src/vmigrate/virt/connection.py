@@ -125,12 +125,13 @@ def lookup_domain(conn: libvirt.virConnect, name: str, *, host: str) -> libvirt.
 
 
 def find_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+    """The domain, or None if the host has none of that name; other errors leave translated."""
     try:
         return conn.lookupByName(name)
     except libvirt.libvirtError as err:
         if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
-        raise
+        raise translate(err, host=None, vm=name, doing="look the VM up") from err
 
 
 def wrap_error(

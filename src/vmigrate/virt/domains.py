@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 
 from vmigrate.virt.connection import domain_state, find_domain
+from vmigrate.virt.errors import libvirt_errors
 
 
 def shutdown(domain: libvirt.virDomain, *, timeout: float) -> bool:
@@ -130,11 +131,24 @@ def volume_at(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | No
 
 
 def delete_volume(conn: libvirt.virConnect, path: str) -> bool:
-    volume = volume_at(conn, path)
-    if volume is None:
-        return False
-    volume.delete(0)
+    """Delete the volume at `path`: False if there is none; a refusal is a translated error."""
+    with libvirt_errors(host=None, doing=f"delete {path}"):
+        volume = volume_at(conn, path)
+        if volume is None:
+            return False
+        volume.delete(0)
     return True
+
+
+def domain_using(conn: libvirt.virConnect, path: str) -> str | None:
+    """The domain whose disks (or their backing chains) name `path`, if any."""
+    with libvirt_errors(host=None, doing=f"look for a VM that uses {path}"):
+        candidates = conn.listAllDomains(0)
+    for domain in candidates:
+        with contextlib.suppress(libvirt.libvirtError):  # one that vanishes as we look
+            if path in domain.XMLDesc(0):
+                return str(domain.name())
+    return None
 
 
 def undefine(domain: libvirt.virDomain, flags: int) -> None:

@@ -43,19 +43,6 @@ _CONNECTION_LOST = {
     libvirt.VIR_ERR_RPC,
 }
 
-#: Every way a destination QEMU that dies mid-migration shows up in libvirt's words.
-MIGRATION_STREAM_BROKE = (
-    "qemu unexpectedly closed the monitor",
-    "job 'migration out' failed",
-    "job 'migration in' failed",
-    "connection reset",
-    "broken pipe",
-    "end of file while reading data",
-    "unable to write to socket",
-    "unable to read from monitor",
-    "migration stream",
-)
-
 
 def install_fix(package: str) -> str:
     return (

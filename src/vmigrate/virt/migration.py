@@ -9,6 +9,7 @@ import libvirt
 
 from vmigrate.model import LiveOptions
 from vmigrate.virt.connection import signals_to_main_thread
+from vmigrate.virt.errors import libvirt_errors
 
 
 def migration_flags(options: LiveOptions) -> int:
@@ -110,20 +111,28 @@ def job_stats(domain: libvirt.virDomain) -> dict[str, Any]:
         return {}
 
 
+# Steering a running job: each raises a translated vmigrate error (a job that ended a moment
+# ago, a host that stopped answering), which the monitor notes instead of failing.
+
+
 def set_max_downtime(domain: libvirt.virDomain, ms: float) -> None:
-    domain.migrateSetMaxDowntime(int(ms), 0)
+    with libvirt_errors(host=None, doing=f"set the maximum downtime to {ms:g} ms"):
+        domain.migrateSetMaxDowntime(int(ms), 0)
 
 
 def set_bandwidth(domain: libvirt.virDomain, mib_per_s: float) -> None:
-    domain.migrateSetMaxSpeed(int(mib_per_s), 0)
+    with libvirt_errors(host=None, doing=f"set the bandwidth to {mib_per_s:g} MiB/s"):
+        domain.migrateSetMaxSpeed(int(mib_per_s), 0)
 
 
 def start_postcopy(domain: libvirt.virDomain) -> None:
-    domain.migrateStartPostCopy(0)
+    with libvirt_errors(host=None, doing="switch to post-copy"):
+        domain.migrateStartPostCopy(0)
 
 
 def abort_job(domain: libvirt.virDomain) -> None:
-    domain.abortJob()
+    with libvirt_errors(host=None, doing="abort the migration"):
+        domain.abortJob()
 
 
 def watch_iterations(

@@ -9,8 +9,9 @@ import time
 import libvirt
 
 from vmigrate.errors import HostUnreachable
+from vmigrate.model import Placement
 from vmigrate.virt.connection import open_with_timeout
-from vmigrate.virt.placement import Placement, locate
+from vmigrate.virt.placement import locate
 
 RECONNECT_TIMEOUT_S = 5.0
 

@@ -8,6 +8,7 @@ import libvirt
 
 from vmigrate.model import DomainView, Step
 from vmigrate.virt.connection import UNDEFINE_KEEP_NVRAM, domain_state, find_domain
+from vmigrate.virt.errors import libvirt_errors, translate
 from vmigrate.virt.facts import active_job
 
 _PAUSED = {
@@ -27,12 +28,13 @@ _RUNNING = {
 
 
 def observe(conn: libvirt.virConnect, host: str, uri: str, vm: str) -> DomainView:
+    """How the VM is on this host; a VM that vanishes as we look is absent, not an error."""
     try:
         return _observe(conn, host, uri, vm)
     except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # it vanished as we looked
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return DomainView(host, uri, exists=False)
-        raise
+        raise translate(err, host=host, vm=vm, doing="look at the VM") from err
 
 
 def _observe(conn: libvirt.virConnect, host: str, uri: str, vm: str) -> DomainView:
@@ -61,8 +63,7 @@ def wait_for_jobs(
     while True:
         busy = {}
         for host, conn in conns.items():
-            domain = find_domain(conn, vm)
-            job = active_job(domain) if domain is not None and domain.isActive() else None
+            job = _running_job(conn, host, vm)
             if job:
                 busy[host] = job
         if not busy or time.monotonic() > deadline:
@@ -70,7 +71,34 @@ def wait_for_jobs(
         time.sleep(0.5)
 
 
-def apply(step: Step, vm: str, src: libvirt.virConnect, dst: libvirt.virConnect) -> None:
+def _running_job(conn: libvirt.virConnect, host: str, vm: str) -> str | None:
+    """The libvirt job the VM runs on this host; none if it has none or vanished meanwhile
+    (a half-received guest goes when its migration ends)."""
+    try:
+        domain = find_domain(conn, vm)
+        return active_job(domain) if domain is not None and domain.isActive() else None
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise translate(err, host=host, vm=vm, doing="look for a running job") from err
+
+
+def apply(
+    step: Step,
+    vm: str,
+    src: libvirt.virConnect,
+    dst: libvirt.virConnect,
+    *,
+    source_name: str,
+    destination_name: str,
+) -> None:
+    """One recovery step; a host's refusal leaves as a translated error naming the step."""
+    host = destination_name if step == "destroy-destination-leftover" else source_name
+    with libvirt_errors(host=host, vm=vm, doing=step):
+        _apply(step, vm, src, dst)
+
+
+def _apply(step: Step, vm: str, src: libvirt.virConnect, dst: libvirt.virConnect) -> None:
     if step == "resume-source":
         src.lookupByName(vm).resume()
     elif step == "start-source":
