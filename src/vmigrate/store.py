@@ -237,6 +237,28 @@ def _open_error(path: Path, err: OSError | sqlite3.Error) -> VmigrateError:
     )
 
 
+#: Every store this process opened, for record_unexpected_failure().
+_opened: set[Path] = set()
+
+
+def record_unexpected_failure(message: str) -> None:
+    """In every store this process opened, mark the jobs it was still running as interrupted
+    by an unexpected failure (`message`), so `vmigrate jobs` says why and `recover`, `jobs
+    resume` or `jobs rollback` take them as usual. Never raises: the CLI calls it last."""
+    outcome = f"vmigrate stopped on an unexpected failure: {message}"
+    for path in sorted(_opened):
+        with suppress(Exception):
+            db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+            try:
+                db.execute(
+                    "UPDATE jobs SET state = ?, outcome = ?, finished = ? "
+                    "WHERE state = ? AND pid = ?",
+                    ("interrupted", outcome, time.time(), RUNNING, os.getpid()),
+                )
+            finally:
+                db.close()
+
+
 class JobStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_store_path()
@@ -253,6 +275,7 @@ class JobStore:
                 db.close()
             raise _open_error(self.path, err) from err
         self._db = db
+        _opened.add(self.path)
 
     def __enter__(self) -> JobStore:
         return self

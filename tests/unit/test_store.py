@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from vmigrate.cli.main import cli
 from vmigrate.errors import NotFound, UsageError, VmigrateError
-from vmigrate.store import JobStore, default_store_path, redact_uri
+from vmigrate.store import JobStore, default_store_path, record_unexpected_failure, redact_uri
 
 
 def test_job_lifecycle(tmp_path: Path) -> None:
@@ -157,3 +157,15 @@ def test_an_unwritable_store_through_the_cli_has_no_traceback(tmp_path: Path) ->
     assert "cannot open the job store" in result.output
     assert "what to do" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_unexpected_failure_marks_this_process_jobs_interrupted(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    running = store.create_job("live", "web1", "a", "b", {})
+    done = store.create_job("live", "web2", "a", "b", {})
+    store.finish_job(done, "completed", "migration completed", {})
+    record_unexpected_failure("KeyError: 'x'")
+    record = store.job(running)
+    assert record.state == "interrupted"
+    assert record.outcome is not None and "KeyError: 'x'" in record.outcome
+    assert store.job(done).state == "completed"
