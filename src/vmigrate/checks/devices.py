@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from vmigrate.checks.context import CheckInput
 from vmigrate.model import Finding, Mode, Verdict
 
@@ -135,7 +137,7 @@ def check_networks(facts: CheckInput) -> list[Finding]:
                         Verdict.FAIL,
                         f"network {nic.source!r} exists on {dst.ref.name} but is not active",
                         evidence,
-                        fix=f"virsh -c {dst.ref.uri} net-start {nic.source}",
+                        fix=shlex.join(["virsh", "-c", dst.ref.uri, "net-start", network.name]),
                         subject=subject,
                     )
                 )
@@ -282,8 +284,9 @@ def check_conflicts(facts: CheckInput) -> list[Finding]:
                 Verdict.FAIL,
                 f"a VM named {domain.name!r} is already defined on {dst.ref.name}",
                 {"destination_uuid": dst.domains[domain.name], "uuid": uuid},
-                fix=f"remove or rename it on {dst.ref.name} first (virsh -c {dst.ref.uri} "
-                f"undefine {domain.name}) after making sure it is not needed",
+                fix=f"remove or rename it on {dst.ref.name} first "
+                f"({shlex.join(['virsh', '-c', dst.ref.uri, 'undefine', domain.name])}) "
+                "after making sure it is not needed",
             )
         )
     elif uuid in dst.domains.values():

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from vmigrate import __version__
+from vmigrate.cli.crash import UNEXPECTED_EXIT, describe_unexpected
 from vmigrate.errors import VmigrateError
+from vmigrate.store import record_unexpected_failure
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -21,11 +26,24 @@ class VmigrateGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VmigrateError as err:
-            err_console.print(f"[bold red]error:[/] {err}", markup=True, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(err))}", markup=True, soft_wrap=True
+            )
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             err_console.print("interrupted")
             ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:  # a bug, or a failure nobody translated: still no traceback
+            command = shlex.join(sys.argv[1:]) or ctx.invoked_subcommand or ""
+            err_console.print(
+                f"[bold red]error:[/] {escape(describe_unexpected(err, command))}",
+                markup=True,
+                soft_wrap=True,
+            )
+            record_unexpected_failure(f"{type(err).__name__}: {err}")
+            ctx.exit(UNEXPECTED_EXIT)
 
 
 @click.group(cls=VmigrateGroup)

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 
-from vmigrate.errors import GuestImageError
+from vmigrate.errors import EnvironmentProblem, GuestImageError
 from vmigrate.lab.image import GuestImage, boot_guest, kernel_cmdline
 from vmigrate.lab.paths import GUEST_CACHE_DIR
 
@@ -21,7 +21,14 @@ PROBE_TIMEOUT_SECONDS = 20.0
 
 
 def _qemu_version() -> str:
-    result = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=False)
+    except OSError as err:
+        raise EnvironmentProblem(
+            f"cannot run {QEMU}: {err.strerror or err}",
+            fix="install QEMU: `./scripts/setup.sh` (or `apt-get install -t bookworm-backports "
+            "qemu-system-x86`)",
+        ) from err
     return result.stdout.splitlines()[0] if result.stdout else ""
 
 

@@ -120,7 +120,7 @@ def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -
                     f"a libvirt job still runs on {vm} after {wait_s:.0f} s: "
                     + ", ".join(f"{h}: {j}" for h, j in busy.items()),
                     fix="run `vmigrate recover` again when it ends, or abort it "
-                    f"(virsh -c {job.source} domjobabort {vm})",
+                    f"({shlex.join(['virsh', '-c', job.source, 'domjobabort', vm])})",
                 )
             else:
                 plan = plan_recovery(

@@ -10,6 +10,7 @@ Whatever the case, nothing that holds the only running copy of the guest is ever
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ def plan_recovery(
             (),
             f"{vm} runs on both {src} and {dst}: two copies write to its disks",
             fix=f"decide which copy is current, then stop the other at once "
-            f"(virsh -c URI destroy {vm}); vmigrate does not guess",
+            f"(virsh -c URI destroy {shlex.quote(vm)}); vmigrate does not guess",
         )
     if destination_runs:
         steps: tuple[Step, ...] = (
@@ -86,18 +87,23 @@ def plan_recovery(
         (),
         f"{vm} is {source.state} on {src} and {destination.state} on {dst}: "
         "not a state vmigrate changes by itself",
-        fix=f"look at both hosts (virsh -c URI domstate --reason {vm}) and start the copy "
-        "that holds the current disks",
+        fix=f"look at both hosts (virsh -c URI domstate --reason {shlex.quote(vm)}) and "
+        "start the copy that holds the current disks",
     )
 
 
 def postcopy_instructions(vm: str, source_uri: str, destination_uri: str) -> str:
+    resume = shlex.join(
+        [
+            *("virsh", "-c", source_uri, "migrate", "--live", "--p2p", "--postcopy"),
+            *("--postcopy-resume", vm, destination_uri),
+        ]
+    )
     return (
         f"do not destroy {vm} on either host: its memory is split between them. Restore the "
-        "link: the migration then continues by itself, and `vmigrate recover "
-        f"{vm}` records the outcome. If the source still shows 'paused (post-copy failed)' and "
+        f"link: the migration then continues by itself, and `vmigrate recover {shlex.quote(vm)}` "
+        "records the outcome. If the source still shows 'paused (post-copy failed)' and "
         "nothing moves once the link is back, QEMU gave up on the connection: resume with "
-        f"`virsh -c {source_uri} migrate --live --p2p --postcopy --postcopy-resume {vm} "
-        f"{destination_uri}`, but first upgrade libvirt on the destination if it is 11.2 or "
+        f"`{resume}`, but first upgrade libvirt on the destination if it is 11.2 or "
         "11.3 (their resume crashes libvirtd; fixed in 11.4; the guest survives the restart)"
     )

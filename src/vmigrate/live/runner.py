@@ -8,6 +8,7 @@ sample and action goes into the job store.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from dataclasses import asdict, replace
 from typing import Any
@@ -215,7 +216,8 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
             )
             fix = (
                 f"do not resume the paused copy on {src_ref.name} (its memory is older than "
-                f"its disks): destroy it (virsh -c {src_ref.uri} destroy {request.vm}) and "
+                f"its disks): destroy it "
+                f"({shlex.join(['virsh', '-c', src_ref.uri, 'destroy', request.vm])}) and "
                 f"start {request.vm} again from its disks on one host; check the guest's "
                 "file systems"
             )
@@ -252,7 +254,8 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     if placement.unknown_on and not fix:
         fix = (
             f"{', '.join(placement.unknown_on)} did not answer, so vmigrate could not prove "
-            f"where {request.vm} is not: run `vmigrate recover {request.vm}` once it answers"
+            f"where {request.vm} is not: run `vmigrate recover {shlex.quote(request.vm)}` "
+            "once it answers"
         )
     if outcome == "completed":
         placement_ok = placement.exactly_on(dst_ref.name, defined=not request.transient)
