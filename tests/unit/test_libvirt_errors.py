@@ -35,6 +35,11 @@ def test_a_missing_driver_names_the_package() -> None:
     assert missing_driver(NO_STORAGE_DRIVER) == ("storage", "libvirt-daemon-driver-storage")
     network = "this function is not supported by the connection driver: virNetworkLookupByName"
     assert missing_driver(network) == ("network", "libvirt-daemon-driver-network")
+    # Recorded by `lab up` from a lab host whose storage module was hidden.
+    listing = (
+        "this function is not supported by the connection driver: virConnectListAllStoragePools"
+    )
+    assert missing_driver(listing) == ("storage", "libvirt-daemon-driver-storage")
     backend = "internal error: missing backend for pool type 11 (iscsi-direct)"
     assert missing_driver(backend) == (
         "iscsi-direct storage back-end",

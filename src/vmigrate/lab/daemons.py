@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmigrate.errors import EnvironmentProblem
@@ -54,8 +55,11 @@ def write_host_config(host: LabHost) -> None:
     (etc / "qemu.conf").write_text(render_qemu_conf(host))
 
 
-def start_libvirtd(host: LabHost) -> DaemonRecord:
-    """Start the host's libvirtd; returns at once (call `wait_until_answering` next)."""
+def start_libvirtd(host: LabHost, *, hide: Sequence[str] = ()) -> DaemonRecord:
+    """Start the host's libvirtd; returns at once (call `wait_until_answering` next).
+
+    `hide`: files this host must not see (fault injection: a driver module, as on a host
+    without its package), absent in the host's mount namespace only."""
     libvirtd = _tool("libvirtd")
     unshare = _tool("unshare")
     write_host_config(host)
@@ -72,6 +76,7 @@ def start_libvirtd(host: LabHost) -> DaemonRecord:
         "vmigrate.lab.nsinit",
         f"--hostname={host.name}",
         *binds,
+        *(f"--hide={path}" for path in hide),
         "--",
         libvirtd,
         "--listen",

@@ -21,14 +21,15 @@ from vmigrate.errors import (
     VmigrateError,
 )
 
-#: The Debian package that brings each libvirt driver, by the API family that needs it.
+#: The Debian package that brings each libvirt driver, by the object its API names
+#: (virStoragePoolLookupByName and virConnectListAllStoragePools alike).
 DRIVER_PACKAGES = {
-    "virStorage": ("storage", "libvirt-daemon-driver-storage"),
-    "virNetwork": ("network", "libvirt-daemon-driver-network"),
-    "virSecret": ("secret", "libvirt-daemon-driver-secret"),
-    "virInterface": ("interface", "libvirt-daemon-driver-interface"),
-    "virNodeDevice": ("node device", "libvirt-daemon-driver-nodedev"),
-    "virNWFilter": ("network filter", "libvirt-daemon-driver-nwfilter"),
+    "Storage": ("storage", "libvirt-daemon-driver-storage"),
+    "NWFilter": ("network filter", "libvirt-daemon-driver-nwfilter"),
+    "Network": ("network", "libvirt-daemon-driver-network"),
+    "Secret": ("secret", "libvirt-daemon-driver-secret"),
+    "Interface": ("interface", "libvirt-daemon-driver-interface"),
+    "NodeDevice": ("node device", "libvirt-daemon-driver-nodedev"),
 }
 #: Pool types built into the storage driver itself; every other type is a package of its own.
 _BUILTIN_POOL_TYPES = {"dir", "fs", "netfs"}
@@ -56,8 +57,8 @@ def missing_driver(message: str) -> tuple[str, str] | None:
     found = _UNSUPPORTED.search(message)
     if found:
         api = found.group(1)
-        for prefix, driver in DRIVER_PACKAGES.items():
-            if api.startswith(prefix):
+        for family, driver in DRIVER_PACKAGES.items():
+            if family in api:
                 return driver
         return None
     backend = _MISSING_BACKEND.search(message)
