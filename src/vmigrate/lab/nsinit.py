@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 #: Inside a host's private /var/lib/libvirt, so `lab down` removes it with the host.
 HIDE_STAGING = Path("/var/lib/libvirt/.vmigrate-hidden")
 
