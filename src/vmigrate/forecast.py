@@ -5,6 +5,7 @@ allocated bytes over the link."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,12 @@ def forecast(
     measure_seconds: int = 2,
     hosts_file: Path | None = None,
 ) -> Forecast:
-    if bandwidth_mib is not None and (bandwidth_mib <= 0 or bandwidth_mib > 1_000_000):
+    if bandwidth_mib is not None and not 0 < bandwidth_mib <= 1_000_000:
         raise UsageError(
             f"a bandwidth of {bandwidth_mib:g} MiB/s is impossible",
             fix="give the link's real rate, e.g. --bandwidth 119 for 1 Gbit/s",
         )
-    if max_downtime_ms <= 0:
+    if not 0 < max_downtime_ms < math.inf:
         raise UsageError(
             f"a maximum downtime of {max_downtime_ms:g} ms is impossible",
             fix="give a positive number of milliseconds",

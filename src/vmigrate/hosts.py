@@ -14,6 +14,7 @@ The lab's hostA and hostB work without a hosts file.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ def load_hosts_file(path: Path) -> dict[str, HostRef]:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as err:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(
             f"cannot read hosts file {path}: {err}",
             fix="fix the file (TOML) or point --hosts at another",
@@ -156,7 +157,10 @@ def load_hosts_file(path: Path) -> dict[str, HostRef]:
         )
         bandwidth = table.get("bandwidth")
         if bandwidth is not None and (
-            isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float) or bandwidth <= 0
+            isinstance(bandwidth, bool)
+            or not isinstance(bandwidth, int | float)
+            or not math.isfinite(bandwidth)
+            or bandwidth <= 0
         ):
             raise UsageError(
                 f"{where}: bandwidth must be a positive number of MiB/s, e.g. 119 for 1 Gbit/s"

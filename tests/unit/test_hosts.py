@@ -69,11 +69,21 @@ def test_hosts_file(tmp_path: Path) -> None:
         '[hosts.a]\nuri = "nonsense"\n',
         '[hosts.a]\nuri = "qemu:///system"\nbandwidth = -5\n',
         '[hosts.a]\nuri = "qemu:///system"\nbandwidth = "fast"\n',
+        '[hosts.a]\nuri = "qemu:///system"\nbandwidth = nan\n',
+        '[hosts.a]\nuri = "qemu:///system"\nbandwidth = inf\n',
     ],
 )
 def test_malformed_hosts_files(tmp_path: Path, content: str) -> None:
     path = tmp_path / "hosts.toml"
     path.write_text(content)
+    with pytest.raises(UsageError) as caught:
+        load_hosts_file(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_hosts_file_that_is_not_text_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.toml"
+    path.write_bytes(b'[hosts.a]\nuri = "qemu:///system"\n# \xff\xfe latin-1 junk\n')
     with pytest.raises(UsageError) as caught:
         load_hosts_file(path)
     assert str(path) in str(caught.value)

@@ -7,6 +7,7 @@ Nothing outside `lab/` may depend on the answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -66,10 +67,13 @@ def accelerator(image: GuestImage) -> str:
     except (OSError, ValueError, KeyError):
         pass
     works, reason = _boots_with_kvm(image)
-    ACCEL_FILE.parent.mkdir(parents=True, exist_ok=True)
-    ACCEL_FILE.write_text(
-        json.dumps({**key, "accelerator": "kvm" if works else "tcg", "reason": reason}, indent=2)
-    )
+    with contextlib.suppress(OSError):  # without the cache the next run probes again
+        ACCEL_FILE.parent.mkdir(parents=True, exist_ok=True)
+        ACCEL_FILE.write_text(
+            json.dumps(
+                {**key, "accelerator": "kvm" if works else "tcg", "reason": reason}, indent=2
+            )
+        )
     return "kvm" if works else "tcg"
 
 

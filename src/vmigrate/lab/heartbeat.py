@@ -137,6 +137,12 @@ def read_console(vm: str) -> list[ConsoleLine]:
             vm=vm,
             fix="create it with `vmigrate lab vm create NAME`",
         ) from err
+    except OSError as err:
+        raise LabError(
+            f"cannot read the heartbeat log {log_path(vm)}: {err.strerror or err}",
+            vm=vm,
+            fix="run the command as root (the lab's files belong to root)",
+        ) from err
 
 
 def heartbeat_report(vm: str, *, since_ns: int = 0) -> HeartbeatReport:

@@ -78,7 +78,11 @@ class Collector:
     def serve_forever(self) -> None:
         while True:
             for key, _events in self.selector.select():
-                key.data(key.fileobj)
+                try:
+                    key.data(key.fileobj)
+                except OSError:  # one peer's broken socket must not stop the heartbeat log
+                    if key.fileobj in self.guests:
+                        self._disconnected(key.fileobj, time.monotonic_ns())
 
     def _accept_guest(self, server: socket.socket) -> None:
         conn, _ = server.accept()
@@ -92,12 +96,7 @@ class Collector:
         now = time.monotonic_ns()
         host = self.guests[conn]
         if not data:
-            self.selector.unregister(conn)
-            conn.close()
-            del self.guests[conn]
-            if self.last_active is conn:
-                self.last_active = None
-            self._write(f"{now} {host} #disconnected\n".encode())
+            self._disconnected(conn, now)
             return
         self.last_active = conn
         # One buffer for all connections: a line the source began may be finished by the
@@ -107,6 +106,14 @@ class Collector:
         out = b"".join(f"{now} {host} ".encode() + line.rstrip(b"\r") + b"\n" for line in lines)
         if out:
             self._write(out)
+
+    def _disconnected(self, conn: socket.socket, now: int) -> None:
+        host = self.guests.pop(conn)
+        self.selector.unregister(conn)
+        conn.close()
+        if self.last_active is conn:
+            self.last_active = None
+        self._write(f"{now} {host} #disconnected\n".encode())
 
     def _accept_control(self, server: socket.socket) -> None:
         conn, _ = server.accept()
@@ -188,8 +195,16 @@ def send_to_guest(vm: str, text: str) -> None:
                 vm=vm,
                 fix="is it a lab VM? (`vmigrate lab status`)",
             ) from err
-        conn.sendall(f"send {text}\n".encode())
-        reply = conn.recv(4096).decode(errors="replace").strip()
+        try:
+            conn.sendall(f"send {text}\n".encode())
+            reply = conn.recv(4096).decode(errors="replace").strip()
+        except OSError as err:
+            raise LabError(
+                f"the VM's heartbeat collector did not answer: {err.strerror or err}",
+                vm=vm,
+                fix="look at `vmigrate lab status`; `vmigrate lab vm rm` and create it again "
+                "if its collector died",
+            ) from err
     if reply != "ok":
         raise LabError(f"cannot type into the console: {reply.removeprefix('error ')}", vm=vm)
 

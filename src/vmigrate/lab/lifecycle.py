@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,19 @@ from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.storage import pool_by_name
 
 START_TIMEOUT_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def lab_files() -> Iterator[None]:
+    """The lab's own files: a directory that cannot be written is a clear error."""
+    try:
+        yield
+    except OSError as err:
+        raise LabError(
+            f"cannot write the lab's files: {err.filename or LAB_DIR}: {err.strerror or err}",
+            fix=f"check that {LAB_DIR} (VMIGRATE_LAB_DIR) is on a writable file system with "
+            "free space",
+        ) from err
 
 
 def require_root() -> None:
@@ -108,8 +122,9 @@ def _ensure_pools(conn: Connection, host: LabHost) -> None:
 def lab_up() -> list[HostStatus]:
     """Start both hosts (those not already running) and return when both answer."""
     require_root()
-    LAB_DIR.mkdir(parents=True, exist_ok=True)
-    LAB_MARKER.touch()
+    with lab_files():
+        LAB_DIR.mkdir(parents=True, exist_ok=True)
+        LAB_MARKER.touch()
     records = load_records()
     fresh = not any(rec.is_running() for rec in records.values())
     if fresh:
@@ -123,7 +138,8 @@ def lab_up() -> list[HostStatus]:
         existing = records.get(host.name)
         if existing is not None and existing.is_running():
             continue
-        records[host.name] = start_libvirtd(host)
+        with lab_files():
+            records[host.name] = start_libvirtd(host)
         started.append(host)
     try:
         for host in LAB_HOSTS:
@@ -144,11 +160,13 @@ def lab_up() -> list[HostStatus]:
             finally:
                 conn.close()
     except BaseException:  # nothing half-started: stop what this call started, whatever broke
-        save_records(records)
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            save_records(records)
         for host in started:
             stop_host_processes(namespace_when_ready(records[host.name]))
         raise
-    save_records(records)
+    with lab_files():
+        save_records(records)
     return lab_status()
 
 
@@ -181,7 +199,8 @@ def lab_down() -> DownReport:
     collectors = stop_all_collectors()
     was_shaped = link.reset()
     if LAB_DIR.exists():
-        shutil.rmtree(LAB_DIR)
+        with lab_files():
+            shutil.rmtree(LAB_DIR)
     return DownReport(
         stopped_hosts=sorted(records),
         killed_pids=killed,
@@ -235,8 +254,13 @@ def _host_status(host: LabHost, record: DaemonRecord | None) -> HostStatus:
             accelerator=cached_accelerator() or "not probed yet",
             vms=sorted(vms, key=lambda vm: vm.name),
         )
+    except LibvirtError as err:  # the daemon died or restarted as we asked
+        return HostStatus(
+            host.name, host.uri, running=True, pid=record.pid, problem=err.get_error_message()
+        )
     finally:
-        conn.close()
+        with contextlib.suppress(LibvirtError):
+            conn.close()
 
 
 def lab_status() -> list[HostStatus]:

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from vmigrate.errors import EnvironmentProblem, UsageError
 from vmigrate.lab.config import HOST_B
@@ -125,8 +126,21 @@ def shaping_commands(rate: str, delay: str | None) -> list[list[str]]:
     return commands
 
 
+def _qdiscs() -> list[dict[str, Any]]:
+    """`tc -j qdisc show` as data; anything but a JSON list is a clear error."""
+    output = _tc("-j", "qdisc", "show", "dev", DEVICE).stdout or "[]"
+    try:
+        qdiscs = json.loads(output)
+    except ValueError as err:
+        raise EnvironmentProblem(
+            f"tc printed no JSON for the qdiscs of {DEVICE}: {output[:200]!r}",
+            fix="install iproute2 from Debian 12 (its tc supports -j)",
+        ) from err
+    return [q for q in qdiscs if isinstance(q, dict)] if isinstance(qdiscs, list) else []
+
+
 def _is_ours() -> bool:
-    qdiscs = json.loads(_tc("-j", "qdisc", "show", "dev", DEVICE).stdout or "[]")
+    qdiscs = _qdiscs()
     return any(
         q.get("kind") == "htb" and q.get("handle") == ROOT_HANDLE and q.get("root") for q in qdiscs
     )
@@ -166,7 +180,7 @@ def status() -> LinkStatus:
     # `tc -j class` prints no JSON for htb classes: read the text form.
     classes = _tc("-s", "class", "show", "dev", DEVICE).stdout
     shaped = _CLASS_STATS.search(classes)
-    qdiscs = json.loads(_tc("-j", "qdisc", "show", "dev", DEVICE).stdout or "[]")
+    qdiscs = _qdiscs()
     netem = next((q for q in qdiscs if q.get("kind") == "netem"), None)
     delay = None
     if netem is not None:

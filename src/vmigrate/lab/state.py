@@ -12,11 +12,13 @@ STATE_FILE = LAB_DIR / "state.json"
 
 
 def load_records() -> dict[str, DaemonRecord]:
+    """What `lab up` recorded; a missing or damaged file reads as "nothing running" (the
+    processes themselves are found again by `lab down` through their namespaces)."""
     try:
         raw = json.loads(STATE_FILE.read_text())
-    except (OSError, ValueError):
+        return {name: DaemonRecord(**fields) for name, fields in raw.get("hosts", {}).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
         return {}
-    return {name: DaemonRecord(**fields) for name, fields in raw.get("hosts", {}).items()}
 
 
 def save_records(records: dict[str, DaemonRecord]) -> None:

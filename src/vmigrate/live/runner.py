@@ -39,6 +39,7 @@ from vmigrate.virt.connection import (
     lookup_domain,
     open_with_timeout,
 )
+from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.facts import gather_host_facts
 from vmigrate.virt.migration import MigrationCall, watch_iterations, watch_job_completed
 from vmigrate.virt.reachability import HostLinks
@@ -130,8 +131,13 @@ def _run_call(
 ) -> None:
     """Start the migrate call and monitor it until it returns; libvirt's events wake the
     monitor at each pass and fill `completed` with the finished job's statistics."""
-    callbacks = [watch_job_completed(src, domain, completed)]
-    callbacks.append(watch_iterations(src, domain, call.wake))
+    # Best effort: without the events the monitor still polls every SAMPLE_INTERVAL_S, and a
+    # connection that is gone shows in the migrate call's own error.
+    callbacks: list[int] = []
+    with contextlib.suppress(VmigrateError):
+        callbacks.append(watch_job_completed(src, domain, completed))
+    with contextlib.suppress(VmigrateError):
+        callbacks.append(watch_iterations(src, domain, call.wake))
     try:
         call.start()
         while not monitor.finished(call):
@@ -156,12 +162,16 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     src = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     dst = open_with_timeout(dst_ref.uri, host=dst_ref.name, timeout=CONNECT_TIMEOUT_S)
     domain = lookup_domain(src, request.vm, host=src_ref.name)
-    storage = (
-        _storage_plan(request, domain, src, dst, dst_ref, checks) if request.copy_storage else None
-    )
+    # Before the job exists: a VM or host that goes away now is a plain error.
+    with libvirt_errors(host=src_ref.name, vm=request.vm, doing="read the VM before the move"):
+        storage = (
+            _storage_plan(request, domain, src, dst, dst_ref, checks)
+            if request.copy_storage
+            else None
+        )
+        was_persistent = bool(domain.isPersistent())
     for notice in storage.notices if storage else ():
         emit("notice", {"message": notice})
-    was_persistent = bool(domain.isPersistent())
     options = replace(
         live_options(request, request.migration_address or dst_ref.migration_address),
         copy_disks=storage.copied if storage else (),

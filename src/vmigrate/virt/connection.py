@@ -171,6 +171,8 @@ def probe_tcp(host: str, port: int, *, timeout: float) -> tuple[str, float]:
         return "refused", time.monotonic() - started
     except TimeoutError:
         return "filtered", time.monotonic() - started
+    except UnicodeError:  # a name the resolver cannot even encode (an empty label: "a..b")
+        return "error: not a valid host name", time.monotonic() - started
     except OSError as err:
         if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "unreachable", time.monotonic() - started

@@ -145,11 +145,12 @@ def watch_iterations(
     ) -> None:
         wake.set()
 
-    return int(
-        conn.domainEventRegisterAny(
-            domain, libvirt.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, on_iteration, None
+    with libvirt_errors(host=None, doing="watch the migration's passes"):
+        return int(
+            conn.domainEventRegisterAny(
+                domain, libvirt.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, on_iteration, None
+            )
         )
-    )
 
 
 def watch_job_completed(
@@ -162,8 +163,9 @@ def watch_job_completed(
     ) -> None:
         into.update(params)
 
-    return int(
-        conn.domainEventRegisterAny(
-            domain, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_completed, None
+    with libvirt_errors(host=None, doing="watch for the job's completion"):
+        return int(
+            conn.domainEventRegisterAny(
+                domain, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_completed, None
+            )
         )
-    )

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import libvirt
 
 from vmigrate.facts import ShareProbe, VolumeInfo, VolumeLocation
+from vmigrate.virt.errors import translate
 
 PROBE_BYTES = 4096
 PROBE_PREFIX = ".vmigrate-probe-"
@@ -22,13 +23,31 @@ PROBE_PREFIX = ".vmigrate-probe-"
 _REFRESHABLE = {"dir", "fs", "netfs"}
 
 
+#: A file in no pool, or one that went away as we looked: "no pool holds it", not an error.
+_NOT_IN_A_POOL = {libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL}
+
+
+@contextlib.contextmanager
+def _in_no_pool_is_none(path: str) -> Iterator[None]:
+    """Swallow "no such volume/pool" (the caller then answers None); other errors leave
+    translated."""
+    try:
+        yield
+    except libvirt.libvirtError as err:
+        if err.get_error_code() not in _NOT_IN_A_POOL:
+            raise translate(err, host=None, doing=f"look up the volume {path}") from err
+
+
 def locate_volume(conn: libvirt.virConnect, path: str) -> VolumeLocation | None:
     """The pool (and sizes) of the volume at `path` on this host, if any pool holds it."""
-    try:
-        volume = conn.storageVolLookupByPath(path)
-        pool = volume.storagePoolLookupByVolume()
-    except libvirt.libvirtError:
-        return None
+    with _in_no_pool_is_none(path):
+        return _locate_volume(conn, path)
+    return None
+
+
+def _locate_volume(conn: libvirt.virConnect, path: str) -> VolumeLocation:
+    volume = conn.storageVolLookupByPath(path)
+    pool = volume.storagePoolLookupByVolume()
     _type, capacity, allocation = volume.info()
     root = ET.fromstring(pool.XMLDesc(0))
     return VolumeLocation(
@@ -152,11 +171,16 @@ def _look_for_probe(
 
 
 def volume_info(conn: libvirt.virConnect, path: str) -> VolumeInfo | None:
-    try:
-        volume = conn.storageVolLookupByPath(path)
-        pool = volume.storagePoolLookupByVolume()
-    except libvirt.libvirtError:
-        return None
+    """The volume at `path` with its pool, format, sizes and backing file; None if no pool
+    holds it."""
+    with _in_no_pool_is_none(path):
+        return _volume_info(conn, path)
+    return None
+
+
+def _volume_info(conn: libvirt.virConnect, path: str) -> VolumeInfo:
+    volume = conn.storageVolLookupByPath(path)
+    pool = volume.storagePoolLookupByVolume()
     root = ET.fromstring(volume.XMLDesc(0))
     pool_root = ET.fromstring(pool.XMLDesc(0))
     fmt = root.find("target/format")
