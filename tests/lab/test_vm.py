@@ -138,3 +138,19 @@ def test_unknown_vm_is_a_clear_error(lab: list[HostStatus], action: str) -> None
             set_rate("no-such-vm", 10)
     assert "no-such-vm" in str(caught.value)
     assert "vmigrate lab status" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden"])
+def test_names_that_could_leave_the_lab_directory_are_refused(
+    lab: list[HostStatus], name: str
+) -> None:
+    for action in (
+        lambda: create_vm(LabVmRequest(name, memory_mib=256)),
+        lambda: remove_vm(name),
+        lambda: set_rate(name, 10),
+    ):
+        with pytest.raises(UsageError) as caught:
+            action()
+        assert "is not a valid lab VM name" in str(caught.value)
+        assert "letters, digits" in caught.value.fix
+    assert locate_vm(name) == {}

@@ -12,9 +12,18 @@ from rich.table import Table
 from vmigrate.lab import link as lab_link
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report
 from vmigrate.lab.lifecycle import HostStatus, lab_down, lab_status, lab_up, require_root
-from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm, set_rate
+from vmigrate.lab.vms import LabVmRequest, check_vm_name, create_vm, remove_vm, set_rate
 
 console = Console(highlight=False)
+
+
+def _vm_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Every lab command taking a VM name refuses an invalid one before doing anything."""
+    return check_vm_name(value)
+
+
+#: The NAME argument of every lab command that takes a VM.
+vm_name_argument = click.argument("name", callback=_vm_name)
 
 
 def _print_json(value: object) -> None:
@@ -108,7 +117,7 @@ def vm() -> None:
 
 
 @vm.command("create")
-@click.argument("name")
+@vm_name_argument
 @click.option("--host", default="A", show_default=True, help="A or B.")
 @click.option(
     "--memory", "memory_mib", type=int, default=512, show_default=True, help="Guest memory in MiB."
@@ -187,7 +196,7 @@ def vm_create(
 
 
 @vm.command("set-rate")
-@click.argument("name")
+@vm_name_argument
 @click.argument("rate", type=int)
 def vm_set_rate(name: str, rate: int) -> None:
     """Change how many MiB/s the guest dirties, while it runs."""
@@ -196,7 +205,7 @@ def vm_set_rate(name: str, rate: int) -> None:
 
 
 @vm.command("rm")
-@click.argument("name")
+@vm_name_argument
 def vm_rm(name: str) -> None:
     """Destroy a lab VM on every host and delete its lab disks."""
     hosts = remove_vm(name)
@@ -221,7 +230,7 @@ def render_heartbeat(report: HeartbeatReport) -> str:
 
 
 @lab.command()
-@click.argument("name")
+@vm_name_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def heartbeat(name: str, as_json: bool) -> None:
     """Guest-observed downtime: largest gap between beats, and whether none was lost."""

@@ -11,11 +11,18 @@ import re
 import time
 import xml.etree.ElementTree as ET
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmigrate.errors import AlreadyExists, EnvironmentProblem, LabError, NotFound, UsageError
+from vmigrate.errors import (
+    AlreadyExists,
+    EnvironmentProblem,
+    LabError,
+    NotFound,
+    UsageError,
+    VmigrateError,
+)
 from vmigrate.lab.accel import accelerator
 from vmigrate.lab.config import LAB_HOSTS, LOCAL_POOL, SHARED_POOL, LabHost, lab_host
 from vmigrate.lab.domain import LabDisk, LabGuestSpec, render_domain_xml
@@ -30,6 +37,7 @@ from vmigrate.lab.heartbeat_collector import (
 from vmigrate.lab.hostfs import in_host
 from vmigrate.lab.image import kernel_cmdline, load_guest_image
 from vmigrate.lab.lifecycle import connect, running_hosts
+from vmigrate.lab.paths import LAB_DIR
 from vmigrate.virt.connection import (
     AFFECT_LIVE_AND_CONFIG,
     UNDEFINE_WITH_METADATA,
@@ -38,8 +46,14 @@ from vmigrate.virt.connection import (
     domain_state,
     find_domain,
 )
+from vmigrate.virt.errors import libvirt_errors
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: A lab VM's name: it becomes file names under the lab directory and libvirt volume names.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+VALID_NAME = (
+    "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit (no '/', no '..')"
+)
+_DISK_TARGET = re.compile(r"vd[b-z]")
 #: Memory the guest kernel and initramfs need besides the working set (measured: a 256 MiB
 #: guest runs a 160 MiB working set and runs out of memory at 192 MiB).
 GUEST_BASE_MIB = 96
@@ -88,14 +102,38 @@ def disk_seed(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
+def check_vm_name(name: str) -> str:
+    """`name` if it is a valid lab VM name, else a UsageError saying what a valid one is.
+
+    Every lab command checks it first: the name becomes paths under the lab directory
+    (console log, collector socket and pid file) that `lab vm rm` deletes as root."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise UsageError(f"{name!r} is not a valid lab VM name", fix=f"use {VALID_NAME}")
+    return name
+
+
+@contextlib.contextmanager
+def _lab_errors(*, host: str | None, vm: str, doing: str) -> Iterator[None]:
+    """libvirt's errors as vmigrate's (host, VM, what to do); an OSError from the lab's own
+    files and processes as a LabError; a vmigrate error that names no host gets this one."""
+    try:
+        with libvirt_errors(host=host, vm=vm, doing=doing):
+            yield
+    except VmigrateError as err:
+        if err.host is None:
+            err.host = host
+        raise
+    except OSError as err:
+        raise LabError(
+            f"{doing}: {err}",
+            host=host,
+            vm=vm,
+            fix=f"check that the lab's directory {LAB_DIR} is writable and has space, then retry",
+        ) from err
+
+
 def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
-    name = request.name
-    if not _NAME.match(name):
-        raise UsageError(
-            f"{name!r} is not a valid VM name",
-            vm=name,
-            fix="use up to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
+    name = check_vm_name(request.name)
     host = lab_host(request.host)
     if host is None:
         raise UsageError(
@@ -154,7 +192,7 @@ def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
     return host, working_set
 
 
-def _volume_xml(
+def volume_xml(
     name: str,
     fmt: str,
     size_gib: float,
@@ -174,6 +212,15 @@ def _volume_xml(
         ET.SubElement(store, "path").text = backing[0]
         ET.SubElement(store, "format", type=backing[1])
     return ET.tostring(volume, encoding="unicode")
+
+
+def disk_device_xml(path: str, target: str, fmt: str = "qcow2") -> str:
+    """A file-backed virtio disk, as `lab vm create` gives its guests (cache='none')."""
+    disk = ET.Element("disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type=fmt, cache="none")
+    ET.SubElement(disk, "source", file=path)
+    ET.SubElement(disk, "target", dev=target, bus="virtio")
+    return ET.tostring(disk, encoding="unicode")
 
 
 def volume_name(vm: str, fmt: str) -> str:
@@ -205,7 +252,7 @@ def _lab_volume(vm: str, name: str) -> bool:
 def _backing_file(conn: Connection, pool_name: str, vm: str, size_gib: float) -> str:
     """A raw backing file holding backing_data() at BACKING_DATA_OFFSET; returns its path."""
     pool = conn.storagePoolLookupByName(pool_name)
-    volume = pool.createXML(_volume_xml(backing_volume_name(vm), "raw", size_gib, sparse=True), 0)
+    volume = pool.createXML(volume_xml(backing_volume_name(vm), "raw", size_gib, sparse=True), 0)
     try:
         data = backing_data(vm)
         stream = conn.newStream(0)
@@ -243,34 +290,41 @@ def create_vm(request: LabVmRequest) -> LabVm:
             "the lab guest image is not built", fix="run scripts/setup.sh (it builds the image)"
         )
     conn = connect(host)
-    _ensure_absent(request.name)
+    name = request.name
+
+    def step(doing: str) -> contextlib.AbstractContextManager[None]:
+        return _lab_errors(host=host.name, vm=name, doing=doing)
+
     undo: list[Callable[[], None]] = []
     try:
-        log_path(request.name).unlink(missing_ok=True)
-        start_collector(request.name)
-        undo.append(lambda: _remove_console(request.name))
+        _ensure_absent(name)
+        with step("starting its console collector"):
+            log_path(name).unlink(missing_ok=True)
+            start_collector(name)
+        undo.append(lambda: _remove_console(name))
         disk = None
         if request.disk != "none":
             pool_name = SHARED_POOL if request.disk == "shared" else LOCAL_POOL
-            pool = conn.storagePoolLookupByName(pool_name)
-            backing = None
-            if request.disk_backing:
-                base = _backing_file(conn, pool_name, request.name, request.disk_size_gib)
-                undo.append(lambda: conn.storageVolLookupByPath(base).delete(0))
-                backing = (base, "raw")
-            volume = pool.createXML(
-                _volume_xml(
-                    volume_name(request.name, request.disk_format),
-                    request.disk_format,
-                    request.disk_size_gib,
-                    backing,
-                ),
-                0,
-            )
-            undo.append(lambda: volume.delete(0))
-            disk = LabDisk(Path(volume.path()), request.disk_format)
+            with step(f"creating its disk in pool {pool_name!r}"):
+                pool = conn.storagePoolLookupByName(pool_name)
+                backing = None
+                if request.disk_backing:
+                    base = _backing_file(conn, pool_name, name, request.disk_size_gib)
+                    undo.append(lambda: conn.storageVolLookupByPath(base).delete(0))
+                    backing = (base, "raw")
+                volume = pool.createXML(
+                    volume_xml(
+                        volume_name(name, request.disk_format),
+                        request.disk_format,
+                        request.disk_size_gib,
+                        backing,
+                    ),
+                    0,
+                )
+                undo.append(lambda: volume.delete(0))
+                disk = LabDisk(Path(volume.path()), request.disk_format)
         spec = LabGuestSpec(
-            name=request.name,
+            name=name,
             memory_mib=request.memory_mib,
             working_set_mib=working_set,
             dirty_rate_mib=request.dirty_rate_mib,
@@ -280,35 +334,39 @@ def create_vm(request: LabVmRequest) -> LabVm:
                 working_set_mib=working_set,
                 dirty_rate_mib=request.dirty_rate_mib,
                 disk=disk is not None,
-                seed=disk_seed(request.name),
+                seed=disk_seed(name),
                 disk_mib=DISK_PATTERN_MIB,
                 acpi=request.acpi,
             ),
-            serial_socket=socket_path(request.name),
+            serial_socket=socket_path(name),
             domain_type="kvm" if accelerator(image) == "kvm" else "qemu",
             disk=disk,
         )
-        domain = conn.defineXML(render_domain_xml(spec))
+        with step("defining it"):
+            domain = conn.defineXML(render_domain_xml(spec))
         undo.append(domain.undefine)
         started = time.monotonic()
-        domain.create()
+        with step("starting it"):
+            domain.create()
         undo.append(domain.destroy)
-        wait_for_console(request.name, r"^HB 1$", timeout=BOOT_TIMEOUT_SECONDS)
+        with step("waiting for its first heartbeat"):
+            wait_for_console(name, r"^HB 1$", timeout=BOOT_TIMEOUT_SECONDS)
         boot_seconds = time.monotonic() - started
         if disk is not None:
-            line = wait_for_console(request.name, r"^DISK ", timeout=BOOT_TIMEOUT_SECONDS)
+            with step("waiting for it to fill its disk"):
+                line = wait_for_console(name, r"^DISK ", timeout=BOOT_TIMEOUT_SECONDS)
             if not line.text.startswith(("DISK written", "DISK verify ok")):
                 raise LabError(
                     f"the guest could not use its disk: {line.text}",
-                    vm=request.name,
+                    vm=name,
                     host=host.name,
-                    fix=f"see the console log {log_path(request.name)}",
+                    fix=f"see the console log {log_path(name)}",
                 )
     except BaseException:
-        for step in reversed(undo):
+        for undo_step in reversed(undo):
             # Keep undoing the rest: the original error is the one that matters.
             with contextlib.suppress(LibvirtError, OSError):
-                step()
+                undo_step()
         raise
     finally:
         conn.close()
@@ -352,18 +410,21 @@ def _remove_from_host(conn: Connection, name: str) -> bool:
 
 def remove_vm(name: str) -> list[str]:
     """Destroy and undefine the VM on every lab host, delete its lab disks and console."""
+    check_vm_name(name)
     removed_from = []
     for host in LAB_HOSTS:
         if host.name not in running_hosts():
             continue
         conn = connect(host)
         try:
-            if _remove_from_host(conn, name):
-                removed_from.append(host.name)
+            with _lab_errors(host=host.name, vm=name, doing="removing it"):
+                if _remove_from_host(conn, name):
+                    removed_from.append(host.name)
         finally:
             conn.close()
-    had_console = log_path(name).exists()
-    _remove_console(name)
+    with _lab_errors(host=None, vm=name, doing="removing its console"):
+        had_console = log_path(name).exists()
+        _remove_console(name)
     if not removed_from and not had_console:
         raise NotFound(
             f"no lab VM named {name!r}", vm=name, fix="see the lab's VMs with `vmigrate lab status`"
@@ -389,6 +450,7 @@ def locate_vm(name: str) -> dict[str, str]:
 
 def set_rate(name: str, rate_mib: int, *, timeout: float = 10.0) -> None:
     """Change the guest's dirty rate while it runs; returns once the guest confirms."""
+    check_vm_name(name)
     if not 0 <= rate_mib <= 100_000:
         raise UsageError(
             f"dirty rate {rate_mib} MiB/s is out of range", vm=name, fix="use 0 to 100000 MiB/s"
@@ -414,24 +476,30 @@ def add_disk(vm: str, pool: str, target: str, size_mib: int, fill: str) -> str:
     "write -P 0xa5 0 8M"), attached to the running VM and its definition; its path.
 
     Named like the VM's own lab disks, so `lab vm rm` deletes it too."""
+    check_vm_name(vm)
+    if not _DISK_TARGET.fullmatch(target):
+        raise UsageError(f"{target!r} is not a lab disk target", vm=vm, fix="use vdb to vdz")
     host = lab_host("hostA")
     assert host is not None
     conn = connect(host)
     try:
-        volume = conn.storagePoolLookupByName(pool).createXML(
-            f"<volume><name>{vm}-{target}.qcow2</name><capacity unit='MiB'>{size_mib}</capacity>"
-            "<target><format type='qcow2'/></target></volume>",
-            0,
-        )
-        written = in_host("hostA", "qemu-io", "-f", "qcow2", "-c", fill, volume.path())
-        if written.returncode != 0:
-            volume.delete(0)
-            raise LabError(f"qemu-io could not fill {volume.path()}: {written.stderr.strip()}")
-        conn.lookupByName(vm).attachDeviceFlags(
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
-            f"<source file='{volume.path()}'/><target dev='{target}' bus='virtio'/></disk>",
-            AFFECT_LIVE_AND_CONFIG,
-        )
-        return str(volume.path())
+        with _lab_errors(host=host.name, vm=vm, doing=f"adding disk {target}"):
+            volume = conn.storagePoolLookupByName(pool).createXML(
+                volume_xml(f"{vm}-{target}.qcow2", "qcow2", size_mib / 1024), 0
+            )
+            path = str(volume.path())
+            written = in_host("hostA", "qemu-io", "-f", "qcow2", "-c", fill, path)
+            if written.returncode != 0:
+                volume.delete(0)
+                raise LabError(f"qemu-io could not fill {path}: {written.stderr.strip()}", vm=vm)
+            try:
+                conn.lookupByName(vm).attachDeviceFlags(
+                    disk_device_xml(path, target), AFFECT_LIVE_AND_CONFIG
+                )
+            except BaseException:
+                with contextlib.suppress(LibvirtError):
+                    volume.delete(0)
+                raise
+            return path
     finally:
         conn.close()
