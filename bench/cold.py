@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from vmigrate.cold.runner import ColdRequest, migrate_cold
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.hostfs import file_sha256, in_host, on_host
+from vmigrate.lab.vms import volume_xml
 
 MIB, GIB = 1 << 20, 1 << 30
 LINK = "1gbit"
@@ -74,11 +76,7 @@ class Run:
 
 def _random_raw(conn: libvirt.virConnect, name: str, virtual: int, data: int) -> str:
     pool = conn.storagePoolLookupByName(POOL)
-    volume = pool.createXML(
-        f"<volume><name>{name}</name><capacity unit='bytes'>{virtual}</capacity>"
-        "<allocation>0</allocation><target><format type='raw'/></target></volume>",
-        0,
-    )
+    volume = pool.createXML(volume_xml(name, "raw", virtual / GIB, sparse=True), 0)
     stream = conn.newStream(0)
     volume.upload(stream, 0, data, 0)
     block = 4 * MIB
@@ -120,16 +118,24 @@ def _allocated(host: str, paths: list[str]) -> int:
     return sum(on_host(host, p).stat().st_blocks * 512 for p in paths)
 
 
+def domain_xml(vm: str, disk: str) -> str:
+    """A small shut-off guest whose one disk is `disk` (raw if it ends in .img, else qcow2)."""
+    domain = ET.Element("domain", type="qemu")
+    ET.SubElement(domain, "name").text = vm
+    ET.SubElement(domain, "memory", unit="MiB").text = "128"
+    os_element = ET.SubElement(domain, "os")
+    ET.SubElement(os_element, "type", arch="x86_64", machine="pc").text = "hvm"
+    devices = ET.SubElement(domain, "devices")
+    device = ET.SubElement(devices, "disk", type="file", device="disk")
+    ET.SubElement(device, "driver", name="qemu", type="raw" if disk.endswith(".img") else "qcow2")
+    ET.SubElement(device, "source", file=disk)
+    ET.SubElement(device, "target", dev="vda", bus="virtio")
+    return ET.tostring(domain, encoding="unicode")
+
+
 def _define(vm: str, paths: list[str]) -> None:
-    kind = "raw" if paths[-1].endswith(".img") else "qcow2"
     conn = libvirt.open(HOST_A.uri)
-    conn.defineXML(
-        f"<domain type='qemu'><name>{vm}</name><memory unit='MiB'>128</memory>"
-        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
-        f"<disk type='file' device='disk'><driver name='qemu' type='{kind}'/>"
-        f"<source file='{paths[-1]}'/><target dev='vda' bus='virtio'/></disk>"
-        "</devices></domain>"
-    )
+    conn.defineXML(domain_xml(vm, paths[-1]))
     conn.close()
 
 

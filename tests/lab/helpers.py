@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from vmigrate.lab.config import HOST_A, HOST_B
+from vmigrate.lab.config import HOST_A, HOST_B, render_dir_pool_xml
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report
 from vmigrate.lab.hostfs import in_host as in_host  # lab tests import it from here
 
@@ -202,9 +202,7 @@ def small_pool(size_mib: int) -> Iterator[str]:
                 conn.storagePoolLookupByName("small").destroy()
             pools.append(
                 conn.storagePoolCreateXML(
-                    f"<pool type='dir'><name>small</name><target><path>{path}</path></target>"
-                    "</pool>",
-                    libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD,
+                    render_dir_pool_xml("small", path), libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD
                 )
             )
         yield path

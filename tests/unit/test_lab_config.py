@@ -13,11 +13,13 @@ from vmigrate.lab.config import (
     HOST_B,
     PRIVATE_DIRS,
     lab_host,
+    render_dir_pool_xml,
     render_libvirtd_conf,
     render_qemu_conf,
 )
 from vmigrate.lab.domain import LabDisk, LabGuestSpec, render_domain_xml
 from vmigrate.lab.link import shaping_commands
+from vmigrate.lab.vms import disk_device_xml, volume_xml
 from vmigrate.versions import format_version, parse_version
 
 
@@ -110,6 +112,54 @@ def test_domain_xml_disk_uses_cache_none_for_live_migration() -> None:
 def test_names_are_escaped_not_interpolated() -> None:
     root = ET.fromstring(render_domain_xml(spec(name="a<b>&c")))
     assert root.findtext("name") == "a<b>&c"
+
+
+NASTY = """a<b>&c'd"e"""
+
+
+def test_pool_xml_is_a_dir_pool_with_its_name_and_path_escaped() -> None:
+    plain = ET.fromstring(render_dir_pool_xml("shared", Path("/var/lib/vmigrate-lab/shared")))
+    assert plain.tag == "pool" and plain.get("type") == "dir"
+    assert plain.findtext("name") == "shared"
+    assert plain.findtext("target/path") == "/var/lib/vmigrate-lab/shared"
+    xml = render_dir_pool_xml(NASTY, f"/pools/{NASTY}")
+    assert "<b>" not in xml
+    root = ET.fromstring(xml)
+    assert root.findtext("name") == NASTY
+    assert root.findtext("target/path") == f"/pools/{NASTY}"
+
+
+def test_volume_xml_sizes_in_bytes_with_its_name_escaped() -> None:
+    root = ET.fromstring(volume_xml(f"{NASTY}-vdb.qcow2", "qcow2", 128 / 1024))
+    assert root.findtext("name") == f"{NASTY}-vdb.qcow2"
+    capacity = root.find("capacity")
+    assert capacity is not None and capacity.get("unit") == "bytes"
+    assert capacity.text == str(128 << 20)
+    assert root.find("target/format").get("type") == "qcow2"  # type: ignore[union-attr]
+    assert root.find("allocation") is None
+    overlay = ET.fromstring(volume_xml("v", "qcow2", 1, (f"/p/{NASTY}.img", "raw"), sparse=True))
+    assert overlay.findtext("allocation") == "0"
+    assert overlay.findtext("backingStore/path") == f"/p/{NASTY}.img"
+    assert overlay.find("backingStore/format").get("type") == "raw"  # type: ignore[union-attr]
+
+
+def test_added_disk_xml_is_a_virtio_disk_with_its_path_escaped() -> None:
+    xml = disk_device_xml(f"/var/lib/libvirt/images/{NASTY}-vdb.qcow2", "vdb")
+    assert "<b>" not in xml
+    root = ET.fromstring(xml)
+    assert (root.tag, root.get("type"), root.get("device")) == ("disk", "file", "disk")
+    driver = root.find("driver")
+    assert driver is not None
+    assert (driver.get("name"), driver.get("type"), driver.get("cache")) == (
+        "qemu",
+        "qcow2",
+        "none",
+    )
+    source = root.find("source")
+    assert source is not None
+    assert source.get("file") == f"/var/lib/libvirt/images/{NASTY}-vdb.qcow2"
+    target = root.find("target")
+    assert target is not None and (target.get("dev"), target.get("bus")) == ("vdb", "virtio")
 
 
 def test_shaping_matches_only_hostb() -> None:

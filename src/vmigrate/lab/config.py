@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,4 +129,9 @@ def render_qemu_conf(host: LabHost) -> str:
 
 
 def render_dir_pool_xml(name: str, path: Path | str) -> str:
-    return f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"
+    """A directory pool (built with ElementTree: names and paths are escaped, never pasted)."""
+    pool = ET.Element("pool", type="dir")
+    ET.SubElement(pool, "name").text = name
+    target = ET.SubElement(pool, "target")
+    ET.SubElement(target, "path").text = str(path)
+    return ET.tostring(pool, encoding="unicode")
