@@ -9,7 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
+from vmigrate.errors import UsageError, VmigrateError
 from vmigrate.store import ActionRecord, JobRecord
 
 MIB = 1 << 20
@@ -18,9 +21,37 @@ MIB = 1 << 20
 def plot_job(
     record: JobRecord, samples: list[dict[str, Any]], actions: list[ActionRecord], path: Path
 ) -> None:
+    """Draw the job into `path` (its suffix picks the format; none: PNG)."""
+    fig, left = plt.subplots(figsize=(9, 4.5))
+    try:
+        kind = path.suffix.lower().removeprefix(".")
+        supported = fig.canvas.get_supported_filetypes()
+        if kind and kind not in supported:
+            raise UsageError(
+                f"cannot draw {path}: there is no .{kind} image format",
+                fix=f"name it .png (or one of .{', .'.join(sorted(supported))})",
+            )
+        _draw(fig, left, record, samples, actions)
+        try:
+            fig.savefig(path, dpi=100)
+        except OSError as err:
+            raise VmigrateError(
+                f"cannot write the plot {path}: {err.strerror or err}",
+                fix=_where_to_write(path),
+            ) from err
+    finally:
+        plt.close(fig)
+
+
+def _draw(
+    fig: Figure,
+    left: Axes,
+    record: JobRecord,
+    samples: list[dict[str, Any]],
+    actions: list[ActionRecord],
+) -> None:
     t0 = record.started
     times = [s.get("elapsed_s", s["t"] - t0) for s in samples]
-    fig, left = plt.subplots(figsize=(9, 4.5))
     left.plot(
         times,
         [s["memory_remaining"] / MIB for s in samples],
@@ -50,5 +81,12 @@ def plot_job(
     )
     fig.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+
+def _where_to_write(path: Path) -> str:
+    directory = path.parent
+    if path.is_dir():
+        return f"{path} is a directory: pass --plot a file name, e.g. {path / 'job.png'}"
+    if not directory.is_dir():
+        return f"{directory} does not exist: create it, or pass --plot a file in one that does"
+    return f"make {directory} writable, or pass --plot a file in a directory you can write"
