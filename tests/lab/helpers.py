@@ -56,7 +56,10 @@ def run_cli(
 
 
 def start_cli(*args: str) -> subprocess.Popen[str]:
-    """Start `vmigrate ARGS` in the background (to interrupt or steer it meanwhile)."""
+    """Start `vmigrate ARGS` in the background (to interrupt or steer it meanwhile).
+
+    Read its output either with read_events_until() and read_rest() or with communicate(),
+    never both: they read the pipes through different buffers."""
     process: subprocess.Popen[str] = subprocess.Popen(
         [*VMIGRATE, *args],
         stdout=subprocess.PIPE,
