@@ -1,4 +1,5 @@
-"""`vmigrate cold` in the lab: disks copied and verified, state carried, resume and rollback."""
+"""`vmigrate cold` in the lab: disks copied and verified, state carried (with a local disk,
+without a disk, on shared storage), resume and rollback."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from vmigrate.cold.runner import ColdRequest, migrate_cold, plan_cold
 from vmigrate.lab import link
-from vmigrate.lab.config import HOST_A, HOST_B
+from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL_PATH, SHARED_POOL_PATH
 from vmigrate.lab.diskcheck import check_disk_image
 from vmigrate.lab.heartbeat import heartbeat_report, read_console, wait_for_console
 from vmigrate.lab.hostfs import file_sha256, in_host, on_host
@@ -27,7 +28,7 @@ from vmigrate.lab.vms import DISK_PATTERN_MIB, LabVmRequest, create_vm, disk_see
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_connection
 
-from .helpers import run_cli, small_pool, start_cli
+from .helpers import pool_volumes, run_cli, small_pool, start_cli
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
@@ -156,6 +157,108 @@ def test_keep_state_resumes_the_guest_where_it_stopped(
     beats = heartbeat_report(vm_name)
     assert beats.contiguous, beats.problems
     assert beats.last_seq_by_host["hostA"] > beats.last_seq_by_host["hostB"]
+
+
+def _no_state_file_left() -> None:
+    """Our state files are gone from both hosts: their directories and their pools."""
+    for folder in (
+        on_host("hostA", LOCAL_POOL_PATH),
+        on_host("hostB", LOCAL_POOL_PATH),
+        SHARED_POOL_PATH,
+    ):
+        assert not list(folder.glob(".vmigrate-*.save")), folder
+    for uri in (HOST_A.uri, HOST_B.uri):
+        for pool in ("local", "shared"):
+            assert not [v for v in pool_volumes(uri, pool) if v.endswith(".save")], (uri, pool)
+
+
+def _carried_its_state(vm: str, now_on: str, was_on: str) -> None:
+    """The same guest, not a reboot: its heartbeat sequence goes on without a hole."""
+    time.sleep(1)
+    beats = heartbeat_report(vm)
+    assert beats.contiguous, beats.problems
+    assert beats.last_seq_by_host[now_on] > beats.last_seq_by_host[was_on]
+
+
+def test_keep_state_moves_a_diskless_vm(lab: list[HostStatus], vm_name: str, store: Path) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256, working_set_mib=32, disk="none"))
+    cold = ("cold", vm_name, "--keep-state", "--store", str(store))
+    # What the plan can know is refused before the VM is touched: a pool that is not there.
+    refused = run_cli(*cold, "--from", "hostA", "--to", "hostB", "--state-pool", "nope")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "hostA has no active pool 'nope'" in refused.stderr, refused.stderr
+    assert locate_vm(vm_name) == {"hostA": "running"} and not JobStore(store).jobs()
+    # No disk to travel with: saved into hostA's local pool, copied into hostB's, restored.
+    report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", keep_state=True, store_path=store))
+    assert report.outcome == "completed", report.message
+    assert report.placement_ok and locate_vm(vm_name) == {"hostB": "running"}
+    assert report.state is not None and not report.state["shared"], report.state
+    assert report.state["destination_pool"] == "local" and report.state["sha256"]
+    assert report.bytes_moved == report.state["bytes"] > 0
+    _carried_its_state(vm_name, "hostB", "hostA")
+    _no_state_file_left()
+    # And back through the pool the user names, shared: saved there, restored in place.
+    back = run_cli(*cold, "--from", "hostB", "--to", "hostA", "--state-pool", "shared", "--json")
+    assert back.returncode == 0, back.stdout + back.stderr
+    done = _done_event(back.stdout)
+    assert done["outcome"] == "completed" and done["state"]["shared"], done
+    assert done["bytes_moved"] == 0 and locate_vm(vm_name) == {"hostA": "running"}
+    _carried_its_state(vm_name, "hostA", "hostB")
+    _no_state_file_left()
+
+
+def test_keep_state_moves_a_vm_on_shared_storage(
+    lab: list[HostStatus], vm_name: str, store: Path
+) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256, working_set_mib=32, disk="shared"))
+    report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", keep_state=True, store_path=store))
+    assert report.outcome == "completed", report.message
+    assert report.placement_ok and locate_vm(vm_name) == {"hostB": "running"}
+    assert report.disks == [] and report.plan["shared_disks"] == ["vda"]
+    # The state file stays with the disk on the shared pool: nothing crossed the link.
+    assert report.state is not None and report.state["shared"], report.state
+    assert report.state["destination_pool"] == "shared" and report.bytes_moved == 0
+    assert report.job_id is not None
+    steps = [s.name for s in JobStore(store).steps(report.job_id)]
+    assert not [s for s in steps if s.startswith(("copy ", "verify /"))], steps
+    _carried_its_state(vm_name, "hostB", "hostA")
+    _no_state_file_left()
+    # And back through the local pools, named by the user: saved, copied, verified.
+    back = migrate_cold(
+        ColdRequest(
+            vm_name, "hostB", "hostA", keep_state=True, state_pool="local", store_path=store
+        )
+    )
+    assert back.outcome == "completed", back.message
+    assert back.state is not None and not back.state["shared"] and back.state["sha256"]
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    _carried_its_state(vm_name, "hostA", "hostB")
+    _no_state_file_left()
+
+
+@pytest.mark.parametrize("then", ["resume", "rollback"])
+def test_keep_state_killed_mid_state_copy_leaves_no_state_file(
+    lab: list[HostStatus], vm_name: str, store: Path, then: str
+) -> None:
+    """The journal knows the state file: resumed, the copy goes on; rolled back, the guest
+    resumes on hostA. Either way the file is gone from both hosts after."""
+    create_vm(LabVmRequest(vm_name, memory_mib=512, working_set_mib=384, disk="none"))
+    job_id = _interrupt_mid_copy(vm_name, store, signal.SIGKILL, "--keep-state")
+    assert locate_vm(vm_name) == {"hostA": "shut off"}  # saved, the VM stays defined there
+    result = run_cli("jobs", "--store", str(store), then, str(job_id), "--json", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    done = _done_event(result.stdout)
+    if then == "resume":
+        assert done["outcome"] == "completed" and done["placement_ok"], done
+        assert done["state"]["bytes"] > 0 and done["state"]["sha256"]
+        _carried_its_state(vm_name, "hostB", "hostA")
+    else:
+        assert done["outcome"] == "rolled back", done
+        assert locate_vm(vm_name) == {"hostA": "running"}
+        time.sleep(1)
+        beats = heartbeat_report(vm_name)
+        assert beats.contiguous, beats.problems
+    _no_state_file_left()
 
 
 def test_shared_disk_stays_in_place(lab: list[HostStatus], vm_name: str, store: Path) -> None:
@@ -292,12 +395,15 @@ def _random_disk_vm(vm_name: str, megabytes: int, pool: str = "local") -> Path:
     return on_host("hostA", path)
 
 
-def _start_cold_and_wait_for_copy(vm_name: str, store: Path) -> tuple[subprocess.Popen[str], int]:
+def _start_cold_and_wait_for_copy(
+    vm_name: str, store: Path, *extra: str
+) -> tuple[subprocess.Popen[str], int]:
     """Start `vmigrate cold` over a 200 Mbit/s link; return once the copy is under way."""
     link.shape("200mbit")  # ~24 MiB/s: the copy takes seconds, long enough to interrupt
     process = start_cli(
-        "cold", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store), "--json"
-    )
+        "cold", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store), "--json",
+        *extra,
+    )  # fmt: skip
     job_id = 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -312,9 +418,9 @@ def _start_cold_and_wait_for_copy(vm_name: str, store: Path) -> tuple[subprocess
     raise AssertionError("the copy did not start within 60 s")
 
 
-def _interrupt_mid_copy(vm_name: str, store: Path, signum: signal.Signals) -> int:
+def _interrupt_mid_copy(vm_name: str, store: Path, signum: signal.Signals, *extra: str) -> int:
     try:
-        process, job_id = _start_cold_and_wait_for_copy(vm_name, store)
+        process, job_id = _start_cold_and_wait_for_copy(vm_name, store, *extra)
         process.send_signal(signum)
         process.wait(timeout=30)
     finally:

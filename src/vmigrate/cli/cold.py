@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import signal
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,17 @@ def render_plan(plan: ColdPlan) -> None:
         )
     for target in plan.shared_disks:
         console.print(f"  {target}: on shared storage, left in place")
+    state = plan.state_file
+    if state is not None:
+        route = (
+            "restored in place (shared, not copied)"
+            if state.shared
+            else f"copied to pool {state.destination_pool!r} there"
+        )
+        console.print(
+            f"  state: up to {state.size / MIB:,.0f} MiB saved in pool {state.source_pool!r} "
+            f"({posixpath.basename(state.source_path)}), {route}; removed from both hosts after"
+        )
     for change in plan.changes:
         console.print(f"  xml: {change}")
     console.print(
@@ -54,6 +66,13 @@ def render_final(report: ColdReport) -> None:
     if report.downtime_s is not None:
         console.print(f"  service downtime {report.downtime_s:.1f} s (stopped -> running)")
     console.print(f"  moved {report.bytes_moved / MIB:,.0f} MiB")
+    if report.state is not None and report.state["shared"]:
+        console.print(f"  state file: on shared pool {report.state['destination_pool']!r}")
+    elif report.state is not None and report.state["bytes"]:
+        console.print(
+            f"  state file: {report.state['bytes'] / MIB:,.0f} MiB in "
+            f"{report.state['seconds']:.1f} s, sha256 {str(report.state['sha256'])[:16]}"
+        )
     for disk in report.disks:
         speed = f"{disk['mib_per_s']} MiB/s" if disk["mib_per_s"] else "-"
         console.print(
@@ -75,6 +94,13 @@ def render_final(report: ColdReport) -> None:
     help="Power off after the shutdown timeout; go ahead despite failed checks.",
 )
 @click.option("--keep-state", is_flag=True, help="Save memory state and resume it there.")
+@click.option(
+    "--state-pool",
+    metavar="NAME|SRC:DST",
+    help="With --keep-state: the pool that carries the state file (NAME on both hosts, or a "
+    "shared pool; SRC:DST names each side). [default: where the disks go, a shared pool "
+    "the VM is on, or a pool of the same name on both hosts]",
+)
 @click.option("--start/--no-start", default=None, help="[default: start it if it was running]")
 @click.option("--pool-map", multiple=True, metavar="SRC:DST", help="Source pool -> pool.")
 @click.option("--path-map", multiple=True, metavar="SRC:DST", help="Source dir -> dir.")
@@ -111,6 +137,7 @@ def cold(
     destination: str,
     force: bool,
     keep_state: bool,
+    state_pool: str | None,
     start: bool | None,
     pool_map: tuple[str, ...],
     path_map: tuple[str, ...],
@@ -139,6 +166,7 @@ def cold(
         destination,
         force=force,
         keep_state=keep_state,
+        state_pool=state_pool,
         start=start,
         pool_map=maps[0],
         path_map=maps[1],
@@ -185,6 +213,7 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
     ) as progress:
         tasks: dict[str, Any] = {}
         done: dict[str, int] = {}
+        disks: set[str] = set()
 
         def emit(kind: str, payload: dict[str, Any]) -> None:
             if kind == "copy":
@@ -192,7 +221,8 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
                 if path not in tasks:
                     tasks[path] = progress.add_task(path, total=payload["total"])
                 progress.update(tasks[path], completed=payload["done"])
-                done[path] = payload["done"]
+                if path in disks:  # the state file has a row of its own, not in the total
+                    done[path] = payload["done"]
                 if "total" in tasks:
                     progress.update(tasks["total"], completed=sum(done.values()))
             elif kind == "rollback":
@@ -200,6 +230,7 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
             elif kind == "plan":
                 plan = ColdPlan.from_dict(payload)
                 render_plan(plan)
+                disks.update(c.source_path for c in plan.copies)
                 if len(plan.copies) > 1:
                     total = sum(c.physical for c in plan.copies)
                     tasks["total"] = progress.add_task("all disks", total=total)

@@ -3,12 +3,25 @@ rollback of an interrupted job; the final report (downtime, bytes, throughput, c
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vmigrate.cold.plan import ColdPlan, check_space, plan_copies, validate_maps
+from vmigrate.cold.plan import (
+    FILE_POOL_TYPES,
+    ColdPlan,
+    StateFile,
+    VolumeCopy,
+    check_space,
+    parse_state_pool,
+    plan_copies,
+    plan_state_file,
+    state_file_name,
+    state_file_size,
+    validate_maps,
+)
 from vmigrate.cold.steps import CONNECT_TIMEOUT_S, ColdMove, ColdMoveError, ColdRequest, Rollback
 from vmigrate.journal import Journal
 
@@ -24,8 +37,9 @@ __all__ = [
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.domxml.rewrite import Rewrite, rewrite_for_destination
 from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
+from vmigrate.facts import HostFacts, ShareProbe, VolumeInfo
 from vmigrate.hosts import HostRef, resolve_host
-from vmigrate.model import Mode
+from vmigrate.model import Mode, Placement
 from vmigrate.preflight import run_checks
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import (
@@ -37,7 +51,7 @@ from vmigrate.virt.connection import (
 )
 from vmigrate.virt.domains import volume_at
 from vmigrate.virt.facts import gather_host_facts
-from vmigrate.virt.placement import Placement, locate
+from vmigrate.virt.placement import locate
 from vmigrate.virt.storage import probe_shared_pool, volume_chain
 
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -57,6 +71,7 @@ class ColdReport:
     placement: dict[str, Any]
     placement_ok: bool
     plan: dict[str, Any]
+    state: dict[str, Any] | None = None  # --keep-state: where the state file went, bytes moved
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,8 +82,9 @@ def _connect(ref: HostRef) -> Connection:
 
 
 def build_plan(
-    request: ColdRequest, src: Connection, dst: Connection, dst_ref: HostRef
+    request: ColdRequest, src: Connection, dst: Connection, src_ref: HostRef, dst_ref: HostRef
 ) -> ColdPlan:
+    """Everything the move will do, and every refusal it can know of, before a step runs."""
     domain = lookup_domain(src, request.vm, host=request.source)
     state = domain_state(domain)
     persistent = bool(domain.isPersistent())
@@ -80,9 +96,21 @@ def build_plan(
         )
     if request.keep_state and state not in ("running", "paused"):
         raise UsageError(f"--keep-state needs a running or paused VM; it is {state}", vm=request.vm)
+    if request.state_pool is not None and not request.keep_state:
+        raise UsageError("--state-pool names where a saved state goes", fix="add --keep-state")
+    if request.keep_state and request.start is False:
+        raise UsageError(
+            "--keep-state resumes the guest where it stopped, so it runs on the destination; "
+            "--no-start contradicts that",
+            vm=request.vm,
+            fix="drop --no-start, or drop --keep-state to leave it shut off there",
+        )
     xml = domain.XMLDesc(2 if persistent else 0)  # 2 = VIR_DOMAIN_XML_INACTIVE
     summary = parse_domain(domain.XMLDesc(0))
-    chains, shared, probes = {}, [], {}
+    chains: dict[str, list[VolumeInfo]] = {}
+    shared: list[str] = []
+    probes: dict[str, ShareProbe] = {}
+    shared_disk_pools: list[str] = []
     for disk in summary.disks:
         if disk.path is None or disk.source_type not in ("file", "block") or disk.readonly:
             continue
@@ -96,12 +124,20 @@ def build_plan(
             )
         pool = chain[0].pool
         if pool not in probes:
-            probes[pool] = probe_shared_pool(src, dst, pool).shared
-        if probes[pool]:
+            probes[pool] = probe_shared_pool(src, dst, pool)
+        if probes[pool].shared:
             shared.append(disk.target)
+            shared_disk_pools.append(pool)
         else:
             chains[disk.target] = chain
     dst_facts = gather_host_facts(dst, dst_ref)
+    if request.vm in dst_facts.domains:  # the define step would fail after the VM stopped
+        raise VmigrateError(
+            f"a VM named {request.vm!r} is already defined on {dst_ref.name}",
+            vm=request.vm,
+            host=dst_ref.name,
+            fix=f"remove or rename it there (virsh -c {dst_ref.uri} undefine {request.vm})",
+        )
     validate_maps(
         pool_map=request.pool_map,
         net_map=request.net_map,
@@ -130,6 +166,17 @@ def build_plan(
             )
     if not request.force:  # --force: the copy itself finds out (and rolls back if it fails)
         check_space(copies, dst_facts.pools)
+    state_file = None
+    if request.keep_state:
+        state_file = _plan_state(
+            request,
+            (src, dst),
+            (gather_host_facts(src, src_ref), dst_facts),
+            copies,
+            probes,
+            tuple(shared_disk_pools),
+            summary.memory_kib,
+        )
     rewrite = Rewrite(
         disk_paths={c.source_path: c.destination_path for c in copies},
         networks=request.net_map,
@@ -155,7 +202,58 @@ def build_plan(
         destination_xml=result.xml,
         changes=result.changes,
         restore_xml=restore_xml,
+        state_file=state_file,
     )
+
+
+def _plan_state(
+    request: ColdRequest,
+    conns: tuple[Connection, Connection],
+    facts: tuple[HostFacts, HostFacts],
+    copies: tuple[VolumeCopy, ...],
+    probes: dict[str, ShareProbe],
+    shared_disk_pools: tuple[str, ...],
+    memory_kib: int,
+) -> StateFile:
+    """--keep-state: which pools carry the state file (each one it may use probed for
+    sharing, so a shared pool is never copied onto itself), refused now if none can."""
+    src_facts, dst_facts = facts
+    wanted = (
+        {parse_state_pool(request.state_pool)[0]}
+        if request.state_pool
+        else {p.name for p in src_facts.pools if p.active and p.type in FILE_POOL_TYPES}
+    )
+    for pool in sorted(wanted - set(probes)):
+        if any(p.name == pool and p.active for p in src_facts.pools):
+            probes[pool] = probe_shared_pool(conns[0], conns[1], pool)
+    state = plan_state_file(
+        state_file_name(request.vm, secrets.token_hex(4)),
+        state_file_size(memory_kib),
+        copies=copies,
+        shared_pools={
+            pool: probe.destination_pool
+            for pool, probe in probes.items()
+            if probe.shared and probe.destination_pool
+        },
+        source=src_facts,
+        destination=dst_facts,
+        shared_disk_pools=shared_disk_pools,
+        state_pool=request.state_pool,
+        check_room=not request.force,
+    )
+    for conn, path, host in (
+        (conns[0], state.source_path, src_facts.ref.name),
+        (conns[1], state.destination_path, dst_facts.ref.name),
+    ):
+        if volume_at(conn, path) is not None:
+            raise VmigrateError(
+                f"{path} already exists on {host}; vmigrate never overwrites a file it did not "
+                "create",
+                vm=request.vm,
+                host=host,
+                fix="check it is not needed and delete it, then retry",
+            )
+    return state
 
 
 def plan_cold(request: ColdRequest) -> ColdPlan:
@@ -164,7 +262,7 @@ def plan_cold(request: ColdRequest) -> ColdPlan:
     dst_ref = resolve_host(request.destination, request.hosts_file)
     src, dst = _connect(src_ref), _connect(dst_ref)
     try:
-        return build_plan(request, src, dst, dst_ref)
+        return build_plan(request, src, dst, src_ref, dst_ref)
     finally:
         src.close()
         dst.close()
@@ -180,24 +278,16 @@ def _report(
     placement: Placement,
     expected: str,
 ) -> ColdReport:
-    disks, moved = [], 0
-    for copy in plan.copies:
-        done = journal.detail(f"copy {copy.destination_path}") if journal else {}
-        check = journal.detail(f"verify {copy.destination_path}") if journal else {}
-        seconds = float(done.get("seconds") or 0)
-        data = int(done.get("data_bytes") or 0)
-        moved += data
-        disks.append(
-            {
-                "source": copy.source_path,
-                "destination": copy.destination_path,
-                "format": copy.format,
-                "bytes": data,
-                "seconds": seconds,
-                "mib_per_s": round(data / seconds / (1 << 20), 1) if seconds else None,
-                "sha256": check.get("sha256"),
-            }
-        )
+    disks = [_copied(copy, journal) for copy in plan.copies]
+    state = None
+    if plan.state_file is not None:
+        state = {
+            **_copied(plan.state_file.as_copy(), journal),
+            "shared": plan.state_file.shared,
+            "source_pool": plan.state_file.source_pool,
+            "destination_pool": plan.state_file.destination_pool,
+        }
+    moved = sum(d["bytes"] for d in disks) + (state["bytes"] if state else 0)
     downtime = None
     if journal and plan.state in ("running", "paused"):
         stopped, running = (
@@ -231,8 +321,27 @@ def _report(
             "copies": [asdict(c) for c in plan.copies],
             "shared_disks": list(plan.shared_disks),
             "changes": list(plan.changes),
+            "state_file": asdict(plan.state_file) if plan.state_file else None,
         },
+        state,
     )
+
+
+def _copied(copy: VolumeCopy, journal: Journal | None) -> dict[str, Any]:
+    """One file's copy as the journal recorded it: bytes, time, throughput, checksum."""
+    done = journal.detail(f"copy {copy.destination_path}") if journal else {}
+    check = journal.detail(f"verify {copy.destination_path}") if journal else {}
+    seconds = float(done.get("seconds") or 0)
+    data = int(done.get("data_bytes") or 0)
+    return {
+        "source": copy.source_path,
+        "destination": copy.destination_path,
+        "format": copy.format,
+        "bytes": data,
+        "seconds": seconds,
+        "mib_per_s": round(data / seconds / (1 << 20), 1) if seconds else None,
+        "sha256": check.get("sha256"),
+    }
 
 
 def _run(

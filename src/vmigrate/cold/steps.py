@@ -1,8 +1,9 @@
 """The steps of one cold move, each idempotent and recorded in the journal, and their undo.
 
 Order: stop (shut down, power off, or save the state) -> copy every local file (sparse,
-resumable) -> verify checksums -> define on the destination -> start or restore -> verify it
-runs -> only then undefine the source -> optionally delete the source's disk files.
+resumable) -> verify checksums -> copy the state file unless its pool is shared -> define on
+the destination -> start or restore -> verify it runs -> only then undefine the source ->
+remove the state file from both hosts -> optionally delete the source's disk files.
 Nothing is deleted that this job did not create, and never before the destination runs.
 """
 
@@ -25,6 +26,7 @@ from vmigrate.virt import domains
 from vmigrate.virt.connection import (
     UNDEFINE_KEEP_NVRAM,
     Connection,
+    Domain,
     find_domain,
     lookup_domain,
 )
@@ -62,6 +64,7 @@ class ColdRequest:
     delete_source_disks: bool = False
     rollback_on_failure: bool = True  # False: leave a failed job for `jobs resume`
     flatten: bool = False  # copy each backing chain as one standalone image
+    state_pool: str | None = None  # --state-pool NAME or SRC:DST: carries the state file
     shutdown_timeout_s: float = 60.0
     hosts_file: Path | None = None
     store_path: Path | None = None
@@ -83,23 +86,15 @@ class ColdMove:
         self.journal, self.emit = journal, emit
 
     # ---- forward ---------------------------------------------------------------------
-    def save_path(self) -> str | None:
-        if not self.plan.keep_state:
-            return None
-        pools = [c for c in self.plan.copies]
-        folder = posixpath.dirname(pools[0].source_path) if pools else "/var/lib/libvirt/images"
-        return posixpath.join(folder, f".vmigrate-{self.plan.vm}-{self.journal.job_id}.save")
-
-    def stop(self, _previous: Detail) -> Detail:
+    def stop(self, previous: Detail) -> Detail:
         domain = find_domain(self.src, self.plan.vm)
         if domain is None or not domain.isActive():
+            if self._saved_file(previous):  # vmigrate stopped mid-save; libvirt finished it
+                return {**previous, "how": "saved"}
             return {"how": "already stopped", "at": time.time()}
         stopped_at = time.time()
         if self.plan.keep_state:
-            path = self.save_path()
-            assert path is not None
-            domains.save_state(domain, path)
-            return {"how": "saved", "save_path": path, "at": stopped_at}
+            return self._save(domain, previous, stopped_at)
         if self.plan.state == "running" and domains.shutdown(
             domain, timeout=self.request.shutdown_timeout_s
         ):
@@ -208,40 +203,45 @@ class ColdMove:
             )
         return {"sha256": source}
 
-    def copy_state(self, previous: Detail) -> Detail:
-        path = self.journal.detail("stop").get("save_path")
-        if not path:
-            return {"skipped": True}
-        folder = posixpath.dirname(path)
-        pool = next(
-            (c.source_pool for c in self.plan.copies if posixpath.dirname(c.source_path) == folder),
-            None,
-        )
-        if pool is not None:
-            domains.refresh_pool(self.src, pool)
-        state_copy = next((c for c in self.plan.copies), None)
-        if state_copy is None:
+    def _save(self, domain: Domain, previous: Detail, stopped_at: float) -> Detail:
+        """Save the guest's memory into the planned pool; journalled before the file exists."""
+        state = self.plan.state_file
+        if state is None:
             raise ColdMoveError(
-                "--keep-state needs a local disk pool to carry the state file", vm=self.plan.vm
+                "this job was planned without a place for the state file",
+                vm=self.plan.vm,
+                fix=f"roll it back (vmigrate jobs rollback {self.journal.job_id}) and move again",
             )
-        volume = self.src.storageVolLookupByPath(path)
-        _type, _capacity, _allocation = volume.info()
-        carrier = VolumeCopy(
-            path,
-            state_copy.source_pool,
-            state_copy.destination_pool,
-            posixpath.join(
-                posixpath.dirname(state_copy.destination_path), posixpath.basename(path)
-            ),
-            "raw",
-            _capacity,
-            _allocation,
-            _capacity,
-            None,
-        )
-        detail = self.copy(carrier, previous)
-        self.verify(carrier, {})
-        return {**detail, "destination_path": carrier.destination_path}
+        if previous.get("save_path"):  # an earlier try failed half-way: its file goes first
+            self._delete_saved(str(previous["save_path"]))
+        detail: Detail = {"how": "saving", "save_path": state.source_path, "at": stopped_at}
+        self.journal.record("stop", "started", detail)
+        domains.save_state(domain, state.source_path)
+        domains.refresh_pool(self.src, state.source_pool)  # the file becomes a volume
+        return {**detail, "how": "saved"}
+
+    def _saved_file(self, detail: Detail) -> bool:
+        """The state file the stop step made (or was making) is on the source."""
+        path = detail.get("save_path")
+        if not path:
+            return False
+        if self.plan.state_file is not None:
+            domains.refresh_pool(self.src, self.plan.state_file.source_pool)
+        return domains.volume_at(self.src, str(path)) is not None
+
+    def _delete_saved(self, path: str) -> bool:
+        """Remove the state file from the source (and so from a shared pool)."""
+        state = self.plan.state_file
+        if state is not None:
+            domains.refresh_pool(self.src, state.source_pool)
+        removed = domains.delete_volume(self.src, path)
+        if state is not None and state.shared:
+            with contextlib.suppress(Exception):  # the destination's listing catches up later
+                domains.refresh_pool(self.dst, state.destination_pool)
+        return removed
+
+    def saved(self) -> bool:
+        return self.journal.detail("stop").get("how") == "saved"
 
     def define(self, _previous: Detail) -> Detail:
         if find_domain(self.dst, self.plan.vm) is not None and not self.journal.detail(
@@ -254,10 +254,16 @@ class ColdMove:
         return {"defined": True}
 
     def start(self, _previous: Detail) -> Detail:
-        state_path = self.journal.detail("copy state").get("destination_path")
-        if state_path:
-            domains.restore_state(self.dst, state_path, self.plan.restore_xml)
-            return {"started": "restored"}
+        if self.saved():
+            if self.plan.state_file is None:
+                raise ColdMoveError(
+                    "this job was planned without a place for the state file",
+                    vm=self.plan.vm,
+                    fix=f"roll it back: vmigrate jobs rollback {self.journal.job_id}",
+                )
+            path = self.plan.state_file.destination_path
+            domains.restore_state(self.dst, path, self.plan.restore_xml)
+            return {"started": "restored", "from": path}
         if not self.plan.start_after:
             return {"started": False}
         lookup_domain(self.dst, self.plan.vm, host=self.request.destination).create()
@@ -290,13 +296,16 @@ class ColdMove:
         return {"undefined": False}
 
     def cleanup_state(self, _previous: Detail) -> Detail:
+        """Our state file goes from both hosts; the journal says what this job made."""
         removed = []
-        for conn, path in (
-            (self.src, self.journal.detail("stop").get("save_path")),
-            (self.dst, self.journal.detail("copy state").get("destination_path")),
-        ):
-            if path and domains.delete_volume(conn, path):
-                removed.append(path)
+        saved = self.journal.detail("stop").get("save_path")
+        if saved and self._delete_saved(str(saved)):
+            removed.append(str(saved))
+        state = self.plan.state_file
+        if state is not None:
+            copied = self.journal.detail(f"copy {state.destination_path}")
+            if copied.get("created") and domains.delete_volume(self.dst, state.destination_path):
+                removed.append(state.destination_path)
         return {"removed": removed}
 
     def delete_source_disks(self, _previous: Detail) -> Detail:
@@ -320,7 +329,11 @@ class ColdMove:
         for copy in self.plan.copies:
             if copy.flatten:
                 j.run(f"remove flattened {copy.source_path}", partial(self.remove_flat, copy))
-        j.run("copy state", self.copy_state)
+        state = self.plan.state_file
+        if state is not None and not state.shared and self.saved():
+            carrier = state.as_copy()  # like a disk: sparse, resumable, digest-verified
+            j.run(f"copy {state.destination_path}", partial(self.copy, carrier))
+            j.run(f"verify {state.destination_path}", partial(self.verify, carrier))
         j.run("define", self.define)
         j.run("start", self.start)
         j.run("verify running", self.verify_running)
@@ -379,11 +392,13 @@ class ColdMove:
         return result
 
     def _restart_source(self, detail: Detail) -> None:
-        if detail.get("how") == "saved":
-            path = detail["save_path"]
-            domains.restore_state(self.src, path, None)
-            with contextlib.suppress(Exception):
-                domains.delete_volume(self.src, path)
+        path = detail.get("save_path")
+        if path and self._saved_file(detail):  # saved, or being saved when the job stopped
+            domain = find_domain(self.src, self.plan.vm)
+            if domain is None or not domain.isActive():
+                domains.restore_state(self.src, str(path), None)
+            with contextlib.suppress(Exception):  # a leftover state file harms nobody
+                self._delete_saved(str(path))
         elif self.plan.state in ("running", "paused") and detail.get("how") != "already stopped":
             domain = find_domain(self.src, self.plan.vm)
             if domain is None:
