@@ -4,6 +4,7 @@ rollback of an interrupted job; the final report (downtime, bytes, throughput, c
 from __future__ import annotations
 
 import secrets
+import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -136,7 +137,8 @@ def build_plan(
             f"a VM named {request.vm!r} is already defined on {dst_ref.name}",
             vm=request.vm,
             host=dst_ref.name,
-            fix=f"remove or rename it there (virsh -c {dst_ref.uri} undefine {request.vm})",
+            fix="remove or rename it there "
+            f"({shlex.join(['virsh', '-c', dst_ref.uri, 'undefine', request.vm])})",
         )
     validate_maps(
         pool_map=request.pool_map,
@@ -161,8 +163,9 @@ def build_plan(
                 "VM last moved away: source disks stay unless --delete-source-disks)",
                 vm=request.vm,
                 host=dst_ref.name,
-                fix=f"check it is not needed, then delete it (virsh -c {dst_ref.uri} vol-delete "
-                f"{copy.destination_path}), or send the disk elsewhere with --pool-map",
+                fix="check it is not needed, then delete it "
+                f"({shlex.join(['virsh', '-c', dst_ref.uri, 'vol-delete', copy.destination_path])}"
+                "), or send the disk elsewhere with --pool-map",
             )
     if not request.force:  # --force: the copy itself finds out (and rolls back if it fails)
         check_space(copies, dst_facts.pools)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import time
 import xml.etree.ElementTree as ET
 import zlib
@@ -276,7 +277,7 @@ def _ensure_absent(name: str) -> None:
                     f"a VM named {name!r} already exists",
                     vm=name,
                     host=host.name,
-                    fix=f"pick another name, or remove it: vmigrate lab vm rm {name}",
+                    fix=f"pick another name, or remove it: vmigrate lab vm rm {shlex.quote(name)}",
                 )
         finally:
             conn.close()
