@@ -188,6 +188,12 @@ def test_keep_state_moves_a_diskless_vm(lab: list[HostStatus], vm_name: str, sto
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "hostA has no active pool 'nope'" in refused.stderr, refused.stderr
     assert locate_vm(vm_name) == {"hostA": "running"} and not JobStore(store).jobs()
+    # And a pool too small for the state file (~the guest's memory): refused the same way.
+    with small_pool(16):
+        full = run_cli(*cold, "--from", "hostA", "--to", "hostB", "--state-pool", "small")
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "'small' on hostB has" in full.stderr and "Traceback" not in full.stderr, full.stderr
+    assert locate_vm(vm_name) == {"hostA": "running"} and not JobStore(store).jobs()
     # No disk to travel with: saved into hostA's local pool, copied into hostB's, restored.
     report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", keep_state=True, store_path=store))
     assert report.outcome == "completed", report.message
