@@ -227,21 +227,24 @@ def test_memory_and_vcpus() -> None:
 
 
 def test_memory_counts_the_page_cache_not_memfree_alone() -> None:
-    # getMemoryStats (KiB) of a host with a warm page cache, as issue #12 saw on the lab
-    # machine: MemFree said 4181 MiB while ~23 GiB were available.
-    stats = {"total": 24_601_232, "free": 4_281_640, "buffers": 412_996, "cached": 18_950_552}
+    # Recorded from lab hostB (libvirt getMemoryStats, KiB) with a warm page cache:
+    # MemFree is 10 GiB of the 23.5 GiB the kernel would give back.
+    stats = {"total": 24_731_184, "free": 10_264_500, "buffers": 188_692, "cached": 13_645_780}
     available = available_memory_bytes(stats)
-    assert available == (4_281_640 + 412_996 + 18_950_552) * 1024
+    assert available == (10_264_500 + 188_692 + 13_645_780) * 1024
+    # A VM bigger than MemFree that fits in what the host can really give.
     warm = host(
         "kvm2",
         "qemu+tls://kvm2/system",
-        memory_free_bytes=4_281_640 * 1024,
+        memory_free_bytes=stats["free"] * 1024,
         memory_available_bytes=available,
     )
-    memory = only(check_resources(facts(destination=warm)), "resources.memory")
-    assert memory.verdict is Verdict.PASS
+    big = domain(summary=replace(parse_domain(BLOCKERS), memory_kib=16 * 1024 * 1024))
+    memory = only(check_resources(facts(destination=warm, domain=big)), "resources.memory")
+    assert memory.verdict is Verdict.PASS, memory.summary
     # Both figures are in the finding, and the reserve is held back.
-    assert "4181 MiB free" in memory.summary
+    assert "10023 MiB free" in memory.summary
+    assert "23534 MiB available" in memory.summary
     assert memory.evidence["destination_can_give"] == available - 512 * (1 << 20)
 
 
