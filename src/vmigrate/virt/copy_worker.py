@@ -31,7 +31,7 @@ from typing import IO
 import libvirt
 
 from vmigrate.errors import OutOfSpace, VmigrateError
-from vmigrate.virt.streams import Progress, StreamCopy, copy_volume
+from vmigrate.virt.streams import CopyStopped, Progress, StreamCopy, copy_volume
 
 _PR_SET_PDEATHSIG = 1
 _STOP_GRACE_S = 30.0  # how long a stopping child may take to abort its streams
@@ -123,16 +123,18 @@ def _follow(lines: IO[str], progress: Progress | None) -> StreamCopy:
 
 
 # ---- the child ---------------------------------------------------------------------------
-class _Stop(BaseException):
-    """Raised in the child on SIGTERM so copy_volume aborts its streams on the way out."""
+#: Set on SIGTERM (vmigrate stopping or gone): the copy ends cleanly at its next chunk, its
+#: upload finished so that every offset already reported is on the destination.
+_stop_requested = threading.Event()
 
 
 def _on_stop(_signum: int, _frame: FrameType | None) -> None:
     # If libvirt does not return (a dead daemon), do not linger forever.
-    deadline = threading.Timer(_STOP_GRACE_S - 5, os._exit, args=(3,))
-    deadline.daemon = True
-    deadline.start()
-    raise _Stop
+    if not _stop_requested.is_set():
+        deadline = threading.Timer(_STOP_GRACE_S - 5, os._exit, args=(3,))
+        deadline.daemon = True
+        deadline.start()
+    _stop_requested.set()
 
 
 def _die_with(parent: int) -> None:
@@ -145,6 +147,15 @@ def _die_with(parent: int) -> None:
 def _emit(message: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
+
+
+def _report_progress(at: int) -> None:
+    """Tell vmigrate how far the copy is; if vmigrate is gone, stop cleanly (a broken pipe
+    raised inside the copy would abort the upload and lose what the daemon still holds)."""
+    try:
+        _emit({"at": at})
+    except OSError:
+        _stop_requested.set()
 
 
 def main() -> int:
@@ -160,10 +171,13 @@ def main() -> int:
             destination,
             destination.storageVolLookupByPath(request["destination_path"]),
             offset=int(request["offset"]),
-            progress=lambda at: _emit({"at": at}),
+            progress=_report_progress,
             budget=request["budget"],
+            stopping=_stop_requested.is_set,
         )
-    except (_Stop, BrokenPipeError):  # stopped, or vmigrate is gone: the streams are aborted
+    except CopyStopped as stopped:  # its upload finished: the offset is a safe checkpoint
+        with contextlib.suppress(OSError):  # vmigrate may be gone
+            _emit({"at": stopped.position})
         return 3
     except libvirt.libvirtError as err:
         _emit({"error": err.get_error_message()})

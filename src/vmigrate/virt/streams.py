@@ -48,8 +48,15 @@ def copy_volume(
     offset: int = 0,
     progress: Progress | None = None,
     budget: int | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> StreamCopy:
     """Copy the volume; never send more than `budget` bytes of data.
+
+    When `stopping()` turns true the copy ends at the next chunk with CopyStopped: the
+    upload is finished, not aborted, so every byte reported to `progress` is on the
+    destination and a resume from the last reported offset leaves no gap (an aborted upload
+    drops what the daemon had received but not yet written: a resume then failed its
+    checksum in our lab).
 
     Reading the source and writing the destination overlap (a reader thread a few chunks
     ahead), and the source's digest is computed from the bytes as they pass, so verifying
@@ -66,8 +73,12 @@ def copy_volume(
     reader = _Reader(down)
     digest = BlockDigest() if offset == 0 else None
     position, data_bytes, hole_bytes = offset, 0, 0
+    stopped = False
     try:
         while True:
+            if stopping is not None and stopping():
+                stopped = True
+                break
             kind, length, data = reader.next()
             if kind == "end":
                 break
@@ -89,13 +100,18 @@ def copy_volume(
             position += length
             if progress is not None:
                 progress(position)
-        reader.finish()
+        if stopped:
+            reader.stop()
+        else:
+            reader.finish()
         up.finish()
     except BaseException:
         with contextlib.suppress(libvirt.libvirtError):
             up.abort()
         reader.stop()
         raise
+    if stopped:
+        raise CopyStopped(position)
     return StreamCopy(
         data_bytes,
         hole_bytes,
@@ -103,6 +119,14 @@ def copy_volume(
         position,
         digest.hexdigest() if digest is not None else None,
     )
+
+
+class CopyStopped(Exception):
+    """The copy was asked to stop; everything before `position` is on the destination."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(f"stopped at byte {position}")
+        self.position = position
 
 
 class _Reader:
