@@ -70,6 +70,15 @@ class DriverMissing(HostError):
     """The host's libvirt daemon lacks a driver (storage, network, ...): a package to install."""
 
 
+def install_fix(package: str, host: str = "that host") -> str:
+    """What to do about a missing libvirt driver package (a check finding or an error)."""
+    return (
+        f"install {package} on {host} (Debian 12: "
+        f"`apt-get install -t bookworm-backports {package}`, or `./scripts/setup.sh` for the "
+        "lab) and restart its libvirtd"
+    )
+
+
 class Vanished(HostError):
     """A domain, volume or pool went away while vmigrate looked at it: an answer, not a crash."""
 

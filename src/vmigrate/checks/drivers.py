@@ -4,6 +4,7 @@ list, probe or create what a move needs, and says only "not supported"."""
 from __future__ import annotations
 
 from vmigrate.checks.context import CheckInput
+from vmigrate.errors import install_fix
 from vmigrate.facts import HostFacts
 from vmigrate.model import Finding, Verdict
 
@@ -43,9 +44,7 @@ def _host_drivers(role: str, host: HostFacts | None) -> list[Finding]:
             f"{host.ref.name}'s libvirt daemon has no {missing.driver} driver: "
             + CONSEQUENCE.get(missing.driver, "what it serves cannot be checked"),
             {"driver": missing.driver, "package": missing.package, "libvirt": missing.detail},
-            fix=f"install {missing.package} on {host.ref.name} "
-            f"(Debian 12: `apt-get install -t bookworm-backports {missing.package}`) "
-            "and restart its libvirtd",
+            fix=install_fix(missing.package, host.ref.name),
             subject=missing.driver,
         )
         for missing in host.missing_drivers

@@ -14,7 +14,7 @@ from typing import Any
 
 import libvirt
 
-from vmigrate.errors import HostUnreachable, NotFound, VmigrateError
+from vmigrate.errors import HostUnreachable, NotFound
 from vmigrate.virt.errors import translate
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def lookup_domain(conn: libvirt.virConnect, name: str, *, host: str) -> libvirt.
                 vm=name,
                 fix="list the VMs with `virsh list --all` or `vmigrate lab status`",
             ) from err
-        raise wrap_error(err, host=host, vm=name) from err
+        raise translate(err, host=host, vm=name) from err
 
 
 def find_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
@@ -132,12 +132,6 @@ def find_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None
         if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
         raise translate(err, host=None, vm=name, doing="look the VM up") from err
-
-
-def wrap_error(
-    err: libvirt.libvirtError, *, host: str | None = None, vm: str | None = None, doing: str = ""
-) -> VmigrateError:
-    return translate(err, host=host, vm=vm, doing=doing)
 
 
 STATE_NAMES = {

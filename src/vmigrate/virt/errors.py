@@ -19,6 +19,7 @@ from vmigrate.errors import (
     NotFound,
     Vanished,
     VmigrateError,
+    install_fix,
 )
 
 #: The Debian package that brings each libvirt driver, by the object its API names
@@ -43,13 +44,6 @@ _CONNECTION_LOST = {
     libvirt.VIR_ERR_INVALID_CONN,
     libvirt.VIR_ERR_RPC,
 }
-
-
-def install_fix(package: str) -> str:
-    return (
-        f"install it on that host (Debian 12: `apt-get install -t bookworm-backports {package}`, "
-        "or `./scripts/setup.sh` for the lab) and restart libvirtd there"
-    )
 
 
 def missing_driver(message: str) -> tuple[str, str] | None:
