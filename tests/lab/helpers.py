@@ -126,6 +126,7 @@ def read_events_until(process: subprocess.Popen[str], wanted: str, timeout: floa
     deadline = time.monotonic() + timeout
     job_id = 0
     seen: list[str] = []
+    last = ""  # the last event as vmigrate printed it: a 'done' says why the job ended
     while True:
         try:
             line = output.lines.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -141,12 +142,13 @@ def read_events_until(process: subprocess.Popen[str], wanted: str, timeout: floa
                 thread.join(timeout=10)
             raise AssertionError(
                 f"vmigrate ended (exit {returncode}) before a {wanted!r} event; "
-                f"events seen: {seen[-20:]}; stderr: {output.stderr_tail()}"
+                f"events seen: {seen[-20:]}; last: {last[:3000]}; stderr: {output.stderr_tail()}"
             )
         if not line.startswith("{"):
             continue
         event = json.loads(line)
         seen.append(event["event"])
+        last = line.strip()
         if event["event"] == "job":
             job_id = event["job_id"]
         if event["event"] == wanted or (
