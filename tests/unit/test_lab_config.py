@@ -1,24 +1,32 @@
-"""Configuration of the lab hosts and the XML of lab guests (pure functions)."""
+"""Configuration of the lab hosts, link shaping and the XML of lab guests (pure functions)."""
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from vmigrate.errors import UsageError
 from vmigrate.lab.config import (
+    DEFAULT_HOST_COUNT,
     HOST_A,
     HOST_B,
+    HOST_C,
+    HOST_D,
+    LAB_HOSTS,
     PRIVATE_DIRS,
     lab_host,
+    lab_hosts,
     render_dir_pool_xml,
     render_libvirtd_conf,
     render_qemu_conf,
+    up_command,
 )
 from vmigrate.lab.domain import LabDisk, LabGuestSpec, render_domain_xml
-from vmigrate.lab.link import shaping_commands
+from vmigrate.lab.link import SHAPED_CLASS, LinkStatus, filter_destinations, shaping_commands
 from vmigrate.lab.vms import disk_device_xml, volume_xml
 from vmigrate.versions import format_version, parse_version
 
@@ -51,18 +59,67 @@ def test_qemu_migrates_over_the_hosts_own_address() -> None:
 
 
 def test_every_private_dir_maps_to_a_distinct_place_per_host() -> None:
-    places = {HOST_A.private_dir(p) for p in PRIVATE_DIRS} | {
-        HOST_B.private_dir(p) for p in PRIVATE_DIRS
+    places = {host.private_dir(p) for host in LAB_HOSTS for p in PRIVATE_DIRS}
+    assert len(places) == len(LAB_HOSTS) * len(PRIVATE_DIRS)
+
+
+def test_four_hosts_on_consecutive_loopback_addresses_with_distinct_uuids() -> None:
+    assert [h.name for h in LAB_HOSTS] == ["hostA", "hostB", "hostC", "hostD"]
+    assert [h.address for h in LAB_HOSTS] == ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+    assert HOST_D.uri == "qemu+tcp://127.0.0.5/system"
+    assert len({h.host_uuid for h in LAB_HOSTS}) == 4
+    values = conf_values(render_libvirtd_conf(HOST_C))
+    assert values["listen_addr"] == '"127.0.0.4"'
+    assert conf_values(render_qemu_conf(HOST_D))["migration_address"] == '"127.0.0.5"'
+
+
+def test_declared_capacities_are_small_and_differ() -> None:
+    assert {h.name: h.capacity_mib for h in LAB_HOSTS} == {
+        "hostA": 4096,
+        "hostB": 2048,
+        "hostC": 3072,
+        "hostD": 2048,
     }
-    assert len(places) == 2 * len(PRIVATE_DIRS)
+    assert {h.vcpus for h in LAB_HOSTS} == {4}
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("A", "hostA"), ("hostb", "hostB"), ("hostA", "hostA"), ("C", None)]
+    ("name", "expected"),
+    [
+        ("A", "hostA"),
+        ("hostb", "hostB"),
+        ("hostA", "hostA"),
+        ("C", "hostC"),
+        ("hostC", "hostC"),
+        ("hostc", "hostC"),
+        ("d", "hostD"),
+        ("E", None),
+        ("hostE", None),
+    ],
 )
 def test_lab_host_names(name: str, expected: str | None) -> None:
     host = lab_host(name)
     assert (host.name if host else None) == expected
+
+
+def test_a_lab_of_n_hosts_is_the_first_n() -> None:
+    assert lab_hosts(DEFAULT_HOST_COUNT) == (HOST_A, HOST_B)
+    assert lab_hosts(3) == (HOST_A, HOST_B, HOST_C)
+    assert lab_hosts(4) == LAB_HOSTS
+
+
+@pytest.mark.parametrize("count", [0, 1, 5])
+def test_lab_host_count_outside_2_to_4_is_a_usage_error(count: int) -> None:
+    with pytest.raises(UsageError) as caught:
+        lab_hosts(count)
+    assert "2 to 4" in str(caught.value)
+    assert "--hosts" in caught.value.fix
+
+
+def test_up_command_names_the_host_count_a_host_needs() -> None:
+    assert up_command(HOST_A) == up_command(HOST_B) == "vmigrate lab up"
+    assert up_command(HOST_C) == "vmigrate lab up --hosts 3"
+    assert up_command(HOST_D) == "vmigrate lab up --hosts 4"
 
 
 def spec(**overrides: object) -> LabGuestSpec:
@@ -162,23 +219,85 @@ def test_added_disk_xml_is_a_virtio_disk_with_its_path_escaped() -> None:
     assert target is not None and (target.get("dev"), target.get("bus")) == ("vdb", "virtio")
 
 
+def _filters(commands: list[list[str]]) -> list[str]:
+    return [" ".join(c) for c in commands if c[0] == "filter"]
+
+
 def test_shaping_matches_only_hostb() -> None:
-    commands = shaping_commands("1gbit", None)
+    commands = shaping_commands("1gbit", None, [HOST_B.address])
     flat = [" ".join(c) for c in commands]
-    assert any("match ip dst 127.0.0.3/32" in c for c in flat)
+    assert _filters(commands) == [
+        f"filter add dev lo parent 1: protocol ip prio 1 u32 match ip dst 127.0.0.3/32 "
+        f"flowid {SHAPED_CLASS}"
+    ]
     assert not any("netem" in c for c in flat)
-    assert any("netem delay 5ms" in " ".join(c) for c in shaping_commands("1gbit", "5ms"))
+    with_delay = shaping_commands("1gbit", "5ms", [HOST_B.address])
+    assert any("netem delay 5ms" in " ".join(c) for c in with_delay)
+
+
+def test_shaping_sends_every_destination_through_the_one_uplink_class() -> None:
+    commands = shaping_commands("100mbit", None, ["127.0.0.3", "127.0.0.4", "127.0.0.5"])
+    assert [c[0] for c in commands].count("class") == 1
+    filters = _filters(commands)
+    assert [f.split(" dst ")[1] for f in filters] == [
+        f"127.0.0.3/32 flowid {SHAPED_CLASS}",
+        f"127.0.0.4/32 flowid {SHAPED_CLASS}",
+        f"127.0.0.5/32 flowid {SHAPED_CLASS}",
+    ]
+    assert not any("127.0.0.2" in f for f in filters), "hostA's own address is never shaped"
+    # A destination named twice is filtered once.
+    assert len(_filters(shaping_commands("1gbit", None, ["127.0.0.4", "127.0.0.4"]))) == 1
+
+
+@pytest.mark.parametrize("address", ["10.0.0.3", "127.0.0.3/8", "hostB", "127.0.0.3; ls", ""])
+def test_shaping_refuses_anything_but_a_loopback_address(address: str) -> None:
+    with pytest.raises(UsageError, match="loopback"):
+        shaping_commands("1gbit", None, [address])
+
+
+def test_shaping_needs_a_destination() -> None:
+    with pytest.raises(UsageError, match="no destination"):
+        shaping_commands("1gbit", None, [])
 
 
 @pytest.mark.parametrize("rate", ["fast", "1 gbit", "1gbit; rm -rf /", ""])
 def test_shaping_rejects_bad_rates(rate: str) -> None:
     with pytest.raises(UsageError):
-        shaping_commands(rate, None)
+        shaping_commands(rate, None, [HOST_B.address])
 
 
 def test_shaping_rejects_bad_delay() -> None:
     with pytest.raises(UsageError):
-        shaping_commands("1gbit", "soon")
+        shaping_commands("1gbit", "soon", [HOST_B.address])
+
+
+#: `tc -j filter show dev lo parent 1:` after shaping hostB and hostC (iproute2 6.1).
+TC_FILTERS = (
+    '[{"protocol":"ip","pref":1,"kind":"u32","chain":0},{"protocol":"ip","pref":1,"kind":"u32",'
+    '"chain":0,"options":{"fh":"800:","ht_divisor":1}},{"protocol":"ip","pref":1,"kind":"u32",'
+    '"chain":0,"options":{"fh":"800::800","order":2048,"key_ht":"800","bkt":"0","flowid":"1:10",'
+    '"not_in_hw":true,"match":{"value":"7f000003","mask":"ffffffff","offmask":"","off":16}}},'
+    '{"protocol":"ip","pref":1,"kind":"u32","chain":0,"options":{"fh":"800::801","order":2049,'
+    '"key_ht":"800","bkt":"0","flowid":"1:10","not_in_hw":true,"match":{"value":"7f000004",'
+    '"mask":"ffffffff","offmask":"","off":16}}}]'
+)
+
+
+def test_filter_destinations_read_from_tc() -> None:
+    entries: list[dict[str, Any]] = json.loads(TC_FILTERS)
+    assert filter_destinations(entries) == ("127.0.0.3", "127.0.0.4")
+    foreign = {"options": {"flowid": "1:20", "match": {"value": "7f000005", "off": 16}}}
+    assert filter_destinations([foreign, {"options": "x"}, {}]) == ()
+
+
+def test_link_status_keeps_the_old_byte_counter_key() -> None:
+    status = LinkStatus(True, "100Mbit", None, 1234, ("127.0.0.3", "127.0.0.4"))
+    assert status.bytes_to_hostb == status.bytes_shaped == 1234
+    assert status.hosts == ("hostB", "hostC")
+    data = status.to_dict()
+    assert data["bytes_to_hostb"] == data["bytes_shaped"] == 1234
+    assert data["destinations"] == ["127.0.0.3", "127.0.0.4"]
+    assert data["hosts"] == ["hostB", "hostC"]
 
 
 def test_versions_round_trip() -> None:

@@ -1,4 +1,4 @@
-"""`vmigrate lab ...`: the local two-host lab."""
+"""`vmigrate lab ...`: the local lab of two to four libvirt hosts."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ from rich.console import Console
 from rich.table import Table
 
 from vmigrate.lab import link as lab_link
+from vmigrate.lab.config import LAB_HOSTS, MAX_HOST_COUNT, MIN_HOST_COUNT
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report
-from vmigrate.lab.lifecycle import HostStatus, lab_down, lab_status, lab_up, require_root
+from vmigrate.lab.lifecycle import (
+    HostStatus,
+    hosts_beyond,
+    lab_down,
+    lab_status,
+    lab_up,
+    require_root,
+)
 from vmigrate.lab.vms import LabVmRequest, check_vm_name, create_vm, remove_vm, set_rate
 
 console = Console(highlight=False)
@@ -32,7 +40,7 @@ def _print_json(value: object) -> None:
 
 def _status_table(hosts: list[HostStatus]) -> Table:
     table = Table(title="vmigrate lab")
-    for column in ("host", "URI", "daemon", "libvirt", "QEMU", "accel", "VMs"):
+    for column in ("host", "URI", "capacity", "daemon", "libvirt", "QEMU", "accel", "VMs"):
         table.add_column(column)
     for host in hosts:
         daemon = f"pid {host.pid}" if host.running else "[red]stopped[/]"
@@ -42,6 +50,7 @@ def _status_table(hosts: list[HostStatus]) -> Table:
         table.add_row(
             host.name,
             host.uri,
+            f"{host.capacity_mib} MiB, {host.vcpus} vCPUs",
             daemon,
             host.libvirt_version,
             host.qemu_version,
@@ -55,6 +64,9 @@ def _host_dict(host: HostStatus) -> dict[str, object]:
     return {
         "name": host.name,
         "uri": host.uri,
+        "address": host.address,
+        "capacity_mib": host.capacity_mib,
+        "vcpus": host.vcpus,
         "running": host.running,
         "pid": host.pid,
         "hostname": host.hostname,
@@ -68,17 +80,37 @@ def _host_dict(host: HostStatus) -> dict[str, object]:
     }
 
 
+def _shaped_hosts(current: lab_link.LinkStatus) -> str:
+    return ", ".join(current.hosts) or "no host"
+
+
 @click.group()
 def lab() -> None:
-    """The local lab: two libvirt hosts (hostA, hostB) on this machine."""
+    """The local lab: two to four libvirt hosts (hostA..hostD) on this machine."""
 
 
 @lab.command()
-def up() -> None:
-    """Start both lab hosts (idempotent); returns when both answer."""
+@click.option(
+    "--hosts",
+    "count",
+    type=click.IntRange(MIN_HOST_COUNT, MAX_HOST_COUNT),
+    default=None,
+    help=f"Run the first N hosts ({MIN_HOST_COUNT}-{MAX_HOST_COUNT}: "
+    + ", ".join(f"{h.name} on {h.address}" for h in LAB_HOSTS)
+    + "), starting those not running; hosts beyond N keep running. "
+    "[default: the hosts running now, or 2]",
+)
+def up(count: int | None) -> None:
+    """Start the lab hosts (idempotent); returns when they answer."""
     started = time.monotonic()
-    hosts = lab_up()
+    hosts = lab_up(count)
     console.print(_status_table(hosts))
+    beyond = hosts_beyond(count, hosts)
+    if beyond:
+        console.print(
+            f"{', '.join(beyond)} keep{'s' if len(beyond) == 1 else ''} running "
+            f"(beyond --hosts {count}); `vmigrate lab down` stops every host"
+        )
     console.print(f"lab is up ({time.monotonic() - started:.1f} s)")
 
 
@@ -97,7 +129,7 @@ def down() -> None:
 @lab.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(as_json: bool) -> None:
-    """Each host: daemon, versions, accelerator and VMs."""
+    """Each host: declared capacity, daemon, versions, accelerator and VMs."""
     hosts = lab_status()
     if as_json:
         _print_json({"hosts": [_host_dict(h) for h in hosts], "link": lab_link.status().to_dict()})
@@ -106,7 +138,7 @@ def status(as_json: bool) -> None:
     shaped = lab_link.status()
     if shaped.shaped:
         console.print(
-            f"link to hostB shaped: {shaped.rate}"
+            f"hostA's uplink shaped: {shaped.rate} to {_shaped_hosts(shaped)}"
             + (f", delay {shaped.delay}" if shaped.delay else "")
         )
 
@@ -118,7 +150,12 @@ def vm() -> None:
 
 @vm.command("create")
 @vm_name_argument
-@click.option("--host", default="A", show_default=True, help="A or B.")
+@click.option(
+    "--host",
+    default="A",
+    show_default=True,
+    help="A, B, C or D (C and D need `vmigrate lab up --hosts 3` or `--hosts 4`).",
+)
 @click.option(
     "--memory", "memory_mib", type=int, default=512, show_default=True, help="Guest memory in MiB."
 )
@@ -142,7 +179,7 @@ def vm() -> None:
     type=click.Choice(["none", "shared", "local"]),
     default="none",
     show_default=True,
-    help="A disk in the shared pool or hostA/B's local pool.",
+    help="A disk in the shared pool or the host's local pool.",
 )
 @click.option(
     "--disk-format", type=click.Choice(["qcow2", "raw"]), default="qcow2", show_default=True
@@ -242,12 +279,17 @@ def heartbeat(name: str, as_json: bool) -> None:
 
 
 @lab.command()
-@click.option("--rate", help="Limit traffic to hostB, e.g. 1gbit or 100mbit.")
+@click.option(
+    "--rate", help="Limit hostA's uplink (to every other lab host), e.g. 1gbit or 100mbit."
+)
 @click.option("--delay", help="Add latency, e.g. 5ms (needs netem in the kernel).")
 @click.option("--reset", is_flag=True, help="Remove the limit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def link(rate: str | None, delay: str | None, reset: bool, as_json: bool) -> None:
-    """Emulate a real link to hostB (tc on lo), or show its state and byte counter."""
+    """Emulate hostA's uplink (tc on lo), or show its state and byte counter.
+
+    One rate for all traffic to the other running lab hosts (hostB, and hostC and hostD when
+    they run), as parallel moves out of hostA share one NIC; traffic to hostA is not shaped."""
     if reset and (rate or delay):
         raise click.UsageError("--reset cannot be combined with --rate or --delay")
     if delay and not rate:
@@ -263,9 +305,9 @@ def link(rate: str | None, delay: str | None, reset: bool, as_json: bool) -> Non
         _print_json(current.to_dict())
     elif current.shaped:
         console.print(
-            f"traffic to hostB limited to {current.rate}"
+            f"hostA's uplink (traffic to {_shaped_hosts(current)}) limited to {current.rate}"
             + (f" with {current.delay} delay" if current.delay else "")
-            + f"; {current.bytes_to_hostb} bytes sent through the limit"
+            + f"; {current.bytes_shaped} bytes sent through the limit"
         )
     else:
-        console.print("traffic to hostB is not shaped")
+        console.print("traffic between the lab hosts is not shaped")

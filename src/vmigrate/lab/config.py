@@ -1,4 +1,5 @@
-"""The lab's two hosts and the configuration files each libvirtd runs with (pure functions)."""
+"""The lab's hosts (two by default, up to four) and the configuration files each libvirtd runs
+with (pure functions)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmigrate.errors import UsageError
 from vmigrate.lab.paths import HOST_CACHE_DIR, LAB_DIR
 
 # A fixed namespace so host UUIDs are stable across `lab up` runs yet distinct per host:
@@ -29,10 +31,15 @@ LOCAL_POOL_PATH = "/var/lib/libvirt/images"
 
 @dataclass(frozen=True)
 class LabHost:
-    """One libvirt host of the lab: a libvirtd in its own mount and UTS namespace."""
+    """One libvirt host of the lab: a libvirtd in its own mount and UTS namespace.
+
+    `capacity_mib` and `vcpus` are what the host declares for placement, kept small so that
+    placement matters; libvirt itself still reports this machine's real memory and CPUs."""
 
     name: str
     address: str
+    capacity_mib: int
+    vcpus: int
 
     @property
     def uri(self) -> str:
@@ -69,19 +76,44 @@ class LabHost:
         return self.private_dir("/run/libvirt") / "qemu"
 
 
-HOST_A = LabHost("hostA", "127.0.0.2")
-HOST_B = LabHost("hostB", "127.0.0.3")
-LAB_HOSTS: tuple[LabHost, ...] = (HOST_A, HOST_B)
+HOST_A = LabHost("hostA", "127.0.0.2", capacity_mib=4096, vcpus=4)
+HOST_B = LabHost("hostB", "127.0.0.3", capacity_mib=2048, vcpus=4)
+HOST_C = LabHost("hostC", "127.0.0.4", capacity_mib=3072, vcpus=4)
+HOST_D = LabHost("hostD", "127.0.0.5", capacity_mib=2048, vcpus=4)
+#: Every host the lab can run, in order: a lab of N hosts is always the first N.
+LAB_HOSTS: tuple[LabHost, ...] = (HOST_A, HOST_B, HOST_C, HOST_D)
+DEFAULT_HOST_COUNT = 2
+MIN_HOST_COUNT = 2
+MAX_HOST_COUNT = len(LAB_HOSTS)
 SHARED_POOL_PATH = LAB_DIR / "shared"
 
 
 def lab_host(name: str) -> LabHost | None:
-    """Find a lab host by name; 'A', 'hostA' and 'hosta' all name host A."""
+    """Find a lab host by name; 'C', 'hostC' and 'hostc' all name host C."""
     wanted = name.lower()
     for host in LAB_HOSTS:
         if wanted in (host.name.lower(), host.name[-1].lower()):
             return host
     return None
+
+
+def lab_hosts(count: int) -> tuple[LabHost, ...]:
+    """The hosts of a lab of `count` hosts: the first `count` of LAB_HOSTS."""
+    if not MIN_HOST_COUNT <= count <= MAX_HOST_COUNT:
+        raise UsageError(
+            f"the lab runs {MIN_HOST_COUNT} to {MAX_HOST_COUNT} hosts, not {count}",
+            fix=f"use --hosts {MIN_HOST_COUNT} to {MAX_HOST_COUNT} "
+            f"({LAB_HOSTS[0].name}..{LAB_HOSTS[-1].name})",
+        )
+    return LAB_HOSTS[:count]
+
+
+def up_command(host: LabHost) -> str:
+    """The command that starts `host`: a host past the default lab needs `--hosts N`."""
+    count = LAB_HOSTS.index(host) + 1
+    if count <= DEFAULT_HOST_COUNT:
+        return "vmigrate lab up"
+    return f"vmigrate lab up --hosts {count}"
 
 
 def render_libvirtd_conf(host: LabHost) -> str:

@@ -7,10 +7,18 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from vmigrate.lab.config import HOST_A, HOST_B
+from vmigrate.errors import LabError
+from vmigrate.lab.config import LabHost, lab_host, up_command
 from vmigrate.lab.state import load_records
 
 _BLOCK = 8 << 20
+
+
+def _host(host_name: str) -> LabHost:
+    host = lab_host(host_name)
+    if host is None:
+        raise LabError(f"{host_name!r} is not a lab host", fix="use hostA, hostB, hostC or hostD")
+    return host
 
 
 def in_host(
@@ -21,7 +29,13 @@ def in_host(
     By default the output is captured and a failure is the caller's to look at; with
     `check=True, capture=False` a failure raises and the output goes to ours.
     """
-    pid = load_records()[host_name].pid
+    host = _host(host_name)
+    record = load_records().get(host.name)
+    if record is None:
+        raise LabError(
+            "this lab host was not started", host=host.name, fix=f"start it: {up_command(host)}"
+        )
+    pid = record.pid
     return subprocess.run(
         ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *command],
         capture_output=capture,
@@ -32,8 +46,7 @@ def in_host(
 
 def on_host(host_name: str, path: str) -> Path:
     """Where a path inside a lab host's private /var/lib/libvirt is, seen from outside."""
-    host = HOST_A if host_name == "hostA" else HOST_B
-    return host.private_dir("/var/lib/libvirt") / path.removeprefix("/var/lib/libvirt/")
+    return _host(host_name).private_dir("/var/lib/libvirt") / path.removeprefix("/var/lib/libvirt/")
 
 
 def file_sha256(path: Path) -> str:

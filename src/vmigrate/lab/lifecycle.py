@@ -1,25 +1,29 @@
-"""`lab up`, `lab down`, `lab status`: the two-host lab as a whole."""
+"""`lab up`, `lab down`, `lab status`: the lab as a whole (two hosts by default, up to four)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vmigrate.errors import DriverMissing, EnvironmentProblem, LabError
 from vmigrate.lab import link
 from vmigrate.lab.accel import cached_accelerator
 from vmigrate.lab.config import (
+    DEFAULT_HOST_COUNT,
+    HOST_A,
     LAB_HOSTS,
     LOCAL_POOL,
     LOCAL_POOL_PATH,
     SHARED_POOL,
     SHARED_POOL_PATH,
     LabHost,
+    lab_hosts,
     render_dir_pool_xml,
+    up_command,
 )
 from vmigrate.lab.daemons import (
     DaemonRecord,
@@ -29,7 +33,7 @@ from vmigrate.lab.daemons import (
 )
 from vmigrate.lab.heartbeat_collector import stop_all_collectors
 from vmigrate.lab.paths import LAB_DIR, LAB_MARKER
-from vmigrate.lab.state import load_records, save_records
+from vmigrate.lab.state import load_records, running_lab_hosts, save_records
 from vmigrate.versions import format_version
 from vmigrate.virt.connection import (
     Connection,
@@ -70,11 +74,15 @@ def running_hosts() -> dict[str, DaemonRecord]:
 
 
 def connect(host: LabHost) -> Connection:
-    """A connection to a lab host, with a hint to start the lab if it is down."""
-    if host.name not in running_hosts():
-        raise LabError(
-            "the lab is not running", host=host.name, fix="start it with `vmigrate lab up`"
+    """A connection to a lab host, with a hint to start the lab (or that host) if it is down."""
+    running = running_lab_hosts()
+    if host not in running:
+        what = (
+            f"this lab host is not running (the lab runs {', '.join(h.name for h in running)})"
+            if running
+            else "the lab is not running"
         )
+        raise LabError(what, host=host.name, fix=f"start it with `{up_command(host)}`")
     return open_connection(host.uri, host=host.name)
 
 
@@ -119,8 +127,27 @@ def _ensure_pools(conn: Connection, host: LabHost) -> None:
             pool.refresh(0)
 
 
-def lab_up() -> list[HostStatus]:
-    """Start both hosts (those not already running) and return when both answer."""
+def _wanted_hosts(count: int | None, running: tuple[LabHost, ...]) -> tuple[LabHost, ...]:
+    """The hosts `lab up` makes sure run: the first `count`; without a count, as many as
+    reach the last running host (a host of them that died is restarted), or the default."""
+    if count is not None:
+        return lab_hosts(count)
+    reach = max((LAB_HOSTS.index(host) + 1 for host in running), default=0)
+    return lab_hosts(max(reach, DEFAULT_HOST_COUNT))
+
+
+def hosts_beyond(count: int | None, hosts: list[HostStatus]) -> list[str]:
+    """The running hosts past the first `count`: `lab up --hosts N` leaves them running."""
+    if count is None:
+        return []
+    wanted = {host.name for host in lab_hosts(count)}
+    return [host.name for host in hosts if host.running and host.name not in wanted]
+
+
+def lab_up(count: int | None = None) -> list[HostStatus]:
+    """Start the first `count` hosts (those not already running) and return when they
+    answer. Without a count: the hosts running now, or the default two when none run.
+    Hosts running beyond `count` keep running; `lab down` stops them."""
     require_root()
     with lab_files():
         LAB_DIR.mkdir(parents=True, exist_ok=True)
@@ -128,13 +155,16 @@ def lab_up() -> list[HostStatus]:
     records = load_records()
     fresh = not any(rec.is_running() for rec in records.values())
     if fresh:
-        # Leftovers of a lab whose processes died with a session: clear them first.
+        # Leftovers of a lab whose processes died with a session: clear them first, and
+        # forget them, so a host this call does not start is not listed as stopped.
         for leftover in records.values():
             stop_host_processes(leftover)
         stop_all_collectors()
         link.reset()
+        records = {}
+    wanted = _wanted_hosts(count, () if fresh else running_lab_hosts())
     started: list[LabHost] = []
-    for host in LAB_HOSTS:
+    for host in wanted:
         existing = records.get(host.name)
         if existing is not None and existing.is_running():
             continue
@@ -142,23 +172,8 @@ def lab_up() -> list[HostStatus]:
             records[host.name] = start_libvirtd(host)
         started.append(host)
     try:
-        for host in LAB_HOSTS:
-            conn = wait_for_connection(host.uri, timeout=START_TIMEOUT_SECONDS, host=host.name)
-            record = records[host.name]
-            if not record.is_running():
-                raise LabError(
-                    f"libvirtd exited during start-up; its log says:\n{_tail(host.daemon_log)}"
-                    f"{_tail(host.root / 'libvirtd.console.log')}",
-                    host=host.name,
-                    fix=f"is another libvirtd listening on {host.address}:16509? "
-                    "Stop it, then run `vmigrate lab up` again",
-                )
-            records[host.name] = namespace_when_ready(record)
-            try:
-                verify_drivers(conn, host)
-                _ensure_pools(conn, host)
-            finally:
-                conn.close()
+        for host in wanted:
+            _wait_until_ready(host, records)
     except BaseException:  # nothing half-started: stop what this call started, whatever broke
         with contextlib.suppress(OSError):  # the first error is the one to report
             save_records(records)
@@ -167,7 +182,29 @@ def lab_up() -> list[HostStatus]:
         raise
     with lab_files():
         save_records(records)
+    # A link shaped before this call carries hostA's traffic to the new hosts too.
+    link.cover([host.address for host in started if host != HOST_A])
     return lab_status()
+
+
+def _wait_until_ready(host: LabHost, records: dict[str, DaemonRecord]) -> None:
+    """Wait for the host to answer, record its namespace, prove its drivers, set up pools."""
+    conn = wait_for_connection(host.uri, timeout=START_TIMEOUT_SECONDS, host=host.name)
+    try:
+        record = records[host.name]
+        if not record.is_running():
+            raise LabError(
+                f"libvirtd exited during start-up; its log says:\n{_tail(host.daemon_log)}"
+                f"{_tail(host.root / 'libvirtd.console.log')}",
+                host=host.name,
+                fix=f"is another libvirtd listening on {host.address}:16509? "
+                f"Stop it, then run `{up_command(host)}` again",
+            )
+        records[host.name] = namespace_when_ready(record)
+        verify_drivers(conn, host)
+        _ensure_pools(conn, host)
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)
@@ -222,6 +259,9 @@ class HostStatus:
     uri: str
     running: bool
     pid: int | None = None
+    address: str = ""
+    capacity_mib: int = 0  # what the lab host declares (LabHost.capacity_mib)
+    vcpus: int = 0
     hostname: str = ""
     libvirt_version: str = ""
     qemu_version: str = ""
@@ -231,21 +271,28 @@ class HostStatus:
 
 
 def _host_status(host: LabHost, record: DaemonRecord | None) -> HostStatus:
+    declared = HostStatus(
+        host.name,
+        host.uri,
+        running=False,
+        address=host.address,
+        capacity_mib=host.capacity_mib,
+        vcpus=host.vcpus,
+    )
     if record is None or not record.is_running():
-        return HostStatus(host.name, host.uri, running=False)
+        return declared
     try:
         conn = open_connection(host.uri, host=host.name)
     except Exception as err:  # a status report shows every problem rather than stopping
-        return HostStatus(host.name, host.uri, running=True, pid=record.pid, problem=str(err))
+        return replace(declared, running=True, pid=record.pid, problem=str(err))
     try:
         vms = []
         for dom in conn.listAllDomains(0):
             # A domain may vanish while we look (a restarted libvirtd kills half-migrated ones).
             with contextlib.suppress(LibvirtError):
                 vms.append(VmSummary(dom.name(), domain_state(dom), bool(dom.isPersistent())))
-        return HostStatus(
-            name=host.name,
-            uri=host.uri,
+        return replace(
+            declared,
             running=True,
             pid=record.pid,
             hostname=conn.getHostname(),
@@ -255,14 +302,21 @@ def _host_status(host: LabHost, record: DaemonRecord | None) -> HostStatus:
             vms=sorted(vms, key=lambda vm: vm.name),
         )
     except LibvirtError as err:  # the daemon died or restarted as we asked
-        return HostStatus(
-            host.name, host.uri, running=True, pid=record.pid, problem=err.get_error_message()
-        )
+        return replace(declared, running=True, pid=record.pid, problem=err.get_error_message())
     finally:
         with contextlib.suppress(LibvirtError):
             conn.close()
 
 
+def status_hosts(recorded: Collection[str]) -> tuple[LabHost, ...]:
+    """The hosts `lab status` lists: the default lab's (running or not) and every recorded one."""
+    return tuple(
+        host
+        for index, host in enumerate(LAB_HOSTS)
+        if index < DEFAULT_HOST_COUNT or host.name in recorded
+    )
+
+
 def lab_status() -> list[HostStatus]:
     records = load_records()
-    return [_host_status(host, records.get(host.name)) for host in LAB_HOSTS]
+    return [_host_status(host, records.get(host.name)) for host in status_hosts(records)]

@@ -1,10 +1,13 @@
-"""The lab's own record of the daemons it started (a JSON file under LAB_DIR)."""
+"""The lab's own record of the daemons it started (a JSON file under LAB_DIR).
+
+Imports no libvirt: vmigrate.hosts asks it which lab hosts run."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 
+from vmigrate.lab.config import LAB_HOSTS, LabHost
 from vmigrate.lab.daemons import DaemonRecord
 from vmigrate.lab.paths import LAB_DIR
 
@@ -27,6 +30,16 @@ def save_records(records: dict[str, DaemonRecord]) -> None:
     temporary = STATE_FILE.with_suffix(".tmp")
     temporary.write_text(json.dumps(payload, indent=2))
     temporary.replace(STATE_FILE)
+
+
+def running_lab_hosts() -> tuple[LabHost, ...]:
+    """The lab hosts whose recorded daemon is running, in LAB_HOSTS order."""
+    records = load_records()
+    return tuple(
+        host
+        for host in LAB_HOSTS
+        if (record := records.get(host.name)) is not None and record.is_running()
+    )
 
 
 def host_of_namespace(mount_namespace: str) -> str:

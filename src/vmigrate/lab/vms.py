@@ -138,7 +138,9 @@ def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
     host = lab_host(request.host)
     if host is None:
         raise UsageError(
-            f"unknown lab host {request.host!r}", vm=name, fix="use A or B (hostA, hostB)"
+            f"unknown lab host {request.host!r}",
+            vm=name,
+            fix="use A, B, C or D (hostA..hostD; C and D run with `vmigrate lab up --hosts N`)",
         )
     working_set = (
         request.working_set_mib
@@ -266,10 +268,14 @@ def _backing_file(conn: Connection, pool_name: str, vm: str, size_gib: float) ->
     return str(volume.path())
 
 
+def _running_lab_hosts() -> list[LabHost]:
+    """The lab hosts whose daemon runs, in order (two by default, up to four)."""
+    running = running_hosts()
+    return [host for host in LAB_HOSTS if host.name in running]
+
+
 def _ensure_absent(name: str) -> None:
-    for host_name in running_hosts():
-        host = lab_host(host_name)
-        assert host is not None
+    for host in _running_lab_hosts():
         conn = connect(host)
         try:
             if find_domain(conn, name) is not None:
@@ -413,9 +419,7 @@ def remove_vm(name: str) -> list[str]:
     """Destroy and undefine the VM on every lab host, delete its lab disks and console."""
     check_vm_name(name)
     removed_from = []
-    for host in LAB_HOSTS:
-        if host.name not in running_hosts():
-            continue
+    for host in _running_lab_hosts():
         conn = connect(host)
         try:
             with _lab_errors(host=host.name, vm=name, doing="removing it"):
@@ -436,9 +440,7 @@ def remove_vm(name: str) -> list[str]:
 def locate_vm(name: str) -> dict[str, str]:
     """The state of the VM on each lab host that knows it."""
     where = {}
-    for host in LAB_HOSTS:
-        if host.name not in running_hosts():
-            continue
+    for host in _running_lab_hosts():
         conn = connect(host)
         try:
             domain = find_domain(conn, name)
