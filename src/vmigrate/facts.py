@@ -40,6 +40,18 @@ class MissingDriver:
 
 
 @dataclass(frozen=True)
+class GuestUsage:
+    """One domain of a host and what it holds there."""
+
+    name: str
+    uuid: str
+    state: str  # running | paused | shut off | ...
+    persistent: bool
+    memory_bytes: int  # its current maximum memory
+    vcpus: int
+
+
+@dataclass(frozen=True)
 class HostFacts:
     ref: HostRef
     hostname: str
@@ -57,6 +69,9 @@ class HostFacts:
     host_interfaces: tuple[str, ...] | None  # None: the host's interface driver cannot tell
     domains: dict[str, str]  # name -> UUID of every domain the host knows
     missing_drivers: tuple[MissingDriver, ...] = ()  # pools/networks then read as empty
+    memory_total_bytes: int = 0  # what libvirt reports the host has (0: not read)
+    guests: tuple[GuestUsage, ...] = ()  # every domain the host knows, with its size
+    cpu_model: str = ""  # the host CPU's model as libvirt names it
 
     def lacks(self, driver: str) -> bool:
         return any(missing.driver == driver for missing in self.missing_drivers)

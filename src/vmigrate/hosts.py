@@ -8,8 +8,16 @@ A host is named on the command line either by a libvirt URI or by a name from th
     migration_address = "10.0.0.11"     # optional: where QEMU listens for incoming migrations
     migration_ports = [49152, 49215]    # optional: the destination's migration port range
     bandwidth = 119                     # optional: MiB/s of the link to this host (estimate)
+    capacity_mib = 65536                # optional: memory VMs may use here (placement)
+    reserve_mib = 2048                  # optional: memory kept for the host itself
+    vcpus = 32                          # optional: vCPUs VMs may use here in all
 
-The lab's hostA and hostB work without a hosts file.
+    [clusters.web]
+    hosts = ["web-a", "web-b", "web-c"]
+
+What a host can give a VM is min(what libvirt reports, capacity_mib) less reserve_mib and
+less what its running VMs already use (capacity.py). The lab's hosts (hostA..hostD) work
+without a hosts file, with their declared lab capacities, and form the cluster `lab`.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from vmigrate.errors import UsageError
 from vmigrate.lab.config import lab_host
+from vmigrate.lab.state import running_lab_hosts
 
 DEFAULT_MIGRATION_PORTS = (49152, 49215)
 _TRANSPORT_PORTS = {"tcp": 16509, "tls": 16514, "ssh": 22, "libssh": 22, "libssh2": 22}
@@ -67,6 +77,9 @@ class HostRef:
     migration_address: str | None = None
     migration_ports: tuple[int, int] = DEFAULT_MIGRATION_PORTS
     bandwidth_mib: float | None = None  # the link to this host, when the operator knows it
+    capacity_mib: int | None = None  # memory VMs may use here; None: what libvirt reports
+    reserve_mib: int | None = None  # memory kept for the host; None: the default reserve
+    vcpus: int | None = None  # vCPUs VMs may use here in all; None: no limit but the CPUs
 
     @property
     def parsed(self) -> ParsedUri:
@@ -114,10 +127,86 @@ def _ports(value: object, where: str) -> tuple[int, int]:
     raise UsageError(f"{where}: migration_ports must be [first, last], e.g. [49152, 49215]")
 
 
-def load_hosts_file(path: Path) -> dict[str, HostRef]:
-    """Read a hosts file; a missing default file is fine, a malformed one is a usage error."""
+_HOST_KEYS = (
+    "uri",
+    "migration_address",
+    "migration_ports",
+    "bandwidth",
+    "capacity_mib",
+    "reserve_mib",
+    "vcpus",
+)
+
+
+def _positive_int(table: dict[str, Any], key: str, where: str, example: str) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < 0
+        or (value == 0 and key != "reserve_mib")
+    ):
+        raise UsageError(f"{where}: {key} must be a whole number, e.g. {key} = {example}")
+    return value
+
+
+def _host(name: str, table: object, where: str) -> HostRef:
+    if not isinstance(table, dict) or not isinstance(table.get("uri"), str):
+        raise UsageError(f'{where}: needs uri = "qemu+...://.../system"')
+    extra = set(table) - set(_HOST_KEYS)
+    if extra:
+        raise UsageError(
+            f"{where}: unknown keys {', '.join(sorted(extra))}",
+            fix=f"allowed: {', '.join(_HOST_KEYS)}",
+        )
     try:
-        raw = tomllib.loads(path.read_text())
+        parse_uri(table["uri"])
+    except UsageError as err:
+        raise UsageError(f"{where}: {err.message}", fix=err.fix) from err
+    address = table.get("migration_address")
+    if address is not None and not isinstance(address, str):
+        raise UsageError(f"{where}: migration_address must be a string")
+    ports = (
+        _ports(table["migration_ports"], where)
+        if "migration_ports" in table
+        else DEFAULT_MIGRATION_PORTS
+    )
+    bandwidth = table.get("bandwidth")
+    if bandwidth is not None and (
+        isinstance(bandwidth, bool)
+        or not isinstance(bandwidth, int | float)
+        or not math.isfinite(bandwidth)
+        or bandwidth <= 0
+    ):
+        raise UsageError(
+            f"{where}: bandwidth must be a positive number of MiB/s, e.g. 119 for 1 Gbit/s"
+        )
+    return HostRef(
+        name,
+        table["uri"],
+        address,
+        ports,
+        float(bandwidth) if bandwidth else None,
+        capacity_mib=_positive_int(table, "capacity_mib", where, "65536"),
+        reserve_mib=_positive_int(table, "reserve_mib", where, "2048"),
+        vcpus=_positive_int(table, "vcpus", where, "32"),
+    )
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The hosts file: its hosts and its clusters (each a tuple of host names)."""
+
+    path: Path
+    hosts: dict[str, HostRef]
+    clusters: dict[str, tuple[str, ...]]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
@@ -125,50 +214,67 @@ def load_hosts_file(path: Path) -> dict[str, HostRef]:
             f"cannot read hosts file {path}: {err}",
             fix="fix the file (TOML) or point --hosts at another",
         ) from err
-    unknown = set(raw) - {"hosts"}
+
+
+def _clusters(raw: object, hosts: dict[str, HostRef], path: Path) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, dict):
+        raise UsageError(f"hosts file {path}: write each cluster as [clusters.NAME]")
+    clusters = {}
+    for name, table in raw.items():
+        where = f"hosts file {path}, cluster {name!r}"
+        members = table.get("hosts") if isinstance(table, dict) else None
+        if (
+            not isinstance(members, list)
+            or not members
+            or not all(isinstance(m, str) for m in members)
+            or set(table) != {"hosts"}
+        ):
+            raise UsageError(
+                f"{where}: needs only hosts = [...], a list of host names",
+                fix='e.g. hosts = ["web-a", "web-b"]',
+            )
+        unknown = [m for m in members if m not in hosts and lab_host(m) is None]
+        if unknown:
+            raise UsageError(
+                f"{where}: {', '.join(unknown)} not defined",
+                fix=f"add [hosts.{unknown[0]}] with its uri to {path}",
+            )
+        clusters[name] = tuple(dict.fromkeys(members))
+    return clusters
+
+
+def load_inventory(path: Path) -> Inventory:
+    """Read a hosts file; a missing default file is fine, a malformed one is a usage error."""
+    raw = _read_toml(path)
+    unknown = set(raw) - {"hosts", "clusters"}
     if unknown or not isinstance(raw.get("hosts", {}), dict):
         raise UsageError(
-            f"hosts file {path}: expected only [hosts.NAME] tables, "
+            f"hosts file {path}: expected only [hosts.NAME] and [clusters.NAME] tables, "
             f"found {', '.join(sorted(unknown)) or 'hosts = ...'}",
             fix='write each host as [hosts.NAME] with uri = "qemu+...://.../system"',
         )
-    hosts = {}
-    for name, table in raw.get("hosts", {}).items():
-        where = f"hosts file {path}, host {name!r}"
-        if not isinstance(table, dict) or not isinstance(table.get("uri"), str):
-            raise UsageError(f'{where}: needs uri = "qemu+...://.../system"')
-        extra = set(table) - {"uri", "migration_address", "migration_ports", "bandwidth"}
-        if extra:
-            raise UsageError(
-                f"{where}: unknown keys {', '.join(sorted(extra))}",
-                fix="allowed: uri, migration_address, migration_ports, bandwidth",
-            )
-        try:
-            parse_uri(table["uri"])
-        except UsageError as err:
-            raise UsageError(f"{where}: {err.message}", fix=err.fix) from err
-        address = table.get("migration_address")
-        if address is not None and not isinstance(address, str):
-            raise UsageError(f"{where}: migration_address must be a string")
-        ports = (
-            _ports(table["migration_ports"], where)
-            if "migration_ports" in table
-            else DEFAULT_MIGRATION_PORTS
-        )
-        bandwidth = table.get("bandwidth")
-        if bandwidth is not None and (
-            isinstance(bandwidth, bool)
-            or not isinstance(bandwidth, int | float)
-            or not math.isfinite(bandwidth)
-            or bandwidth <= 0
-        ):
-            raise UsageError(
-                f"{where}: bandwidth must be a positive number of MiB/s, e.g. 119 for 1 Gbit/s"
-            )
-        hosts[name] = HostRef(
-            name, table["uri"], address, ports, float(bandwidth) if bandwidth else None
-        )
-    return hosts
+    hosts = {
+        name: _host(name, table, f"hosts file {path}, host {name!r}")
+        for name, table in raw.get("hosts", {}).items()
+    }
+    return Inventory(path, hosts, _clusters(raw.get("clusters", {}), hosts, path))
+
+
+def load_hosts_file(path: Path) -> dict[str, HostRef]:
+    return load_inventory(path).hosts
+
+
+def _inventory(hosts_file: Path | None) -> Inventory:
+    if hosts_file is not None and not hosts_file.exists():
+        raise UsageError(f"hosts file {hosts_file} does not exist")
+    return load_inventory(hosts_file or default_hosts_file())
+
+
+def _lab_ref(spec: str) -> HostRef | None:
+    lab = lab_host(spec) if spec.lower().startswith("host") else None
+    if lab is None:
+        return None
+    return HostRef(lab.name, lab.uri, lab.address, capacity_mib=lab.capacity_mib, vcpus=lab.vcpus)
 
 
 def resolve_host(spec: str, hosts_file: Path | None = None) -> HostRef:
@@ -176,16 +282,67 @@ def resolve_host(spec: str, hosts_file: Path | None = None) -> HostRef:
     if "://" in spec or ":/" in spec:
         parse_uri(spec)
         return HostRef(spec, spec)
-    path = hosts_file or default_hosts_file()
-    if hosts_file is not None and not hosts_file.exists():
-        raise UsageError(f"hosts file {hosts_file} does not exist")
-    hosts = load_hosts_file(path)
-    if spec in hosts:
-        return hosts[spec]
-    lab = lab_host(spec) if spec.lower().startswith("host") else None
+    inventory = _inventory(hosts_file)
+    if spec in inventory.hosts:
+        return inventory.hosts[spec]
+    lab = _lab_ref(spec)
     if lab is not None:
-        return HostRef(lab.name, lab.uri, lab.address)
+        return lab
     raise UsageError(
-        f"unknown host {spec!r}: not a libvirt URI and not in {path}",
-        fix=f"pass a URI (qemu+ssh://root@{spec}/system) or add [hosts.{spec}] to {path}",
+        f"unknown host {spec!r}: not a libvirt URI and not in {inventory.path}",
+        fix=f"pass a URI (qemu+ssh://root@{spec}/system) or add [hosts.{spec}] to {inventory.path}",
     )
+
+
+LAB_CLUSTER = "lab"
+
+
+def known_hosts(hosts_file: Path | None = None) -> tuple[HostRef, ...]:
+    """Every host of the hosts file, then the running lab's hosts not already in it."""
+    inventory = _inventory(hosts_file)
+    refs = list(inventory.hosts.values())
+    uris = {ref.uri for ref in refs}
+    for lab in running_lab_hosts():
+        if lab.uri not in uris:
+            refs.append(resolve_host(lab.name, hosts_file))
+    return tuple(refs)
+
+
+def cluster_names(hosts_file: Path | None = None) -> list[str]:
+    clusters = set(_inventory(hosts_file).clusters)
+    if running_lab_hosts():
+        clusters.add(LAB_CLUSTER)
+    return sorted(clusters)
+
+
+def resolve_cluster(name: str, hosts_file: Path | None = None) -> tuple[HostRef, ...]:
+    """The hosts of a cluster of the hosts file; `lab` without one is the running lab."""
+    inventory = _inventory(hosts_file)
+    if name in inventory.clusters:
+        return tuple(resolve_host(member, hosts_file) for member in inventory.clusters[name])
+    if name == LAB_CLUSTER:
+        running = running_lab_hosts()
+        if not running:
+            raise UsageError(
+                "the cluster 'lab' is the running lab, and the lab is not running",
+                fix="start it with `vmigrate lab up --hosts 3`",
+            )
+        return tuple(resolve_host(host.name, hosts_file) for host in running)
+    known = ", ".join(cluster_names(hosts_file)) or "none"
+    raise UsageError(
+        f"unknown cluster {name!r} (clusters: {known})",
+        fix=f"define [clusters.{name}] hosts = [...] in {inventory.path}, or pass --cluster "
+        "with one of those",
+    )
+
+
+def cluster_of(host: HostRef, hosts_file: Path | None = None) -> str | None:
+    """The first cluster that holds the host (by name or URI); the lab's hosts are `lab`."""
+    inventory = _inventory(hosts_file)
+    for name, members in inventory.clusters.items():
+        for member in members:
+            if member == host.name or resolve_host(member, hosts_file).uri == host.uri:
+                return name
+    if any(lab.uri == host.uri for lab in running_lab_hosts()):
+        return LAB_CLUSTER
+    return None

@@ -6,9 +6,11 @@ volume, which is deleted again before the check returns.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmigrate.checks.connectivity import check_connectivity
@@ -20,7 +22,7 @@ from vmigrate.checks.resources import check_resources
 from vmigrate.checks.storage import check_storage
 from vmigrate.checks.versions import check_machine, check_versions
 from vmigrate.domxml.cpu import cpu_xml_element, parse_domain_capabilities, parse_domain_cpu
-from vmigrate.errors import HostUnreachable, UsageError
+from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
 from vmigrate.facts import DomainFacts, HostFacts, ShareProbe
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.model import CheckReport, Finding, Mode
@@ -67,9 +69,12 @@ def _daemon_probe(ref: HostRef) -> PortProbe | None:
 
 
 def _disk_storage(
-    src: Connection, dst: Connection, domain: DomainFacts, dst_facts: HostFacts
+    src: Connection,
+    dst: Connection,
+    domain: DomainFacts,
+    dst_facts: HostFacts,
+    probes: dict[str, ShareProbe],
 ) -> tuple[DiskStorage, ...]:
-    probes: dict[str, ShareProbe] = {}
     result = []
     for disk in domain.summary.disks:
         if disk.path is None or disk.source_type not in ("file", "block"):
@@ -148,74 +153,111 @@ def _host_model_xml(domcaps: str) -> str | None:
     )
 
 
-def run_checks(
-    vm: str,
-    source: str,
-    destination: str,
-    *,
-    mode: Mode = Mode.LIVE,
-    copy_storage: bool = False,
-    hosts_file: Path | None = None,
-) -> CheckReport:
-    """Check whether `vm` can move from `source` to `destination`; raises only for bad input."""
-    started = time.monotonic()
-    src_ref = resolve_host(source, hosts_file)
-    dst_ref = resolve_host(destination, hosts_file)
-    if src_ref.uri == dst_ref.uri:
-        raise UsageError(
-            f"the source and the destination are the same host ({src_ref.uri})",
-            vm=vm,
-            fix="name another host with --to",
-        )
-    src_conn, src_error = _connect(src_ref, _daemon_probe(src_ref))
-    if src_conn is None:
-        raise HostUnreachable(
-            f"cannot reach libvirt on the source: {src_error}",
-            host=src_ref.name,
-            fix="check that libvirtd runs there and that its port is open (or use qemu+ssh://)",
-        )
-    domain = gather_domain_facts(lookup_domain(src_conn, vm, host=src_ref.name), host=src_ref.name)
-    dst_port = _daemon_probe(dst_ref)
-    dst_conn, dst_error = _connect(dst_ref, dst_port)
-    try:
-        src_facts = gather_host_facts(src_conn, src_ref)
-        dst_facts = gather_host_facts(dst_conn, dst_ref) if dst_conn else None
-        dst_domcaps, dst_domcaps_error = (
-            domain_capabilities(dst_conn, domain.summary) if dst_conn else (None, dst_error)
-        )
-        storage_answers = not (
-            src_facts.lacks("storage") or (dst_facts is not None and dst_facts.lacks("storage"))
-        )
-        disks = (
-            _disk_storage(src_conn, dst_conn, domain, dst_facts)
-            if dst_conn and dst_facts and storage_answers
-            else ()
-        )
-        migration_ports: tuple[PortProbe, ...] = ()
-        address = dst_ref.address
-        if mode is Mode.LIVE and address:
-            migration_ports = tuple(
+@dataclass
+class HostSession:
+    """One host as the checks see it: an open connection and its facts, read once, or why
+    it cannot be reached. Several checks (a whole evacuation plan) share one session."""
+
+    ref: HostRef
+    conn: Connection | None
+    facts: HostFacts | None
+    error: str | None
+    port: PortProbe | None
+    _migration_ports: tuple[PortProbe, ...] | None = None
+
+    def migration_ports(self) -> tuple[PortProbe, ...]:
+        """The destination's migration ports, probed once per session."""
+        if self._migration_ports is None:
+            address = self.ref.address
+            self._migration_ports = tuple(
                 PortProbe(address, port, *probe_tcp(address, port, timeout=PORT_TIMEOUT_SECONDS))
-                for port in sorted(set(dst_ref.migration_ports))
+                for port in sorted(set(self.ref.migration_ports))
+                if address
             )
+        return self._migration_ports
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+
+def open_session(ref: HostRef) -> HostSession:
+    """Connect and gather the host's facts; an unreachable host is a session with an error."""
+    port = _daemon_probe(ref)
+    conn, error = _connect(ref, port)
+    if conn is None:
+        return HostSession(ref, None, None, error, port)
+    try:
+        facts = gather_host_facts(conn, ref)
+    except VmigrateError as err:
+        conn.close()
+        return HostSession(ref, None, None, err.message, port)
+    return HostSession(ref, conn, facts, None, port)
+
+
+class PairChecks:
+    """Every check of moving VMs from one source to destinations, over gathered facts; the
+    shared-storage probes are made once per source pool and destination."""
+
+    def __init__(self, source: HostSession) -> None:
+        if source.conn is None or source.facts is None:
+            raise HostUnreachable(
+                f"cannot reach libvirt on the source: {source.error}",
+                host=source.ref.name,
+                fix="check that libvirtd runs there and that its port is open (or use qemu+ssh://)",
+            )
+        self.source = source
+        self._probes: dict[str, dict[str, ShareProbe]] = {}  # destination URI -> pool -> probe
+
+    def disk_storage(
+        self, domain: DomainFacts, destination: HostSession
+    ) -> tuple[DiskStorage, ...]:
+        """Where each disk of the VM lives, and whether `destination` shares it (probed)."""
+        src_conn, src_facts = self.source.conn, self.source.facts
+        assert src_conn is not None and src_facts is not None
+        dst_conn, dst_facts = destination.conn, destination.facts
+        if dst_conn is None or dst_facts is None:
+            return ()
+        if src_facts.lacks("storage") or dst_facts.lacks("storage"):
+            return ()
+        probes = self._probes.setdefault(destination.ref.uri, {})
+        return _disk_storage(src_conn, dst_conn, domain, dst_facts, probes)
+
+    def findings(
+        self,
+        domain: DomainFacts,
+        destination: HostSession,
+        *,
+        mode: Mode = Mode.LIVE,
+        copy_storage: bool = False,
+    ) -> tuple[Finding, ...]:
+        src_conn, src_facts = self.source.conn, self.source.facts
+        assert src_conn is not None and src_facts is not None
+        dst_conn, dst_facts = destination.conn, destination.facts
+        dst_domcaps, dst_domcaps_error = (
+            domain_capabilities(dst_conn, domain.summary) if dst_conn else (None, destination.error)
+        )
+        disks = self.disk_storage(domain, destination)
         facts = CheckInput(
             mode=mode,
             copy_storage=copy_storage,
-            source_name=src_ref.name,
-            destination_name=dst_ref.name,
+            source_name=self.source.ref.name,
+            destination_name=destination.ref.name,
             source=src_facts,
             destination=dst_facts,
             source_error=None,
-            destination_error=dst_error,
+            destination_error=destination.error,
             domain=domain,
             destination_domcaps=dst_domcaps,
             destination_domcaps_error=dst_domcaps_error,
             disks=disks,
-            libvirt_port=dst_port,
-            migration_ports=migration_ports,
-            probes_representative=_is_local(src_ref),
+            libvirt_port=destination.port,
+            migration_ports=destination.migration_ports() if mode is Mode.LIVE else (),
+            probes_representative=_is_local(self.source.ref),
         )
-        findings: list[Finding] = []
+        found: list[Finding] = []
         for check in (
             check_drivers,
             check_versions,
@@ -227,18 +269,77 @@ def run_checks(
             check_networks,
             check_conflicts,
         ):
-            findings += check(facts)
-        findings += check_cpu(_cpu_facts(domain, src_conn, dst_conn, dst_domcaps))
+            found += check(facts)
+        found += check_cpu(_cpu_facts(domain, src_conn, dst_conn, dst_domcaps))
+        return tuple(found)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A check's report and the facts it was made over, for the move that follows: a move
+    gathers each host's facts once, in its checks, and plans with those."""
+
+    report: CheckReport
+    source: HostFacts
+    destination: HostFacts | None
+
+
+def run_checks(
+    vm: str,
+    source: str,
+    destination: str,
+    *,
+    mode: Mode = Mode.LIVE,
+    copy_storage: bool = False,
+    hosts_file: Path | None = None,
+) -> CheckReport:
+    """Check whether `vm` can move from `source` to `destination`; raises only for bad input."""
+    return check_move(
+        vm, source, destination, mode=mode, copy_storage=copy_storage, hosts_file=hosts_file
+    ).report
+
+
+def check_move(
+    vm: str,
+    source: str,
+    destination: str,
+    *,
+    mode: Mode = Mode.LIVE,
+    copy_storage: bool = False,
+    hosts_file: Path | None = None,
+) -> Checked:
+    """run_checks, with the facts gathered on the way."""
+    started = time.monotonic()
+    src_ref = resolve_host(source, hosts_file)
+    dst_ref = resolve_host(destination, hosts_file)
+    if src_ref.uri == dst_ref.uri:
+        raise UsageError(
+            f"the source and the destination are the same host ({src_ref.uri})",
+            vm=vm,
+            fix="name another host with --to",
+        )
+    src = open_session(src_ref)
+    dst: HostSession | None = None
+    try:
+        checks = PairChecks(src)
+        assert src.conn is not None
+        domain = gather_domain_facts(
+            lookup_domain(src.conn, vm, host=src_ref.name), host=src_ref.name
+        )
+        dst = open_session(dst_ref)
+        findings = checks.findings(domain, dst, mode=mode, copy_storage=copy_storage)
     finally:
-        src_conn.close()
-        if dst_conn is not None:
-            dst_conn.close()
-    return CheckReport(
+        src.close()
+        if dst is not None:
+            dst.close()
+    report = CheckReport(
         vm,
         src_ref.name,
         dst_ref.name,
         mode,
         copy_storage,
-        tuple(findings),
+        findings,
         time.monotonic() - started,
     )
+    assert src.facts is not None  # PairChecks refused a source without facts
+    return Checked(report, src.facts, dst.facts)

@@ -69,6 +69,13 @@ CREATE TABLE IF NOT EXISTS steps (
     t REAL NOT NULL,
     PRIMARY KEY (job_id, seq)
 );
+CREATE TABLE IF NOT EXISTS maintenance (
+    uri TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    since REAL NOT NULL,
+    job_id INTEGER,
+    reason TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS samples_job ON samples(job_id, t);
 CREATE INDEX IF NOT EXISTS actions_job ON actions(job_id, t);
 """
@@ -147,6 +154,26 @@ class StepRecord:
     state: str  # started | done | failed | undone
     detail: dict[str, Any]
     t: float
+
+
+@dataclass(frozen=True)
+class MaintenanceRecord:
+    """A host in maintenance: no plan sends VMs there until `vmigrate maintenance end`."""
+
+    uri: str
+    host: str
+    since: float
+    job_id: int | None  # the evacuation that emptied it
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "host": self.host,
+            "since": self.since,
+            "job_id": self.job_id,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -485,3 +512,37 @@ class JobStore:
                 "UPDATE jobs SET state = ?, pid = ?, finished = NULL WHERE id = ?",
                 (RUNNING, os.getpid(), job_id),
             )
+
+    def set_maintenance(self, host: str, uri: str, job_id: int | None, reason: str) -> None:
+        """Mark a host in maintenance (kept when it already is: the first reason stays)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO maintenance (uri, host, since, job_id, reason) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(uri) DO UPDATE SET job_id = excluded.job_id",
+                (redact_uri(uri), host, time.time(), job_id, reason),
+            )
+
+    def end_maintenance(self, uri: str) -> MaintenanceRecord | None:
+        record = self.maintenance().get(redact_uri(uri))
+        with self._tx() as db:
+            db.execute("DELETE FROM maintenance WHERE uri = ?", (redact_uri(uri),))
+        return record
+
+    def maintenance(self) -> dict[str, MaintenanceRecord]:
+        """Every host in maintenance, by URI."""
+        rows = self._db.execute("SELECT uri, host, since, job_id, reason FROM maintenance")
+        return {row[0]: MaintenanceRecord(*row) for row in rows}
+
+    def in_maintenance(self, uri: str) -> bool:
+        return redact_uri(uri) in self.maintenance()
+
+    def set_job_params(self, job_id: int, params: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET params = ? WHERE id = ?",
+                (json.dumps(params, default=str), job_id),
+            )
+
+    def jobs_of_kind(self, kind: str) -> list[JobRecord]:
+        rows = self._db.execute("SELECT * FROM jobs WHERE kind = ? ORDER BY id DESC", (kind,))
+        return [self._record(row) for row in rows]

@@ -38,6 +38,12 @@ PURE_MODULES = (
     "vmigrate.live.storage_plan",
     "vmigrate.live.recovery_plan",
     "vmigrate.live.failure",
+    "vmigrate.capacity",
+    "vmigrate.fleet.plan",
+    "vmigrate.fleet.predict",
+    "vmigrate.fleet.moves",
+    "vmigrate.lab.state",
+    "vmigrate.lab.config",
 )
 
 # Runs in a fresh interpreter in which importing libvirt fails, as on a machine without it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,48 @@ def test_unknown_name_says_what_to_do(tmp_path: Path) -> None:
 def test_missing_explicit_hosts_file(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         resolve_host("web-a", tmp_path / "nope.toml")
+
+
+def test_hosts_file_capacity_and_clusters(tmp_path: Path) -> None:
+    from vmigrate.hosts import load_inventory, resolve_cluster
+
+    path = tmp_path / "hosts.toml"
+    path.write_text(
+        '[hosts.b]\nuri = "qemu+tcp://127.0.0.3/system"\ncapacity_mib = 2048\n'
+        "reserve_mib = 256\nvcpus = 4\n"
+        '[hosts.c]\nuri = "qemu+tcp://127.0.0.4/system"\n'
+        '[clusters.pair]\nhosts = ["b", "c", "hostA"]\n'
+    )
+    inventory = load_inventory(path)
+    assert inventory.hosts["b"].capacity_mib == 2048
+    assert inventory.hosts["b"].reserve_mib == 256
+    assert inventory.hosts["c"].capacity_mib is None
+    refs = resolve_cluster("pair", path)
+    assert [r.name for r in refs] == ["b", "c", "hostA"]
+    assert refs[2].capacity_mib == 4096  # the lab's hostA declares its capacity
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[hosts.b]\nuri = "qemu+tcp://h/system"\ncapacity_mib = -1\n', "capacity_mib must be"),
+        ('[hosts.b]\nuri = "qemu+tcp://h/system"\nvcpus = "four"\n', "vcpus must be"),
+        ('[clusters.x]\nhosts = ["nowhere"]\n', "nowhere not defined"),
+        ("[clusters.x]\nhosts = []\n", "needs only hosts = [...]"),
+        ("[racks.x]\n", "expected only [hosts.NAME] and [clusters.NAME]"),
+    ],
+)
+def test_bad_hosts_files_say_what_is_wrong(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "hosts.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(words)):
+        load_hosts_file(path)
+
+
+def test_an_unknown_cluster_is_a_usage_error(tmp_path: Path) -> None:
+    from vmigrate.hosts import resolve_cluster
+
+    path = tmp_path / "hosts.toml"
+    path.write_text('[hosts.b]\nuri = "qemu+tcp://127.0.0.3/system"\n')
+    with pytest.raises(UsageError, match="unknown cluster 'rack9'"):
+        resolve_cluster("rack9", path)

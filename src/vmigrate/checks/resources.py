@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
+from vmigrate.capacity import host_budget, memory_need_bytes
 from vmigrate.checks.context import CheckInput
 from vmigrate.model import Finding, Verdict
 
 FAMILY = "resources"
 MIB = 1 << 20
-#: Memory a host keeps for itself (kernel, libvirtd, its own services) and never gives a VM.
-HOST_RESERVE_BYTES = 512 * MIB
-
-
-def qemu_overhead_bytes(memory_bytes: int) -> int:
-    """QEMU's own memory beside guest RAM: page tables, device state, TCG caches (generous)."""
-    return max(256 * MIB, memory_bytes // 20)
 
 
 def check_resources(facts: CheckInput) -> list[Finding]:
@@ -27,23 +21,30 @@ def check_resources(facts: CheckInput) -> list[Finding]:
                 "resources not checked: the VM or the destination is unknown",
             )
         ]
+    budget = host_budget(dst)
     memory = domain.summary.memory_kib * 1024
-    need = memory + qemu_overhead_bytes(memory)
+    need = memory_need_bytes(memory)
     # MemFree alone understates a host with a warm page cache: count what the kernel gives
-    # back on demand, and keep a reserve for the host itself.
-    can_give = max(0, dst.memory_available_bytes - HOST_RESERVE_BYTES)
+    # back on demand, keep the host's reserve, and stay inside its declared capacity.
+    can_give = budget.free_bytes
     evidence = {
         "guest_memory": memory,
         "needed_with_overhead": need,
         "destination_available": dst.memory_available_bytes,
         "destination_free": dst.memory_free_bytes,
-        "host_reserve": HOST_RESERVE_BYTES,
+        "destination_capacity": budget.capacity_bytes,
+        "destination_declared": budget.declared_bytes,
+        "destination_placed": budget.placed_bytes,
+        "host_reserve": budget.reserve_bytes,
         "destination_can_give": can_give,
     }
     seen = (
-        f"{dst.ref.name} can give {can_give // MIB} MiB ({dst.memory_available_bytes // MIB} MiB "
-        f"available: {dst.memory_free_bytes // MIB} MiB free plus page cache and buffers, "
-        f"less {HOST_RESERVE_BYTES // MIB} MiB kept for the host)"
+        f"{dst.ref.name} can give {can_give // MIB} MiB ({budget.capacity_bytes // MIB} MiB "
+        + ("declared capacity" if budget.declared_bytes is not None else "memory")
+        + f", {budget.placed_bytes // MIB} MiB held by its VMs, "
+        f"{dst.memory_available_bytes // MIB} MiB available now: "
+        f"{dst.memory_free_bytes // MIB} MiB free plus page cache and buffers, "
+        f"less {budget.reserve_bytes // MIB} MiB kept for the host)"
     )
     if can_give < need:
         memory_finding = Finding(
@@ -63,8 +64,22 @@ def check_resources(facts: CheckInput) -> list[Finding]:
             evidence,
         )
     vcpus = domain.summary.vcpus
-    cpu_evidence = {"vcpus": vcpus, "destination_cpus": dst.cpus}
-    if vcpus > dst.cpus:
+    cpu_evidence = {
+        "vcpus": vcpus,
+        "destination_cpus": dst.cpus,
+        "destination_vcpus_free": budget.vcpus_free,
+    }
+    if budget.vcpus_free is not None and vcpus > budget.vcpus_free:
+        cpu_finding = Finding(
+            "resources.vcpus",
+            FAMILY,
+            Verdict.FAIL,
+            f"the VM has {vcpus} vCPUs; {dst.ref.name} declares {budget.vcpus_declared} vCPUs "
+            f"and its VMs hold {budget.vcpus_placed}",
+            cpu_evidence,
+            fix=f"pick another host, or raise vcpus for {dst.ref.name} in the hosts file",
+        )
+    elif vcpus > dst.cpus:
         cpu_finding = Finding(
             "resources.vcpus",
             FAMILY,

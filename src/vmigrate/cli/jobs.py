@@ -180,10 +180,18 @@ def set_limits(
 @json_option
 @click.pass_obj
 def resume(store_path: Path | None, job_id: int, as_json: bool) -> None:
-    """Finish an interrupted or failed cold migration from where it stopped."""
+    """Finish an interrupted or failed cold migration from where it stopped, or an
+    interrupted evacuation (its moves in flight are waited for or recovered first)."""
     from vmigrate.cli.cold import run_with_progress
     from vmigrate.cold.runner import resume_cold
 
+    with JobStore(store_path) as store:
+        kind = store.job(job_id).kind
+    if kind == "evacuate":
+        from vmigrate.cli.evacuate import resume_command
+
+        resume_command(job_id, store_path, as_json)
+        return
     report = run_with_progress(lambda emit: resume_cold(job_id, store_path, emit), as_json)
     if report.outcome != "completed":
         raise SystemExit(1)

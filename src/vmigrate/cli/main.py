@@ -59,6 +59,8 @@ def _register() -> None:
     from vmigrate.cli.check import check
     from vmigrate.cli.cold import cold
     from vmigrate.cli.estimate import estimate
+    from vmigrate.cli.evacuate import evacuate_command, maintenance
+    from vmigrate.cli.hosts import hosts
     from vmigrate.cli.jobs import jobs
     from vmigrate.cli.lab import lab
     from vmigrate.cli.live import live
@@ -69,6 +71,9 @@ def _register() -> None:
     cli.add_command(cold)
     cli.add_command(estimate)
     cli.add_command(recover)
+    cli.add_command(hosts)
+    cli.add_command(evacuate_command)
+    cli.add_command(maintenance)
     cli.add_command(jobs)
     cli.add_command(lab)
 

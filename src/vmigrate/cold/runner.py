@@ -41,7 +41,7 @@ from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
 from vmigrate.facts import HostFacts, ShareProbe, VolumeInfo
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.model import Mode, Placement
-from vmigrate.preflight import run_checks
+from vmigrate.preflight import Checked, check_move
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import (
     MIGRATABLE_XML,
@@ -83,9 +83,15 @@ def _connect(ref: HostRef) -> Connection:
 
 
 def build_plan(
-    request: ColdRequest, src: Connection, dst: Connection, src_ref: HostRef, dst_ref: HostRef
+    request: ColdRequest,
+    src: Connection,
+    dst: Connection,
+    src_ref: HostRef,
+    dst_ref: HostRef,
+    checked: Checked | None = None,
 ) -> ColdPlan:
-    """Everything the move will do, and every refusal it can know of, before a step runs."""
+    """Everything the move will do, and every refusal it can know of, before a step runs.
+    With `checked`, the hosts' facts are those its pre-flight checks just gathered."""
     domain = lookup_domain(src, request.vm, host=request.source)
     state = domain_state(domain)
     persistent = bool(domain.isPersistent())
@@ -131,7 +137,11 @@ def build_plan(
             shared_disk_pools.append(pool)
         else:
             chains[disk.target] = chain
-    dst_facts = gather_host_facts(dst, dst_ref)
+    dst_facts = (
+        checked.destination
+        if checked is not None and checked.destination is not None
+        else gather_host_facts(dst, dst_ref)
+    )
     if request.vm in dst_facts.domains:  # the define step would fail after the VM stopped
         raise VmigrateError(
             f"a VM named {request.vm!r} is already defined on {dst_ref.name}",
@@ -174,7 +184,7 @@ def build_plan(
         state_file = _plan_state(
             request,
             (src, dst),
-            (gather_host_facts(src, src_ref), dst_facts),
+            (checked.source if checked else gather_host_facts(src, src_ref), dst_facts),
             copies,
             probes,
             tuple(shared_disk_pools),
@@ -259,13 +269,13 @@ def _plan_state(
     return state
 
 
-def plan_cold(request: ColdRequest) -> ColdPlan:
+def plan_cold(request: ColdRequest, checked: Checked | None = None) -> ColdPlan:
     """What a cold move would do (for --dry-run): nothing is changed anywhere."""
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
     src, dst = _connect(src_ref), _connect(dst_ref)
     try:
-        return build_plan(request, src, dst, src_ref, dst_ref)
+        return build_plan(request, src, dst, src_ref, dst_ref, checked)
     finally:
         src.close()
         dst.close()
@@ -424,13 +434,14 @@ def migrate_cold(request: ColdRequest, on_event: EventSink | None = None) -> Col
     emit: EventSink = on_event or (lambda _kind, _payload: None)
     with JobStore(request.store_path) as store:
         store.ensure_no_open_job(request.vm)
-    checks = run_checks(
+    checked = check_move(
         request.vm,
         request.source,
         request.destination,
         mode=Mode.COLD,
         hosts_file=request.hosts_file,
     )
+    checks = checked.report
     emit("checks", checks.to_dict())
     if checks.failed and not request.force:
         failed = [f for f in checks.findings if f.verdict.value == "fail"]
@@ -441,7 +452,7 @@ def migrate_cold(request: ColdRequest, on_event: EventSink | None = None) -> Col
             fix=failed[0].fix or "run `vmigrate check --mode cold`; --force overrides",
             report=checks,
         )
-    plan = plan_cold(request)
+    plan = plan_cold(request, checked)
     emit("plan", plan.to_dict())
     store = JobStore(request.store_path)
     job_id = store.create_job(

@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
-from vmigrate.hosts import HostRef, resolve_host
+from vmigrate.hosts import resolve_host
 from vmigrate.journal import Journal
 from vmigrate.live.aftermath import (
     VERIFY_WAIT_S,
@@ -31,8 +31,8 @@ from vmigrate.live.recovery_plan import postcopy_instructions
 from vmigrate.live.request import EventSink, LiveReport, LiveRequest, live_options
 from vmigrate.live.storage_copy import DestinationImages, plan_for
 from vmigrate.live.storage_plan import StorageCopyPlan
-from vmigrate.model import CheckReport, Mode
-from vmigrate.preflight import run_checks
+from vmigrate.model import Mode
+from vmigrate.preflight import Checked, check_move
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import (
     ensure_event_loop,
@@ -40,7 +40,6 @@ from vmigrate.virt.connection import (
     open_with_timeout,
 )
 from vmigrate.virt.errors import libvirt_errors
-from vmigrate.virt.facts import gather_host_facts
 from vmigrate.virt.migration import MigrationCall, watch_iterations, watch_job_completed
 from vmigrate.virt.reachability import HostLinks
 
@@ -48,8 +47,8 @@ __all__ = ["LiveReport", "LiveRequest", "job_outcome", "migrate_live"]
 CONNECT_TIMEOUT_S = 10.0
 
 
-def _checks(request: LiveRequest) -> CheckReport:
-    report = run_checks(
+def _checks(request: LiveRequest) -> Checked:
+    checked = check_move(
         request.vm,
         request.source,
         request.destination,
@@ -57,6 +56,7 @@ def _checks(request: LiveRequest) -> CheckReport:
         copy_storage=request.copy_storage,
         hosts_file=request.hosts_file,
     )
+    report = checked.report
     if report.failed and not request.force:
         failed = [f for f in report.findings if f.verdict.value == "fail"]
         details = "; ".join(f"{f.check}: {f.summary}" for f in failed)
@@ -66,20 +66,21 @@ def _checks(request: LiveRequest) -> CheckReport:
             fix=failed[0].fix or "run `vmigrate check` for details; --force overrides",
             report=report,
         )
-    return report
+    return checked
 
 
 def _storage_plan(
-    request: LiveRequest, domain: Any, src: Any, dst: Any, dst_ref: HostRef, checks: CheckReport
+    request: LiveRequest, domain: Any, src: Any, dst: Any, checked: Checked
 ) -> StorageCopyPlan:
-    pools = gather_host_facts(dst, dst_ref).pools
+    # The destination's pools as the checks saw them a moment ago: gathered once.
+    pools = checked.destination.pools if checked.destination else ()
     return plan_for(
         request.vm,
         domain,
         src,
         dst,
         pools,
-        checks,
+        checked.report,
         request.disks,
         check_space=not request.force,
     )
@@ -154,8 +155,8 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     request = _validated(request, emit)
     with JobStore(request.store_path) as store:
         store.ensure_no_open_job(request.vm)
-    checks = _checks(request)
-    emit("checks", checks.to_dict())
+    checked = _checks(request)
+    emit("checks", checked.report.to_dict())
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
     ensure_event_loop()
@@ -165,9 +166,7 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     # Before the job exists: a VM or host that goes away now is a plain error.
     with libvirt_errors(host=src_ref.name, vm=request.vm, doing="read the VM before the move"):
         storage = (
-            _storage_plan(request, domain, src, dst, dst_ref, checks)
-            if request.copy_storage
-            else None
+            _storage_plan(request, domain, src, dst, checked) if request.copy_storage else None
         )
         was_persistent = bool(domain.isPersistent())
     for notice in storage.notices if storage else ():

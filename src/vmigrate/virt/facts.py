@@ -14,6 +14,7 @@ from vmigrate.domxml.domain import DomainSummary, parse_domain
 from vmigrate.errors import HostError
 from vmigrate.facts import (
     DomainFacts,
+    GuestUsage,
     HostFacts,
     MissingDriver,
     NetworkFacts,
@@ -83,8 +84,9 @@ def _gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
     libvirt_version = conn.getLibVersion()
     rtt_ms = (time.monotonic() - started) * 1000
     capabilities = ET.fromstring(conn.getCapabilities())
-    _model, _memory, cpus, *_rest = conn.getInfo()
+    _model, memory_mib, cpus, *_rest = conn.getInfo()
     missing: list[MissingDriver] = []
+    guests = _guests(conn)
     return HostFacts(
         ref=ref,
         hostname=conn.getHostname(),
@@ -102,17 +104,30 @@ def _gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
         pools=tuple(_pool(p) for p in _listing(lambda: conn.listAllStoragePools(0), missing)),
         networks=tuple(_network(n) for n in _listing(lambda: conn.listAllNetworks(0), missing)),
         host_interfaces=_host_interfaces(conn),
-        domains=_domains(conn),
+        domains={guest.name: guest.uuid for guest in guests},
         missing_drivers=tuple(missing),
+        memory_total_bytes=int(memory_mib) * 1024 * 1024,
+        guests=guests,
+        cpu_model=capabilities.findtext("host/cpu/model", ""),
     )
 
 
-def _domains(conn: libvirt.virConnect) -> dict[str, str]:
-    found = {}
+def _guests(conn: libvirt.virConnect) -> tuple[GuestUsage, ...]:
+    found = []
     for domain in conn.listAllDomains(0):
         with contextlib.suppress(libvirt.libvirtError):  # one that vanishes as we look
-            found[domain.name()] = domain.UUIDString()
-    return found
+            _state, max_kib, _kib, vcpus, _cpu_time = domain.info()
+            found.append(
+                GuestUsage(
+                    name=domain.name(),
+                    uuid=domain.UUIDString(),
+                    state=domain_state(domain),
+                    persistent=bool(domain.isPersistent()),
+                    memory_bytes=int(max_kib) * 1024,
+                    vcpus=int(vcpus),
+                )
+            )
+    return tuple(sorted(found, key=lambda guest: guest.name))
 
 
 def _block_jobs(domain: libvirt.virDomain, summary: DomainSummary) -> tuple[str, ...]:

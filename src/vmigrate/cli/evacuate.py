@@ -1,0 +1,293 @@
+"""`vmigrate evacuate HOST` and `vmigrate maintenance end HOST [--return]`."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from vmigrate.capacity import MIB
+from vmigrate.cli.options import json_option, store_option
+from vmigrate.fleet.evacuate import (
+    EvacuateRequest,
+    EvacuationReport,
+    end_maintenance,
+    evacuate,
+    resume_evacuation,
+)
+from vmigrate.fleet.execute import MOVED, MoveResult
+from vmigrate.fleet.plan import DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_HOST, MODES
+
+console = Console(highlight=False)
+hosts_file_option = click.option(
+    "--hosts",
+    "hosts_file",
+    type=click.Path(path_type=Path),
+    help="Hosts file [default: ~/.config/vmigrate/hosts.toml].",
+)
+
+
+def plan_table(plan: dict[str, Any]) -> Table:
+    table = Table(title=f"plan: empty {plan['source']}" if plan["source"] else "plan")
+    for column in ("VM", "from", "to", "mode", "starts", "takes", "downtime", "why"):
+        table.add_column(column)
+    for move in plan["moves"]:
+        mode = move["mode"] + (" +disks" if move["copy_storage"] else "")
+        downtime = move["predicted_downtime_ms"]
+        table.add_row(
+            move["vm"],
+            move["source"],
+            move["destination"],
+            mode,
+            f"{move['predicted_start_s']:.0f} s",
+            f"{move['predicted_s']:.0f} s",
+            f"{downtime:.0f} ms" if downtime is not None else "(off)",
+            move["reason"],
+        )
+    for unplaced in plan["unplaced"]:
+        table.add_row(unplaced["vm"], "", "[red]nowhere[/]", "", "", "", "", unplaced["reason"])
+    return table
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    console.print(plan_table(plan))
+    limits = plan["limits"]
+    console.print(
+        f"predicted total {plan['predicted_total_s']:.0f} s with at most "
+        f"{limits['max_parallel']} moves at once, {limits['max_per_host']} per host, sharing "
+        f"{plan['bandwidth_bps'] / MIB:,.0f} MiB/s ({plan['bandwidth_source']})"
+    )
+    for host in plan["hosts"]:
+        console.print(
+            f"  {host['name']}: {host['free_before_bytes'] // MIB:,} MiB free before, "
+            f"{host['free_after_bytes'] // MIB:,} MiB after {host['incoming']} move(s) "
+            f"(usable {host['usable_bytes'] // MIB:,} MiB)"
+        )
+
+
+class MoveBoard:
+    """One row per move while the moves run."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def update(self, kind: str, payload: dict[str, Any]) -> None:
+        row = self.rows.setdefault(payload["vm"], {"vm": payload["vm"]})
+        if kind == "move-start":
+            row.update(
+                destination=payload["destination"],
+                state=f"starting (attempt {payload['attempt']})",
+                percent=0.0,
+                predicted=payload["predicted_s"],
+                elapsed=0.0,
+            )
+        elif kind == "move-progress":
+            row.update(
+                state=payload["phase"], percent=payload["percent"], elapsed=payload["elapsed_s"]
+            )
+        elif kind == "move-end":
+            row.update(state=payload["state"], destination=payload["destination"])
+
+    def table(self) -> Table:
+        table = Table(title="moves")
+        for column in ("VM", "to", "state", "progress", "elapsed / predicted"):
+            table.add_column(column)
+        for row in self.rows.values():
+            table.add_row(
+                row["vm"],
+                row.get("destination", ""),
+                row.get("state", ""),
+                f"{row.get('percent', 0):5.1f} %",
+                f"{row.get('elapsed', 0):.0f} s / {row.get('predicted', 0):.0f} s",
+            )
+        return table
+
+
+def run_with_board(action: Any, as_json: bool) -> Any:
+    if as_json:
+
+        def emit_json(kind: str, payload: dict[str, Any]) -> None:
+            click.echo(json.dumps({"event": kind, **payload}, default=str))
+
+        return action(emit_json)
+    board = MoveBoard()
+    with Live(console=console, refresh_per_second=2, transient=True) as display:
+
+        def emit(kind: str, payload: dict[str, Any]) -> None:
+            if kind == "plan":
+                print_plan(payload)
+            elif kind == "job":
+                console.print(f"job {payload['job_id']} started")
+            elif kind in ("move-start", "move-progress", "move-end"):
+                board.update(kind, payload)
+                display.update(board.table())
+                if kind == "move-end":
+                    console.print(_result_line(payload))
+            elif kind == "notice":
+                console.print(f"[yellow]{payload['message']}[/]")
+
+        return action(emit)
+
+
+def _result_line(result: dict[str, Any]) -> str:
+    colour = "green" if result["state"] == MOVED else "yellow"
+    took = f" in {result['seconds']:.1f} s" if result.get("seconds") is not None else ""
+    gap = f", guest gap {result['gap_ms']:.0f} ms" if result.get("gap_ms") is not None else ""
+    return f"[{colour}]{result['state']}[/] {result['vm']}{took}{gap}: {result['reason']}"
+
+
+def render_report(report: EvacuationReport) -> None:
+    console.print("final report:")
+    for result in report.moves:
+        console.print("  " + _result_line(result.to_dict()))
+    colour = "green" if report.empty else "red"
+    console.print(f"[bold {colour}]{report.message}[/] (total {report.total_s:.0f} s)")
+    if report.job_id is not None:
+        console.print(
+            f"  job {report.job_id} (vmigrate jobs show {report.job_id}); {report.host} stays "
+            f"in maintenance until `vmigrate maintenance end {report.host}`"
+        )
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (value or "").split(",") if n.strip())
+
+
+@click.command("evacuate")
+@click.argument("host")
+@click.option("--to", "to", help="Target hosts, e.g. hostB,hostC [default: the host's cluster].")
+@click.option("--cluster", help="Move the VMs to the other hosts of this cluster.")
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="auto",
+    show_default=True,
+    help="auto: running VMs live (local disks copied along), shut-off ones cold; "
+    "live: running VMs only; cold: every VM (running ones are shut down).",
+)
+@click.option(
+    "--max-parallel",
+    type=int,
+    default=DEFAULT_MAX_PARALLEL,
+    show_default=True,
+    help="Moves at once, in all.",
+)
+@click.option(
+    "--max-per-host",
+    type=int,
+    default=DEFAULT_MAX_PER_HOST,
+    show_default=True,
+    help="Moves at once out of or into any one host.",
+)
+@click.option("--bandwidth", type=float, help="MiB/s of the link the moves share (else measured).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@hosts_file_option
+@store_option
+@json_option
+def evacuate_command(
+    host: str,
+    to: str | None,
+    cluster: str | None,
+    mode: str,
+    max_parallel: int,
+    max_per_host: int,
+    bandwidth: float | None,
+    dry_run: bool,
+    hosts_file: Path | None,
+    store_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Empty HOST for maintenance: plan every move first (the same checks as `vmigrate check`,
+    capacity after the moves already planned, a predicted time), then move, retry failures on
+    the next host, and report where every VM went. Ctrl-C cancels the moves in flight (the VMs
+    stay). Exit 0 only when HOST is empty (or, with --dry-run, when every VM has a place)."""
+    if to is not None and not _split(to):
+        raise click.BadParameter("name at least one host, e.g. --to hostB,hostC")
+    request = EvacuateRequest(
+        host=host,
+        to=_split(to),
+        cluster=cluster,
+        mode=mode,
+        max_parallel=max_parallel,
+        max_per_host=max_per_host,
+        bandwidth_mib=bandwidth,
+        dry_run=dry_run,
+        hosts_file=hosts_file,
+        store_path=store_path,
+    )
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    report: EvacuationReport = run_with_board(lambda emit: evacuate(request, emit), as_json)
+    finish(report, as_json)
+
+
+def finish(report: EvacuationReport, as_json: bool) -> None:
+    if as_json:
+        if report.job_id is None:  # a dry run: the plan was the output
+            click.echo(json.dumps({"event": "done", **report.to_dict()}))
+    elif report.job_id is not None:
+        render_report(report)
+    ok = report.empty if report.job_id is not None else not report.plan["unplaced"]
+    if not ok:
+        raise SystemExit(1)
+
+
+def resume_command(job_id: int, store_path: Path | None, as_json: bool) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    report: EvacuationReport = run_with_board(
+        lambda emit: resume_evacuation(job_id, store_path, emit), as_json
+    )
+    finish(report, as_json)
+
+
+@click.group("maintenance")
+def maintenance() -> None:
+    """Hosts in maintenance: no plan sends VMs to them."""
+
+
+@maintenance.command("end")
+@click.argument("host")
+@click.option(
+    "--return",
+    "bring_back",
+    is_flag=True,
+    help="Move back the VMs the last evacuation took off HOST (same planner).",
+)
+@hosts_file_option
+@store_option
+@json_option
+def maintenance_end(
+    host: str, bring_back: bool, hosts_file: Path | None, store_path: Path | None, as_json: bool
+) -> None:
+    """Take HOST out of maintenance, and with --return move its VMs back."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    was, results, _plan = run_with_board(
+        lambda emit: end_maintenance(
+            host, bring_back=bring_back, hosts_file=hosts_file, store_path=store_path, emit=emit
+        ),
+        as_json,
+    )
+    results_list: list[MoveResult] = results
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "event": "done",
+                    "host": host,
+                    "was_in_maintenance": was,
+                    "moves": [r.to_dict() for r in results_list],
+                }
+            )
+        )
+    else:
+        console.print(f"{host} is out of maintenance" if was else f"{host} was not in maintenance")
+        for result in results_list:
+            console.print("  " + _result_line(result.to_dict()))
+    if any(r.state != MOVED for r in results_list):
+        raise SystemExit(1)

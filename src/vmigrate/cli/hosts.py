@@ -1,0 +1,116 @@
+"""`vmigrate hosts`: the inventory, every host's facts gathered at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vmigrate.capacity import MIB, host_budget
+from vmigrate.cli.options import json_option, store_option
+from vmigrate.fleet.gather import close_sessions, open_sessions
+from vmigrate.hosts import cluster_of, known_hosts, resolve_cluster
+from vmigrate.preflight import HostSession
+from vmigrate.store import JobStore
+from vmigrate.versions import format_version
+
+console = Console(highlight=False)
+
+
+def host_row(session: HostSession, cluster: str | None, maintenance: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": session.ref.name,
+        "uri": session.ref.uri,
+        "cluster": cluster,
+        "reachable": session.facts is not None,
+        "problem": session.error,
+        "maintenance": maintenance,
+    }
+    facts = session.facts
+    if facts is None:
+        return row
+    budget = host_budget(facts)
+    row.update(
+        {
+            "libvirt": format_version(facts.libvirt_version),
+            "qemu": format_version(facts.hypervisor_version),
+            "cpu_model": facts.cpu_model,
+            "cpus": facts.cpus,
+            "capacity_mib": budget.capacity_bytes // MIB,
+            "declared_mib": budget.declared_bytes // MIB if budget.declared_bytes else None,
+            "reserve_mib": budget.reserve_bytes // MIB,
+            "used_mib": budget.placed_bytes // MIB,
+            "free_mib": budget.free_bytes // MIB,
+            "vcpus": budget.vcpus_declared,
+            "vcpus_used": budget.vcpus_placed,
+            "vms": [{"name": g.name, "state": g.state} for g in facts.guests],
+        }
+    )
+    return row
+
+
+@click.command("hosts")
+@click.option("--cluster", help="Only this cluster's hosts.")
+@click.option(
+    "--hosts",
+    "hosts_file",
+    type=click.Path(path_type=Path),
+    help="Hosts file [default: ~/.config/vmigrate/hosts.toml].",
+)
+@store_option
+@json_option
+def hosts(
+    cluster: str | None, hosts_file: Path | None, store_path: Path | None, as_json: bool
+) -> None:
+    """Every host: reachable or why not, versions, CPU, capacity, used, free, its VMs, and
+    whether it is in maintenance. Exit 1 when a host does not answer."""
+    refs = resolve_cluster(cluster, hosts_file) if cluster else known_hosts(hosts_file)
+    with JobStore(store_path) as store:
+        maintenance = store.maintenance()
+    sessions = open_sessions(refs)
+    try:
+        rows = [
+            host_row(
+                sessions[ref.name],
+                cluster or cluster_of(ref, hosts_file),
+                maintenance[ref.uri].reason if ref.uri in maintenance else None,
+            )
+            for ref in refs
+        ]
+    finally:
+        close_sessions(sessions)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        console.print(_table(rows))
+    if not all(row["reachable"] for row in rows):
+        raise SystemExit(1)
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="hosts")
+    for column in ("host", "cluster", "state", "libvirt / QEMU", "CPU", "memory MiB", "VMs"):
+        table.add_column(column)
+    for row in rows:
+        if not row["reachable"]:
+            table.add_row(
+                row["name"], row["cluster"] or "-", f"[red]unreachable[/]: {row['problem']}"
+            )
+            continue
+        state = "[yellow]maintenance[/]" if row["maintenance"] else "[green]ok[/]"
+        memory = f"{row['used_mib']:,} used, {row['free_mib']:,} free of {row['capacity_mib']:,}"
+        vms = ", ".join(f"{vm['name']} ({vm['state']})" for vm in row["vms"]) or "-"
+        table.add_row(
+            row["name"],
+            row["cluster"] or "-",
+            state,
+            f"{row['libvirt']} / {row['qemu']}",
+            f"{row['cpu_model']} x{row['cpus']}",
+            memory,
+            vms,
+        )
+    return table

@@ -1,0 +1,1 @@
+"""Fleet operations: many hosts at once (an inventory, evacuating a host)."""

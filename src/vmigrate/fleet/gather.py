@@ -1,0 +1,169 @@
+"""Facts for a fleet operation, gathered once: every host in parallel, then each VM to move
+and the checks of each VM against each target, ready for the pure planner (plan.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from vmigrate.capacity import MIB, host_budget
+from vmigrate.errors import VmigrateError
+from vmigrate.facts import DomainFacts
+from vmigrate.fleet.plan import COLD, LIVE, PairVerdict, TargetHost, VmLoad, move_mode
+from vmigrate.hosts import HostRef
+from vmigrate.model import Finding, Mode, Verdict
+from vmigrate.preflight import HostSession, PairChecks, open_session
+from vmigrate.virt.connection import lookup_domain
+from vmigrate.virt.facts import gather_domain_facts, measure_dirty_rate
+from vmigrate.virt.linkprobe import measure_upload
+
+log = logging.getLogger(__name__)
+DIRTY_RATE_SECONDS = 1
+#: Checks the planner makes itself, against the capacity left after the moves it planned.
+PLANNER_CHECKS = ("resources.",)
+
+
+def open_sessions(refs: Iterable[HostRef]) -> dict[str, HostSession]:
+    """Connect to every host at once and read its facts; a host that does not answer is a
+    session with an error, never an exception."""
+    unique = {ref.name: ref for ref in refs}
+    if not unique:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(unique))) as pool:
+        sessions = list(pool.map(open_session, unique.values()))
+    return {session.ref.name: session for session in sessions}
+
+
+def close_sessions(sessions: dict[str, HostSession]) -> None:
+    for session in sessions.values():
+        session.close()
+
+
+def target_host(session: HostSession, maintenance: bool) -> TargetHost:
+    if session.facts is None:
+        return TargetHost(session.ref.name, None, maintenance, session.error)
+    return TargetHost(session.ref.name, host_budget(session.facts), maintenance)
+
+
+@dataclass
+class GatheredVm:
+    load: VmLoad
+    domain: DomainFacts
+    verdicts: list[PairVerdict] = field(default_factory=list)
+
+
+def _dirty_rates(session: HostSession, names: Sequence[str]) -> dict[str, float | None]:
+    """QEMU's dirty-rate measurement of every running VM at once (1 s each, in parallel)."""
+    conn = session.conn
+    assert conn is not None
+
+    def measure(name: str) -> float | None:
+        try:
+            domain = lookup_domain(conn, name, host=session.ref.name)
+            return measure_dirty_rate(domain, DIRTY_RATE_SECONDS, host=session.ref.name, vm=name)
+        except VmigrateError as err:
+            log.info("dirty rate of %s not measured: %s", name, err)
+            return None
+
+    if not names:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        return dict(zip(names, pool.map(measure, names), strict=True))
+
+
+def gather_vms(
+    source: HostSession,
+    targets: Sequence[HostSession],
+    mode: str,
+    names: Sequence[str] | None = None,
+) -> list[GatheredVm]:
+    """Each VM of `source` (or only `names`) with its size, dirty rate, local disks and the
+    verdict of every check against every target that answers."""
+    checks = PairChecks(source)
+    assert source.conn is not None and source.facts is not None
+    guests = [g for g in source.facts.guests if names is None or g.name in names]
+    answering = [t for t in targets if t.facts is not None and t.ref.name != source.ref.name]
+    rates = _dirty_rates(source, [g.name for g in guests if g.state in ("running", "paused")])
+    gathered = []
+    for guest in guests:
+        try:
+            handle = lookup_domain(source.conn, guest.name, host=source.ref.name)
+            domain = gather_domain_facts(handle, host=source.ref.name)
+        except VmigrateError as err:  # gone while we looked: nothing to move
+            log.info("%s vanished from %s: %s", guest.name, source.ref.name, err)
+            continue
+        disks = checks.disk_storage(domain, answering[0]) if answering else ()
+        local = [d for d in disks if d.share_probe is None or not d.share_probe.shared]
+        load = VmLoad(
+            name=guest.name,
+            host=source.ref.name,
+            state=guest.state,
+            persistent=guest.persistent,
+            memory_bytes=guest.memory_bytes,
+            vcpus=guest.vcpus,
+            dirty_rate_bps=rates.get(guest.name),
+            local_disks=tuple(d.target for d in local),
+            local_disk_bytes=sum(
+                d.source_location.allocation for d in local if d.source_location is not None
+            ),
+        )
+        item = GatheredVm(load, domain)
+        how, _why = move_mode(load, mode)
+        if how is not None:
+            check_mode = Mode.LIVE if how == LIVE else Mode.COLD
+            for target in answering:
+                found = checks.findings(
+                    domain,
+                    target,
+                    mode=check_mode,
+                    copy_storage=how == LIVE and bool(load.local_disks),
+                )
+                item.verdicts.append(_verdict(guest.name, target.ref.name, found))
+        gathered.append(item)
+    return gathered
+
+
+def _verdict(vm: str, destination: str, findings: Iterable[Finding]) -> PairVerdict:
+    blockers, warnings = [], []
+    for finding in findings:
+        if finding.check.startswith(PLANNER_CHECKS):
+            continue
+        text = f"{finding.check}: {finding.summary}"
+        if finding.verdict is Verdict.FAIL:
+            blockers.append(text)
+        elif finding.verdict is Verdict.WARN:
+            warnings.append(text)
+    return PairVerdict(vm, destination, tuple(blockers), tuple(warnings))
+
+
+def link_bandwidth(given_mib: float | None, targets: Sequence[HostSession]) -> tuple[float, str]:
+    """The bandwidth moves share: given, from the hosts file, or measured to a target."""
+    if given_mib is not None:
+        return given_mib * MIB, "given (--bandwidth)"
+    declared = [t.ref.bandwidth_mib for t in targets if t.ref.bandwidth_mib]
+    if declared:
+        return min(declared) * MIB, "hosts file"
+    for target in targets:
+        if target.conn is None:
+            continue
+        try:
+            rate = measure_upload(target.conn, host=target.ref.name)
+        except VmigrateError as err:
+            log.info("bandwidth to %s not measured: %s", target.ref.name, err)
+            continue
+        if rate:
+            return rate, f"measured from this machine to {target.ref.name} (2 s upload)"
+    return 119 * MIB, "assumed 1 Gbit/s (nothing measured; give --bandwidth)"
+
+
+__all__ = [
+    "COLD",
+    "GatheredVm",
+    "close_sessions",
+    "gather_vms",
+    "link_bandwidth",
+    "open_sessions",
+    "target_host",
+]

@@ -1,0 +1,369 @@
+"""The evacuation planner: where each VM of a host goes, in which order, and how long it all
+takes (pure: it reads gathered facts and check verdicts, it never calls libvirt).
+
+Placement, VM by VM, the largest memory first (so the big ones still find room):
+- candidates are the target hosts that answer, are not in maintenance, passed every check
+  of `vmigrate check` for this VM except memory, and still have the memory (after the moves
+  already planned there: capacity.py) and the declared vCPUs it needs;
+- among them the one with the largest share of its usable memory still free after the move
+  wins (the evacuated load spreads instead of piling onto one host); ties go to the host
+  with fewer planned moves, then by name;
+- the others stay as its alternatives, in the same order: a move that fails is retried on
+  the next one that still admits it (`next_destination`).
+A VM no host admits is listed with each host's reason before anything moves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+from vmigrate.capacity import MIB, HostBudget, memory_need_bytes
+from vmigrate.fleet.predict import LiveModel, MoveCost, cold_cost, live_cost, simulate
+
+LIVE, COLD, AUTO = "live", "cold", "auto"
+MODES = (LIVE, COLD, AUTO)
+RUNNING_STATES = ("running", "paused", "blocked")
+#: Defaults of the concurrency limits. The systems operators use run 1-2 moves per host
+#: (oVirt 2, KubeVirt 2 outbound, OpenStack 1); moves out of one host share its link, so a
+#: third parallel move lengthens every move without finishing sooner.
+DEFAULT_MAX_PARALLEL = 2
+DEFAULT_MAX_PER_HOST = 2
+
+
+@dataclass(frozen=True)
+class VmLoad:
+    """A VM to move, as gathered on the host it is on."""
+
+    name: str
+    host: str  # where it is now
+    state: str
+    persistent: bool
+    memory_bytes: int
+    vcpus: int
+    dirty_rate_bps: float | None  # None: not measured (not running, or QEMU could not)
+    local_disks: tuple[str, ...] = ()  # disk targets not on storage the targets share
+    local_disk_bytes: int = 0  # their allocated bytes
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING_STATES
+
+
+def move_mode(vm: VmLoad, mode: str) -> tuple[str | None, str]:
+    """How the VM moves under --mode: (live | cold | None, why)."""
+    if mode == COLD:
+        return COLD, "cold: --mode cold (a running VM is shut down first)"
+    if vm.running:
+        how = "live with its local disks (--copy-storage)" if vm.local_disks else "live"
+        return LIVE, how
+    if mode == LIVE:
+        return None, (
+            f"it is {vm.state}: a live move needs it running; --mode auto or cold moves its "
+            "definition and disks"
+        )
+    return COLD, f"cold: it is {vm.state}"
+
+
+@dataclass(frozen=True)
+class PairVerdict:
+    """The checks of one VM moving to one target, memory aside (the planner counts it)."""
+
+    vm: str
+    destination: str
+    blockers: tuple[str, ...]  # "check: summary" of every failed check
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TargetHost:
+    name: str
+    budget: HostBudget | None  # None: the host did not answer
+    maintenance: bool = False
+    problem: str | None = None  # why it did not answer
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_parallel: int = DEFAULT_MAX_PARALLEL
+    max_per_host: int = DEFAULT_MAX_PER_HOST
+
+
+@dataclass(frozen=True)
+class EvacuationInput:
+    source: str  # the host being emptied ("" when VMs return from several hosts)
+    vms: tuple[VmLoad, ...]
+    targets: tuple[TargetHost, ...]
+    verdicts: tuple[PairVerdict, ...]
+    mode: str = AUTO
+    limits: Limits = field(default_factory=Limits)
+    bandwidth_bps: float = 119 * MIB
+    bandwidth_source: str = "default (1 Gbit/s)"
+    live_model: LiveModel = field(default_factory=LiveModel)
+
+
+@dataclass(frozen=True)
+class PlannedMove:
+    vm: str
+    source: str
+    destination: str
+    mode: str  # live | cold
+    copy_storage: bool
+    need_bytes: int
+    vcpus: int
+    predicted_s: float
+    predicted_downtime_ms: float | None  # None for a cold move (the VM is down throughout)
+    predicted_bytes: int
+    converges: bool
+    reason: str
+    alternatives: tuple[str, ...] = ()
+    predicted_start_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    vm: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HostLoad:
+    name: str
+    usable_bytes: int
+    free_before_bytes: int
+    free_after_bytes: int
+    incoming: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvacuationPlan:
+    source: str
+    mode: str
+    moves: tuple[PlannedMove, ...]
+    unplaced: tuple[Unplaced, ...]
+    predicted_total_s: float
+    limits: Limits
+    bandwidth_bps: float
+    bandwidth_source: str
+    hosts: tuple[HostLoad, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "mode": self.mode,
+            "moves": [m.to_dict() for m in self.moves],
+            "unplaced": [u.to_dict() for u in self.unplaced],
+            "predicted_total_s": round(self.predicted_total_s, 1),
+            "limits": asdict(self.limits),
+            "bandwidth_bps": self.bandwidth_bps,
+            "bandwidth_source": self.bandwidth_source,
+            "hosts": [h.to_dict() for h in self.hosts],
+        }
+
+
+@dataclass
+class Ledger:
+    """What each target has left while moves are planned (and, executing, while they run)."""
+
+    free: dict[str, int]
+    vcpus_free: dict[str, int | None]
+    incoming: dict[str, int]
+
+    @classmethod
+    def of(cls, targets: tuple[TargetHost, ...]) -> Ledger:
+        answering = [t for t in targets if t.budget is not None]
+        return cls(
+            {t.name: t.budget.free_bytes for t in answering if t.budget},
+            {t.name: t.budget.vcpus_free for t in answering if t.budget},
+            {t.name: 0 for t in answering},
+        )
+
+    def take(self, host: str, need_bytes: int, vcpus: int) -> None:
+        self._add(host, -need_bytes, -vcpus, 1)
+
+    def give_back(self, host: str, need_bytes: int, vcpus: int) -> None:
+        self._add(host, need_bytes, vcpus, -1)
+
+    def _add(self, host: str, memory: int, vcpus: int, moves: int) -> None:
+        self.free[host] += memory
+        spare = self.vcpus_free.get(host)
+        if spare is not None:
+            self.vcpus_free[host] = spare + vcpus
+        self.incoming[host] += moves
+
+
+def _refusal(
+    vm: VmLoad,
+    target: TargetHost,
+    verdicts: dict[tuple[str, str], PairVerdict],
+    ledger: Ledger,
+) -> str | None:
+    """Why `target` cannot take `vm` now; None when it can."""
+    if target.name == vm.host:
+        return "it is where the VM is"
+    if target.maintenance:
+        return "in maintenance"
+    if target.budget is None:
+        return f"does not answer ({target.problem or 'unreachable'})"
+    verdict = verdicts.get((vm.name, target.name))
+    if verdict is None:
+        return "not checked"
+    if verdict.blockers:
+        return "; ".join(verdict.blockers)
+    need = memory_need_bytes(vm.memory_bytes)
+    free = ledger.free[target.name]
+    if need > free:
+        planned = ledger.incoming[target.name]
+        after = f" after {planned} planned move(s)" if planned else ""
+        return f"needs {need // MIB} MiB, {max(free, 0) // MIB} MiB free{after}"
+    if vm.vcpus > target.budget.cpus:
+        return f"the VM has {vm.vcpus} vCPUs, the host {target.budget.cpus} CPUs"
+    spare = ledger.vcpus_free[target.name]
+    if spare is not None and vm.vcpus > spare:
+        return f"needs {vm.vcpus} vCPUs, {max(spare, 0)} of its declared vCPUs free"
+    return None
+
+
+def _weight(target: TargetHost, vm: VmLoad, ledger: Ledger) -> tuple[float, int, str]:
+    assert target.budget is not None
+    usable = max(target.budget.usable_bytes, 1)
+    after = ledger.free[target.name] - memory_need_bytes(vm.memory_bytes)
+    return (-after / usable, ledger.incoming[target.name], target.name)
+
+
+def ranked_destinations(
+    vm: VmLoad,
+    inp: EvacuationInput,
+    ledger: Ledger,
+    exclude: frozenset[str] = frozenset(),
+) -> tuple[list[TargetHost], dict[str, str]]:
+    """The targets that admit `vm` now, best first, and why each other one does not."""
+    verdicts = {(v.vm, v.destination): v for v in inp.verdicts}
+    admitted, refused = [], {}
+    for target in inp.targets:
+        if target.name in exclude:
+            refused[target.name] = "already tried"
+            continue
+        why = _refusal(vm, target, verdicts, ledger)
+        if why is None:
+            admitted.append(target)
+        elif target.name != vm.host:
+            refused[target.name] = why
+    admitted.sort(key=lambda t: _weight(t, vm, ledger))
+    return admitted, refused
+
+
+def next_destination(
+    vm: VmLoad, inp: EvacuationInput, ledger: Ledger, exclude: frozenset[str]
+) -> tuple[str | None, str]:
+    """Where a move that failed (or whose host stopped answering) goes next, and why."""
+    admitted, refused = ranked_destinations(vm, inp, ledger, exclude)
+    if admitted:
+        return admitted[0].name, _chosen_reason(admitted[0], vm, ledger)
+    return None, _nowhere(refused)
+
+
+def _chosen_reason(target: TargetHost, vm: VmLoad, ledger: Ledger) -> str:
+    assert target.budget is not None
+    after = ledger.free[target.name] - memory_need_bytes(vm.memory_bytes)
+    return (
+        f"most free memory after the move: {after // MIB} MiB of "
+        f"{target.budget.usable_bytes // MIB} MiB usable"
+    )
+
+
+def _nowhere(refused: dict[str, str]) -> str:
+    if not refused:
+        return "no target host"
+    return "no host can take it: " + "; ".join(f"{host}: {why}" for host, why in refused.items())
+
+
+def _cost(vm: VmLoad, mode: str, inp: EvacuationInput, bandwidth: float) -> MoveCost:
+    if mode == COLD:
+        return cold_cost(vm.local_disk_bytes, bandwidth)
+    return live_cost(
+        vm.memory_bytes, vm.dirty_rate_bps or 0.0, bandwidth, inp.live_model, vm.local_disk_bytes
+    )
+
+
+def plan_evacuation(inp: EvacuationInput) -> EvacuationPlan:
+    ledger = Ledger.of(inp.targets)
+    placed: list[tuple[VmLoad, str, str, str, tuple[str, ...]]] = []
+    unplaced: list[Unplaced] = []
+    order = sorted(inp.vms, key=lambda vm: (-memory_need_bytes(vm.memory_bytes), vm.name))
+    for vm in order:
+        mode, how = move_mode(vm, inp.mode)
+        if mode is None:
+            unplaced.append(Unplaced(vm.name, how))
+            continue
+        admitted, refused = ranked_destinations(vm, inp, ledger)
+        if not admitted:
+            unplaced.append(Unplaced(vm.name, _nowhere(refused)))
+            continue
+        best = admitted[0]
+        reason = f"{how}; {_chosen_reason(best, vm, ledger)}"
+        ledger.take(best.name, memory_need_bytes(vm.memory_bytes), vm.vcpus)
+        placed.append((vm, best.name, mode, reason, tuple(t.name for t in admitted[1:])))
+    schedule = simulate(
+        [partial(_cost, vm, mode, inp) for vm, _dst, mode, _r, _a in placed],
+        [(vm.host, dst) for vm, dst, _m, _r, _a in placed],
+        inp.bandwidth_bps,
+        inp.limits.max_parallel,
+        inp.limits.max_per_host,
+    )
+    moves = tuple(
+        PlannedMove(
+            vm=vm.name,
+            source=vm.host,
+            destination=dst,
+            mode=mode,
+            copy_storage=mode == LIVE and bool(vm.local_disks),
+            need_bytes=memory_need_bytes(vm.memory_bytes),
+            vcpus=vm.vcpus,
+            predicted_s=round(run.end_s - run.start_s, 1),
+            predicted_downtime_ms=None
+            if math.isnan(run.cost.downtime_ms)
+            else round(run.cost.downtime_ms, 1),
+            predicted_bytes=run.cost.bytes_sent,
+            converges=run.cost.converges,
+            reason=reason
+            + ("" if run.cost.converges else "; predicted NOT to converge at its link share"),
+            alternatives=alternatives,
+            predicted_start_s=round(run.start_s, 1),
+        )
+        for (vm, dst, mode, reason, alternatives), run in zip(placed, schedule, strict=True)
+    )
+    total = max((run.end_s for run in schedule), default=0.0)
+    hosts = tuple(
+        HostLoad(
+            t.name,
+            t.budget.usable_bytes,
+            t.budget.free_bytes,
+            ledger.free[t.name],
+            ledger.incoming[t.name],
+        )
+        for t in inp.targets
+        if t.budget is not None
+    )
+    return EvacuationPlan(
+        inp.source,
+        inp.mode,
+        moves,
+        tuple(sorted(unplaced, key=lambda u: u.vm)),
+        total,
+        inp.limits,
+        inp.bandwidth_bps,
+        inp.bandwidth_source,
+        hosts,
+    )

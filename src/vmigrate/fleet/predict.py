@@ -1,0 +1,157 @@
+"""How long one move takes, and how long moves that share a link take together (pure).
+
+A live move follows what the policy will do (estimate.advise: plain pre-copy, a raised
+downtime limit, post-copy or auto-converge) at the bandwidth it gets; local disks copied
+with the memory add their allocated bytes first. A cold move sends the disks' allocated
+bytes. Every move also pays a fixed overhead (its own pre-flight checks, setting up and
+verifying), measured in the lab.
+
+Moves out of one host share that host's link: the simulation gives each of the k moves in
+flight 1/k of the bandwidth and recomputes their speed whenever one starts or ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from vmigrate.estimate import (
+    PrecopyInput,
+    advise,
+    estimate_postcopy,
+    estimate_precopy,
+    estimate_with_autoconverge,
+)
+
+#: Seconds every move spends besides sending data: the child's pre-flight checks (connect,
+#: facts, shared-storage probe), creating the job, libvirt's set-up and the final
+#: verification on both hosts. Measured in the lab (docs/benchmarks.md, E1).
+LIVE_OVERHEAD_S = 3.0
+#: A cold move also defines the VM, starts it on the destination and waits for it to run.
+COLD_OVERHEAD_S = 4.0
+
+
+@dataclass(frozen=True)
+class MoveCost:
+    """What one move costs at one bandwidth."""
+
+    seconds: float
+    downtime_ms: float
+    bytes_sent: int
+    converges: bool
+    how: str  # precopy | raise-downtime | postcopy | auto-converge | abort | cold
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """The policy's limits the prediction follows (the `fast` preset by default)."""
+
+    start_downtime_ms: float = 30.0
+    max_downtime_ms: float = 500.0
+    postcopy_allowed: bool = True
+
+
+def live_cost(
+    memory_bytes: int,
+    dirty_rate_bps: float,
+    bandwidth_bps: float,
+    model: LiveModel,
+    disk_bytes: int = 0,
+) -> MoveCost:
+    inp = PrecopyInput(
+        memory_bytes=max(memory_bytes, 1),
+        dirty_rate_bps=max(dirty_rate_bps, 0.0),
+        bandwidth_bps=bandwidth_bps,
+        max_downtime_ms=model.start_downtime_ms,
+    )
+    advice = advise(
+        inp, allowed_max_downtime_ms=model.max_downtime_ms, postcopy_allowed=model.postcopy_allowed
+    )
+    disk_s = disk_bytes / bandwidth_bps
+    if advice.action == "postcopy":
+        post = estimate_postcopy(inp)
+        return MoveCost(
+            post.total_seconds + disk_s + LIVE_OVERHEAD_S,
+            post.switch_pause_ms,
+            post.bytes_sent + disk_bytes,
+            True,
+            "postcopy",
+        )
+    if advice.action == "auto-converge":
+        est, _pct = estimate_with_autoconverge(inp)
+    elif advice.action == "raise-downtime" and advice.downtime_ms is not None:
+        est = estimate_precopy(replace(inp, max_downtime_ms=advice.downtime_ms))
+    else:
+        est = estimate_precopy(inp)
+    return MoveCost(
+        est.total_seconds + disk_s + LIVE_OVERHEAD_S,
+        est.downtime_ms,
+        est.bytes_sent + disk_bytes,
+        est.converges,
+        advice.action,
+    )
+
+
+def cold_cost(disk_bytes: int, bandwidth_bps: float) -> MoveCost:
+    return MoveCost(
+        disk_bytes / bandwidth_bps + COLD_OVERHEAD_S, math.nan, disk_bytes, True, "cold"
+    )
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """One move as the simulation ran it."""
+
+    index: int
+    start_s: float
+    end_s: float
+    cost: MoveCost  # at the bandwidth share it started with
+
+
+def simulate(
+    costs_at: Sequence[Callable[[float], MoveCost]],
+    hosts: Sequence[tuple[str, str]],
+    bandwidth_bps: float,
+    max_parallel: int,
+    max_per_host: int,
+) -> list[Scheduled]:
+    """Run the moves in order under the limits (a move starts when a slot is free in all,
+    on its source and on its destination), sharing `bandwidth_bps` among those in flight.
+
+    `costs_at[i](bandwidth)` is move i's cost at that bandwidth; `hosts[i]` its (source,
+    destination). Returns when each move starts and ends."""
+    pending = list(range(len(costs_at)))
+    running: dict[int, float] = {}  # index -> fraction done
+    started: dict[int, tuple[float, MoveCost]] = {}
+    done: list[Scheduled] = []
+    now = 0.0
+
+    def busy(host: str) -> int:
+        return sum(1 for i in running if host in hosts[i])
+
+    while pending or running:
+        for index in list(pending):
+            source, destination = hosts[index]
+            if (
+                len(running) < max_parallel
+                and busy(source) < max_per_host
+                and busy(destination) < max_per_host
+            ):
+                pending.remove(index)
+                running[index] = 0.0
+        if not running:  # nothing can start: the limits admit no move (never with limits >= 1)
+            break
+        share = bandwidth_bps / len(running)
+        speeds = {i: 1.0 / max(costs_at[i](share).seconds, 1e-6) for i in running}
+        for i in running:
+            started.setdefault(i, (now, costs_at[i](share)))
+        step = min((1.0 - running[i]) / speeds[i] for i in running)
+        now += step
+        for i in list(running):
+            running[i] += speeds[i] * step
+            if running[i] >= 1.0 - 1e-9:
+                del running[i]
+                start, cost = started[i]
+                done.append(Scheduled(i, start, now, cost))
+    return sorted(done, key=lambda s: s.index)

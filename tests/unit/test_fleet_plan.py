@@ -1,0 +1,218 @@
+"""The evacuation planner and its prediction, over facts shaped like the lab's."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmigrate.capacity import MIB, HostBudget, memory_need_bytes
+from vmigrate.fleet.plan import (
+    EvacuationInput,
+    Ledger,
+    Limits,
+    PairVerdict,
+    TargetHost,
+    VmLoad,
+    next_destination,
+    plan_evacuation,
+)
+from vmigrate.fleet.predict import LIVE_OVERHEAD_S, LiveModel, live_cost, simulate
+
+GIB = 1024 * MIB
+
+
+def budget(
+    name: str, capacity_mib: int, placed_mib: int = 0, vcpus: int | None = None
+) -> HostBudget:
+    return HostBudget(
+        host=name,
+        reported_bytes=24 * GIB,
+        declared_bytes=capacity_mib * MIB,
+        reserve_bytes=512 * MIB,
+        placed_bytes=placed_mib * MIB,
+        available_now_bytes=20 * GIB,
+        vcpus_declared=vcpus,
+        vcpus_placed=0,
+        cpus=2,
+    )
+
+
+def vm(name: str, memory_mib: int, dirty_mib: float = 0.0, state: str = "running") -> VmLoad:
+    return VmLoad(name, "hostA", state, True, memory_mib * MIB, 1, dirty_mib * MIB)
+
+
+def passing(vms: list[VmLoad], hosts: list[str]) -> tuple[PairVerdict, ...]:
+    return tuple(PairVerdict(v.name, h, ()) for v in vms for h in hosts)
+
+
+def test_a_512_mib_vm_needs_768_mib_with_qemus_overhead() -> None:
+    assert memory_need_bytes(512 * MIB) == 768 * MIB
+    assert budget("hostB", 2048).free_bytes == 1536 * MIB
+
+
+def test_no_target_overfills_and_what_does_not_fit_is_listed_with_each_hosts_reason() -> None:
+    # hostB takes two 768 MiB needs (1536 usable), hostC one (1024 usable): five VMs, three fit
+    vms = [vm(f"g{i}", 512) for i in range(5)]
+    inp = EvacuationInput(
+        source="hostA",
+        vms=tuple(vms),
+        targets=(
+            TargetHost("hostB", budget("hostB", 2048)),
+            TargetHost("hostC", budget("hostC", 1536)),
+        ),
+        verdicts=passing(vms, ["hostB", "hostC"]),
+    )
+    plan = plan_evacuation(inp)
+    placed = [m.destination for m in plan.moves]
+    assert sorted(placed) == ["hostB", "hostB", "hostC"]
+    assert len(plan.unplaced) == 2
+    assert "hostB: needs 768 MiB, 0 MiB free after 2 planned move(s)" in plan.unplaced[0].reason
+    assert "hostC: needs 768 MiB, 256 MiB free after 1 planned move(s)" in plan.unplaced[0].reason
+    for host in plan.hosts:
+        assert host.free_after_bytes >= 0
+
+
+def test_the_largest_vm_goes_first_and_the_load_spreads() -> None:
+    vms = [vm("small", 256), vm("big", 1024), vm("mid", 512)]
+    inp = EvacuationInput(
+        "hostA",
+        tuple(vms),
+        (TargetHost("hostB", budget("hostB", 3072)), TargetHost("hostC", budget("hostC", 3072))),
+        passing(vms, ["hostB", "hostC"]),
+    )
+    plan = plan_evacuation(inp)
+    assert [m.vm for m in plan.moves] == ["big", "mid", "small"]
+    first, second = plan.moves[0].destination, plan.moves[1].destination
+    assert first != second  # the second VM goes where more is left
+    assert plan.moves[0].alternatives == (second,)
+
+
+def test_maintenance_unreachable_and_failed_checks_exclude_a_target() -> None:
+    vms = [vm("web", 256)]
+    verdicts = (
+        PairVerdict("web", "hostB", ()),
+        PairVerdict("web", "hostC", ("networks: network 'prod' is missing on hostC",)),
+        PairVerdict("web", "hostD", ()),
+    )
+    inp = EvacuationInput(
+        "hostA",
+        tuple(vms),
+        (
+            TargetHost("hostB", budget("hostB", 4096), maintenance=True),
+            TargetHost("hostC", budget("hostC", 4096)),
+            TargetHost("hostD", None, problem="connection refused"),
+        ),
+        verdicts,
+    )
+    plan = plan_evacuation(inp)
+    assert plan.moves == ()
+    reason = plan.unplaced[0].reason
+    assert "hostB: in maintenance" in reason
+    assert "hostC: networks: network 'prod' is missing on hostC" in reason
+    assert "hostD: does not answer (connection refused)" in reason
+
+
+def test_live_mode_refuses_a_shut_off_vm_and_auto_moves_it_cold() -> None:
+    vms = [vm("off", 256, state="shut off")]
+    targets = (TargetHost("hostB", budget("hostB", 4096)),)
+    live = plan_evacuation(
+        EvacuationInput("hostA", tuple(vms), targets, passing(vms, ["hostB"]), mode="live")
+    )
+    assert live.moves == () and "live move needs it running" in live.unplaced[0].reason
+    auto = plan_evacuation(EvacuationInput("hostA", tuple(vms), targets, passing(vms, ["hostB"])))
+    assert auto.moves[0].mode == "cold" and auto.moves[0].predicted_downtime_ms is None
+
+
+def test_declared_vcpus_limit_placement() -> None:
+    vms = [VmLoad(f"v{i}", "hostA", "running", True, 256 * MIB, 2, 0.0) for i in range(2)]
+    inp = EvacuationInput(
+        "hostA",
+        tuple(vms),
+        (TargetHost("hostB", budget("hostB", 8192, vcpus=3)),),
+        passing(vms, ["hostB"]),
+    )
+    plan = plan_evacuation(inp)
+    assert len(plan.moves) == 1
+    assert "needs 2 vCPUs, 1 of its declared vCPUs free" in plan.unplaced[0].reason
+
+
+def test_a_failed_move_goes_to_the_next_host_not_tried_yet() -> None:
+    vms = [vm("web", 512)]
+    targets = (
+        TargetHost("hostB", budget("hostB", 4096)),
+        TargetHost("hostC", budget("hostC", 2048)),
+    )
+    inp = EvacuationInput("hostA", tuple(vms), targets, passing(vms, ["hostB", "hostC"]))
+    ledger = Ledger.of(targets)
+    assert next_destination(vms[0], inp, ledger, frozenset({"hostB"}))[0] == "hostC"
+    nowhere, why = next_destination(vms[0], inp, ledger, frozenset({"hostB", "hostC"}))
+    assert nowhere is None and "hostB: already tried" in why
+
+
+def test_parallel_moves_share_the_link_so_two_at_once_end_no_sooner_than_one_after_another() -> (
+    None
+):
+    model = LiveModel()
+    costs = [lambda b: live_cost(512 * MIB, 0.0, b, model)] * 2
+    hosts = [("hostA", "hostB"), ("hostA", "hostC")]
+    serial = simulate(costs, hosts, 119 * MIB, max_parallel=1, max_per_host=1)
+    parallel = simulate(costs, hosts, 119 * MIB, max_parallel=2, max_per_host=2)
+    assert serial[1].start_s == pytest.approx(serial[0].end_s)
+    assert parallel[0].start_s == parallel[1].start_s == 0
+    # data moves at the link's rate either way; in parallel the fixed overheads overlap
+    assert max(s.end_s for s in parallel) < max(s.end_s for s in serial)
+    assert max(s.end_s for s in parallel) > 2 * 512 / 119
+
+
+def test_the_predicted_total_counts_the_limits() -> None:
+    vms = [vm(f"g{i}", 256) for i in range(4)]
+    targets = (
+        TargetHost("hostB", budget("hostB", 8192)),
+        TargetHost("hostC", budget("hostC", 8192)),
+    )
+    one = plan_evacuation(
+        EvacuationInput(
+            "hostA", tuple(vms), targets, passing(vms, ["hostB", "hostC"]), limits=Limits(1, 1)
+        )
+    )
+    single = live_cost(256 * MIB, 0.0, 119 * MIB, LiveModel()).seconds
+    assert one.predicted_total_s == pytest.approx(4 * single, rel=1e-6)
+    assert single == pytest.approx(256 / 119 + LIVE_OVERHEAD_S, rel=0.05)
+
+
+def test_a_guest_that_cannot_converge_is_flagged() -> None:
+    cost = live_cost(1024 * MIB, 500 * MIB, 119 * MIB, LiveModel(postcopy_allowed=False))
+    assert not cost.converges or cost.how == "auto-converge"
+    vms = [vm("busy", 1024, dirty_mib=500)]
+    plan = plan_evacuation(
+        EvacuationInput(
+            "hostA",
+            tuple(vms),
+            (TargetHost("hostB", budget("hostB", 8192)),),
+            passing(vms, ["hostB"]),
+        )
+    )
+    assert plan.moves[0].predicted_s > 1024 / 119  # post-copy: all of memory, and then some
+    assert math.isfinite(plan.predicted_total_s)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(64, 4096), min_size=0, max_size=12),
+    capacities=st.lists(st.integers(512, 8192), min_size=1, max_size=4),
+)
+def test_property_no_host_is_ever_overfilled_and_every_vm_is_placed_or_explained(
+    sizes: list[int], capacities: list[int]
+) -> None:
+    vms = [vm(f"v{i}", size) for i, size in enumerate(sizes)]
+    names = [f"h{i}" for i in range(len(capacities))]
+    targets = tuple(TargetHost(n, budget(n, c)) for n, c in zip(names, capacities, strict=True))
+    plan = plan_evacuation(EvacuationInput("hostA", tuple(vms), targets, passing(vms, names)))
+    assert {m.vm for m in plan.moves} | {u.vm for u in plan.unplaced} == {v.name for v in vms}
+    for target in targets:
+        assert target.budget is not None
+        taken = sum(m.need_bytes for m in plan.moves if m.destination == target.name)
+        assert taken <= target.budget.free_bytes
