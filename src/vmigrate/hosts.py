@@ -278,7 +278,7 @@ def _lab_ref(spec: str) -> HostRef | None:
 
 
 def resolve_host(spec: str, hosts_file: Path | None = None) -> HostRef:
-    """A HostRef for a URI, a name from the hosts file, or the lab's hostA/hostB."""
+    """A HostRef for a URI, a name from the hosts file, or the lab's hostA..hostD."""
     if "://" in spec or ":/" in spec:
         parse_uri(spec)
         return HostRef(spec, spec)

@@ -261,10 +261,15 @@ class MoveScheduler:
             and report.get("outcome") == "completed"
             and report.get("placement_ok")
         ):
+            earlier = "; ".join(
+                f"{a['destination']} failed first: {a.get('message') or a.get('outcome')}"
+                for a in track.attempts[:-1]
+            )
             self._finish(
                 track,
                 MOVED,
-                f"on {destination}: {report.get('placement', {}).get('summary', '')}",
+                f"on {destination}: {report.get('placement', {}).get('summary', '')}"
+                + (f" ({earlier})" if earlier else ""),
                 seconds=report.get("total_s", attempt["seconds"]),
                 downtime_ms=report.get("downtime_ms"),
                 gap_ms=_lab_gap_ms(track.load.name, track.started_ns),

@@ -15,7 +15,9 @@ A VM no host admits is listed with each host's reason before anything moves.
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -235,11 +237,22 @@ def _refusal(
     return None
 
 
-def _weight(target: TargetHost, vm: VmLoad, ledger: Ledger) -> tuple[float, int, str]:
+def _admits(
+    vm: VmLoad, verdicts: dict[tuple[str, str], PairVerdict], ledger: Ledger, target: TargetHost
+) -> bool:
+    return _refusal(vm, target, verdicts, ledger) is None
+
+
+def _weight(target: TargetHost, ledger: Ledger) -> tuple[float, int, str]:
+    """Best first: the largest share of its usable memory still free, then the fewest
+    moves planned there, then the name."""
     assert target.budget is not None
     usable = max(target.budget.usable_bytes, 1)
-    after = ledger.free[target.name] - memory_need_bytes(vm.memory_bytes)
-    return (-after / usable, ledger.incoming[target.name], target.name)
+    return (-ledger.free[target.name] / usable, ledger.incoming[target.name], target.name)
+
+
+def verdict_index(inp: EvacuationInput) -> dict[tuple[str, str], PairVerdict]:
+    return {(v.vm, v.destination): v for v in inp.verdicts}
 
 
 def ranked_destinations(
@@ -247,9 +260,11 @@ def ranked_destinations(
     inp: EvacuationInput,
     ledger: Ledger,
     exclude: frozenset[str] = frozenset(),
+    verdicts: dict[tuple[str, str], PairVerdict] | None = None,
 ) -> tuple[list[TargetHost], dict[str, str]]:
     """The targets that admit `vm` now, best first, and why each other one does not."""
-    verdicts = {(v.vm, v.destination): v for v in inp.verdicts}
+    if verdicts is None:
+        verdicts = verdict_index(inp)
     admitted, refused = [], {}
     for target in inp.targets:
         if target.name in exclude:
@@ -260,7 +275,7 @@ def ranked_destinations(
             admitted.append(target)
         elif target.name != vm.host:
             refused[target.name] = why
-    admitted.sort(key=lambda t: _weight(t, vm, ledger))
+    admitted.sort(key=lambda t: _weight(t, ledger))
     return admitted, refused
 
 
@@ -297,8 +312,45 @@ def _cost(vm: VmLoad, mode: str, inp: EvacuationInput, bandwidth: float) -> Move
     )
 
 
+class _Candidates:
+    """The targets that answer and are not in maintenance, best first (a heap with lazy
+    updates: placing one VM changes one host's weight), so that placing thousands of VMs
+    on hundreds of hosts looks at a few hosts per VM, not at all of them."""
+
+    def __init__(self, inp: EvacuationInput, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.by_name = {t.name: t for t in inp.targets if t.budget and not t.maintenance}
+        self.heap = [(_weight(t, ledger), t.name) for t in self.by_name.values()]
+        heapq.heapify(self.heap)
+
+    def best(self, admits: Callable[[TargetHost], bool], count: int) -> list[TargetHost]:
+        """Up to `count` hosts that admit the VM, best first."""
+        found: list[TargetHost] = []
+        popped = []
+        while self.heap and len(found) < count:
+            weight, name = heapq.heappop(self.heap)
+            target = self.by_name[name]
+            if weight != _weight(target, self.ledger):
+                continue  # stale: a newer entry for this host is in the heap
+            popped.append((weight, name))
+            if admits(target):
+                found.append(target)
+        for entry in popped:
+            heapq.heappush(self.heap, entry)
+        return found
+
+    def changed(self, name: str) -> None:
+        heapq.heappush(self.heap, (_weight(self.by_name[name], self.ledger), name))
+
+
+#: Alternatives kept with each move (a retry looks at every host again anyway).
+ALTERNATIVES = 3
+
+
 def plan_evacuation(inp: EvacuationInput) -> EvacuationPlan:
     ledger = Ledger.of(inp.targets)
+    verdicts = verdict_index(inp)
+    candidates = _Candidates(inp, ledger)
     placed: list[tuple[VmLoad, str, str, str, tuple[str, ...]]] = []
     unplaced: list[Unplaced] = []
     order = sorted(inp.vms, key=lambda vm: (-memory_need_bytes(vm.memory_bytes), vm.name))
@@ -307,13 +359,15 @@ def plan_evacuation(inp: EvacuationInput) -> EvacuationPlan:
         if mode is None:
             unplaced.append(Unplaced(vm.name, how))
             continue
-        admitted, refused = ranked_destinations(vm, inp, ledger)
-        if not admitted:
+        admitted = candidates.best(partial(_admits, vm, verdicts, ledger), 1 + ALTERNATIVES)
+        if not admitted:  # say why for every host: only for the VMs that go nowhere
+            _none, refused = ranked_destinations(vm, inp, ledger, verdicts=verdicts)
             unplaced.append(Unplaced(vm.name, _nowhere(refused)))
             continue
         best = admitted[0]
         reason = f"{how}; {_chosen_reason(best, vm, ledger)}"
         ledger.take(best.name, memory_need_bytes(vm.memory_bytes), vm.vcpus)
+        candidates.changed(best.name)
         placed.append((vm, best.name, mode, reason, tuple(t.name for t in admitted[1:])))
     schedule = simulate(
         [partial(_cost, vm, mode, inp) for vm, _dst, mode, _r, _a in placed],

@@ -1,0 +1,309 @@
+"""Fleet benchmarks: E1 (empty a host) and P1 (the planner alone at scale).
+
+    sudo .venv/bin/python -m bench.fleet --scenario E1 [--rounds 1]   # the lab, 3 hosts
+    .venv/bin/python -m bench.fleet --scenario P1                    # no lab needed
+
+E1 empties hostA of six guests (256-512 MiB, dirty rates 0-50 MiB/s) over a 1 Gbit/s link,
+side by side with what operators run today: a shell loop of `virsh migrate --live --p2p` to
+one target, one VM at a time and three at a time (xargs -P 3). Measured: wall time, the
+largest guest-observed gap, VMs left behind, the memory each target ends up holding against
+its declared capacity, and vmigrate's predicted total against its measured one.
+
+P1 plans 5,000 VMs spread over 20 source hosts onto 200 hosts (every pair checked) and
+measures the planner's time and peak memory (tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("bench/results/fleet.json")
+MIB = 1 << 20
+#: (memory MiB, dirty MiB/s, working set MiB) of E1's six guests
+E1_GUESTS = [
+    (512, 50, 256),
+    (512, 0, None),
+    (384, 20, 192),
+    (384, 0, None),
+    (256, 10, 96),
+    (256, 0, None),
+]
+
+
+def _names(round_no: int, tool: str) -> list[str]:
+    return [f"e1-{tool}-{round_no}-{i}" for i in range(len(E1_GUESTS))]
+
+
+def _make_guests(names: list[str]) -> None:
+    from vmigrate.lab.vms import LabVmRequest, create_vm
+
+    for name, (memory, dirty, working_set) in zip(names, E1_GUESTS, strict=True):
+        create_vm(
+            LabVmRequest(name, memory_mib=memory, dirty_rate_mib=dirty, working_set_mib=working_set)
+        )
+
+
+def _held_by_target(names: list[str]) -> dict[str, Any]:
+    """Where each VM ended, and the memory (with QEMU's overhead) each target holds."""
+    from vmigrate.capacity import memory_need_bytes
+    from vmigrate.lab.config import lab_host
+    from vmigrate.lab.vms import locate_vm
+
+    held: dict[str, int] = {}
+    left = []
+    for name, (memory, _dirty, _ws) in zip(names, E1_GUESTS, strict=True):
+        where = [h for h, s in locate_vm(name).items() if s == "running"]
+        if where != ["hostB"] and where != ["hostC"]:
+            left.append(name)
+            continue
+        held[where[0]] = held.get(where[0], 0) + memory_need_bytes(memory * MIB) // MIB
+    capacity = {h: (lab_host(h).capacity_mib if lab_host(h) else 0) for h in held}  # type: ignore[union-attr]
+    return {"left_behind": left, "held_mib": held, "declared_mib": capacity}
+
+
+def _gaps(names: list[str], since_ns: int) -> list[float]:
+    from vmigrate.lab.heartbeat import heartbeat_report
+
+    return [round(heartbeat_report(n, since_ns=since_ns).largest_gap_ms, 1) for n in names]
+
+
+def _run_vmigrate(names: list[str]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as scratch:
+        store = Path(scratch) / "jobs.sqlite"
+        started_ns = time.monotonic_ns()
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vmigrate.cli.main",
+                "evacuate",
+                "hostA",
+                "--to",
+                "hostB,hostC",
+                "--store",
+                str(store),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=1200,
+        )
+        wall = time.monotonic() - started
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    plan = next(e for e in events if e["event"] == "plan")
+    done: dict[str, Any] = next((e for e in events if e["event"] == "done"), {})
+    return {
+        "tool": "vmigrate",
+        "exit_code": result.returncode,
+        "wall_s": round(wall, 1),
+        "moves_s": done.get("moves_s"),
+        "predicted_s": plan["predicted_total_s"],
+        "gaps_ms": _gaps(names, started_ns),
+        **_held_by_target(names),
+    }
+
+
+def _run_virsh_loop(names: list[str], parallel: int) -> dict[str, Any]:
+    from vmigrate.lab.config import HOST_A, HOST_B
+
+    # What operators write: every VM to one target, names passed as arguments (never pasted).
+    script = (
+        'printf "%s\\n" "$@" | xargs -P "$PARALLEL" -I{} '
+        'virsh -q -c "$SRC" migrate --live --p2p --persistent --undefinesource {} "$DST"'
+    )
+    started_ns = time.monotonic_ns()
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", "-c", script, "loop", *names],
+        env={
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "PARALLEL": str(parallel),
+            "SRC": HOST_A.uri,
+            "DST": HOST_B.uri,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+    wall = time.monotonic() - started
+    return {
+        "tool": f"virsh loop x{parallel}",
+        "exit_code": result.returncode,
+        "wall_s": round(wall, 1),
+        "predicted_s": None,
+        "gaps_ms": _gaps(names, started_ns),
+        **_held_by_target(names),
+    }
+
+
+def e1(rounds: int) -> list[dict[str, Any]]:
+    from vmigrate.lab import link
+    from vmigrate.lab.lifecycle import lab_up
+    from vmigrate.lab.vms import remove_vm
+
+    lab_up(3)
+    runs = []
+    link.shape("1gbit")
+    try:
+        for round_no in range(rounds):
+            for tool in ("vmigrate", "virsh1", "virsh3"):
+                names = _names(round_no, tool)
+                _make_guests(names)
+                try:
+                    if tool == "vmigrate":
+                        run = _run_vmigrate(names)
+                    else:
+                        run = _run_virsh_loop(names, int(tool[-1]))
+                    run["round"] = round_no
+                    runs.append(run)
+                    print(json.dumps(run), flush=True)
+                finally:
+                    for name in names:
+                        remove_vm(name)
+    finally:
+        link.reset()
+    return runs
+
+
+def _p1_facts(hosts: int, vms: int) -> list[Any]:
+    """Synthetic HostFacts of `hosts` hosts holding `vms` running VMs between them."""
+    from vmigrate.facts import GuestUsage, HostFacts
+    from vmigrate.hosts import HostRef
+
+    rng = random.Random(1)
+    facts = []
+    for h in range(hosts):
+        guests = tuple(
+            GuestUsage(
+                f"vm{h:03d}-{i:03d}",
+                f"uuid-{h}-{i}",
+                "running",
+                True,
+                rng.choice((1, 2, 4, 8)) * 1024 * MIB,
+                rng.choice((1, 2, 4)),
+            )
+            for i in range(vms // hosts)
+        )
+        facts.append(
+            HostFacts(
+                ref=HostRef(
+                    f"h{h:03d}", f"qemu+tls://h{h:03d}.example/system", capacity_mib=512 * 1024
+                ),
+                hostname=f"h{h:03d}",
+                host_uuid=f"uuid-{h}",
+                libvirt_version=11003000,
+                hypervisor_type="QEMU",
+                hypervisor_version=10000002,
+                arch="x86_64",
+                cpus=128,
+                memory_free_bytes=200 * 1024 * MIB,
+                memory_available_bytes=400 * 1024 * MIB,
+                rtt_ms=0.2,
+                pools=(),
+                networks=(),
+                host_interfaces=None,
+                domains={g.name: g.uuid for g in guests},
+                memory_total_bytes=512 * 1024 * MIB,
+                guests=guests,
+                cpu_model="Icelake-Server",
+            )
+        )
+    return facts
+
+
+def _p1_input(facts: list[Any], sources: int) -> Any:
+    """Every VM of the first `sources` hosts to place on the others; every pair checked,
+    one in twenty refused (a missing network, a CPU feature)."""
+    from vmigrate.capacity import host_budget
+    from vmigrate.fleet.plan import EvacuationInput, Limits, PairVerdict, TargetHost, VmLoad
+
+    rng = random.Random(2)
+    moving = [f for f in facts[:sources]]
+    loads = tuple(
+        VmLoad(
+            g.name,
+            f.ref.name,
+            g.state,
+            g.persistent,
+            g.memory_bytes,
+            g.vcpus,
+            rng.uniform(0, 200) * MIB,
+        )
+        for f in moving
+        for g in f.guests
+    )
+    targets = tuple(TargetHost(f.ref.name, host_budget(f)) for f in facts)
+    verdicts = tuple(
+        PairVerdict(vm.name, t.name, ("networks.present: missing",) if rng.random() < 0.05 else ())
+        for vm in loads
+        for t in targets
+        if t.name != vm.host
+    )
+    return EvacuationInput(
+        facts[0].ref.name if sources == 1 else "",
+        loads,
+        targets,
+        verdicts,
+        limits=Limits(2, 2),
+        bandwidth_bps=1190 * MIB,
+    )
+
+
+def p1(hosts: int = 200, vms: int = 5000) -> dict[str, Any]:
+    from vmigrate.fleet.plan import plan_evacuation
+
+    facts = _p1_facts(hosts, vms)
+    cases: dict[str, Any] = {}
+    for label, sources in (
+        ("one host emptied", 1),
+        ("20 hosts emptied", 20),
+        ("all 5,000 VMs placed anew", hosts),
+    ):
+        inp = _p1_input(facts, sources)
+        started = time.perf_counter()
+        plan = plan_evacuation(inp)
+        seconds = time.perf_counter() - started
+        tracemalloc.start()
+        plan_evacuation(inp)
+        _current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        cases[label] = {
+            "vms_to_place": len(inp.vms),
+            "pairs_checked": len(inp.verdicts),
+            "seconds": round(seconds, 3),
+            "peak_mib": round(peak / MIB, 1),
+            "placed": len(plan.moves),
+            "unplaced": len(plan.unplaced),
+            "predicted_total_s": round(plan.predicted_total_s),
+        }
+    return {"hosts": hosts, "vms": vms, "cases": cases}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fleet")
+    parser.add_argument("--scenario", action="append", choices=["E1", "P1"])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for scenario in args.scenario or ["P1", "E1"]:
+        results[scenario] = e1(args.rounds) if scenario == "E1" else p1()
+        print(json.dumps({scenario: results[scenario]}), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
