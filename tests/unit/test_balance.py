@@ -14,14 +14,12 @@ from hypothesis import strategies as st
 
 from vmigrate.capacity import MIB, HostBudget, memory_need_bytes
 from vmigrate.errors import UsageError
-from vmigrate.fleet import plan as evacuation
 from vmigrate.fleet.balance import (
     DEFAULT_MAX_MOVES,
     BalanceInput,
     BalancePlan,
     HostSample,
     VmSample,
-    _refusal,
     as_planned_moves,
     cost_factor,
     host_shares,
@@ -30,7 +28,7 @@ from vmigrate.fleet.balance import (
     target_hosts,
     vm_loads,
 )
-from vmigrate.fleet.plan import Ledger, Limits, PairVerdict
+from vmigrate.fleet.plan import Ledger, Limits, PairVerdict, refusal
 from vmigrate.fleet.predict import LiveModel, live_cost
 
 GIB = 1024 * MIB
@@ -471,23 +469,6 @@ def test_property_a_plan_that_reaches_the_threshold_is_stable(inp: BalanceInput)
         assert plan_balance(applied(inp, plan)).moves == ()
 
 
-@settings(max_examples=200, deadline=None)
-@given(inp=inputs())
-def test_property_the_refusals_are_the_evacuations(inp: BalanceInput) -> None:
-    """balance._refusal is a copy of plan._refusal until plan.py makes it public."""
-    plan = plan_balance(inp)
-    targets = target_hosts(inp)
-    ledger, copy = Ledger.of(targets), Ledger.of(targets)
-    for move in as_planned_moves(plan, inp):
-        for each in (ledger, copy):
-            each.take(move.destination, move.need_bytes, move.vcpus)
-    verdicts = {(v.vm, v.destination): v for v in inp.verdicts}
-    for vm in vm_loads(inp):
-        for target in targets:
-            ours = _refusal(vm, target, verdicts, copy)
-            assert ours == evacuation._refusal(vm, target, verdicts, ledger)
-
-
 def reference_loads(inp: BalanceInput, where: dict[str, str]) -> list[float]:
     """The load of each active host, written out again, for VMs placed per `where`."""
     loads = []
@@ -522,7 +503,7 @@ def reference_best(inp: BalanceInput, done: list[tuple[str, str]]) -> float | No
             continue
         cost = live_cost(vm.memory_bytes, vm.dirty_rate_bps or 0.0, inp.bandwidth_bps, LiveModel())
         for destination in active - {vm.host}:
-            if _refusal(loads[vm.name], targets[destination], verdicts, ledger) is not None:
+            if refusal(loads[vm.name], targets[destination], verdicts, ledger) is not None:
                 continue
             gain = current - imbalance(reference_loads(inp, {**where, vm.name: destination}))
             if cost.converges and gain > 1e-9 and gain >= inp.min_gain * current:

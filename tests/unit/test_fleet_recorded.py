@@ -25,7 +25,8 @@ DATA = Path(__file__).parent / "data" / "fleet" / "lab-evacuation.json"
 
 
 def recorded() -> dict[str, Any]:
-    return json.loads(DATA.read_text())
+    data: dict[str, Any] = json.loads(DATA.read_text())
+    return data
 
 
 def evacuation(

@@ -64,6 +64,7 @@ from vmigrate.fleet.plan import (
     PlannedMove,
     TargetHost,
     VmLoad,
+    refusal,
 )
 from vmigrate.fleet.predict import LiveModel, MoveCost, live_cost, simulate
 
@@ -420,40 +421,6 @@ def vm_loads(inp: BalanceInput, plan: BalancePlan | None = None) -> tuple[VmLoad
     return tuple(_as_load(vm) for vm in inp.vms if (vm.name, vm.host) in moved)
 
 
-def _refusal(
-    vm: VmLoad,
-    target: TargetHost,
-    verdicts: dict[tuple[str, str], PairVerdict],
-    ledger: Ledger,
-) -> str | None:
-    """Why `target` cannot take `vm` now; None when it can. A copy of plan._refusal (the
-    evacuation's rules, word for word; tests/unit/test_balance.py checks they agree) until
-    plan.py offers it publicly."""
-    if target.name == vm.host:
-        return "it is where the VM is"
-    if target.maintenance:
-        return "in maintenance"
-    if target.budget is None:
-        return f"does not answer ({target.problem or 'unreachable'})"
-    verdict = verdicts.get((vm.name, target.name))
-    if verdict is None:
-        return "not checked"
-    if verdict.blockers:
-        return "; ".join(verdict.blockers)
-    need = memory_need_bytes(vm.memory_bytes)
-    free = ledger.free[target.name]
-    if need > free:
-        planned = ledger.incoming[target.name]
-        after = f" after {planned} planned move(s)" if planned else ""
-        return f"needs {need // MIB} MiB, {max(free, 0) // MIB} MiB free{after}"
-    if vm.vcpus > target.budget.cpus:
-        return f"the VM has {vm.vcpus} vCPUs, the host {target.budget.cpus} CPUs"
-    spare = ledger.vcpus_free[target.name]
-    if spare is not None and vm.vcpus > spare:
-        return f"needs {vm.vcpus} vCPUs, {max(spare, 0)} of its declared vCPUs free"
-    return None
-
-
 def _movable(inp: BalanceInput, cluster: _Cluster) -> tuple[list[_Candidate], list[Skipped]]:
     """The VMs a plan may move (by name), and why each other one stays."""
     hosts = {h.name: h for h in inp.hosts}
@@ -556,7 +523,7 @@ def _best_move(
                 ):
                     break
                 # Checked last: the arithmetic above rules out most pairs more cheaply.
-                if _refusal(cand.load, targets[host.name], verdicts, ledger) is None:
+                if refusal(cand.load, targets[host.name], verdicts, ledger) is None:
                     best = _Choice(cand, host.name, score)
                     break
     return best

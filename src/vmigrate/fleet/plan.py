@@ -205,7 +205,7 @@ class Ledger:
         self.incoming[host] += moves
 
 
-def _refusal(
+def refusal(
     vm: VmLoad,
     target: TargetHost,
     verdicts: dict[tuple[str, str], PairVerdict],
@@ -240,7 +240,7 @@ def _refusal(
 def _admits(
     vm: VmLoad, verdicts: dict[tuple[str, str], PairVerdict], ledger: Ledger, target: TargetHost
 ) -> bool:
-    return _refusal(vm, target, verdicts, ledger) is None
+    return refusal(vm, target, verdicts, ledger) is None
 
 
 def _weight(target: TargetHost, ledger: Ledger) -> tuple[float, int, str]:
@@ -270,7 +270,7 @@ def ranked_destinations(
         if target.name in exclude:
             refused[target.name] = "already tried"
             continue
-        why = _refusal(vm, target, verdicts, ledger)
+        why = refusal(vm, target, verdicts, ledger)
         if why is None:
             admitted.append(target)
         elif target.name != vm.host:
