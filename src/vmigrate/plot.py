@@ -31,7 +31,10 @@ def plot_job(
                 f"cannot draw {path}: there is no .{kind} image format",
                 fix=f"name it .png (or one of .{', .'.join(sorted(supported))})",
             )
-        _draw(fig, left, record, samples, actions)
+        if record.kind == "balance":
+            _draw_loads(left, record)
+        else:
+            _draw(fig, left, record, samples, actions)
         try:
             fig.savefig(path, dpi=100)
         except OSError as err:
@@ -90,3 +93,37 @@ def _where_to_write(path: Path) -> str:
     if not directory.is_dir():
         return f"{directory} does not exist: create it, or pass --plot a file in one that does"
     return f"make {directory} writable, or pass --plot a file in a directory you can write"
+
+
+def _draw_loads(axes: Axes, record: JobRecord) -> None:
+    """A balance round: each host's load before, as planned after, and as measured after."""
+    report = record.report or {}
+    plan = report.get("plan") or record.params.get("plan") or {}
+    before = {h["name"]: h["load"] for h in plan.get("hosts_before", [])}
+    planned = {h["name"]: h["load"] for h in plan.get("hosts_after", [])}
+    measured = {h["name"]: h["load"] for h in report.get("hosts_measured_after", [])}
+    hosts = sorted(before)
+    if not hosts:
+        raise UsageError(f"job {record.id} recorded no host loads to draw")
+    width = 0.27
+    for offset, (label, values) in enumerate(
+        (("before", before), ("planned after", planned), ("measured after", measured))
+    ):
+        axes.bar(
+            [i + (offset - 1) * width for i in range(len(hosts))],
+            [values.get(h, 0.0) for h in hosts],
+            width,
+            label=label,
+        )
+    axes.set_xticks(range(len(hosts)), hosts)
+    axes.set_ylabel("load: (CPU share + memory share) / 2")
+    axes.set_title(
+        f"balance job {record.id}: imbalance {plan.get('imbalance_before', 0):.3f} -> "
+        f"{plan.get('imbalance_after', 0):.3f} planned"
+        + (
+            f", {report['imbalance_measured_after']:.3f} measured"
+            if report.get("imbalance_measured_after") is not None
+            else ""
+        )
+    )
+    axes.legend()

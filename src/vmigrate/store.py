@@ -543,6 +543,15 @@ class JobStore:
                 (json.dumps(params, default=str), job_id),
             )
 
+    def moved_by(self, kind: str, since: float) -> dict[str, float]:
+        """VM -> when it was moved by a fleet job of `kind` started after `since` (epoch s)."""
+        rows = self._db.execute(
+            "SELECT steps.name, steps.t FROM steps JOIN jobs ON jobs.id = steps.job_id "
+            "WHERE jobs.kind = ? AND jobs.started >= ? AND steps.state = 'moved'",
+            (kind, since),
+        )
+        return {name: t for name, t in rows}
+
     def jobs_of_kind(self, kind: str) -> list[JobRecord]:
         rows = self._db.execute("SELECT * FROM jobs WHERE kind = ? ORDER BY id DESC", (kind,))
         return [self._record(row) for row in rows]

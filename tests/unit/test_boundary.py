@@ -42,6 +42,7 @@ PURE_MODULES = (
     "vmigrate.fleet.plan",
     "vmigrate.fleet.predict",
     "vmigrate.fleet.moves",
+    "vmigrate.fleet.balance",
     "vmigrate.lab.state",
     "vmigrate.lab.config",
 )

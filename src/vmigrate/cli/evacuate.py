@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,9 @@ class MoveBoard:
         return table
 
 
-def run_with_board(action: Any, as_json: bool) -> Any:
+def run_with_board(
+    action: Any, as_json: bool, on_plan: Callable[[dict[str, Any]], None] | None = None
+) -> Any:
     if as_json:
 
         def emit_json(kind: str, payload: dict[str, Any]) -> None:
@@ -121,7 +124,7 @@ def run_with_board(action: Any, as_json: bool) -> Any:
 
         def emit(kind: str, payload: dict[str, Any]) -> None:
             if kind == "plan":
-                print_plan(payload)
+                (on_plan or print_plan)(payload)
             elif kind == "job":
                 console.print(f"job {payload['job_id']} started")
             elif kind in ("move-start", "move-progress", "move-end"):
@@ -249,6 +252,24 @@ def resume_command(job_id: int, store_path: Path | None, as_json: bool) -> None:
 @click.group("maintenance")
 def maintenance() -> None:
     """Hosts in maintenance: no plan sends VMs to them."""
+
+
+@maintenance.command("start")
+@click.argument("host")
+@click.option("--reason", default="marked by hand", show_default=True)
+@hosts_file_option
+@store_option
+def maintenance_start(
+    host: str, reason: str, hosts_file: Path | None, store_path: Path | None
+) -> None:
+    """Mark HOST in maintenance without moving anything: no plan targets it from now on."""
+    from vmigrate.hosts import resolve_host
+    from vmigrate.store import JobStore
+
+    ref = resolve_host(host, hosts_file)
+    with JobStore(store_path) as store:
+        store.set_maintenance(ref.name, ref.uri, None, reason)
+    console.print(f"{ref.name} is in maintenance: no plan sends VMs there")
 
 
 @maintenance.command("end")

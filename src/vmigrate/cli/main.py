@@ -56,6 +56,7 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
+    from vmigrate.cli.balance import balance
     from vmigrate.cli.check import check
     from vmigrate.cli.cold import cold
     from vmigrate.cli.estimate import estimate
@@ -74,6 +75,7 @@ def _register() -> None:
     cli.add_command(hosts)
     cli.add_command(evacuate_command)
     cli.add_command(maintenance)
+    cli.add_command(balance)
     cli.add_command(jobs)
     cli.add_command(lab)
 

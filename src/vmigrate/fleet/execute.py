@@ -110,8 +110,18 @@ def _still_on_source(report: dict[str, Any], source: str) -> bool:
 
 
 class MoveScheduler:
-    def __init__(self, plan: EvacuationPlan, inp: EvacuationInput, ctx: MoveContext) -> None:
+    def __init__(
+        self,
+        plan: EvacuationPlan,
+        inp: EvacuationInput,
+        ctx: MoveContext,
+        *,
+        retry_elsewhere: bool = True,
+    ) -> None:
         self.inp, self.ctx = inp, ctx
+        # Balance turns this off: its later moves assumed the earlier ones happened, so a
+        # failed one is re-planned by the next round rather than sent somewhere else.
+        self.retry_elsewhere = retry_elsewhere
         self.limits = plan.limits
         loads = {vm.name: vm for vm in inp.vms}
         self.pending = [
@@ -291,6 +301,9 @@ class MoveScheduler:
         why = str(attempt.get("message") or "failed")
         if self.cancelled:
             self._finish(track, CANCELLED, f"cancelled; it stays on {track.move.source}: {why}")
+            return
+        if not self.retry_elsewhere:
+            self._finish(track, STAYED, f"{why}; it stays on {track.move.source}")
             return
         if destination not in self.dead and not host_answers(self.ctx.refs[destination]):
             self.dead.add(destination)

@@ -1,0 +1,181 @@
+"""`vmigrate balance`: even out a cluster's load, weighing each move's cost."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vmigrate.cli.evacuate import hosts_file_option, run_with_board
+from vmigrate.cli.options import json_option, store_option
+from vmigrate.fleet.balance import DEFAULT_MAX_MOVES, DEFAULT_MIN_GAIN, DEFAULT_THRESHOLD
+from vmigrate.fleet.execute import MOVED
+from vmigrate.fleet.rebalance import (
+    DEFAULT_COOL_DOWN_S,
+    DEFAULT_WINDOW_S,
+    BalanceReport,
+    BalanceRequest,
+    balance_round,
+    watch,
+)
+
+console = Console(highlight=False)
+MIB = 1 << 20
+
+
+def plan_tables(plan: dict[str, Any]) -> list[Table]:
+    loads = Table(
+        title=f"host load: imbalance {plan['imbalance_before']:.3f} -> "
+        f"{plan['imbalance_after']:.3f} (threshold {plan['threshold']:g})"
+    )
+    for column in ("host", "load before", "after", "CPU share", "memory share"):
+        loads.add_column(column)
+    after = {h["name"]: h for h in plan["hosts_after"]}
+    for host in plan["hosts_before"]:
+        later = after.get(host["name"], host)
+        loads.add_row(
+            host["name"],
+            f"{host['load']:.2f}",
+            f"{later['load']:.2f}",
+            f"{host['cpu_share']:.2f} -> {later['cpu_share']:.2f}",
+            f"{host['memory_share']:.2f} -> {later['memory_share']:.2f}",
+        )
+    moves = Table(title="moves" if plan["moves"] else f"no move: {plan['reason']}")
+    for column in ("VM", "from", "to", "gain", "score", "takes", "sends", "downtime"):
+        moves.add_column(column)
+    for move in plan["moves"]:
+        downtime = move["predicted_downtime_ms"]
+        moves.add_row(
+            move["vm"],
+            move["source"],
+            move["destination"],
+            f"{move['gain']:.3f}",
+            f"{move['score']:.3f}",
+            f"{move['predicted_s']:.0f} s",
+            f"{move['predicted_bytes'] / MIB:,.0f} MiB",
+            f"{downtime:.0f} ms" if downtime is not None else "-",
+        )
+    return [loads, moves]
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    for table in plan_tables(plan):
+        console.print(table)
+    for move in plan["moves"]:
+        console.print(f"  {move['vm']}: {move['reason']}")
+    if plan["moves"]:
+        console.print(f"  then: {plan['reason']}")
+    for skipped in plan.get("skipped", []):
+        console.print(f"  left alone: {skipped['name']}: {skipped['reason']}")
+
+
+def _render(report: BalanceReport) -> None:
+    for result in report.moves:
+        colour = "green" if result.state == MOVED else "yellow"
+        console.print(f"  [{colour}]{result.state}[/] {result.vm}: {result.reason}")
+    if report.imbalance_measured_after is not None:
+        console.print(
+            f"imbalance measured after the moves: {report.imbalance_measured_after:.3f} "
+            f"(predicted {report.plan['imbalance_after']:.3f})"
+        )
+    console.print(report.message)
+    if report.job_id is not None:
+        console.print(
+            f"  job {report.job_id} (vmigrate jobs show {report.job_id} --plot loads.png)"
+        )
+
+
+@click.command("balance")
+@click.option("--cluster", help="The cluster to balance [default: the only one, or the lab].")
+@click.option(
+    "--threshold",
+    type=float,
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Act only above this imbalance (coefficient of variation of the hosts' loads).",
+)
+@click.option(
+    "--min-gain",
+    type=float,
+    default=DEFAULT_MIN_GAIN,
+    show_default=True,
+    help="A move must lower the imbalance by this share of it.",
+)
+@click.option("--max-moves", type=int, default=DEFAULT_MAX_MOVES, show_default=True)
+@click.option(
+    "--window",
+    type=float,
+    default=DEFAULT_WINDOW_S,
+    show_default=True,
+    help="Seconds over which each VM's CPU use is measured.",
+)
+@click.option(
+    "--cool-down",
+    type=float,
+    default=DEFAULT_COOL_DOWN_S,
+    show_default=True,
+    help="Seconds a VM balance moved is left alone.",
+)
+@click.option("--max-parallel", type=int, default=1, show_default=True, help="Moves at once.")
+@click.option("--bandwidth", type=float, help="MiB/s between hosts (else measured).")
+@click.option("--watch", "watch_s", type=float, help="Repeat a round every SECONDS until Ctrl-C.")
+@click.option("--dry-run", is_flag=True, help="Print loads before and after, and the moves.")
+@hosts_file_option
+@store_option
+@json_option
+def balance(
+    cluster: str | None,
+    threshold: float,
+    min_gain: float,
+    max_moves: int,
+    window: float,
+    cool_down: float,
+    max_parallel: int,
+    bandwidth: float | None,
+    watch_s: float | None,
+    dry_run: bool,
+    hosts_file: Path | None,
+    store_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Even out the load of a cluster's hosts (CPU and memory): each candidate move is
+    simulated and scored by the imbalance it removes against its predicted cost (time, bytes,
+    downtime); nothing moves under --threshold, a move must gain --min-gain, a VM balance
+    moved is left alone for --cool-down. Exit 0 when every planned move was done."""
+    if watch_s is not None and watch_s <= 0:
+        raise click.BadParameter("--watch needs a positive number of seconds")
+    request = BalanceRequest(
+        cluster=cluster,
+        threshold=threshold,
+        min_gain=min_gain,
+        max_moves=max_moves,
+        window_s=window,
+        cool_down_s=cool_down,
+        max_parallel=max_parallel,
+        bandwidth_mib=bandwidth,
+        dry_run=dry_run,
+        hosts_file=hosts_file,
+        store_path=store_path,
+    )
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def one_round(emit: Any) -> list[BalanceReport]:
+        if watch_s is not None:
+            return watch(request, watch_s, emit)
+        return [balance_round(request, emit)]
+
+    reports: list[BalanceReport] = run_with_board(one_round, as_json, on_plan=_print_plan)
+    for report in reports:
+        if as_json:
+            if report.job_id is None:
+                click.echo(json.dumps({"event": "done", **report.to_dict()}))
+        else:
+            _render(report)
+    if any(r.state != MOVED for report in reports for r in report.moves):
+        raise SystemExit(1)
