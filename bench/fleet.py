@@ -1,4 +1,4 @@
-"""Fleet benchmarks: E1 (empty a host) and P1 (the planner alone at scale).
+"""Fleet benchmarks: E1 (empty a host), P1 (the planner alone at scale), B1 (balance).
 
     sudo .venv/bin/python -m bench.fleet --scenario E1 [--rounds 1]   # the lab, 3 hosts
     .venv/bin/python -m bench.fleet --scenario P1                    # no lab needed
@@ -8,6 +8,11 @@ side by side with what operators run today: a shell loop of `virsh migrate --liv
 one target, one VM at a time and three at a time (xargs -P 3). Measured: wall time, the
 largest guest-observed gap, VMs left behind, the memory each target ends up holding against
 its declared capacity, and vmigrate's predicted total against its measured one.
+
+B1 balances a skewed three-host lab (four 256 MiB guests on hostA, two dirtying 100 MiB/s;
+hostB and hostC empty; 1 Gbit/s) with `vmigrate balance --threshold 0.3`, then runs it again:
+imbalance before and after (planned and measured), moves, bytes sent, time, guest gaps; the
+second round must move nothing.
 
 P1 plans 5,000 VMs spread over 20 source hosts onto 200 hosts (every pair checked) and
 measures the planner's time and peak memory (tracemalloc).
@@ -291,15 +296,93 @@ def p1(hosts: int = 200, vms: int = 5000) -> dict[str, Any]:
     return {"hosts": hosts, "vms": vms, "cases": cases}
 
 
+def _balance_run(store: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmigrate.cli.main",
+            "balance",
+            "--cluster",
+            "lab",
+            "--threshold",
+            "0.3",
+            "--window",
+            "3",
+            "--store",
+            str(store),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+    wall = time.monotonic() - started
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    done = next(e for e in events if e["event"] == "done")
+    moved = [m for m in done["moves"] if m["state"] == "moved"]
+    return {
+        "exit_code": result.returncode,
+        "wall_s": round(wall, 1),
+        "imbalance_before": done["imbalance_before"],
+        "imbalance_after_planned": done["imbalance_after"],
+        "imbalance_after_measured": done["imbalance_measured_after"],
+        "moves": len(done["moves"]),
+        "moved": len(moved),
+        "bytes_sent": sum(m.get("bytes_sent") or 0 for m in moved),
+        "gaps_ms": [m.get("gap_ms") for m in moved],
+        "predicted_s": [m.get("predicted_s") for m in moved],
+        "seconds": [m.get("seconds") for m in moved],
+    }
+
+
+def b1() -> list[dict[str, Any]]:
+    """A skewed three-host lab (four guests on hostA, two busy), balanced, then again."""
+    from vmigrate.lab import link
+    from vmigrate.lab.lifecycle import lab_up
+    from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm
+
+    lab_up(3)
+    names = [f"b1-{n}" for n in ("busy1", "busy2", "idle1", "idle2")]
+    link.shape("1gbit")
+    try:
+        for name in names:
+            busy = "busy" in name
+            create_vm(
+                LabVmRequest(
+                    name, memory_mib=256, dirty_rate_mib=100 if busy else 0, working_set_mib=96
+                )
+            )
+        with tempfile.TemporaryDirectory() as scratch:
+            store = Path(scratch) / "jobs.sqlite"
+            runs = []
+            for label in ("first round", "second round"):
+                run = {"round": label, **_balance_run(store)}
+                print(json.dumps(run), flush=True)
+                runs.append(run)
+    finally:
+        link.reset()
+        for name in names:
+            remove_vm(name)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet")
-    parser.add_argument("--scenario", action="append", choices=["E1", "P1"])
+    parser.add_argument("--scenario", action="append", choices=["E1", "P1", "B1"])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    for scenario in args.scenario or ["P1", "E1"]:
-        results[scenario] = e1(args.rounds) if scenario == "E1" else p1()
+    for scenario in args.scenario or ["P1", "E1", "B1"]:
+        if scenario == "E1":
+            results[scenario] = e1(args.rounds)
+        elif scenario == "B1":
+            results[scenario] = b1()
+        else:
+            results[scenario] = p1()
         print(json.dumps({scenario: results[scenario]}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

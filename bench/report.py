@@ -281,6 +281,36 @@ def fleet_section(data: dict[str, Any]) -> list[str]:
             "`.venv/bin/python -m bench.report`.",
             "",
         ]
+    balanced = data.get("B1")
+    if balanced:
+        lines += [
+            "## Balancing a skewed cluster (B1)",
+            "",
+            "Four 256 MiB guests on hostA (two dirtying 100 MiB/s), hostB and hostC empty, "
+            "1 Gbit/s: `vmigrate balance --cluster lab --threshold 0.3`, then the same again. "
+            "Imbalance is the coefficient of variation of the hosts' loads ((CPU share + "
+            "memory share) / 2); the lab's hosts share one machine's CPUs, so a host's CPU "
+            "share is its VMs' measured CPU over its declared vCPUs.",
+            "",
+            "| round | exit | wall s | imbalance before | planned after | measured after | "
+            "moves | bytes sent MiB | move s (predicted) | guest gaps ms |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in balanced:
+            measured = run["imbalance_after_measured"]
+            times = ", ".join(
+                f"{m:.1f} ({p:.1f})"
+                for m, p in zip(run["seconds"], run["predicted_s"], strict=True)
+                if m is not None and p is not None
+            )
+            lines.append(
+                f"| {run['round']} | {run['exit_code']} | {run['wall_s']:.1f} | "
+                f"{run['imbalance_before']:.3f} | {run['imbalance_after_planned']:.3f} | "
+                f"{f'{measured:.3f}' if measured is not None else '-'} | {run['moved']} | "
+                f"{run['bytes_sent'] / MIB:,.0f} | {times or '-'} | "
+                f"{', '.join(f'{g:.0f}' for g in run['gaps_ms'] if g is not None) or '-'} |"
+            )
+        lines += ["", "Regenerate: `sudo .venv/bin/python -m bench.fleet --scenario B1`.", ""]
     planning = data.get("P1")
     if planning:
         lines += [

@@ -46,6 +46,7 @@ class MoveResult:
     seconds: float | None = None
     downtime_ms: float | None = None
     gap_ms: float | None = None  # largest gap the lab's heartbeat saw during the move
+    bytes_sent: int | None = None  # what the move sent (memory and disks), libvirt's count
     predicted_s: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     job_id: int | None = None
@@ -283,6 +284,7 @@ class MoveScheduler:
                 seconds=report.get("total_s", attempt["seconds"]),
                 downtime_ms=report.get("downtime_ms"),
                 gap_ms=_lab_gap_ms(track.load.name, track.started_ns),
+                bytes_sent=report.get("bytes_sent", report.get("bytes_moved")),
                 job_id=child.job_id,
             )
             return
