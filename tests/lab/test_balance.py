@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm, remove_vm
 from vmigrate.virt.connection import open_connection
 
-from .helpers import run_cli
+from .helpers import read_events_until, read_rest, run_cli, start_cli
 
 pytestmark = pytest.mark.lab
 # Four equal guests on three hosts of different sizes cannot get under 0.1 (the default):
@@ -174,3 +175,15 @@ def test_plot_of_a_balance_job(store: Path, skewed: list[str], tmp_path: Path) -
     shown = run_cli("jobs", "--store", str(store), "show", str(job), "--plot", str(picture))
     assert shown.returncode == 0, shown.stderr
     assert picture.stat().st_size > 10_000
+
+
+def test_watch_repeats_rounds_until_ctrl_c(lab: list[HostStatus], store: Path) -> None:
+    process = start_cli(
+        "balance", "--cluster", "lab", "--store", str(store), *FAST, "--watch", "1", "--json"
+    )
+    read_events_until(process, "plan", timeout=120)
+    read_events_until(process, "plan", timeout=120)  # a second round came by itself
+    process.send_signal(signal.SIGINT)
+    _rest, stderr = read_rest(process, timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
