@@ -216,3 +216,27 @@ def test_property_no_host_is_ever_overfilled_and_every_vm_is_placed_or_explained
         assert target.budget is not None
         taken = sum(m.need_bytes for m in plan.moves if m.destination == target.name)
         assert taken <= target.budget.free_bytes
+
+
+def test_a_busy_guest_that_needs_the_whole_link_runs_alone() -> None:
+    # 50 MiB/s of dirtying converges at 119 MiB/s, but at half of it only through post-copy,
+    # which stalls the guest on every page it lacks: it moves with the link to itself
+    vms = [vm("busy", 512, dirty_mib=50), vm("quiet1", 256), vm("quiet2", 256)]
+    targets = (
+        TargetHost("hostB", budget("hostB", 8192)),
+        TargetHost("hostC", budget("hostC", 8192)),
+    )
+    plan = plan_evacuation(
+        EvacuationInput("hostA", tuple(vms), targets, passing(vms, ["hostB", "hostC"]))
+    )
+    moves = {m.vm: m for m in plan.moves}
+    assert moves["busy"].solo and "runs alone on hostA's link" in moves["busy"].reason
+    assert not moves["quiet1"].solo and not moves["quiet2"].solo
+    busy = moves["busy"]
+    for other in (moves["quiet1"], moves["quiet2"]):
+        ends = other.predicted_start_s + other.predicted_s
+        assert ends <= busy.predicted_start_s + 0.1 or other.predicted_start_s >= (
+            busy.predicted_start_s + busy.predicted_s - 0.1
+        )
+    # the two quiet ones still share the link
+    assert moves["quiet1"].predicted_start_s == moves["quiet2"].predicted_start_s

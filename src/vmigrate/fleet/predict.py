@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from vmigrate.estimate import (
@@ -116,6 +116,16 @@ def cold_cost(disk_bytes: int, bandwidth_bps: float) -> MoveCost:
     )
 
 
+def shares_ok(
+    index: int, running: Iterable[int], hosts: Sequence[tuple[str, str]], solo: Sequence[bool]
+) -> bool:
+    """Move `index` may start beside `running`: neither it nor a running move out of the
+    same source must have that source's link to itself."""
+    source = hosts[index][0]
+    same = [i for i in running if hosts[i][0] == source]
+    return not same or not (solo[index] or any(solo[i] for i in same))
+
+
 @dataclass(frozen=True)
 class Scheduled:
     """One move as the simulation ran it."""
@@ -132,13 +142,16 @@ def simulate(
     bandwidth_bps: float,
     max_parallel: int,
     max_per_host: int,
+    solo: Sequence[bool] | None = None,
 ) -> list[Scheduled]:
     """Run the moves in order under the limits (a move starts when a slot is free in all,
     on its source and on its destination), the moves out of one source sharing that
     source's `bandwidth_bps`.
 
     `costs_at[i](bandwidth)` is move i's cost at that bandwidth; `hosts[i]` its (source,
-    destination). Returns when each move starts and ends."""
+    destination). A move marked `solo` runs with no other move out of its source. Returns
+    when each move starts and ends."""
+    alone = list(solo) if solo is not None else [False] * len(costs_at)
     pending = list(range(len(costs_at)))
     running: dict[int, float] = {}  # index -> fraction done
     busy: dict[str, int] = {}  # host -> moves in flight into or out of it
@@ -160,6 +173,7 @@ def simulate(
                 len(running) < max_parallel
                 and busy.get(source, 0) < max_per_host
                 and busy.get(destination, 0) < max_per_host
+                and shares_ok(index, running, hosts, alone)
             ):
                 running[index] = 0.0
                 busy[source] = busy.get(source, 0) + 1
