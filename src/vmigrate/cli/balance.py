@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vmigrate.cli.evacuate import hosts_file_option, run_with_board
-from vmigrate.cli.options import json_option, store_option
+from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
 from vmigrate.fleet.balance import DEFAULT_MAX_MOVES, DEFAULT_MIN_GAIN, DEFAULT_THRESHOLD
 from vmigrate.fleet.execute import MOVED
 from vmigrate.fleet.rebalance import (
@@ -162,8 +161,7 @@ def balance(
         hosts_file=hosts_file,
         store_path=store_path,
     )
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupt_on(*STOP_SIGNALS)
 
     def one_round(emit: Any) -> list[BalanceReport]:
         if watch_s is not None:

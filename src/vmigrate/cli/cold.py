@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from vmigrate.cli.check import render_report
-from vmigrate.cli.options import json_option, store_option, vm_and_hosts
+from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option, vm_and_hosts
 from vmigrate.cold.plan import ColdPlan
 from vmigrate.cold.runner import ColdReport, ColdRequest, migrate_cold, plan_cold
 from vmigrate.domxml.rewrite import parse_maps
@@ -179,8 +178,7 @@ def cold(
         store_path=store_path,
     )
     # Ctrl-C and SIGTERM stop at a clean point: streams aborted, the job left to resume.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.default_int_handler)
+    interrupt_on(*STOP_SIGNALS)
     if dry_run:
         plan = plan_cold(request)
         if as_json:

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from vmigrate.capacity import MIB
-from vmigrate.cli.options import json_option, store_option
+from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
 from vmigrate.fleet.evacuate import (
     EvacuateRequest,
     EvacuationReport,
@@ -224,8 +224,7 @@ def evacuate_command(
         hosts_file=hosts_file,
         store_path=store_path,
     )
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupt_on(*STOP_SIGNALS)
     report: EvacuationReport = run_with_board(lambda emit: evacuate(request, emit), as_json)
     finish(report, as_json)
 
@@ -242,7 +241,7 @@ def finish(report: EvacuationReport, as_json: bool) -> None:
 
 
 def resume_command(job_id: int, store_path: Path | None, as_json: bool) -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt_on(signal.SIGINT)
     report: EvacuationReport = run_with_board(
         lambda emit: resume_evacuation(job_id, store_path, emit), as_json
     )
@@ -287,7 +286,7 @@ def maintenance_end(
     host: str, bring_back: bool, hosts_file: Path | None, store_path: Path | None, as_json: bool
 ) -> None:
     """Take HOST out of maintenance, and with --return move its VMs back."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt_on(signal.SIGINT)
     was, results, _plan = run_with_board(
         lambda emit: end_maintenance(
             host, bring_back=bring_back, hosts_file=hosts_file, store_path=store_path, emit=emit

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from vmigrate.cli.check import render_report
-from vmigrate.cli.options import json_option, store_option, vm_and_hosts
+from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option, vm_and_hosts
 from vmigrate.errors import MigrationRefused
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
@@ -234,8 +233,7 @@ def live(
     )
     # Ctrl-C and SIGTERM abort the migration cleanly, even where a parent shell started us
     # with SIGINT ignored; the runner turns the interrupt into an abort of the job.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.default_int_handler)
+    interrupt_on(*STOP_SIGNALS)
     report = _run_json(request) if as_json else _run_interactive(request)
     if report.outcome != "completed" or not report.placement_ok:
         raise SystemExit(1)

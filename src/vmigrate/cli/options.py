@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,3 +52,14 @@ def store_option(command: F) -> F:
 
 def json_option(command: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+
+
+#: Ctrl-C and SIGTERM: what stops a command that moves VMs at a clean point.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def interrupt_on(*signums: int) -> None:
+    """Make these signals raise KeyboardInterrupt, even where a parent shell started us with
+    SIGINT ignored: the library turns the interrupt into a clean stop (an abort, a cancel)."""
+    for signum in signums:
+        signal.signal(signum, signal.default_int_handler)

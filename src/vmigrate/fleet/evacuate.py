@@ -10,7 +10,7 @@ import contextlib
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from vmigrate.fleet.gather import (
 from vmigrate.fleet.moves import VMIGRATE
 from vmigrate.fleet.plan import MODES, EvacuationInput, EvacuationPlan, Limits, plan_evacuation
 from vmigrate.hosts import HostRef, cluster_of, resolve_cluster, resolve_host
-from vmigrate.preflight import HostSession
 from vmigrate.store import RUNNING, JobStore
 
 KIND = "evacuate"
@@ -45,13 +44,6 @@ class EvacuateRequest:
     dry_run: bool = False
     hosts_file: Path | None = None
     store_path: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        for key in ("hosts_file", "store_path"):
-            values[key] = str(values[key]) if values[key] is not None else None
-        values["to"] = list(self.to)
-        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvacuateRequest:
@@ -141,8 +133,9 @@ def _validate(request: EvacuateRequest) -> None:
 
 def prepare(
     request: EvacuateRequest, store: JobStore
-) -> tuple[HostRef, tuple[HostRef, ...], dict[str, HostSession], EvacuationInput, EvacuationPlan]:
-    """Everything before anything moves: targets, facts, checks, the plan."""
+) -> tuple[HostRef, tuple[HostRef, ...], EvacuationInput, EvacuationPlan]:
+    """Everything before anything moves: targets, facts, checks, the plan. The hosts'
+    connections are closed again: each move opens its own."""
     _validate(request)
     source = resolve_host(request.host, request.hosts_file)
     targets = _targets(request, source)
@@ -155,15 +148,14 @@ def prepare(
             fix="end one's maintenance (`vmigrate maintenance end HOST`) or name other hosts",
         )
     sessions = open_sessions([source, *targets])
-    src = sessions[source.name]
-    if src.facts is None:
-        close_sessions(sessions)
-        raise HostUnreachable(
-            f"cannot reach libvirt on the host to empty: {src.error}",
-            host=source.name,
-            fix="check that libvirtd runs there and that its port is open; nothing was moved",
-        )
     try:
+        src = sessions[source.name]
+        if src.facts is None:
+            raise HostUnreachable(
+                f"cannot reach libvirt on the host to empty: {src.error}",
+                host=source.name,
+                fix="check that libvirtd runs there and that its port is open; nothing was moved",
+            )
         target_sessions = [sessions[t.name] for t in targets]
         if not any(s.facts is not None for s in target_sessions):
             raise HostUnreachable(
@@ -184,10 +176,9 @@ def prepare(
             bandwidth_bps=bandwidth,
             bandwidth_source=bandwidth_source,
         )
-    except BaseException:
+    finally:
         close_sessions(sessions)
-        raise
-    return source, targets, sessions, inp, plan_evacuation(inp)
+    return source, targets, inp, plan_evacuation(inp)
 
 
 def _left_on(ref: HostRef) -> list[str] | None:
@@ -207,12 +198,11 @@ def log_dir(store: JobStore, job_id: int) -> Path:
 def evacuate(request: EvacuateRequest, emit: Emit, job_id: int | None = None) -> EvacuationReport:
     started = time.monotonic()
     with JobStore(request.store_path) as store:
-        source, targets, sessions, inp, plan = prepare(request, store)
-        close_sessions(sessions)
+        source, targets, inp, plan = prepare(request, store)
         emit("plan", plan.to_dict())
         if request.dry_run:
             return EvacuationReport(None, source.name, plan.to_dict(), message="dry run")
-        params = {"request": request.to_dict(), "plan": plan.to_dict()}
+        params = {"request": asdict(request), "plan": plan.to_dict()}
         if job_id is None:
             job_id = store.create_job(
                 KIND, source.name, source.uri, ",".join(t.name for t in targets), params
@@ -330,7 +320,7 @@ def resume_evacuation(job_id: int, store_path: Path | None, emit: Emit) -> Evacu
         store.reopen_job(job_id)
         request = EvacuateRequest.from_dict(record.params["request"])
     if store_path is not None:
-        request = EvacuateRequest.from_dict({**request.to_dict(), "store_path": str(store_path)})
+        request = replace(request, store_path=store_path)
     try:
         return evacuate(request, emit, job_id=job_id)
     except BaseException as err:

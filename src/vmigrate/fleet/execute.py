@@ -23,6 +23,7 @@ from vmigrate.fleet.plan import (
     VmLoad,
     next_destination,
 )
+from vmigrate.fleet.predict import link_free
 from vmigrate.hosts import HostRef
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_with_timeout
@@ -152,11 +153,6 @@ class MoveScheduler:
         }
         self.ctx.store.record_step(self.ctx.job_id, track.seq, track.load.name, state, detail)
 
-    def _link_free(self, track: _Track) -> bool:
-        """A move that needs its source's link to itself (PlannedMove.solo) runs alone."""
-        same = [t for t in self.running if t.move.source == track.move.source]
-        return not same or not (track.move.solo or any(t.move.solo for t in same))
-
     def _busy(self, host: str) -> int:
         return sum(1 for t in self.running if host in (t.move.source, t.move.destination))
 
@@ -199,7 +195,9 @@ class MoveScheduler:
             if (
                 self._busy(source) >= self.limits.max_per_host
                 or self._busy(destination) >= self.limits.max_per_host
-                or not self._link_free(track)
+                or not link_free(
+                    source, track.move.solo, ((t.move.source, t.move.solo) for t in self.running)
+                )
             ):
                 continue
             self.pending.remove(track)

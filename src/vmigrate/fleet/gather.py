@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from vmigrate.capacity import MIB, host_budget
 from vmigrate.errors import VmigrateError
 from vmigrate.facts import DomainFacts
-from vmigrate.fleet.plan import COLD, LIVE, PairVerdict, TargetHost, VmLoad, move_mode
+from vmigrate.fleet.plan import LIVE, PairVerdict, TargetHost, VmLoad, move_mode
 from vmigrate.hosts import HostRef
 from vmigrate.model import Finding, Mode, Verdict
 from vmigrate.preflight import HostSession, PairChecks, open_session
@@ -156,14 +156,3 @@ def link_bandwidth(given_mib: float | None, targets: Sequence[HostSession]) -> t
         if rate:
             return rate, f"measured from this machine to {target.ref.name} (2 s upload)"
     return 119 * MIB, "assumed 1 Gbit/s (nothing measured; give --bandwidth)"
-
-
-__all__ = [
-    "COLD",
-    "GatheredVm",
-    "close_sessions",
-    "gather_vms",
-    "link_bandwidth",
-    "open_sessions",
-    "target_host",
-]

@@ -56,7 +56,6 @@ class ChildMove:
     percent: float = 0.0
     phase: str = "checks"
     report: dict[str, Any] | None = None
-    refused: str | None = None  # the checks refused it (nothing was touched)
     _offset: int = 0
     _stopped: bool = False
 

@@ -116,14 +116,11 @@ def cold_cost(disk_bytes: int, bandwidth_bps: float) -> MoveCost:
     )
 
 
-def shares_ok(
-    index: int, running: Iterable[int], hosts: Sequence[tuple[str, str]], solo: Sequence[bool]
-) -> bool:
-    """Move `index` may start beside `running`: neither it nor a running move out of the
-    same source must have that source's link to itself."""
-    source = hosts[index][0]
-    same = [i for i in running if hosts[i][0] == source]
-    return not same or not (solo[index] or any(solo[i] for i in same))
+def link_free(source: str, solo: bool, running: Iterable[tuple[str, bool]]) -> bool:
+    """A move out of `source` may start beside the `running` moves (source, solo): neither
+    it nor a running move out of the same source must have that source's link to itself."""
+    same = [running_solo for running_source, running_solo in running if running_source == source]
+    return not same or not (solo or any(same))
 
 
 @dataclass(frozen=True)
@@ -173,7 +170,7 @@ def simulate(
                 len(running) < max_parallel
                 and busy.get(source, 0) < max_per_host
                 and busy.get(destination, 0) < max_per_host
-                and shares_ok(index, running, hosts, alone)
+                and link_free(source, alone[index], ((hosts[i][0], alone[i]) for i in running))
             ):
                 running[index] = 0.0
                 busy[source] = busy.get(source, 0) + 1

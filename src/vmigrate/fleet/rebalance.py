@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vmigrate.capacity import HostBudget, host_budget
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
 from vmigrate.fleet.balance import (
     DEFAULT_MAX_MOVES,
@@ -59,12 +60,6 @@ class BalanceRequest:
     dry_run: bool = False
     hosts_file: Path | None = None
     store_path: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        for key in ("hosts_file", "store_path"):
-            values[key] = str(values[key]) if values[key] is not None else None
-        return values
 
 
 @dataclass
@@ -201,9 +196,7 @@ def sample_cluster(
     return _Sampled(inp, sessions)
 
 
-def _budget(session: HostSession) -> Any:
-    from vmigrate.capacity import host_budget
-
+def _budget(session: HostSession) -> HostBudget | None:
     return host_budget(session.facts) if session.facts is not None else None
 
 
@@ -292,7 +285,7 @@ def balance_round(request: BalanceRequest, emit: Emit) -> BalanceReport:
             name,
             "",
             ",".join(r.name for r in refs),
-            {"request": request.to_dict(), "plan": plan.to_dict()},
+            {"request": asdict(request), "plan": plan.to_dict()},
         )
         emit("job", {"job_id": job_id, "store": str(store.path)})
         limits = Limits(request.max_parallel, request.max_parallel)
