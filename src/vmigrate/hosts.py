@@ -5,6 +5,9 @@ A host is named on the command line either by a libvirt URI or by a name from th
 
     [hosts.web-a]
     uri = "qemu+tls://web-a.example.net/system"
+    peer_uri = "qemu+tls://web-a.mig.lan/system"  # optional: how the other hosts' libvirtd
+                                        # reaches this one (peer-to-peer); default: uri
+    migration_tls = true                # optional: QEMU TLS credentials in /etc/pki/qemu
     migration_address = "10.0.0.11"     # optional: where QEMU listens for incoming migrations
     migration_ports = [49152, 49215]    # optional: the destination's migration port range
     bandwidth = 119                     # optional: MiB/s of the link to this host (estimate)
@@ -12,8 +15,22 @@ A host is named on the command line either by a libvirt URI or by a name from th
     reserve_mib = 2048                  # optional: memory kept for the host itself
     vcpus = 32                          # optional: vCPUs VMs may use here in all
 
+    [hosts.web-b]                       # or the URI's parts instead of uri:
+    address = "web-b.example.net"       # default: the name
+    transport = "ssh"                   # ssh (default), libssh, libssh2, tls, tcp
+    user = "root"                       # ssh transports; default root
+    key_file = "/root/.ssh/id_ed25519"  # ssh transports
+    known_hosts = "/etc/vmigrate/known_hosts"  # libssh and libssh2 only (see below)
+
+    [defaults]                          # optional: the same keys, for every host without
+    transport = "ssh"                   # them, and for bare names not listed above
+    user = "root"                       # (web-c then means qemu+ssh://root@web-c/system)
+
     [clusters.web]
     hosts = ["web-a", "web-b", "web-c"]
+
+openssh (qemu+ssh) reads known hosts only from ssh's own configuration (~/.ssh/known_hosts);
+libvirt passes a `known_hosts` file to its libssh and libssh2 transports only.
 
 What a host can give a VM is min(what libvirt reports, capacity_mib) less reserve_mib and
 less what its running VMs already use (capacity.py). The lab's hosts (hostA..hostD) work
@@ -24,17 +41,20 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from vmigrate.errors import UsageError
-from vmigrate.lab.config import lab_host
+from vmigrate.lab.config import LAB_HOSTS, LAB_TRANSPORTS, LabHost, lab_host, lab_transport
 from vmigrate.lab.state import running_lab_hosts
 
 DEFAULT_MIGRATION_PORTS = (49152, 49215)
+#: A host name or address as a bare name may be (no spaces, no URI punctuation).
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.:-]*[A-Za-z0-9])?")
 _TRANSPORT_PORTS = {"tcp": 16509, "tls": 16514, "ssh": 22, "libssh": 22, "libssh2": 22}
 _TRANSPORTS = {"", "tcp", "tls", "ssh", "libssh", "libssh2", "unix", "ext"}
 _DRIVERS = {"qemu", "test"}
@@ -80,6 +100,13 @@ class HostRef:
     capacity_mib: int | None = None  # memory VMs may use here; None: what libvirt reports
     reserve_mib: int | None = None  # memory kept for the host; None: the default reserve
     vcpus: int | None = None  # vCPUs VMs may use here in all; None: no limit but the CPUs
+    peer_uri: str | None = None  # how another host's libvirtd reaches this one; None: uri
+    migration_tls: bool | None = None  # QEMU TLS credentials here; None: not declared
+
+    @property
+    def peer_connection_uri(self) -> str:
+        """The URI a source host's libvirtd opens to this host in peer-to-peer migration."""
+        return self.peer_uri or self.uri
 
     @property
     def parsed(self) -> ParsedUri:
@@ -127,8 +154,14 @@ def _ports(value: object, where: str) -> tuple[int, int]:
     raise UsageError(f"{where}: migration_ports must be [first, last], e.g. [49152, 49215]")
 
 
+_URI_PART_KEYS = ("address", "transport", "user", "port", "key_file", "known_hosts")
+_DEFAULT_KEYS = ("transport", "user", "key_file", "known_hosts", "migration_tls")
+_SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")
 _HOST_KEYS = (
     "uri",
+    "peer_uri",
+    "migration_tls",
+    *_URI_PART_KEYS,
     "migration_address",
     "migration_ports",
     "bandwidth",
@@ -152,19 +185,83 @@ def _positive_int(table: dict[str, Any], key: str, where: str, example: str) -> 
     return value
 
 
-def _host(name: str, table: object, where: str) -> HostRef:
-    if not isinstance(table, dict) or not isinstance(table.get("uri"), str):
-        raise UsageError(f'{where}: needs uri = "qemu+...://.../system"')
+def _text(table: dict[str, Any], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise UsageError(f"{where}: {key} must be a non-empty string")
+    return value
+
+
+def build_uri(name: str, parts: dict[str, Any], where: str) -> str:
+    """A libvirt URI from a host's parts (address, transport, user, port, key file, known
+    hosts); values are percent-encoded, never pasted."""
+    transport = _text(parts, "transport", where) or "ssh"
+    if transport not in ("ssh", "libssh", "libssh2", "tls", "tcp"):
+        raise UsageError(
+            f"{where}: transport must be ssh, libssh, libssh2, tls or tcp, not {transport!r}"
+        )
+    address = _text(parts, "address", where) or name
+    user = _text(parts, "user", where)
+    key_file = _text(parts, "key_file", where)
+    known_hosts = _text(parts, "known_hosts", where)
+    port = parts.get("port")
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+    ):
+        raise UsageError(f"{where}: port must be a TCP port number")
+    ssh = transport in _SSH_TRANSPORTS
+    if not ssh and (user or key_file or known_hosts):
+        raise UsageError(f"{where}: user, key_file and known_hosts apply to ssh transports only")
+    if known_hosts and transport == "ssh":
+        raise UsageError(
+            f"{where}: openssh (transport ssh) takes no known_hosts file from libvirt; it "
+            "reads ~/.ssh/known_hosts",
+            fix='use transport = "libssh" to name a known_hosts file, or add the host key '
+            "to ~/.ssh/known_hosts (ssh-keyscan, verified out of band)",
+        )
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"  # an IPv6 address
+    netloc = (quote(user or "root", safe="") + "@" if ssh else "") + address
+    if port is not None:
+        netloc += f":{port}"
+    query = {k: v for k, v in (("keyfile", key_file), ("known_hosts", known_hosts)) if v}
+    uri = f"qemu+{transport}://{netloc}/system"
+    return uri + ("?" + urlencode(query) if query else "")
+
+
+def _host(name: str, table: object, where: str, defaults: dict[str, Any]) -> HostRef:
+    if not isinstance(table, dict):
+        raise UsageError(f'{where}: write it as a table with uri = "qemu+...://.../system"')
     extra = set(table) - set(_HOST_KEYS)
     if extra:
         raise UsageError(
             f"{where}: unknown keys {', '.join(sorted(extra))}",
             fix=f"allowed: {', '.join(_HOST_KEYS)}",
         )
-    try:
-        parse_uri(table["uri"])
-    except UsageError as err:
-        raise UsageError(f"{where}: {err.message}", fix=err.fix) from err
+    if "uri" in table:
+        if not isinstance(table["uri"], str):
+            raise UsageError(f'{where}: needs uri = "qemu+...://.../system"')
+        both = set(table) & set(_URI_PART_KEYS)
+        if both:
+            raise UsageError(
+                f"{where}: give either uri or its parts ({', '.join(sorted(both))}), not both"
+            )
+        uri = table["uri"]
+    else:
+        parts = {k: v for k, v in defaults.items() if k in _URI_PART_KEYS} | table
+        uri = build_uri(name, parts, where)
+    for key in ("uri", "peer_uri"):
+        if key == "uri" or table.get(key) is not None:
+            value = uri if key == "uri" else table[key]
+            if not isinstance(value, str):
+                raise UsageError(f"{where}: {key} must be a libvirt URI")
+            try:
+                parse_uri(value)
+            except UsageError as err:
+                raise UsageError(f"{where}: {err.message}", fix=err.fix) from err
+    tls = table.get("migration_tls", defaults.get("migration_tls"))
+    if tls is not None and not isinstance(tls, bool):
+        raise UsageError(f"{where}: migration_tls must be true or false")
     address = table.get("migration_address")
     if address is not None and not isinstance(address, str):
         raise UsageError(f"{where}: migration_address must be a string")
@@ -185,13 +282,15 @@ def _host(name: str, table: object, where: str) -> HostRef:
         )
     return HostRef(
         name,
-        table["uri"],
+        uri,
         address,
         ports,
         float(bandwidth) if bandwidth else None,
         capacity_mib=_positive_int(table, "capacity_mib", where, "65536"),
         reserve_mib=_positive_int(table, "reserve_mib", where, "2048"),
         vcpus=_positive_int(table, "vcpus", where, "32"),
+        peer_uri=table.get("peer_uri"),
+        migration_tls=tls,
     )
 
 
@@ -202,6 +301,7 @@ class Inventory:
     path: Path
     hosts: dict[str, HostRef]
     clusters: dict[str, tuple[str, ...]]
+    defaults: dict[str, Any] | None = None  # [defaults]: bare names resolve with these
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -246,18 +346,28 @@ def _clusters(raw: object, hosts: dict[str, HostRef], path: Path) -> dict[str, t
 def load_inventory(path: Path) -> Inventory:
     """Read a hosts file; a missing default file is fine, a malformed one is a usage error."""
     raw = _read_toml(path)
-    unknown = set(raw) - {"hosts", "clusters"}
+    unknown = set(raw) - {"hosts", "clusters", "defaults"}
     if unknown or not isinstance(raw.get("hosts", {}), dict):
         raise UsageError(
-            f"hosts file {path}: expected only [hosts.NAME] and [clusters.NAME] tables, "
-            f"found {', '.join(sorted(unknown)) or 'hosts = ...'}",
+            f"hosts file {path}: expected only [hosts.NAME], [clusters.NAME] and [defaults] "
+            f"tables, found {', '.join(sorted(unknown)) or 'hosts = ...'}",
             fix='write each host as [hosts.NAME] with uri = "qemu+...://.../system"',
         )
+    defaults = raw.get("defaults")
+    if defaults is not None and (
+        not isinstance(defaults, dict) or set(defaults) - set(_DEFAULT_KEYS)
+    ):
+        raise UsageError(
+            f"hosts file {path}: [defaults] takes only {', '.join(_DEFAULT_KEYS)}",
+            fix='e.g. [defaults] transport = "ssh" and user = "root"',
+        )
+    if defaults is not None:  # a mistake in them is reported now, not at first use
+        build_uri("example", defaults, f"hosts file {path}, [defaults]")
     hosts = {
-        name: _host(name, table, f"hosts file {path}, host {name!r}")
+        name: _host(name, table, f"hosts file {path}, host {name!r}", defaults or {})
         for name, table in raw.get("hosts", {}).items()
     }
-    return Inventory(path, hosts, _clusters(raw.get("clusters", {}), hosts, path))
+    return Inventory(path, hosts, _clusters(raw.get("clusters", {}), hosts, path), defaults)
 
 
 def load_hosts_file(path: Path) -> dict[str, HostRef]:
@@ -270,27 +380,56 @@ def _inventory(hosts_file: Path | None) -> Inventory:
     return load_inventory(hosts_file or default_hosts_file())
 
 
+def _lab_host_ref(lab: LabHost, transport: str) -> HostRef:
+    """A lab host over one of its transports: vmigrate's URI carries the lab client's
+    credentials, the hosts reach each other with their own; all have QEMU TLS credentials."""
+    return HostRef(
+        lab.name,
+        lab.uri_for(transport),
+        lab.address,
+        capacity_mib=lab.capacity_mib,
+        vcpus=lab.vcpus,
+        peer_uri=lab.peer_uri(transport),
+        migration_tls=True,
+    )
+
+
 def _lab_ref(spec: str) -> HostRef | None:
     lab = lab_host(spec) if spec.lower().startswith("host") else None
     if lab is None:
         return None
-    return HostRef(lab.name, lab.uri, lab.address, capacity_mib=lab.capacity_mib, vcpus=lab.vcpus)
+    return _lab_host_ref(lab, lab_transport())
+
+
+def _lab_uri_ref(uri: str) -> HostRef | None:
+    """A URI that `vmigrate lab status` printed names that lab host over that transport."""
+    for lab in LAB_HOSTS:
+        for transport in LAB_TRANSPORTS:
+            if lab.uri_for(transport) == uri:
+                return _lab_host_ref(lab, transport)
+    return None
 
 
 def resolve_host(spec: str, hosts_file: Path | None = None) -> HostRef:
-    """A HostRef for a URI, a name from the hosts file, or the lab's hostA..hostD."""
+    """A HostRef for a URI, a name from the hosts file, the lab's hostA..hostD, or (with
+    [defaults] in the hosts file) any host name."""
     if "://" in spec or ":/" in spec:
         parse_uri(spec)
-        return HostRef(spec, spec)
+        return _lab_uri_ref(spec) or HostRef(spec, spec)
     inventory = _inventory(hosts_file)
     if spec in inventory.hosts:
         return inventory.hosts[spec]
     lab = _lab_ref(spec)
     if lab is not None:
         return lab
+    if inventory.defaults is not None and _HOST_NAME.fullmatch(spec):
+        where = f"hosts file {inventory.path}, [defaults] for {spec!r}"
+        return _host(spec, {}, where, inventory.defaults)
     raise UsageError(
         f"unknown host {spec!r}: not a libvirt URI and not in {inventory.path}",
-        fix=f"pass a URI (qemu+ssh://root@{spec}/system) or add [hosts.{spec}] to {inventory.path}",
+        fix=f"pass a URI (qemu+ssh://root@{spec}/system), add [hosts.{spec}] to "
+        f'{inventory.path}, or add [defaults] transport = "ssh" there to reach bare names '
+        "over qemu+ssh as root",
     )
 
 

@@ -18,6 +18,7 @@ from vmigrate.checks.context import CheckInput, DiskStorage, PortProbe
 from vmigrate.checks.cpu import CpuFacts, check_cpu
 from vmigrate.checks.devices import check_conflicts, check_devices, check_networks
 from vmigrate.checks.drivers import check_drivers
+from vmigrate.checks.encryption import check_encryption
 from vmigrate.checks.resources import check_resources
 from vmigrate.checks.storage import check_storage
 from vmigrate.checks.versions import check_machine, check_versions
@@ -232,6 +233,7 @@ class PairChecks:
         *,
         mode: Mode = Mode.LIVE,
         copy_storage: bool = False,
+        tls: bool | None = None,
     ) -> tuple[Finding, ...]:
         src_conn, src_facts = self.source.conn, self.source.facts
         assert src_conn is not None and src_facts is not None
@@ -256,6 +258,9 @@ class PairChecks:
             libvirt_port=destination.port,
             migration_ports=destination.migration_ports() if mode is Mode.LIVE else (),
             probes_representative=_is_local(self.source.ref),
+            source_ref=self.source.ref,
+            destination_ref=destination.ref,
+            migration_tls_requested=tls,
         )
         found: list[Finding] = []
         for check in (
@@ -263,6 +268,7 @@ class PairChecks:
             check_versions,
             check_machine,
             check_connectivity,
+            check_encryption,
             check_storage,
             check_resources,
             check_devices,
@@ -292,10 +298,17 @@ def run_checks(
     mode: Mode = Mode.LIVE,
     copy_storage: bool = False,
     hosts_file: Path | None = None,
+    tls: bool | None = None,
 ) -> CheckReport:
     """Check whether `vm` can move from `source` to `destination`; raises only for bad input."""
     return check_move(
-        vm, source, destination, mode=mode, copy_storage=copy_storage, hosts_file=hosts_file
+        vm,
+        source,
+        destination,
+        mode=mode,
+        copy_storage=copy_storage,
+        hosts_file=hosts_file,
+        tls=tls,
     ).report
 
 
@@ -307,6 +320,7 @@ def check_move(
     mode: Mode = Mode.LIVE,
     copy_storage: bool = False,
     hosts_file: Path | None = None,
+    tls: bool | None = None,
 ) -> Checked:
     """run_checks, with the facts gathered on the way."""
     started = time.monotonic()
@@ -327,7 +341,7 @@ def check_move(
             lookup_domain(src.conn, vm, host=src_ref.name), host=src_ref.name
         )
         dst = open_session(dst_ref)
-        findings = checks.findings(domain, dst, mode=mode, copy_storage=copy_storage)
+        findings = checks.findings(domain, dst, mode=mode, copy_storage=copy_storage, tls=tls)
     finally:
         src.close()
         if dst is not None:

@@ -64,9 +64,10 @@ def test_a_lab_vm_passes_a_live_check_in_seconds(running_vm: str) -> None:
     assert by_check["storage.shared"]["verdict"] == "pass"
     assert "byte for byte" in by_check["storage.shared"]["summary"]
     assert by_check["connectivity.migration-ports"]["verdict"] == "pass"
-    # The lab's qemu+tcp is unencrypted: said loudly, as a warning.
-    assert by_check["connectivity.transport-destination"]["verdict"] == "warn"
-    assert "UNENCRYPTED" in by_check["connectivity.transport-destination"]["summary"]
+    # The lab speaks TLS, and both hosts have QEMU TLS credentials: the stream is encrypted.
+    assert by_check["encryption.control-destination"]["verdict"] == "pass"
+    assert "TLS" in by_check["encryption.control-destination"]["summary"]
+    assert by_check["encryption.migration-stream"]["evidence"]["tls"] is True
     assert elapsed < 30
     # The probe volume is gone again: nothing changed on either host.
     assert not list(Path("/var/lib/vmigrate-lab/shared").glob(".vmigrate-probe-*"))
@@ -81,13 +82,13 @@ def test_human_output_is_a_table_with_a_verdict(running_vm: str) -> None:
 
 def test_blocked_libvirt_port_fails_within_seconds(running_vm: str) -> None:
     started = time.monotonic()
-    with dropped(HOST_B.address, "16509"):
+    with dropped(HOST_B.address, "16514"):
         report = run_checks(running_vm, "hostA", "hostB")
     assert time.monotonic() - started < 20
     assert report.failed
     port = findings(report, "connectivity.libvirt-port")[0]
     assert port.verdict is Verdict.FAIL
-    assert "firewall drops" in port.summary and "16509" in port.fix
+    assert "firewall drops" in port.summary and "16514" in port.fix
     assert verdict(report, "connectivity.destination") is Verdict.FAIL
     assert verdict(report, "storage.shared") is Verdict.SKIPPED
 

@@ -32,7 +32,13 @@ def test_status_json_describes_both_hosts(lab: list[HostStatus]) -> None:
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     hosts = {h["name"]: h for h in status["hosts"]}
-    assert hosts["hostA"]["uri"] == "qemu+tcp://127.0.0.2/system"
+    assert hosts["hostA"]["uri"] == hosts["hostA"]["uris"]["tls"]  # TLS by default
+    assert set(hosts["hostA"]["uris"]) == {"tls", "ssh"}  # no plain TCP unless asked
+    for transport, uri in hosts["hostB"]["uris"].items():  # each works as it is with virsh
+        answer = subprocess.run(
+            ["virsh", "-c", uri, "hostname"], capture_output=True, text=True, timeout=30
+        )
+        assert answer.stdout.strip() == "hostB", (transport, answer.stderr)
     assert hosts["hostB"]["running"] is True
     assert hosts["hostB"]["libvirt_version"].split(".")[0] >= "1"
     assert status["link"]["shaped"] is False

@@ -20,6 +20,7 @@ from vmigrate.lab.config import HOST_B
 from vmigrate.lab.daemons import namespace_when_ready, start_libvirtd, stop_host_processes
 from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.processes import is_alive
+from vmigrate.lab.sshd import stop_sshd
 from vmigrate.lab.state import load_records, save_records
 from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 from vmigrate.virt.connection import wait_for_connection
@@ -44,6 +45,7 @@ def host_b_without_storage(lab: list[HostStatus]) -> Iterator[None]:
     deadline = time.monotonic() + 10
     while is_alive(old.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
+    stop_sshd(old.mount_namespace)  # it holds hostB's port 22 for the host that comes back
     crippled = start_libvirtd(HOST_B, hide=[_storage_module()])
     wait_for_connection(HOST_B.uri, timeout=30, host="hostB").close()
     records["hostB"] = namespace_when_ready(crippled)

@@ -8,6 +8,7 @@ from pathlib import Path
 from vmigrate.checks.connectivity import check_connectivity
 from vmigrate.checks.context import CheckInput, DiskStorage, PortProbe
 from vmigrate.checks.devices import check_conflicts, check_devices, check_networks
+from vmigrate.checks.encryption import check_encryption
 from vmigrate.checks.resources import check_resources
 from vmigrate.checks.storage import check_storage
 from vmigrate.checks.versions import check_machine, check_versions
@@ -305,9 +306,48 @@ def test_connectivity_ports_and_encryption() -> None:
     found = check_connectivity(down)
     assert only(found, "connectivity.destination").verdict is Verdict.FAIL
     assert "16514" in only(found, "connectivity.libvirt-port").fix
-    plain = facts(destination=host("kvm2", "qemu+tcp://kvm2/system"))
-    warning = only(check_connectivity(plain), "connectivity.transport-destination")
-    assert warning.verdict is Verdict.WARN and "UNENCRYPTED" in warning.summary
+
+
+def _refs(
+    src: str = "qemu+ssh://root@kvm1/system",
+    dst: str = "qemu+tls://kvm2/system",
+    *,
+    declared: tuple[bool | None, bool | None] = (True, True),
+    requested: bool | None = None,
+    mode: Mode = Mode.LIVE,
+) -> CheckInput:
+    return facts(
+        mode=mode,
+        source_ref=HostRef("kvm1", src, migration_tls=declared[0]),
+        destination_ref=HostRef("kvm2", dst, migration_tls=declared[1]),
+        migration_tls_requested=requested,
+    )
+
+
+def test_encryption_reports_the_control_connection_and_the_stream_apart() -> None:
+    found = check_encryption(_refs())
+    assert {f.verdict for f in found} == {Verdict.PASS}
+    assert "SSH" in only(found, "encryption.control-source").summary
+    assert "TLS" in only(found, "encryption.control-destination").summary
+    stream = only(found, "encryption.migration-stream")
+    assert "by default" in stream.summary and stream.evidence["tls"] is True
+
+    plain = check_encryption(_refs(dst="qemu+tcp://kvm2/system", declared=(True, None)))
+    control = only(plain, "encryption.control-destination")
+    assert control.verdict is Verdict.WARN and "UNENCRYPTED" in control.summary
+    stream = only(plain, "encryption.migration-stream")
+    assert stream.verdict is Verdict.WARN and "kvm2 declares no QEMU TLS" in stream.summary
+    assert "/etc/pki/qemu" in stream.fix
+
+    refused = only(check_encryption(_refs(requested=False)), "encryption.migration-stream")
+    assert refused.verdict is Verdict.WARN and "--no-tls" in refused.summary
+    forced = only(
+        check_encryption(_refs(declared=(None, None), requested=True)),
+        "encryption.migration-stream",
+    )
+    assert forced.verdict is Verdict.PASS and forced.evidence["tls"] is True
+    cold = check_encryption(_refs(mode=Mode.COLD))
+    assert not [f for f in cold if f.check == "encryption.migration-stream"]
 
 
 def test_same_host_is_refused() -> None:

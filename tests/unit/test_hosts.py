@@ -64,7 +64,13 @@ def test_hosts_file(tmp_path: Path) -> None:
     [
         "[hosts.a\nuri = 1",  # not TOML
         '[a]\nuri = "qemu:///system"\n',  # not under [hosts]
-        "[hosts.a]\nmigration_address = 'x'\n",  # no uri
+        "[hosts.a]\nmigration_tls = 'yes'\n",  # not a boolean
+        '[hosts.a]\nuri = "qemu:///system"\naddress = "a"\n',  # a URI and its parts
+        '[hosts.a]\ntransport = "telnet"\n',
+        '[hosts.a]\ntransport = "ssh"\nknown_hosts = "/k"\n',  # openssh takes none
+        '[hosts.a]\ntransport = "tls"\nuser = "root"\n',
+        "[hosts.a]\nport = 99999\n",
+        '[defaults]\ncolour = "red"\n',
         '[hosts.a]\nuri = "qemu:///system"\ncolour = "red"\n',  # unknown key
         '[hosts.a]\nuri = "qemu:///system"\nmigration_ports = [9, 1]\n',
         '[hosts.a]\nuri = "nonsense"\n',
@@ -92,8 +98,51 @@ def test_a_hosts_file_that_is_not_text_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_lab_names_need_no_hosts_file(tmp_path: Path) -> None:
     ref = resolve_host("hostB")
-    assert ref.uri == "qemu+tcp://127.0.0.3/system"
+    assert ref.uri.startswith("qemu+tls://127.0.0.3/system?pkipath=")
     assert ref.address == "127.0.0.3"
+    assert ref.migration_tls is True
+    assert ref.peer_connection_uri == "qemu+tls://127.0.0.3/system"
+
+
+def test_the_lab_transport_can_be_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMIGRATE_LAB_TRANSPORT", "ssh")
+    ref = resolve_host("hostB")
+    assert ref.uri.startswith("qemu+ssh://root@127.0.0.3/system")
+    assert ref.peer_connection_uri == "qemu+ssh://root@127.0.0.3/system"
+    # A URI `lab status` printed is that lab host, whichever transport names it.
+    assert resolve_host(ref.uri).name == "hostB"
+    monkeypatch.setenv("VMIGRATE_LAB_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(UsageError, match="names no lab transport"):
+        resolve_host("hostB")
+
+
+def test_hosts_built_from_their_parts(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.toml"
+    path.write_text(
+        "[defaults]\nmigration_tls = true\n"
+        '[hosts.a]\naddress = "10.1.1.1"\nkey_file = "/keys/id a"\n'
+        '[hosts.b]\ntransport = "libssh"\nuser = "ops"\nport = 2222\n'
+        'known_hosts = "/etc/vmigrate/known_hosts"\n'
+        '[hosts.c]\ntransport = "tls"\npeer_uri = "qemu+tls://c.mig/system"\n'
+        "migration_tls = false\n"
+    )
+    hosts = load_hosts_file(path)
+    assert hosts["a"].uri == "qemu+ssh://root@10.1.1.1/system?keyfile=%2Fkeys%2Fid+a"
+    assert hosts["a"].migration_tls is True  # from [defaults]
+    assert hosts["b"].uri == (
+        "qemu+libssh://ops@b:2222/system?known_hosts=%2Fetc%2Fvmigrate%2Fknown_hosts"
+    )
+    assert hosts["c"].uri == "qemu+tls://c/system"
+    assert hosts["c"].peer_connection_uri == "qemu+tls://c.mig/system"
+    assert hosts["c"].migration_tls is False
+
+
+def test_bare_names_are_ssh_hosts_with_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.toml"
+    path.write_text('[defaults]\ntransport = "ssh"\n')
+    assert resolve_host("web-c", path).uri == "qemu+ssh://root@web-c/system"
+    with pytest.raises(UsageError):
+        resolve_host("not a name", path)
 
 
 def test_unknown_name_says_what_to_do(tmp_path: Path) -> None:
@@ -102,6 +151,7 @@ def test_unknown_name_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as caught:
         resolve_host("web-z", empty)
     assert "web-z" in str(caught.value) and "qemu+ssh://root@web-z/system" in str(caught.value)
+    assert "[defaults]" in str(caught.value)
 
 
 def test_missing_explicit_hosts_file(tmp_path: Path) -> None:
@@ -135,7 +185,7 @@ def test_hosts_file_capacity_and_clusters(tmp_path: Path) -> None:
         ('[hosts.b]\nuri = "qemu+tcp://h/system"\nvcpus = "four"\n', "vcpus must be"),
         ('[clusters.x]\nhosts = ["nowhere"]\n', "nowhere not defined"),
         ("[clusters.x]\nhosts = []\n", "needs only hosts = [...]"),
-        ("[racks.x]\n", "expected only [hosts.NAME] and [clusters.NAME]"),
+        ("[racks.x]\n", "expected only [hosts.NAME], [clusters.NAME] and [defaults]"),
     ],
 )
 def test_bad_hosts_files_say_what_is_wrong(tmp_path: Path, text: str, words: str) -> None:

@@ -41,8 +41,34 @@ def test_hosts_listen_on_their_own_loopback_address_with_distinct_uuids() -> Non
     assert a["listen_addr"] == '"127.0.0.2"'
     assert b["listen_addr"] == '"127.0.0.3"'
     assert a["host_uuid"] != b["host_uuid"]
-    assert a["listen_tcp"] == "1"
-    assert a["listen_tls"] == "0"
+    assert a["listen_tls"] == "1" and a["listen_tcp"] == "0"
+    assert a["auth_tls"] == '"none"'  # the client certificate is the authentication
+    assert '"CN=vmigrate-lab-client"' in a["tls_allowed_dn_list"]
+    assert a["unix_sock_rw_perms"] == '"0700"'  # reachable from outside the namespace
+
+
+def test_plain_tcp_only_when_asked_for() -> None:
+    insecure = conf_values(render_libvirtd_conf(HOST_A, insecure_tcp=True))
+    assert insecure["listen_tcp"] == "1" and insecure["listen_tls"] == "1"
+    assert "tcp" not in HOST_A.uris(insecure_tcp=False)
+    assert HOST_A.uris(insecure_tcp=True)["tcp"] == "qemu+tcp://127.0.0.2/system"
+
+
+def test_lab_uris_carry_their_own_credentials() -> None:
+    uris = HOST_B.uris(insecure_tcp=False)
+    assert uris["tls"].startswith("qemu+tls://127.0.0.3/system?pkipath=/")
+    assert uris["ssh"].startswith("qemu+ssh://root@127.0.0.3/system?keyfile=/")
+    assert "command=" in uris["ssh"]  # openssh takes its pinned host keys from there
+    assert HOST_B.uri == uris["tls"]  # TLS is the lab's default
+    # The hosts reach each other with their own credentials, as real hosts do.
+    assert HOST_B.peer_uri("tls") == "qemu+tls://127.0.0.3/system"
+    assert HOST_B.peer_uri("ssh") == "qemu+ssh://root@127.0.0.3/system"
+
+
+def test_qemu_has_tls_credentials_for_the_stream() -> None:
+    values = conf_values(render_qemu_conf(HOST_B))
+    assert values["migrate_tls_x509_cert_dir"] == '"/etc/pki/qemu"'
+    assert values["migrate_tls_x509_verify"] == "1"
 
 
 def test_host_uuid_is_stable() -> None:
@@ -66,7 +92,7 @@ def test_every_private_dir_maps_to_a_distinct_place_per_host() -> None:
 def test_four_hosts_on_consecutive_loopback_addresses_with_distinct_uuids() -> None:
     assert [h.name for h in LAB_HOSTS] == ["hostA", "hostB", "hostC", "hostD"]
     assert [h.address for h in LAB_HOSTS] == ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
-    assert HOST_D.uri == "qemu+tcp://127.0.0.5/system"
+    assert HOST_D.tcp_uri == "qemu+tcp://127.0.0.5/system"
     assert len({h.host_uuid for h in LAB_HOSTS}) == 4
     values = conf_values(render_libvirtd_conf(HOST_C))
     assert values["listen_addr"] == '"127.0.0.4"'

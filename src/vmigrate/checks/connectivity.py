@@ -128,26 +128,6 @@ def _migration_ports(facts: CheckInput) -> list[Finding]:
     ]
 
 
-def _transport(name: str, uri_text: str, mode: Mode) -> Finding | None:
-    uri = parse_uri(uri_text)
-    if uri.encrypted:
-        return None
-    stream = (
-        " Live migration data also travels unencrypted unless TLS is used."
-        if mode is Mode.LIVE
-        else ""
-    )
-    return Finding(
-        f"connectivity.transport-{name}",
-        FAMILY,
-        Verdict.WARN,
-        f"UNENCRYPTED: {uri_text} is plain TCP without TLS; anyone on the path can "
-        f"read or hijack the libvirt connection.{stream}",
-        {"uri": uri_text},
-        fix="use qemu+tls:// or qemu+ssh:// outside an isolated test network",
-    )
-
-
 def check_connectivity(facts: CheckInput) -> list[Finding]:
     findings = [
         _daemon(facts.source_name, "source", facts),
@@ -156,7 +136,4 @@ def check_connectivity(facts: CheckInput) -> list[Finding]:
     if facts.destination is not None or facts.libvirt_port is not None:
         findings.append(_libvirt_port(facts))
     findings += _migration_ports(facts)
-    for role, host in (("source", facts.source), ("destination", facts.destination)):
-        if host is not None and (warning := _transport(role, host.ref.uri, facts.mode)):
-            findings.append(warning)
     return findings

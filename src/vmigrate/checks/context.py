@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmigrate.facts import DomainFacts, HostFacts, ShareProbe, VolumeLocation
+from vmigrate.hosts import HostRef
 from vmigrate.model import Mode
 
 
@@ -45,3 +46,7 @@ class CheckInput:
     libvirt_port: PortProbe | None
     migration_ports: tuple[PortProbe, ...]
     probes_representative: bool  # this machine is the source: our probes see what it sees
+    source_ref: HostRef | None = None
+    destination_ref: HostRef | None = None
+    migration_tls_requested: bool | None = None  # --tls / --no-tls; None: by declaration
+    peer_to_peer: bool = True

@@ -50,6 +50,11 @@ def render_report(report: CheckReport) -> Table:
     "--mode", type=click.Choice([m.value for m in Mode]), default="live", show_default=True
 )
 @click.option("--copy-storage", is_flag=True, help="Local disks will be copied (live).")
+@click.option(
+    "--tls/--no-tls",
+    default=None,
+    help="The move will (or will not) use QEMU TLS for the stream. [default: as `live` decides]",
+)
 @json_option
 def check(
     vm: str,
@@ -57,6 +62,7 @@ def check(
     destination: str,
     mode: str,
     copy_storage: bool,
+    tls: bool | None,
     hosts_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -65,7 +71,13 @@ def check(
     Exit status: 0 nothing failed, 1 something failed, 2 usage error.
     """
     report = run_checks(
-        vm, source, destination, mode=Mode(mode), copy_storage=copy_storage, hosts_file=hosts_file
+        vm,
+        source,
+        destination,
+        mode=Mode(mode),
+        copy_storage=copy_storage,
+        hosts_file=hosts_file,
+        tls=tls,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -40,7 +40,7 @@ def _print_json(value: object) -> None:
 
 def _status_table(hosts: list[HostStatus]) -> Table:
     table = Table(title="vmigrate lab")
-    for column in ("host", "URI", "capacity", "daemon", "libvirt", "QEMU", "accel", "VMs"):
+    for column in ("host", "serves", "capacity", "daemon", "libvirt", "QEMU", "accel", "VMs"):
         table.add_column(column)
     for host in hosts:
         daemon = f"pid {host.pid}" if host.running else "[red]stopped[/]"
@@ -49,7 +49,7 @@ def _status_table(hosts: list[HostStatus]) -> Table:
         vms = ", ".join(f"{vm.name} ({vm.state})" for vm in host.vms) or "-"
         table.add_row(
             host.name,
-            host.uri,
+            f"{host.address}: " + ", ".join(host.uris),
             f"{host.capacity_mib} MiB, {host.vcpus} vCPUs",
             daemon,
             host.libvirt_version,
@@ -64,6 +64,7 @@ def _host_dict(host: HostStatus) -> dict[str, object]:
     return {
         "name": host.name,
         "uri": host.uri,
+        "uris": host.uris,
         "address": host.address,
         "capacity_mib": host.capacity_mib,
         "vcpus": host.vcpus,
@@ -78,6 +79,19 @@ def _host_dict(host: HostStatus) -> dict[str, object]:
         ],
         "problem": host.problem or None,
     }
+
+
+def _print_uris(hosts: list[HostStatus]) -> None:
+    """The full URIs, each usable as is (`virsh -c URI`); tls is the lab's default."""
+    for host in hosts:
+        if host.running:
+            for transport, uri in host.uris.items():
+                console.print(f"  {host.name} {transport}: {uri}", soft_wrap=True)
+    if any(h.running and "tcp" in h.uris for h in hosts):
+        console.print(
+            "[bold red]UNENCRYPTED:[/] plain TCP is open (--insecure-tcp): any local user "
+            "controls these hosts as root through it"
+        )
 
 
 def _shaped_hosts(current: lab_link.LinkStatus) -> str:
@@ -100,11 +114,22 @@ def lab() -> None:
     + "), starting those not running; hosts beyond N keep running. "
     "[default: the hosts running now, or 2]",
 )
-def up(count: int | None) -> None:
-    """Start the lab hosts (idempotent); returns when they answer."""
+@click.option(
+    "--insecure-tcp",
+    is_flag=True,
+    default=None,
+    help="Also serve plain, unauthenticated qemu+tcp on port 16509 (any local user then "
+    "controls the hosts). Chosen when the lab starts. [default: TLS and SSH only]",
+)
+def up(count: int | None, insecure_tcp: bool | None) -> None:
+    """Start the lab hosts (idempotent); returns when they answer.
+
+    Each host serves qemu+tls (the default: a lab CA, client certificates required) and
+    qemu+ssh (its own sshd, keys only, host keys pinned)."""
     started = time.monotonic()
-    hosts = lab_up(count)
+    hosts = lab_up(count, insecure_tcp=insecure_tcp)
     console.print(_status_table(hosts))
+    _print_uris(hosts)
     beyond = hosts_beyond(count, hosts)
     if beyond:
         console.print(
@@ -135,6 +160,7 @@ def status(as_json: bool) -> None:
         _print_json({"hosts": [_host_dict(h) for h in hosts], "link": lab_link.status().to_dict()})
         return
     console.print(_status_table(hosts))
+    _print_uris(hosts)
     shaped = lab_link.status()
     if shaped.shaped:
         console.print(

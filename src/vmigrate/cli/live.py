@@ -160,7 +160,12 @@ def _render_storage(storage: dict[str, Any]) -> None:
 @click.option("--bandwidth", type=int, help="Limit the migration stream (MiB/s).")
 @click.option("--parallel", type=int, help="Parallel connections (multifd).")
 @click.option("--compress", is_flag=True, help="Compress memory pages.")
-@click.option("--tls", is_flag=True, help="Encrypt the migration stream (QEMU TLS).")
+@click.option(
+    "--tls/--no-tls",
+    default=None,
+    help="Encrypt the migration stream with QEMU's TLS, or refuse to. [default: TLS when both "
+    "hosts have QEMU TLS credentials (migration_tls in the hosts file; the lab's hosts do)]",
+)
 @click.option("--migration-address", help="Destination address for the data stream.")
 @click.option(
     "--copy-storage", is_flag=True, help="Copy local disks along with memory (shared never)."
@@ -188,7 +193,7 @@ def live(
     bandwidth: int | None,
     parallel: int | None,
     compress: bool,
-    tls: bool,
+    tls: bool | None,
     migration_address: str | None,
     copy_storage: bool,
     disks: str | None,

@@ -3,13 +3,14 @@ with (pure functions)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmigrate.errors import UsageError
-from vmigrate.lab.paths import HOST_CACHE_DIR, LAB_DIR
+from vmigrate.lab.paths import CLIENT_PKI_DIR, CLIENT_SSH_DIR, HOST_CACHE_DIR, LAB_DIR
 
 # A fixed namespace so host UUIDs are stable across `lab up` runs yet distinct per host:
 # libvirt refuses to migrate between two hosts that report the same UUID.
@@ -22,7 +23,25 @@ PRIVATE_DIRS: tuple[str, ...] = (
     "/var/lib/libvirt",
     "/var/cache/libvirt",
     "/var/log/libvirt",
+    # Each host's own credentials where libvirt, QEMU and ssh look by default: its
+    # certificates (libvirt's server and client pair, QEMU's migration pair) and root's keys.
+    "/etc/pki",
+    "/root/.ssh",
 )
+
+#: The client identity vmigrate itself uses to reach the lab hosts over TLS.
+LAB_CLIENT_CN = "vmigrate-lab-client"
+
+
+def host_client_cn(host_name: str) -> str:
+    """The identity a lab host's own libvirtd and QEMU use when they reach another host."""
+    return f"vmigrate-lab-{host_name}"
+
+
+def allowed_dn(common_name: str) -> str:
+    """The subject as libvirt's tls_allowed_dn_list matches it (one RDN: no ordering doubt)."""
+    return f"CN={common_name}"
+
 
 SHARED_POOL = "shared"
 LOCAL_POOL = "local"
@@ -43,7 +62,42 @@ class LabHost:
 
     @property
     def uri(self) -> str:
+        """How vmigrate reaches the host: the lab's default transport, TLS (docs/lab.md)."""
+        return self.tls_uri
+
+    @property
+    def tls_uri(self) -> str:
+        # libvirt's default client certificates are /etc/pki's of the machine: the lab's
+        # client certificate is elsewhere, so the URI says where.
+        return f"qemu+tls://{self.address}/system?pkipath={CLIENT_PKI_DIR}"
+
+    @property
+    def ssh_uri(self) -> str:
+        return (
+            f"qemu+ssh://root@{self.address}/system"
+            f"?keyfile={CLIENT_SSH_DIR / 'id_ed25519'}&command={CLIENT_SSH_DIR / 'ssh'}"
+        )
+
+    @property
+    def tcp_uri(self) -> str:
         return f"qemu+tcp://{self.address}/system"
+
+    def uri_for(self, transport: str) -> str:
+        return {"tls": self.tls_uri, "ssh": self.ssh_uri, "tcp": self.tcp_uri}[transport]
+
+    def uris(self, *, insecure_tcp: bool) -> dict[str, str]:
+        """Every URI the host serves, by transport; each works as is with `virsh -c` as root."""
+        served = {"tls": self.tls_uri, "ssh": self.ssh_uri}
+        if insecure_tcp:
+            served["tcp"] = self.tcp_uri
+        return served
+
+    def peer_uri(self, transport: str) -> str:
+        """How another lab host's libvirtd reaches this one (peer-to-peer migration): with
+        that host's own credentials in its /etc/pki and /root/.ssh, as between real hosts."""
+        if transport == "ssh":
+            return f"qemu+ssh://root@{self.address}/system"
+        return f"qemu+{transport}://{self.address}/system"
 
     @property
     def root(self) -> Path:
@@ -71,6 +125,11 @@ class LabHost:
         return self.private_dir("/var/log/libvirt") / "libvirtd.log"
 
     @property
+    def ssh_dir(self) -> Path:
+        """The host's sshd: its configuration and host key (seen from outside and inside)."""
+        return self.root / "sshd"
+
+    @property
     def qemu_run_dir(self) -> Path:
         """QEMU pid files of this host's domains, seen from outside its namespace."""
         return self.private_dir("/run/libvirt") / "qemu"
@@ -86,6 +145,24 @@ DEFAULT_HOST_COUNT = 2
 MIN_HOST_COUNT = 2
 MAX_HOST_COUNT = len(LAB_HOSTS)
 SHARED_POOL_PATH = LAB_DIR / "shared"
+
+
+#: The transports a lab host can serve; tcp only with `lab up --insecure-tcp`.
+LAB_TRANSPORTS = ("tls", "ssh", "tcp")
+DEFAULT_LAB_TRANSPORT = "tls"
+#: Which transport the lab's host names (hostA..hostD) resolve to.
+LAB_TRANSPORT_ENV = "VMIGRATE_LAB_TRANSPORT"
+
+
+def lab_transport() -> str:
+    """The transport hostA..hostD mean: TLS, or what VMIGRATE_LAB_TRANSPORT names."""
+    chosen = os.environ.get(LAB_TRANSPORT_ENV, "") or DEFAULT_LAB_TRANSPORT
+    if chosen not in LAB_TRANSPORTS:
+        raise UsageError(
+            f"{LAB_TRANSPORT_ENV}={chosen!r} names no lab transport",
+            fix=f"use one of {', '.join(LAB_TRANSPORTS)}, or unset it (TLS)",
+        )
+    return chosen
 
 
 def lab_host(name: str) -> LabHost | None:
@@ -116,24 +193,43 @@ def up_command(host: LabHost) -> str:
     return f"vmigrate lab up --hosts {count}"
 
 
-def render_libvirtd_conf(host: LabHost) -> str:
-    # Plain TCP without authentication: acceptable only because it listens on a loopback
-    # address of a lab that exists for tests. Real hosts use TLS or SSH.
-    return "\n".join(
-        [
-            "# Written by `vmigrate lab up`; lab only: unauthenticated TCP on loopback.",
-            "listen_tls = 0",
+def render_libvirtd_conf(host: LabHost, *, insecure_tcp: bool = False) -> str:
+    """TLS with client certificates always; plain TCP only when the lab is asked for it."""
+    names = (LAB_CLIENT_CN, *(host_client_cn(h.name) for h in LAB_HOSTS))
+    allowed = ", ".join(f'"{allowed_dn(cn)}"' for cn in names)
+    lines = [
+        "# Written by `vmigrate lab up`.",
+        f'listen_addr = "{host.address}"',
+        # TLS: the server and CA certificates are the host's own /etc/pki (libvirt's
+        # defaults); a client must show a certificate of the lab CA with an allowed name.
+        "listen_tls = 1",
+        'tls_port = "16514"',
+        'auth_tls = "none"',
+        "tls_no_verify_certificate = 0",
+        f"tls_allowed_dn_list = [ {allowed} ]",
+    ]
+    if insecure_tcp:
+        lines += [
+            "# --insecure-tcp: anyone who reaches this address controls the host.",
             "listen_tcp = 1",
-            f'listen_addr = "{host.address}"',
             'tcp_port = "16509"',
             'auth_tcp = "none"',
-            'auth_unix_rw = "none"',
-            'auth_unix_ro = "none"',
-            f'host_uuid = "{host.host_uuid}"',
-            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
-            "",
         ]
-    )
+    else:
+        lines.append("listen_tcp = 0")
+    lines += [
+        # The UNIX sockets are in the host's private /run/libvirt, yet reachable from outside
+        # through the lab's directory: root only, or any local user would control the host.
+        'auth_unix_rw = "none"',
+        'auth_unix_ro = "none"',
+        'unix_sock_rw_perms = "0700"',
+        'unix_sock_ro_perms = "0700"',
+        'unix_sock_admin_perms = "0700"',
+        f'host_uuid = "{host.host_uuid}"',
+        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def render_qemu_conf(host: LabHost) -> str:
@@ -155,6 +251,10 @@ def render_qemu_conf(host: LabHost) -> str:
             # The shared pool stands in for NFS: tell libvirt it is shared, or it refuses to
             # live-migrate disks on it without copying them.
             f'shared_filesystems = [ "{SHARED_POOL_PATH}" ]',
+            # QEMU's own TLS for the migration stream: the host's /etc/pki/qemu pair, and
+            # the peer's certificate verified.
+            'migrate_tls_x509_cert_dir = "/etc/pki/qemu"',
+            "migrate_tls_x509_verify = 1",
             "",
         ]
     )

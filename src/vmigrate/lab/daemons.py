@@ -45,24 +45,28 @@ def _tool(name: str) -> str:
     return path
 
 
-def write_host_config(host: LabHost) -> None:
+def write_host_config(host: LabHost, *, insecure_tcp: bool) -> None:
+    host.root.mkdir(parents=True, exist_ok=True)
+    host.root.chmod(0o700)  # the host's sockets, keys and disks: root's only
     for system_path in PRIVATE_DIRS:
         host.private_dir(system_path).mkdir(parents=True, exist_ok=True)
     # libvirt resolves `shared_filesystems` when it starts: the directory must exist by then.
     SHARED_POOL_PATH.mkdir(parents=True, exist_ok=True)
     etc = host.private_dir("/etc/libvirt")
-    (etc / "libvirtd.conf").write_text(render_libvirtd_conf(host))
+    (etc / "libvirtd.conf").write_text(render_libvirtd_conf(host, insecure_tcp=insecure_tcp))
     (etc / "qemu.conf").write_text(render_qemu_conf(host))
 
 
-def start_libvirtd(host: LabHost, *, hide: Sequence[str] = ()) -> DaemonRecord:
+def start_libvirtd(
+    host: LabHost, *, hide: Sequence[str] = (), insecure_tcp: bool = False
+) -> DaemonRecord:
     """Start the host's libvirtd; returns at once (call `wait_until_answering` next).
 
     `hide`: files this host must not see (fault injection: a driver module, as on a host
     without its package), absent in the host's mount namespace only."""
     libvirtd = _tool("libvirtd")
     unshare = _tool("unshare")
-    write_host_config(host)
+    write_host_config(host, insecure_tcp=insecure_tcp)
     binds = [f"--bind={host.private_dir(path)}={path}" for path in PRIVATE_DIRS]
     command = [
         unshare,

@@ -25,6 +25,7 @@ from vmigrate.lab.config import (
     render_dir_pool_xml,
     up_command,
 )
+from vmigrate.lab.credentials import make_lab_credentials
 from vmigrate.lab.daemons import (
     DaemonRecord,
     namespace_when_ready,
@@ -33,7 +34,13 @@ from vmigrate.lab.daemons import (
 )
 from vmigrate.lab.heartbeat_collector import stop_all_collectors
 from vmigrate.lab.paths import LAB_DIR, LAB_MARKER
-from vmigrate.lab.state import load_records, running_lab_hosts, save_records
+from vmigrate.lab.sshd import SSH_PORT, start_sshd, stop_sshd, wait_for_port
+from vmigrate.lab.state import (
+    load_records,
+    running_lab_hosts,
+    save_records,
+    serves_insecure_tcp,
+)
 from vmigrate.versions import format_version
 from vmigrate.virt.connection import (
     Connection,
@@ -144,13 +151,17 @@ def hosts_beyond(count: int | None, hosts: list[HostStatus]) -> list[str]:
     return [host.name for host in hosts if host.running and host.name not in wanted]
 
 
-def lab_up(count: int | None = None) -> list[HostStatus]:
+def lab_up(count: int | None = None, *, insecure_tcp: bool | None = None) -> list[HostStatus]:
     """Start the first `count` hosts (those not already running) and return when they
     answer. Without a count: the hosts running now, or the default two when none run.
-    Hosts running beyond `count` keep running; `lab down` stops them."""
+    Hosts running beyond `count` keep running; `lab down` stops them.
+
+    Each host serves qemu+tls and qemu+ssh; plain TCP only with `insecure_tcp` (decided when
+    the lab starts: None keeps what a running lab has)."""
     require_root()
     with lab_files():
         LAB_DIR.mkdir(parents=True, exist_ok=True)
+        LAB_DIR.chmod(0o755)
         LAB_MARKER.touch()
     records = load_records()
     fresh = not any(rec.is_running() for rec in records.values())
@@ -162,33 +173,51 @@ def lab_up(count: int | None = None) -> list[HostStatus]:
         stop_all_collectors()
         link.reset()
         records = {}
+        with lab_files():
+            make_lab_credentials()
+        tcp = bool(insecure_tcp)
+    else:
+        tcp = serves_insecure_tcp()
+        if insecure_tcp is not None and insecure_tcp != tcp:
+            raise LabError(
+                "the lab runs "
+                + ("with plain TCP open" if tcp else "without plain TCP")
+                + ": its transports are chosen when it starts",
+                fix="`vmigrate lab down`, then `vmigrate lab up"
+                + (" --insecure-tcp`" if insecure_tcp else "`"),
+            )
     wanted = _wanted_hosts(count, () if fresh else running_lab_hosts())
     started: list[LabHost] = []
     for host in wanted:
         existing = records.get(host.name)
         if existing is not None and existing.is_running():
             continue
+        if existing is not None:
+            # Its QEMU processes may outlive libvirtd (the new one reconnects to them), but
+            # its old sshd holds the host's port 22.
+            stop_sshd(existing.mount_namespace)
         with lab_files():
-            records[host.name] = start_libvirtd(host)
+            records[host.name] = start_libvirtd(host, insecure_tcp=tcp)
         started.append(host)
     try:
         for host in wanted:
-            _wait_until_ready(host, records)
+            _wait_until_ready(host, records, start_ssh=host in started)
     except BaseException:  # nothing half-started: stop what this call started, whatever broke
         with contextlib.suppress(OSError):  # the first error is the one to report
-            save_records(records)
+            save_records(records, insecure_tcp=tcp)
         for host in started:
             stop_host_processes(namespace_when_ready(records[host.name]))
         raise
     with lab_files():
-        save_records(records)
+        save_records(records, insecure_tcp=tcp)
     # A link shaped before this call carries hostA's traffic to the new hosts too.
     link.cover([host.address for host in started if host != HOST_A])
     return lab_status()
 
 
-def _wait_until_ready(host: LabHost, records: dict[str, DaemonRecord]) -> None:
-    """Wait for the host to answer, record its namespace, prove its drivers, set up pools."""
+def _wait_until_ready(host: LabHost, records: dict[str, DaemonRecord], *, start_ssh: bool) -> None:
+    """Wait for the host to answer, record its namespace, prove its drivers, set up pools,
+    and start its sshd."""
     conn = wait_for_connection(host.uri, timeout=START_TIMEOUT_SECONDS, host=host.name)
     try:
         record = records[host.name]
@@ -197,7 +226,7 @@ def _wait_until_ready(host: LabHost, records: dict[str, DaemonRecord]) -> None:
                 f"libvirtd exited during start-up; its log says:\n{_tail(host.daemon_log)}"
                 f"{_tail(host.root / 'libvirtd.console.log')}",
                 host=host.name,
-                fix=f"is another libvirtd listening on {host.address}:16509? "
+                fix=f"is another libvirtd listening on {host.address}:16514? "
                 f"Stop it, then run `{up_command(host)}` again",
             )
         records[host.name] = namespace_when_ready(record)
@@ -205,6 +234,15 @@ def _wait_until_ready(host: LabHost, records: dict[str, DaemonRecord]) -> None:
         _ensure_pools(conn, host)
     finally:
         conn.close()
+    if start_ssh:
+        start_sshd(host, records[host.name].pid)
+        wait_for_port(
+            host.address,
+            SSH_PORT,
+            timeout=10.0,
+            what=f"{host.name}'s sshd",
+            log=host.root / "sshd.log",
+        )
 
 
 @dataclass(frozen=True)
@@ -258,6 +296,7 @@ class HostStatus:
     name: str
     uri: str
     running: bool
+    uris: dict[str, str] = field(default_factory=dict)  # by transport: tls, ssh, tcp
     pid: int | None = None
     address: str = ""
     capacity_mib: int = 0  # what the lab host declares (LabHost.capacity_mib)
@@ -275,6 +314,7 @@ def _host_status(host: LabHost, record: DaemonRecord | None) -> HostStatus:
         host.name,
         host.uri,
         running=False,
+        uris=host.uris(insecure_tcp=serves_insecure_tcp()),
         address=host.address,
         capacity_mib=host.capacity_mib,
         vcpus=host.vcpus,

@@ -15,3 +15,11 @@ LAB_MARKER = LAB_DIR / ".vmigrate-lab"
 
 #: Per-host caches that are safe to keep across labs (libvirt's QEMU capabilities).
 HOST_CACHE_DIR = Path(os.environ.get("VMIGRATE_HOST_CACHE", "/var/cache/vmigrate/hosts"))
+
+#: vmigrate's own credentials for the lab hosts (root only): libvirt's `pkipath` directory
+#: for TLS, the ssh key and pinned host keys for SSH.
+CLIENT_DIR = LAB_DIR / "client"
+CLIENT_PKI_DIR = CLIENT_DIR / "pki"
+CLIENT_SSH_DIR = CLIENT_DIR / "ssh"
+#: The lab's certificate authority (its key never leaves this directory).
+CA_DIR = LAB_DIR / "ca"

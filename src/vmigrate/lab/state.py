@@ -24,12 +24,23 @@ def load_records() -> dict[str, DaemonRecord]:
         return {}
 
 
-def save_records(records: dict[str, DaemonRecord]) -> None:
+def save_records(records: dict[str, DaemonRecord], *, insecure_tcp: bool = False) -> None:
     LAB_DIR.mkdir(parents=True, exist_ok=True)
-    payload = {"hosts": {name: asdict(record) for name, record in records.items()}}
+    payload = {
+        "hosts": {name: asdict(record) for name, record in records.items()},
+        "insecure_tcp": insecure_tcp,
+    }
     temporary = STATE_FILE.with_suffix(".tmp")
     temporary.write_text(json.dumps(payload, indent=2))
     temporary.replace(STATE_FILE)
+
+
+def serves_insecure_tcp() -> bool:
+    """Whether the running lab was started with `--insecure-tcp` (plain TCP open)."""
+    try:
+        return bool(json.loads(STATE_FILE.read_text()).get("insecure_tcp", False))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def running_lab_hosts() -> tuple[LabHost, ...]:

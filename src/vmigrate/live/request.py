@@ -25,7 +25,7 @@ class LiveRequest:
     bandwidth_mib: int | None = None
     parallel_connections: int | None = None
     compressed: bool = False
-    tls: bool = False
+    tls: bool | None = None  # QEMU TLS for the stream; None: when both hosts declare it
     migration_address: str | None = None
     force: bool = False  # go ahead despite failed checks
     hosts_file: Path | None = None
@@ -59,7 +59,7 @@ class LiveReport:
         return asdict(self)
 
 
-def live_options(request: LiveRequest, migration_address: str | None) -> LiveOptions:
+def live_options(request: LiveRequest, migration_address: str | None, *, tls: bool) -> LiveOptions:
     return LiveOptions(
         peer_to_peer=request.peer_to_peer,
         persist_destination=not request.transient,
@@ -70,6 +70,6 @@ def live_options(request: LiveRequest, migration_address: str | None) -> LiveOpt
         bandwidth_mib=request.bandwidth_mib,
         parallel_connections=request.parallel_connections,
         compressed=request.compressed,
-        tls=request.tls,
+        tls=tls,
         migration_uri=f"tcp://{migration_address}" if migration_address else None,
     )

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
+from vmigrate.encryption import migration_tls
 from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
 from vmigrate.hosts import resolve_host
 from vmigrate.journal import Journal
@@ -55,6 +56,7 @@ def _checks(request: LiveRequest) -> Checked:
         mode=Mode.LIVE,
         copy_storage=request.copy_storage,
         hosts_file=request.hosts_file,
+        tls=request.tls,
     )
     report = checked.report
     if report.failed and not request.force:
@@ -172,7 +174,11 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     for notice in storage.notices if storage else ():
         emit("notice", {"message": notice})
     options = replace(
-        live_options(request, request.migration_address or dst_ref.migration_address),
+        live_options(
+            request,
+            request.migration_address or dst_ref.migration_address,
+            tls=migration_tls(request.tls, src_ref, dst_ref),
+        ),
         copy_disks=storage.copied if storage else (),
     )
     store = JobStore(request.store_path)
@@ -195,7 +201,9 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     )
     completed: dict[str, Any] = {}
     steering = Steering(store, job_id, emit)
-    call = MigrationCall(domain, options, destination_uri=dst_ref.uri, destination=dst)
+    call = MigrationCall(
+        domain, options, destination_uri=dst_ref.peer_connection_uri, destination=dst
+    )
     started = time.monotonic()
     monitor = Monitor(domain, request.policy, store, job_id, steering, emit, started, dst_ref.name)
     if prepare_error is None:
