@@ -46,6 +46,9 @@ class Tool:
     set_downtime_ms: int | None = None  # virsh migrate-setmaxdowntime once the job runs
     policy: str = "fast"
     postcopy: bool | None = None
+    # QEMU TLS on the migration stream (vmigrate --tls, virsh --tls); off elsewhere so every
+    # tool moves the same bytes the same way (the lab's hosts would make it vmigrate's default)
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,9 @@ SCENARIOS = {
         "1gbit",
         (
             Tool("vmigrate"),
+            Tool("vmigrate-tls", tls=True),
             Tool("virsh common", P2P),
+            Tool("virsh-tls", (*P2P, "--tls")),
             Tool("virsh expert", (*P2P, "--postcopy", "--postcopy-after-precopy")),
         ),
     ),
@@ -253,7 +258,10 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
         timeline: list[list[float]] | None = [] if scenario.id == "L3" else None
         predicted = (
             _predict(vm, tool)
-            if not tool.virsh_flags and scenario.id in ("L1", "L2", "L3") and not quick
+            if not tool.virsh_flags
+            and not tool.tls
+            and scenario.id in ("L1", "L2", "L3")
+            and not quick
             else None
         )
         if tool.virsh_flags:
@@ -267,7 +275,9 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
         else:
             config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
             store = Path("/tmp/vmigrate-bench.sqlite")
-            report = migrate_live(LiveRequest(vm, "hostA", "hostB", config, store_path=store))
+            report = migrate_live(
+                LiveRequest(vm, "hostA", "hostB", config, store_path=store, tls=tool.tls)
+            )
             outcome, total, downtime = report.outcome, report.total_s, report.downtime_ms
             if timeline is not None and report.job_id is not None:
                 with JobStore(store) as jobs:

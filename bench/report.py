@@ -78,8 +78,32 @@ def live_section(data: dict[str, Any]) -> list[str]:
         actions = [f"round {r['round']}: {', '.join(r['actions'])}" for r in ours if r["actions"]]
         if actions:
             lines += ["", "vmigrate's policy actions: " + "; ".join(actions)]
+        lines += _tls_cost(mine)
         lines.append("")
     return lines
+
+
+def _tls_cost(runs: list[dict[str, Any]]) -> list[str]:
+    """What QEMU TLS on the stream costs, each tool against itself without it."""
+    pairs = (("vmigrate", "vmigrate-tls"), ("virsh common", "virsh-tls"))
+    said = []
+    for plain, encrypted in pairs:
+        without = [r["total_s"] for r in runs if r["tool"] == plain and _ok(r)]
+        with_tls = [r["total_s"] for r in runs if r["tool"] == encrypted and _ok(r)]
+        if without and with_tls:
+            slower = (statistics.median(with_tls) / statistics.median(without) - 1) * 100
+            said.append(
+                f"{plain} {statistics.median(without):.1f} s in clear, "
+                f"{statistics.median(with_tls):.1f} s with TLS ({slower:+.0f} %)"
+            )
+    if not said:
+        return []
+    return [
+        "",
+        "QEMU TLS on the migration stream (`--tls`; the same guest and link): "
+        + "; ".join(said)
+        + ". TLS costs CPU on both ends; on this 2-CPU machine TCG guests compete for it.",
+    ]
 
 
 def _error(predicted: float | None, measured: float | None) -> float | None:

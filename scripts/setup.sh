@@ -41,7 +41,7 @@ backport_pkgs=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-q
                libvirt-daemon-driver-storage libvirt-daemon-driver-network libvirt-clients libvirt-dev)
 stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static iproute2 iptables cpio
              xz-utils util-linux mount dpkg-dev
-             openssh-server openssh-client rsync)  # the last three: peers of the cold benchmark
+             openssh-server openssh-client rsync)  # each lab host's sshd (qemu+ssh); scp/rsync peers of the cold benchmark
 need_backports=0
 at_least "$(version_of qemu-system-x86)" "1:10.0" || need_backports=1
 at_least "$(version_of libvirt-daemon)" "11.0" || need_backports=1
@@ -52,7 +52,7 @@ if [ "$need_backports" = 1 ] || [ "${#missing_stable[@]}" -gt 0 ]; then
     [ "$apt_updated" = 1 ] || { say "apt-get update"; apt-get update -q; }
     if [ "${#missing_stable[@]}" -gt 0 ]; then
         say "installing ${missing_stable[*]}"
-        # The benchmark runs its own sshd on hostB's loopback address only: keep the
+        # The lab runs its own sshd per host, on the host's loopback address only: keep the
         # package from starting a system-wide one (policy-rc.d 101 = do not start services).
         guard=0
         if [ ! -e /usr/sbin/policy-rc.d ]; then

@@ -52,13 +52,41 @@ def _is_local(ref: HostRef) -> bool:
         return uri.host == "localhost"
 
 
-def _connect(ref: HostRef, port_probe: PortProbe | None) -> tuple[Connection | None, str | None]:
+_TRANSPORT_OF_PORT = {16514: "tls", 16509: "tcp", 22: "ssh"}
+
+
+def _served_elsewhere(address: str, port: int) -> list[str]:
+    """The other libvirt transports' ports that answer on a host that refused `port`."""
+    answering = []
+    for other, transport in _TRANSPORT_OF_PORT.items():
+        if other != port and probe_tcp(address, other, timeout=PORT_TIMEOUT_SECONDS)[0] == "open":
+            answering.append(f"{other} ({transport})")
+    return answering
+
+
+def _connect(
+    ref: HostRef, port_probe: PortProbe | None
+) -> tuple[Connection | None, str | None, str]:
+    """A connection, or why not and what to do."""
     if port_probe is not None and port_probe.result not in ("open",):
-        return None, f"port {port_probe.port} on {port_probe.address} is {port_probe.result}"
+        error = f"port {port_probe.port} on {port_probe.address} is {port_probe.result}"
+        transport = ref.parsed.effective_transport
+        if port_probe.result == "refused":
+            others = _served_elsewhere(port_probe.address, port_probe.port)
+            if others:
+                return (
+                    None,
+                    f"{error}: the host does not serve qemu+{transport} there, but answers on "
+                    + ", ".join(others),
+                    f"reach {ref.name} over a transport it serves (qemu+tls:// on 16514, "
+                    f"qemu+ssh:// on 22), or enable {transport} in its libvirtd.conf",
+                )
+        return None, error, ""
     try:
-        return open_with_timeout(ref.uri, host=ref.name, timeout=CONNECT_TIMEOUT_SECONDS), None
+        conn = open_with_timeout(ref.uri, host=ref.name, timeout=CONNECT_TIMEOUT_SECONDS)
     except HostUnreachable as err:
-        return None, err.message
+        return None, err.message, err.fix
+    return conn, None, ""
 
 
 def _daemon_probe(ref: HostRef) -> PortProbe | None:
@@ -165,6 +193,7 @@ class HostSession:
     error: str | None
     port: PortProbe | None
     _migration_ports: tuple[PortProbe, ...] | None = None
+    error_fix: str = ""  # what to do about `error`, when its cause is known
 
     def migration_ports(self) -> tuple[PortProbe, ...]:
         """The destination's migration ports, probed once per session."""
@@ -187,9 +216,9 @@ class HostSession:
 def open_session(ref: HostRef) -> HostSession:
     """Connect and gather the host's facts; an unreachable host is a session with an error."""
     port = _daemon_probe(ref)
-    conn, error = _connect(ref, port)
+    conn, error, fix = _connect(ref, port)
     if conn is None:
-        return HostSession(ref, None, None, error, port)
+        return HostSession(ref, None, None, error, port, error_fix=fix)
     try:
         facts = gather_host_facts(conn, ref)
     except VmigrateError as err:
@@ -207,7 +236,8 @@ class PairChecks:
             raise HostUnreachable(
                 f"cannot reach libvirt on the source: {source.error}",
                 host=source.ref.name,
-                fix="check that libvirtd runs there and that its port is open (or use qemu+ssh://)",
+                fix=source.error_fix
+                or "check that libvirtd runs there and that its port is open (or use qemu+ssh://)",
             )
         self.source = source
         self._probes: dict[str, dict[str, ShareProbe]] = {}  # destination URI -> pool -> probe
@@ -251,6 +281,7 @@ class PairChecks:
             destination=dst_facts,
             source_error=None,
             destination_error=destination.error,
+            destination_error_fix=destination.error_fix,
             domain=domain,
             destination_domcaps=dst_domcaps,
             destination_domcaps_error=dst_domcaps_error,

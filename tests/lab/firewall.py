@@ -12,7 +12,7 @@ COMMENT = "vmigrate-test"
 
 @contextmanager
 def dropped(address: str, ports: str) -> Iterator[None]:
-    """Silently drop TCP to `address`:`ports` ("16509" or "49152:49215"), like a firewall."""
+    """Silently drop TCP to `address`:`ports` ("16514" or "49152:49215"), like a firewall."""
     assert ipaddress.ip_address(address).is_loopback, "tests only touch loopback addresses"
     rule = [
         "INPUT",

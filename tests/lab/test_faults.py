@@ -39,8 +39,12 @@ pytestmark = pytest.mark.lab
 
 @contextlib.contextmanager
 def link_cut() -> Iterator[None]:
-    """Nothing reaches hostB: neither its libvirtd nor its migration ports (a dead link)."""
-    with dropped(HOST_B.address, "16509"), dropped(HOST_B.address, "49152:49215"):
+    """Nothing reaches hostB: neither its libvirtd (TLS, ssh) nor its migration ports."""
+    with (
+        dropped(HOST_B.address, "16514"),
+        dropped(HOST_B.address, "22"),
+        dropped(HOST_B.address, "49152:49215"),
+    ):
         yield
 
 
@@ -67,6 +71,12 @@ def wait_until_only_on(vm: str, host: str, timeout: float = 60) -> None:
         time.sleep(1)
 
 
+def past_setup() -> None:
+    """The first sample comes while libvirt still sets the job up (TLS handshakes, the
+    disks' NBD connections); a fault meant for mid-transfer waits until data flows."""
+    time.sleep(5)
+
+
 def slow_precopy(vm: str, tmp_path: Path) -> subprocess.Popen[str]:
     """A live migration held to 8 MiB/s, once its first sample is out (it runs ~30 s)."""
     create_vm(LabVmRequest(vm, memory_mib=256, dirty_rate_mib=20))
@@ -75,6 +85,7 @@ def slow_precopy(vm: str, tmp_path: Path) -> subprocess.Popen[str]:
         "--store", str(tmp_path / "jobs.sqlite"), "--json",
     )  # fmt: skip
     read_events_until(process, "sample")
+    past_setup()
     return process
 
 
@@ -151,6 +162,7 @@ def slow_copy_storage(
         "--bandwidth", "4", "--store", str(store), "--json",
     )  # fmt: skip
     job_id = read_events_until(process, "sample")
+    past_setup()
     return process, {created.disk_path, vdb}, job_id
 
 

@@ -19,7 +19,8 @@ def _daemon(name: str, role: str, facts: CheckInput) -> Finding:
             Verdict.FAIL,
             f"libvirt on {name} did not answer: {error}",
             {"error": error},
-            fix=f"check that libvirtd runs on {name} and that its port is open",
+            fix=(facts.destination_error_fix if role == "destination" else "")
+            or f"check that libvirtd runs on {name} and that its port is open",
         )
     return Finding(
         f"connectivity.{role}",

@@ -46,6 +46,7 @@ class CheckInput:
     libvirt_port: PortProbe | None
     migration_ports: tuple[PortProbe, ...]
     probes_representative: bool  # this machine is the source: our probes see what it sees
+    destination_error_fix: str = ""  # what to do, when the cause of the error is known
     source_ref: HostRef | None = None
     destination_ref: HostRef | None = None
     migration_tls_requested: bool | None = None  # --tls / --no-tls; None: by declaration

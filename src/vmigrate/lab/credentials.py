@@ -28,7 +28,7 @@ SSH_KEY_NAME = "id_ed25519"
 HOST_KEY_NAME = "ssh_host_ed25519_key"
 
 
-def _ssh_keypair() -> tuple[bytes, bytes]:
+def ssh_keypair() -> tuple[bytes, bytes]:
     """(private key in OpenSSH format, public key line)."""
     key = ed25519.Ed25519PrivateKey.generate()
     private = key.private_bytes(
@@ -60,16 +60,16 @@ def make_lab_credentials() -> None:
     CA_DIR.chmod(0o700)
     write_client_pkipath(CLIENT_PKI_DIR, ca.cert_pem(), issue(ca, LAB_CLIENT_CN, client=True))
 
-    client_private, client_public = _ssh_keypair()
+    client_private, client_public = ssh_keypair()
     _write_ssh_key(CLIENT_SSH_DIR / SSH_KEY_NAME, client_private, client_public, "vmigrate")
     CLIENT_SSH_DIR.chmod(0o700)
     host_keys: dict[str, bytes] = {}
     user_keys: dict[str, bytes] = {}
     for host in LAB_HOSTS:
         write_host_pki(host.private_dir("/etc/pki"), ca, host_name=host.name, address=host.address)
-        host_private, host_keys[host.name] = _ssh_keypair()
+        host_private, host_keys[host.name] = ssh_keypair()
         _write_ssh_key(host.ssh_dir / HOST_KEY_NAME, host_private, host_keys[host.name], host.name)
-        user_private, user_keys[host.name] = _ssh_keypair()
+        user_private, user_keys[host.name] = ssh_keypair()
         root_ssh = host.private_dir("/root/.ssh")
         _write_ssh_key(root_ssh / SSH_KEY_NAME, user_private, user_keys[host.name], host.name)
         root_ssh.chmod(0o700)

@@ -50,35 +50,39 @@ def _window(now: datetime.datetime, valid_days: int) -> tuple[datetime.datetime,
     return now + datetime.timedelta(days=valid_days * 2), now + datetime.timedelta(days=valid_days)
 
 
-def make_ca(common_name: str = "vmigrate lab CA", valid_days: int = VALID_DAYS) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    not_before, not_after = _window(datetime.datetime.now(datetime.UTC), valid_days)
-    certificate = (
+def _builder(
+    common_name: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, *, ca: bool, days: int
+) -> x509.CertificateBuilder:
+    """Subject, validity and key usage: a CA signs certificates, a leaf does TLS."""
+    not_before, not_after = _window(datetime.datetime.now(datetime.UTC), days)
+    usage = x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=not ca,
+        data_encipherment=False,
+        key_agreement=not ca,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(usage, critical=True)
     )
-    return Issued(certificate, key)
+
+
+def make_ca(common_name: str = "vmigrate lab CA", valid_days: int = VALID_DAYS) -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = _builder(common_name, _name(common_name), key, ca=True, days=valid_days)
+    return Issued(builder.sign(key, hashes.SHA256()), key)
 
 
 def issue(
@@ -93,34 +97,11 @@ def issue(
 ) -> Issued:
     """A certificate signed by `ca`; IP and DNS SANs are what TLS peers verify the host by."""
     key = ec.generate_private_key(ec.SECP256R1())
-    not_before, not_after = _window(datetime.datetime.now(datetime.UTC), valid_days)
     purposes = [ExtendedKeyUsageOID.SERVER_AUTH] * server
     purposes += [ExtendedKeyUsageOID.CLIENT_AUTH] * client
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
-    )
+    builder = _builder(
+        common_name, ca.certificate.subject, key, ca=False, days=valid_days
+    ).add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
     names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
     names += [x509.DNSName(name) for name in dns_names]
     if names:

@@ -15,6 +15,9 @@ from typing import Any
 import libvirt
 
 from vmigrate.errors import HostUnreachable, NotFound
+from vmigrate.hosts import parse_uri
+from vmigrate.tls_probe import explain_untrusted_server
+from vmigrate.transport_errors import diagnose
 from vmigrate.virt.errors import translate
 
 log = logging.getLogger(__name__)
@@ -87,8 +90,22 @@ def open_connection(uri: str, *, host: str | None = None) -> libvirt.virConnect:
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as err:
+        words = err.get_error_message()
+        diagnosis = diagnose(uri, words)
+        if diagnosis is not None and diagnosis.code == "tls.server-not-trusted":
+            parsed = parse_uri(uri)  # a URI libvirt accepted parses
+            if parsed.host and parsed.daemon_port:
+                diagnosis = (
+                    explain_untrusted_server(uri, parsed.host, parsed.daemon_port) or diagnosis
+                )
+        if diagnosis is not None:
+            raise HostUnreachable(
+                f"cannot connect to libvirt at {uri}: {diagnosis.cause} (libvirt: {words})",
+                host=host or uri,
+                fix=diagnosis.fix,
+            ) from err
         raise HostUnreachable(
-            f"cannot connect to libvirt at {uri}: {err.get_error_message()}",
+            f"cannot connect to libvirt at {uri}: {words}",
             host=host or uri,
             fix="check that libvirtd runs there and listens on this transport "
             "(for the local lab: `vmigrate lab up`)",
