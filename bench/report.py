@@ -367,6 +367,11 @@ def render(results: Path, doc: Path) -> str:
         "from run to run on shared machines; every table is one run of the command shown, "
         "tools side by side. Never asserted in tests.",
         "",
+        "Transports: runs made before 2026-12-01 reached the lab over plain qemu+tcp; since "
+        "then the lab speaks qemu+tls (issue #13). The live tables keep QEMU's stream TLS off "
+        "for every tool except the `-tls` rows, so all tools move the same bytes the same way; "
+        "the fleet runs (E1, B1) predate TLS.",
+        "",
     ]
     live = results / "live.json"
     if live.exists():

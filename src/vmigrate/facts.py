@@ -40,6 +40,17 @@ class MissingDriver:
 
 
 @dataclass(frozen=True)
+class SecretFacts:
+    """A libvirt secret of a host (the cephx key of an rbd disk, an iSCSI CHAP password):
+    never its value, only a digest of it when libvirt lets it be read (not private)."""
+
+    uuid: str
+    usage_type: str  # ceph | iscsi | volume | tls | vtpm | none
+    usage_id: str  # the usage name (e.g. "client.libvirt secret"), or "" for none
+    value_sha256: str | None  # None: private, or no value set
+
+
+@dataclass(frozen=True)
 class GuestUsage:
     """One domain of a host and what it holds there."""
 
@@ -72,6 +83,14 @@ class HostFacts:
     memory_total_bytes: int = 0  # what libvirt reports the host has (0: not read)
     guests: tuple[GuestUsage, ...] = ()  # every domain the host knows, with its size
     cpu_model: str = ""  # the host CPU's model as libvirt names it
+    secrets: tuple[SecretFacts, ...] | None = None  # None: the host would not list them
+
+    def secret(self, uuid: str | None, usage: str | None) -> SecretFacts | None:
+        """The secret a disk names, by UUID or by usage name."""
+        for secret in self.secrets or ():
+            if (uuid and secret.uuid == uuid) or (usage and secret.usage_id == usage):
+                return secret
+        return None
 
     def lacks(self, driver: str) -> bool:
         return any(missing.driver == driver for missing in self.missing_drivers)

@@ -19,6 +19,7 @@ from vmigrate.checks.cpu import CpuFacts, check_cpu
 from vmigrate.checks.devices import check_conflicts, check_devices, check_networks
 from vmigrate.checks.drivers import check_drivers
 from vmigrate.checks.encryption import check_encryption
+from vmigrate.checks.network_disks import server_endpoints
 from vmigrate.checks.resources import check_resources
 from vmigrate.checks.storage import check_storage
 from vmigrate.checks.versions import check_machine, check_versions
@@ -87,6 +88,23 @@ def _connect(
     except HostUnreachable as err:
         return None, err.message, err.fix
     return conn, None, ""
+
+
+def _storage_server_probes(domain: DomainFacts, destination: HostRef) -> tuple[PortProbe, ...]:
+    """The network disks' servers, probed from here when here is the destination (else what
+    we saw would say nothing of what it sees)."""
+    if not _is_local(destination):
+        return ()
+    endpoints = {
+        endpoint
+        for disk in domain.summary.disks
+        if disk.network is not None
+        for endpoint in server_endpoints(disk.network)
+    }
+    return tuple(
+        PortProbe(host, port, *probe_tcp(host, port, timeout=PORT_TIMEOUT_SECONDS))
+        for host, port in sorted(endpoints)
+    )
 
 
 def _daemon_probe(ref: HostRef) -> PortProbe | None:
@@ -292,6 +310,8 @@ class PairChecks:
             source_ref=self.source.ref,
             destination_ref=destination.ref,
             migration_tls_requested=tls,
+            storage_servers=_storage_server_probes(domain, destination.ref),
+            destination_probes_representative=_is_local(destination.ref),
         )
         found: list[Finding] = []
         for check in (

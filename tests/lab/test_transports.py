@@ -19,14 +19,16 @@ from vmigrate.errors import VmigrateError
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_B, LAB_CLIENT_CN
 from vmigrate.lab.credentials import HOST_KEY_NAME, lab_ca, ssh_keypair
+from vmigrate.lab.daemons import namespace_when_ready, start_libvirtd, stop_host_processes
 from vmigrate.lab.heartbeat import heartbeat_report, wait_for_console
-from vmigrate.lab.lifecycle import HostStatus
+from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.paths import CLIENT_PKI_DIR, CLIENT_SSH_DIR, LAB_DIR
 from vmigrate.lab.pki import issue, make_ca, write_client_pkipath, write_private
 from vmigrate.lab.sshd import SSH_PORT, start_sshd, stop_sshd, wait_for_port
-from vmigrate.lab.state import load_records
+from vmigrate.lab.state import load_records, save_records
 from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 from vmigrate.store import JobStore
+from vmigrate.virt.connection import wait_for_connection
 
 from .helpers import busy_migration, read_events_until, read_rest, run_cli
 from .wire import capture
@@ -330,3 +332,30 @@ def test_a_local_user_who_is_not_root_cannot_get_in(lab: list[HostStatus]) -> No
         assert attempt.returncode != 0 and "hostB" not in attempt.stdout, (uri, attempt.stdout)
     assert (LAB_DIR / "ca").stat().st_mode & 0o077 == 0
     assert CLIENT_PKI_DIR.stat().st_mode & 0o077 == 0
+
+
+@pytest.fixture
+def host_b_without_ssh_helper(lab: list[HostStatus]) -> Iterator[None]:
+    """hostB restarted with neither virt-ssh-helper nor nc in its namespace (as on a host
+    without libvirt-clients); the real hostB back afterwards."""
+    helper = shutil.which("virt-ssh-helper")
+    if helper is None:
+        pytest.fail("virt-ssh-helper (libvirt-clients) is missing: scripts/setup.sh installs it")
+    records = load_records()
+    old = records["hostB"]
+    stop_host_processes(old)
+    crippled = start_libvirtd(HOST_B, hide=[helper, *filter(None, [shutil.which("nc")])])
+    wait_for_connection(HOST_B.uri, timeout=30, host="hostB").close()
+    records["hostB"] = namespace_when_ready(crippled)
+    save_records(records)
+    start_sshd(HOST_B, crippled.pid)
+    wait_for_port(HOST_B.address, SSH_PORT, timeout=10, what="hostB's sshd", log=Path("/dev/null"))
+    try:
+        yield
+    finally:
+        stop_host_processes(load_records()["hostB"])
+        lab_up()
+
+
+def test_a_host_without_virt_ssh_helper(idle_vm: str, host_b_without_ssh_helper: None) -> None:
+    _refused(idle_vm, HOST_B.ssh_uri, "virt-ssh-helper", "libvirt-clients")

@@ -51,3 +51,7 @@ class CheckInput:
     destination_ref: HostRef | None = None
     migration_tls_requested: bool | None = None  # --tls / --no-tls; None: by declaration
     peer_to_peer: bool = True
+    #: Network disks' servers (rbd monitors, iSCSI portals, NFS servers) probed from here;
+    #: they show what the destination reaches only when it runs here too (the lab).
+    storage_servers: tuple[PortProbe, ...] = ()
+    destination_probes_representative: bool = False

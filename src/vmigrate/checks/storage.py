@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vmigrate.checks.context import CheckInput, DiskStorage
+from vmigrate.checks.network_disks import network_disk_findings
 from vmigrate.domxml.domain import DiskInfo
 from vmigrate.model import Finding, Mode, Verdict
 
@@ -115,7 +116,7 @@ def _disk(disk: DiskInfo, where: DiskStorage | None, facts: CheckInput) -> list[
     evidence = _evidence(disk, where)
     chain = f" (backing chain: {' <- '.join(disk.backing_chain)})" if disk.backing_chain else ""
     if disk.source_type == "network":
-        return [
+        return network_disk_findings(disk, facts) or [
             Finding(
                 "storage.shared",
                 FAMILY,

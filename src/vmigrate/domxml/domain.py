@@ -7,6 +7,23 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class NetworkSource:
+    """Where a network disk lives: what QEMU opens itself, with no file on either host."""
+
+    protocol: str  # rbd | iscsi | nfs | gluster | nbd | ...
+    name: str | None  # rbd: pool/image; iscsi: IQN/LUN; nfs and gluster: volume/path
+    hosts: tuple[tuple[str, int | None], ...]  # monitors, portal, server (name, port)
+    secret_type: str | None  # <auth><secret type=...>: ceph | iscsi
+    secret_uuid: str | None
+    secret_usage: str | None
+    username: str | None
+
+    @property
+    def servers(self) -> str:
+        return ", ".join(f"{h}:{p}" if p else h for h, p in self.hosts) or "(default server)"
+
+
+@dataclass(frozen=True)
 class DiskInfo:
     target: str  # vda
     device: str  # disk | cdrom | floppy | lun
@@ -20,6 +37,7 @@ class DiskInfo:
     readonly: bool
     shareable: bool
     backing_chain: tuple[str, ...]  # paths (or descriptions) below the top image, in order
+    network: NetworkSource | None = None  # for type='network'
 
     @property
     def is_empty(self) -> bool:
@@ -66,6 +84,30 @@ def _chain(disk: ET.Element) -> tuple[str, ...]:
     return tuple(chain)
 
 
+def _port(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _network_source(disk: ET.Element) -> NetworkSource | None:
+    source = disk.find("source")
+    if source is None or source.get("protocol") is None:
+        return None
+    # libvirt accepts <auth> inside <source> (preferred) or beside it in <disk>.
+    auth = source.find("auth")
+    if auth is None:
+        auth = disk.find("auth")
+    secret = auth.find("secret") if auth is not None else None
+    return NetworkSource(
+        protocol=source.get("protocol", "?"),
+        name=source.get("name"),
+        hosts=tuple((h.get("name", "?"), _port(h.get("port"))) for h in source.findall("host")),
+        secret_type=secret.get("type") if secret is not None else None,
+        secret_uuid=secret.get("uuid") if secret is not None else None,
+        secret_usage=secret.get("usage") if secret is not None else None,
+        username=auth.get("username") if auth is not None else None,
+    )
+
+
 def _disk(element: ET.Element) -> DiskInfo:
     source = element.find("source")
     driver = element.find("driver")
@@ -87,6 +129,7 @@ def _disk(element: ET.Element) -> DiskInfo:
         readonly=element.find("readonly") is not None,
         shareable=element.find("shareable") is not None,
         backing_chain=_chain(element),
+        network=_network_source(element) if element.get("type") == "network" else None,
     )
 
 

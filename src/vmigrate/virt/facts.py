@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from vmigrate.facts import (
     MissingDriver,
     NetworkFacts,
     PoolFacts,
+    SecretFacts,
     available_memory_bytes,
 )
 from vmigrate.hosts import HostRef
@@ -109,7 +111,40 @@ def _gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
         memory_total_bytes=int(memory_mib) * 1024 * 1024,
         guests=guests,
         cpu_model=capabilities.findtext("host/cpu/model", ""),
+        secrets=_secrets(conn),
     )
+
+
+_USAGE_TYPES = {
+    libvirt.VIR_SECRET_USAGE_TYPE_NONE: "none",
+    libvirt.VIR_SECRET_USAGE_TYPE_VOLUME: "volume",
+    libvirt.VIR_SECRET_USAGE_TYPE_CEPH: "ceph",
+    libvirt.VIR_SECRET_USAGE_TYPE_ISCSI: "iscsi",
+    libvirt.VIR_SECRET_USAGE_TYPE_TLS: "tls",
+}
+
+
+def _secrets(conn: libvirt.virConnect) -> tuple[SecretFacts, ...] | None:
+    """The host's secrets; a value is only ever hashed here, never kept or shown."""
+    try:
+        listed = conn.listAllSecrets(0)
+    except libvirt.libvirtError:
+        return None
+    found = []
+    for secret in listed:
+        with contextlib.suppress(libvirt.libvirtError):  # one that vanishes as we look
+            digest = None
+            with contextlib.suppress(libvirt.libvirtError):  # private: not readable
+                digest = hashlib.sha256(secret.value(0)).hexdigest()
+            found.append(
+                SecretFacts(
+                    uuid=secret.UUIDString(),
+                    usage_type=_USAGE_TYPES.get(secret.usageType(), str(secret.usageType())),
+                    usage_id=secret.usageID() or "",
+                    value_sha256=digest,
+                )
+            )
+    return tuple(found)
 
 
 def _guests(conn: libvirt.virConnect) -> tuple[GuestUsage, ...]:

@@ -1,0 +1,191 @@
+"""Disks QEMU opens over the network (rbd, iscsi, nfs, gluster, nbd): shared by nature, yet
+they fail in their own ways on the destination: a cephx secret libvirt keeps per host and
+the destination lacks, storage servers it cannot reach, a cache mode libvirt refuses."""
+
+from __future__ import annotations
+
+from vmigrate.checks.context import CheckInput, PortProbe
+from vmigrate.domxml.domain import DiskInfo, NetworkSource
+from vmigrate.model import Finding, Mode, Verdict
+
+FAMILY = "storage"
+
+#: Each protocol's server port when the disk names none (what QEMU connects to).
+DEFAULT_PORTS = {"rbd": 6789, "iscsi": 3260, "nfs": 2049, "gluster": 24007, "nbd": 10809}
+_SAFE_CACHE = (None, "none", "directsync")  # None: checked by devices.disk-cache already
+_DEPRECATED = {"gluster": "QEMU marks its gluster driver deprecated; plan a move off it"}
+
+
+def server_endpoints(source: NetworkSource) -> tuple[tuple[str, int], ...]:
+    """Where QEMU will connect for this disk: each host, with the protocol's default port."""
+    default = DEFAULT_PORTS.get(source.protocol)
+    endpoints = []
+    for host, port in source.hosts:
+        if port or default:
+            endpoints.append((host, port or default or 0))
+    return tuple(endpoints)
+
+
+def _shared(disk: DiskInfo, source: NetworkSource) -> Finding:
+    note = _DEPRECATED.get(source.protocol)
+    return Finding(
+        "storage.shared",
+        FAMILY,
+        Verdict.WARN if note else Verdict.PASS,
+        f"{disk.target}: {source.protocol} network disk {source.name or '?'} on "
+        f"{source.servers}: shared by nature, both hosts open the same volume, nothing is "
+        "copied" + (f" ({note})" if note else ""),
+        {
+            "target": disk.target,
+            "placement": "network",
+            "protocol": source.protocol,
+            "name": source.name,
+            "servers": [f"{h}:{p}" if p else h for h, p in source.hosts],
+        },
+        fix="" if not note else "move its data to rbd, iscsi or nfs while you can",
+        subject=disk.target,
+    )
+
+
+def _secret(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding | None:
+    if source.secret_uuid is None and source.secret_usage is None:
+        return None
+    named = source.secret_uuid or f"usage {source.secret_usage!r}"
+    dst_name = facts.destination_name
+    evidence: dict[str, object] = {
+        "target": disk.target,
+        "secret_uuid": source.secret_uuid,
+        "secret_usage": source.secret_usage,
+        "type": source.secret_type,
+    }
+    destination = facts.destination
+    if destination is None or destination.secrets is None:
+        # Measured: a daemon without libvirt's secret driver (a package of its own in
+        # Debian) answers "not supported ... virConnectNumOfSecrets"; QEMU there could not
+        # be handed the key either.
+        return Finding(
+            "storage.secret",
+            FAMILY,
+            Verdict.FAIL,
+            f"{disk.target}: the disk needs the {source.secret_type or ''} secret {named}, and "
+            f"{dst_name}'s libvirt lists no secrets at all (no secret driver?)",
+            evidence,
+            fix=f"install libvirt-daemon-driver-secret on {dst_name}, restart its libvirtd, "
+            "then define the secret there (virsh secret-define, virsh secret-set-value)",
+            subject=disk.target,
+        )
+    there = destination.secret(source.secret_uuid, source.secret_usage)
+    if there is None:
+        uuid = source.secret_uuid or "UUID"
+        return Finding(
+            "storage.secret",
+            FAMILY,
+            Verdict.FAIL,
+            f"{disk.target}: the {source.secret_type or ''} secret {named} the disk "
+            f"authenticates with is not defined on {dst_name} (libvirt keeps secrets per host): "
+            f"QEMU there could not open {source.protocol}:{source.name}",
+            evidence,
+            fix=f"on {dst_name}: virsh secret-define a secret with uuid {uuid} and the same "
+            f"usage, then virsh secret-set-value {uuid} --file KEYFILE with the key "
+            f"{facts.source_name} uses",
+            subject=disk.target,
+        )
+    here = facts.source.secret(source.secret_uuid, source.secret_usage) if facts.source else None
+    if here is not None and here.value_sha256 and there.value_sha256:
+        same = here.value_sha256 == there.value_sha256
+        return Finding(
+            "storage.secret",
+            FAMILY,
+            Verdict.PASS if same else Verdict.FAIL,
+            f"{disk.target}: secret {there.uuid} is defined on {dst_name} "
+            + ("with the same value as on the source" if same else "with ANOTHER value"),
+            evidence,
+            fix=""
+            if same
+            else f"virsh secret-set-value {there.uuid} on {dst_name} with "
+            f"{facts.source_name}'s key",
+            subject=disk.target,
+        )
+    return Finding(
+        "storage.secret",
+        FAMILY,
+        Verdict.PASS,
+        f"{disk.target}: secret {there.uuid} is defined on {dst_name}; its value is private "
+        "and cannot be read back, so that it matches the source's was not verified",
+        evidence,
+        subject=disk.target,
+    )
+
+
+def _servers(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding:
+    probes = [p for p in facts.storage_servers if (p.address, p.port) in server_endpoints(source)]
+    if not facts.destination_probes_representative or not probes:
+        return Finding(
+            "storage.servers",
+            FAMILY,
+            Verdict.SKIPPED,
+            f"{disk.target}: not verifiable from here that {facts.destination_name} reaches "
+            f"{source.servers} (vmigrate does not run there)",
+            {"target": disk.target},
+            subject=disk.target,
+        )
+    unreachable = [p for p in probes if p.result != "open"]
+    evidence = {"target": disk.target, "probes": [_probe(p) for p in probes]}
+    if unreachable:
+        where = ", ".join(f"{p.address}:{p.port} ({p.result})" for p in unreachable)
+        return Finding(
+            "storage.servers",
+            FAMILY,
+            Verdict.FAIL,
+            f"{disk.target}: {facts.destination_name} cannot reach the {source.protocol} "
+            f"server(s) {where}: QEMU there could not open the disk",
+            evidence,
+            fix=f"open the path from {facts.destination_name} to {where} (firewall, routes)",
+            subject=disk.target,
+        )
+    return Finding(
+        "storage.servers",
+        FAMILY,
+        Verdict.PASS,
+        f"{disk.target}: {facts.destination_name} reaches the {source.protocol} server(s) "
+        f"{source.servers}",
+        evidence,
+        subject=disk.target,
+    )
+
+
+def _probe(probe: PortProbe) -> dict[str, object]:
+    return {"address": probe.address, "port": probe.port, "result": probe.result}
+
+
+def _cache(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding | None:
+    # libvirt lets only rbd keep a host cache across a live migration; any other network
+    # disk with cache other than none/directsync is refused ("may lead to data corruption").
+    if facts.mode is not Mode.LIVE or source.protocol == "rbd" or disk.cache in _SAFE_CACHE:
+        return None
+    if disk.readonly or disk.shareable:
+        return None
+    return Finding(
+        "storage.cache",
+        FAMILY,
+        Verdict.FAIL,
+        f"{disk.target}: cache='{disk.cache}' on a {source.protocol} disk: libvirt refuses to "
+        "move it live (the destination could read stale data)",
+        {"target": disk.target, "cache": disk.cache, "protocol": source.protocol},
+        fix=f"set <driver cache='none'/> on {disk.target} (virsh edit, then restart the VM), "
+        "or move it cold",
+        subject=disk.target,
+    )
+
+
+def network_disk_findings(disk: DiskInfo, facts: CheckInput) -> list[Finding]:
+    source = disk.network
+    if source is None:
+        return []
+    found: list[Finding | None] = [
+        _shared(disk, source),
+        _secret(disk, source, facts),
+        _servers(disk, source, facts),
+        _cache(disk, source, facts),
+    ]
+    return [f for f in found if f is not None]

@@ -1,0 +1,103 @@
+"""Network disks (rbd, iscsi, nfs, gluster): shared by nature, and what can still fail on
+the destination: the secret, the servers, the cache mode."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from vmigrate.checks.context import CheckInput, PortProbe
+from vmigrate.checks.network_disks import server_endpoints
+from vmigrate.checks.storage import check_storage
+from vmigrate.domxml.domain import parse_domain
+from vmigrate.facts import SecretFacts
+from vmigrate.model import Mode, Verdict
+
+from .test_checks import domain, facts, host, only
+
+XML = (Path(__file__).parent / "data" / "domains" / "network-disks.xml").read_text()
+CEPH = "1f4f0b8e-9d3c-4c55-8a55-6f2a3f1c2b77"
+
+
+def _secret(value: str | None = "a" * 64, uuid: str = CEPH) -> SecretFacts:
+    return SecretFacts(uuid, "ceph", "client.libvirt secret", value)
+
+
+def _input(
+    src_secrets: tuple[SecretFacts, ...] | None = (),
+    dst_secrets: tuple[SecretFacts, ...] | None = (),
+    **changes: object,
+) -> CheckInput:
+    summary = parse_domain(XML)
+    return facts(
+        domain=domain(live_xml=XML, summary=summary),
+        disks=(),
+        source=host("kvm1", "qemu+tls://kvm1/system", secrets=src_secrets),
+        destination=host("kvm2", "qemu+tls://kvm2/system", secrets=dst_secrets),
+        **changes,
+    )
+
+
+def test_network_sources_are_read_with_their_servers_and_secrets() -> None:
+    disks = {d.target: d.network for d in parse_domain(XML).disks}
+    rbd, iscsi, nfs, gluster = disks["vda"], disks["vdb"], disks["vdc"], disks["vdd"]
+    assert rbd is not None and rbd.protocol == "rbd" and rbd.name == "vmigrate/netdisks-vda"
+    assert rbd.secret_uuid == CEPH and rbd.secret_type == "ceph" and rbd.username == "libvirt"
+    assert iscsi is not None and server_endpoints(iscsi) == (("127.0.0.21", 3260),)
+    assert nfs is not None and server_endpoints(nfs) == (("127.0.0.22", 2049),)  # default
+    # <auth> beside <source>, named by usage (the older layout libvirt still accepts)
+    assert gluster is not None and gluster.secret_usage == "libvirtiscsi"
+
+
+def test_each_network_disk_is_shared_and_named() -> None:
+    found = check_storage(_input(dst_secrets=(_secret(),), src_secrets=(_secret(),)))
+    rbd = only(found, "storage.shared", "vda")
+    assert rbd.verdict is Verdict.PASS and "rbd network disk vmigrate/netdisks-vda" in rbd.summary
+    assert rbd.evidence["placement"] == "network" and "nothing is copied" in rbd.summary
+    gluster = only(found, "storage.shared", "vdd")
+    assert gluster.verdict is Verdict.WARN and "deprecated" in gluster.summary
+
+
+def test_a_secret_missing_on_the_destination_fails_with_the_fix() -> None:
+    found = check_storage(_input(src_secrets=(_secret(),), dst_secrets=()))
+    secret = only(found, "storage.secret", "vda")
+    assert secret.verdict is Verdict.FAIL and CEPH in secret.summary
+    assert "virsh secret-define" in secret.fix and f"secret-set-value {CEPH}" in secret.fix
+
+
+def test_a_secret_is_compared_by_digest_or_said_unverifiable() -> None:
+    same = check_storage(_input(src_secrets=(_secret(),), dst_secrets=(_secret(),)))
+    assert only(same, "storage.secret", "vda").verdict is Verdict.PASS
+    other = check_storage(_input(src_secrets=(_secret(),), dst_secrets=(_secret("b" * 64),)))
+    assert "ANOTHER value" in only(other, "storage.secret", "vda").summary
+    private = check_storage(_input(src_secrets=(_secret(None),), dst_secrets=(_secret(None),)))
+    said = only(private, "storage.secret", "vda")
+    assert said.verdict is Verdict.PASS and "was not verified" in said.summary
+    no_driver = only(check_storage(_input(dst_secrets=None)), "storage.secret", "vda")
+    assert no_driver.verdict is Verdict.FAIL
+    assert "libvirt-daemon-driver-secret" in no_driver.fix
+
+
+def test_servers_are_probed_only_where_the_destination_runs() -> None:
+    far = check_storage(_input())
+    assert only(far, "storage.servers", "vdb").verdict is Verdict.SKIPPED
+    blocked = _input(
+        destination_probes_representative=True,
+        storage_servers=(
+            PortProbe("127.0.0.21", 3260, "filtered", 1.5),
+            PortProbe("127.0.0.20", 6789, "open", 0.001),
+        ),
+    )
+    found = check_storage(blocked)
+    portal = only(found, "storage.servers", "vdb")
+    assert portal.verdict is Verdict.FAIL and "127.0.0.21:3260 (filtered)" in portal.summary
+    assert only(found, "storage.servers", "vda").verdict is Verdict.PASS
+
+
+def test_cache_modes_libvirt_refuses_on_network_disks() -> None:
+    found = check_storage(_input(src_secrets=(_secret(),), dst_secrets=(_secret(),)))
+    iscsi = only(found, "storage.cache", "vdb")
+    assert iscsi.verdict is Verdict.FAIL and "cache='writeback'" in iscsi.summary
+    assert not [f for f in found if f.check == "storage.cache" and f.subject == "vda"]  # rbd
+    cold = check_storage(replace(_input(), mode=Mode.COLD))
+    assert not [f for f in cold if f.check == "storage.cache"]
