@@ -118,7 +118,3 @@ def _write_ssh_command() -> None:
 
 def _known_host_line(host: LabHost, public: bytes) -> bytes:
     return f"{host.address} ".encode() + public + b"\n"
-
-
-def have_lab_credentials() -> bool:
-    return CA_CERT.exists() and (CLIENT_PKI_DIR / "clientkey.pem").exists()

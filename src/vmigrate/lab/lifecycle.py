@@ -309,12 +309,12 @@ class HostStatus:
     problem: str = ""
 
 
-def _host_status(host: LabHost, record: DaemonRecord | None) -> HostStatus:
+def _host_status(host: LabHost, record: DaemonRecord | None, *, insecure_tcp: bool) -> HostStatus:
     declared = HostStatus(
         host.name,
         host.uri,
         running=False,
-        uris=host.uris(insecure_tcp=serves_insecure_tcp()),
+        uris=host.uris(insecure_tcp=insecure_tcp),
         address=host.address,
         capacity_mib=host.capacity_mib,
         vcpus=host.vcpus,
@@ -359,4 +359,8 @@ def status_hosts(recorded: Collection[str]) -> tuple[LabHost, ...]:
 
 def lab_status() -> list[HostStatus]:
     records = load_records()
-    return [_host_status(host, records.get(host.name)) for host in status_hosts(records)]
+    insecure_tcp = serves_insecure_tcp()  # one read of the lab's state for every host
+    return [
+        _host_status(host, records.get(host.name), insecure_tcp=insecure_tcp)
+        for host in status_hosts(records)
+    ]
