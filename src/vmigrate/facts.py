@@ -42,7 +42,7 @@ class MissingDriver:
 @dataclass(frozen=True)
 class SecretFacts:
     """A libvirt secret of a host (the cephx key of an rbd disk, an iSCSI CHAP password):
-    never its value, only a digest of it when libvirt lets it be read (not private)."""
+    never its value; at most a digest of it, where one was taken (none is, yet)."""
 
     uuid: str
     usage_type: str  # ceph | iscsi | volume | tls | vtpm | none

@@ -39,6 +39,7 @@ without a hosts file, with their declared lab capacities, and form the cluster `
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -219,14 +220,28 @@ def build_uri(name: str, parts: dict[str, Any], where: str) -> str:
             fix='use transport = "libssh" to name a known_hosts file, or add the host key '
             "to ~/.ssh/known_hosts (ssh-keyscan, verified out of band)",
         )
-    if ":" in address and not address.startswith("["):
-        address = f"[{address}]"  # an IPv6 address
+    address = _uri_host(address, where)
     netloc = (quote(user or "root", safe="") + "@" if ssh else "") + address
     if port is not None:
         netloc += f":{port}"
     query = {k: v for k, v in (("keyfile", key_file), ("known_hosts", known_hosts)) if v}
     uri = f"qemu+{transport}://{netloc}/system"
-    return uri + ("?" + urlencode(query) if query else "")
+    # libvirt undoes %XX escapes only (a '+' stays a '+'): quote, never form-encode.
+    return uri + ("?" + urlencode(query, quote_via=quote, safe="/") if query else "")
+
+
+def _uri_host(address: str, where: str) -> str:
+    """A host name or address as a URI's host part: IPv6 in brackets, nothing else let in."""
+    try:
+        parsed = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        if not _HOST_NAME.fullmatch(address) or ":" in address:
+            raise UsageError(
+                f"{where}: address {address!r} is not a host name or an IP address",
+                fix="give the name or address alone; the port goes in port = ...",
+            ) from None
+        return address
+    return f"[{parsed}]" if parsed.version == 6 else str(parsed)
 
 
 def _host(name: str, table: object, where: str, defaults: dict[str, Any]) -> HostRef:
@@ -442,7 +457,7 @@ def known_hosts(hosts_file: Path | None = None) -> tuple[HostRef, ...]:
     refs = list(inventory.hosts.values())
     uris = {ref.uri for ref in refs}
     for lab in running_lab_hosts():
-        if lab.uri not in uris:
+        if not uris & set(lab.uris(insecure_tcp=True).values()):
             refs.append(resolve_host(lab.name, hosts_file))
     return tuple(refs)
 
@@ -482,6 +497,6 @@ def cluster_of(host: HostRef, hosts_file: Path | None = None) -> str | None:
         for member in members:
             if member == host.name or resolve_host(member, hosts_file).uri == host.uri:
                 return name
-    if any(lab.uri == host.uri for lab in running_lab_hosts()):
+    if any(host.uri in lab.uris(insecure_tcp=True).values() for lab in running_lab_hosts()):
         return LAB_CLUSTER
     return None

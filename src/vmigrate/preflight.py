@@ -282,6 +282,7 @@ class PairChecks:
         mode: Mode = Mode.LIVE,
         copy_storage: bool = False,
         tls: bool | None = None,
+        peer_to_peer: bool = True,
     ) -> tuple[Finding, ...]:
         src_conn, src_facts = self.source.conn, self.source.facts
         assert src_conn is not None and src_facts is not None
@@ -310,6 +311,7 @@ class PairChecks:
             source_ref=self.source.ref,
             destination_ref=destination.ref,
             migration_tls_requested=tls,
+            peer_to_peer=peer_to_peer,
             storage_servers=_storage_server_probes(domain, destination.ref),
             destination_probes_representative=_is_local(destination.ref),
         )
@@ -372,6 +374,7 @@ def check_move(
     copy_storage: bool = False,
     hosts_file: Path | None = None,
     tls: bool | None = None,
+    peer_to_peer: bool = True,
 ) -> Checked:
     """run_checks, with the facts gathered on the way."""
     started = time.monotonic()
@@ -392,7 +395,9 @@ def check_move(
             lookup_domain(src.conn, vm, host=src_ref.name), host=src_ref.name
         )
         dst = open_session(dst_ref)
-        findings = checks.findings(domain, dst, mode=mode, copy_storage=copy_storage, tls=tls)
+        findings = checks.findings(
+            domain, dst, mode=mode, copy_storage=copy_storage, tls=tls, peer_to_peer=peer_to_peer
+        )
     finally:
         src.close()
         if dst is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import time
@@ -66,9 +67,11 @@ def test_up_is_idempotent_and_down_up_leaves_nothing_behind(lab: list[HostStatus
     assert first == {h.name: h.pid for h in lab_up()}, "a second `up` restarted a daemon"
     assert all(h.running and h.libvirt_version and h.qemu_version for h in lab_status())
     records = load_records()
+    made = json.loads((LAB_DIR / "made-dirs.json").read_text())  # mount points lab up made
     link.shape("1gbit")
     lab_down()
     assert_nothing_left(records, [])
+    assert not [path for path in made if Path(path).exists()], made
     lab_down()  # a second `down` has nothing to do and does not fail
     hosts = lab_up()
     assert [h.name for h in hosts if h.running] == ["hostA", "hostB"]

@@ -346,6 +346,18 @@ def test_encryption_reports_the_control_connection_and_the_stream_apart() -> Non
         "encryption.migration-stream",
     )
     assert forced.verdict is Verdict.PASS and forced.evidence["tls"] is True
+    plain_peer = replace(
+        _refs(),
+        destination_ref=HostRef(
+            "kvm2", "qemu+tls://kvm2/system", peer_uri="qemu+tcp://kvm2/system"
+        ),
+    )
+    peer = only(check_encryption(plain_peer), "encryption.control-destination")
+    assert peer.verdict is Verdict.WARN and "UNENCRYPTED peer connection" in peer.summary
+    direct = only(
+        check_encryption(replace(plain_peer, peer_to_peer=False)), "encryption.control-destination"
+    )
+    assert direct.verdict is Verdict.PASS  # --direct: the source's libvirtd opens no peer URI
     cold = check_encryption(_refs(mode=Mode.COLD))
     assert not [f for f in cold if f.check == "encryption.migration-stream"]
 

@@ -70,6 +70,8 @@ def test_hosts_file(tmp_path: Path) -> None:
         '[hosts.a]\ntransport = "ssh"\nknown_hosts = "/k"\n',  # openssh takes none
         '[hosts.a]\ntransport = "tls"\nuser = "root"\n',
         "[hosts.a]\nport = 99999\n",
+        '[hosts.a]\naddress = "x@y"\n',  # would make user "root@x" on host y
+        '[hosts.a]\naddress = "web:2222"\n',  # the port has its own key
         '[defaults]\ncolour = "red"\n',
         '[hosts.a]\nuri = "qemu:///system"\ncolour = "red"\n',  # unknown key
         '[hosts.a]\nuri = "qemu:///system"\nmigration_ports = [9, 1]\n',
@@ -127,10 +129,10 @@ def test_hosts_built_from_their_parts(tmp_path: Path) -> None:
         "migration_tls = false\n"
     )
     hosts = load_hosts_file(path)
-    assert hosts["a"].uri == "qemu+ssh://root@10.1.1.1/system?keyfile=%2Fkeys%2Fid+a"
+    assert hosts["a"].uri == "qemu+ssh://root@10.1.1.1/system?keyfile=/keys/id%20a"
     assert hosts["a"].migration_tls is True  # from [defaults]
     assert hosts["b"].uri == (
-        "qemu+libssh://ops@b:2222/system?known_hosts=%2Fetc%2Fvmigrate%2Fknown_hosts"
+        "qemu+libssh://ops@b:2222/system?known_hosts=/etc/vmigrate/known_hosts"
     )
     assert hosts["c"].uri == "qemu+tls://c/system"
     assert hosts["c"].peer_connection_uri == "qemu+tls://c.mig/system"

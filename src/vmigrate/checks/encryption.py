@@ -25,7 +25,19 @@ def _control(role: str, ref: HostRef, peer_to_peer: bool) -> Finding:
     transport = uri.effective_transport
     evidence: dict[str, object] = {"uri": ref.uri, "transport": transport}
     if role == "destination" and peer_to_peer and ref.peer_uri:
+        # The source's libvirtd opens the peer URI: it must be encrypted as well.
         evidence["peer_uri"] = ref.peer_uri
+        peer = parse_uri(ref.peer_uri)
+        if not peer.encrypted:
+            return Finding(
+                f"encryption.control-{role}",
+                FAMILY,
+                Verdict.WARN,
+                f"UNENCRYPTED peer connection to {ref.name}: the source's libvirtd reaches it "
+                f"over {ref.peer_uri}, plain TCP without authentication",
+                evidence,
+                fix=f"give {ref.name} a qemu+tls:// or qemu+ssh:// peer_uri in the hosts file",
+            )
     if uri.encrypted:
         return Finding(
             f"encryption.control-{role}",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +36,7 @@ from vmigrate.lab.daemons import (
 )
 from vmigrate.lab.heartbeat_collector import stop_all_collectors
 from vmigrate.lab.paths import LAB_DIR, LAB_MARKER
+from vmigrate.lab.processes import is_alive
 from vmigrate.lab.sshd import SSH_PORT, start_sshd, stop_sshd, wait_for_port
 from vmigrate.lab.state import (
     load_records,
@@ -174,6 +177,7 @@ def lab_up(count: int | None = None, *, insecure_tcp: bool | None = None) -> lis
         link.reset()
         records = {}
         with lab_files():
+            _note_mount_points()
             make_lab_credentials()
         tcp = bool(insecure_tcp)
     else:
@@ -235,14 +239,18 @@ def _wait_until_ready(host: LabHost, records: dict[str, DaemonRecord], *, start_
     finally:
         conn.close()
     if start_ssh:
-        start_sshd(host, records[host.name].pid)
-        wait_for_port(
-            host.address,
-            SSH_PORT,
-            timeout=10.0,
-            what=f"{host.name}'s sshd",
-            log=host.root / "sshd.log",
-        )
+        sshd = start_sshd(host, records[host.name].pid)
+        log = host.root / "sshd.log"
+        wait_for_port(host.address, SSH_PORT, timeout=10.0, what=f"{host.name}'s sshd", log=log)
+        time.sleep(0.2)  # an sshd that cannot bind exits at once, while another one answers
+        if not is_alive(sshd):
+            raise LabError(
+                f"its sshd exited: {_tail(log).strip() or 'no output'}; something else "
+                f"answers on {host.address}:{SSH_PORT}",
+                host=host.name,
+                fix=f"stop the sshd that listens on {host.address}:{SSH_PORT} (or on every "
+                f"address, 0.0.0.0:{SSH_PORT}), then run `{up_command(host)}` again",
+            )
 
 
 @dataclass(frozen=True)
@@ -251,6 +259,28 @@ class DownReport:
     killed_pids: list[int]
     stopped_collectors: int
     link_reset: bool
+
+
+#: Directories of the machine the hosts' private mounts and sshd need: made if missing, and
+#: removed again by `lab down` when it made them and they are still empty.
+_MOUNT_POINTS = ("/etc/pki", "/root/.ssh", "/run/sshd")
+_MADE_DIRS = LAB_DIR / "made-dirs.json"
+
+
+def _note_mount_points() -> None:
+    if not _MADE_DIRS.exists():
+        missing = [path for path in _MOUNT_POINTS if not Path(path).exists()]
+        _MADE_DIRS.write_text(json.dumps(missing))
+
+
+def _remove_mount_points() -> None:
+    try:
+        made = json.loads(_MADE_DIRS.read_text())
+    except (OSError, ValueError):
+        return
+    for path in made if isinstance(made, list) else []:
+        with contextlib.suppress(OSError):  # not empty any more, or gone: keep it
+            Path(str(path)).rmdir()
 
 
 def _refuse_foreign_lab_dir() -> None:
@@ -273,6 +303,7 @@ def lab_down() -> DownReport:
         killed += stop_host_processes(record)
     collectors = stop_all_collectors()
     was_shaped = link.reset()
+    _remove_mount_points()
     if LAB_DIR.exists():
         with lab_files():
             shutil.rmtree(LAB_DIR)

@@ -19,8 +19,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vmigrate.lab.config import host_client_cn
 
-#: Validity of the lab's certificates: long enough for any lab, short enough to be a lab's.
-VALID_DAYS = 30
+#: Validity of the lab's certificates, made once per fresh lab for all four hosts: a year
+#: outlasts any lab (a host added later gets the same certificates), yet ends.
+VALID_DAYS = 365
 
 
 @dataclass(frozen=True)

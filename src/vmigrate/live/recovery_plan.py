@@ -92,10 +92,15 @@ def plan_recovery(
     )
 
 
-def postcopy_instructions(vm: str, source_uri: str, destination_uri: str) -> str:
+def postcopy_instructions(
+    vm: str, source_uri: str, destination_uri: str, *, tls: bool = False
+) -> str:
+    """What to do with a post-copy that lost its link; `tls`: the stream used QEMU TLS (the
+    resumed stream must too, or the destination refuses it)."""
     resume = shlex.join(
         [
             *("virsh", "-c", source_uri, "migrate", "--live", "--p2p", "--postcopy"),
+            *(("--tls",) if tls else ()),
             *("--postcopy-resume", vm, destination_uri),
         ]
     )

@@ -57,6 +57,7 @@ def _checks(request: LiveRequest) -> Checked:
         copy_storage=request.copy_storage,
         hosts_file=request.hosts_file,
         tls=request.tls,
+        peer_to_peer=request.peer_to_peer,
     )
     report = checked.report
     if report.failed and not request.force:
@@ -224,7 +225,9 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
                 f"post-copy did not finish within {request.postcopy_wait_s:g} s: the guest "
                 f"runs on {dst_ref.name} and part of its memory is still on {src_ref.name}"
             )
-            fix = postcopy_instructions(request.vm, src_ref.uri, dst_ref.uri)
+            fix = postcopy_instructions(
+                request.vm, src_ref.uri, dst_ref.peer_connection_uri, tls=options.tls
+            )
         elif status == DESTINATION_GONE:
             call_error = (
                 f"the guest stopped on {dst_ref.name} during post-copy (its QEMU exited): "

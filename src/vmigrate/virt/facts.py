@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -125,7 +124,9 @@ _USAGE_TYPES = {
 
 
 def _secrets(conn: libvirt.virConnect) -> tuple[SecretFacts, ...] | None:
-    """The host's secrets; a value is only ever hashed here, never kept or shown."""
+    """The host's secrets, by UUID and usage. Their values are not read: every check of
+    every VM would read every secret of every host (comparing the ones a disk names, with a
+    keyed digest, belongs where that disk is checked)."""
     try:
         listed = conn.listAllSecrets(0)
     except libvirt.libvirtError:
@@ -133,15 +134,12 @@ def _secrets(conn: libvirt.virConnect) -> tuple[SecretFacts, ...] | None:
     found = []
     for secret in listed:
         with contextlib.suppress(libvirt.libvirtError):  # one that vanishes as we look
-            digest = None
-            with contextlib.suppress(libvirt.libvirtError):  # private: not readable
-                digest = hashlib.sha256(secret.value(0)).hexdigest()
             found.append(
                 SecretFacts(
                     uuid=secret.UUIDString(),
                     usage_type=_USAGE_TYPES.get(secret.usageType(), str(secret.usageType())),
                     usage_id=secret.usageID() or "",
-                    value_sha256=digest,
+                    value_sha256=None,
                 )
             )
     return tuple(found)
