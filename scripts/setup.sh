@@ -37,11 +37,16 @@ version_of() { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | awk '/
 at_least() { [ -n "$1" ] && dpkg --compare-versions "$1" ge "$2"; }
 # libvirt's drivers are packages of their own: without the storage and network drivers every pool
 # and network call fails ("this function is not supported by the connection driver").
+# The lab's shared storage (`lab up --storage`): QEMU's user-space iSCSI, NFS and RBD drivers
+# (qemu-block-extra), libvirt's iscsi-direct and rbd pools, and its secret driver (cephx keys).
 backport_pkgs=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
-               libvirt-daemon-driver-storage libvirt-daemon-driver-network libvirt-clients libvirt-dev)
+               libvirt-daemon-driver-storage libvirt-daemon-driver-network libvirt-clients libvirt-dev
+               qemu-block-extra libvirt-daemon-driver-storage-iscsi-direct
+               libvirt-daemon-driver-storage-rbd libvirt-daemon-driver-secret)
 stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static iproute2 iptables cpio
              xz-utils util-linux mount dpkg-dev
-             openssh-server openssh-client rsync)  # each lab host's sshd (qemu+ssh); scp/rsync peers of the cold benchmark
+             openssh-server openssh-client rsync  # each lab host's sshd (qemu+ssh); scp/rsync peers of the cold benchmark
+             tgt ceph-mon ceph-mgr ceph-osd ceph-common nfs-ganesha nfs-ganesha-vfs rpcbind socat)  # the lab's storage servers
 need_backports=0
 at_least "$(version_of qemu-system-x86)" "1:10.0" || need_backports=1
 at_least "$(version_of libvirt-daemon)" "11.0" || need_backports=1
@@ -52,8 +57,9 @@ if [ "$need_backports" = 1 ] || [ "${#missing_stable[@]}" -gt 0 ]; then
     [ "$apt_updated" = 1 ] || { say "apt-get update"; apt-get update -q; }
     if [ "${#missing_stable[@]}" -gt 0 ]; then
         say "installing ${missing_stable[*]}"
-        # The lab runs its own sshd per host, on the host's loopback address only: keep the
-        # package from starting a system-wide one (policy-rc.d 101 = do not start services).
+        # The lab runs its own sshd per host and its own storage servers, each on a loopback
+        # address of its own: keep the packages from starting system-wide ones (rpcbind would
+        # listen on every address) (policy-rc.d 101 = do not start services).
         guard=0
         if [ ! -e /usr/sbin/policy-rc.d ]; then
             printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
@@ -61,8 +67,9 @@ if [ "$need_backports" = 1 ] || [ "${#missing_stable[@]}" -gt 0 ]; then
         fi
         apt-get install -y -q --no-install-recommends "${missing_stable[@]}"
         [ "$guard" = 1 ] && rm -f /usr/sbin/policy-rc.d
-        if [[ " ${missing_stable[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null; then
-            systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+        if command -v systemctl >/dev/null; then
+            systemctl disable --now ssh.service ssh.socket rpcbind.service rpcbind.socket \
+                nfs-ganesha.service tgt.service ceph.target >/dev/null 2>&1 || true
         fi
     fi
     if [ "$need_backports" = 1 ]; then

@@ -120,6 +120,18 @@ class VolumeLocation:
 
 
 @dataclass(frozen=True)
+class NetworkVolume:
+    """A network disk's volume as one host's own libvirt pools see it."""
+
+    pool: str | None  # the pool that reaches the disk's server and holds it; None: none does
+    volume: str | None  # the volume's name in that pool; None: the pool has no such volume
+    capacity: int | None
+    pool_secret_uuid: str | None  # the secret the pool authenticates with (rbd, iSCSI CHAP)
+    pools_looked_at: tuple[str, ...] = ()  # this host's pools on the same server and volume set
+    error: str | None = None  # such a pool could not be listed (its server did not answer)
+
+
+@dataclass(frozen=True)
 class ShareProbe:
     shared: bool
     destination_pool: str | None  # the destination pool the probe appeared in

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmigrate.checks.connectivity import check_connectivity
-from vmigrate.checks.context import CheckInput, DiskStorage, PortProbe
+from vmigrate.checks.context import CheckInput, DiskStorage, NetworkDiskView, PortProbe
 from vmigrate.checks.cpu import CpuFacts, check_cpu
 from vmigrate.checks.devices import check_conflicts, check_devices, check_networks
 from vmigrate.checks.drivers import check_drivers
@@ -36,7 +36,12 @@ from vmigrate.virt.facts import (
     gather_domain_facts,
     gather_host_facts,
 )
-from vmigrate.virt.storage import locate_volume, probe_shared_pool, volume_exists
+from vmigrate.virt.storage import (
+    find_network_volume,
+    locate_volume,
+    probe_shared_pool,
+    volume_exists,
+)
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 8.0
@@ -149,6 +154,35 @@ def _disk_storage(
             )
         )
     return tuple(result)
+
+
+def _network_disks(
+    src: Connection,
+    dst: Connection,
+    domain: DomainFacts,
+    facts: tuple[HostFacts, HostFacts],
+    server_probes: tuple[PortProbe, ...],
+) -> tuple[NetworkDiskView, ...]:
+    """Each network disk's volume as the source's and the destination's own pools see it.
+
+    Not asked of the destination when its servers are seen unreachable from it: its libvirt
+    would only wait out its own timeout (30 s for rbd) to say so."""
+    unreachable = {(p.address, p.port) for p in server_probes if p.result != "open"}
+    views = []
+    for disk in domain.summary.disks:
+        if disk.network is None:
+            continue
+        blocked = bool(unreachable & set(server_endpoints(disk.network)))
+        views.append(
+            NetworkDiskView(
+                disk.target,
+                None if facts[0].lacks("storage") else find_network_volume(src, disk.network),
+                None
+                if facts[1].lacks("storage") or blocked
+                else find_network_volume(dst, disk.network),
+            )
+        )
+    return tuple(views)
 
 
 def _cpu_facts(
@@ -291,6 +325,7 @@ class PairChecks:
             domain_capabilities(dst_conn, domain.summary) if dst_conn else (None, destination.error)
         )
         disks = self.disk_storage(domain, destination)
+        servers = _storage_server_probes(domain, destination.ref)
         facts = CheckInput(
             mode=mode,
             copy_storage=copy_storage,
@@ -312,8 +347,13 @@ class PairChecks:
             destination_ref=destination.ref,
             migration_tls_requested=tls,
             peer_to_peer=peer_to_peer,
-            storage_servers=_storage_server_probes(domain, destination.ref),
+            storage_servers=servers,
             destination_probes_representative=_is_local(destination.ref),
+            network_disks=(
+                _network_disks(src_conn, dst_conn, domain, (src_facts, dst_facts), servers)
+                if dst_conn is not None and dst_facts is not None
+                else ()
+            ),
         )
         found: list[Finding] = []
         for check in (

@@ -11,8 +11,10 @@ COMMENT = "vmigrate-test"
 
 
 @contextmanager
-def dropped(address: str, ports: str) -> Iterator[None]:
-    """Silently drop TCP to `address`:`ports` ("16514" or "49152:49215"), like a firewall."""
+def dropped(address: str, ports: str, *, new_only: bool = False) -> Iterator[None]:
+    """Silently drop TCP to `address`:`ports` ("16514" or "49152:49215"), like a firewall.
+
+    `new_only`: only new connections (SYN): those already open keep working."""
     assert ipaddress.ip_address(address).is_loopback, "tests only touch loopback addresses"
     rule = [
         "INPUT",
@@ -22,6 +24,7 @@ def dropped(address: str, ports: str) -> Iterator[None]:
         "tcp",
         "--dport",
         ports,
+        *(["--syn"] if new_only else []),
         "-m",
         "comment",
         "--comment",

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from vmigrate.checks.context import CheckInput, PortProbe
+from vmigrate.checks.context import CheckInput, NetworkDiskView, PortProbe
 from vmigrate.checks.network_disks import server_endpoints
 from vmigrate.checks.storage import check_storage
 from vmigrate.domxml.domain import parse_domain
-from vmigrate.facts import SecretFacts
+from vmigrate.facts import NetworkVolume, SecretFacts
 from vmigrate.model import Mode, Verdict
 
 from .test_checks import domain, facts, host, only
@@ -101,3 +101,61 @@ def test_cache_modes_libvirt_refuses_on_network_disks() -> None:
     assert not [f for f in found if f.check == "storage.cache" and f.subject == "vda"]  # rbd
     cold = check_storage(replace(_input(), mode=Mode.COLD))
     assert not [f for f in cold if f.check == "storage.cache"]
+
+
+def _views(
+    **by_target: tuple[NetworkVolume | None, NetworkVolume | None],
+) -> tuple[NetworkDiskView, ...]:
+    return tuple(NetworkDiskView(t, here, there) for t, (here, there) in by_target.items())
+
+
+GIB = 1 << 30
+
+
+def test_the_destination_sees_the_same_volume_through_its_own_pool() -> None:
+    here = NetworkVolume("rbd", "netdisks-vda", GIB, CEPH, ("rbd",))
+    views = _views(vda=(here, here))
+    found = check_storage(
+        _input(src_secrets=(_secret(None),), dst_secrets=(_secret(None),), network_disks=views)
+    )
+    volume = only(found, "storage.volume", "vda")
+    assert volume.verdict is Verdict.PASS and "through its own pool 'rbd'" in volume.summary
+    assert "the same size as on kvm1" in volume.summary
+    # The destination's pool authenticates with the disk's secret and listed the volume:
+    # the key is proven there, though its value cannot be read back.
+    secret = only(found, "storage.secret", "vda")
+    assert secret.verdict is Verdict.PASS and "the key works there" in secret.summary
+
+
+def test_another_size_or_no_such_volume_in_the_destination_pool_fails() -> None:
+    here = NetworkVolume("rbd", "netdisks-vda", GIB, CEPH, ("rbd",))
+    smaller = NetworkVolume("ceph", "netdisks-vda", GIB // 2, CEPH, ("ceph",))
+    other = only(
+        check_storage(_input(network_disks=_views(vda=(here, smaller)))), "storage.volume", "vda"
+    )
+    assert other.verdict is Verdict.FAIL and "not the same volume" in other.summary
+    absent = NetworkVolume(None, None, None, None, ("ceph",))
+    missing = only(
+        check_storage(_input(network_disks=_views(vda=(here, absent)))), "storage.volume", "vda"
+    )
+    assert missing.verdict is Verdict.FAIL and "holds no such volume" in missing.summary
+    assert "virsh pool-refresh ceph" in missing.fix
+
+
+def test_no_pool_on_the_destination_is_said_unverified() -> None:
+    nothing = NetworkVolume(None, None, None, None, ())
+    found = check_storage(
+        _input(network_disks=_views(vda=(nothing, nothing), vdc=(nothing, nothing)))
+    )
+    rbd = only(found, "storage.volume", "vda")
+    assert rbd.verdict is Verdict.WARN and "was not verified" in rbd.summary
+    assert "virsh pool-define" in rbd.fix
+    nfs = only(found, "storage.volume", "vdc")  # libvirt reaches NFS only by a kernel mount
+    assert nfs.verdict is Verdict.SKIPPED and "libnfs" in nfs.summary
+    unlisted = NetworkVolume(None, None, None, CEPH, ("rbd",), error="timed out")
+    said = only(
+        check_storage(_input(network_disks=_views(vda=(nothing, unlisted)))),
+        "storage.volume",
+        "vda",
+    )
+    assert said.verdict is Verdict.WARN and "could not be listed: timed out" in said.summary

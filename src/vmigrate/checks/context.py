@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmigrate.facts import DomainFacts, HostFacts, ShareProbe, VolumeLocation
+from vmigrate.facts import DomainFacts, HostFacts, NetworkVolume, ShareProbe, VolumeLocation
 from vmigrate.hosts import HostRef
 from vmigrate.model import Mode
 
@@ -19,6 +19,15 @@ class DiskStorage:
     exists_on_destination: bool  # the same path is a volume on the destination
     destination_pool_for_copy: str | None  # where a copy would be created
     destination_available: int | None  # free bytes in that pool
+
+
+@dataclass(frozen=True)
+class NetworkDiskView:
+    """A network disk's volume as each host's own pools see it."""
+
+    target: str
+    source: NetworkVolume | None  # None: not looked up (that host's storage driver is missing)
+    destination: NetworkVolume | None
 
 
 @dataclass(frozen=True)
@@ -55,3 +64,4 @@ class CheckInput:
     #: they show what the destination reaches only when it runs here too (the lab).
     storage_servers: tuple[PortProbe, ...] = ()
     destination_probes_representative: bool = False
+    network_disks: tuple[NetworkDiskView, ...] = ()

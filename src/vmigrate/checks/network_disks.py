@@ -4,7 +4,7 @@ the destination lacks, storage servers it cannot reach, a cache mode libvirt ref
 
 from __future__ import annotations
 
-from vmigrate.checks.context import CheckInput, PortProbe
+from vmigrate.checks.context import CheckInput, NetworkDiskView, PortProbe
 from vmigrate.domxml.domain import DiskInfo, NetworkSource
 from vmigrate.model import Finding, Mode, Verdict
 
@@ -106,14 +106,103 @@ def _secret(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding
             f"{facts.source_name}'s key",
             subject=disk.target,
         )
+    view = _view(disk, facts)
+    pool = view.destination if view is not None else None
+    if pool is not None and pool.pool and pool.pool_secret_uuid == there.uuid:
+        # The pool is active and listed the volume: librados there logged in with this key.
+        said = (
+            f"its value is private and cannot be read back, but {dst_name}'s pool "
+            f"{pool.pool!r} authenticates with it and lists the volume: the key works there"
+        )
+    else:
+        said = (
+            "its value is private and cannot be read back, and no pool of "
+            f"{dst_name} uses it: that it is the right key was not verified"
+        )
     return Finding(
         "storage.secret",
         FAMILY,
         Verdict.PASS,
-        f"{disk.target}: secret {there.uuid} is defined on {dst_name}; its value is private "
-        "and cannot be read back, so that it matches the source's was not verified",
+        f"{disk.target}: secret {there.uuid} is defined on {dst_name}; {said}",
         evidence,
         subject=disk.target,
+    )
+
+
+def _view(disk: DiskInfo, facts: CheckInput) -> NetworkDiskView | None:
+    return next((v for v in facts.network_disks if v.target == disk.target), None)
+
+
+def _size(n: int | None) -> str:
+    return "?" if n is None else f"{n / (1 << 30):.2f} GiB"
+
+
+def _volume(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding | None:
+    """The destination sees the same volume through its own pool: same name, same size."""
+    view = _view(disk, facts)
+    if view is None or view.destination is None:
+        return None  # not looked up: the destination's storage driver is missing (reported)
+    here, there = view.source, view.destination
+    src_name, dst_name = facts.source_name, facts.destination_name
+    what = f"{source.protocol} {source.name or '?'} on {source.servers}"
+    evidence: dict[str, object] = {
+        "target": disk.target,
+        "source_pool": here.pool if here else None,
+        "source_capacity": here.capacity if here else None,
+        "destination_pool": there.pool,
+        "destination_volume": there.volume,
+        "destination_capacity": there.capacity,
+        "destination_pools_looked_at": list(there.pools_looked_at),
+    }
+
+    def finding(verdict: Verdict, message: str, fix: str = "") -> Finding:
+        return Finding(
+            "storage.volume", FAMILY, verdict, message, evidence, fix=fix, subject=disk.target
+        )
+
+    if there.error is not None:
+        return finding(
+            Verdict.WARN,
+            f"{disk.target}: {dst_name}'s pool {there.pools_looked_at[-1]!r} for {what} could "
+            f"not be listed: {there.error}; that it sees the same volume was not verified",
+            f"check that {dst_name} reaches {source.servers} (see storage.servers)",
+        )
+    if there.pool is None and there.pools_looked_at:
+        pools = ", ".join(repr(p) for p in there.pools_looked_at)
+        return finding(
+            Verdict.FAIL,
+            f"{disk.target}: {dst_name}'s pool {pools} reaches the server of {what} but holds "
+            f"no such volume: {dst_name} does not see what the VM uses",
+            f"on {dst_name}: virsh pool-refresh {there.pools_looked_at[0]}, then check that "
+            "its source (virsh pool-dumpxml) is the cluster or target the disk names",
+        )
+    if there.pool is None:
+        if source.protocol == "nfs":
+            return finding(
+                Verdict.SKIPPED,
+                f"{disk.target}: no libvirt pool of {dst_name} holds {what} (an NFS disk needs "
+                "none: QEMU opens it with libnfs); that it sees the same file was not verified",
+            )
+        return finding(
+            Verdict.WARN,
+            f"{disk.target}: no libvirt pool of {dst_name} reaches {what}: that it sees the "
+            "same volume was not verified (QEMU opens the disk itself, so the move may work)",
+            f"define a {source.protocol} pool on {dst_name} for the disk's "
+            f"{'pool' if source.protocol == 'rbd' else 'target'} (virsh pool-define), so "
+            "vmigrate can check the volume there",
+        )
+    if here is not None and here.capacity is not None and here.capacity != there.capacity:
+        return finding(
+            Verdict.FAIL,
+            f"{disk.target}: {dst_name}'s pool {there.pool!r} has {there.volume} of "
+            f"{_size(there.capacity)}, {src_name} sees {_size(here.capacity)}: not the same volume",
+            f"check that both hosts' pools name the same cluster or target ({source.servers})",
+        )
+    same = f", the same size as on {src_name}" if here is not None and here.pool else ""
+    return finding(
+        Verdict.PASS,
+        f"{disk.target}: {dst_name} sees the same volume through its own pool {there.pool!r}: "
+        f"{there.volume}, {_size(there.capacity)}{same}",
     )
 
 
@@ -185,6 +274,7 @@ def network_disk_findings(disk: DiskInfo, facts: CheckInput) -> list[Finding]:
     found: list[Finding | None] = [
         _shared(disk, source),
         _secret(disk, source, facts),
+        _volume(disk, source, facts),
         _servers(disk, source, facts),
         _cache(disk, source, facts),
     ]

@@ -20,7 +20,8 @@ from vmigrate.lab.lifecycle import (
     lab_up,
     require_root,
 )
-from vmigrate.lab.vms import LabVmRequest, check_vm_name, create_vm, remove_vm, set_rate
+from vmigrate.lab.storage.servers import StorageStatus, parse_backends, storage_status
+from vmigrate.lab.vms import DISK_KINDS, LabVmRequest, check_vm_name, create_vm, remove_vm, set_rate
 
 console = Console(highlight=False)
 
@@ -94,6 +95,46 @@ def _print_uris(hosts: list[HostStatus]) -> None:
         )
 
 
+def _storage_table(servers: list[StorageStatus]) -> Table:
+    table = Table(title="lab storage")
+    for column in ("backend", "server", "address", "health", "started in", "memory"):
+        table.add_column(column)
+    for server in servers:
+        health = (
+            server.health
+            if server.health in ("HEALTH_OK", "serving")
+            else (f"[red]{server.health}[/]")
+        )
+        table.add_row(
+            server.backend,
+            server.server,
+            f"{server.address}:{server.port}",
+            health,
+            f"{server.start_seconds:.1f} s",
+            f"{server.rss_mib} MiB",
+        )
+    return table
+
+
+def _storage_dict(server: StorageStatus) -> dict[str, object]:
+    return {
+        "backend": server.backend,
+        "server": server.server,
+        "address": server.address,
+        "port": server.port,
+        "running": server.running,
+        "health": server.health,
+        "start_seconds": server.start_seconds,
+        "rss_mib": server.rss_mib,
+    }
+
+
+def _print_storage() -> None:
+    servers = storage_status()
+    if servers:
+        console.print(_storage_table(servers))
+
+
 def _shaped_hosts(current: lab_link.LinkStatus) -> str:
     return ", ".join(current.hosts) or "no host"
 
@@ -121,15 +162,25 @@ def lab() -> None:
     help="Also serve plain, unauthenticated qemu+tcp on port 16509 (any local user then "
     "controls the hosts). Chosen when the lab starts. [default: TLS and SSH only]",
 )
-def up(count: int | None, insecure_tcp: bool | None) -> None:
+@click.option(
+    "--storage",
+    "storage",
+    default="",
+    metavar="BACKENDS",
+    help="Also run shared storage servers: a comma-separated subset of iscsi,rbd,nfs "
+    "(tgt, a one-node Ceph, NFS-Ganesha) with pools for them on every host.",
+)
+def up(count: int | None, insecure_tcp: bool | None, storage: str) -> None:
     """Start the lab hosts (idempotent); returns when they answer.
 
     Each host serves qemu+tls (the default: a lab CA, client certificates required) and
     qemu+ssh (its own sshd, keys only, host keys pinned)."""
     started = time.monotonic()
-    hosts = lab_up(count, insecure_tcp=insecure_tcp)
+    backends = parse_backends(storage)
+    hosts = lab_up(count, insecure_tcp=insecure_tcp, storage=backends)
     console.print(_status_table(hosts))
     _print_uris(hosts)
+    _print_storage()
     beyond = hosts_beyond(count, hosts)
     if beyond:
         console.print(
@@ -157,10 +208,17 @@ def status(as_json: bool) -> None:
     """Each host: declared capacity, daemon, versions, accelerator and VMs."""
     hosts = lab_status()
     if as_json:
-        _print_json({"hosts": [_host_dict(h) for h in hosts], "link": lab_link.status().to_dict()})
+        _print_json(
+            {
+                "hosts": [_host_dict(h) for h in hosts],
+                "link": lab_link.status().to_dict(),
+                "storage": [_storage_dict(s) for s in storage_status()],
+            }
+        )
         return
     console.print(_status_table(hosts))
     _print_uris(hosts)
+    _print_storage()
     shaped = lab_link.status()
     if shaped.shaped:
         console.print(
@@ -202,13 +260,17 @@ def vm() -> None:
 )
 @click.option(
     "--disk",
-    type=click.Choice(["none", "shared", "local"]),
+    type=click.Choice(list(DISK_KINDS)),
     default="none",
     show_default=True,
-    help="A disk in the shared pool or the host's local pool.",
+    help="A disk in the shared pool or the host's local pool, or on one of the lab's storage "
+    "servers (iscsi, rbd, nfs: `vmigrate lab up --storage ...` first).",
 )
 @click.option(
-    "--disk-format", type=click.Choice(["qcow2", "raw"]), default="qcow2", show_default=True
+    "--disk-format",
+    type=click.Choice(["qcow2", "raw"]),
+    default=None,
+    help="[default: qcow2; raw on iscsi and rbd]",
 )
 @click.option(
     "--disk-size", "disk_size_gib", type=float, default=1.0, show_default=True, help="GiB."
@@ -230,7 +292,7 @@ def vm_create(
     working_set_mib: int | None,
     dirty_rate_mib: int,
     disk: str,
-    disk_format: str,
+    disk_format: str | None,
     disk_size_gib: float,
     disk_backing: bool,
     ignore_acpi: bool,

@@ -6,14 +6,21 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmigrate.lab.storage.pools import NetworkDiskSource, network_disk_element
+
 LAB_XMLNS = "https://vmigrate.dev/xmlns/lab/1"
 QEMU_BINARY = "/usr/bin/qemu-system-x86_64"
 
 
 @dataclass(frozen=True)
 class LabDisk:
-    path: Path
+    path: Path | None  # a file's path; None for a disk on a storage server
     format: str  # "qcow2" or "raw"
+    network: NetworkDiskSource | None = None
+
+    @property
+    def where(self) -> str:
+        return self.network.url if self.network is not None else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,9 @@ def render_domain_xml(spec: LabGuestSpec) -> str:
     _sub(domain, "on_crash", "destroy")
     devices = _sub(domain, "devices")
     _sub(devices, "emulator", QEMU_BINARY)
-    if spec.disk is not None:
+    if spec.disk is not None and spec.disk.network is not None:
+        devices.append(network_disk_element(spec.disk.network, spec.disk.format, "vda"))
+    elif spec.disk is not None:
         disk = _sub(devices, "disk", type="file", device="disk")
         # cache='none': libvirt refuses to live-migrate a shared disk that the host caches.
         _sub(disk, "driver", name="qemu", type=spec.disk.format, cache="none")

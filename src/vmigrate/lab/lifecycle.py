@@ -44,6 +44,8 @@ from vmigrate.lab.state import (
     save_records,
     serves_insecure_tcp,
 )
+from vmigrate.lab.storage.hosts import prepare_host
+from vmigrate.lab.storage.servers import start_servers, stop_servers
 from vmigrate.versions import format_version
 from vmigrate.virt.connection import (
     Connection,
@@ -154,13 +156,21 @@ def hosts_beyond(count: int | None, hosts: list[HostStatus]) -> list[str]:
     return [host.name for host in hosts if host.running and host.name not in wanted]
 
 
-def lab_up(count: int | None = None, *, insecure_tcp: bool | None = None) -> list[HostStatus]:
+def lab_up(
+    count: int | None = None,
+    *,
+    insecure_tcp: bool | None = None,
+    storage: Collection[str] = (),
+) -> list[HostStatus]:
     """Start the first `count` hosts (those not already running) and return when they
     answer. Without a count: the hosts running now, or the default two when none run.
     Hosts running beyond `count` keep running; `lab down` stops them.
 
     Each host serves qemu+tls and qemu+ssh; plain TCP only with `insecure_tcp` (decided when
-    the lab starts: None keeps what a running lab has)."""
+    the lab starts: None keeps what a running lab has).
+
+    `storage`: storage servers to start as well (iscsi, rbd, nfs); every host gets pools for
+    all that run, those started earlier included."""
     require_root()
     with lab_files():
         LAB_DIR.mkdir(parents=True, exist_ok=True)
@@ -174,6 +184,7 @@ def lab_up(count: int | None = None, *, insecure_tcp: bool | None = None) -> lis
         for leftover in records.values():
             stop_host_processes(leftover)
         stop_all_collectors()
+        stop_servers()
         link.reset()
         records = {}
         with lab_files():
@@ -216,6 +227,15 @@ def lab_up(count: int | None = None, *, insecure_tcp: bool | None = None) -> lis
         save_records(records, insecure_tcp=tcp)
     # A link shaped before this call carries hostA's traffic to the new hosts too.
     link.cover([host.address for host in started if host != HOST_A])
+    with lab_files():
+        servers = start_servers(storage)
+    if servers:
+        for host in running_lab_hosts():
+            conn = open_connection(host.uri, host=host.name)
+            try:
+                prepare_host(conn, host, servers)
+            finally:
+                conn.close()
     return lab_status()
 
 
@@ -303,6 +323,7 @@ def lab_down() -> DownReport:
         killed += stop_host_processes(record)
     collectors = stop_all_collectors()
     was_shaped = link.reset()
+    killed += stop_servers()
     _remove_mount_points()
     if LAB_DIR.exists():
         with lab_files():

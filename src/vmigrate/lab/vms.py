@@ -39,6 +39,8 @@ from vmigrate.lab.hostfs import in_host
 from vmigrate.lab.image import kernel_cmdline, load_guest_image
 from vmigrate.lab.lifecycle import connect, running_hosts
 from vmigrate.lab.paths import LAB_DIR
+from vmigrate.lab.storage.hosts import NETWORK_DISKS, create_network_disk, remove_network_disks
+from vmigrate.lab.storage.pools import network_disk_element
 from vmigrate.virt.connection import (
     AFFECT_LIVE_AND_CONFIG,
     UNDEFINE_WITH_METADATA,
@@ -64,6 +66,9 @@ DEFAULT_HEADROOM_MIB = 128
 QEMU_OVERHEAD_MIB = 160
 BOOT_TIMEOUT_SECONDS = 90.0
 DISK_PATTERN_MIB = 16
+#: Where `lab vm create --disk` puts the guest's disk: a pool of the lab's hosts, or one of
+#: the lab's storage servers (`lab up --storage`).
+DISK_KINDS = ("none", "shared", "local", "iscsi", "rbd", "nfs")
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,8 @@ class LabVmRequest:
     memory_mib: int = 512
     working_set_mib: int | None = None  # default: memory less DEFAULT_HEADROOM_MIB
     dirty_rate_mib: int = 0
-    disk: str = "none"  # none | shared | local
-    disk_format: str = "qcow2"  # qcow2 | raw
+    disk: str = "none"  # none | shared | local | iscsi | rbd | nfs
+    disk_format: str | None = None  # qcow2 | raw; default qcow2, raw on iscsi and rbd
     disk_size_gib: float = 1.0
     disk_backing: bool = False  # qcow2 disk on a raw backing file that holds backing_data()
     acpi: bool = True  # False: the guest ignores the ACPI power button (a stuck guest)
@@ -174,15 +179,23 @@ def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
             vm=name,
             fix="use 0 to 100000 MiB/s",
         )
-    if request.disk not in ("none", "shared", "local"):
+    if request.disk not in DISK_KINDS:
         raise UsageError(
-            f"unknown disk kind {request.disk!r}", vm=name, fix="use none, shared or local"
+            f"unknown disk kind {request.disk!r}", vm=name, fix=f"use {', '.join(DISK_KINDS)}"
         )
-    if request.disk_format not in ("qcow2", "raw"):
+    if request.disk_format not in (None, "qcow2", "raw"):
         raise UsageError(
             f"unknown disk format {request.disk_format!r}", vm=name, fix="use qcow2 or raw"
         )
-    if request.disk_backing and (request.disk == "none" or request.disk_format != "qcow2"):
+    if request.disk in ("iscsi", "rbd") and request.disk_format == "qcow2":
+        raise UsageError(
+            f"a lab disk on {request.disk} is raw: the {request.disk} volume is the disk itself",
+            vm=name,
+            fix="leave out --disk-format, or use --disk nfs for a qcow2 file on a server",
+        )
+    if request.disk_backing and (
+        request.disk not in ("shared", "local") or disk_format(request) != "qcow2"
+    ):
         raise UsageError(
             "a backing file needs a qcow2 disk", vm=name, fix="add --disk local --disk-format qcow2"
         )
@@ -193,6 +206,12 @@ def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
             fix=f"use at least {DISK_PATTERN_MIB * 2 / 1024:g} GiB",
         )
     return host, working_set
+
+
+def disk_format(request: LabVmRequest) -> str:
+    if request.disk_format is not None:
+        return request.disk_format
+    return "raw" if request.disk in ("iscsi", "rbd") else "qcow2"
 
 
 def volume_xml(
@@ -310,7 +329,15 @@ def create_vm(request: LabVmRequest) -> LabVm:
             start_collector(name)
         undo.append(lambda: _remove_console(name))
         disk = None
-        if request.disk != "none":
+        fmt = disk_format(request)
+        if request.disk in NETWORK_DISKS:
+            with step(f"creating its disk on the lab's {request.disk} server"):
+                source, remove_disk = create_network_disk(
+                    conn, request.disk, f"{name}-vda", fmt, int(request.disk_size_gib * 2**30)
+                )
+            undo.append(remove_disk)
+            disk = LabDisk(None, fmt, source)
+        elif request.disk != "none":
             pool_name = SHARED_POOL if request.disk == "shared" else LOCAL_POOL
             with step(f"creating its disk in pool {pool_name!r}"):
                 pool = conn.storagePoolLookupByName(pool_name)
@@ -321,15 +348,15 @@ def create_vm(request: LabVmRequest) -> LabVm:
                     backing = (base, "raw")
                 volume = pool.createXML(
                     volume_xml(
-                        volume_name(name, request.disk_format),
-                        request.disk_format,
+                        volume_name(name, fmt),
+                        fmt,
                         request.disk_size_gib,
                         backing,
                     ),
                     0,
                 )
                 undo.append(lambda: volume.delete(0))
-                disk = LabDisk(Path(volume.path()), request.disk_format)
+                disk = LabDisk(Path(volume.path()), fmt)
         spec = LabGuestSpec(
             name=name,
             memory_mib=request.memory_mib,
@@ -383,7 +410,7 @@ def create_vm(request: LabVmRequest) -> LabVm:
         request.memory_mib,
         working_set,
         request.dirty_rate_mib,
-        str(disk.path) if disk else None,
+        disk.where if disk else None,
         boot_seconds,
     )
 
@@ -419,7 +446,8 @@ def remove_vm(name: str) -> list[str]:
     """Destroy and undefine the VM on every lab host, delete its lab disks and console."""
     check_vm_name(name)
     removed_from = []
-    for host in _running_lab_hosts():
+    hosts = _running_lab_hosts()
+    for host in hosts:
         conn = connect(host)
         try:
             with _lab_errors(host=host.name, vm=name, doing="removing it"):
@@ -427,10 +455,18 @@ def remove_vm(name: str) -> list[str]:
                     removed_from.append(host.name)
         finally:
             conn.close()
+    had_network_disks = False
+    if hosts:  # once its QEMU is gone everywhere: a server keeps an image that is in use
+        conn = connect(hosts[0])
+        try:
+            with _lab_errors(host=hosts[0].name, vm=name, doing="removing its storage disks"):
+                had_network_disks = remove_network_disks(conn, name)
+        finally:
+            conn.close()
     with _lab_errors(host=None, vm=name, doing="removing its console"):
         had_console = log_path(name).exists()
         _remove_console(name)
-    if not removed_from and not had_console:
+    if not removed_from and not had_console and not had_network_disks:
         raise NotFound(
             f"no lab VM named {name!r}", vm=name, fix="see the lab's VMs with `vmigrate lab status`"
         )
@@ -504,5 +540,35 @@ def add_disk(vm: str, pool: str, target: str, size_mib: int, fill: str) -> str:
                     volume.delete(0)
                 raise
             return path
+    finally:
+        conn.close()
+
+
+def add_network_disk(vm: str, backend: str, target: str, size_mib: int) -> str:
+    """An empty disk `target` on one of the lab's storage servers, attached to the running VM
+    on hostA and to its definition; its URL. Named like the VM's lab disks, so `lab vm rm`
+    deletes it too."""
+    check_vm_name(vm)
+    if not _DISK_TARGET.fullmatch(target):
+        raise UsageError(f"{target!r} is not a lab disk target", vm=vm, fix="use vdb to vdz")
+    if backend not in NETWORK_DISKS:
+        raise UsageError(f"{backend!r} is not a storage server", fix="use iscsi, rbd or nfs")
+    host = lab_host("hostA")
+    assert host is not None
+    conn = connect(host)
+    try:
+        with _lab_errors(host=host.name, vm=vm, doing=f"adding disk {target} on {backend}"):
+            fmt = "qcow2" if backend == "nfs" else "raw"
+            source, remove = create_network_disk(
+                conn, backend, f"{vm}-{target}", fmt, size_mib << 20
+            )
+            try:
+                xml = ET.tostring(network_disk_element(source, fmt, target), encoding="unicode")
+                conn.lookupByName(vm).attachDeviceFlags(xml, AFFECT_LIVE_AND_CONFIG)
+            except BaseException:
+                with contextlib.suppress(LibvirtError, OSError):
+                    remove()
+                raise
+            return source.url
     finally:
         conn.close()

@@ -1,0 +1,105 @@
+"""What the lab's storage servers share: their directory, finding their programs, running a
+command with a clear error, waiting for a port, and the record `lab down` stops them by."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vmigrate.errors import EnvironmentProblem, LabError
+from vmigrate.lab.paths import LAB_DIR
+from vmigrate.lab.processes import is_alive
+
+STORAGE_DIR = LAB_DIR / "storage"
+RECORD_FILE = STORAGE_DIR / "servers.json"
+BACKENDS = ("iscsi", "rbd", "nfs")
+_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def tool(name: str, package: str) -> str:
+    path = shutil.which(name, path=_PATH)
+    if path is None:
+        raise EnvironmentProblem(
+            f"`{name}` is not installed: the lab's storage servers need {package}",
+            fix="run scripts/setup.sh as root (it installs the storage servers without "
+            "starting them)",
+        )
+    return path
+
+
+def run(command: list[str], *, what: str, timeout: float = 60.0, stdin: str | None = None) -> str:
+    """Run a server's admin command; its failure is a LabError quoting what it said."""
+    try:
+        result = subprocess.run(
+            command,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise LabError(
+            f"{what}: `{Path(command[0]).name}` did not answer in {timeout:.0f} s"
+        ) from err
+    if result.returncode != 0:
+        said = (result.stderr.strip() or result.stdout.strip())[-800:]
+        raise LabError(f"{what}: `{Path(command[0]).name}` failed: {said}")
+    return result.stdout
+
+
+def port_open(address: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_for(check: object, *, timeout: float, what: str, log: Path | None = None) -> None:
+    """Poll `check()` until it is true; a LabError quoting the server's log when it never is."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-800:] if log and log.exists() else ""
+            raise LabError(
+                f"{what} after {timeout:.0f} s" + (f"; its log says:\n{tail}" if tail else ""),
+                fix="see the log, then `vmigrate lab down` and `vmigrate lab up --storage ...`",
+            )
+        time.sleep(0.2)
+
+
+@dataclass
+class ServerRecord:
+    """One running storage server: where it listens and the processes `lab down` stops."""
+
+    backend: str  # iscsi | rbd | nfs
+    address: str
+    port: int
+    pids: list[int]
+    start_seconds: float = 0.0
+    details: dict[str, str] = field(default_factory=dict)
+
+    def running(self) -> bool:
+        return bool(self.pids) and all(is_alive(pid) for pid in self.pids)
+
+
+def load_servers() -> dict[str, ServerRecord]:
+    try:
+        raw = json.loads(RECORD_FILE.read_text())
+        return {name: ServerRecord(**fields) for name, fields in raw.items()}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def save_servers(servers: dict[str, ServerRecord]) -> None:
+    STORAGE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = RECORD_FILE.with_suffix(".tmp")
+    temporary.write_text(json.dumps({name: asdict(rec) for name, rec in servers.items()}, indent=2))
+    temporary.replace(RECORD_FILE)

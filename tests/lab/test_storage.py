@@ -1,0 +1,235 @@
+"""Real shared storage: VMs whose disks live on the lab's iSCSI target (tgt), Ceph cluster
+(rbd) and NFS server (Ganesha), moved live and cold; a cephx secret missing on hostB; a
+storage server hostB cannot reach."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmigrate.lab import link
+from vmigrate.lab.config import HOST_B
+from vmigrate.lab.heartbeat import heartbeat_report, wait_for_console
+from vmigrate.lab.heartbeat_collector import send_to_guest
+from vmigrate.lab.lifecycle import HostStatus, connect, lab_down, lab_up
+from vmigrate.lab.processes import is_alive
+from vmigrate.lab.state import load_records
+from vmigrate.lab.storage import ceph, iscsi, nfs
+from vmigrate.lab.storage.common import load_servers, port_open
+from vmigrate.lab.storage.hosts import define_rbd_secret
+from vmigrate.lab.storage.pools import RBD_SECRET_UUID
+from vmigrate.lab.storage.servers import server_pids, storage_status
+from vmigrate.lab.vms import LabVmRequest, add_network_disk, create_vm, locate_vm, remove_vm
+
+from .firewall import dropped
+from .helpers import run_cli
+from .test_lifecycle import _cmdlines, assert_nothing_left
+
+pytestmark = pytest.mark.lab
+
+BACKENDS = ["iscsi", "rbd", "nfs"]
+LINK_RATE = "1gbit"
+STORAGE_PORTS = {
+    iscsi.ISCSI_ADDRESS: (iscsi.ISCSI_PORT,),
+    ceph.CEPH_ADDRESS: (ceph.MON_PORT, ceph.MON_V2_PORT, 6800),
+    nfs.NFS_ADDRESS: nfs.FORWARDED_PORTS,
+}
+
+
+def _guest(name: str, disk: str = "none") -> LabVmRequest:
+    """The guest every live test here moves: its memory is what crosses the link."""
+    return LabVmRequest(name, memory_mib=256, working_set_mib=128, dirty_rate_mib=50, disk=disk)
+
+
+@pytest.fixture(scope="module")
+def storage(lab: list[HostStatus]) -> list[HostStatus]:
+    return lab_up(storage=BACKENDS)
+
+
+@pytest.fixture(scope="module")
+def diskless_bytes(storage: list[HostStatus]) -> Iterator[int]:
+    """What a live move of the same guest without a disk sends over the link."""
+    name = "t-storage-diskless"
+    create_vm(_guest(name))
+    try:
+        yield _shaped_live(name)["bytes_sent"]
+    finally:
+        remove_vm(name)
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def _done(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert "Traceback" not in result.stderr, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    done = [event for event in events if event.get("event") == "done"]
+    assert done, result.stdout[-2000:] + result.stderr
+    return {**done[-1], "samples": [e for e in events if e.get("event") == "sample"]}
+
+
+def _by_check(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for finding in report["findings"]:
+        found.setdefault(finding["check"], []).append(finding)
+    return found
+
+
+def _shaped_live(vm: str, *extra: str) -> dict[str, Any]:
+    link.shape(LINK_RATE)
+    try:
+        result = run_cli("live", vm, "--from", "hostA", "--to", "hostB", "--json", *extra)
+    finally:
+        link.reset()
+    done = _done(result)
+    assert result.returncode == 0 and done["outcome"] == "completed", done
+    return done
+
+
+def _verify_disk(vm: str, host: str) -> None:
+    since = time.monotonic_ns()
+    send_to_guest(vm, "verify")
+    line = wait_for_console(vm, r"^DISK verify", timeout=60, since_ns=since)
+    assert line.text.startswith("DISK verify ok") and line.host == host, line
+
+
+def test_lab_status_shows_each_server_healthy(storage: list[HostStatus]) -> None:
+    shown = {s.backend: s for s in storage_status()}
+    assert set(shown) == set(BACKENDS)
+    assert shown["rbd"].health == "HEALTH_OK"
+    assert shown["iscsi"].health == shown["nfs"].health == "serving"
+    addresses = {s.address for s in shown.values()}
+    assert addresses == {"127.0.0.20", "127.0.0.21", "127.0.0.22"}
+    status = _json(run_cli("lab", "status", "--json"))
+    assert {s["backend"] for s in status["storage"]} == set(BACKENDS)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_check_live_and_cold_move_no_disk_data(
+    backend: str, storage: list[HostStatus], diskless_bytes: int, vm_name: str, tmp_path: Path
+) -> None:
+    store = str(tmp_path / "jobs.sqlite")
+    create_vm(_guest(vm_name, backend))
+    report = _json(run_cli("check", vm_name, "--from", "hostA", "--to", "hostB", "--json"))
+    assert report["verdict"] == "pass", report
+    found = _by_check(report)
+    shared = found["storage.shared"][0]
+    assert shared["verdict"] == "pass" and shared["evidence"]["protocol"] == backend
+    volume = found["storage.volume"][0]
+    if backend == "nfs":  # libvirt has no NFS pool without a kernel mount
+        assert volume["verdict"] == "skipped", volume
+    else:
+        assert volume["verdict"] == "pass", volume
+        assert volume["evidence"]["destination_pool"] == backend
+    if backend == "rbd":
+        secret = found["storage.secret"][0]
+        assert secret["verdict"] == "pass" and "the key works there" in secret["message"]
+    assert found["storage.servers"][0]["verdict"] == "pass"
+
+    there = _shaped_live(vm_name, "--store", store)
+    assert there["placement_ok"], there
+    assert not there["storage"], there  # nothing copied
+    assert all(sample["disk_total"] == 0 for sample in there["samples"])
+    ratio = there["bytes_sent"] / diskless_bytes
+    assert 0.9 <= ratio <= 1.1, f"{there['bytes_sent']} bytes against {diskless_bytes} diskless"
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    assert heartbeat_report(vm_name).contiguous
+    _verify_disk(vm_name, "hostB")
+
+    since = time.monotonic_ns()
+    cold = run_cli("cold", vm_name, "--from", "hostB", "--to", "hostA", "--store", store, "--json")
+    done = _done(cold)
+    assert cold.returncode == 0 and done["outcome"] == "completed", done
+    assert done["bytes_moved"] == 0, done
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    line = wait_for_console(vm_name, r"^DISK ", timeout=90, since_ns=since)
+    assert line.text.startswith("DISK verify ok") and line.host == "hostA", line
+
+
+def test_copy_storage_copies_the_local_disk_and_leaves_the_rbd_one(
+    storage: list[HostStatus], vm_name: str
+) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256, dirty_rate_mib=20, disk="local"))
+    add_network_disk(vm_name, "rbd", "vdb", 256)
+    result = run_cli(
+        "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage", "--json"
+    )
+    done = _done(result)
+    assert result.returncode == 0 and done["outcome"] == "completed", done
+    assert done["storage"]["copied"] == ["vda"], done["storage"]
+    assert "vdb" in done["storage"]["shared"], done["storage"]
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    assert heartbeat_report(vm_name).contiguous
+    _verify_disk(vm_name, "hostB")
+
+
+def test_rbd_secret_missing_on_hostb_fails_the_check_and_live_refuses(
+    storage: list[HostStatus], vm_name: str
+) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="rbd"))
+    conn = connect(HOST_B)
+    try:
+        conn.secretLookupByUUIDString(RBD_SECRET_UUID).undefine()
+        try:
+            result = run_cli("check", vm_name, "--from", "hostA", "--to", "hostB", "--json")
+            assert result.returncode == 1
+            secret = _by_check(_json(result))["storage.secret"][0]
+            assert secret["verdict"] == "fail", secret
+            assert RBD_SECRET_UUID in secret["message"] and "hostB" in secret["message"]
+            assert "secret-define" in secret["fix"] and "secret-set-value" in secret["fix"]
+            live = run_cli("live", vm_name, "--from", "hostA", "--to", "hostB")
+            assert live.returncode != 0 and "Traceback" not in live.stderr
+            assert "storage.secret" in live.stdout + live.stderr
+            assert locate_vm(vm_name) == {"hostA": "running"}
+            assert heartbeat_report(vm_name).contiguous
+        finally:
+            define_rbd_secret(conn, ceph.client_key())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("backend", "address", "port"),
+    [("iscsi", iscsi.ISCSI_ADDRESS, iscsi.ISCSI_PORT), ("rbd", ceph.CEPH_ADDRESS, ceph.MON_PORT)],
+)
+def test_storage_server_blocked_for_new_connections(
+    backend: str, address: str, port: int, storage: list[HostStatus], vm_name: str
+) -> None:
+    """hostA's QEMU keeps the connections it has; hostB (and the check) can open none."""
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk=backend))
+    with dropped(address, str(port), new_only=True):
+        result = run_cli("check", vm_name, "--from", "hostA", "--to", "hostB", "--json")
+        assert result.returncode == 1, result.stdout[-2000:]
+        servers = _by_check(_json(result))["storage.servers"][0]
+        assert servers["verdict"] == "fail", servers
+        assert f"{address}:{port}" in servers["message"] and "hostB" in servers["message"]
+        live = run_cli("live", vm_name, "--from", "hostA", "--to", "hostB", "--force", timeout=400)
+        assert live.returncode != 0 and "Traceback" not in live.stderr
+        assert locate_vm(vm_name) == {"hostA": "running"}
+    _verify_disk(vm_name, "hostA")
+
+
+def test_lab_down_leaves_no_storage_behind(storage: list[HostStatus]) -> None:
+    """Last in this module: stop everything, check, and start the plain lab again."""
+    records = load_records()
+    servers = load_servers()
+    pids = [pid for record in servers.values() for pid in server_pids(record)]
+    assert len(pids) >= 8, pids  # tgtd; mon, mgr, osd; the netns holder, ganesha, rpcbind, 3 socat
+    lab_down()
+    assert_nothing_left(records, [])
+    assert not [pid for pid in pids if is_alive(pid)]
+    for address, ports in STORAGE_PORTS.items():
+        for port in ports:
+            assert not port_open(address, port), f"{address}:{port} still answers"
+    assert not list(Path("/run/tgtd").glob(f"socket.{iscsi.CONTROL}*"))
+    cmdlines = _cmdlines()
+    assert not [c for c in cmdlines if "portal=127.0.0.20" in c or "bind=127.0.0.22" in c]
+    lab_up()
