@@ -252,6 +252,41 @@ def storage_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def network_storage_section(data: dict[str, Any]) -> list[str]:
+    runs = data["runs"]
+    lines = [
+        "## A guest on Ceph RBD against local disks (S2)",
+        "",
+        "A 256 MiB guest dirtying 20 MiB/s with two 1 GiB disks (vda holding the guest's "
+        f"16 MiB, vdb holding {data['vdb_data_mib']} MiB), moved live over the "
+        f"{data['link']} lab link, {data['pairs']} round(s), tools alternating: on the lab's "
+        "Ceph (both disks rbd images, only memory moves), and on local qcow2 files moved with "
+        "vmigrate --copy-storage and with virsh migrate --copy-storage-all. The storage "
+        "servers' addresses are not on the shaped link. Regenerate: `sudo .venv/bin/python -m "
+        "bench.network_storage && .venv/bin/python -m bench.report` (with `vmigrate lab up "
+        "--storage rbd`).",
+        "",
+        "| tool | ok | total s | ÷ vmigrate on rbd | guest gap ms | heartbeat contiguous "
+        "| through link MiB | hostB local pool gained MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ours = [r["total_s"] for r in runs if r["tool"] == "vmigrate on rbd" and _ok(r)]
+    for tool in dict.fromkeys(r["tool"] for r in runs):
+        these = [r for r in runs if r["tool"] == tool]
+        ok = [r for r in these if _ok(r)]
+        totals = [r["total_s"] for r in ok]
+        lines.append(
+            f"| {tool} | {len(ok)}/{len(these)} | {_spread(totals)} | "
+            f"{'' if tool == 'vmigrate on rbd' else _ratio(totals, ours)} | "
+            f"{_spread([r['guest_gap_ms'] for r in ok], '{:.0f}')} | "
+            f"{all(r['contiguous'] for r in ok)} | "
+            f"{_spread([r['link_bytes'] / MIB for r in ok], '{:.0f}')} | "
+            f"{_spread([r['destination_allocated'] / MIB for r in ok], '{:.0f}')} |"
+        )
+    lines.append("")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.report")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -407,6 +442,9 @@ def render(results: Path, doc: Path) -> str:
     storage = results / "storage.json"
     if storage.exists():
         parts += storage_section(json.loads(storage.read_text()))
+    network_storage = results / "network-storage.json"
+    if network_storage.exists():
+        parts += network_storage_section(json.loads(network_storage.read_text()))
     fleet = results / "fleet.json"
     if fleet.exists():
         parts += fleet_section(json.loads(fleet.read_text()))

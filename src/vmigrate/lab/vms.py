@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shlex
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 import zlib
@@ -544,10 +545,12 @@ def add_disk(vm: str, pool: str, target: str, size_mib: int, fill: str) -> str:
         conn.close()
 
 
-def add_network_disk(vm: str, backend: str, target: str, size_mib: int) -> str:
-    """An empty disk `target` on one of the lab's storage servers, attached to the running VM
-    on hostA and to its definition; its URL. Named like the VM's lab disks, so `lab vm rm`
-    deletes it too."""
+def add_network_disk(
+    vm: str, backend: str, target: str, size_mib: int, fill: str | None = None
+) -> str:
+    """A disk `target` on one of the lab's storage servers, holding `fill` (a qemu-io
+    command) if given, attached to the running VM on hostA and to its definition; its URL.
+    Named like the VM's lab disks, so `lab vm rm` deletes it too."""
     check_vm_name(vm)
     if not _DISK_TARGET.fullmatch(target):
         raise UsageError(f"{target!r} is not a lab disk target", vm=vm, fix="use vdb to vdz")
@@ -563,6 +566,17 @@ def add_network_disk(vm: str, backend: str, target: str, size_mib: int) -> str:
                 conn, backend, f"{vm}-{target}", fmt, size_mib << 20
             )
             try:
+                if fill is not None:
+                    written = subprocess.run(
+                        ["qemu-io", "-f", fmt, "-c", fill, source.host_filename],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    )
+                    if written.returncode != 0:
+                        raise LabError(
+                            f"qemu-io could not fill {source.url}: {written.stderr.strip()}", vm=vm
+                        )
                 xml = ET.tostring(network_disk_element(source, fmt, target), encoding="unicode")
                 conn.lookupByName(vm).attachDeviceFlags(xml, AFFECT_LIVE_AND_CONFIG)
             except BaseException:

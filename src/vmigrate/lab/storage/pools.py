@@ -31,6 +31,14 @@ class NetworkDiskSource:
     username: str | None = None
 
     @property
+    def host_filename(self) -> str:
+        """How this machine's qemu-img and qemu-io open it: rbd as the lab's Ceph admin
+        (through the lab's ceph.conf, so no key is ever on a command line)."""
+        if self.protocol == "rbd":
+            return f"rbd:{self.name}:conf={ceph.CONF}:id=admin"
+        return self.url
+
+    @property
     def url(self) -> str:
         """How a person (and `qemu-img`) would name it."""
         if self.protocol == "rbd":
