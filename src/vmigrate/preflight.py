@@ -162,11 +162,14 @@ def _network_disks(
     domain: DomainFacts,
     facts: tuple[HostFacts, HostFacts],
     server_probes: tuple[PortProbe, ...],
+    *,
+    source_here: bool,
 ) -> tuple[NetworkDiskView, ...]:
     """Each network disk's volume as the source's and the destination's own pools see it.
 
-    Not asked of the destination when its servers are seen unreachable from it: its libvirt
-    would only wait out its own timeout (30 s for rbd) to say so."""
+    The probes are made here, where the destination runs. A host that runs here too is not
+    asked when they found its servers unreachable: reading an rbd volume's size makes its
+    libvirt connect to the cluster, and it would only wait out its own 30 s to fail."""
     unreachable = {(p.address, p.port) for p in server_probes if p.result != "open"}
     views = []
     for disk in domain.summary.disks:
@@ -176,7 +179,9 @@ def _network_disks(
         views.append(
             NetworkDiskView(
                 disk.target,
-                None if facts[0].lacks("storage") else find_network_volume(src, disk.network),
+                None
+                if facts[0].lacks("storage") or (blocked and source_here)
+                else find_network_volume(src, disk.network),
                 None
                 if facts[1].lacks("storage") or blocked
                 else find_network_volume(dst, disk.network),
@@ -350,7 +355,14 @@ class PairChecks:
             storage_servers=servers,
             destination_probes_representative=_is_local(destination.ref),
             network_disks=(
-                _network_disks(src_conn, dst_conn, domain, (src_facts, dst_facts), servers)
+                _network_disks(
+                    src_conn,
+                    dst_conn,
+                    domain,
+                    (src_facts, dst_facts),
+                    servers,
+                    source_here=_is_local(self.source.ref),
+                )
                 if dst_conn is not None and dst_facts is not None
                 else ()
             ),

@@ -11,10 +11,13 @@ COMMENT = "vmigrate-test"
 
 
 @contextmanager
-def dropped(address: str, ports: str, *, new_only: bool = False) -> Iterator[None]:
+def dropped(
+    address: str, ports: str, *, new_only: bool = False, reject: bool = False
+) -> Iterator[None]:
     """Silently drop TCP to `address`:`ports` ("16514" or "49152:49215"), like a firewall.
 
-    `new_only`: only new connections (SYN): those already open keep working."""
+    `new_only`: only new connections (SYN): those already open keep working. `reject`:
+    refuse them at once (a TCP reset) instead of dropping them."""
     assert ipaddress.ip_address(address).is_loopback, "tests only touch loopback addresses"
     rule = [
         "INPUT",
@@ -30,7 +33,7 @@ def dropped(address: str, ports: str, *, new_only: bool = False) -> Iterator[Non
         "--comment",
         COMMENT,
         "-j",
-        "DROP",
+        *(["REJECT", "--reject-with", "tcp-reset"] if reject else ["DROP"]),
     ]
     subprocess.run(["iptables", "-I", *rule], check=True)
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from vmigrate.lab.processes import is_alive
 from vmigrate.lab.state import load_records
 from vmigrate.lab.storage import ceph, iscsi, nfs
 from vmigrate.lab.storage.common import load_servers, port_open
-from vmigrate.lab.storage.hosts import define_rbd_secret
+from vmigrate.lab.storage.hosts import prepare_host
 from vmigrate.lab.storage.pools import RBD_SECRET_UUID
 from vmigrate.lab.storage.servers import server_pids, storage_status
 from vmigrate.lab.vms import LabVmRequest, add_network_disk, create_vm, locate_vm, remove_vm
@@ -53,12 +52,12 @@ def storage(lab: list[HostStatus]) -> list[HostStatus]:
 
 
 @pytest.fixture(scope="module")
-def diskless_bytes(storage: list[HostStatus]) -> Iterator[int]:
+def diskless_bytes(storage: list[HostStatus]) -> int:
     """What a live move of the same guest without a disk sends over the link."""
     name = "t-storage-diskless"
     create_vm(_guest(name))
     try:
-        yield _shaped_live(name)["bytes_sent"]
+        return int(_shaped_live(name)["bytes_sent"])
     finally:
         remove_vm(name)
 
@@ -119,7 +118,7 @@ def test_check_live_and_cold_move_no_disk_data(
     store = str(tmp_path / "jobs.sqlite")
     create_vm(_guest(vm_name, backend))
     report = _json(run_cli("check", vm_name, "--from", "hostA", "--to", "hostB", "--json"))
-    assert report["verdict"] == "pass", report
+    assert report["ok"], report
     found = _by_check(report)
     shared = found["storage.shared"][0]
     assert shared["verdict"] == "pass" and shared["evidence"]["protocol"] == backend
@@ -131,7 +130,7 @@ def test_check_live_and_cold_move_no_disk_data(
         assert volume["evidence"]["destination_pool"] == backend
     if backend == "rbd":
         secret = found["storage.secret"][0]
-        assert secret["verdict"] == "pass" and "the key works there" in secret["message"]
+        assert secret["verdict"] == "pass" and "the key works there" in secret["summary"]
     assert found["storage.servers"][0]["verdict"] == "pass"
 
     there = _shaped_live(vm_name, "--store", store)
@@ -183,7 +182,7 @@ def test_rbd_secret_missing_on_hostb_fails_the_check_and_live_refuses(
             assert result.returncode == 1
             secret = _by_check(_json(result))["storage.secret"][0]
             assert secret["verdict"] == "fail", secret
-            assert RBD_SECRET_UUID in secret["message"] and "hostB" in secret["message"]
+            assert RBD_SECRET_UUID in secret["summary"] and "hostB" in secret["summary"]
             assert "secret-define" in secret["fix"] and "secret-set-value" in secret["fix"]
             live = run_cli("live", vm_name, "--from", "hostA", "--to", "hostB")
             assert live.returncode != 0 and "Traceback" not in live.stderr
@@ -191,28 +190,43 @@ def test_rbd_secret_missing_on_hostb_fails_the_check_and_live_refuses(
             assert locate_vm(vm_name) == {"hostA": "running"}
             assert heartbeat_report(vm_name).contiguous
         finally:
-            define_rbd_secret(conn, ceph.client_key())
+            prepare_host(conn, HOST_B, ["rbd"])  # the secret again, the pool still active
     finally:
         conn.close()
 
 
-@pytest.mark.parametrize(
-    ("backend", "address", "port"),
-    [("iscsi", iscsi.ISCSI_ADDRESS, iscsi.ISCSI_PORT), ("rbd", ceph.CEPH_ADDRESS, ceph.MON_PORT)],
-)
-def test_storage_server_blocked_for_new_connections(
-    backend: str, address: str, port: int, storage: list[HostStatus], vm_name: str
+def _blocked_check(vm: str, address: str, port: int) -> None:
+    result = run_cli("check", vm, "--from", "hostA", "--to", "hostB", "--json")
+    assert result.returncode == 1, result.stdout[-2000:]
+    servers = _by_check(_json(result))["storage.servers"][0]
+    assert servers["verdict"] == "fail", servers
+    assert f"{address}:{port}" in servers["summary"] and "hostB" in servers["summary"]
+
+
+def test_iscsi_portal_refused_to_new_connections_fails_the_check_and_a_forced_move(
+    storage: list[HostStatus], vm_name: str
 ) -> None:
-    """hostA's QEMU keeps the connections it has; hostB (and the check) can open none."""
-    create_vm(LabVmRequest(vm_name, memory_mib=256, disk=backend))
+    """hostA's QEMU keeps its session; hostB (and the check) can open none. Refused rather
+    than dropped, so the forced move fails in seconds, not after TCP gives up (~2 min)."""
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="iscsi"))
+    address, port = iscsi.ISCSI_ADDRESS, iscsi.ISCSI_PORT
+    with dropped(address, str(port), new_only=True, reject=True):
+        _blocked_check(vm_name, address, port)
+        live = run_cli("live", vm_name, "--from", "hostA", "--to", "hostB", "--force")
+        assert live.returncode != 0 and "Traceback" not in live.stderr, live.stderr
+        assert locate_vm(vm_name) == {"hostA": "running"}
+    _verify_disk(vm_name, "hostA")
+
+
+def test_ceph_monitor_dropped_for_new_connections_fails_the_check_and_live_refuses(
+    storage: list[HostStatus], vm_name: str
+) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="rbd"))
+    address, port = ceph.CEPH_ADDRESS, ceph.MON_PORT
     with dropped(address, str(port), new_only=True):
-        result = run_cli("check", vm_name, "--from", "hostA", "--to", "hostB", "--json")
-        assert result.returncode == 1, result.stdout[-2000:]
-        servers = _by_check(_json(result))["storage.servers"][0]
-        assert servers["verdict"] == "fail", servers
-        assert f"{address}:{port}" in servers["message"] and "hostB" in servers["message"]
-        live = run_cli("live", vm_name, "--from", "hostA", "--to", "hostB", "--force", timeout=400)
-        assert live.returncode != 0 and "Traceback" not in live.stderr
+        _blocked_check(vm_name, address, port)
+        live = run_cli("live", vm_name, "--from", "hostA", "--to", "hostB")
+        assert live.returncode != 0 and "storage.servers" in live.stdout + live.stderr
         assert locate_vm(vm_name) == {"hostA": "running"}
     _verify_disk(vm_name, "hostA")
 

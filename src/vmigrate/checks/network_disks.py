@@ -109,10 +109,12 @@ def _secret(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding
     view = _view(disk, facts)
     pool = view.destination if view is not None else None
     if pool is not None and pool.pool and pool.pool_secret_uuid == there.uuid:
-        # The pool is active and listed the volume: librados there logged in with this key.
+        # The pool is active and listed the volume: librados there logged in with this key
+        # when the pool was last started or refreshed.
         said = (
-            f"its value is private and cannot be read back, but {dst_name}'s pool "
-            f"{pool.pool!r} authenticates with it and lists the volume: the key works there"
+            f"its value is private and cannot be read back, but {dst_name}'s active pool "
+            f"{pool.pool!r} authenticates with it and lists the volume: the key works there "
+            "(as of the pool's last start or refresh)"
         )
     else:
         said = (
@@ -170,11 +172,13 @@ def _volume(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding
     if there.pool is None and there.pools_looked_at:
         pools = ", ".join(repr(p) for p in there.pools_looked_at)
         return finding(
-            Verdict.FAIL,
-            f"{disk.target}: {dst_name}'s pool {pools} reaches the server of {what} but holds "
-            f"no such volume: {dst_name} does not see what the VM uses",
-            f"on {dst_name}: virsh pool-refresh {there.pools_looked_at[0]}, then check that "
-            "its source (virsh pool-dumpxml) is the cluster or target the disk names",
+            Verdict.WARN,
+            f"{disk.target}: {dst_name}'s pool {pools} reaches the server of {what} but does "
+            "not list that volume: its list may be older than the volume (vmigrate does not "
+            "refresh it: a failed refresh stops a pool), or it is another cluster or target",
+            f"on {dst_name}: virsh pool-refresh {there.pools_looked_at[0]} and check again; "
+            "if it still lacks the volume, compare its source (virsh pool-dumpxml) with the "
+            "disk's",
         )
     if there.pool is None:
         if source.protocol == "nfs":
@@ -196,7 +200,9 @@ def _volume(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding
             Verdict.FAIL,
             f"{disk.target}: {dst_name}'s pool {there.pool!r} has {there.volume} of "
             f"{_size(there.capacity)}, {src_name} sees {_size(here.capacity)}: not the same volume",
-            f"check that both hosts' pools name the same cluster or target ({source.servers})",
+            f"virsh pool-refresh {there.pool} on both hosts (a resize since their last listing) "
+            f"and check again; if they still differ, the pools name different clusters or "
+            f"targets ({source.servers})",
         )
     same = f", the same size as on {src_name}" if here is not None and here.pool else ""
     return finding(

@@ -40,7 +40,12 @@ from vmigrate.lab.hostfs import in_host
 from vmigrate.lab.image import kernel_cmdline, load_guest_image
 from vmigrate.lab.lifecycle import connect, running_hosts
 from vmigrate.lab.paths import LAB_DIR
-from vmigrate.lab.storage.hosts import NETWORK_DISKS, create_network_disk, remove_network_disks
+from vmigrate.lab.storage.hosts import (
+    NETWORK_DISKS,
+    create_network_disk,
+    refresh_pool,
+    remove_network_disks,
+)
 from vmigrate.lab.storage.pools import network_disk_element
 from vmigrate.virt.connection import (
     AFFECT_LIVE_AND_CONFIG,
@@ -294,6 +299,15 @@ def _running_lab_hosts() -> list[LabHost]:
     return [host for host in LAB_HOSTS if host.name in running]
 
 
+def _refresh_pools(backend: str) -> None:
+    for host in _running_lab_hosts():
+        conn = connect(host)
+        try:
+            refresh_pool(conn, backend)
+        finally:
+            conn.close()
+
+
 def _ensure_absent(name: str) -> None:
     for host in _running_lab_hosts():
         conn = connect(host)
@@ -338,6 +352,8 @@ def create_vm(request: LabVmRequest) -> LabVm:
                 )
             undo.append(remove_disk)
             disk = LabDisk(None, fmt, source)
+            with step("listing its disk in every host's pool"):
+                _refresh_pools(request.disk)
         elif request.disk != "none":
             pool_name = SHARED_POOL if request.disk == "shared" else LOCAL_POOL
             with step(f"creating its disk in pool {pool_name!r}"):
@@ -583,6 +599,7 @@ def add_network_disk(
                 with contextlib.suppress(LibvirtError, OSError):
                     remove()
                 raise
-            return source.url
+        _refresh_pools(backend)
+        return source.url
     finally:
         conn.close()

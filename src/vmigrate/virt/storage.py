@@ -240,23 +240,21 @@ def _pool_source(root: ET.Element) -> tuple[set[str], str, str, str | None]:
 def _volume_in(
     pool: libvirt.virStoragePool, wanted: str, *, lun: str | None
 ) -> tuple[str, int] | None:
-    """The volume named `wanted` (or, for iSCSI, the one of LUN `lun`): its name and size."""
-    for attempt in range(2):
-        for volume in pool.listAllVolumes(0):
-            name = volume.name()
-            if name == wanted or (
-                lun is not None
-                and (name.endswith(f":{lun}") or volume.path().endswith(f"-lun-{lun}"))
-            ):
-                return name, int(volume.info()[1])
-        if attempt == 0:
-            pool.refresh(0)  # a volume made through another host's pool since we last looked
+    """The volume named `wanted` (or, for iSCSI, the one of LUN `lun`) in the pool's list:
+    its name and size. The list is not refreshed: a failed refresh makes libvirt stop the
+    pool, and a check must never change a host."""
+    for volume in pool.listAllVolumes(0):
+        name = volume.name()
+        if name == wanted or (
+            lun is not None and (name.endswith(f":{lun}") or volume.path().endswith(f"-lun-{lun}"))
+        ):
+            return name, int(volume.info()[1])
     return None
 
 
 def find_network_volume(conn: libvirt.virConnect, source: NetworkSource) -> NetworkVolume:
     """Which of this host's active pools reaches the network disk's server and volume set,
-    and the volume there (same name, its size). Changes nothing but the pool's listing."""
+    and the volume there (same name, its size), as the pools last listed them."""
     types = _NETWORK_POOL_TYPES.get(source.protocol, ())
     disk_hosts = {host for host, _port in source.hosts}
     name = source.name or ""
@@ -285,10 +283,10 @@ def find_network_volume(conn: libvirt.virConnect, source: NetworkSource) -> Netw
         looked_at.append(pool.name())
         try:
             found = _volume_in(pool, wanted, lun=lun)
-        except libvirt.libvirtError as err:
-            raise translate(
-                err, host=None, doing=f"list the volumes of pool {pool.name()}"
-            ) from err
+        except libvirt.libvirtError as err:  # its server or its secret failed it: a finding
+            return NetworkVolume(
+                None, None, None, secret, tuple(looked_at), error=err.get_error_message()
+            )
         if found is not None:
             return NetworkVolume(pool.name(), found[0], found[1], secret, tuple(looked_at))
     return NetworkVolume(None, None, None, None, tuple(looked_at))

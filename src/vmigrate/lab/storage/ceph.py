@@ -205,4 +205,4 @@ def health() -> str:
 def stop_ceph(record: ServerRecord) -> list[int]:
     """OSD, manager, then monitor. Their data goes with the lab's directory, so a short grace
     (memstore writes its whole store out on a clean stop)."""
-    return terminate(list(reversed(record.pids)), grace_seconds=3.0)
+    return terminate(list(reversed(record.own_pids())), grace_seconds=3.0)

@@ -75,6 +75,15 @@ def wait_for(check: object, *, timeout: float, what: str, log: Path | None = Non
         time.sleep(0.2)
 
 
+def process_start(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with the PID, who it is."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[-1].split()[19])
+
+
 @dataclass
 class ServerRecord:
     """One running storage server: where it listens and the processes `lab down` stops."""
@@ -85,9 +94,24 @@ class ServerRecord:
     pids: list[int]
     start_seconds: float = 0.0
     details: dict[str, str] = field(default_factory=dict)
+    #: Each PID's start time, so a PID reused after a reboot is never taken for ours.
+    starts: list[int] = field(default_factory=list)
+
+    def stamp(self) -> None:
+        self.starts = [process_start(pid) or 0 for pid in self.pids]
+
+    def own_pids(self) -> list[int]:
+        """The recorded processes that are still the ones the lab started."""
+        if len(self.starts) != len(self.pids):
+            return [pid for pid in self.pids if is_alive(pid)]
+        return [
+            pid
+            for pid, start in zip(self.pids, self.starts, strict=True)
+            if is_alive(pid) and process_start(pid) == start
+        ]
 
     def running(self) -> bool:
-        return bool(self.pids) and all(is_alive(pid) for pid in self.pids)
+        return bool(self.pids) and len(self.own_pids()) == len(self.pids)
 
 
 def load_servers() -> dict[str, ServerRecord]:

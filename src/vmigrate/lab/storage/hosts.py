@@ -66,6 +66,15 @@ def prepare_host(conn: Connection, host: LabHost, backends: Iterable[str]) -> No
             _ensure_pool(conn, ISCSI_POOL, render_iscsi_pool_xml(host.name))
 
 
+def refresh_pool(conn: Connection, backend: str) -> None:
+    """Let this host's pool list a volume made through another host's (the lab does what an
+    orchestrator would; vmigrate's checks never refresh a pool)."""
+    name = {"iscsi": ISCSI_POOL, "rbd": RBD_POOL}.get(backend)
+    pool = pool_by_name(conn, name) if name else None
+    if pool is not None and pool.isActive():
+        pool.refresh(0)
+
+
 def _require_server(backend: str) -> None:
     record = load_servers().get(backend)
     if record is None or not record.running():

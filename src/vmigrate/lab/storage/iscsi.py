@@ -80,7 +80,7 @@ def start_target() -> ServerRecord:
 def stop_target(record: ServerRecord) -> list[int]:
     """tgtd keeps running on SIGTERM while it has a target: it is killed after a short grace
     (its state is only the LUN files, which go with the lab's directory)."""
-    killed = terminate(record.pids, grace_seconds=1.0)
+    killed = terminate(record.own_pids(), grace_seconds=1.0)
     for leftover in (f"socket.{CONTROL}", f"socket.{CONTROL}.lock"):
         (CONTROL_DIR / leftover).unlink(missing_ok=True)
     if record.details.get("made_control_dir"):

@@ -153,8 +153,11 @@ def _read(path: Path) -> str:
 
 def stop_nfs(record: ServerRecord) -> list[int]:
     """The forwarders, then everything in the server's namespace (ganesha, rpcbind)."""
-    holder, *forwarders = record.pids
-    killed = terminate(forwarders, grace_seconds=2.0)
+    holder = record.pids[0]
+    own = record.own_pids()
+    killed = terminate([pid for pid in own if pid != holder], grace_seconds=2.0)
+    if holder not in own:
+        return killed
     namespace = mount_namespace_of(holder)
     inside = pids_in_mount_namespace(namespace) if namespace else []
     killed += terminate(sorted(set(inside) | {holder}), grace_seconds=5.0)

@@ -60,6 +60,7 @@ def start_servers(backends: Iterable[str]) -> dict[str, ServerRecord]:
         started = time.monotonic()
         record = _STARTERS[backend]()
         record.start_seconds = round(time.monotonic() - started, 2)
+        record.stamp()
         servers[backend] = record
         save_servers(servers)
     return {name: rec for name, rec in servers.items() if rec.running()}
