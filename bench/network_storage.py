@@ -17,39 +17,19 @@ Needs root and `vmigrate lab up --storage rbd`.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import libvirt
 
-from bench.live import environment
+from bench.storage import LINK, VDB_DATA_MIB, StorageRun, move, run_alternating
 from vmigrate.lab import link
-from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL
+from vmigrate.lab.config import HOST_B, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
 from vmigrate.lab.vms import LabVmRequest, add_disk, add_network_disk, create_vm, remove_vm
-from vmigrate.live.policy import PRESETS
-from vmigrate.live.runner import LiveRequest, migrate_live
 
-LINK = "1gbit"
-VDB_DATA_MIB = 256
 TOOLS = ("vmigrate on rbd", "vmigrate copy-storage", "virsh copy-storage-all")
 FILL = f"write -P 0xa5 0 {VDB_DATA_MIB}M"
-
-
-@dataclass
-class NetworkStorageRun:
-    scenario: str
-    tool: str
-    round: int
-    outcome: str
-    total_s: float
-    guest_gap_ms: float
-    contiguous: bool
-    link_bytes: int
-    destination_allocated: int  # what hostB's local pool gained
 
 
 def _local_allocated_on_hostb() -> int:
@@ -72,7 +52,7 @@ def _make_guest(vm: str, on_rbd: bool) -> None:
         add_disk(vm, LOCAL_POOL, "vdb", 1024, FILL)
 
 
-def run_once(tool: str, round_no: int) -> NetworkStorageRun:
+def run_once(tool: str, round_no: int) -> StorageRun:
     vm = f"bench-s2-{round_no}-{tool.split()[-1]}"
     _make_guest(vm, tool == "vmigrate on rbd")
     time.sleep(2)
@@ -81,31 +61,13 @@ def run_once(tool: str, round_no: int) -> NetworkStorageRun:
         link.shape(LINK)
         before = link.status().bytes_shaped
         started = time.monotonic()
-        if tool.startswith("vmigrate"):
-            report = migrate_live(
-                LiveRequest(
-                    vm,
-                    "hostA",
-                    "hostB",
-                    PRESETS["fast"],
-                    copy_storage=tool == "vmigrate copy-storage",
-                    store_path=Path("/tmp/vmigrate-bench.sqlite"),
-                )
-            )
-            outcome = report.outcome
-        else:
-            result = subprocess.run(
-                ["virsh", "-c", HOST_A.uri, "migrate", "--live", "--p2p", "--persistent",
-                 "--copy-storage-all", vm, HOST_B.uri],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            outcome = "completed" if result.returncode == 0 else result.stderr.strip()
+        outcome = move(tool, vm, copy_storage=tool == "vmigrate copy-storage")
         total = time.monotonic() - started
         sent = link.status().bytes_shaped - before
         link.reset()
         time.sleep(1)
         beats = heartbeat_report(vm)
-        return NetworkStorageRun(
+        return StorageRun(
             "S2",
             tool,
             round_no,
@@ -126,25 +88,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/network-storage.json"))
     args = parser.parse_args()
-    runs: list[NetworkStorageRun] = []
-    for round_no in range(args.pairs):
-        for tool in TOOLS if round_no % 2 == 0 else tuple(reversed(TOOLS)):
-            run = run_once(tool, round_no)
-            print(json.dumps(asdict(run)), flush=True)
-            runs.append(run)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(
-                json.dumps(
-                    {
-                        "environment": environment(),
-                        "link": LINK,
-                        "pairs": args.pairs,
-                        "vdb_data_mib": VDB_DATA_MIB,
-                        "runs": [asdict(r) for r in runs],
-                    },
-                    indent=1,
-                )
-            )
+    run_alternating(TOOLS, run_once, pairs=args.pairs, out=args.out)
 
 
 if __name__ == "__main__":

@@ -235,14 +235,23 @@ def storage_section(data: dict[str, Any]) -> list[str]:
         "| through link MiB | hostB allocated MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    ours = [r["total_s"] for r in runs if r["tool"] == "vmigrate" and _ok(r)]
+    return lines + _disk_move_rows(runs, "vmigrate", ours_over_theirs=True)
+
+
+def _disk_move_rows(
+    runs: list[dict[str, Any]], reference: str, *, ours_over_theirs: bool
+) -> list[str]:
+    """One row per tool of a disk benchmark (S1, S2), timed against `reference`'s runs."""
+    lines = []
+    ours = [r["total_s"] for r in runs if r["tool"] == reference and _ok(r)]
     for tool in dict.fromkeys(r["tool"] for r in runs):
         these = [r for r in runs if r["tool"] == tool]
         ok = [r for r in these if _ok(r)]
         totals = [r["total_s"] for r in ok]
+        ratio = _ratio(ours, totals) if ours_over_theirs else _ratio(totals, ours)
         lines.append(
             f"| {tool} | {len(ok)}/{len(these)} | {_spread(totals)} | "
-            f"{'' if tool == 'vmigrate' else _ratio(ours, totals)} | "
+            f"{'' if tool == reference else ratio} | "
             f"{_spread([r['guest_gap_ms'] for r in ok], '{:.0f}')} | "
             f"{all(r['contiguous'] for r in ok)} | "
             f"{_spread([r['link_bytes'] / MIB for r in ok], '{:.0f}')} | "
@@ -270,21 +279,7 @@ def network_storage_section(data: dict[str, Any]) -> list[str]:
         "| through link MiB | hostB local pool gained MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    ours = [r["total_s"] for r in runs if r["tool"] == "vmigrate on rbd" and _ok(r)]
-    for tool in dict.fromkeys(r["tool"] for r in runs):
-        these = [r for r in runs if r["tool"] == tool]
-        ok = [r for r in these if _ok(r)]
-        totals = [r["total_s"] for r in ok]
-        lines.append(
-            f"| {tool} | {len(ok)}/{len(these)} | {_spread(totals)} | "
-            f"{'' if tool == 'vmigrate on rbd' else _ratio(totals, ours)} | "
-            f"{_spread([r['guest_gap_ms'] for r in ok], '{:.0f}')} | "
-            f"{all(r['contiguous'] for r in ok)} | "
-            f"{_spread([r['link_bytes'] / MIB for r in ok], '{:.0f}')} | "
-            f"{_spread([r['destination_allocated'] / MIB for r in ok], '{:.0f}')} |"
-        )
-    lines.append("")
-    return lines
+    return lines + _disk_move_rows(runs, "vmigrate on rbd", ours_over_theirs=False)
 
 
 def main() -> None:

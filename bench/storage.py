@@ -20,6 +20,7 @@ import argparse
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class StorageRun:
     guest_gap_ms: float
     contiguous: bool
     link_bytes: int
-    destination_allocated: int  # the disks' images on hostB (and vmigrate's backing copy)
+    destination_allocated: int  # S1: the disks' images on hostB; S2: what its pool gained
 
 
 def _guest_with_two_local_disks(vm: str) -> list[str]:
@@ -79,25 +80,7 @@ def run_once(tool: str, round_no: int) -> StorageRun:
         link.shape(LINK)
         before = link.status().bytes_to_hostb
         started = time.monotonic()
-        if tool == "vmigrate":
-            report = migrate_live(
-                LiveRequest(
-                    vm,
-                    "hostA",
-                    "hostB",
-                    PRESETS["fast"],
-                    copy_storage=True,
-                    store_path=Path("/tmp/vmigrate-bench.sqlite"),
-                )
-            )
-            outcome = report.outcome
-        else:
-            result = subprocess.run(
-                ["virsh", "-c", HOST_A.uri, "migrate", "--live", "--p2p", "--persistent",
-                 "--copy-storage-all", vm, HOST_B.uri],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            outcome = "completed" if result.returncode == 0 else result.stderr.strip()
+        outcome = move(tool, vm, copy_storage=True)
         total = time.monotonic() - started
         sent = link.status().bytes_to_hostb - before
         link.reset()
@@ -119,30 +102,58 @@ def run_once(tool: str, round_no: int) -> StorageRun:
         remove_vm(vm)
 
 
+def move(tool: str, vm: str, *, copy_storage: bool) -> str:
+    """One live move from hostA to hostB by vmigrate or by virsh; its outcome."""
+    if tool.startswith("vmigrate"):
+        request = LiveRequest(
+            vm,
+            "hostA",
+            "hostB",
+            PRESETS["fast"],
+            copy_storage=copy_storage,
+            store_path=Path("/tmp/vmigrate-bench.sqlite"),
+        )
+        return migrate_live(request).outcome
+    result = subprocess.run(
+        ["virsh", "-c", HOST_A.uri, "migrate", "--live", "--p2p", "--persistent",
+         "--copy-storage-all", vm, HOST_B.uri],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return "completed" if result.returncode == 0 else result.stderr.strip()
+
+
+def run_alternating(
+    tools: tuple[str, ...],
+    run_once: Callable[[str, int], StorageRun],
+    *,
+    pairs: int,
+    out: Path,
+) -> None:
+    """Every tool once per round, in turn order reversed every other round; the results
+    file is rewritten after each run, so an interrupted run keeps what it measured."""
+    runs: list[StorageRun] = []
+    for round_no in range(pairs):
+        for tool in tools if round_no % 2 == 0 else tuple(reversed(tools)):
+            run = run_once(tool, round_no)
+            print(json.dumps(asdict(run)), flush=True)
+            runs.append(run)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            payload = {
+                "environment": environment(),
+                "link": LINK,
+                "pairs": pairs,
+                "vdb_data_mib": VDB_DATA_MIB,
+                "runs": [asdict(r) for r in runs],
+            }
+            out.write_text(json.dumps(payload, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.storage")
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/storage.json"))
     args = parser.parse_args()
-    runs: list[StorageRun] = []
-    for round_no in range(args.pairs):
-        for tool in TOOLS if round_no % 2 == 0 else tuple(reversed(TOOLS)):
-            run = run_once(tool, round_no)
-            print(json.dumps(asdict(run)), flush=True)
-            runs.append(run)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(
-                json.dumps(
-                    {
-                        "environment": environment(),
-                        "link": LINK,
-                        "pairs": args.pairs,
-                        "vdb_data_mib": VDB_DATA_MIB,
-                        "runs": [asdict(r) for r in runs],
-                    },
-                    indent=1,
-                )
-            )
+    run_alternating(TOOLS, run_once, pairs=args.pairs, out=args.out)
 
 
 if __name__ == "__main__":
