@@ -42,6 +42,7 @@ from vmigrate.virt.storage import (
     probe_shared_pool,
     volume_exists,
 )
+from vmigrate.volume_probe import read_volume
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 8.0
@@ -164,6 +165,7 @@ def _network_disks(
     server_probes: tuple[PortProbe, ...],
     *,
     source_here: bool,
+    destination_here: bool,
 ) -> tuple[NetworkDiskView, ...]:
     """Each network disk's volume as the source's and the destination's own pools see it.
 
@@ -185,6 +187,7 @@ def _network_disks(
                 None
                 if facts[1].lacks("storage") or blocked
                 else find_network_volume(dst, disk.network),
+                read_volume(disk.network) if destination_here and not blocked else None,
             )
         )
     return tuple(views)
@@ -362,6 +365,7 @@ class PairChecks:
                     (src_facts, dst_facts),
                     servers,
                     source_here=_is_local(self.source.ref),
+                    destination_here=_is_local(destination.ref),
                 )
                 if dst_conn is not None and dst_facts is not None
                 else ()

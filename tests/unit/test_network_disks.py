@@ -12,6 +12,7 @@ from vmigrate.checks.storage import check_storage
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.facts import NetworkVolume, SecretFacts
 from vmigrate.model import Mode, Verdict
+from vmigrate.volume_probe import VolumeRead, volume_url
 
 from .test_checks import domain, facts, host, only
 
@@ -159,3 +160,32 @@ def test_no_pool_on_the_destination_is_said_unverified() -> None:
         "vda",
     )
     assert said.verdict is Verdict.WARN and "could not be listed: timed out" in said.summary
+
+
+def test_a_read_from_the_destination_confirms_or_fails_the_volume() -> None:
+    here = NetworkVolume("iscsi", "unit:0:0:1", GIB, None, ("iscsi",))
+    read = VolumeRead("iscsi://127.0.0.21:3260/iqn.2026-12.lab.vmigrate:store/1", GIB, None, 0.1)
+    views = (NetworkDiskView("vdb", here, here, read),)
+    ok = only(check_storage(_input(network_disks=views)), "storage.volume", "vdb")
+    assert (
+        ok.verdict is Verdict.PASS and "read from here as kvm2's QEMU will: 1.00 GiB" in ok.summary
+    )
+    failed = replace(read, size=None, error="iSCSI: Failed to connect to LUN")
+    views = (NetworkDiskView("vdb", here, here, failed),)
+    bad = only(check_storage(_input(network_disks=views)), "storage.volume", "vdb")
+    assert bad.verdict is Verdict.FAIL and "Failed to connect to LUN" in bad.summary
+    # NFS has no pool: the read alone proves the destination sees the file.
+    nothing = NetworkVolume(None, None, None, None, ())
+    nfs_read = VolumeRead("nfs://127.0.0.22/export/netdisks-vdc.qcow2", GIB, None, 0.1)
+    views = (NetworkDiskView("vdc", nothing, nothing, nfs_read),)
+    nfs = only(check_storage(_input(network_disks=views)), "storage.volume", "vdc")
+    assert nfs.verdict is Verdict.PASS and "no pool needed" in nfs.summary
+
+
+def test_volume_urls_are_the_ones_qemu_opens() -> None:
+    disks = {d.target: d.network for d in parse_domain(XML).disks}
+    iscsi, nfs, rbd = disks["vdb"], disks["vdc"], disks["vda"]
+    assert iscsi is not None and nfs is not None and rbd is not None
+    assert volume_url(iscsi) == f"iscsi://127.0.0.21:3260/{iscsi.name}"
+    assert volume_url(nfs) == f"nfs://127.0.0.22/{(nfs.name or '').lstrip('/')}"
+    assert volume_url(rbd) is None  # needs a cephx key

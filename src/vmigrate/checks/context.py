@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from vmigrate.facts import DomainFacts, HostFacts, NetworkVolume, ShareProbe, VolumeLocation
 from vmigrate.hosts import HostRef
 from vmigrate.model import Mode
+from vmigrate.volume_probe import VolumeRead
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class NetworkDiskView:
     target: str
     source: NetworkVolume | None  # None: not looked up (that host's storage driver is missing)
     destination: NetworkVolume | None
+    #: Read from here as QEMU opens it, when here is the destination (iscsi, nfs).
+    read_here: VolumeRead | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ the destination lacks, storage servers it cannot reach, a cache mode libvirt ref
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vmigrate.checks.context import CheckInput, NetworkDiskView, PortProbe
 from vmigrate.domxml.domain import DiskInfo, NetworkSource
 from vmigrate.model import Finding, Mode, Verdict
@@ -140,7 +142,48 @@ def _size(n: int | None) -> str:
 
 
 def _volume(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding | None:
-    """The destination sees the same volume through its own pool: same name, same size."""
+    """The destination sees the same volume: through its own pool (same name, same size),
+    and, when vmigrate runs there, by reading it as its QEMU will."""
+    found = _volume_by_pool(disk, source, facts)
+    view = _view(disk, facts)
+    read = view.read_here if view is not None else None
+    if read is None or found is None or found.verdict is Verdict.FAIL:
+        return found
+    dst_name = facts.destination_name
+    evidence = {**found.evidence, "read_here": read.url, "read_size": read.size}
+    if read.error is not None:
+        return replace(
+            found,
+            verdict=Verdict.FAIL,
+            summary=f"{disk.target}: read from here as {dst_name}'s QEMU will open it, "
+            f"{read.url} fails: {read.error}",
+            evidence=evidence,
+            fix=f"check on the server that {source.name} exists and that {dst_name} may "
+            "open it (the target's ACL, the export's clients)",
+        )
+    pool_size = found.evidence.get("destination_capacity")
+    if isinstance(pool_size, int) and pool_size != read.size:
+        return replace(
+            found,
+            verdict=Verdict.FAIL,
+            summary=f"{disk.target}: {dst_name}'s pool lists {_size(pool_size)}, but "
+            f"{read.url} reads {_size(read.size)} from here: not the same volume",
+            evidence=evidence,
+            fix=f"virsh pool-refresh on {dst_name} and check again",
+        )
+    said = f"; read from here as {dst_name}'s QEMU will: {_size(read.size)}"
+    if found.verdict is Verdict.SKIPPED:  # no pool (NFS): the read is the proof
+        return replace(
+            found,
+            verdict=Verdict.PASS,
+            summary=f"{disk.target}: {dst_name} reads {read.url} as its QEMU will "
+            f"(qemu-img from here, no pool needed): {_size(read.size)}",
+            evidence=evidence,
+        )
+    return replace(found, summary=found.summary + said, evidence=evidence)
+
+
+def _volume_by_pool(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding | None:
     view = _view(disk, facts)
     if view is None or view.destination is None:
         return None  # not looked up: the destination's storage driver is missing (reported)
