@@ -17,12 +17,14 @@ Needs root and `vmigrate lab up --storage rbd`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
 import libvirt
 
 from bench.storage import LINK, VDB_DATA_MIB, StorageRun, move, run_alternating
+from vmigrate.errors import NotFound
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_B, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
@@ -54,9 +56,9 @@ def _make_guest(vm: str, on_rbd: bool) -> None:
 
 def run_once(tool: str, round_no: int) -> StorageRun:
     vm = f"bench-s2-{round_no}-{tool.split()[-1]}"
-    _make_guest(vm, tool == "vmigrate on rbd")
-    time.sleep(2)
     try:
+        _make_guest(vm, tool == "vmigrate on rbd")
+        time.sleep(2)
         allocated_before = _local_allocated_on_hostb()
         link.shape(LINK)
         before = link.status().bytes_shaped
@@ -80,7 +82,8 @@ def run_once(tool: str, round_no: int) -> StorageRun:
         )
     finally:
         link.reset()
-        remove_vm(vm)
+        with contextlib.suppress(NotFound):  # its creation failed: nothing of it is left
+            remove_vm(vm)
 
 
 def main() -> None:

@@ -187,7 +187,9 @@ def _network_disks(
                 None
                 if facts[1].lacks("storage") or blocked
                 else find_network_volume(dst, disk.network),
-                read_volume(disk.network) if destination_here and not blocked else None,
+                read_volume(disk.network, disk.format)
+                if destination_here and not blocked
+                else None,
             )
         )
     return tuple(views)

@@ -109,6 +109,17 @@ def test_lab_status_shows_each_server_healthy(storage: list[HostStatus]) -> None
     assert addresses == {"127.0.0.20", "127.0.0.21", "127.0.0.22"}
     status = _json(run_cli("lab", "status", "--json"))
     assert {s["backend"] for s in status["storage"]} == set(BACKENDS)
+    # Root only: tgt admits any initiator and Ganesha trusts the uid a client claims.
+    for address, ports in STORAGE_PORTS.items():
+        assert port_open(address, ports[0])
+        probe = f"import socket; socket.create_connection(({address!r}, {ports[0]}), 3)"
+        other = subprocess.run(
+            ["runuser", "-u", "nobody", "--", "python3", "-c", probe],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert other.returncode != 0 and "ConnectionRefusedError" in other.stderr, other
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -238,7 +249,7 @@ def test_lab_down_leaves_no_storage_behind(storage: list[HostStatus]) -> None:
     records = load_records()
     servers = load_servers()
     pids = [pid for record in servers.values() for pid in server_pids(record)]
-    assert len(pids) >= 8, pids  # tgtd; mon, mgr, osd; the netns holder, ganesha, rpcbind, 3 socat
+    assert len(pids) >= 8, pids  # tgtd; mon, mgr, osd; ganesha (the netns holder), rpcbind, 3 socat
     lab_down()
     assert_nothing_left(records, [])
     assert not [pid for pid in pids if is_alive(pid)]
@@ -248,4 +259,6 @@ def test_lab_down_leaves_no_storage_behind(storage: list[HostStatus]) -> None:
     assert not list(Path("/run/tgtd").glob(f"socket.{iscsi.CONTROL}*"))
     cmdlines = _cmdlines()
     assert not [c for c in cmdlines if "portal=127.0.0.20" in c or "bind=127.0.0.22" in c]
+    rules = subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True, text=True).stdout
+    assert "vmigrate-lab-storage" not in rules
     lab_up()

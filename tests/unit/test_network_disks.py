@@ -173,7 +173,7 @@ def test_a_read_from_the_destination_confirms_or_fails_the_volume() -> None:
     failed = replace(read, size=None, error="iSCSI: Failed to connect to LUN")
     views = (NetworkDiskView("vdb", here, here, failed),)
     bad = only(check_storage(_input(network_disks=views)), "storage.volume", "vdb")
-    assert bad.verdict is Verdict.FAIL and "Failed to connect to LUN" in bad.summary
+    assert bad.verdict is Verdict.WARN and "Failed to connect to LUN" in bad.summary
     # NFS has no pool: the read alone proves the destination sees the file.
     nothing = NetworkVolume(None, None, None, None, ())
     nfs_read = VolumeRead("nfs://127.0.0.22/export/netdisks-vdc.qcow2", GIB, None, 0.1)

@@ -152,17 +152,19 @@ def _volume(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding
     dst_name = facts.destination_name
     evidence = {**found.evidence, "read_here": read.url, "read_size": read.size}
     if read.error is not None:
+        # A warning: QEMU there logs in with its own initiator name and as its own user.
         return replace(
             found,
-            verdict=Verdict.FAIL,
-            summary=f"{disk.target}: read from here as {dst_name}'s QEMU will open it, "
-            f"{read.url} fails: {read.error}",
+            verdict=Verdict.WARN,
+            summary=f"{disk.target}: read from here (as {dst_name}), {read.url} fails: "
+            f"{read.error}; {dst_name}'s QEMU may fail to open it too",
             evidence=evidence,
             fix=f"check on the server that {source.name} exists and that {dst_name} may "
-            "open it (the target's ACL, the export's clients)",
+            "open it (the target's initiator ACL, the export's clients)",
         )
     pool_size = found.evidence.get("destination_capacity")
-    if isinstance(pool_size, int) and pool_size != read.size:
+    # Only a raw disk's size is the volume's: a qcow2 reads as its virtual size.
+    if isinstance(pool_size, int) and disk.format == "raw" and pool_size != read.size:
         return replace(
             found,
             verdict=Verdict.FAIL,

@@ -16,6 +16,7 @@ import libvirt
 
 from vmigrate.domxml.domain import NetworkSource
 from vmigrate.facts import NetworkVolume, ShareProbe, VolumeInfo, VolumeLocation
+from vmigrate.network_pools import PoolMatch, is_the_volume, match_pool
 from vmigrate.virt.errors import translate
 
 PROBE_BYTES = 4096
@@ -222,71 +223,33 @@ def pool_by_name(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool 
         raise
 
 
-#: The pool types that can hold each protocol's network disks.
-_NETWORK_POOL_TYPES = {"rbd": ("rbd",), "iscsi": ("iscsi-direct", "iscsi"), "nfs": ("netfs",)}
-
-
-def _pool_source(root: ET.Element) -> tuple[set[str], str, str, str | None]:
-    """A pool's servers, its source name (rbd pool), device (IQN) or dir, and its secret."""
-    hosts = {h.get("name", "") for h in root.findall("source/host")}
-    name = root.findtext("source/name") or ""
-    device = root.findtext("source/device[@path]") or ""
-    device = next((d.get("path", "") for d in root.findall("source/device")), device)
-    directory = next((d.get("path", "") for d in root.findall("source/dir")), "")
-    secret = root.find("source/auth/secret")
-    return hosts, name, device or directory, secret.get("uuid") if secret is not None else None
-
-
-def _volume_in(
-    pool: libvirt.virStoragePool, wanted: str, *, lun: str | None
-) -> tuple[str, int] | None:
-    """The volume named `wanted` (or, for iSCSI, the one of LUN `lun`) in the pool's list:
-    its name and size. The list is not refreshed: a failed refresh makes libvirt stop the
-    pool, and a check must never change a host."""
+def _volume_in(pool: libvirt.virStoragePool, match: PoolMatch) -> tuple[str, int] | None:
+    """The matched volume in the pool's list: its name and size. The list is not refreshed:
+    a failed refresh makes libvirt stop the pool, and a check must never change a host."""
     for volume in pool.listAllVolumes(0):
-        name = volume.name()
-        if name == wanted or (
-            lun is not None and (name.endswith(f":{lun}") or volume.path().endswith(f"-lun-{lun}"))
-        ):
-            return name, int(volume.info()[1])
+        if is_the_volume(match, volume.name(), volume.path()):
+            return volume.name(), int(volume.info()[1])
     return None
 
 
 def find_network_volume(conn: libvirt.virConnect, source: NetworkSource) -> NetworkVolume:
     """Which of this host's active pools reaches the network disk's server and volume set,
-    and the volume there (same name, its size), as the pools last listed them."""
-    types = _NETWORK_POOL_TYPES.get(source.protocol, ())
-    disk_hosts = {host for host, _port in source.hosts}
-    name = source.name or ""
-    if source.protocol == "rbd":
-        collection, _, wanted = name.rpartition("/")
-        lun = None
-    elif source.protocol == "iscsi":
-        collection, _, lun_text = name.rpartition("/")
-        wanted, lun = lun_text, lun_text
-    else:
-        collection, wanted, lun = "", name, None
+    and the volume there (same name, its size), as the pools last listed them. A libvirt
+    error (the host, a pool's server, its secret) is the answer's `error`, not a failure."""
     looked_at: list[str] = []
-    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-        root = ET.fromstring(pool.XMLDesc(0))
-        if root.get("type") not in types:
-            continue
-        hosts, pool_collection, pool_dir, secret = _pool_source(root)
-        if disk_hosts and hosts and not disk_hosts & hosts:
-            continue
-        if source.protocol == "nfs":
-            if not pool_dir or not name.startswith(pool_dir.rstrip("/") + "/"):
+    secret: str | None = None
+    try:
+        for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+            match = match_pool(pool.XMLDesc(0), source)
+            if match is None:
                 continue
-            wanted = name[len(pool_dir.rstrip("/")) + 1 :]
-        elif (pool_collection if source.protocol == "rbd" else pool_dir) != collection:
-            continue
-        looked_at.append(pool.name())
-        try:
-            found = _volume_in(pool, wanted, lun=lun)
-        except libvirt.libvirtError as err:  # its server or its secret failed it: a finding
-            return NetworkVolume(
-                None, None, None, secret, tuple(looked_at), error=err.get_error_message()
-            )
-        if found is not None:
-            return NetworkVolume(pool.name(), found[0], found[1], secret, tuple(looked_at))
+            looked_at.append(pool.name())
+            secret = match.secret_uuid
+            found = _volume_in(pool, match)
+            if found is not None:
+                return NetworkVolume(pool.name(), found[0], found[1], secret, tuple(looked_at))
+    except libvirt.libvirtError as err:
+        return NetworkVolume(
+            None, None, None, secret, tuple(looked_at), error=err.get_error_message()
+        )
     return NetworkVolume(None, None, None, None, tuple(looked_at))

@@ -5,6 +5,7 @@ the cephx user libvirt authenticates as."""
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -89,7 +90,20 @@ def _health() -> str:
 
 
 def start_ceph() -> ServerRecord:
-    """Make and start the cluster; returns once its rbd pool is active+clean."""
+    """Make and start a new cluster; returns once its rbd pool is active+clean. A cluster
+    of an earlier start is not reused (memstore kept none of its data): its directory is
+    made anew. A failed start stops every daemon it started."""
+    if CEPH_DIR.exists():
+        shutil.rmtree(CEPH_DIR)
+    pids: list[int] = []
+    try:
+        return _make_cluster(pids)
+    except BaseException:
+        terminate(list(reversed(pids)), grace_seconds=3.0)
+        raise
+
+
+def _make_cluster(pids: list[int]) -> ServerRecord:
     for directory in ("run", "log", "mon/ceph-a", "mgr/ceph-x", "osd/ceph-0"):
         (CEPH_DIR / directory).mkdir(parents=True, exist_ok=True, mode=0o700)
     CEPH_DIR.chmod(0o700)
@@ -129,7 +143,9 @@ def start_ceph() -> ServerRecord:
         ],
         what="making the Ceph monitor's store",
     )
-    pids = [spawn_daemon([mon, "-c", str(CONF), "-i", "a", "-f"], CEPH_DIR / "log" / "mon.console")]
+    pids.append(
+        spawn_daemon([mon, "-c", str(CONF), "-i", "a", "-f"], CEPH_DIR / "log" / "mon.console")
+    )
     wait_for(
         lambda: port_open(CEPH_ADDRESS, MON_PORT),
         timeout=30,

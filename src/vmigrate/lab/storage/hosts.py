@@ -15,7 +15,6 @@ from vmigrate.lab.storage.common import load_servers
 from vmigrate.lab.storage.pools import (
     ISCSI_POOL,
     RBD_POOL,
-    RBD_SECRET_UUID,
     NetworkDiskSource,
     iscsi_source,
     nfs_source,
@@ -30,10 +29,6 @@ from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.storage import pool_by_name
 
 NETWORK_DISKS = ("iscsi", "rbd", "nfs")
-
-
-def _secret_defined(conn: Connection) -> bool:
-    return any(s.UUIDString() == RBD_SECRET_UUID for s in conn.listAllSecrets(0))
 
 
 def define_rbd_secret(conn: Connection, key: str) -> None:
@@ -57,8 +52,8 @@ def prepare_host(conn: Connection, host: LabHost, backends: Iterable[str]) -> No
     wanted = set(backends)
     if "rbd" in wanted:
         with libvirt_errors(host=host.name, doing="defining the lab's cephx secret"):
-            if not _secret_defined(conn):
-                define_rbd_secret(conn, ceph.client_key())
+            # Always the current key: a cluster made again has new keys.
+            define_rbd_secret(conn, ceph.client_key())
         with libvirt_errors(host=host.name, doing=f"setting up the lab pool {RBD_POOL!r}"):
             _ensure_pool(conn, RBD_POOL, render_rbd_pool_xml())
     if "iscsi" in wanted:

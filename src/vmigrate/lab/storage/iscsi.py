@@ -71,6 +71,7 @@ def start_target() -> ServerRecord:
             what=f"tgtd does not listen on {ISCSI_ADDRESS}:{ISCSI_PORT}",
             log=log,
         )
+        _replay_luns()
     except BaseException:
         stop_target(record)
         raise
@@ -80,13 +81,14 @@ def start_target() -> ServerRecord:
 def stop_target(record: ServerRecord) -> list[int]:
     """tgtd keeps running on SIGTERM while it has a target: it is killed after a short grace
     (its state is only the LUN files, which go with the lab's directory)."""
-    killed = terminate(record.own_pids(), grace_seconds=1.0)
+    # Not reported as "had to kill": for tgtd that is how it stops.
+    terminate(record.own_pids(), grace_seconds=1.0)
     for leftover in (f"socket.{CONTROL}", f"socket.{CONTROL}.lock"):
         (CONTROL_DIR / leftover).unlink(missing_ok=True)
     if record.details.get("made_control_dir"):
         with contextlib.suppress(OSError):
             CONTROL_DIR.rmdir()
-    return killed
+    return []
 
 
 def _load_luns() -> dict[str, int]:
@@ -94,6 +96,20 @@ def _load_luns() -> dict[str, int]:
         return {str(k): int(v) for k, v in json.loads(_LUNS.read_text()).items()}
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+def _replay_luns() -> None:
+    """A tgtd started again (it died, or the lab's processes did) serves the LUNs of the
+    lab disks it served before, from their files; a disk whose file is gone is forgotten."""
+    luns = _load_luns()
+    for disk_name, lun in sorted(luns.items(), key=lambda item: item[1]):
+        backing = ISCSI_DIR / f"{disk_name}.img"
+        if not backing.exists():
+            del luns[disk_name]
+            continue
+        _tgtadm("--op", "new", "--mode", "logicalunit", "--tid", str(TID), "--lun", str(lun),
+                "-b", str(backing), what=f"serving LUN {lun} again")  # fmt: skip
+    _LUNS.write_text(json.dumps(luns))
 
 
 def add_lun(disk_name: str, size_bytes: int) -> int:

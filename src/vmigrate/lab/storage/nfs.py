@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vmigrate.errors import LabError
 from vmigrate.lab.processes import (
+    executable_of,
     mount_namespace_of,
     pids_in_mount_namespace,
     spawn_daemon,
@@ -28,6 +29,8 @@ NFS_DIR = STORAGE_DIR / "nfs"
 #: The exported directory. NFSv3 clients name files by the export's real path.
 EXPORT_DIR = NFS_DIR / "export"
 _PACKAGE = "nfs-ganesha, nfs-ganesha-vfs, rpcbind and socat"
+#: What runs in the server's namespace.
+_SERVER_PROGRAMS = ("ganesha.nfsd", "rpcbind", "python3", "python3.11", "unshare")
 
 
 def render_ganesha_conf(directory: Path = NFS_DIR) -> str:
@@ -100,6 +103,8 @@ def start_nfs() -> ServerRecord:
             what="NFS-Ganesha did not start",
             log=log if log.exists() else NFS_DIR / "log" / "netns.console",
         )
+        # Recorded so that `lab down` finds rpcbind even when ganesha died first.
+        record.details["mount_namespace"] = mount_namespace_of(holder)
         namespace = f"--net=/proc/{holder}/ns/net"
         for port in FORWARDED_PORTS:
             # socat runs no shell: EXEC splits its fixed words itself (a PID and a port);
@@ -156,11 +161,15 @@ def stop_nfs(record: ServerRecord) -> list[int]:
     holder = record.pids[0]
     own = record.own_pids()
     killed = terminate([pid for pid in own if pid != holder], grace_seconds=2.0)
-    if holder not in own:
-        return killed
-    namespace = mount_namespace_of(holder)
-    inside = pids_in_mount_namespace(namespace) if namespace else []
-    killed += terminate(sorted(set(inside) | {holder}), grace_seconds=5.0)
+    namespace = mount_namespace_of(holder) if holder in own else ""
+    namespace = namespace or record.details.get("mount_namespace", "")
+    # In that namespace only the server's own programs: an inode number can be reused.
+    inside = [
+        pid
+        for pid in (pids_in_mount_namespace(namespace) if namespace else [])
+        if Path(executable_of(pid)).name in _SERVER_PROGRAMS
+    ]
+    killed += terminate(sorted(set(inside) | ({holder} & set(own))), grace_seconds=5.0)
     return killed
 
 

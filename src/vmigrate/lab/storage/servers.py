@@ -10,6 +10,7 @@ from pathlib import Path
 from vmigrate.errors import UsageError
 from vmigrate.lab.processes import mount_namespace_of, pids_in_mount_namespace
 from vmigrate.lab.storage import ceph, iscsi, nfs
+from vmigrate.lab.storage.access import lift, restrict_to_root
 from vmigrate.lab.storage.common import (
     BACKENDS,
     STORAGE_DIR,
@@ -28,6 +29,7 @@ _STOPPERS: dict[str, Callable[[ServerRecord], list[int]]] = {
     "rbd": ceph.stop_ceph,
     "nfs": nfs.stop_nfs,
 }
+ADDRESSES = {"iscsi": iscsi.ISCSI_ADDRESS, "rbd": ceph.CEPH_ADDRESS, "nfs": nfs.NFS_ADDRESS}
 _SERVER = {"iscsi": "tgt (iSCSI target)", "rbd": "Ceph (mon, mgr, osd)", "nfs": "NFS-Ganesha"}
 
 
@@ -51,10 +53,11 @@ def start_servers(backends: Iterable[str]) -> dict[str, ServerRecord]:
     """Start those of `backends` not running (a dead one is started again); returns all the
     running servers. A server that fails to start leaves nothing of itself behind."""
     servers = load_servers()
-    for backend in backends:
+    wanted = [b for b in backends if not (b in servers and servers[b].running())]
+    if wanted:  # root-only before any of them listens
+        restrict_to_root(ADDRESSES[b] for b in wanted)
+    for backend in wanted:
         record = servers.get(backend)
-        if record is not None and record.running():
-            continue
         if record is not None:  # died: clear its remains first
             _STOPPERS[backend](record)
         started = time.monotonic()
@@ -71,6 +74,7 @@ def stop_servers() -> list[int]:
     killed: list[int] = []
     for backend, record in load_servers().items():
         killed += _STOPPERS[backend](record)
+    lift(ADDRESSES.values())
     if STORAGE_DIR.exists():
         save_servers({})
     return killed
