@@ -165,11 +165,17 @@ def test_no_pool_on_the_destination_is_said_unverified() -> None:
 def test_a_read_from_the_destination_confirms_or_fails_the_volume() -> None:
     here = NetworkVolume("iscsi", "unit:0:0:1", GIB, None, ("iscsi",))
     read = VolumeRead("iscsi://127.0.0.21:3260/iqn.2026-12.lab.vmigrate:store/1", GIB, None, 0.1)
-    views = (NetworkDiskView("vdb", here, here, read),)
+    # libvirt's iscsi-direct pool lists one block less than the LUN holds (measured).
+    listed = replace(here, capacity=GIB - 512)
+    views = (NetworkDiskView("vdb", listed, listed, read),)
     ok = only(check_storage(_input(network_disks=views)), "storage.volume", "vdb")
     assert (
         ok.verdict is Verdict.PASS and "read from here as kvm2's QEMU will: 1.00 GiB" in ok.summary
     )
+    halved = replace(here, capacity=GIB // 2)
+    views = (NetworkDiskView("vdb", halved, halved, read),)
+    other = only(check_storage(_input(network_disks=views)), "storage.volume", "vdb")
+    assert other.verdict is Verdict.FAIL and "not the same volume" in other.summary
     failed = replace(read, size=None, error="iSCSI: Failed to connect to LUN")
     views = (NetworkDiskView("vdb", here, here, failed),)
     bad = only(check_storage(_input(network_disks=views)), "storage.volume", "vdb")
