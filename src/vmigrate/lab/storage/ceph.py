@@ -8,6 +8,7 @@ import json
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 from vmigrate.lab.processes import spawn_daemon, terminate
 from vmigrate.lab.storage.common import STORAGE_DIR, ServerRecord, port_open, run, tool, wait_for
@@ -73,10 +74,19 @@ def _authtool(*args: str) -> None:
     run([tool("ceph-authtool", _PACKAGE), *args], what="making the Ceph keyrings")
 
 
-def _health() -> str:
+def _status(timeout: float = 60.0) -> dict[str, Any] | None:
+    """`ceph status` as JSON, or None when the cluster does not answer (yet)."""
     try:
-        status = json.loads(ceph("status", "--format", "json", what="asking Ceph's health"))
+        said = ceph("status", "--format", "json", what="asking Ceph's health", timeout=timeout)
+        return dict(json.loads(said))
     except Exception:
+        return None
+
+
+def _health() -> str:
+    """The cluster's health once every placement group is active+clean, else ""."""
+    status = _status()
+    if status is None:
         return ""
     pgs = status.get("pgmap", {})
     clean = sum(
@@ -209,13 +219,8 @@ def client_key() -> str:
 
 def health() -> str:
     """HEALTH_OK / HEALTH_WARN / HEALTH_ERR, or "" when the cluster does not answer."""
-    try:
-        status = json.loads(
-            ceph("status", "--format", "json", what="asking Ceph's health", timeout=10)
-        )
-    except Exception:
-        return ""
-    return str(status.get("health", {}).get("status", ""))
+    status = _status(timeout=10)
+    return "" if status is None else str(status.get("health", {}).get("status", ""))
 
 
 def stop_ceph(record: ServerRecord) -> list[int]:

@@ -4,10 +4,12 @@ command with a clear error, waiting for a port, and the record `lab down` stops 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,12 +34,11 @@ def tool(name: str, package: str) -> str:
     return path
 
 
-def run(command: list[str], *, what: str, timeout: float = 60.0, stdin: str | None = None) -> str:
+def run(command: list[str], *, what: str, timeout: float = 60.0) -> str:
     """Run a server's admin command; its failure is a LabError quoting what it said."""
     try:
         result = subprocess.run(
             command,
-            input=stdin,
             capture_output=True,
             text=True,
             check=False,
@@ -61,9 +62,10 @@ def port_open(address: str, port: int, timeout: float = 1.0) -> bool:
     return True
 
 
-def wait_for(check: object, *, timeout: float, what: str, log: Path | None = None) -> None:
+def wait_for(
+    check: Callable[[], bool], *, timeout: float, what: str, log: Path | None = None
+) -> None:
     """Poll `check()` until it is true; a LabError quoting the server's log when it never is."""
-    assert callable(check)
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -73,6 +75,12 @@ def wait_for(check: object, *, timeout: float, what: str, log: Path | None = Non
                 fix="see the log, then `vmigrate lab down` and `vmigrate lab up --storage ...`",
             )
         time.sleep(0.2)
+
+
+def is_vm_disk(vm: str, name: str) -> bool:
+    """A lab disk of `vm` on a storage server: vda..vdz, with or without its file suffix,
+    and not a disk of a VM whose name merely starts the same."""
+    return bool(re.fullmatch(re.escape(vm) + r"-vd[a-z](\.(qcow2|img))?", name))
 
 
 def process_start(pid: int) -> int | None:

@@ -4,14 +4,13 @@ each host, and the lab disks made on (and removed from) the servers."""
 from __future__ import annotations
 
 import base64
-import re
 import subprocess
 from collections.abc import Callable, Iterable
 
 from vmigrate.errors import LabError, UsageError
 from vmigrate.lab.config import LabHost
 from vmigrate.lab.storage import ceph, iscsi, nfs
-from vmigrate.lab.storage.common import load_servers
+from vmigrate.lab.storage.common import is_vm_disk, load_servers
 from vmigrate.lab.storage.pools import (
     ISCSI_POOL,
     RBD_POOL,
@@ -107,10 +106,6 @@ def create_network_disk(
     return nfs_source(path.name), lambda: path.unlink(missing_ok=True)
 
 
-def _vm_disk(vm: str, name: str) -> bool:
-    return bool(re.fullmatch(re.escape(vm) + r"-vd[a-z](\.(qcow2|img))?", name))
-
-
 def remove_network_disks(conn: Connection, vm: str) -> bool:
     """Delete the VM's lab disks on every storage server that runs; whether there were any."""
     servers = load_servers()
@@ -123,12 +118,12 @@ def remove_network_disks(conn: Connection, vm: str) -> bool:
         if pool is not None and pool.isActive():
             pool.refresh(0)
             for volume in pool.listAllVolumes(0):
-                if _vm_disk(vm, volume.name()):
+                if is_vm_disk(vm, volume.name()):
                     volume.delete(0)
                     found = True
     if "nfs" in servers and nfs.EXPORT_DIR.is_dir():
         for path in nfs.EXPORT_DIR.iterdir():
-            if _vm_disk(vm, path.name):
+            if is_vm_disk(vm, path.name):
                 path.unlink(missing_ok=True)
                 found = True
     return found

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from pathlib import Path
 
 from vmigrate.errors import LabError
 from vmigrate.lab.processes import spawn_daemon, terminate
-from vmigrate.lab.storage.common import STORAGE_DIR, ServerRecord, port_open, run, tool, wait_for
+from vmigrate.lab.storage.common import (
+    STORAGE_DIR,
+    ServerRecord,
+    is_vm_disk,
+    port_open,
+    run,
+    tool,
+    wait_for,
+)
 
 ISCSI_ADDRESS = "127.0.0.20"
 ISCSI_PORT = 3260
@@ -145,12 +152,8 @@ def remove_lun(disk_name: str) -> bool:
     return True
 
 
-def lun_of(disk_name: str) -> int | None:
-    return _load_luns().get(disk_name)
-
-
 def luns_of_vm(vm: str) -> list[str]:
-    return [name for name in _load_luns() if re.fullmatch(re.escape(vm) + r"-vd[a-z]", name)]
+    return [name for name in _load_luns() if is_vm_disk(vm, name)]
 
 
 def healthy() -> bool:

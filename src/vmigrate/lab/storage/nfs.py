@@ -6,11 +6,11 @@ QEMU opens disks there with libnfs (`nfs://ADDR/PATH`): no kernel client, no mou
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
 
-from vmigrate.errors import LabError
 from vmigrate.lab.processes import (
     executable_of,
     mount_namespace_of,
@@ -118,7 +118,7 @@ def start_nfs() -> ServerRecord:
             )
         for port in FORWARDED_PORTS:
             wait_for(
-                lambda port=port: port_open(NFS_ADDRESS, port),
+                functools.partial(port_open, NFS_ADDRESS, port),
                 timeout=10,
                 what=f"nothing forwards {NFS_ADDRESS}:{port} to the NFS server",
             )
@@ -180,11 +180,3 @@ def disk_path(disk_name: str, fmt: str) -> Path:
 
 def healthy() -> bool:
     return all(port_open(NFS_ADDRESS, port) for port in FORWARDED_PORTS)
-
-
-def require_running() -> None:
-    if not healthy():
-        raise LabError(
-            f"the lab's NFS server does not answer on {NFS_ADDRESS}",
-            fix="`vmigrate lab up --storage nfs`",
-        )

@@ -45,10 +45,6 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return tuple(b for b in BACKENDS if b in asked)
 
 
-def running_servers() -> dict[str, ServerRecord]:
-    return {name: rec for name, rec in load_servers().items() if rec.running()}
-
-
 def start_servers(backends: Iterable[str]) -> dict[str, ServerRecord]:
     """Start those of `backends` not running (a dead one is started again); returns all the
     running servers. A server that fails to start leaves nothing of itself behind."""
@@ -116,9 +112,6 @@ def storage_status() -> list[StorageStatus]:
     statuses = []
     for backend, record in load_servers().items():
         running = record.running()
-        pids = record.pids
-        if backend in ("nfs", "rbd"):
-            pids = server_pids(record)
         statuses.append(
             StorageStatus(
                 backend,
@@ -128,7 +121,7 @@ def storage_status() -> list[StorageStatus]:
                 running,
                 _health(backend) if running else "stopped",
                 record.start_seconds,
-                _rss_mib(pids),
+                _rss_mib(server_pids(record)),
             )
         )
     return statuses
