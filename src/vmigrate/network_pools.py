@@ -66,3 +66,16 @@ def is_the_volume(match: PoolMatch, name: str, path: str) -> bool:
         return True
     lun = match.lun
     return lun is not None and (name.endswith(f":{lun}") or path.endswith(f"-lun-{lun}"))
+
+
+def same_ceph_pool(pool_xml: str, other_xml: str) -> bool:
+    """Both are rbd pools on one Ceph pool: the same pool name, a monitor in common (a side
+    naming no monitor uses its ceph.conf's: no verdict against it)."""
+    a, b = ET.fromstring(pool_xml), ET.fromstring(other_xml)
+    if a.get("type") != "rbd" or b.get("type") != "rbd":
+        return False
+    if (a.findtext("source/name") or "") != (b.findtext("source/name") or ""):
+        return False
+    hosts_a = {h.get("name", "") for h in a.findall("source/host")}
+    hosts_b = {h.get("name", "") for h in b.findall("source/host")}
+    return not (hosts_a and hosts_b) or bool(hosts_a & hosts_b)

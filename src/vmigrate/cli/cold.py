@@ -34,6 +34,8 @@ def render_plan(plan: ColdPlan) -> None:
             f"  copy {copy.source_path} -> {copy.destination_path} "
             f"({copy.format}, {copy.allocation / MIB:,.0f} MiB allocated)"
         )
+    for pool_change in plan.pool_changes:
+        console.print(f"  {pool_change.describe()}; digests read on both hosts")
     for target in plan.shared_disks:
         console.print(f"  {target}: on shared storage, left in place")
     state = plan.state_file
@@ -77,6 +79,14 @@ def render_final(report: ColdReport) -> None:
         console.print(
             f"  {disk['destination']}: {disk['bytes'] / MIB:,.0f} MiB in "
             f"{disk['seconds']:.1f} s ({speed}), sha256 {str(disk['sha256'])[:16]}"
+        )
+    for change in report.pool_changes:
+        took = f"{change['seconds']:.1f} s" if change["seconds"] is not None else "not done"
+        digest = str(change["sha256"])[:16] if change["sha256"] else "not verified"
+        console.print(
+            f"  {change['target']}: {change['source']} -> {change['destination']}: "
+            f"{change['capacity'] / MIB:,.0f} MiB copied by the {change['copied_by']}'s QEMU "
+            f"in {took}, sha256 {digest} on both hosts"
         )
     where = report.placement.get("summary", "")
     style = "" if report.placement_ok else "[bold red]ATTENTION: "

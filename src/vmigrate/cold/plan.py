@@ -16,6 +16,7 @@ import posixpath
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from vmigrate.cold.pool_change import PoolChange
 from vmigrate.domxml.domain import InterfaceInfo
 from vmigrate.errors import OutOfSpace, UsageError, VmigrateError
 from vmigrate.facts import HostFacts, PoolFacts, VolumeInfo
@@ -84,6 +85,7 @@ class ColdPlan:
     changes: tuple[str, ...]
     restore_xml: str | None = None  # the running definition, rewritten, for --keep-state
     state_file: StateFile | None = None  # --keep-state: where the saved memory goes
+    pool_changes: tuple[PoolChange, ...] = ()  # disks QEMU copies into another kind of pool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +101,7 @@ class ColdPlan:
                 "shared_disks": tuple(data["shared_disks"]),
                 "changes": tuple(data["changes"]),
                 "state_file": StateFile(**state) if state else None,
+                "pool_changes": tuple(PoolChange(**c) for c in data.get("pool_changes", ())),
             }
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import shlex
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ from vmigrate.cold.plan import (
     state_file_size,
     validate_maps,
 )
+from vmigrate.cold.pool_change import PoolChange, pool_change_needs
+from vmigrate.cold.pool_change_facts import plan_pool_changes
+from vmigrate.cold.pool_change_steps import verify_step, write_step
 from vmigrate.cold.steps import CONNECT_TIMEOUT_S, ColdMove, ColdMoveError, ColdRequest, Rollback
 from vmigrate.journal import Journal
 
@@ -73,6 +76,7 @@ class ColdReport:
     placement_ok: bool
     plan: dict[str, Any]
     state: dict[str, Any] | None = None  # --keep-state: where the state file went, bytes moved
+    pool_changes: list[dict[str, Any]] = field(default_factory=list)  # QEMU's copies, digests
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,25 +122,6 @@ def build_plan(
     shared: list[str] = []
     probes: dict[str, ShareProbe] = {}
     shared_disk_pools: list[str] = []
-    for disk in summary.disks:
-        if disk.path is None or disk.source_type not in ("file", "block") or disk.readonly:
-            continue
-        chain = volume_chain(src, disk.path)
-        if chain is None:
-            raise UsageError(
-                f"{disk.target}: {disk.path} (or a file of its backing chain) is "
-                "in no storage pool on the source, so it cannot be copied",
-                vm=request.vm,
-                fix="define a pool for its directory",
-            )
-        pool = chain[0].pool
-        if pool not in probes:
-            probes[pool] = probe_shared_pool(src, dst, pool)
-        if probes[pool].shared:
-            shared.append(disk.target)
-            shared_disk_pools.append(pool)
-        else:
-            chains[disk.target] = chain
     dst_facts = (
         checked.destination
         if checked is not None and checked.destination is not None
@@ -157,6 +142,36 @@ def build_plan(
         interfaces=summary.interfaces,
         destination=dst_facts,
     )
+    src_facts: HostFacts | None = checked.source if checked is not None else None
+    pool_changes: tuple[PoolChange, ...] = ()
+    if request.pool_map:
+        src_facts = src_facts or gather_host_facts(src, src_ref)
+        pool_changes = plan_pool_changes(
+            request.pool_map, summary.disks, (src, dst), (src_facts, dst_facts)
+        )
+    _refuse_existing_files(pool_changes, dst, dst_ref, request.vm)
+    changed = {c.target for c in pool_changes}
+    for disk in summary.disks:
+        if disk.path is None or disk.source_type not in ("file", "block") or disk.readonly:
+            continue
+        if disk.target in changed:
+            continue
+        chain = volume_chain(src, disk.path)
+        if chain is None:
+            raise UsageError(
+                f"{disk.target}: {disk.path} (or a file of its backing chain) is "
+                "in no storage pool on the source, so it cannot be copied",
+                vm=request.vm,
+                fix="define a pool for its directory",
+            )
+        pool = chain[0].pool
+        if pool not in probes:
+            probes[pool] = probe_shared_pool(src, dst, pool)
+        if probes[pool].shared:
+            shared.append(disk.target)
+            shared_disk_pools.append(pool)
+        else:
+            chains[disk.target] = chain
     flatten = frozenset(t for t, c in chains.items() if request.flatten and len(c) > 1)
     copies = plan_copies(
         chains,
@@ -178,13 +193,13 @@ def build_plan(
                 "), or send the disk elsewhere with --pool-map",
             )
     if not request.force:  # --force: the copy itself finds out (and rolls back if it fails)
-        check_space(copies, dst_facts.pools)
+        check_space(copies, dst_facts.pools, pool_change_needs(pool_changes))
     state_file = None
     if request.keep_state:
         state_file = _plan_state(
             request,
             (src, dst),
-            (checked.source if checked else gather_host_facts(src, src_ref), dst_facts),
+            (src_facts or gather_host_facts(src, src_ref), dst_facts),
             copies,
             probes,
             tuple(shared_disk_pools),
@@ -194,6 +209,7 @@ def build_plan(
         disk_paths={c.source_path: c.destination_path for c in copies},
         networks=request.net_map,
         flattened=flatten,
+        disk_sources={c.target: c.new_xml for c in pool_changes},
     )
     result = rewrite_for_destination(xml, rewrite)
     # A saved state must come back with an ABI-identical definition: the running one.
@@ -216,7 +232,24 @@ def build_plan(
         changes=result.changes,
         restore_xml=restore_xml,
         state_file=state_file,
+        pool_changes=pool_changes,
     )
+
+
+def _refuse_existing_files(
+    changes: tuple[PoolChange, ...], dst: Connection, dst_ref: HostRef, vm: str
+) -> None:
+    """An exported image's new file must not exist there: it is never overwritten."""
+    for change in changes:
+        if change.new_file is not None and volume_at(dst, change.new_file) is not None:
+            raise VmigrateError(
+                f"{change.new_file} already exists on {dst_ref.name}; vmigrate never "
+                "overwrites a file it did not create",
+                vm=vm,
+                host=dst_ref.name,
+                fix="check it is not needed, then delete it "
+                f"({shlex.join(['virsh', '-c', dst_ref.uri, 'vol-delete', change.new_file])})",
+            )
 
 
 def _plan_state(
@@ -335,9 +368,28 @@ def _report(
             "shared_disks": list(plan.shared_disks),
             "changes": list(plan.changes),
             "state_file": asdict(plan.state_file) if plan.state_file else None,
+            "pool_changes": [c.describe() for c in plan.pool_changes],
         },
         state,
+        [_changed(change, journal) for change in plan.pool_changes],
     )
+
+
+def _changed(change: PoolChange, journal: Journal | None) -> dict[str, Any]:
+    """One pool change as the journal recorded it: QEMU's time, the digest both sides read."""
+    done = journal.detail(write_step(change)) if journal else {}
+    check = journal.detail(verify_step(change)) if journal else {}
+    return {
+        "target": change.target,
+        "kind": change.kind,
+        "source": change.source,
+        "destination": change.destination,
+        "destination_pool": change.destination_pool,
+        "copied_by": change.writer,
+        "capacity": change.capacity,
+        "seconds": done.get("seconds"),
+        "sha256": check.get("sha256"),
+    }
 
 
 def _copied(copy: VolumeCopy, journal: Journal | None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.cold.plan import ColdPlan, VolumeCopy
+from vmigrate.cold.pool_change_steps import PoolChangeSteps, verify_step, write_step
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.errors import VmigrateError
 from vmigrate.journal import Detail, Journal
@@ -84,6 +85,7 @@ class ColdMove:
     ) -> None:
         self.plan, self.request, self.src, self.dst = plan, request, src, dst
         self.journal, self.emit = journal, emit
+        self.pool_changes = PoolChangeSteps(src, dst, journal, plan.vm, emit)
 
     # ---- forward ---------------------------------------------------------------------
     def stop(self, previous: Detail) -> Detail:
@@ -315,6 +317,10 @@ class ColdMove:
             # Only the VM's own top images: backing files may serve other VMs.
             if copy.source_path in tops and domains.delete_volume(self.src, copy.source_path):
                 removed.append(copy.source_path)
+        for change in self.plan.pool_changes:
+            deleted = self.pool_changes.delete_original(change)
+            if deleted is not None:
+                removed.append(deleted)
         return {"removed": removed}
 
     def forward(self) -> None:
@@ -329,6 +335,9 @@ class ColdMove:
         for copy in self.plan.copies:
             if copy.flatten:
                 j.run(f"remove flattened {copy.source_path}", partial(self.remove_flat, copy))
+        for change in self.plan.pool_changes:
+            j.run(write_step(change), partial(self.pool_changes.write, change))
+            j.run(verify_step(change), partial(self.pool_changes.verify, change))
         state = self.plan.state_file
         if state is not None and not state.shared and self.saved():
             carrier = state.as_copy()  # like a disk: sparse, resumable, digest-verified
@@ -356,6 +365,7 @@ class ColdMove:
         restarted: two running copies of one VM are worse than one stopped VM.
         """
         result = Rollback()
+        changes = {write_step(c): c for c in self.plan.pool_changes}
         for record in self.journal.done_in_reverse():
             name, detail = record.name, record.detail
             if name == "delete source disks":
@@ -379,6 +389,12 @@ class ColdMove:
                     domains.delete_volume(self.dst, path)
                 except Exception as err:  # it answers no more: leave it
                     result.leftovers.append(f"{path} ({err})")
+                    continue
+            elif name in changes and detail.get("created"):
+                try:
+                    self.pool_changes.undo(changes[name], detail)
+                except Exception as err:  # it answers no more: leave it
+                    result.leftovers.append(f"{changes[name].destination} ({err})")
                     continue
             elif name.startswith("flatten ") and detail.get("created"):
                 with contextlib.suppress(Exception):  # a leftover temp file harms nobody

@@ -6,6 +6,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from vmigrate.domxml.disks import replace_disk_source
+
 # Elements that describe the source host's runtime, not the guest: libvirt regenerates them.
 _HOST_SPECIFIC = ("seclabel", "resource")
 
@@ -15,6 +17,8 @@ class Rewrite:
     disk_paths: dict[str, str] = field(default_factory=dict)  # source path -> destination path
     networks: dict[str, str] = field(default_factory=dict)  # network or bridge -> new name
     flattened: frozenset[str] = frozenset()  # disk targets whose chain became one image
+    #: disk target -> the <disk> it opens now (a file imported into rbd, an image exported)
+    disk_sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,11 @@ def rewrite_for_destination(domain_xml: str, rewrite: Rewrite) -> RewriteResult:
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
         name = target.get("dev", "?") if target is not None else "?"
+        if name in rewrite.disk_sources:
+            before = _source_name(disk)
+            replace_disk_source(disk, rewrite.disk_sources[name])
+            changes.append(f"{name}: {before} -> {_source_name(disk)}")
+            continue
         if name in rewrite.flattened:
             for backing in disk.findall("backingStore"):
                 disk.remove(backing)
@@ -56,6 +65,15 @@ def rewrite_for_destination(domain_xml: str, rewrite: Rewrite) -> RewriteResult:
                 source.set(attribute, rewrite.networks[old])
                 changes.append(f"interface {attribute} {old} -> {rewrite.networks[old]}")
     return RewriteResult(ET.tostring(root, encoding="unicode"), tuple(changes))
+
+
+def _source_name(disk: ET.Element) -> str:
+    source = disk.find("source")
+    if source is None:
+        return "(empty)"
+    if disk.get("type") == "network":
+        return f"{source.get('protocol', '?')} {source.get('name', '?')}"
+    return source.get("file") or source.get("dev") or "?"
 
 
 def parse_maps(values: tuple[str, ...], option: str) -> dict[str, str]:

@@ -1,0 +1,74 @@
+"""Disk elements for the pool changes of a cold move (pure): a local file, an rbd image as
+one host's rbd pool reaches it, and the paused helper domain whose QEMU copies between them.
+
+libvirt's rbd pool takes no volume upload or download, and no volume made from a file pool's
+volume (measured with libvirt 11.3), so only QEMU moves bytes into or out of Ceph without the
+cephx key leaving libvirt: a transient helper domain, started paused (its CPU never runs),
+opens the disk, and a block copy mirrors it into the new one.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+
+def file_disk_xml(path: str, fmt: str) -> str:
+    """A file disk; QEMU follows its backing chain as the image names it."""
+    disk = ET.Element("disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type=fmt)
+    ET.SubElement(disk, "source", file=path)
+    return ET.tostring(disk, encoding="unicode")
+
+
+def rbd_disk_xml(pool_xml: str, image: str) -> str:
+    """The raw rbd image `image` as the host whose pool this is reaches it: the same
+    monitors, Ceph pool, user and secret (secrets are per host, so each side uses its own)."""
+    pool = ET.fromstring(pool_xml)
+    ceph_pool = pool.findtext("source/name") or ""
+    disk = ET.Element("disk", type="network", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="raw")
+    source = ET.SubElement(disk, "source", protocol="rbd", name=f"{ceph_pool}/{image}")
+    for host in pool.findall("source/host"):
+        ET.SubElement(source, "host", {k: v for k, v in host.attrib.items() if v})
+    auth = pool.find("source/auth")
+    secret = auth.find("secret") if auth is not None else None
+    if auth is not None and secret is not None:
+        element = ET.SubElement(source, "auth", username=auth.get("username", ""))
+        ET.SubElement(element, "secret", {**secret.attrib, "type": "ceph"})
+    return ET.tostring(disk, encoding="unicode")
+
+
+def helper_domain_xml(name: str, disk_xml: str) -> str:
+    """A transient domain with only `disk_xml` as vda, started paused: nothing boots, the
+    guest never runs, QEMU just holds the disk open for a block copy. TCG works on every host."""
+    domain = ET.Element("domain", type="qemu")
+    ET.SubElement(domain, "name").text = name
+    ET.SubElement(domain, "memory", unit="MiB").text = "32"
+    ET.SubElement(ET.SubElement(domain, "os"), "type").text = "hvm"
+    devices = ET.SubElement(domain, "devices")
+    disk = ET.fromstring(disk_xml)
+    disk.set("device", "disk")
+    ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    devices.append(disk)
+    ET.SubElement(devices, "memballoon", model="none")
+    return ET.tostring(domain, encoding="unicode")
+
+
+def replace_disk_source(disk: ET.Element, new_disk_xml: str) -> None:
+    """Make a domain's <disk> open what `new_disk_xml` names, keeping its target, bus, cache
+    and address: type, driver format, source and auth change; the old backing chain goes."""
+    new = ET.fromstring(new_disk_xml)
+    disk.set("type", new.get("type", "file"))
+    for tag in ("source", "auth", "backingStore"):
+        for element in disk.findall(tag):
+            disk.remove(element)
+    driver = disk.find("driver")
+    new_driver = new.find("driver")
+    if driver is None:
+        driver = ET.Element("driver", name="qemu")
+        disk.insert(0, driver)
+    if new_driver is not None:
+        driver.set("type", new_driver.get("type", "raw"))
+    source = new.find("source")
+    if source is not None:
+        disk.insert(list(disk).index(driver) + 1, source)
