@@ -4,7 +4,10 @@ storage server hostB cannot reach."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -12,15 +15,17 @@ from typing import Any
 
 import pytest
 
+from vmigrate.domxml.domain import parse_domain
 from vmigrate.lab import link
-from vmigrate.lab.config import HOST_B
+from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL_PATH
 from vmigrate.lab.heartbeat import heartbeat_report, wait_for_console
 from vmigrate.lab.heartbeat_collector import send_to_guest
+from vmigrate.lab.hostfs import file_sha256, in_host, on_host
 from vmigrate.lab.lifecycle import HostStatus, connect, lab_down, lab_up
 from vmigrate.lab.processes import is_alive
 from vmigrate.lab.state import load_records
 from vmigrate.lab.storage import ceph, iscsi, nfs
-from vmigrate.lab.storage.common import load_servers, port_open
+from vmigrate.lab.storage.common import load_servers, port_open, wait_for
 from vmigrate.lab.storage.hosts import prepare_host
 from vmigrate.lab.storage.pools import RBD_SECRET_UUID
 from vmigrate.lab.storage.servers import server_pids, storage_status
@@ -34,6 +39,8 @@ pytestmark = pytest.mark.lab
 
 BACKENDS = ["iscsi", "rbd", "nfs"]
 LINK_RATE = "1gbit"
+#: A well-formed cephx key that is not client.libvirt's (made by ceph-authtool --gen-key).
+OTHER_KEY = "AQAmRw9rWpR7ABAAx8ZROWTSRZgwOB4d+LlAYQ=="
 STORAGE_PORTS = {
     iscsi.ISCSI_ADDRESS: (iscsi.ISCSI_PORT,),
     ceph.CEPH_ADDRESS: (ceph.MON_PORT, ceph.MON_V2_PORT, 6800),
@@ -241,6 +248,130 @@ def test_ceph_monitor_dropped_for_new_connections_fails_the_check_and_live_refus
         live = run_cli("live", vm_name, "--from", "hostA", "--to", "hostB")
         assert live.returncode != 0 and "storage.servers" in live.stdout + live.stderr
         assert locate_vm(vm_name) == {"hostA": "running"}
+    _verify_disk(vm_name, "hostA")
+
+
+def _content_sha256(host: str, path: str) -> str:
+    """SHA-256 of a disk's guest-visible bytes, read apart from vmigrate: qemu-img writes
+    them raw inside the host (where the backing file's path resolves), we hash the file."""
+    raw = f"{LOCAL_POOL_PATH}/.t-content-{secrets.token_hex(3)}.raw"
+    try:
+        in_host(host, "qemu-img", "convert", "-O", "raw", path, raw, check=True)
+        return file_sha256(on_host(host, raw))
+    finally:
+        on_host(host, raw).unlink(missing_ok=True)
+
+
+def _rbd(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """The `rbd` tool as the lab's Ceph admin: what Ceph itself holds, not a pool's listing."""
+    return subprocess.run(
+        ["rbd", "-c", str(ceph.CONF), *args], capture_output=True, check=True, timeout=120
+    )
+
+
+def _rbd_sha256(image: str) -> str:
+    return hashlib.sha256(_rbd("export", f"{ceph.RBD_POOL}/{image}", "-").stdout).hexdigest()
+
+
+def _rbd_images() -> list[str]:
+    return _rbd("ls", ceph.RBD_POOL).stdout.decode().split()
+
+
+def _cold(vm: str, source: str, destination: str, *extra: str) -> dict[str, Any]:
+    since = time.monotonic_ns()
+    result = run_cli("cold", vm, "--from", source, "--to", destination, "--json", *extra)
+    done = _done(result)
+    assert result.returncode == 0 and done["outcome"] == "completed", done
+    line = wait_for_console(vm, r"^DISK ", timeout=90, since_ns=since)  # checked on boot
+    assert line.text.startswith("DISK verify ok") and line.host == destination, line
+    return done
+
+
+def test_cold_pool_map_imports_a_local_chain_into_ceph_and_exports_it_back(
+    storage: list[HostStatus], vm_name: str
+) -> None:
+    """local:rbd and back: the same guest-visible bytes at every stage, by vmigrate's digests
+    (each host reading the disk it knows) and by qemu-img and `rbd export` apart from it."""
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local", disk_backing=True))
+    qcow2 = f"{LOCAL_POOL_PATH}/{vm_name}-vda.qcow2"
+    image = f"{vm_name}-vda"
+    conn = connect(HOST_A)
+    try:
+        conn.lookupByName(vm_name).shutdown()
+        wait_for(lambda: locate_vm(vm_name) == {"hostA": "shut off"}, timeout=60, what="shutdown")
+        original = _content_sha256("hostA", qcow2)  # a qcow2 on a raw backing file
+        conn.lookupByName(vm_name).create()
+    finally:
+        conn.close()
+    wait_for_console(vm_name, r"^DISK verify ok", timeout=90)
+
+    there = _cold(vm_name, "hostA", "hostB", "--pool-map", "local:rbd")
+    [imported] = there["pool_changes"]
+    assert imported["kind"] == "import" and imported["copied_by"] == "source", imported
+    assert imported["destination"] == f"{ceph.RBD_POOL}/{image}" and imported["sha256"]
+    assert there["bytes_moved"] == 0 and not there["disks"], there  # QEMU copied, not a stream
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    conn = connect(HOST_B)
+    try:
+        [vda] = parse_domain(conn.lookupByName(vm_name).XMLDesc(0)).disks
+    finally:
+        conn.close()
+    assert vda.network is not None and vda.network.name == f"{ceph.RBD_POOL}/{image}", vda
+    assert vda.format == "raw" and not vda.backing_chain
+    assert _rbd_sha256(image) == original
+
+    back = _cold(vm_name, "hostB", "hostA", "--pool-map", "rbd:local", "--delete-source-disks")
+    [exported] = back["pool_changes"]
+    assert exported["kind"] == "export" and exported["copied_by"] == "destination"
+    assert exported["sha256"] == imported["sha256"], (exported, imported)
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    assert file_sha256(on_host("hostA", exported["destination"])) == original
+    assert image not in _rbd_images()  # --delete-source-disks: the image went from Ceph
+    assert on_host("hostA", qcow2).exists()  # the first move kept its source disk
+
+
+def test_cold_pool_map_refuses_an_existing_image_and_rolls_back_a_wrong_key(
+    storage: list[HostStatus], vm_name: str
+) -> None:
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
+    image = f"{vm_name}-vda"
+    # Made behind libvirt's back, as another tool would: no pool lists it.
+    _rbd("create", "--size", "64", f"{ceph.RBD_POOL}/{image}")
+    try:
+        result = run_cli(
+            "cold", vm_name, "--from", "hostA", "--to", "hostB", "--pool-map", "local:rbd",
+            "--json",
+        )  # fmt: skip
+        done = _done(result)
+        assert result.returncode != 0 and done["outcome"] == "rolled back", done
+        # libvirt 11.3 words rbd's EEXIST as "No such file or directory": we say what it means.
+        assert f"making {ceph.RBD_POOL}/{image}" in done["message"], done["message"]
+        assert "never overwritten" in done["message"]
+        assert image in _rbd_images()  # not this job's: never deleted
+        assert locate_vm(vm_name) == {"hostA": "running"}  # refused before it stopped
+        assert heartbeat_report(vm_name).contiguous
+    finally:
+        _rbd("rm", f"{ceph.RBD_POOL}/{image}")
+
+    conn = connect(HOST_B)
+    try:
+        # hostB's secret holds some other key: its pool stays up, its QEMU cannot log in.
+        conn.secretLookupByUUIDString(RBD_SECRET_UUID).setValue(base64.b64decode(OTHER_KEY))
+        try:
+            result = run_cli(
+                "cold", vm_name, "--from", "hostA", "--to", "hostB", "--pool-map", "local:rbd",
+                "--json",
+            )  # fmt: skip
+            done = _done(result)
+            assert result.returncode != 0 and done["outcome"] == "rolled back", done
+            assert "on hostB" in done["message"] and "Permission denied" in done["message"]
+            assert image not in _rbd_images()  # the half-made image went with the rollback
+            assert conn.storagePoolLookupByName("rbd").isActive()  # never refreshed to death
+        finally:
+            prepare_host(conn, HOST_B, ["rbd"])
+    finally:
+        conn.close()
+    assert locate_vm(vm_name) == {"hostA": "running"}
     _verify_disk(vm_name, "hostA")
 
 

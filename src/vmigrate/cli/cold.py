@@ -81,13 +81,20 @@ def render_final(report: ColdReport) -> None:
             f"{disk['seconds']:.1f} s ({speed}), sha256 {str(disk['sha256'])[:16]}"
         )
     for change in report.pool_changes:
-        took = f"{change['seconds']:.1f} s" if change["seconds"] is not None else "not done"
-        digest = str(change["sha256"])[:16] if change["sha256"] else "not verified"
-        console.print(
-            f"  {change['target']}: {change['source']} -> {change['destination']}: "
-            f"{change['capacity'] / MIB:,.0f} MiB copied by the {change['copied_by']}'s QEMU "
-            f"in {took}, sha256 {digest} on both hosts"
-        )
+        line = f"  {change['target']}: {change['source']} -> {change['destination']}: "
+        if change["seconds"] is None:
+            line += "not copied"
+        else:
+            line += (
+                f"{change['capacity'] / MIB:,.0f} MiB copied by the {change['copied_by']}'s "
+                f"QEMU in {change['seconds']:.1f} s, "
+            )
+            line += (
+                f"sha256 {str(change['sha256'])[:16]} read on both hosts"
+                if change["sha256"]
+                else "not verified"
+            )
+        console.print(line)
     where = report.placement.get("summary", "")
     style = "" if report.placement_ok else "[bold red]ATTENTION: "
     console.print(f"  {style}where: {where}" + ("[/]" if style else ""))
@@ -244,6 +251,8 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
                     tasks["total"] = progress.add_task("all disks", total=total)
             elif kind == "job":
                 console.print(f"job {payload['job_id']} started")
+            elif kind == "warning":
+                console.print(f"[yellow]warning:[/] {payload['message']}")
 
         try:
             report = action(emit)

@@ -12,6 +12,7 @@ from vmigrate.errors import VmigrateError
 from vmigrate.journal import Detail, Journal
 from vmigrate.virt import domains
 from vmigrate.virt.connection import Connection
+from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.mirror import content_digest, destroy_helper, mirror_disk
 from vmigrate.virt.pool_volumes import create_raw_volume, delete_pool_volume, find_pool_volume
 
@@ -20,6 +21,10 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 class PoolChangeError(VmigrateError):
     """A disk could not be moved into its new pool; the job can be resumed or rolled back."""
+
+
+def reserve_step(change: PoolChange) -> str:
+    return f"reserve {change.destination}"
 
 
 def write_step(change: PoolChange) -> str:
@@ -32,9 +37,15 @@ def verify_step(change: PoolChange) -> str:
 
 class PoolChangeSteps:
     def __init__(
-        self, src: Connection, dst: Connection, journal: Journal, vm: str, emit: EventSink
+        self,
+        conns: tuple[Connection, Connection],
+        hosts: tuple[str, str],
+        journal: Journal,
+        vm: str,
+        emit: EventSink,
     ) -> None:
-        self.src, self.dst, self.journal, self.vm, self.emit = src, dst, journal, vm, emit
+        (self.src, self.dst), self.hosts = conns, hosts
+        self.journal, self.vm, self.emit = journal, vm, emit
 
     def _writer(self, change: PoolChange) -> Connection:
         return self.src if change.writer == "source" else self.dst
@@ -45,23 +56,40 @@ class PoolChangeSteps:
     def _new_volume_name(self, change: PoolChange) -> str:
         return change.image if change.kind == "import" else change.destination.rsplit("/", 1)[1]
 
-    def write(self, change: PoolChange, previous: Detail) -> Detail:
-        """Make the new volume (recorded first, so a crash leaves nothing unaccounted for)
-        and have the writer's QEMU copy every guest-visible byte into it."""
+    def reserve(self, change: PoolChange, previous: Detail) -> Detail:
+        """Make the new, empty volume while the VM still runs. Making it is the one test of
+        its name that asks the storage itself (an rbd pool's list is only as new as its last
+        refresh): if the name is taken, the move stops here and nothing has changed. It is
+        recorded as this job's only once made, so a rollback never deletes what it did not
+        make."""
+        if previous.get("created"):
+            return previous
         conn, name = self._writer(change), self._new_volume_name(change)
-        existing = find_pool_volume(conn, change.create_pool, name)
-        if existing is not None and not previous.get("created"):
+        host = self._writer_name(change)
+        try:
+            with libvirt_errors(host=host, vm=self.vm, doing=f"making {change.destination}"):
+                create_raw_volume(conn, change.create_pool, name, change.capacity)
+        except VmigrateError as err:
             raise PoolChangeError(
-                f"{change.destination} already exists and was not created by this job: it is "
-                "never overwritten",
+                f"{err.message}: if it exists already, it is not this job's and is never "
+                "overwritten",
+                host=host,
                 vm=self.vm,
-                fix=f"check it is not needed and remove it from pool {change.create_pool!r}, "
-                "then resume the job",
+                fix=f"check it is not needed and remove it from pool {change.create_pool!r} "
+                f"on {host}, or move the VM under another name; then retry",
+            ) from err
+        return {"created": True, "pool": change.create_pool, "volume": name}
+
+    def write(self, change: PoolChange, _previous: Detail) -> Detail:
+        """The writer's QEMU copies every guest-visible byte into the reserved volume."""
+        conn = self._writer(change)
+        reserved = self.journal.detail(reserve_step(change))
+        if find_pool_volume(conn, change.create_pool, str(reserved.get("volume"))) is None:
+            raise PoolChangeError(
+                f"{change.destination}, made by this job, is gone from pool {change.create_pool!r}",
+                vm=self.vm,
+                fix="roll the job back and move the VM again",
             )
-        detail: Detail = {"created": True, "pool": change.create_pool, "volume": name}
-        self.journal.record(write_step(change), "started", detail)
-        if existing is None:
-            create_raw_volume(conn, change.create_pool, name, change.capacity)
 
         def progress(done: int, total: int) -> None:
             self.emit("copy", {"path": change.source, "done": done, "total": total})
@@ -71,10 +99,13 @@ class PoolChangeSteps:
             self._helper(change, "copy"),
             change.read_xml,
             change.write_xml,
+            host=self._writer_name(change),
             progress=progress,
         )
-        domains.refresh_pool(self.dst, change.destination_pool)  # it lists the new volume
-        return {**detail, "seconds": round(seconds, 3)}
+        return {"seconds": round(seconds, 3)}
+
+    def _writer_name(self, change: PoolChange) -> str:
+        return self.hosts[0] if change.writer == "source" else self.hosts[1]
 
     def verify(self, change: PoolChange, _previous: Detail) -> Detail:
         """The source reads the original, the destination the new disk: equal digests."""
@@ -86,6 +117,7 @@ class PoolChangeSteps:
             scratch=(change.source_scratch_pool, scratch) if change.source_scratch_pool else None,
             capacity=change.capacity,
             helper=self._helper(change, "read"),
+            host=self.hosts[0],
         )
         copied = content_digest(
             self.dst,
@@ -96,6 +128,7 @@ class PoolChangeSteps:
             else None,
             capacity=change.capacity,
             helper=self._helper(change, "read"),
+            host=self.hosts[1],
         )
         if source != copied:
             raise PoolChangeError(
@@ -104,7 +137,20 @@ class PoolChangeSteps:
                 vm=self.vm,
                 fix="resume the job to copy again, or roll it back",
             )
-        return {"sha256": source}
+        refreshed = self._list_new_volume(change)
+        return {"sha256": source, "destination_pool_refreshed": refreshed}
+
+    def _list_new_volume(self, change: PoolChange) -> bool | str:
+        """Have the destination's pool list the new volume. Only now: a pool whose refresh
+        fails (a wrong key) is stopped by libvirt, and the digest just proved the key."""
+        if change.kind != "import":
+            return True  # made through that very pool, which lists it already
+        try:
+            domains.refresh_pool(self.dst, change.destination_pool)
+        except Exception as err:  # the image is there and verified; the listing is cosmetic
+            self.emit("warning", {"message": f"pool {change.destination_pool!r}: {err}"})
+            return str(err)
+        return True
 
     def undo(self, change: PoolChange, detail: Detail) -> None:
         """Remove the new volume this job made (and any helper an interrupted run left)."""
@@ -112,10 +158,8 @@ class PoolChangeSteps:
         for purpose in ("copy", "read"):
             with contextlib.suppress(Exception):
                 destroy_helper(conn, self._helper(change, purpose))
+        # The destination's pool is not refreshed: a refresh that fails stops the pool.
         delete_pool_volume(conn, str(detail.get("pool")), str(detail.get("volume")))
-        if change.writer == "source":
-            with contextlib.suppress(Exception):  # the destination's listing catches up later
-                domains.refresh_pool(self.dst, change.destination_pool)
 
     def delete_original(self, change: PoolChange) -> str | None:
         """--delete-source-disks: the original disk goes from the source (only the VM's own

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.cold.plan import ColdPlan, VolumeCopy
-from vmigrate.cold.pool_change_steps import PoolChangeSteps, verify_step, write_step
+from vmigrate.cold.pool_change_steps import (
+    PoolChangeSteps,
+    reserve_step,
+    verify_step,
+    write_step,
+)
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.errors import VmigrateError
 from vmigrate.journal import Detail, Journal
@@ -85,7 +90,9 @@ class ColdMove:
     ) -> None:
         self.plan, self.request, self.src, self.dst = plan, request, src, dst
         self.journal, self.emit = journal, emit
-        self.pool_changes = PoolChangeSteps(src, dst, journal, plan.vm, emit)
+        self.pool_changes = PoolChangeSteps(
+            (src, dst), (request.source, request.destination), journal, plan.vm, emit
+        )
 
     # ---- forward ---------------------------------------------------------------------
     def stop(self, previous: Detail) -> Detail:
@@ -325,6 +332,8 @@ class ColdMove:
 
     def forward(self) -> None:
         j = self.journal
+        for change in self.plan.pool_changes:  # while the VM runs: a taken name stops us here
+            j.run(reserve_step(change), partial(self.pool_changes.reserve, change))
         j.run("stop", self.stop)
         for copy in self.plan.copies:
             if copy.flatten:
@@ -365,7 +374,7 @@ class ColdMove:
         restarted: two running copies of one VM are worse than one stopped VM.
         """
         result = Rollback()
-        changes = {write_step(c): c for c in self.plan.pool_changes}
+        changes = {reserve_step(c): c for c in self.plan.pool_changes}
         for record in self.journal.done_in_reverse():
             name, detail = record.name, record.detail
             if name == "delete source disks":

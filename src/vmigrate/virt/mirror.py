@@ -51,19 +51,35 @@ def _helper(conn: libvirt.virConnect, name: str, disk_xml: str) -> Iterator[libv
             domain.destroy()
 
 
+@contextlib.contextmanager
+def qemu_errors(host: str, doing: str) -> Iterator[None]:
+    """libvirt's words when QEMU cannot open or copy a disk, with what to check."""
+    try:
+        yield
+    except libvirt.libvirtError as err:
+        raise MirrorError(
+            f"{doing} on {host}: {err.get_error_message() or err}",
+            host=host,
+            fix=f"check that {host} reaches the disk's storage servers (vmigrate check) and "
+            "that the secret its rbd pool names holds the cephx user's key there (virsh "
+            "secret-set-value); libvirt keeps secrets per host",
+        ) from err
+
+
 def mirror_disk(
     conn: libvirt.virConnect,
     helper: str,
     read_xml: str,
     write_xml: str,
     *,
+    host: str,
     progress: Progress | None = None,
 ) -> float:
     """Copy every guest-visible byte of `read_xml` into the existing `write_xml` disk, with
     this host's QEMU; the seconds it took. The copy is complete only once QEMU pivots to it
     (it refuses before the two are in sync), so a finished call means a whole copy."""
     started = time.monotonic()
-    with _helper(conn, helper, read_xml) as domain:
+    with qemu_errors(host, "copying the disk"), _helper(conn, helper, read_xml) as domain:
         domain.blockCopy("vda", write_xml, {}, libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
         last, moved_at = -1, time.monotonic()
         while True:
@@ -107,19 +123,22 @@ def content_digest(
     scratch: tuple[str, str] | None,
     capacity: int,
     helper: str,
+    host: str,
 ) -> str:
     """The digest of a disk's guest-visible bytes on this host: of the raw `file` as it is,
     or of a raw copy QEMU makes in `scratch` (pool, name), removed afterwards."""
-    if file is not None:
-        return volume_digest(conn, conn.storageVolLookupByPath(file))
-    if scratch is None:
-        raise MirrorError("no directory pool to read the disk into for its digest")
-    pool, name = scratch
-    delete_pool_volume(conn, pool, name)  # left by an interrupted run
-    volume = create_raw_volume(conn, pool, name, capacity)
-    try:
-        mirror_disk(conn, helper, disk_xml, file_disk_xml(volume.path(), "raw"))
-        return volume_digest(conn, volume)
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            volume.delete(0)
+    with qemu_errors(host, "reading the disk for its digest"):
+        if file is not None:
+            return volume_digest(conn, conn.storageVolLookupByPath(file))
+        if scratch is None:
+            raise MirrorError("no directory pool to read the disk into for its digest")
+        pool, name = scratch
+        delete_pool_volume(conn, pool, name)  # left by an interrupted run
+        volume = create_raw_volume(conn, pool, name, capacity)
+        try:
+            target = file_disk_xml(volume.path(), "raw")
+            mirror_disk(conn, helper, disk_xml, target, host=host)
+            return volume_digest(conn, volume)
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                volume.delete(0)
