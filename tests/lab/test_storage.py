@@ -30,9 +30,10 @@ from vmigrate.lab.storage.hosts import prepare_host
 from vmigrate.lab.storage.pools import RBD_SECRET_UUID
 from vmigrate.lab.storage.servers import server_pids, storage_status
 from vmigrate.lab.vms import LabVmRequest, add_network_disk, create_vm, locate_vm, remove_vm
+from vmigrate.store import JobStore
 
 from .firewall import dropped
-from .helpers import run_cli
+from .helpers import run_cli, start_cli
 from .test_lifecycle import _cmdlines, assert_nothing_left
 
 pytestmark = pytest.mark.lab
@@ -373,6 +374,94 @@ def test_cold_pool_map_refuses_an_existing_image_and_rolls_back_a_wrong_key(
         conn.close()
     assert locate_vm(vm_name) == {"hostA": "running"}
     _verify_disk(vm_name, "hostA")
+
+
+def _random_disk_vm(vm: str, megabytes: int) -> str:
+    """A shut-off VM on hostA whose 1 GiB raw disk starts with `megabytes` of random data
+    (random: nothing to skip or compress, so copying it takes a while)."""
+    conn = connect(HOST_A)
+    try:
+        volume = conn.storagePoolLookupByName("local").createXML(
+            f"<volume><name>{vm}-vda.img</name><capacity unit='GiB'>1</capacity>"
+            "<target><format type='raw'/></target></volume>",
+            0,
+        )
+        stream = conn.newStream(0)
+        volume.upload(stream, 0, megabytes << 20, 0)
+        for _ in range(megabytes):
+            stream.send(secrets.token_bytes(1 << 20))
+        stream.finish()
+        conn.defineXML(
+            f"<domain type='qemu'><name>{vm}</name><memory unit='MiB'>128</memory>"
+            "<os><type>hvm</type></os><devices>"
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{volume.path()}'/><target dev='vda' bus='virtio'/></disk>"
+            "</devices></domain>"
+        )
+        return str(volume.path())
+    finally:
+        conn.close()
+
+
+def _helper_domains() -> list[str]:
+    found = []
+    for host in (HOST_A, HOST_B):
+        conn = connect(host)
+        try:
+            found += [d.name() for d in conn.listAllDomains(0) if d.name().startswith("vmigrate-")]
+        finally:
+            conn.close()
+    return found
+
+
+@pytest.mark.parametrize("then", ["rollback", "resume"])
+def test_cold_pool_map_killed_mid_copy_into_ceph_then_rolled_back_or_resumed(
+    storage: list[HostStatus], vm_name: str, tmp_path: Path, then: str
+) -> None:
+    """vmigrate SIGKILLed while QEMU copies the disk into Ceph (or digests it): libvirt ends
+    the helper domains with our connection; a rollback leaves the source as it was and
+    nothing in Ceph, a resume finishes with the same bytes in Ceph."""
+    path = _random_disk_vm(vm_name, 400)
+    original = file_sha256(on_host("hostA", path))
+    image, store = f"{vm_name}-vda", tmp_path / "jobs.sqlite"
+    process = start_cli(
+        "cold", vm_name, "--from", "hostA", "--to", "hostB", "--pool-map", "local:rbd",
+        "--store", str(store), "--json",
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: any(
+                s.name == "pool change vda"
+                for job in (JobStore(store).jobs() if store.exists() else [])
+                for s in JobStore(store).steps(job.id)
+            ),
+            timeout=60,
+            what="the copy into Ceph to start",
+        )
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    [job] = JobStore(store).jobs()
+    assert job.state == "interrupted", job
+    states = {s.name: s.state for s in JobStore(store).steps(job.id)}
+    assert states["stop"] == "done" and states["pool change vda"] == "started", states
+    wait_for(lambda: not _helper_domains(), timeout=30, what="libvirt to end the helpers")
+    command = run_cli("jobs", "--store", str(store), then, str(job.id), "--json", timeout=300)
+    assert command.returncode == 0, command.stdout + command.stderr
+    done = _done(command)
+    if then == "rollback":
+        assert done["outcome"] == "rolled back", done
+        assert locate_vm(vm_name) == {"hostA": "shut off"}
+        assert image not in _rbd_images()
+    else:
+        assert done["outcome"] == "completed" and done["placement_ok"], done
+        assert locate_vm(vm_name) == {"hostB": "shut off"}
+        assert _rbd_sha256(image) == original
+    assert file_sha256(on_host("hostA", path)) == original  # the source disk, untouched
+    for host in ("hostA", "hostB"):  # no raw read for a digest left behind
+        assert not list(on_host(host, LOCAL_POOL_PATH).glob(".vmigrate-*")), host
+    assert not _helper_domains()
 
 
 def test_lab_down_leaves_no_storage_behind(storage: list[HostStatus]) -> None:

@@ -107,9 +107,13 @@ class PoolChangeSteps:
     def _writer_name(self, change: PoolChange) -> str:
         return self.hosts[0] if change.writer == "source" else self.hosts[1]
 
+    def _scratch(self, change: PoolChange) -> str:
+        """The raw read of a disk for its digest: hidden, and named after this job."""
+        return f".vmigrate-{self.journal.job_id}-{change.target}-digest.img"
+
     def verify(self, change: PoolChange, _previous: Detail) -> Detail:
         """The source reads the original, the destination the new disk: equal digests."""
-        scratch = f".vmigrate-{self.journal.job_id}-{change.target}-digest.img"
+        scratch = self._scratch(change)
         source = content_digest(
             self.src,
             change.original_xml,
@@ -151,6 +155,17 @@ class PoolChangeSteps:
             self.emit("warning", {"message": f"pool {change.destination_pool!r}: {err}"})
             return str(err)
         return True
+
+    def undo_verify(self, change: PoolChange) -> None:
+        """An interrupted digest may have left its raw read on either host."""
+        for conn, pool, host in (
+            (self.src, change.source_scratch_pool, self.hosts[0]),
+            (self.dst, change.destination_scratch_pool, self.hosts[1]),
+        ):
+            if pool is not None:
+                destroy_helper(conn, self._helper(change, "read"))
+                with libvirt_errors(host=host, vm=self.vm, doing="removing a digest's read"):
+                    delete_pool_volume(conn, pool, self._scratch(change))
 
     def undo(self, change: PoolChange, detail: Detail) -> None:
         """Remove the new volume this job made (and any helper an interrupted run left)."""

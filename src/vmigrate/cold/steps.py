@@ -375,6 +375,7 @@ class ColdMove:
         """
         result = Rollback()
         changes = {reserve_step(c): c for c in self.plan.pool_changes}
+        verified = {verify_step(c): c for c in self.plan.pool_changes}
         for record in self.journal.done_in_reverse():
             name, detail = record.name, record.detail
             if name == "delete source disks":
@@ -399,6 +400,9 @@ class ColdMove:
                 except Exception as err:  # it answers no more: leave it
                     result.leftovers.append(f"{path} ({err})")
                     continue
+            elif name in verified:
+                with contextlib.suppress(Exception):  # a leftover raw read harms nobody
+                    self.pool_changes.undo_verify(verified[name])
             elif name in changes and detail.get("created"):
                 try:
                     self.pool_changes.undo(changes[name], detail)
