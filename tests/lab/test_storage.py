@@ -331,6 +331,16 @@ def test_cold_pool_map_imports_a_local_chain_into_ceph_and_exports_it_back(
     assert on_host("hostA", qcow2).exists()  # the first move kept its source disk
 
 
+def _cold_into_ceph_rolled_back(vm: str) -> dict[str, Any]:
+    """`cold --pool-map local:rbd` that fails and is rolled back: its final report."""
+    result = run_cli(
+        "cold", vm, "--from", "hostA", "--to", "hostB", "--pool-map", "local:rbd", "--json"
+    )
+    done = _done(result)
+    assert result.returncode != 0 and done["outcome"] == "rolled back", done
+    return done
+
+
 def test_cold_pool_map_refuses_an_existing_image_and_rolls_back_a_wrong_key(
     storage: list[HostStatus], vm_name: str
 ) -> None:
@@ -339,12 +349,7 @@ def test_cold_pool_map_refuses_an_existing_image_and_rolls_back_a_wrong_key(
     # Made behind libvirt's back, as another tool would: no pool lists it.
     _rbd("create", "--size", "64", f"{ceph.RBD_POOL}/{image}")
     try:
-        result = run_cli(
-            "cold", vm_name, "--from", "hostA", "--to", "hostB", "--pool-map", "local:rbd",
-            "--json",
-        )  # fmt: skip
-        done = _done(result)
-        assert result.returncode != 0 and done["outcome"] == "rolled back", done
+        done = _cold_into_ceph_rolled_back(vm_name)
         # libvirt 11.3 words rbd's EEXIST as "No such file or directory": we say what it means.
         assert f"making {ceph.RBD_POOL}/{image}" in done["message"], done["message"]
         assert "never overwritten" in done["message"]
@@ -359,12 +364,7 @@ def test_cold_pool_map_refuses_an_existing_image_and_rolls_back_a_wrong_key(
         # hostB's secret holds some other key: its pool stays up, its QEMU cannot log in.
         conn.secretLookupByUUIDString(RBD_SECRET_UUID).setValue(base64.b64decode(OTHER_KEY))
         try:
-            result = run_cli(
-                "cold", vm_name, "--from", "hostA", "--to", "hostB", "--pool-map", "local:rbd",
-                "--json",
-            )  # fmt: skip
-            done = _done(result)
-            assert result.returncode != 0 and done["outcome"] == "rolled back", done
+            done = _cold_into_ceph_rolled_back(vm_name)
             assert "on hostB" in done["message"] and "Permission denied" in done["message"]
             assert image not in _rbd_images()  # the half-made image went with the rollback
             assert conn.storagePoolLookupByName("rbd").isActive()  # never refreshed to death
