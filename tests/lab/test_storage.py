@@ -320,13 +320,18 @@ def test_cold_pool_map_imports_a_local_chain_into_ceph_and_exports_it_back(
     assert vda.network is not None and vda.network.name == f"{ceph.RBD_POOL}/{image}", vda
     assert vda.format == "raw" and not vda.backing_chain
     assert _rbd_sha256(image) == original
+    used = json.loads(_rbd("du", "--format", "json", f"{ceph.RBD_POOL}/{image}").stdout)
+    assert used["images"][0]["used_size"] < 64 << 20, used  # thin in Ceph too
 
     back = _cold(vm_name, "hostB", "hostA", "--pool-map", "rbd:local", "--delete-source-disks")
     [exported] = back["pool_changes"]
     assert exported["kind"] == "export" and exported["copied_by"] == "destination"
     assert exported["sha256"] == imported["sha256"], (exported, imported)
     assert locate_vm(vm_name) == {"hostA": "running"}
-    assert file_sha256(on_host("hostA", exported["destination"])) == original
+    exported_file = on_host("hostA", exported["destination"])
+    assert file_sha256(exported_file) == original
+    # Sparse: QEMU's zeros stay holes (the guest wrote 16 MiB, the backing file 1 MiB).
+    assert exported_file.stat().st_blocks * 512 < 64 << 20, exported_file.stat()
     assert image not in _rbd_images()  # --delete-source-disks: the image went from Ceph
     assert on_host("hostA", qcow2).exists()  # the first move kept its source disk
 

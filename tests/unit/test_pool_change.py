@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from vmigrate.cold.plan import ColdPlan
+from vmigrate.cold.plan import ColdPlan, destination_for
 from vmigrate.cold.pool_change import (
     ExportSource,
     image_name_for,
     plan_export,
     plan_import,
     pool_change_needs,
+    refuse_clashes,
 )
 from vmigrate.domxml.disks import file_disk_xml, helper_domain_xml, rbd_disk_xml
 from vmigrate.domxml.domain import parse_domain
@@ -108,6 +109,13 @@ def test_helper_domain_holds_only_the_disk_and_never_boots() -> None:
     assert not summary.interfaces
     root = ET.fromstring(xml)
     assert root.find("os/kernel") is None and root.find("devices/interface") is None
+    # libvirt gives the copy's target this disk's discard mode: zeros stay holes.
+    driver = root.find("devices/disk/driver")
+    assert driver is not None and driver.get("discard") == "unmap"
+    assert (
+        ET.fromstring(helper_domain_xml("h", file_disk_xml("/a", "raw"), "kvm")).get("type")
+        == "kvm"
+    )
 
 
 def test_import_of_a_qcow2_chain_is_written_by_the_source_and_read_back_by_each_side() -> None:
@@ -121,7 +129,8 @@ def test_import_of_a_qcow2_chain_is_written_by_the_source_and_read_back_by_each_
     assert change.new_file is None and change.destination_scratch_pool == "local"
     assert ET.fromstring(change.read_xml).find("source").get("file") == f"{IMAGES}/vm-vda.qcow2"  # type: ignore[union-attr]
     assert "vmigrate/vm-vda" in change.write_xml and "vmigrate/vm-vda" in change.new_xml
-    assert pool_change_needs((change,)) == {"rbd": change.allocation}
+    # The new image in Ceph, and the destination's raw read of it, one disk at a time.
+    assert pool_change_needs((change,)) == {"rbd": change.allocation, "local": change.allocation}
     assert "rbd image vmigrate/vm-vda" in change.describe()
 
 
@@ -236,6 +245,19 @@ def test_the_destination_domain_opens_the_new_disk_and_keeps_the_rest() -> None:
     assert vda.format == "raw" and vda.network is None and "auth" not in again.xml
 
 
+def test_two_disks_never_become_one() -> None:
+    first = plan_import("vda", _chain(), "rbd", facts=FACTS, rbd_pool_xml=BOTH_RBD)
+    other = [replace(v, path=v.path.replace(IMAGES, "/srv/b")) for v in _chain()]
+    second = plan_import("vdb", other, "rbd", facts=FACTS, rbd_pool_xml=BOTH_RBD)
+    assert first.destination == second.destination == "vmigrate/vm-vda"
+    with pytest.raises(UsageError, match="vdb and vda would both become vmigrate/vm-vda"):
+        refuse_clashes((first, second))
+    exported = plan_export(_export_source(), "local", facts=FACTS, rbd_pool_xml=BOTH_RBD)
+    with pytest.raises(UsageError, match="vda and another disk's copy would both become"):
+        refuse_clashes((exported,), frozenset({f"{IMAGES}/vm-vda.img"}))
+    refuse_clashes((first, exported), frozenset({f"{IMAGES}/other.qcow2"}))
+
+
 def test_plan_with_pool_changes_round_trips_through_the_job_store_format() -> None:
     change = plan_import("vda", _chain(), "rbd", facts=FACTS, rbd_pool_xml=BOTH_RBD)
     plan = ColdPlan(
@@ -243,3 +265,9 @@ def test_plan_with_pool_changes_round_trips_through_the_job_store_format() -> No
         pool_changes=(change, replace(change, target="vdb")),
     )  # fmt: skip
     assert ColdPlan.from_dict(plan.to_dict()) == plan
+
+
+def test_a_backing_file_is_never_sent_alone_into_an_rbd_pool() -> None:
+    base = _chain()[1]
+    with pytest.raises(UsageError, match="only a VM's own disk files go into such a pool"):
+        destination_for(base, POOLS, pool_map={"local": "rbd"}, path_map={})

@@ -140,6 +140,13 @@ def destination_for(
             f"--pool-map names pool {name!r}, which is not active on the destination",
             fix="list its pools: virsh pool-list --all",
         )
+    if name is not None and by_name[name].target_path is None:
+        raise UsageError(
+            f"{volume.path} is in pool {volume.pool!r}, which --pool-map sends to "
+            f"{by_name[name].type} pool {name!r}: only a VM's own disk files go into such a "
+            "pool (as one image each), not a backing file another disk needs",
+            fix="flatten that disk (--flatten), or map its pool to a directory pool",
+        )
     pool = by_name.get(name or volume.pool) or next(
         (p for p in by_name.values() if p.target_path == volume.pool_path), None
     )

@@ -74,6 +74,7 @@ class ExportSource:
     destination_pool: str | None  # the destination's rbd pool that sees it, if any
     capacity: int
     allocation: int
+    destination_error: str | None = None  # the destination's pools could not be listed
 
 
 def image_name_for(path: str) -> str:
@@ -229,9 +230,10 @@ def plan_export(
             fix="map it to a directory pool, or leave the disk in Ceph (no --pool-map for it)",
         )
     if disk.destination_pool is None:
+        why = f" (listing its pools: {disk.destination_error})" if disk.destination_error else ""
         raise UsageError(
             f"{disk.target}: {destination_host} has no active rbd pool that holds image "
-            f"{disk.image!r}: its QEMU reads the image to write the file",
+            f"{disk.image!r}{why}: its QEMU reads the image to write the file",
             host=destination_host,
             fix=f"define and start an rbd pool on {destination_host} on the same Ceph pool "
             "(with its secret), then retry",
@@ -272,8 +274,31 @@ def plan_export(
 
 
 def pool_change_needs(changes: tuple[PoolChange, ...]) -> dict[str, int]:
-    """Bytes each destination pool takes for the new disks (rbd and directory pools alike)."""
+    """Bytes each destination pool takes: the new disks (rbd and directory pools alike), and
+    the raw read of a new disk for its digest (made and removed one disk at a time)."""
     need: dict[str, int] = {}
     for change in changes:
         need[change.destination_pool] = need.get(change.destination_pool, 0) + change.allocation
+    reads = [c for c in changes if c.destination_scratch_pool is not None]
+    for pool in {c.destination_scratch_pool for c in reads}:
+        assert pool is not None
+        largest = max(c.allocation for c in reads if c.destination_scratch_pool == pool)
+        need[pool] = need.get(pool, 0) + largest
     return need
+
+
+def refuse_clashes(
+    changes: tuple[PoolChange, ...], other_files: frozenset[str] = frozenset()
+) -> None:
+    """Two disks must never become one: two files of one name imported into one Ceph pool,
+    two images exported to one path, or an export onto a file another disk is copied to."""
+    seen: dict[str, str] = {}
+    for change in changes:
+        where = change.destination
+        if where in seen or where in other_files:
+            other = seen.get(where, "another disk's copy")
+            raise UsageError(
+                f"{change.target} and {other} would both become {where}",
+                fix="rename one of the files (or images) first, or move them in two steps",
+            )
+        seen[where] = change.target

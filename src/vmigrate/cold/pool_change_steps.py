@@ -24,7 +24,7 @@ class PoolChangeError(VmigrateError):
 
 
 def reserve_step(change: PoolChange) -> str:
-    return f"reserve {change.destination}"
+    return f"reserve {change.target}"
 
 
 def write_step(change: PoolChange) -> str:
@@ -66,17 +66,25 @@ class PoolChangeSteps:
             return previous
         conn, name = self._writer(change), self._new_volume_name(change)
         host = self._writer_name(change)
+        # Named before it is made: a run interrupted in between is then told what to check.
+        self.journal.record(reserve_step(change), "started", {"making": name})
         try:
             with libvirt_errors(host=host, vm=self.vm, doing=f"making {change.destination}"):
                 create_raw_volume(conn, change.create_pool, name, change.capacity)
         except VmigrateError as err:
+            interrupted = (
+                " (or this job made it just before it was interrupted: then remove it and resume)"
+                if previous.get("making")
+                else ""
+            )
             raise PoolChangeError(
-                f"{err.message}: if it exists already, it is not this job's and is never "
-                "overwritten",
+                f"{err.message}; if that name is taken, it is not this job's{interrupted} "
+                "and is never overwritten",
                 host=host,
                 vm=self.vm,
-                fix=f"check it is not needed and remove it from pool {change.create_pool!r} "
-                f"on {host}, or move the VM under another name; then retry",
+                fix=f"check whether pool {change.create_pool!r} on {host} holds "
+                f"{name!r} and whether it is needed; remove it or move the VM under another "
+                "name, then retry",
             ) from err
         return {"created": True, "pool": change.create_pool, "volume": name}
 
@@ -158,13 +166,13 @@ class PoolChangeSteps:
 
     def undo_verify(self, change: PoolChange) -> None:
         """An interrupted digest may have left its raw read on either host."""
-        for conn, pool, host in (
-            (self.src, change.source_scratch_pool, self.hosts[0]),
-            (self.dst, change.destination_scratch_pool, self.hosts[1]),
+        for conn, pool in (
+            (self.src, change.source_scratch_pool),
+            (self.dst, change.destination_scratch_pool),
         ):
             if pool is not None:
-                destroy_helper(conn, self._helper(change, "read"))
-                with libvirt_errors(host=host, vm=self.vm, doing="removing a digest's read"):
+                with contextlib.suppress(Exception):  # one host's leftover harms nobody
+                    destroy_helper(conn, self._helper(change, "read"))
                     delete_pool_volume(conn, pool, self._scratch(change))
 
     def undo(self, change: PoolChange, detail: Detail) -> None:

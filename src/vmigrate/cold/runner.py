@@ -23,7 +23,7 @@ from vmigrate.cold.plan import (
     state_file_size,
     validate_maps,
 )
-from vmigrate.cold.pool_change import PoolChange, pool_change_needs
+from vmigrate.cold.pool_change import PoolChange, pool_change_needs, refuse_clashes
 from vmigrate.cold.pool_change_facts import plan_pool_changes
 from vmigrate.cold.pool_change_steps import verify_step, write_step
 from vmigrate.cold.steps import CONNECT_TIMEOUT_S, ColdMove, ColdMoveError, ColdRequest, Rollback
@@ -180,6 +180,7 @@ def build_plan(
         path_map=request.path_map,
         flatten_targets=flatten,
     )
+    refuse_clashes(pool_changes, frozenset(c.destination_path for c in copies))
     for copy in copies:  # refused now, before the VM is stopped
         if volume_at(dst, copy.destination_path) is not None:
             raise VmigrateError(

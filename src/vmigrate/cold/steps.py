@@ -401,8 +401,7 @@ class ColdMove:
                     result.leftovers.append(f"{path} ({err})")
                     continue
             elif name in verified:
-                with contextlib.suppress(Exception):  # a leftover raw read harms nobody
-                    self.pool_changes.undo_verify(verified[name])
+                self.pool_changes.undo_verify(verified[name])
             elif name in changes and detail.get("created"):
                 try:
                     self.pool_changes.undo(changes[name], detail)

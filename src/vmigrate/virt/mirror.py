@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 
 import libvirt
@@ -29,6 +30,23 @@ class MirrorError(VmigrateError):
     """QEMU could not copy the disk."""
 
 
+def helper_type(conn: libvirt.virConnect) -> str:
+    """KVM where the host offers it (some distributions build QEMU without TCG), else TCG:
+    the helper's CPU never runs, so either serves."""
+    caps = ET.fromstring(conn.getCapabilities())
+    arch = caps.findtext("host/cpu/arch")
+    types: set[str] = set()
+    for guest in caps.findall("guest"):
+        offered = guest.find("arch")
+        if (
+            guest.findtext("os_type") == "hvm"
+            and offered is not None
+            and offered.get("name") == arch
+        ):
+            types |= {d.get("type", "") for d in offered.findall("domain")}
+    return "kvm" if "kvm" in types else "qemu"
+
+
 def destroy_helper(conn: libvirt.virConnect, name: str) -> bool:
     """Stop a helper domain left by an interrupted run; False if there is none."""
     domain = find_domain(conn, name)
@@ -43,7 +61,7 @@ def destroy_helper(conn: libvirt.virConnect, name: str) -> bool:
 def _helper(conn: libvirt.virConnect, name: str, disk_xml: str) -> Iterator[libvirt.virDomain]:
     destroy_helper(conn, name)
     flags = libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY
-    domain = conn.createXML(helper_domain_xml(name, disk_xml), flags)
+    domain = conn.createXML(helper_domain_xml(name, disk_xml, helper_type(conn)), flags)
     try:
         yield domain
     finally:

@@ -39,8 +39,12 @@ def find_pool_volume(
 
 
 def delete_pool_volume(conn: libvirt.virConnect, pool: str, name: str) -> bool:
-    """Delete volume `name` of `pool` (listed afresh first); False if it is not there."""
-    conn.storagePoolLookupByName(pool).refresh(0)
+    """Delete volume `name` of `pool`; False if it is not there. A directory pool is listed
+    afresh first; an rbd pool is not (a refresh that fails stops the pool), and it lists
+    what was made through it."""
+    handle = conn.storagePoolLookupByName(pool)
+    if pool_type(handle) != "rbd":
+        handle.refresh(0)
     volume = find_pool_volume(conn, pool, name)
     if volume is None:
         return False
