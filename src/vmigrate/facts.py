@@ -129,6 +129,7 @@ class NetworkVolume:
     pool_secret_uuid: str | None  # the secret the pool authenticates with (rbd, iSCSI CHAP)
     pools_looked_at: tuple[str, ...] = ()  # this host's pools on the same server and volume set
     error: str | None = None  # such a pool could not be listed (its server did not answer)
+    pool_secret_usage: str | None = None  # ... when the pool names it by usage
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,25 @@ def test_the_destination_sees_the_same_volume_through_its_own_pool() -> None:
     # the key is proven there, though its value cannot be read back.
     secret = only(found, "storage.secret", "vda")
     assert secret.verdict is Verdict.PASS and "the key works there" in secret.summary
+    # A pool that names the secret by its usage proves the key just the same.
+    by_usage = replace(here, pool_secret_uuid=None, pool_secret_usage="client.libvirt secret")
+    found = check_storage(
+        _input(
+            src_secrets=(_secret(None),),
+            dst_secrets=(_secret(None),),
+            network_disks=_views(vda=(here, by_usage)),
+        )
+    )
+    assert "the key works there" in only(found, "storage.secret", "vda").summary
+    elsewhere = replace(by_usage, pool_secret_usage="client.other secret")
+    found = check_storage(
+        _input(
+            src_secrets=(_secret(None),),
+            dst_secrets=(_secret(None),),
+            network_disks=_views(vda=(here, elsewhere)),
+        )
+    )
+    assert "was not verified" in only(found, "storage.secret", "vda").summary
 
 
 def test_another_size_fails_and_a_volume_the_pool_does_not_list_warns() -> None:

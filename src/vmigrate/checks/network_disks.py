@@ -111,7 +111,11 @@ def _secret(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding
         )
     view = _view(disk, facts)
     pool = view.destination if view is not None else None
-    if pool is not None and pool.pool and pool.pool_secret_uuid == there.uuid:
+    pool_uses_it = pool is not None and (
+        pool.pool_secret_uuid == there.uuid
+        or bool(pool.pool_secret_usage and pool.pool_secret_usage == there.usage_id)
+    )
+    if pool is not None and pool.pool and pool_uses_it:
         # The pool is active and listed the volume: librados there logged in with this key
         # when the pool was last started or refreshed.
         said = (

@@ -238,16 +238,24 @@ def find_network_volume(conn: libvirt.virConnect, source: NetworkSource) -> Netw
     error (the host, a pool's server, its secret) is the answer's `error`, not a failure."""
     looked_at: list[str] = []
     secret: str | None = None
+    usage: str | None = None
     try:
         for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
             match = match_pool(pool.XMLDesc(0), source)
             if match is None:
                 continue
             looked_at.append(pool.name())
-            secret = match.secret_uuid
+            secret, usage = match.secret_uuid, match.secret_usage
             found = _volume_in(pool, match)
             if found is not None:
-                return NetworkVolume(pool.name(), found[0], found[1], secret, tuple(looked_at))
+                return NetworkVolume(
+                    pool.name(),
+                    found[0],
+                    found[1],
+                    secret,
+                    tuple(looked_at),
+                    pool_secret_usage=usage,
+                )
     except libvirt.libvirtError as err:
         return NetworkVolume(
             None, None, None, secret, tuple(looked_at), error=err.get_error_message()

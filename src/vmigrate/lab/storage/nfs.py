@@ -7,6 +7,7 @@ QEMU opens disks there with libnfs (`nfs://ADDR/PATH`): no kernel client, no mou
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,14 @@ from vmigrate.lab.processes import (
     spawn_daemon,
     terminate,
 )
-from vmigrate.lab.storage.common import STORAGE_DIR, ServerRecord, port_open, tool, wait_for
+from vmigrate.lab.storage.common import (
+    STORAGE_DIR,
+    ServerRecord,
+    port_open,
+    run,
+    tool,
+    wait_for,
+)
 
 NFS_ADDRESS = "127.0.0.22"
 NFS_PORT = 2049
@@ -28,6 +36,8 @@ FORWARDED_PORTS = (PORTMAP_PORT, NFS_PORT, MOUNTD_PORT)
 NFS_DIR = STORAGE_DIR / "nfs"
 #: The exported directory. NFSv3 clients name files by the export's real path.
 EXPORT_DIR = NFS_DIR / "export"
+#: The server's network namespace, bound onto a file (see _pin_namespace).
+NETNS_PIN = NFS_DIR / "netns"
 _PACKAGE = "nfs-ganesha, nfs-ganesha-vfs, rpcbind and socat"
 #: What runs in the server's namespace.
 _SERVER_PROGRAMS = ("ganesha.nfsd", "rpcbind", "python3", "python3.11", "unshare")
@@ -75,6 +85,23 @@ def _ganesha_pid(holder: int) -> int | None:
     return None
 
 
+def _pin_namespace(holder: int) -> Path:
+    """The server's network namespace bound onto a file of the lab's: the forwarders enter it
+    by that name, never through a PID another process could take once the server ends (a
+    pinned namespace outlives its processes, and then refuses every connection)."""
+    _unpin_namespace()
+    NETNS_PIN.touch(mode=0o600)
+    mount = tool("mount", "util-linux")
+    run([mount, "--bind", f"/proc/{holder}/ns/net", str(NETNS_PIN)], what="pinning NFS' netns")
+    return NETNS_PIN
+
+
+def _unpin_namespace() -> None:
+    while NETNS_PIN.exists() and os.path.ismount(NETNS_PIN):
+        run([tool("umount", "util-linux"), str(NETNS_PIN)], what="unpinning NFS' netns")
+    NETNS_PIN.unlink(missing_ok=True)
+
+
 def start_nfs() -> ServerRecord:
     for directory in ("export", "run", "recovery", "log"):
         (NFS_DIR / directory).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -105,9 +132,9 @@ def start_nfs() -> ServerRecord:
         )
         # Recorded so that `lab down` finds rpcbind even when ganesha died first.
         record.details["mount_namespace"] = mount_namespace_of(holder)
-        namespace = f"--net=/proc/{holder}/ns/net"
+        namespace = f"--net={_pin_namespace(holder)}"
         for port in FORWARDED_PORTS:
-            # socat runs no shell: EXEC splits its fixed words itself (a PID and a port);
+            # socat runs no shell: EXEC splits its fixed words itself (a path and a port);
             # a colon inside it must be escaped or socat reads it as its own separator.
             inside = rf"{nsenter} {namespace} {socat} STDIO TCP\:127.0.0.1\:{port}"
             listen = f"TCP-LISTEN:{port},bind={NFS_ADDRESS},reuseaddr,fork"
@@ -170,6 +197,7 @@ def stop_nfs(record: ServerRecord) -> list[int]:
         if Path(executable_of(pid)).name in _SERVER_PROGRAMS
     ]
     killed += terminate(sorted(set(inside) | ({holder} & set(own))), grace_seconds=5.0)
+    _unpin_namespace()
     return killed
 
 
