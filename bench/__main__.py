@@ -1,8 +1,8 @@
 """One command for the whole benchmark suite, or one scenario, then docs/benchmarks.md.
 
-    sudo .venv/bin/python -m bench                    # L1-L4, C1-C3, S1, check, E1, P1, B1, report
-    sudo .venv/bin/python -m bench --scenario L3      # one scenario (repeatable), report
-    sudo .venv/bin/python -m bench --quick            # one small L1 round (what CI runs)
+    sudo .venv/bin/python -m bench              # L1-L4, C1-C3, S1-S3, check, E1, P1, B1, report
+    sudo .venv/bin/python -m bench --scenario L3  # one scenario (repeatable), report
+    sudo .venv/bin/python -m bench --quick        # one small L1 round (what CI runs)
 
 Needs root; brings the lab up if it is not. Each scenario's latest results are kept in
 bench/results/, so re-running one scenario keeps the others in the report.
@@ -18,7 +18,7 @@ from bench.cold import SCENARIOS as COLD
 from bench.live import SCENARIOS as LIVE
 from vmigrate.lab.lifecycle import lab_up
 
-CHOICES = sorted(LIVE) + sorted(COLD) + ["S1", "check", "E1", "P1", "B1"]
+CHOICES = sorted(LIVE) + sorted(COLD) + ["S1", "S2", "S3", "check", "E1", "P1", "B1"]
 
 
 def _run(module: str, *args: str) -> None:
@@ -44,6 +44,12 @@ def main() -> None:
         _run("bench.cold", *cold, f"--pairs={args.pairs or 1}")
     if "S1" in chosen:
         _run("bench.storage", f"--pairs={args.pairs or 2}")
+    if {"S2", "S3"} & set(chosen):
+        lab_up(storage=["rbd"])  # the lab's Ceph, beside the hosts
+    if "S2" in chosen:
+        _run("bench.network_storage", f"--pairs={args.pairs or 2}")
+    if "S3" in chosen:
+        _run("bench.ceph_import", f"--pairs={args.pairs or 2}")
     if "check" in chosen:
         _run("bench.check")
     fleet = [f"--scenario={s}" for s in chosen if s in ("E1", "P1", "B1")]

@@ -282,6 +282,41 @@ def network_storage_section(data: dict[str, Any]) -> list[str]:
     return lines + _disk_move_rows(runs, "vmigrate on rbd", ours_over_theirs=False)
 
 
+def ceph_import_section(data: dict[str, Any]) -> list[str]:
+    runs = data["runs"]
+    lines = [
+        "## A running guest's local disks into Ceph, cold (S3)",
+        "",
+        "A 256 MiB guest with two local qcow2 disks on hostA (vda on a raw backing file with "
+        f"the guest's 16 MiB, vdb 1 GiB holding {data['vdb_data_mib']} MiB), brought to hostB "
+        f"running from rbd images, {data['pairs']} round(s), tools alternating: vmigrate "
+        "`cold --pool-map local:rbd` (hostA's QEMU copies each disk into Ceph, both hosts "
+        "digest, then define, start, undefine), and the script operators run today (shut "
+        "down, `qemu-img convert -O raw FILE rbd:POOL/IMAGE` on hostA with the Ceph admin "
+        "keyring in a file there, define on hostB with the disks rewritten, start, undefine). "
+        "Total: the command, from the running guest to it running on hostB; downtime: its "
+        "last beat on hostA to its first on hostB. Regenerate: `sudo .venv/bin/python -m "
+        "bench --scenario S3`.",
+        "",
+        "| tool | ok | total s | ÷ vmigrate | downtime s | Ceph holds MiB | digests compared "
+        "| guest found its data |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ours = [r["total_s"] for r in runs if r["tool"].startswith("vmigrate") and _ok(r)]
+    for tool in dict.fromkeys(r["tool"] for r in runs):
+        these = [r for r in runs if r["tool"] == tool]
+        ok = [r for r in these if _ok(r)]
+        totals = [r["total_s"] for r in ok]
+        lines.append(
+            f"| {tool} | {len(ok)}/{len(these)} | {_spread(totals)} | "
+            f"{'' if tool.startswith('vmigrate') else _ratio(totals, ours)} | "
+            f"{_spread([r['downtime_s'] for r in ok])} | "
+            f"{_spread([r['ceph_used'] / MIB for r in ok], '{:.0f}')} | "
+            f"{all(r['verified'] for r in ok)} | {all(r['guest_found_data'] for r in ok)} |"
+        )
+    return [*lines, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.report")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -440,6 +475,9 @@ def render(results: Path, doc: Path) -> str:
     network_storage = results / "network-storage.json"
     if network_storage.exists():
         parts += network_storage_section(json.loads(network_storage.read_text()))
+    ceph_import = results / "ceph-import.json"
+    if ceph_import.exists():
+        parts += ceph_import_section(json.loads(ceph_import.read_text()))
     fleet = results / "fleet.json"
     if fleet.exists():
         parts += fleet_section(json.loads(fleet.read_text()))

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import libvirt
 
@@ -33,6 +34,13 @@ from vmigrate.lab.heartbeat import heartbeat_report
 from vmigrate.lab.vms import LabVmRequest, add_disk, create_vm, remove_vm
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveRequest, migrate_live
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Run = TypeVar("Run", bound=DataclassInstance)
+else:
+    Run = TypeVar("Run")
 
 LINK = "1gbit"
 VDB_DATA_MIB = 256
@@ -124,14 +132,14 @@ def move(tool: str, vm: str, *, copy_storage: bool) -> str:
 
 def run_alternating(
     tools: tuple[str, ...],
-    run_once: Callable[[str, int], StorageRun],
+    run_once: Callable[[str, int], Run],
     *,
     pairs: int,
     out: Path,
 ) -> None:
     """Every tool once per round, in turn order reversed every other round; the results
     file is rewritten after each run, so an interrupted run keeps what it measured."""
-    runs: list[StorageRun] = []
+    runs: list[Run] = []
     for round_no in range(pairs):
         for tool in tools if round_no % 2 == 0 else tuple(reversed(tools)):
             run = run_once(tool, round_no)
