@@ -95,3 +95,21 @@ def test_storage_backends_are_a_checked_subset() -> None:
     assert parse_backends("") == ()
     with pytest.raises(UsageError, match="unknown storage backend gluster"):
         parse_backends("iscsi,gluster")
+
+
+def test_status_table_keeps_each_address_whole_in_80_columns() -> None:
+    from rich.console import Console
+
+    from vmigrate.cli.lab import _storage_table
+    from vmigrate.lab.storage.servers import StorageStatus
+
+    servers = [
+        StorageStatus("iscsi", "tgtd (tgt 1.0.85)", "127.0.0.20", 3260, True, "serving", 0.2, 4),
+        StorageStatus("rbd", "Ceph", "127.0.0.21", 6789, True, "HEALTH_OK", 12.7, 386),
+        StorageStatus("nfs", "NFS-Ganesha 4.3", "127.0.0.22", 2049, True, "serving", 0.4, 25),
+    ]  # fmt: skip
+    console = Console(width=80, record=True)
+    console.print(_storage_table(servers))
+    text = console.export_text()
+    for address in ("127.0.0.20:3260", "127.0.0.21:6789", "127.0.0.22:2049", "HEALTH_OK"):
+        assert address in text

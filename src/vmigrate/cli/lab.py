@@ -42,7 +42,7 @@ def _print_json(value: object) -> None:
 def _status_table(hosts: list[HostStatus]) -> Table:
     table = Table(title="vmigrate lab")
     for column in ("host", "serves", "capacity", "daemon", "libvirt", "QEMU", "accel", "VMs"):
-        table.add_column(column)
+        table.add_column(column, min_width=11 if column == "serves" else None)
     for host in hosts:
         daemon = f"pid {host.pid}" if host.running else "[red]stopped[/]"
         if host.problem:
@@ -98,7 +98,8 @@ def _print_uris(hosts: list[HostStatus]) -> None:
 def _storage_table(servers: list[StorageStatus]) -> Table:
     table = Table(title="lab storage")
     for column in ("backend", "server", "address", "health", "started in", "memory"):
-        table.add_column(column)
+        # An address is copied from here: never cut it (the server's name wraps instead).
+        table.add_column(column, no_wrap=column in ("address", "health"))
     for server in servers:
         health = (
             server.health
