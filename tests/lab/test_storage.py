@@ -22,10 +22,11 @@ from vmigrate.lab.heartbeat import heartbeat_report, wait_for_console
 from vmigrate.lab.heartbeat_collector import send_to_guest
 from vmigrate.lab.hostfs import file_sha256, in_host, on_host
 from vmigrate.lab.lifecycle import HostStatus, connect, lab_down, lab_up
+from vmigrate.lab.ports import port_open, wait_for
 from vmigrate.lab.processes import is_alive
 from vmigrate.lab.state import load_records
 from vmigrate.lab.storage import ceph, iscsi, nfs
-from vmigrate.lab.storage.common import load_servers, port_open, wait_for
+from vmigrate.lab.storage.common import load_servers
 from vmigrate.lab.storage.hosts import prepare_host
 from vmigrate.lab.storage.pools import RBD_SECRET_UUID
 from vmigrate.lab.storage.servers import server_pids, storage_status

@@ -4,14 +4,14 @@ host's libvirt socket), on the host's address only, keys only, root's keys in it
 
 from __future__ import annotations
 
+import functools
 import shutil
-import socket
-import time
 from pathlib import Path
 
-from vmigrate.errors import EnvironmentProblem, LabError
+from vmigrate.errors import EnvironmentProblem
 from vmigrate.lab.config import LabHost
 from vmigrate.lab.credentials import HOST_KEY_NAME
+from vmigrate.lab.ports import port_open, wait_for
 from vmigrate.lab.processes import (
     executable_of,
     pids_in_mount_namespace,
@@ -72,17 +72,10 @@ def stop_sshd(mount_namespace: str) -> None:
 
 
 def wait_for_port(address: str, port: int, *, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((address, port), timeout=1).close()
-        except OSError as err:
-            if time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
-                raise LabError(
-                    f"{what} does not answer on {address}:{port}: {err}; its log says:\n{tail}",
-                    fix=f"is something else listening on {address}:{port}? Stop it and retry",
-                ) from err
-            time.sleep(0.1)
-        else:
-            return
+    wait_for(
+        functools.partial(port_open, address, port),
+        timeout=timeout,
+        what=f"{what} does not answer on {address}:{port}",
+        log=log,
+        fix=f"is something else listening on {address}:{port}? Stop it and retry",
+    )

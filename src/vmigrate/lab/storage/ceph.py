@@ -10,8 +10,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from vmigrate.lab.ports import port_open, wait_for
 from vmigrate.lab.processes import spawn_daemon, terminate
-from vmigrate.lab.storage.common import STORAGE_DIR, ServerRecord, port_open, run, tool, wait_for
+from vmigrate.lab.storage.common import STORAGE_DIR, ServerRecord, run, tool
 
 CEPH_ADDRESS = "127.0.0.21"
 MON_PORT = 6789  # msgr v1; v2 listens on 3300 beside it

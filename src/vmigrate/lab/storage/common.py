@@ -1,15 +1,12 @@
 """What the lab's storage servers share: their directory, finding their programs, running a
-command with a clear error, waiting for a port, and the record `lab down` stops them by."""
+command with a clear error, and the record `lab down` stops them by."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,29 +49,6 @@ def run(command: list[str], *, what: str, timeout: float = 60.0) -> str:
         said = (result.stderr.strip() or result.stdout.strip())[-800:]
         raise LabError(f"{what}: `{Path(command[0]).name}` failed: {said}")
     return result.stdout
-
-
-def port_open(address: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        socket.create_connection((address, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def wait_for(
-    check: Callable[[], bool], *, timeout: float, what: str, log: Path | None = None
-) -> None:
-    """Poll `check()` until it is true; a LabError quoting the server's log when it never is."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-800:] if log and log.exists() else ""
-            raise LabError(
-                f"{what} after {timeout:.0f} s" + (f"; its log says:\n{tail}" if tail else ""),
-                fix="see the log, then `vmigrate lab down` and `vmigrate lab up --storage ...`",
-            )
-        time.sleep(0.2)
 
 
 def is_vm_disk(vm: str, name: str) -> bool:

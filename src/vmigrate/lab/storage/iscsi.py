@@ -10,16 +10,9 @@ import json
 from pathlib import Path
 
 from vmigrate.errors import LabError
+from vmigrate.lab.ports import port_open, wait_for
 from vmigrate.lab.processes import spawn_daemon, terminate
-from vmigrate.lab.storage.common import (
-    STORAGE_DIR,
-    ServerRecord,
-    is_vm_disk,
-    port_open,
-    run,
-    tool,
-    wait_for,
-)
+from vmigrate.lab.storage.common import STORAGE_DIR, ServerRecord, is_vm_disk, run, tool
 
 ISCSI_ADDRESS = "127.0.0.20"
 ISCSI_PORT = 3260

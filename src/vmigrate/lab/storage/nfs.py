@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vmigrate.lab.ports import port_open, wait_for
 from vmigrate.lab.processes import (
     executable_of,
     mount_namespace_of,
@@ -19,14 +20,7 @@ from vmigrate.lab.processes import (
     spawn_daemon,
     terminate,
 )
-from vmigrate.lab.storage.common import (
-    STORAGE_DIR,
-    ServerRecord,
-    port_open,
-    run,
-    tool,
-    wait_for,
-)
+from vmigrate.lab.storage.common import STORAGE_DIR, ServerRecord, run, tool
 
 NFS_ADDRESS = "127.0.0.22"
 NFS_PORT = 2049
