@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vmigrate.cold.pool_change import PoolChange
@@ -115,33 +116,38 @@ class PoolChangeSteps:
     def _writer_name(self, change: PoolChange) -> str:
         return self.hosts[0] if change.writer == "source" else self.hosts[1]
 
-    def _scratch(self, change: PoolChange) -> str:
-        """The raw read of a disk for its digest: hidden, and named after this job."""
-        return f".vmigrate-{self.journal.job_id}-{change.target}-digest.img"
+    def _scratch(self, change: PoolChange, side: str) -> str:
+        """The raw read of a disk for its digest: hidden, named after this job and the side
+        (both sides may write into one shared pool at once)."""
+        return f".vmigrate-{self.journal.job_id}-{change.target}-{side}-digest.img"
 
     def verify(self, change: PoolChange, _previous: Detail) -> Detail:
-        """The source reads the original, the destination the new disk: equal digests."""
-        scratch = self._scratch(change)
-        source = content_digest(
-            self.src,
-            change.original_xml,
-            file=change.original_file,
-            scratch=(change.source_scratch_pool, scratch) if change.source_scratch_pool else None,
-            capacity=change.capacity,
-            helper=self._helper(change, "read"),
-            host=self.hosts[0],
-        )
-        copied = content_digest(
-            self.dst,
-            change.new_xml,
-            file=change.new_file,
-            scratch=(change.destination_scratch_pool, scratch)
-            if change.destination_scratch_pool
-            else None,
-            capacity=change.capacity,
-            helper=self._helper(change, "read"),
-            host=self.hosts[1],
-        )
+        """The source reads the original, the destination the new disk, both at once (two
+        hosts, two QEMUs): equal digests."""
+        source_pool, destination_pool = change.source_scratch_pool, change.destination_scratch_pool
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            reading = pool.submit(
+                content_digest,
+                self.src,
+                change.original_xml,
+                file=change.original_file,
+                scratch=(source_pool, self._scratch(change, "source")) if source_pool else None,
+                capacity=change.capacity,
+                helper=self._helper(change, "read"),
+                host=self.hosts[0],
+            )
+            copied = content_digest(
+                self.dst,
+                change.new_xml,
+                file=change.new_file,
+                scratch=(destination_pool, self._scratch(change, "destination"))
+                if destination_pool
+                else None,
+                capacity=change.capacity,
+                helper=self._helper(change, "read"),
+                host=self.hosts[1],
+            )
+            source = reading.result()
         if source != copied:
             raise PoolChangeError(
                 f"{change.target}: digest mismatch between {change.source} on the source "
@@ -166,14 +172,14 @@ class PoolChangeSteps:
 
     def undo_verify(self, change: PoolChange) -> None:
         """An interrupted digest may have left its raw read on either host."""
-        for conn, pool in (
-            (self.src, change.source_scratch_pool),
-            (self.dst, change.destination_scratch_pool),
+        for conn, pool, side in (
+            (self.src, change.source_scratch_pool, "source"),
+            (self.dst, change.destination_scratch_pool, "destination"),
         ):
             if pool is not None:
                 with contextlib.suppress(Exception):  # one host's leftover harms nobody
                     destroy_helper(conn, self._helper(change, "read"))
-                    delete_pool_volume(conn, pool, self._scratch(change))
+                    delete_pool_volume(conn, pool, self._scratch(change, side))
 
     def undo(self, change: PoolChange, detail: Detail) -> None:
         """Remove the new volume this job made (and any helper an interrupted run left)."""
