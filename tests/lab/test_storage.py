@@ -382,6 +382,25 @@ def test_cold_pool_map_refuses_an_existing_image_and_rolls_back_a_wrong_key(
     _verify_disk(vm_name, "hostA")
 
 
+def test_cold_pool_map_with_keep_state_resumes_the_guest_on_its_new_image(
+    storage: list[HostStatus], vm_name: str
+) -> None:
+    """The saved state comes back on hostB with the disk now an rbd image: the guest goes on
+    where it stopped (its heartbeat contiguous), not rebooted, and reads its pattern there."""
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
+    result = run_cli(
+        "cold", vm_name, "--from", "hostA", "--to", "hostB", "--pool-map", "local:rbd",
+        "--keep-state", "--json",
+    )  # fmt: skip
+    done = _done(result)
+    assert result.returncode == 0 and done["outcome"] == "completed", done
+    assert done["state"]["sha256"] and done["pool_changes"][0]["sha256"], done
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    assert heartbeat_report(vm_name).contiguous  # resumed, not booted again
+    _verify_disk(vm_name, "hostB")
+    assert f"{vm_name}-vda" in _rbd_images()
+
+
 def _random_disk_vm(vm: str, megabytes: int) -> str:
     """A shut-off VM on hostA whose 1 GiB raw disk starts with `megabytes` of random data
     (random: nothing to skip or compress, so copying it takes a while)."""
