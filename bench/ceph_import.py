@@ -75,7 +75,10 @@ def _by_script(vm: str) -> str:
     try:
         domain = source.lookupByName(vm)
         domain.shutdown()
+        deadline = time.monotonic() + 60
         while domain.isActive():
+            if time.monotonic() > deadline:
+                return "the guest did not shut down in 60 s"
             time.sleep(0.2)
         xml = domain.XMLDesc(2)
         pool_xml = destination.storagePoolLookupByName("rbd").XMLDesc(0)
@@ -133,7 +136,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/ceph-import.json"))
     args = parser.parse_args()
-    run_alternating(TOOLS, run_once, pairs=args.pairs, out=args.out)
+    setting: dict[str, object] = {"vdb_data_mib": VDB_DATA_MIB}  # no shaped link: Ceph's path
+    run_alternating(TOOLS, run_once, pairs=args.pairs, out=args.out, setting=setting)
 
 
 if __name__ == "__main__":

@@ -296,7 +296,7 @@ def ceph_import_section(data: dict[str, Any]) -> list[str]:
         "keyring in a file there, define on hostB with the disks rewritten, start, undefine). "
         "Total: the command, from the running guest to it running on hostB; downtime: its "
         "last beat on hostA to its first on hostB. Where vmigrate's time goes (measured): "
-        "docs/lab.md, \"Into and out of Ceph on a cold move\". Regenerate: `sudo "
+        'docs/lab.md, "Into and out of Ceph on a cold move". Regenerate: `sudo '
         ".venv/bin/python -m bench --scenario S3`.",
         "",
         "| tool | ok | total s | ÷ vmigrate | downtime s | Ceph holds MiB | digests compared "

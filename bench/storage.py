@@ -136,9 +136,11 @@ def run_alternating(
     *,
     pairs: int,
     out: Path,
+    setting: dict[str, object] | None = None,
 ) -> None:
     """Every tool once per round, in turn order reversed every other round; the results
-    file is rewritten after each run, so an interrupted run keeps what it measured."""
+    file is rewritten after each run, so an interrupted run keeps what it measured.
+    `setting` is what the scenario fixed (by default: this module's link and vdb data)."""
     runs: list[Run] = []
     for round_no in range(pairs):
         for tool in tools if round_no % 2 == 0 else tuple(reversed(tools)):
@@ -148,9 +150,8 @@ def run_alternating(
             out.parent.mkdir(parents=True, exist_ok=True)
             payload = {
                 "environment": environment(),
-                "link": LINK,
+                **(setting or {"link": LINK, "vdb_data_mib": VDB_DATA_MIB}),
                 "pairs": pairs,
-                "vdb_data_mib": VDB_DATA_MIB,
                 "runs": [asdict(r) for r in runs],
             }
             out.write_text(json.dumps(payload, indent=1))

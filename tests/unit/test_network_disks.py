@@ -136,6 +136,16 @@ def test_the_destination_sees_the_same_volume_through_its_own_pool() -> None:
         )
     )
     assert "the key works there" in only(found, "storage.secret", "vda").summary
+    # Usage names are unique per secret type only: an iSCSI secret of that name proves nothing.
+    iscsi_kind = SecretFacts(CEPH, "iscsi", "client.libvirt secret", None)
+    found = check_storage(
+        _input(
+            src_secrets=(_secret(None),),
+            dst_secrets=(iscsi_kind,),
+            network_disks=_views(vda=(here, by_usage)),
+        )
+    )
+    assert "was not verified" in only(found, "storage.secret", "vda").summary
     elsewhere = replace(by_usage, pool_secret_usage="client.other secret")
     found = check_storage(
         _input(

@@ -113,7 +113,11 @@ def _secret(disk: DiskInfo, source: NetworkSource, facts: CheckInput) -> Finding
     pool = view.destination if view is not None else None
     pool_uses_it = pool is not None and (
         pool.pool_secret_uuid == there.uuid
-        or bool(pool.pool_secret_usage and pool.pool_secret_usage == there.usage_id)
+        or bool(
+            pool.pool_secret_usage  # usage names are unique per type only
+            and pool.pool_secret_usage == there.usage_id
+            and there.usage_type == (source.secret_type or there.usage_type)
+        )
     )
     if pool is not None and pool.pool and pool_uses_it:
         # The pool is active and listed the volume: librados there logged in with this key

@@ -12,7 +12,7 @@ from vmigrate.cold.pool_change import PoolChange
 from vmigrate.errors import VmigrateError
 from vmigrate.journal import Detail, Journal
 from vmigrate.virt import domains
-from vmigrate.virt.connection import Connection
+from vmigrate.virt.connection import Connection, signals_to_main_thread
 from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.mirror import content_digest, destroy_helper, mirror_disk
 from vmigrate.virt.pool_volumes import create_raw_volume, delete_pool_volume, find_pool_volume
@@ -125,7 +125,8 @@ class PoolChangeSteps:
         """The source reads the original, the destination the new disk, both at once (two
         hosts, two QEMUs): equal digests."""
         source_pool, destination_pool = change.source_scratch_pool, change.destination_scratch_pool
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        source_helper = self._helper(change, "read")
+        with ThreadPoolExecutor(max_workers=1, initializer=signals_to_main_thread) as pool:
             reading = pool.submit(
                 content_digest,
                 self.src,
@@ -133,20 +134,25 @@ class PoolChangeSteps:
                 file=change.original_file,
                 scratch=(source_pool, self._scratch(change, "source")) if source_pool else None,
                 capacity=change.capacity,
-                helper=self._helper(change, "read"),
+                helper=source_helper,
                 host=self.hosts[0],
             )
-            copied = content_digest(
-                self.dst,
-                change.new_xml,
-                file=change.new_file,
-                scratch=(destination_pool, self._scratch(change, "destination"))
-                if destination_pool
-                else None,
-                capacity=change.capacity,
-                helper=self._helper(change, "read"),
-                host=self.hosts[1],
-            )
+            try:
+                copied = content_digest(
+                    self.dst,
+                    change.new_xml,
+                    file=change.new_file,
+                    scratch=(destination_pool, self._scratch(change, "destination"))
+                    if destination_pool
+                    else None,
+                    capacity=change.capacity,
+                    helper=self._helper(change, "read"),
+                    host=self.hosts[1],
+                )
+            except BaseException:  # Ctrl-C too: end the source's read now, not when it is done
+                with contextlib.suppress(Exception):
+                    destroy_helper(self.src, source_helper)
+                raise
             source = reading.result()
         if source != copied:
             raise PoolChangeError(

@@ -44,6 +44,7 @@ from vmigrate.lab.state import (
     save_records,
     serves_insecure_tcp,
 )
+from vmigrate.lab.storage import nfs
 from vmigrate.lab.storage.hosts import prepare_host
 from vmigrate.lab.storage.servers import start_servers, stop_servers
 from vmigrate.versions import format_version
@@ -324,6 +325,7 @@ def lab_down() -> DownReport:
     collectors = stop_all_collectors()
     was_shaped = link.reset()
     killed += stop_servers()
+    nfs.unpin_namespace()  # whatever servers.json says: a killed start leaves no record
     _remove_mount_points()
     if LAB_DIR.exists():
         with lab_files():

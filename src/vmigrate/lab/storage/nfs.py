@@ -6,6 +6,7 @@ QEMU opens disks there with libnfs (`nfs://ADDR/PATH`): no kernel client, no mou
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -83,20 +84,23 @@ def _pin_namespace(holder: int) -> Path:
     """The server's network namespace bound onto a file of the lab's: the forwarders enter it
     by that name, never through a PID another process could take once the server ends (a
     pinned namespace outlives its processes, and then refuses every connection)."""
-    _unpin_namespace()
     NETNS_PIN.touch(mode=0o600)
     mount = tool("mount", "util-linux")
     run([mount, "--bind", f"/proc/{holder}/ns/net", str(NETNS_PIN)], what="pinning NFS' netns")
     return NETNS_PIN
 
 
-def _unpin_namespace() -> None:
+def unpin_namespace() -> None:
+    """Unmount the pinned namespace, if any (`lab down` calls it whatever the record says:
+    a start killed half-way leaves a mount and no record)."""
     while NETNS_PIN.exists() and os.path.ismount(NETNS_PIN):
         run([tool("umount", "util-linux"), str(NETNS_PIN)], what="unpinning NFS' netns")
     NETNS_PIN.unlink(missing_ok=True)
 
 
 def start_nfs() -> ServerRecord:
+    # Before the server's namespaces are made: they would copy a stale pin and keep it alive.
+    unpin_namespace()
     for directory in ("export", "run", "recovery", "log"):
         (NFS_DIR / directory).mkdir(parents=True, exist_ok=True, mode=0o700)
     NFS_DIR.chmod(0o700)
@@ -147,7 +151,8 @@ def start_nfs() -> ServerRecord:
             _serves_files, timeout=20, what="the NFS server does not serve its export", log=log
         )
     except BaseException:
-        stop_nfs(record)
+        with contextlib.suppress(Exception):  # the failure to report is the start's
+            stop_nfs(record)
         raise
     return record
 
@@ -191,7 +196,7 @@ def stop_nfs(record: ServerRecord) -> list[int]:
         if Path(executable_of(pid)).name in _SERVER_PROGRAMS
     ]
     killed += terminate(sorted(set(inside) | ({holder} & set(own))), grace_seconds=5.0)
-    _unpin_namespace()
+    unpin_namespace()
     return killed
 
 
