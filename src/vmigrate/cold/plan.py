@@ -16,13 +16,11 @@ import posixpath
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from vmigrate.cold.pool_change import PoolChange
+from vmigrate.cold.pool_change import FILE_POOL_TYPES, PoolChange
 from vmigrate.domxml.domain import InterfaceInfo
 from vmigrate.errors import OutOfSpace, UsageError, VmigrateError
 from vmigrate.facts import HostFacts, PoolFacts, VolumeInfo
 
-#: Pool types whose volumes are files in a directory: a state file is saved there by path.
-FILE_POOL_TYPES = frozenset({"dir", "fs", "netfs"})
 #: Room a state file may need beside the guest's memory: device state, header and XML.
 STATE_OVERHEAD_BYTES = 64 << 20
 

@@ -20,8 +20,9 @@ from vmigrate.errors import UsageError
 from vmigrate.facts import HostFacts, PoolFacts, VolumeInfo
 from vmigrate.network_pools import same_ceph_pool
 
-#: Pool types whose volumes are files in a directory (a raw read for a digest goes there).
-DIRECTORY_POOLS = frozenset({"dir", "fs", "netfs"})
+#: Pool types whose volumes are files in a directory: a state file, an exported image and a
+#: raw read for a digest go there (cold/plan.py uses the same set).
+FILE_POOL_TYPES = frozenset({"dir", "fs", "netfs"})
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def _directory_pool(
     pools: tuple[PoolFacts, ...], need: int, prefer: str | None, host: str, why: str
 ) -> str:
     """A directory pool with room for `need` bytes: `prefer` if it can, else the roomiest."""
-    usable = [p for p in pools if p.active and p.type in DIRECTORY_POOLS and p.target_path]
+    usable = [p for p in pools if p.active and p.type in FILE_POOL_TYPES and p.target_path]
     fitting = [p for p in usable if p.available >= need]
     for pool in fitting:
         if pool.name == prefer:
@@ -220,7 +221,7 @@ def plan_export(
     destination's QEMU through its own rbd pool."""
     source_host, destination_host = facts[0].ref.name, facts[1].ref.name
     pool = _pool(facts[1].pools, destination_pool)
-    if pool is None or pool.type not in DIRECTORY_POOLS or not pool.target_path:
+    if pool is None or pool.type not in FILE_POOL_TYPES or not pool.target_path:
         kind = pool.type if pool is not None else "missing"
         raise UsageError(
             f"--pool-map {disk.source_pool}:{destination_pool}: pool {destination_pool!r} on "

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.cold.plan import (
-    FILE_POOL_TYPES,
     ColdPlan,
     StateFile,
     VolumeCopy,
@@ -23,7 +22,12 @@ from vmigrate.cold.plan import (
     state_file_size,
     validate_maps,
 )
-from vmigrate.cold.pool_change import PoolChange, pool_change_needs, refuse_clashes
+from vmigrate.cold.pool_change import (
+    FILE_POOL_TYPES,
+    PoolChange,
+    pool_change_needs,
+    refuse_clashes,
+)
 from vmigrate.cold.pool_change_facts import plan_pool_changes
 from vmigrate.cold.pool_change_steps import verify_step, write_step
 from vmigrate.cold.steps import CONNECT_TIMEOUT_S, ColdMove, ColdMoveError, ColdRequest, Rollback
