@@ -14,6 +14,7 @@ import os
 import sqlite3
 import stat
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -76,10 +77,37 @@ CREATE TABLE IF NOT EXISTS maintenance (
     job_id INTEGER,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lease_events (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    t REAL NOT NULL,
+    vm TEXT NOT NULL,
+    host TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS samples_job ON samples(job_id, t);
 CREATE INDEX IF NOT EXISTS actions_job ON actions(job_id, t);
 """
 RUNNING = "running"
+
+#: Where a job store lives: a SQLite file (a Path) or a database URL (a str).
+StoreLocation = Path | str
+#: URL schemes that name a database server rather than a file.
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def store_location(value: str | Path | None) -> StoreLocation | None:
+    """A store named on the command line or in a job's parameters: a URL stays a string
+    (a Path would fold its '//'), anything else is a file path."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.startswith(URL_SCHEMES):
+        return value
+    return Path(value)
 
 
 def default_store_path() -> Path:
@@ -287,7 +315,13 @@ def record_unexpected_failure(message: str) -> None:
 
 
 class JobStore:
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: StoreLocation | None = None) -> None:
+        if isinstance(path, str):
+            if path.startswith(URL_SCHEMES):
+                raise UsageError(
+                    "this vmigrate keeps jobs in SQLite only", fix="pass --store PATH to a file"
+                )
+            path = Path(path)
         self.path = path or default_store_path()
         db: sqlite3.Connection | None = None
         try:
@@ -303,6 +337,17 @@ class JobStore:
             raise _open_error(self.path, err) from err
         self._db = db
         _opened.add(self.path)
+        self.identity = self._identity()
+
+    def _identity(self) -> str:
+        """This store's UUID, made once: leases name the store their job is recorded in."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('identity', ?)",
+                (str(uuid.uuid4()),),
+            )
+            row = db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        return str(row[0])
 
     def __enter__(self) -> JobStore:
         return self
@@ -551,6 +596,27 @@ class JobStore:
             (kind, since),
         )
         return {name: t for name, t in rows}
+
+    def record_lease_event(
+        self, job_id: int, vm: str, host: str, event: str, detail: dict[str, Any]
+    ) -> None:
+        """Lease history: taken, renewed, released, taken over, refused (never a secret)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO lease_events (job_id, t, vm, host, event, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, time.time(), vm, host, event, json.dumps(detail, default=str)),
+            )
+
+    def lease_events(self, job_id: int) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT t, vm, host, event, detail FROM lease_events WHERE job_id = ? ORDER BY t",
+            (job_id,),
+        )
+        return [
+            {"t": t, "vm": vm, "host": host, "event": event, **json.loads(detail)}
+            for t, vm, host, event, detail in rows
+        ]
 
     def jobs_of_kind(self, kind: str) -> list[JobRecord]:
         rows = self._db.execute("SELECT * FROM jobs WHERE kind = ? ORDER BY id DESC", (kind,))

@@ -22,6 +22,7 @@ from vmigrate.fleet.rebalance import (
     balance_round,
     watch,
 )
+from vmigrate.store import StoreLocation
 
 console = Console(highlight=False)
 MIB = 1 << 20
@@ -139,7 +140,7 @@ def balance(
     watch_s: float | None,
     dry_run: bool,
     hosts_file: Path | None,
-    store_path: Path | None,
+    store_path: StoreLocation | None,
     as_json: bool,
 ) -> None:
     """Even out the load of a cluster's hosts (CPU and memory): each candidate move is

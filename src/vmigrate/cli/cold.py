@@ -18,6 +18,7 @@ from vmigrate.cold.runner import ColdReport, ColdRequest, migrate_cold, plan_col
 from vmigrate.domxml.rewrite import parse_maps
 from vmigrate.errors import MigrationRefused, UsageError
 from vmigrate.model import CheckReport
+from vmigrate.store import StoreLocation
 
 console = Console(highlight=False)
 MIB = 1 << 20
@@ -164,7 +165,7 @@ def cold(
     no_rollback: bool,
     shutdown_timeout: float,
     hosts_file: Path | None,
-    store_path: Path | None,
+    store_path: StoreLocation | None,
     as_json: bool,
 ) -> None:
     """Move VM with its disks: stop (or save) it, copy, verify, define, start there."""

@@ -24,6 +24,7 @@ from vmigrate.fleet.evacuate import (
 )
 from vmigrate.fleet.execute import MOVED, MoveResult
 from vmigrate.fleet.plan import DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_HOST, MODES
+from vmigrate.store import StoreLocation
 
 console = Console(highlight=False)
 hosts_file_option = click.option(
@@ -203,7 +204,7 @@ def evacuate_command(
     bandwidth: float | None,
     dry_run: bool,
     hosts_file: Path | None,
-    store_path: Path | None,
+    store_path: StoreLocation | None,
     as_json: bool,
 ) -> None:
     """Empty HOST for maintenance: plan every move first (the same checks as `vmigrate check`,
@@ -240,7 +241,7 @@ def finish(report: EvacuationReport, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-def resume_command(job_id: int, store_path: Path | None, as_json: bool) -> None:
+def resume_command(job_id: int, store_path: StoreLocation | None, as_json: bool) -> None:
     interrupt_on(signal.SIGINT)
     report: EvacuationReport = run_with_board(
         lambda emit: resume_evacuation(job_id, store_path, emit), as_json
@@ -259,7 +260,7 @@ def maintenance() -> None:
 @hosts_file_option
 @store_option
 def maintenance_start(
-    host: str, reason: str, hosts_file: Path | None, store_path: Path | None
+    host: str, reason: str, hosts_file: Path | None, store_path: StoreLocation | None
 ) -> None:
     """Mark HOST in maintenance without moving anything: no plan targets it from now on."""
     from vmigrate.hosts import resolve_host
@@ -283,7 +284,11 @@ def maintenance_start(
 @store_option
 @json_option
 def maintenance_end(
-    host: str, bring_back: bool, hosts_file: Path | None, store_path: Path | None, as_json: bool
+    host: str,
+    bring_back: bool,
+    hosts_file: Path | None,
+    store_path: StoreLocation | None,
+    as_json: bool,
 ) -> None:
     """Take HOST out of maintenance, and with --return move its VMs back."""
     interrupt_on(signal.SIGINT)

@@ -15,7 +15,7 @@ from vmigrate.cli.options import json_option, store_option
 from vmigrate.fleet.gather import close_sessions, open_sessions
 from vmigrate.hosts import cluster_of, known_hosts, resolve_cluster
 from vmigrate.preflight import HostSession
-from vmigrate.store import JobStore
+from vmigrate.store import JobStore, StoreLocation
 from vmigrate.versions import format_version
 
 console = Console(highlight=False)
@@ -64,7 +64,7 @@ def host_row(session: HostSession, cluster: str | None, maintenance: str | None)
 @store_option
 @json_option
 def hosts(
-    cluster: str | None, hosts_file: Path | None, store_path: Path | None, as_json: bool
+    cluster: str | None, hosts_file: Path | None, store_path: StoreLocation | None, as_json: bool
 ) -> None:
     """Every host: reachable or why not, versions, CPU, capacity, used, free, its VMs, and
     whether it is in maintenance. Exit 1 when a host does not answer."""

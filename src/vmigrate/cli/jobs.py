@@ -15,7 +15,7 @@ from rich.table import Table
 from vmigrate.cli.options import json_option, store_option
 from vmigrate.errors import VmigrateError
 from vmigrate.plot import plot_job
-from vmigrate.store import JobStore
+from vmigrate.store import JobStore, StoreLocation
 
 console = Console(highlight=False)
 
@@ -28,7 +28,7 @@ def _when(t: float | None) -> str:
 @store_option
 @json_option
 @click.pass_context
-def jobs(ctx: click.Context, store_path: Path | None, as_json: bool) -> None:
+def jobs(ctx: click.Context, store_path: StoreLocation | None, as_json: bool) -> None:
     """List migration jobs (running, finished, interrupted)."""
     ctx.obj = store_path
     if ctx.invoked_subcommand is not None:
@@ -67,7 +67,9 @@ def jobs(ctx: click.Context, store_path: Path | None, as_json: bool) -> None:
     help="Draw remaining memory and dirty rate over time into this PNG.",
 )
 @click.pass_obj
-def show(store_path: Path | None, job_id: int, as_json: bool, plot_path: Path | None) -> None:
+def show(
+    store_path: StoreLocation | None, job_id: int, as_json: bool, plot_path: Path | None
+) -> None:
     """One job: parameters, samples, every action with its time and reason, outcome."""
     store = JobStore(store_path)
     record = store.job(job_id)
@@ -106,7 +108,7 @@ def show(store_path: Path | None, job_id: int, as_json: bool, plot_path: Path | 
 CONTROL_WAIT_S = 15.0
 
 
-def _send(store_path: Path | None, job_id: int, command: str, value: float | None) -> None:
+def _send(store_path: StoreLocation | None, job_id: int, command: str, value: float | None) -> None:
     """Ask the process running a job to act, and wait for its answer."""
     store = JobStore(store_path)
     record = store.job(job_id)
@@ -145,7 +147,7 @@ def _send(store_path: Path | None, job_id: int, command: str, value: float | Non
 @jobs.command("cancel")
 @click.argument("job_id", type=int)
 @click.pass_obj
-def cancel(store_path: Path | None, job_id: int) -> None:
+def cancel(store_path: StoreLocation | None, job_id: int) -> None:
     """Abort a running live migration; the VM stays on the source."""
     _send(store_path, job_id, "cancel", None)
 
@@ -153,7 +155,7 @@ def cancel(store_path: Path | None, job_id: int) -> None:
 @jobs.command("postcopy")
 @click.argument("job_id", type=int)
 @click.pass_obj
-def postcopy(store_path: Path | None, job_id: int) -> None:
+def postcopy(store_path: StoreLocation | None, job_id: int) -> None:
     """Switch a running live migration to post-copy now."""
     _send(store_path, job_id, "postcopy", None)
 
@@ -164,7 +166,7 @@ def postcopy(store_path: Path | None, job_id: int) -> None:
 @click.option("--bandwidth", type=click.IntRange(min=1), help="New bandwidth limit (MiB/s).")
 @click.pass_obj
 def set_limits(
-    store_path: Path | None, job_id: int, max_downtime: int | None, bandwidth: int | None
+    store_path: StoreLocation | None, job_id: int, max_downtime: int | None, bandwidth: int | None
 ) -> None:
     """Change a running live migration's maximum downtime or bandwidth."""
     if max_downtime is None and bandwidth is None:
@@ -179,7 +181,7 @@ def set_limits(
 @click.argument("job_id", type=int)
 @json_option
 @click.pass_obj
-def resume(store_path: Path | None, job_id: int, as_json: bool) -> None:
+def resume(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None:
     """Finish an interrupted or failed cold migration from where it stopped, or an
     interrupted evacuation (its moves in flight are waited for or recovered first)."""
     from vmigrate.cli.cold import run_with_progress
@@ -201,7 +203,7 @@ def resume(store_path: Path | None, job_id: int, as_json: bool) -> None:
 @click.argument("job_id", type=int)
 @json_option
 @click.pass_obj
-def rollback(store_path: Path | None, job_id: int, as_json: bool) -> None:
+def rollback(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None:
     """Undo an interrupted or failed cold migration: remove only what it created, restore
     the source as it was."""
     from vmigrate.cli.cold import run_with_progress

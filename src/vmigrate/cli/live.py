@@ -17,6 +17,7 @@ from vmigrate.errors import MigrationRefused
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
 from vmigrate.model import CheckReport
+from vmigrate.store import StoreLocation
 
 console = Console(highlight=False)
 MIB = 1 << 20
@@ -200,7 +201,7 @@ def live(
     delete_source_disks: bool,
     force: bool,
     hosts_file: Path | None,
-    store_path: Path | None,
+    store_path: StoreLocation | None,
     as_json: bool,
 ) -> None:
     """Move a running VM to another host without stopping it. Ctrl-C aborts (VM stays)."""

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
+from vmigrate.store import store_location
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -45,8 +47,9 @@ def store_option(command: F) -> F:
     return click.option(
         "--store",
         "store_path",
-        type=click.Path(path_type=Path),
-        help="Job store [default: ~/.local/state/vmigrate/jobs.sqlite].",
+        callback=lambda _ctx, _param, value: store_location(value),
+        help="Job store: a SQLite file or a postgresql:// URL "
+        "[default: ~/.local/state/vmigrate/jobs.sqlite].",
     )(command)
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 from rich.console import Console
 
 from vmigrate.cli.options import json_option, store_option
+from vmigrate.store import StoreLocation
 
 console = Console(highlight=False)
 
@@ -24,7 +24,7 @@ console = Console(highlight=False)
 )
 @store_option
 @json_option
-def recover(vm: str, wait: float, store_path: Path | None, as_json: bool) -> None:
+def recover(vm: str, wait: float, store_path: StoreLocation | None, as_json: bool) -> None:
     """Find where VM really is after an interrupted live migration, and finish or undo it."""
     from vmigrate.live.recover import recover as recover_vm
 

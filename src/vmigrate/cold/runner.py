@@ -49,7 +49,7 @@ from vmigrate.facts import HostFacts, ShareProbe, VolumeInfo
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.model import Mode, Placement
 from vmigrate.preflight import Checked, check_move
-from vmigrate.store import JobStore
+from vmigrate.store import JobStore, StoreLocation, store_location
 from vmigrate.virt.connection import (
     MIGRATABLE_XML,
     Connection,
@@ -535,13 +535,13 @@ def _job(job_id: int, store: JobStore) -> tuple[ColdRequest, ColdPlan]:
             fix="wait for it, or stop that process first",
         )
     params = dict(record.params["request"])
-    for key in ("hosts_file", "store_path"):
-        params[key] = Path(params[key]) if params.get(key) else None
+    params["hosts_file"] = Path(params["hosts_file"]) if params.get("hosts_file") else None
+    params["store_path"] = store_location(params.get("store_path"))
     return ColdRequest(**params), ColdPlan.from_dict(record.params["plan"])
 
 
 def resume_cold(
-    job_id: int, store_path: Path | None = None, on_event: EventSink | None = None
+    job_id: int, store_path: StoreLocation | None = None, on_event: EventSink | None = None
 ) -> ColdReport:
     store = JobStore(store_path)
     request, plan = _job(job_id, store)
@@ -555,7 +555,7 @@ def resume_cold(
 
 
 def rollback_cold(
-    job_id: int, store_path: Path | None = None, on_event: EventSink | None = None
+    job_id: int, store_path: StoreLocation | None = None, on_event: EventSink | None = None
 ) -> ColdReport:
     store = JobStore(store_path)
     request, plan = _job(job_id, store)

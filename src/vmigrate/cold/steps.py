@@ -28,6 +28,7 @@ from vmigrate.cold.pool_change_steps import (
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.errors import VmigrateError
 from vmigrate.journal import Detail, Journal
+from vmigrate.store import StoreLocation
 from vmigrate.virt import domains
 from vmigrate.virt.connection import (
     UNDEFINE_KEEP_NVRAM,
@@ -73,7 +74,7 @@ class ColdRequest:
     state_pool: str | None = None  # --state-pool NAME or SRC:DST: carries the state file
     shutdown_timeout_s: float = 60.0
     hosts_file: Path | None = None
-    store_path: Path | None = None
+    store_path: StoreLocation | None = None
 
 
 class ColdMove:

@@ -26,7 +26,7 @@ from vmigrate.fleet.gather import (
 from vmigrate.fleet.moves import VMIGRATE
 from vmigrate.fleet.plan import MODES, EvacuationInput, EvacuationPlan, Limits, plan_evacuation
 from vmigrate.hosts import HostRef, cluster_of, resolve_cluster, resolve_host
-from vmigrate.store import RUNNING, JobStore
+from vmigrate.store import RUNNING, JobStore, StoreLocation, store_location
 
 KIND = "evacuate"
 RESUME_WAIT_S = 1800.0
@@ -43,7 +43,7 @@ class EvacuateRequest:
     bandwidth_mib: float | None = None
     dry_run: bool = False
     hosts_file: Path | None = None
-    store_path: Path | None = None
+    store_path: StoreLocation | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvacuateRequest:
@@ -52,7 +52,7 @@ class EvacuateRequest:
                 **values,
                 "to": tuple(values.get("to", ())),
                 "hosts_file": Path(values["hosts_file"]) if values.get("hosts_file") else None,
-                "store_path": Path(values["store_path"]) if values.get("store_path") else None,
+                "store_path": store_location(values.get("store_path")),
             }
         )
 
@@ -303,7 +303,9 @@ def _settle_in_flight(store: JobStore, job_id: int, emit: Emit) -> None:
             )
 
 
-def resume_evacuation(job_id: int, store_path: Path | None, emit: Emit) -> EvacuationReport:
+def resume_evacuation(
+    job_id: int, store_path: StoreLocation | None, emit: Emit
+) -> EvacuationReport:
     with JobStore(store_path) as store:
         record = store.job(job_id)
         if record.kind != KIND:
@@ -347,7 +349,7 @@ def end_maintenance(
     *,
     bring_back: bool,
     hosts_file: Path | None,
-    store_path: Path | None,
+    store_path: StoreLocation | None,
     emit: Emit,
     max_parallel: int = Limits().max_parallel,
 ) -> tuple[bool, list[MoveResult], dict[str, Any] | None]:

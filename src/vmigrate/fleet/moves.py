@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmigrate.store import StoreLocation
+
 VMIGRATE = [sys.executable, "-m", "vmigrate.cli.main"]
 
 
@@ -32,7 +34,7 @@ class MoveCommand:
     mode: str  # live | cold
     copy_storage: bool
     hosts_file: Path | None
-    store_path: Path
+    store_path: StoreLocation
 
     def argv(self) -> list[str]:
         args = [*VMIGRATE, self.mode, self.vm, "--from", self.source, "--to", self.destination]

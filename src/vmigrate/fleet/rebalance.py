@@ -38,7 +38,7 @@ from vmigrate.fleet.gather import close_sessions, gather_vms, link_bandwidth, op
 from vmigrate.fleet.plan import EvacuationInput, EvacuationPlan, Limits, PairVerdict
 from vmigrate.hosts import LAB_CLUSTER, HostRef, cluster_names, resolve_cluster
 from vmigrate.preflight import HostSession
-from vmigrate.store import JobStore
+from vmigrate.store import JobStore, StoreLocation
 from vmigrate.virt.stats import domain_cpu_seconds
 
 KIND = "balance"
@@ -59,7 +59,7 @@ class BalanceRequest:
     bandwidth_mib: float | None = None
     dry_run: bool = False
     hosts_file: Path | None = None
-    store_path: Path | None = None
+    store_path: StoreLocation | None = None
 
 
 @dataclass

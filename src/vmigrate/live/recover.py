@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from vmigrate.errors import NotFound, VmigrateError
@@ -13,7 +12,7 @@ from vmigrate.journal import Journal
 from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
 from vmigrate.live.storage_copy import remove_created
 from vmigrate.model import Placement
-from vmigrate.store import JobRecord, JobStore
+from vmigrate.store import JobRecord, JobStore, StoreLocation
 from vmigrate.virt.connection import open_with_timeout
 from vmigrate.virt.placement import locate
 from vmigrate.virt.recovery import apply, observe, wait_for_jobs
@@ -100,7 +99,9 @@ def _apply_steps(
     return plan, False
 
 
-def recover(vm: str, *, store_path: Path | None = None, wait_s: float = 300.0) -> RecoverReport:
+def recover(
+    vm: str, *, store_path: StoreLocation | None = None, wait_s: float = 300.0
+) -> RecoverReport:
     with JobStore(store_path) as store:
         job = _interrupted_job(store, vm)
         source = open_with_timeout(job.source, host=job.source, timeout=CONNECT_TIMEOUT_S)

@@ -9,6 +9,7 @@ from typing import Any
 
 from vmigrate.live.policy import PolicyConfig
 from vmigrate.model import LiveOptions
+from vmigrate.store import StoreLocation
 
 #: Progress goes to an `on_event(kind, payload)` callback: the library never prints.
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -29,7 +30,7 @@ class LiveRequest:
     migration_address: str | None = None
     force: bool = False  # go ahead despite failed checks
     hosts_file: Path | None = None
-    store_path: Path | None = None
+    store_path: StoreLocation | None = None
     copy_storage: bool = False  # mirror local disks along with memory
     disks: tuple[str, ...] | None = None  # --disks: the local disks to copy (default: all)
     delete_source_disks: bool = False  # after a verified move, remove the source's top images
