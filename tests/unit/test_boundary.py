@@ -32,6 +32,7 @@ PURE_MODULES = (
     "vmigrate.checks.storage",
     "vmigrate.checks.versions",
     "vmigrate.cold.plan",
+    "vmigrate.cold.errors",
     "vmigrate.live.policy",
     "vmigrate.live.samples",
     "vmigrate.live.request",

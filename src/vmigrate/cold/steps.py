@@ -18,6 +18,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from vmigrate.cold.errors import ColdMoveError as ColdMoveError  # runner.py imports it here
+from vmigrate.cold.errors import InvariantViolated
+from vmigrate.cold.invariants import Invariants
 from vmigrate.cold.plan import ColdPlan, VolumeCopy
 from vmigrate.cold.pool_change_steps import (
     PoolChangeSteps,
@@ -26,7 +29,6 @@ from vmigrate.cold.pool_change_steps import (
     write_step,
 )
 from vmigrate.domxml.domain import parse_domain
-from vmigrate.errors import VmigrateError
 from vmigrate.journal import Detail, Journal
 from vmigrate.store import StoreLocation
 from vmigrate.virt import domains
@@ -35,9 +37,11 @@ from vmigrate.virt.connection import (
     Connection,
     Domain,
     find_domain,
+    find_domain_by_uuid,
     lookup_domain,
 )
 from vmigrate.virt.copy_worker import copy_in_worker
+from vmigrate.virt.placement import look_by_uuid
 from vmigrate.virt.streams import volume_digest
 
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -45,10 +49,6 @@ CHECKPOINT_BYTES = 64 << 20
 SPACE_MARGIN_BYTES = 4 << 20  # kept free in a destination pool (file system metadata)
 CONNECT_TIMEOUT_S = 10.0
 VERIFY_RUNNING_S = 3.0
-
-
-class ColdMoveError(VmigrateError):
-    """A step of a cold move failed; the job can be resumed or rolled back."""
 
 
 @dataclass
@@ -88,11 +88,21 @@ class ColdMove:
         dst: Connection,
         journal: Journal,
         emit: EventSink,
+        others: dict[str, Connection] | None = None,
     ) -> None:
+        """`others`: hosts besides these two that may run the VM, checked before it starts."""
         self.plan, self.request, self.src, self.dst = plan, request, src, dst
         self.journal, self.emit = journal, emit
         self.pool_changes = PoolChangeSteps(
             (src, dst), (request.source, request.destination), journal, plan.vm, emit
+        )
+        self.uuid = parse_domain(plan.source_xml).uuid
+        self.invariants = Invariants(
+            plan.vm,
+            self.uuid,
+            journal.job_id,
+            (request.source, src),
+            {request.destination: dst, **(others or {})},
         )
 
     # ---- forward ---------------------------------------------------------------------
@@ -253,17 +263,37 @@ class ColdMove:
     def saved(self) -> bool:
         return self.journal.detail("stop").get("how") == "saved"
 
-    def define(self, _previous: Detail) -> Detail:
-        if find_domain(self.dst, self.plan.vm) is not None and not self.journal.detail(
-            "define"
-        ).get("defined"):
-            raise ColdMoveError(
-                f"a VM named {self.plan.vm!r} already exists on the destination", vm=self.plan.vm
+    def _source_still_stopped(self) -> None:
+        stop = self.journal.detail("stop")
+        saved = self.saved()
+        self.invariants.source_as_stopped(
+            stopped_at=stop.get("at"),
+            saved=saved,
+            state_file=saved and self._saved_file(stop),
+        )
+
+    def define(self, previous: Detail) -> Detail:
+        ours = bool(previous.get("defined") or previous.get("defining"))
+        existing = look_by_uuid(self.dst, self.uuid, host=self.request.destination)
+        if (existing is not None or find_domain(self.dst, self.plan.vm) is not None) and not (
+            ours and existing is not None and not existing.active
+        ):
+            raise InvariantViolated(
+                f"a VM named {self.plan.vm!r} (or with its UUID {self.uuid}) already exists "
+                f"on {self.request.destination}, not defined by this job",
+                vm=self.plan.vm,
+                host=self.request.destination,
+                fix=f"find out what it is; roll this job back (vmigrate jobs rollback "
+                f"{self.journal.job_id}) to keep the VM on {self.request.source}",
             )
+        self._source_still_stopped()
+        self.invariants.runs_nowhere_else()
+        # Recorded first: a run interrupted after the define knows the domain is this job's.
+        self.journal.record("define", "started", {"defining": True})
         self.dst.defineXML(self.plan.destination_xml)
         return {"defined": True}
 
-    def start(self, _previous: Detail) -> Detail:
+    def start(self, previous: Detail) -> Detail:
         if self.saved():
             if self.plan.state_file is None:
                 raise ColdMoveError(
@@ -272,12 +302,31 @@ class ColdMove:
                     fix=f"roll it back: vmigrate jobs rollback {self.journal.job_id}",
                 )
             path = self.plan.state_file.destination_path
+            if self._started_by_earlier_try(previous):
+                return {"started": "restored", "from": path}
+            self._before_start()
             domains.restore_state(self.dst, path, self.plan.restore_xml)
             return {"started": "restored", "from": path}
         if not self.plan.start_after:
             return {"started": False}
+        if self._started_by_earlier_try(previous):
+            return {"started": True}
+        self._before_start()
         lookup_domain(self.dst, self.plan.vm, host=self.request.destination).create()
         return {"started": True}
+
+    def _started_by_earlier_try(self, previous: Detail) -> bool:
+        """An interrupted earlier try of this step started the VM on the destination."""
+        if not previous.get("starting"):
+            return False
+        seen = look_by_uuid(self.dst, self.uuid, host=self.request.destination)
+        return seen is not None and seen.active
+
+    def _before_start(self) -> None:
+        self._source_still_stopped()
+        self.invariants.runs_nowhere_else()
+        # Recorded first: a run interrupted after the start knows it was this job's.
+        self.journal.record("start", "started", {"starting": True})
 
     def verify_running(self, _previous: Detail) -> Detail:
         if not self.journal.detail("start").get("started"):
@@ -295,11 +344,13 @@ class ColdMove:
         return {"running": True, "at": time.time()}
 
     def undefine_source(self, _previous: Detail) -> Detail:
+        self.invariants.destination_has_it(
+            self.request.destination,
+            running=bool(self.journal.detail("start").get("started")),
+        )
         domain = find_domain(self.src, self.plan.vm)
-        if domain is not None and domain.isActive():
-            raise ColdMoveError(
-                "the VM runs on the source again: not undefining it", vm=self.plan.vm
-            )
+        if domain is not None and domain.UUIDString() != self.uuid:
+            return {"undefined": False, "other_domain": domain.UUIDString()}
         if domain is not None and domain.isPersistent():
             domain.undefineFlags(UNDEFINE_KEEP_NVRAM)
             return {"undefined": True}
@@ -319,17 +370,40 @@ class ColdMove:
         return {"removed": removed}
 
     def delete_source_disks(self, _previous: Detail) -> Detail:
+        """The source's own disks go, once the journal shows each one copied and verified
+        and the source undefined, and while no VM on the source names it."""
         tops = {d.path for d in parse_domain(self.plan.source_xml).disks}
+        self._journal_shows(
+            "undefine source",
+            *(f"verify {c.destination_path}" for c in self.plan.copies if c.source_path in tops),
+            *(verify_step(change) for change in self.plan.pool_changes),
+        )
+        source = (self.request.source, self.src)
         removed = []
         for copy in self.plan.copies:
             # Only the VM's own top images: backing files may serve other VMs.
-            if copy.source_path in tops and domains.delete_volume(self.src, copy.source_path):
+            if copy.source_path not in tops:
+                continue
+            self._refuse_in_use(copy.source_path, source)
+            if domains.delete_volume(self.src, copy.source_path):
                 removed.append(copy.source_path)
         for change in self.plan.pool_changes:
+            self._refuse_in_use(change.source, source)
             deleted = self.pool_changes.delete_original(change)
             if deleted is not None:
                 removed.append(deleted)
         return {"removed": removed}
+
+    def _journal_shows(self, *steps: str) -> None:
+        missing = [step for step in steps if not self.journal.done(step)]
+        if missing:
+            raise InvariantViolated(
+                f"the journal does not show {', '.join(missing)} done: "
+                "not deleting the source's disks",
+                vm=self.plan.vm,
+                host=self.request.source,
+                fix=f"`vmigrate jobs resume {self.journal.job_id}` to finish those steps first",
+            )
 
     def forward(self) -> None:
         j = self.journal
@@ -386,27 +460,44 @@ class ColdMove:
                 )
             if name == "undefine source" and detail.get("undefined"):
                 self.src.defineXML(self.plan.source_xml)
-            elif name == "start" and detail.get("started"):
-                domain = find_domain(self.dst, self.plan.vm)
+            elif name == "start" and (detail.get("started") or detail.get("starting")):
+                domain = self._ours_on_destination()
                 if domain is not None and domain.isActive():
                     domain.destroy()
-            elif name == "define" and detail.get("defined"):
-                domain = find_domain(self.dst, self.plan.vm)
+            elif name == "define" and (detail.get("defined") or detail.get("defining")):
+                domain = self._ours_on_destination()
+                if domain is not None and domain.isActive():  # not started by this job
+                    raise InvariantViolated(
+                        f"{self.plan.vm} runs on {self.request.destination}, started there "
+                        "by someone else after this job defined it: not undefining it, not "
+                        f"restarting it on {self.request.source}",
+                        vm=self.plan.vm,
+                        host=self.request.destination,
+                        fix="it stays where it runs; to keep it there, `vmigrate jobs resume "
+                        f"{self.journal.job_id}`; to bring it back, shut it down there and "
+                        f"`vmigrate jobs rollback {self.journal.job_id}` again",
+                    )
                 if domain is not None:
                     domains.undefine(domain, UNDEFINE_KEEP_NVRAM)
-            elif name.startswith("copy ") and detail.get("created"):
+            elif name.startswith("copy ") and detail.get("created"):  # made by this job
                 path = detail.get("destination_path") or name.removeprefix("copy ")
                 try:
+                    self._refuse_in_use(path, (self.request.destination, self.dst))
                     domains.delete_volume(self.dst, path)
-                except Exception as err:  # it answers no more: leave it
+                except Exception as err:  # it answers no more, or a VM uses it: leave it
                     result.leftovers.append(f"{path} ({err})")
                     continue
             elif name in verified:
                 self.pool_changes.undo_verify(verified[name])
-            elif name in changes and detail.get("created"):
+            elif name in changes and detail.get("created"):  # made by this job
                 try:
+                    self._refuse_in_use(
+                        changes[name].destination,
+                        (self.request.destination, self.dst),
+                        (self.request.source, self.src),
+                    )
                     self.pool_changes.undo(changes[name], detail)
-                except Exception as err:  # it answers no more: leave it
+                except Exception as err:  # it answers no more, or a VM uses it: leave it
                     result.leftovers.append(f"{changes[name].destination} ({err})")
                     continue
             elif name.startswith("flatten ") and detail.get("created"):
@@ -420,17 +511,44 @@ class ColdMove:
             result.undone.append(name)
         return result
 
+    def _ours_on_destination(self) -> Domain | None:
+        """The destination's domain with the VM's UUID (the one this job defined), if any."""
+        return find_domain_by_uuid(self.dst, self.uuid, host=self.request.destination)
+
+    def _refuse_in_use(self, path: str, *hosts: tuple[str, Connection]) -> None:
+        """A file this job made is deleted only while no VM names it (one started by hand)."""
+        for host, conn in hosts:
+            user = domains.domain_using(conn, path, host=host)
+            if user is not None:
+                raise InvariantViolated(
+                    f"VM {user!r} on {host} uses {path}: not deleting it",
+                    vm=self.plan.vm,
+                    host=host,
+                    fix="find out why; remove it by hand once nothing needs it",
+                )
+
     def _restart_source(self, detail: Detail) -> None:
+        """Bring the VM back as it was on the source: a no-op if it runs there already; never
+        while another host runs it (two QEMUs on one VM's disks are worse than none)."""
+        seen = look_by_uuid(self.src, self.uuid, host=self.request.source)
+        if seen is not None and seen.active:  # restarted by someone meanwhile: leave it be
+            path = detail.get("save_path")
+            if path and self._saved_file(detail):
+                with contextlib.suppress(Exception):  # its state is stale now: ours to remove
+                    self._delete_saved(str(path))
+            return
         path = detail.get("save_path")
         if path and self._saved_file(detail):  # saved, or being saved when the job stopped
-            domain = find_domain(self.src, self.plan.vm)
-            if domain is None or not domain.isActive():
-                domains.restore_state(self.src, str(path), None)
+            self.invariants.may_restart_source()
+            self.invariants.source_as_stopped(
+                stopped_at=detail.get("at"), saved=True, state_file=True
+            )
+            domains.restore_state(self.src, str(path), None)
             with contextlib.suppress(Exception):  # a leftover state file harms nobody
                 self._delete_saved(str(path))
         elif self.plan.state in ("running", "paused") and detail.get("how") != "already stopped":
-            domain = find_domain(self.src, self.plan.vm)
-            if domain is None:
+            self.invariants.may_restart_source()
+            if seen is None:
                 self.src.createXML(self.plan.source_xml, 0)
-            elif not domain.isActive():
-                domain.create()
+            else:
+                lookup_domain(self.src, seen.name, host=self.request.source).create()

@@ -10,7 +10,8 @@ import signal
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import libvirt
 
@@ -21,6 +22,7 @@ from vmigrate.transport_errors import diagnose
 from vmigrate.virt.errors import translate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _quiet_error_handler(_context: Any, _error: Any) -> None:
@@ -149,6 +151,33 @@ def find_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None
         if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
         raise translate(err, host=None, vm=name, doing="look the VM up") from err
+
+
+def find_domain_by_uuid(
+    conn: libvirt.virConnect, uuid: str, *, host: str
+) -> libvirt.virDomain | None:
+    """The domain with this UUID, or None if the host has none; other errors leave translated
+    (naming the host): a failed look-up never passes for an absent VM."""
+    try:
+        return conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise translate(err, host=host, doing=f"look for the VM with UUID {uuid}") from err
+
+
+def unless_vanished(call: Callable[[], T]) -> T | None:
+    """`call()` on a domain just listed; None if that domain is gone since (VIR_ERR_NO_DOMAIN).
+
+    Any other libvirt error raises: a domain that could not be read is still on the host,
+    and dropping it from a listing would let "the host is empty" be claimed while it is not.
+    """
+    try:
+        return call()
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
 
 
 STATE_NAMES = {

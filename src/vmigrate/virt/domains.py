@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import time
 import xml.etree.ElementTree as ET
+from functools import partial
 
 import libvirt
 
-from vmigrate.virt.connection import domain_state, find_domain
+from vmigrate.virt.connection import domain_state, find_domain, unless_vanished
 from vmigrate.virt.errors import libvirt_errors
 
 
@@ -140,13 +141,14 @@ def delete_volume(conn: libvirt.virConnect, path: str) -> bool:
     return True
 
 
-def domain_using(conn: libvirt.virConnect, path: str) -> str | None:
-    """The domain whose disks (or their backing chains) name `path`, if any."""
-    with libvirt_errors(host=None, doing=f"look for a VM that uses {path}"):
-        candidates = conn.listAllDomains(0)
-    for domain in candidates:
-        with contextlib.suppress(libvirt.libvirtError):  # one that vanishes as we look
-            if path in domain.XMLDesc(0):
+def domain_using(conn: libvirt.virConnect, path: str, *, host: str | None = None) -> str | None:
+    """The domain whose disks (or their backing chains) name `path`, if any.
+
+    A domain gone since the listing uses nothing; any other error reading one raises
+    (translated, naming `host`): "nobody uses it" is never claimed from a failed read."""
+    with libvirt_errors(host=host, doing=f"look for a VM that uses {path}"):
+        for domain in conn.listAllDomains(0):
+            if path in (unless_vanished(partial(domain.XMLDesc, 0)) or ""):
                 return str(domain.name())
     return None
 

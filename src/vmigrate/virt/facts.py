@@ -6,6 +6,7 @@ import contextlib
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import libvirt
@@ -23,7 +24,7 @@ from vmigrate.facts import (
     available_memory_bytes,
 )
 from vmigrate.hosts import HostRef
-from vmigrate.virt.connection import domain_state
+from vmigrate.virt.connection import domain_state, unless_vanished
 from vmigrate.virt.errors import libvirt_errors, missing_driver
 
 T = TypeVar("T")
@@ -146,21 +147,26 @@ def _secrets(conn: libvirt.virConnect) -> tuple[SecretFacts, ...] | None:
 
 
 def _guests(conn: libvirt.virConnect) -> tuple[GuestUsage, ...]:
+    """Every domain of the host. One that vanished since the listing is skipped; any other
+    error reading one raises (the caller names the host): never a VM silently left out."""
     found = []
     for domain in conn.listAllDomains(0):
-        with contextlib.suppress(libvirt.libvirtError):  # one that vanishes as we look
-            _state, max_kib, _kib, vcpus, _cpu_time = domain.info()
-            found.append(
-                GuestUsage(
-                    name=domain.name(),
-                    uuid=domain.UUIDString(),
-                    state=domain_state(domain),
-                    persistent=bool(domain.isPersistent()),
-                    memory_bytes=int(max_kib) * 1024,
-                    vcpus=int(vcpus),
-                )
-            )
+        guest = unless_vanished(partial(_guest, domain))
+        if guest is not None:
+            found.append(guest)
     return tuple(sorted(found, key=lambda guest: guest.name))
+
+
+def _guest(domain: libvirt.virDomain) -> GuestUsage:
+    _state, max_kib, _kib, vcpus, _cpu_time = domain.info()
+    return GuestUsage(
+        name=domain.name(),
+        uuid=domain.UUIDString(),
+        state=domain_state(domain),
+        persistent=bool(domain.isPersistent()),
+        memory_bytes=int(max_kib) * 1024,
+        vcpus=int(vcpus),
+    )
 
 
 def _block_jobs(domain: libvirt.virDomain, summary: DomainSummary) -> tuple[str, ...]:
