@@ -28,7 +28,7 @@ from vmigrate.lab.vms import DISK_PATTERN_MIB, LabVmRequest, create_vm, disk_see
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_connection
 
-from .helpers import pool_volumes, run_cli, small_pool, start_cli
+from .helpers import pool_volumes, read_rest, run_cli, small_pool, start_cli
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
@@ -609,3 +609,48 @@ def test_hostb_libvirtd_killed_mid_copy_leaves_the_source_intact(
     conn.lookupByName(vm_name).create()  # the source is restartable
     conn.close()
     assert locate_vm(vm_name) == {"hostA": "running"}
+
+
+def _start_on(host_uri: str, vm: str) -> None:
+    conn = open_connection(host_uri)
+    conn.lookupByName(vm).create()
+    conn.close()
+
+
+def _runs_only_on_hosta(vm_name: str) -> None:
+    assert locate_vm(vm_name) == {"hostA": "running"}  # never defined, never run on hostB
+    assert not on_host("hostB", f"/var/lib/libvirt/images/{vm_name}.img").exists()
+
+
+def test_vm_started_on_the_source_during_the_copy_never_runs_on_hostb(
+    lab: list[HostStatus], vm_name: str, store: Path
+) -> None:
+    _random_disk_vm(vm_name, 160)
+    try:
+        process, job_id = _start_cold_and_wait_for_copy(vm_name, store)
+        _start_on(HOST_A.uri, vm_name)  # someone starts it again mid-copy
+        stdout, stderr = read_rest(process)
+    finally:
+        link.reset()
+    assert process.returncode == 1, stdout + stderr
+    done = _done_event(stdout)
+    assert f"{vm_name} runs on hostA again (state running)" in done["message"], done["message"]
+    steps = {s.name: s for s in JobStore(store).steps(job_id)}
+    assert steps["define"].state == "failed" and "defining" not in steps["define"].detail
+    # The automatic rollback removed the copy and left the running VM alone.
+    assert done["outcome"] == "rolled back"
+    _runs_only_on_hosta(vm_name)
+
+
+def test_vm_started_on_the_source_before_resume_never_runs_on_hostb(
+    lab: list[HostStatus], vm_name: str, store: Path
+) -> None:
+    _random_disk_vm(vm_name, 160)
+    job_id = _interrupt_mid_copy(vm_name, store, signal.SIGKILL)
+    _start_on(HOST_A.uri, vm_name)
+    resumed = run_cli("jobs", "--store", str(store), "resume", str(job_id), "--json", timeout=300)
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr
+    done = _done_event(resumed.stdout)
+    assert f"{vm_name} runs on hostA again (state running)" in done["message"], done["message"]
+    assert "start" not in {s.name for s in JobStore(store).steps(job_id)}
+    _runs_only_on_hosta(vm_name)

@@ -29,6 +29,7 @@ from vmigrate.cold.pool_change_steps import (
     write_step,
 )
 from vmigrate.domxml.domain import parse_domain
+from vmigrate.domxml.secrets import graft_secrets
 from vmigrate.journal import Detail, Journal
 from vmigrate.store import StoreLocation
 from vmigrate.virt import domains
@@ -290,8 +291,19 @@ class ColdMove:
         self.invariants.runs_nowhere_else()
         # Recorded first: a run interrupted after the define knows the domain is this job's.
         self.journal.record("define", "started", {"defining": True})
-        self.dst.defineXML(self.plan.destination_xml)
-        return {"defined": True}
+        xml, secrets = self._with_secrets(self.plan.destination_xml)
+        self.dst.defineXML(xml)
+        return {"defined": True, "secrets": secrets}
+
+    def _with_secrets(self, planned_xml: str) -> tuple[str, str]:
+        """The planned XML with the source's console passwords and current <metadata>
+        (domxml/secrets.py), and a note of what was grafted (names only, for the journal).
+        The XML returned goes to libvirt only: never into the journal, a log or an event."""
+        current = domains.secure_definition(self.src, self.uuid, host=self.request.source)
+        if current is None:  # a transient VM is gone once stopped: its passwords with it
+            return planned_xml, "the source's definition is gone: defined as planned"
+        grafted = graft_secrets(planned_xml, current)
+        return grafted.xml, ", ".join(grafted.grafted) or "nothing to graft"
 
     def start(self, previous: Detail) -> Detail:
         if self.saved():
@@ -305,8 +317,11 @@ class ColdMove:
             if self._started_by_earlier_try(previous):
                 return {"started": "restored", "from": path}
             self._before_start()
-            domains.restore_state(self.dst, path, self.plan.restore_xml)
-            return {"started": "restored", "from": path}
+            xml, secrets = (
+                self._with_secrets(self.plan.restore_xml) if self.plan.restore_xml else (None, "")
+            )
+            domains.restore_state(self.dst, path, xml)
+            return {"started": "restored", "from": path, "secrets": secrets}
         if not self.plan.start_after:
             return {"started": False}
         if self._started_by_earlier_try(previous):

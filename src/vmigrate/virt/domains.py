@@ -9,7 +9,12 @@ from functools import partial
 
 import libvirt
 
-from vmigrate.virt.connection import domain_state, find_domain, unless_vanished
+from vmigrate.virt.connection import (
+    domain_state,
+    find_domain,
+    find_domain_by_uuid,
+    unless_vanished,
+)
 from vmigrate.virt.errors import libvirt_errors
 
 
@@ -158,3 +163,19 @@ def undefine(domain: libvirt.virDomain, flags: int) -> None:
         if not domain.isPersistent():
             return
     domain.undefineFlags(flags)
+
+
+def secure_definition(conn: libvirt.virConnect, uuid: str, *, host: str) -> str | None:
+    """The definition of the domain with this UUID as it is now, secrets included
+    (VIR_DOMAIN_XML_SECURE; the persistent one if it has one), or None if it is gone.
+    Its text holds console passwords: never store, log or print it."""
+    domain = find_domain_by_uuid(conn, uuid, host=host)
+    if domain is None:
+        return None
+    with libvirt_errors(host=host, doing="read the VM's definition"):
+        return unless_vanished(partial(_secure_xml, domain))
+
+
+def _secure_xml(domain: libvirt.virDomain) -> str:
+    inactive = libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0
+    return str(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | inactive))
