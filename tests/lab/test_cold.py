@@ -654,3 +654,61 @@ def test_vm_started_on_the_source_before_resume_never_runs_on_hostb(
     assert f"{vm_name} runs on hostA again (state running)" in done["message"], done["message"]
     assert "start" not in {s.name for s in JobStore(store).steps(job_id)}
     _runs_only_on_hosta(vm_name)
+
+
+def test_console_password_survives_a_cold_move_and_is_never_stored(
+    lab: list[HostStatus], vm_name: str, store: Path
+) -> None:
+    _random_disk_vm(vm_name, 1)
+    password = "pw" + secrets.token_hex(3)  # VNC passwords are at most 8 characters
+    conn = open_connection(HOST_A.uri)
+    xml = conn.lookupByName(vm_name).XMLDesc(0)
+    conn.defineXML(
+        xml.replace(
+            "</devices>",
+            f"<graphics type='vnc' autoport='yes' listen='127.0.0.2' passwd='{password}'/>"
+            "</devices>",
+        )
+    )
+    conn.close()
+    moved = run_cli(
+        "cold", vm_name, "--from", "hostA", "--to", "hostB", "--store", str(store), "--json"
+    )
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert locate_vm(vm_name) == {"hostB": "shut off"}
+    secure = subprocess.run(
+        ["virsh", "-c", HOST_B.uri, "dumpxml", "--security-info", vm_name],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    assert f"passwd='{password}'" in secure.stdout
+    job_id = _done_event(moved.stdout)["job_id"]
+    define = next(s for s in JobStore(store).steps(job_id) if s.name == "define")
+    assert "graphics vnc #0 passwd" in define.detail["secrets"]
+    shown = run_cli("jobs", "--store", str(store), "show", str(job_id), "--json")
+    assert shown.returncode == 0, shown.stderr
+    for text in (moved.stdout, moved.stderr, shown.stdout):
+        assert password not in text
+    for path in store.parent.glob(f"{store.name}*"):  # the database and its journal files
+        assert password.encode() not in path.read_bytes()
+
+
+def test_a_checksum_mismatch_is_copied_again_on_resume(
+    lab: list[HostStatus], vm_name: str, store: Path
+) -> None:
+    source = _random_disk_vm(vm_name, 160)
+    job_id = _interrupt_mid_copy(vm_name, store, signal.SIGKILL, "--no-rollback")
+    copied = on_host("hostB", f"/var/lib/libvirt/images/{vm_name}.img")
+    with copied.open("r+b") as file:  # damage what the first run copied
+        file.write(b"\xff" * 4096)
+    first = run_cli("jobs", "--store", str(store), "resume", str(job_id), "--json", timeout=300)
+    assert first.returncode == 1, first.stdout + first.stderr
+    done = _done_event(first.stdout)
+    assert "checksum mismatch" in done["message"] and done["outcome"] == "failed"
+    step = next(s for s in JobStore(store).steps(job_id) if s.name.startswith("copy "))
+    assert (step.state, step.detail["offset"], step.detail["created"]) == ("failed", 0, True)
+    again = run_cli("jobs", "--store", str(store), "resume", str(job_id), "--json", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    done = _done_event(again.stdout)
+    assert done["outcome"] == "completed" and done["placement_ok"]
+    assert done["disks"][0]["bytes"] >= 160 * MIB  # the whole file crossed again
+    assert file_sha256(copied) == file_sha256(source)

@@ -23,6 +23,7 @@ PURE_MODULES = (
     "vmigrate.domxml.cpu",
     "vmigrate.domxml.domain",
     "vmigrate.domxml.rewrite",
+    "vmigrate.domxml.secrets",
     "vmigrate.checks.connectivity",
     "vmigrate.checks.context",
     "vmigrate.checks.cpu",

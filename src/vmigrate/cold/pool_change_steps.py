@@ -155,11 +155,18 @@ class PoolChangeSteps:
                 raise
             source = reading.result()
         if source != copied:
-            raise PoolChangeError(
+            mismatch = (
                 f"{change.target}: digest mismatch between {change.source} on the source "
-                f"({source[:16]}) and {change.destination} on the destination ({copied[:16]})",
+                f"({source[:16]}) and {change.destination} on the destination ({copied[:16]})"
+            )
+            # The next run writes the reserved volume again (QEMU copies every byte of it);
+            # the reservation stays this job's, so a rollback still removes it.
+            self.journal.record(write_step(change), "failed", {"error": mismatch})
+            raise PoolChangeError(
+                mismatch,
                 vm=self.vm,
-                fix="resume the job to copy again, or roll it back",
+                fix=f"`vmigrate jobs resume {self.journal.job_id}` copies it again; "
+                f"`vmigrate jobs rollback {self.journal.job_id}` undoes the move",
             )
         refreshed = self._list_new_volume(change)
         return {"sha256": source, "destination_pool_refreshed": refreshed}

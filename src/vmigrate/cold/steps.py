@@ -52,6 +52,14 @@ CONNECT_TIMEOUT_S = 10.0
 VERIFY_RUNNING_S = 3.0
 
 
+def copy_again(journal: Journal, destination_path: str, reason: str) -> None:
+    """After a checksum mismatch: the next run copies the file again from offset 0, into
+    the same file, which the journal keeps as this job's (so a rollback still removes it)."""
+    step = f"copy {destination_path}"
+    created = bool(journal.detail(step).get("created"))
+    journal.record(step, "failed", {"created": created, "offset": 0, "error": reason})
+
+
 @dataclass
 class Rollback:
     undone: list[str] = field(default_factory=list)  # steps undone, latest first
@@ -162,6 +170,11 @@ class ColdMove:
                 fix="remove it there, or use --pool-map",
             )
         offset = int(previous.get("offset", 0)) if existing is not None else 0
+        if existing is not None and offset == 0:
+            # Ours, with nothing to keep (a copy to do again after a checksum mismatch):
+            # start from an empty file, as a sparse copy skips the source's holes.
+            domains.delete_volume(self.dst, copy.destination_path)
+            existing = None
         size = domains.physical_size(self.src, self.read_path(copy))
         if existing is None:
             existing = domains.create_file_volume(
@@ -216,11 +229,16 @@ class ColdMove:
             )
         copied = volume_digest(self.dst, target)
         if source != copied:
-            raise ColdMoveError(
+            mismatch = (
                 f"checksum mismatch for {copy.destination_path}: source "
-                f"{source[:16]}, destination {copied[:16]}",
+                f"{source[:16]}, destination {copied[:16]}"
+            )
+            copy_again(self.journal, copy.destination_path, mismatch)
+            raise ColdMoveError(
+                mismatch,
                 vm=self.plan.vm,
-                fix="resume the job to copy again, or roll it back",
+                fix=f"`vmigrate jobs resume {self.journal.job_id}` copies it again from its "
+                f"start; `vmigrate jobs rollback {self.journal.job_id}` undoes the move",
             )
         return {"sha256": source}
 
