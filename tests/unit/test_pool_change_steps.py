@@ -10,7 +10,7 @@ import pytest
 
 from vmigrate.cold import pool_change_steps
 from vmigrate.cold.pool_change import plan_export
-from vmigrate.cold.pool_change_steps import PoolChangeError, PoolChangeSteps
+from vmigrate.cold.pool_change_steps import PoolChangeError, PoolChangeSteps, write_step
 from vmigrate.journal import Journal
 from vmigrate.virt.connection import Connection
 
@@ -22,10 +22,20 @@ SOURCE, DESTINATION = cast(Connection, "src-conn"), cast(Connection, "dst-conn")
 class _Journal:
     job_id = 7
 
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, str, dict[str, Any]]] = []
 
-def _steps() -> PoolChangeSteps:
+    def record(self, name: str, state: str, detail: dict[str, Any]) -> None:
+        self.recorded.append((name, state, detail))
+
+
+def _steps(journal: _Journal | None = None) -> PoolChangeSteps:
     return PoolChangeSteps(
-        (SOURCE, DESTINATION), ("hostA", "hostB"), cast(Journal, _Journal()), "vm", lambda *_: None
+        (SOURCE, DESTINATION),
+        ("hostA", "hostB"),
+        cast(Journal, journal or _Journal()),
+        "vm",
+        lambda *_: None,
     )
 
 
@@ -64,8 +74,14 @@ def test_equal_digests_pass(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_different_digests_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     _reads(monkeypatch, **{"src-conn": "ab" * 32, "dst-conn": "cd" * 32})
-    with pytest.raises(PoolChangeError, match="digest mismatch"):
-        _steps().verify(CHANGE, {})
+    journal = _Journal()
+    with pytest.raises(PoolChangeError, match="digest mismatch") as raised:
+        _steps(journal).verify(CHANGE, {})
+    # A resume writes the disk again: its write step is no longer done.
+    assert [(name, state) for name, state, _ in journal.recorded] == [
+        (write_step(CHANGE), "failed")
+    ]
+    assert "vmigrate jobs resume 7" in raised.value.fix
 
 
 def test_the_source_side_failing_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
