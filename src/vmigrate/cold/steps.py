@@ -5,6 +5,19 @@ resumable) -> verify checksums -> copy the state file unless its pool is shared 
 the destination -> start or restore -> verify it runs -> only then undefine the source ->
 remove the state file from both hosts -> optionally delete the source's disk files.
 Nothing is deleted that this job did not create, and never before the destination runs.
+Before each step that cannot be undone, cold/invariants.py checks the hosts again.
+
+Every delete, and what proves the file is the job's:
+- destination copies (rollback, and a copy done again from offset 0): the copy step's
+  `created`, journalled only once this job made the file; and no VM there names it;
+- the state file: its path, journalled by the stop step before the file exists, carries a
+  token of this plan (refused at planning if it existed); its copy: the copy's `created`;
+- a flattened image: `created` in the flatten step, a name with the job's id;
+- a pool change's new volume: the reserve step's `created` (cold/pool_change_steps.py);
+  its digest scratch files and helper domains: only by their job-id names, not journalled
+  (one made by an interrupted run has no record; only this job makes such a name);
+- the source's disks (--delete-source-disks), not made by the job: only once the journal
+  shows each one verified and the source undefined, and no VM on the source names it.
 """
 
 from __future__ import annotations
