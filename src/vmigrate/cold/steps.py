@@ -318,11 +318,11 @@ class ColdMove:
                 fix=f"find out what it is; roll this job back (vmigrate jobs rollback "
                 f"{self.journal.job_id}) to keep the VM on {self.request.source}",
             )
+        xml, secrets = self._with_secrets(self.plan.destination_xml)
         self._source_still_stopped()
         self.invariants.runs_nowhere_else()
         # Recorded first: a run interrupted after the define knows the domain is this job's.
         self.journal.record("define", "started", {"defining": True})
-        xml, secrets = self._with_secrets(self.plan.destination_xml)
         self.dst.defineXML(xml)
         return {"defined": True, "secrets": secrets}
 
@@ -347,10 +347,10 @@ class ColdMove:
             path = self.plan.state_file.destination_path
             if self._started_by_earlier_try(previous):
                 return {"started": "restored", "from": path}
-            self._before_start()
             xml, secrets = (
                 self._with_secrets(self.plan.restore_xml) if self.plan.restore_xml else (None, "")
             )
+            self._before_start()
             domains.restore_state(self.dst, path, xml)
             return {"started": "restored", "from": path, "secrets": secrets}
         if not self.plan.start_after:
