@@ -163,31 +163,53 @@ def _refusal(job: Job, action: str) -> TransitionRefused:
         )
     if kind == "live":
         return TransitionRefused(
-            f"job {n} is {state}: vmigrate recover has nothing to settle", vm=vm
+            f"job {n} is {state}: vmigrate recover has nothing to settle",
+            vm=vm,
+            fix=f"see it with `vmigrate jobs show {n}`",
         )
+    # The fleet's jobs: `vm` is the host or cluster they are about.
+    where = {"host": vm} if kind in FLEET_KINDS else {"vm": vm}
     if kind == "evacuate" and action == ROLLBACK:
         return TransitionRefused(
             f"job {n} is an evacuation of {vm}: an evacuation is not rolled back (each VM it "
             "moved runs on its new host)",
-            host=vm,
             fix=f"bring its VMs back with `vmigrate maintenance end {shlex.quote(vm)} --return`",
+            **where,
         )
     if kind == "evacuate" and action == RESUME:
         return TransitionRefused(
             f"evacuation {n} is {state}: nothing to resume",
-            host=vm,
             fix=f"to empty {vm} again: `vmigrate evacuate {shlex.quote(vm)}`",
+            **where,
         )
     if action == CANCEL:
         return TransitionRefused(
-            f"job {n} is a {kind} job: only live jobs take 'cancel'",
-            vm=vm,
-            fix="stop the vmigrate process that runs it with Ctrl-C",
+            f"job {n} is {_a(kind)}: only live jobs take 'cancel'",
+            fix="stop the vmigrate process that runs it with Ctrl-C (or SIGTERM)",
+            **where,
         )
+    again = {
+        "evacuate": f"`vmigrate evacuate {shlex.quote(vm)}` empties {vm} again",
+        "balance": f"`vmigrate balance --cluster {shlex.quote(vm)}` runs another round",
+        "return": f"`vmigrate maintenance end {shlex.quote(vm)} --return` brings the rest back",
+    }
     return TransitionRefused(
-        f"job {n} is a {kind} job ({state}): it is not {words[action]}",
-        fix=f"run `vmigrate {kind}` again for what is left",
+        f"job {n} is {_a(kind)} ({state}): it is not {words[action]}",
+        fix=again.get(kind, "start what it did again"),
+        **where,
     )
+
+
+#: Jobs of the fleet: their `vm` is a host (evacuate, return) or a cluster (balance).
+FLEET_KINDS = frozenset({"evacuate", "balance", "return"})
+
+
+def _a(kind: str) -> str:
+    return {
+        "evacuate": "an evacuation",
+        "balance": "a balance round",
+        "return": "a return of VMs to their host",
+    }.get(kind, f"a {kind} job")
 
 
 def _cold_refusal(job: Job, action: str) -> TransitionRefused:
@@ -209,11 +231,15 @@ def _cold_refusal(job: Job, action: str) -> TransitionRefused:
         )
     if state == COMPLETED:
         return TransitionRefused(
-            f"job {n} already completed: {vm} runs on {dst}; nothing to resume", vm=vm
+            f"job {n} already completed: {vm} runs on {dst}; nothing to resume",
+            vm=vm,
+            fix=f"nothing to do; to move it back: {back}",
         )
     if state == ROLLED_BACK and action == ROLLBACK:
         return TransitionRefused(
-            f"job {n} was already rolled back: {vm} is on {src} as before", vm=vm
+            f"job {n} was already rolled back: {vm} is on {src} as before",
+            vm=vm,
+            fix=f"nothing to do; to move it again: {again}",
         )
     if state == ROLLED_BACK:
         return TransitionRefused(

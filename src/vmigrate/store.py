@@ -762,9 +762,7 @@ class JobStore:
         return self._job(job_id)
 
     def samples(self, job_id: int) -> list[dict[str, Any]]:
-        rows = self._db.query(
-            "SELECT t, data FROM samples WHERE job_id = ? ORDER BY t", (job_id,)
-        )
+        rows = self._db.query("SELECT t, data FROM samples WHERE job_id = ? ORDER BY t", (job_id,))
         return [{"t": t, **json.loads(data)} for t, data in rows]
 
     def actions(self, job_id: int) -> list[ActionRecord]:

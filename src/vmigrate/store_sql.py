@@ -109,13 +109,20 @@ class SqliteDatabase(Database):
         return {row[0] for row in self.query("SELECT name FROM sqlite_master WHERE type='table'")}
 
     def backup(self, target: Path) -> None:
-        """A consistent copy of the database into `target` (an existing, private file)."""
+        """A consistent copy of the database into `target` (an existing, private file).
+
+        Read through a second connection: a connection holding its own write transaction
+        waits for itself in sqlite3's backup loop. In WAL mode that reader sees the last
+        commit, which the caller's open write transaction keeps the latest."""
         with self._lock:
+            source = sqlite3.connect(self.name, timeout=10.0)
             copy = sqlite3.connect(target)
             try:
-                self.db.backup(copy)
+                source.backup(copy)
+                copy.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal/-shm beside it
             finally:
                 copy.close()
+                source.close()
 
     def close(self) -> None:
         self.db.close()
@@ -128,8 +135,7 @@ def check_url(url: str) -> str:
     in_query = any(key == "password" for key, _ in parse_qsl(parts.query))
     if parts.password is not None or in_query:
         raise UsageError(
-            f"the store URL {safe_url(url)} carries a password: vmigrate never keeps one "
-            "in a URL",
+            f"the store URL {safe_url(url)} carries a password: vmigrate never keeps one in a URL",
             fix=WHERE_PASSWORDS_GO,
         )
     return url
@@ -197,8 +203,7 @@ class PostgresDatabase(Database):
 
     def tables(self) -> set[str]:
         rows = self.query(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = current_schema()"
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
         )
         return {row[0] for row in rows}
 
