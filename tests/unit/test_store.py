@@ -3,8 +3,10 @@ jobs, samples, actions, controls, steps; the guarded lifecycle; liveness; schema
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -19,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 import vmigrate
+from tests.pg import POWERLESS, USER, PostgresServer
 from vmigrate import lifecycle
 from vmigrate import store as store_module
 from vmigrate.cli.main import cli
@@ -29,11 +32,13 @@ from vmigrate.store import (
     SCHEMA_VERSION,
     JobStore,
     StoreLocation,
+    configured_store,
     default_store_path,
     record_unexpected_failure,
     redact_uri,
+    store_location,
 )
-from vmigrate.store_sql import StoreError
+from vmigrate.store_sql import CONNECT_TIMEOUT_S, StoreError
 
 
 def tamper(store: JobStore, sql: str, *params: object) -> None:
@@ -441,3 +446,171 @@ def test_a_store_newer_than_this_vmigrate_is_refused(store_at: StoreLocation) ->
             assert db.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == (
                 "running",
             )
+
+
+# --- PostgreSQL: what goes wrong is said clearly, and changes nothing ------------------------
+
+
+def refused_by_cli(store: str) -> str:
+    """`vmigrate jobs --store STORE` fails cleanly with exit 1: its output."""
+    result = CliRunner().invoke(cli, ["jobs", "--store", store])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "what to do" in result.output
+    return result.output
+
+
+def test_a_server_that_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as silent:  # accepts the TCP connection, then says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        url = f"postgresql://vmigrate@127.0.0.1:{port}/vmigrate"
+        started = time.monotonic()
+        with pytest.raises(StoreError) as refused:
+            JobStore(url)
+        assert CONNECT_TIMEOUT_S <= time.monotonic() - started < CONNECT_TIMEOUT_S + 3
+    assert f"the PostgreSQL server at 127.0.0.1:{port} did not answer" in refused.value.message
+    assert "listen_addresses" in refused.value.fix
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    output = refused_by_cli(f"postgresql://vmigrate@127.0.0.1:{port}/vmigrate")
+    assert f"127.0.0.1:{port} did not answer" in output
+
+
+def test_a_wrong_password(
+    postgres: PostgresServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", "not-" + postgres.password)
+    with pytest.raises(StoreError) as refused:
+        JobStore(pg_url)
+    assert f"refused role {USER}: wrong or missing password" in refused.value.message
+    assert "~/.pgpass" in refused.value.fix
+    output = refused_by_cli(pg_url)
+    assert "wrong or missing password" in output and postgres.password not in output
+
+
+def test_the_password_from_a_pgpass_file(
+    postgres: PostgresServer, pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PGPASSWORD")
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{postgres.port}:*:{USER}:{postgres.password}\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    store = JobStore(pg_url)
+    assert store.create_job("cold", "db1", "a", "b", {}) == 1
+
+
+def test_a_missing_database(postgres: PostgresServer, pg_url: str) -> None:
+    url = postgres.url("no_such_db")
+    with pytest.raises(StoreError) as refused:
+        JobStore(url)
+    assert "has no database 'no_such_db'" in refused.value.message
+    assert f"createdb -h 127.0.0.1 -p {postgres.port} -U {USER} no_such_db" in refused.value.fix
+    refused_by_cli(url)
+
+
+def test_a_role_that_may_not_create_the_tables(
+    postgres: PostgresServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", postgres.powerless_password)
+    url = pg_url.replace(f"{USER}@", f"{POWERLESS}@")
+    with pytest.raises(StoreError) as refused:
+        JobStore(url)
+    assert f"role {POWERLESS} lacks a privilege" in refused.value.message
+    assert "permission denied for schema public" in refused.value.message
+    assert f"GRANT CREATE ON SCHEMA public TO {POWERLESS}" in refused.value.fix
+    refused_by_cli(url)
+    # Nothing was made.
+    with postgres.admin(pg_url.rsplit("/", 1)[1]) as db:
+        assert db.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname='public'"
+        ).fetchone() == (0,)
+
+
+def test_a_role_without_privileges_on_the_tables(
+    postgres: PostgresServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    JobStore(pg_url).create_job("cold", "db1", "a", "b", {})  # the tables exist, USER's
+    monkeypatch.setenv("PGPASSWORD", postgres.powerless_password)
+    url = pg_url.replace(f"{USER}@", f"{POWERLESS}@")
+    with pytest.raises(StoreError) as refused:
+        JobStore(url)
+    assert f"role {POWERLESS} lacks a privilege" in refused.value.message
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES" in refused.value.fix
+
+
+def test_a_role_granted_the_tables_uses_the_store_without_creating_anything(
+    postgres: PostgresServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    JobStore(pg_url).close()
+    database = pg_url.rsplit("/", 1)[1]
+    with postgres.admin(database) as db:
+        db.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {POWERLESS}"
+        )
+        db.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {POWERLESS}")
+    monkeypatch.setenv("PGPASSWORD", postgres.powerless_password)
+    store = JobStore(pg_url.replace(f"{USER}@", f"{POWERLESS}@"))
+    job = store.create_job("cold", "db1", "a", "b", {})
+    store.finish_job(job, "completed", "done", {})
+    assert store.job(job).state == "completed"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://ops:s3cr3t-pw@db.example:5432/vmigrate",
+        "postgresql://ops@db.example/vmigrate?password=s3cr3t-pw",
+    ],
+)
+def test_a_url_with_a_password_is_refused(url: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        JobStore(url)
+    assert "s3cr3t-pw" not in str(refused.value)
+    assert "carries a password" in refused.value.message
+    assert "~/.pgpass" in refused.value.fix and "PGPASSWORD" in refused.value.fix
+    result = CliRunner().invoke(cli, ["jobs", "--store", url])
+    assert result.exit_code == 2 and "s3cr3t-pw" not in result.output
+
+
+# --- where the store is: --store, config.toml, and what children get ------------------------
+
+
+def test_the_store_named_in_config_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_at: StoreLocation
+) -> None:
+    config = tmp_path / "config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (config / "vmigrate").mkdir(parents=True)
+    (config / "vmigrate" / "config.toml").write_text(f'store = "{store_at}"\n')
+    assert configured_store() == store_at
+    job = JobStore().create_job("cold", "db1", "a", "b", {})
+    result = CliRunner().invoke(cli, ["jobs", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [j["id"] for j in json.loads(result.output)] == [job]
+    # --store wins over the file.
+    other = tmp_path / "other.sqlite"
+    result = CliRunner().invoke(cli, ["jobs", "--store", str(other), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == []
+    assert not default_store_path().exists()
+
+
+def test_a_broken_config_toml_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "vmigrate").mkdir()
+    (tmp_path / "vmigrate" / "config.toml").write_text("store = 3\n")
+    with pytest.raises(UsageError, match="store must be a path or a postgresql:// URL"):
+        JobStore()
+
+
+def test_children_get_the_store_as_given(pg_url: str) -> None:
+    store = JobStore(pg_url)
+    # Fleet moves pass `--store str(store.path)` to each child: the URL, with no password.
+    assert str(store.path) == pg_url and store_location(str(store.path)) == pg_url
+    assert store.path.parent.is_relative_to(default_store_path().parent)
+    assert JobStore(store_location(str(store.path))).identity == store.identity
