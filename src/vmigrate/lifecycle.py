@@ -218,9 +218,10 @@ def _cold_refusal(job: Job, action: str) -> TransitionRefused:
     back = f"vmigrate cold {shlex.quote(vm)} --from {shlex.quote(dst)} --to {shlex.quote(src)}"
     if action not in REOPENING:
         return TransitionRefused(
-            f"job {n} is a cold migration: only live jobs take '{action}'",
+            f"job {n} is a cold migration ({state}): only live jobs take '{action}'",
             vm=vm,
-            fix=f"`vmigrate jobs resume {n}` or `vmigrate jobs rollback {n}` once it stopped",
+            fix="a running cold move stops at a clean point on Ctrl-C (or SIGTERM to its "
+            f"process); then `vmigrate jobs resume {n}` or `vmigrate jobs rollback {n}`",
         )
     if state == COMPLETED and action == ROLLBACK:
         return TransitionRefused(

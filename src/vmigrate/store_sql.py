@@ -218,7 +218,7 @@ class PostgresDatabase(Database):
 def describe_pg_error(err: Exception, name: str, *, connecting: bool = False) -> StoreError:
     import psycopg
 
-    text = str(err).strip().replace("\n", " ")
+    text = " ".join(str(err).split())
     parts = urlsplit(name)
     where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
     user = parts.username or "(your login name)"

@@ -50,7 +50,7 @@ def jobs(ctx: click.Context, store_path: StoreLocation | None, as_json: bool) ->
             r.vm,
             r.source,
             r.destination,
-            r.state,
+            r.state + (f" ({r.holder})" if r.elsewhere else ""),
             _when(r.started),
             took,
             r.outcome or "",
@@ -96,6 +96,15 @@ def show(
         f"  started {_when(record.started)}, finished {_when(record.finished)}, "
         f"{len(samples)} samples"
     )
+    if record.state == "running":
+        console.print(
+            f"  driven by {record.holder}"
+            + (
+                " (another machine: its lease on the VM says whether it lives)"
+                if record.elsewhere
+                else ""
+            )
+        )
     for action in actions:
         console.print(f"  {_when(action.t)} {action.actor:<6} {action.action}: {action.reason}")
     if record.report:
