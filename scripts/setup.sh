@@ -46,7 +46,8 @@ backport_pkgs=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-q
 stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static iproute2 iptables cpio
              xz-utils util-linux mount dpkg-dev
              openssh-server openssh-client rsync  # each lab host's sshd (qemu+ssh); scp/rsync peers of the cold benchmark
-             tgt ceph-mon ceph-mgr ceph-osd ceph-common nfs-ganesha nfs-ganesha-vfs rpcbind socat)  # the lab's storage servers
+             tgt ceph-mon ceph-mgr ceph-osd ceph-common nfs-ganesha nfs-ganesha-vfs rpcbind socat  # the lab's storage servers
+             libpq5 postgresql)  # psycopg's libpq (a PostgreSQL store); the tests' throwaway PostgreSQL server
 need_backports=0
 at_least "$(version_of qemu-system-x86)" "1:10.0" || need_backports=1
 at_least "$(version_of libvirt-daemon)" "11.0" || need_backports=1
@@ -60,6 +61,9 @@ if [ "$need_backports" = 1 ] || [ "${#missing_stable[@]}" -gt 0 ]; then
         # The lab runs its own sshd per host and its own storage servers, each on a loopback
         # address of its own: keep the packages from starting system-wide ones (rpcbind would
         # listen on every address) (policy-rc.d 101 = do not start services).
+        # PostgreSQL's package would make a system-wide cluster: the tests start their own.
+        mkdir -p /etc/postgresql-common/createcluster.d
+        echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/vmigrate.conf
         guard=0
         if [ ! -e /usr/sbin/policy-rc.d ]; then
             printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
@@ -69,7 +73,7 @@ if [ "$need_backports" = 1 ] || [ "${#missing_stable[@]}" -gt 0 ]; then
         [ "$guard" = 1 ] && rm -f /usr/sbin/policy-rc.d
         if command -v systemctl >/dev/null; then
             systemctl disable --now ssh.service ssh.socket rpcbind.service rpcbind.socket \
-                nfs-ganesha.service tgt.service ceph.target >/dev/null 2>&1 || true
+                nfs-ganesha.service tgt.service ceph.target postgresql.service >/dev/null 2>&1 || true
         fi
     fi
     if [ "$need_backports" = 1 ]; then

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from vmigrate import lifecycle
 from vmigrate.cli.options import json_option, store_option
 from vmigrate.errors import VmigrateError
 from vmigrate.plot import plot_job
@@ -49,7 +50,7 @@ def jobs(ctx: click.Context, store_path: StoreLocation | None, as_json: bool) ->
             r.vm,
             r.source,
             r.destination,
-            r.state,
+            r.state + (f" ({r.holder})" if r.elsewhere else ""),
             _when(r.started),
             took,
             r.outcome or "",
@@ -95,6 +96,15 @@ def show(
         f"  started {_when(record.started)}, finished {_when(record.finished)}, "
         f"{len(samples)} samples"
     )
+    if record.state == "running":
+        console.print(
+            f"  driven by {record.holder}"
+            + (
+                " (another machine: its lease on the VM says whether it lives)"
+                if record.elsewhere
+                else ""
+            )
+        )
     for action in actions:
         console.print(f"  {_when(action.t)} {action.actor:<6} {action.action}: {action.reason}")
     if record.report:
@@ -111,18 +121,8 @@ CONTROL_WAIT_S = 15.0
 def _send(store_path: StoreLocation | None, job_id: int, command: str, value: float | None) -> None:
     """Ask the process running a job to act, and wait for its answer."""
     store = JobStore(store_path)
-    record = store.job(job_id)
-    if record.state != "running":
-        raise VmigrateError(
-            f"job {job_id} is not running (it is {record.state})",
-            vm=record.vm,
-            fix="see the running jobs with `vmigrate jobs`",
-        )
-    if record.kind != "live":
-        raise VmigrateError(
-            f"job {job_id} is a {record.kind} migration: only live jobs take '{command}'",
-            vm=record.vm,
-        )
+    # Every control steers a running live job, as cancel does.
+    record = store.check_action(job_id, lifecycle.CANCEL)
     by = f"{getpass.getuser()} (pid {os.getpid()})"
     control_id = store.request_control(job_id, command, value, by)
     deadline = time.monotonic() + CONTROL_WAIT_S
@@ -189,6 +189,8 @@ def resume(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None
 
     with JobStore(store_path) as store:
         kind = store.job(job_id).kind
+        if kind != "evacuate":  # an evacuation checks more before it goes on
+            store.check_action(job_id, lifecycle.RESUME)
     if kind == "evacuate":
         from vmigrate.cli.evacuate import resume_command
 
@@ -205,10 +207,12 @@ def resume(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None
 @click.pass_obj
 def rollback(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None:
     """Undo an interrupted or failed cold migration: remove only what it created, restore
-    the source as it was."""
+    the source as it was. A completed job is never rolled back (move the VM back instead)."""
     from vmigrate.cli.cold import run_with_progress
     from vmigrate.cold.runner import rollback_cold
 
+    with JobStore(store_path) as store:
+        store.check_action(job_id, lifecycle.ROLLBACK)  # the early word; reopening decides
     report = run_with_progress(lambda emit: rollback_cold(job_id, store_path, emit), as_json)
     if report.outcome != "rolled back" or not report.placement_ok:
         raise SystemExit(1)

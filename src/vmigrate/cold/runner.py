@@ -524,30 +524,28 @@ def migrate_cold(request: ColdRequest, on_event: EventSink | None = None) -> Col
 
 def _job(job_id: int, store: JobStore) -> tuple[ColdRequest, ColdPlan]:
     record = store.job(job_id)
-    if record.kind != "cold":
-        raise UsageError(
-            f"job {job_id} is a {record.kind} migration; only cold jobs resume or roll back",
-            fix="for a live job use `vmigrate recover VM`",
-        )
-    if record.state in ("running",):
-        raise UsageError(
-            f"job {job_id} is still running (pid {record.pid})",
-            fix="wait for it, or stop that process first",
-        )
     params = dict(record.params["request"])
     params["hosts_file"] = Path(params["hosts_file"]) if params.get("hosts_file") else None
     params["store_path"] = store_location(params.get("store_path"))
     return ColdRequest(**params), ColdPlan.from_dict(record.params["plan"])
 
 
+def _reopened(job_id: int, store: JobStore, action: str) -> tuple[ColdRequest, ColdPlan]:
+    """Take the job over for `action`: refused (TransitionRefused, nothing changed) unless the
+    lifecycle allows it now and no other vmigrate took it first."""
+    try:
+        store.reopen_job(job_id, action)
+        return _job(job_id, store)
+    except BaseException:
+        store.close()
+        raise
+
+
 def resume_cold(
     job_id: int, store_path: StoreLocation | None = None, on_event: EventSink | None = None
 ) -> ColdReport:
     store = JobStore(store_path)
-    request, plan = _job(job_id, store)
-    if store.job(job_id).state in ("completed", "rolled back"):
-        raise UsageError(f"job {job_id} already {store.job(job_id).state}: nothing to resume")
-    store.reopen_job(job_id)
+    request, plan = _reopened(job_id, store, "resume")
     try:
         return _run(job_id, request, plan, store, on_event or (lambda _k, _p: None))
     finally:
@@ -558,10 +556,7 @@ def rollback_cold(
     job_id: int, store_path: StoreLocation | None = None, on_event: EventSink | None = None
 ) -> ColdReport:
     store = JobStore(store_path)
-    request, plan = _job(job_id, store)
-    if store.job(job_id).state == "rolled back":
-        raise UsageError(f"job {job_id} was already rolled back")
-    store.reopen_job(job_id)
+    request, plan = _reopened(job_id, store, "rollback")
     try:
         return _run(job_id, request, plan, store, on_event or (lambda _k, _p: None), rollback=True)
     finally:

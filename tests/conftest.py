@@ -1,0 +1,44 @@
+"""Fixtures every test directory shares: a real PostgreSQL server for the job store's tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pg import PostgresServer, postgres_bin
+from vmigrate.store import StoreLocation
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session, stopped (and waited for) at its end.
+    Without PostgreSQL installed the tests that need it fail, never skip."""
+    try:
+        postgres_bin()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty database's URL (no password in it: PGPASSWORD has it)."""
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    return postgres.url(postgres.new_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> StoreLocation:
+    """Where a test's store lives: a fresh SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "jobs.sqlite"
+    url: str = request.getfixturevalue("pg_url")
+    return url
