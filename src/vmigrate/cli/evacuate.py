@@ -22,7 +22,7 @@ from vmigrate.fleet.evacuate import (
     evacuate,
     resume_evacuation,
 )
-from vmigrate.fleet.execute import MOVED, MoveResult
+from vmigrate.fleet.execute import MOVED, UNKNOWN, MoveResult
 from vmigrate.fleet.plan import DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_HOST, MODES
 from vmigrate.store import StoreLocation
 
@@ -140,7 +140,7 @@ def run_with_board(
 
 
 def _result_line(result: dict[str, Any]) -> str:
-    colour = "green" if result["state"] == MOVED else "yellow"
+    colour = {MOVED: "green", UNKNOWN: "red"}.get(result["state"], "yellow")
     took = f" in {result['seconds']:.1f} s" if result.get("seconds") is not None else ""
     gap = f", guest gap {result['gap_ms']:.0f} ms" if result.get("gap_ms") is not None else ""
     return f"[{colour}]{result['state']}[/] {result['vm']}{took}{gap}: {result['reason']}"
