@@ -77,6 +77,7 @@ class FakeChild:
     exit_code: int | None = None
     signals: int = 0
     needs_second_signal: bool = False
+    stop_step: str = ""  # a cold child's "stop" step: "", started, done
     ended_at: float | None = None
 
     # what the scheduler calls
@@ -191,8 +192,15 @@ class World:
         vm, src, dst = command.vm, command.source, command.destination
         elapsed = self.now - child.started
         if command.mode == "cold" and command.action == MOVE and child.script != "refused":
-            if elapsed >= 1.0 and self.where[vm].get(src) == "running":
-                self.where[vm] = {src: "shut off"}  # its "stop" step
+            assert child.job_id is not None
+            if not child.stop_step and elapsed < 1.0:  # its "stop" step: a shutdown
+                child.stop_step = "started"
+                self.store.record_step(child.job_id, 1, "stop", "started", {})
+            elif child.stop_step == "started" and elapsed >= 1.0:
+                child.stop_step = "done"
+                self.store.record_step(child.job_id, 1, "stop", "done", {})
+                if self.where[vm].get(src) == "running":
+                    self.where[vm] = {src: "shut off"}
             if child.script == "completed" and elapsed >= 3.0 and child.job_id is not None:
                 self.where[vm] = {dst: "running", src: "shut off"}
                 self.store.record_step(child.job_id, 9, NO_RETURN_STEP, "done", {})
@@ -212,6 +220,7 @@ class World:
             child.end_at = self.now + POLL_S
             child.script = "cancelled"
         else:  # a cold child stops at a clean point, leaving its job interrupted
+            assert child.stop_step != "started", "interrupted while its guest shuts down"
             child.end_at = self.now + POLL_S
             child.script = "interrupted"
 
@@ -576,3 +585,14 @@ def test_a_paused_source_is_never_counted_as_stayed(report: dict[str, Any], stat
         job_started=True,
     )
     assert verdict.state == state, verdict
+
+
+def test_ctrl_c_while_the_guest_shuts_down_waits_for_it_then_rolls_back(tmp_path: Path) -> None:
+    inp = evacuation([(512, True)], [4096], "cold", Limits(1, 1))
+    out = simulate(tmp_path, inp, ["completed"], 0.6)  # its stop step ends at 1 s
+    check_invariants(out)
+    move, rollback = out.world.children
+    assert move.command.action == MOVE and rollback.command.action == ROLLBACK
+    assert move.stop_step == "done" and move.script == "interrupted"
+    (result,) = out.results
+    assert result.state == CANCELLED and out.world.where["vm0"] == {SOURCE: "running"}

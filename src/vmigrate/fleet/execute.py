@@ -104,6 +104,7 @@ class _Track:
     recover_job: int | None = None
     stop_sent_at: float | None = None
     stop_reason: str | None = None
+    stop_pending: bool = False  # Ctrl-C: to be stopped at the next clean point
 
 
 @dataclass
@@ -273,6 +274,8 @@ class MoveScheduler:
     def _step(self) -> None:
         if self._stop_requested and not self.cancelled:
             self._cancel()
+        if self.cancelled:
+            self._stop_children()
         self._dispatch()
         self._poll()
         self._watch_hosts()
@@ -592,15 +595,24 @@ class MoveScheduler:
         for track in list(self.queue):
             self._stays(track, f"not started: cancelled; it stays on {track.move.source}")
         for track in self.running:
+            if track.recovering is None:
+                track.stop_pending = True
+        self._stop_children()
+
+    def _stop_children(self) -> None:
+        """Each child to stop gets its SIGINT, but a cold child that is shutting its VM down
+        only once the guest is off (interrupted then, the guest would finish shutting down
+        after the rollback restarted it), and one whose VM runs on the destination never."""
+        for track in self.running:
             child = track.child
             assert child is not None
-            if track.recovering is not None:
+            if not track.stop_pending:
                 continue
-            if (
-                track.move.mode == COLD
-                and child.job_id is not None
-                and Journal(self.ctx.store, child.job_id).done(NO_RETURN_STEP)
-            ):
+            point = self._cold_point(child.job_id) if track.move.mode == COLD else ""
+            if point == "stopping":
+                continue
+            track.stop_pending = False
+            if point == "no return":
                 self.ctx.emit(
                     "notice",
                     {
@@ -611,3 +623,14 @@ class MoveScheduler:
                 continue
             child.stop()
             track.stop_sent_at = self.rt.clock()
+
+    def _cold_point(self, job_id: int | None) -> str:
+        """Where a cold job is: "no return" (the VM runs on the destination), "stopping"
+        (the guest is shutting down or being saved), or "" (a clean point to stop at)."""
+        if job_id is None:
+            return ""
+        journal = Journal(self.ctx.store, job_id)
+        if journal.done(NO_RETURN_STEP):
+            return "no return"
+        stop = journal.records.get("stop")
+        return "stopping" if stop is not None and stop.state == "started" else ""
