@@ -596,3 +596,24 @@ def test_ctrl_c_while_the_guest_shuts_down_waits_for_it_then_rolls_back(tmp_path
     assert move.stop_step == "done" and move.script == "interrupted"
     (result,) = out.results
     assert result.state == CANCELLED and out.world.where["vm0"] == {SOURCE: "running"}
+
+
+def test_results_are_checked_against_what_the_source_lists_at_the_end() -> None:
+    from vmigrate.fleet.evacuate import reconcile
+    from vmigrate.fleet.execute import MoveResult
+
+    results = [
+        MoveResult("gone", SOURCE, "hostB", MOVED, "live", "on hostB", runs_on="hostB"),
+        MoveResult("still", SOURCE, "hostB", MOVED, "live", "on hostB", runs_on="hostB"),
+        MoveResult("kept", SOURCE, "hostB", STAYED, "live", "failed", runs_on=SOURCE),
+        MoveResult("vanished", SOURCE, "hostB", CANCELLED, "cold", "cancelled", runs_on=SOURCE),
+    ]
+    checked = {r.vm: r for r in reconcile(results, SOURCE, ["still", "kept"])}
+    assert [checked[n].state for n in ("gone", "still", "kept", "vanished")] == [
+        MOVED,
+        UNKNOWN,
+        STAYED,
+        UNKNOWN,
+    ]
+    assert "hostA still lists it: run `vmigrate recover still`" in checked["still"].reason
+    assert checked["vanished"].runs_on is None
