@@ -274,6 +274,8 @@ def test_libvirtd_killed_under_a_move_into_it_fails_over_once_within_seconds(
     # and the report listed the VM twice (moved, and stays on hostA), exit 0
     path = hosts_file(tmp_path, {"hostB": 8192, "hostC": 4096})  # hostB first
     names = [guests(f"f{i}", memory_mib=256, dirty_rate_mib=10) for i in range(2)]
+    checked = run_cli("check", names[0], "--from", "hostA", "--to", "hostB", "--hosts", str(path))
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr  # hostB can take it
     link.shape("200mbit")  # each move takes seconds: one is in flight when hostB dies
     process = start_cli(
         "evacuate", "hostA", "--cluster", "trio", "--hosts", str(path), "--store", str(store),
