@@ -338,10 +338,9 @@ class MoveScheduler:
 
     def _launch(self, track: _Track, command: MoveCommand, recovering: str | None = None) -> None:
         """Start a child for the VM: never while another one works on it."""
-        assert track.child is None
-        assert all(t.load.name != track.load.name for t in self.running), (
-            f"{track.load.name}: a child already works on it"
-        )
+        if track.child is not None or any(t.load.name == track.load.name for t in self.running):
+            # Kept even under `python -O`: two children on one VM is what must never happen.
+            raise RuntimeError(f"{track.load.name}: a child already works on it")
         track.recovering = recovering
         track.started_ns = time.monotonic_ns()
         track.child = self.rt.start(command, self.ctx.logs, len(track.attempts) + 1)
