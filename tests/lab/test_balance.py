@@ -187,3 +187,26 @@ def test_watch_repeats_rounds_until_ctrl_c(lab: list[HostStatus], store: Path) -
     _rest, stderr = read_rest(process, timeout=120)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_watch_stops_when_ctrl_c_lands_in_a_rounds_moves(store: Path, skewed: list[str]) -> None:
+    # issue #23: the scheduler took the Ctrl-C, and the watch started another round
+    process = start_cli(
+        "balance", "--cluster", "lab", "--store", str(store), *FAST, "--watch", "1", "--json"
+    )
+    read_events_until(process, "move-start", timeout=180)
+    process.send_signal(signal.SIGINT)
+    rest, stderr = read_rest(process, timeout=180)
+    found = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in found]
+    assert "plan" not in kinds, kinds  # no round after the Ctrl-C
+    done = last(found, "done")
+    assert done["cancelled"]
+    assert any(
+        e["event"] == "notice" and e["message"] == "cancelled: no more rounds" for e in found
+    )
+    for move in done["moves"]:
+        where = locate_vm(move["vm"])
+        assert [h for h, s in where.items() if s == "running"] == [move["runs_on"]], (move, where)
+    assert process.returncode == (0 if all(m["state"] == "moved" for m in done["moves"]) else 1)
+    assert "Traceback" not in stderr

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,13 +18,15 @@ import pytest
 
 from vmigrate.errors import VmigrateError
 from vmigrate.lab import link
-from vmigrate.lab.config import HOST_A, HOST_B, HOST_C
+from vmigrate.lab.config import HOST_A, HOST_B, HOST_C, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
+from vmigrate.lab.hostfs import on_host
 from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.state import load_records
-from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm, remove_vm
+from vmigrate.lab.vms import LabVmRequest, add_disk, create_vm, locate_vm, remove_vm
 from vmigrate.virt.connection import open_connection
 
+from . import helpers
 from .helpers import read_events_until, read_rest, run_cli, start_cli
 
 pytestmark = pytest.mark.lab
@@ -225,6 +229,141 @@ def test_a_destination_that_dies_gets_no_more_moves(
     # after the death, every move went to hostC
     moved_to_b = [m for m in report["moves"] if m["destination"] == "hostB"]
     assert len(moved_to_b) <= 1
+
+
+def _timed_events_until(
+    process: subprocess.Popen[str], wanted: Callable[[dict[str, Any]], bool], timeout: float
+) -> list[tuple[float, dict[str, Any]]]:
+    """The events (with the time each was read) up to the first that `wanted` accepts."""
+    output = helpers._output(process)
+    deadline = time.monotonic() + timeout
+    seen: list[tuple[float, dict[str, Any]]] = []
+    while True:
+        try:
+            line = output.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            process.kill()
+            raise AssertionError(
+                f"no awaited event within {timeout:g} s (killed vmigrate); seen: "
+                f"{[e['event'] for _, e in seen][-20:]}; stderr: {output.stderr_tail()}"
+            ) from None
+        if line is None:
+            raise AssertionError(
+                f"vmigrate ended first; seen: {[e for _, e in seen][-10:]}; "
+                f"stderr: {output.stderr_tail()}"
+            )
+        if line.startswith("{"):
+            event = json.loads(line)
+            seen.append((time.monotonic(), event))
+            if wanted(event):
+                return seen
+
+
+def _one_line_per_vm_matching_where_it_runs(report: dict[str, Any], names: list[str]) -> None:
+    assert sorted(m["vm"] for m in report["moves"]) == sorted(names), report["moves"]
+    for move in report["moves"]:
+        where = locate_vm(move["vm"])
+        running = [host for host, state in where.items() if state == "running"]
+        assert running == [move["runs_on"]] and len(where) == 1, (move, where)
+
+
+def test_libvirtd_killed_under_a_move_into_it_fails_over_once_within_seconds(
+    tmp_path: Path, store: Path, guests: Callable[..., str]
+) -> None:
+    # issue #23: the move into the dead hostB took 63.5 s to end, was retried on hostC twice,
+    # and the report listed the VM twice (moved, and stays on hostA), exit 0
+    path = hosts_file(tmp_path, {"hostB": 8192, "hostC": 4096})  # hostB first
+    names = [guests(f"f{i}", memory_mib=256, dirty_rate_mib=10) for i in range(2)]
+    checked = run_cli("check", names[0], "--from", "hostA", "--to", "hostB", "--hosts", str(path))
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr  # hostB can take it
+    link.shape("200mbit")  # each move takes seconds: one is in flight when hostB dies
+    process = start_cli(
+        "evacuate", "hostA", "--cluster", "trio", "--hosts", str(path), "--store", str(store),
+        "--max-parallel", "1", "--json",
+    )  # fmt: skip
+    try:
+        before = _timed_events_until(
+            process,
+            lambda e: (
+                e["event"] == "move-progress"
+                and e["destination"] == "hostB"
+                and e["phase"] == "precopy"
+            ),
+            timeout=180,
+        )
+        victim = before[-1][1]["vm"]
+        killed_at = time.monotonic()
+        os.kill(load_records()["hostB"].pid, signal.SIGKILL)
+        after = _timed_events_until(
+            process,
+            lambda e: e["event"] == "move-start" and e["vm"] == victim,
+            timeout=120,
+        )
+        stdout, stderr = read_rest(process, timeout=400)
+    finally:
+        link.reset()
+        lab_up(3)  # hostB comes back (and removes its half-received guest)
+    failover_at, restart = after[-1]
+    assert restart["destination"] == "hostC"
+    assert failover_at - killed_at <= 15.0, f"failed over {failover_at - killed_at:.1f} s late"
+    found = [e for _, e in before + after] + events(stdout)
+    assert any(
+        e["event"] == "notice" and e["message"] == "hostB stopped answering: it gets no more moves"
+        for e in found
+    )
+    starts = [(e["vm"], e["destination"]) for e in found if e["event"] == "move-start"]
+    assert len(starts) == len(set(starts)), starts  # each target tried once per VM
+    assert starts.count((victim, "hostB")) == 1 and starts.count((victim, "hostC")) == 1
+    ends = [e["vm"] for e in found if e["event"] == "move-end"]
+    assert sorted(ends) == sorted(names), ends  # one result per VM
+    report = one_of(found, "done")
+    _one_line_per_vm_matching_where_it_runs(report, names)
+    moved = all(m["state"] == "moved" for m in report["moves"])
+    assert report["empty"] and moved, report["message"]
+    assert process.returncode == 0, stderr
+    victim_result = next(m for m in report["moves"] if m["vm"] == victim)
+    assert [a["destination"] for a in victim_result["attempts"]] == ["hostB", "hostC"]
+    for name in names:
+        contiguous(name)
+
+
+def test_ctrl_c_in_a_cold_evacuation_brings_the_stopped_vms_back_on_hostA(
+    tmp_path: Path, store: Path, guests: Callable[..., str]
+) -> None:
+    names = [guests(f"c{i}", memory_mib=256, disk="local") for i in range(2)]
+    disks = [add_disk(n, LOCAL_POOL, "vdb", 160, "write -P 0xa5 0 160M") for n in names]
+    link.shape("100mbit")  # ~12 MiB/s: the copies take long enough to press Ctrl-C
+    process = start_cli(
+        "evacuate", "hostA", "--to", "hostB", "--mode", "cold", "--store", str(store),
+        "--max-parallel", "2", "--json",
+    )  # fmt: skip
+    try:
+        read_events_until(process, "move-progress", timeout=180)
+        deadline = time.monotonic() + 120
+        while any(locate_vm(n) != {"hostA": "shut off"} for n in names):  # both stopped
+            assert time.monotonic() < deadline, {n: locate_vm(n) for n in names}
+            assert process.poll() is None, read_rest(process, timeout=10)
+            time.sleep(0.5)
+        time.sleep(2)  # their copies are under way
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = read_rest(process, timeout=300)
+    finally:
+        link.reset()
+    assert process.returncode == 1, stderr
+    found = events(stdout)
+    report = one_of(found, "done")
+    assert report["cancelled"] and not report["empty"]
+    assert {m["state"] for m in report["moves"]} == {"cancelled"}, report["moves"]
+    _one_line_per_vm_matching_where_it_runs(report, names)
+    for name in names:
+        assert locate_vm(name) == {"hostA": "running"}
+    rolled = [e["message"] for e in found if e["event"] == "notice" and "rolling" in e["message"]]
+    assert len(rolled) == 2, rolled
+    assert _vms_on(HOST_B.uri) == []
+    for disk in disks:  # the copies made on hostB are gone; hostA's disks stay
+        assert not on_host("hostB", disk).exists()
+        assert on_host("hostA", disk).exists()
+    assert "Traceback" not in stderr
 
 
 def test_vmigrate_killed_mid_evacuation_then_resumed(

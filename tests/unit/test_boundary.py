@@ -47,6 +47,8 @@ PURE_MODULES = (
     "vmigrate.fleet.plan",
     "vmigrate.fleet.predict",
     "vmigrate.fleet.moves",
+    "vmigrate.fleet.logs",
+    "vmigrate.fleet.outcome",
     "vmigrate.fleet.balance",
     "vmigrate.lab.state",
     "vmigrate.lab.config",

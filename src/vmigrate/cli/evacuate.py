@@ -22,7 +22,7 @@ from vmigrate.fleet.evacuate import (
     evacuate,
     resume_evacuation,
 )
-from vmigrate.fleet.execute import MOVED, MoveResult
+from vmigrate.fleet.execute import MOVED, UNKNOWN, MoveResult
 from vmigrate.fleet.plan import DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_HOST, MODES
 from vmigrate.store import StoreLocation
 
@@ -140,7 +140,7 @@ def run_with_board(
 
 
 def _result_line(result: dict[str, Any]) -> str:
-    colour = "green" if result["state"] == MOVED else "yellow"
+    colour = {MOVED: "green", UNKNOWN: "red"}.get(result["state"], "yellow")
     took = f" in {result['seconds']:.1f} s" if result.get("seconds") is not None else ""
     gap = f", guest gap {result['gap_ms']:.0f} ms" if result.get("gap_ms") is not None else ""
     return f"[{colour}]{result['state']}[/] {result['vm']}{took}{gap}: {result['reason']}"
@@ -209,8 +209,10 @@ def evacuate_command(
 ) -> None:
     """Empty HOST for maintenance: plan every move first (the same checks as `vmigrate check`,
     capacity after the moves already planned, a predicted time), then move, retry failures on
-    the next host, and report where every VM went. Ctrl-C cancels the moves in flight (the VMs
-    stay). Exit 0 only when HOST is empty (or, with --dry-run, when every VM has a place)."""
+    the next host, and report where every VM went (one line per VM). Ctrl-C cancels the moves
+    in flight: live moves abort, cold moves are rolled back so their VMs run on HOST again (or
+    finish, once a VM already runs on its destination). Exit 0 only when HOST is empty and
+    every move is proven (or, with --dry-run, when every VM has a place)."""
     if to is not None and not _split(to):
         raise click.BadParameter("name at least one host, e.g. --to hostB,hostC")
     request = EvacuateRequest(

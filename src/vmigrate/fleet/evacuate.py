@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
-from vmigrate.fleet.execute import MOVED, Emit, MoveContext, MoveResult, MoveScheduler
+from vmigrate.fleet.execute import (
+    CANCELLED,
+    MOVED,
+    STAYED,
+    UNKNOWN,
+    Emit,
+    MoveContext,
+    MoveResult,
+    MoveScheduler,
+)
 from vmigrate.fleet.gather import (
     close_sessions,
     gather_vms,
@@ -23,10 +32,17 @@ from vmigrate.fleet.gather import (
     open_sessions,
     target_host,
 )
+from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.moves import VMIGRATE
 from vmigrate.fleet.plan import MODES, EvacuationInput, EvacuationPlan, Limits, plan_evacuation
 from vmigrate.hosts import HostRef, cluster_of, resolve_cluster, resolve_host
-from vmigrate.store import RUNNING, JobStore, StoreLocation, store_location
+from vmigrate.store import (
+    RUNNING,
+    JobStore,
+    StoreLocation,
+    default_store_path,
+    store_location,
+)
 
 KIND = "evacuate"
 RESUME_WAIT_S = 1800.0
@@ -191,8 +207,12 @@ def _left_on(ref: HostRef) -> list[str] | None:
         close_sessions(sessions)
 
 
-def log_dir(store: JobStore, job_id: int) -> Path:
-    return store.path.parent / "fleet" / str(job_id)
+def log_dir(store: JobStore, job_id: int) -> MoveLogs:
+    """`<store dir>/fleet/<job>/`, private; under the default state directory when the store
+    is a database server rather than a file."""
+    location = getattr(store, "path", None)
+    base = location.parent if isinstance(location, Path) else default_store_path().parent
+    return MoveLogs(base, ("fleet", str(job_id)))
 
 
 def evacuate(request: EvacuateRequest, emit: Emit, job_id: int | None = None) -> EvacuationReport:
@@ -244,7 +264,10 @@ def _report(
     started: float,
 ) -> EvacuationReport:
     left = _left_on(source)
+    if left is not None:
+        results = reconcile(results, source.name, left)
     moved = [r for r in results if r.state == MOVED]
+    unsure = [r.vm for r in results if r.state == UNKNOWN]
     if left is None:
         message = f"{source.name} did not answer at the end: cannot prove it is empty"
         empty = False
@@ -253,7 +276,9 @@ def _report(
         empty = False
     else:
         message = f"{source.name} is empty: {len(moved)} VM(s) moved"
-        empty = True
+        empty = not unsure
+    if unsure:
+        message += f"; where {', '.join(unsure)} is not proven: `vmigrate recover VM`"
     return EvacuationReport(
         job_id,
         source.name,
@@ -265,6 +290,32 @@ def _report(
         time.monotonic() - started,
         message + ("; cancelled" if cancelled else ""),
     )
+
+
+def reconcile(results: list[MoveResult], source: str, left: list[str]) -> list[MoveResult]:
+    """Each result checked against the source's own list at the end: a VM reported moved
+    that is still there, or reported on the source and gone from it, is not proven."""
+    checked = []
+    for result in results:
+        still = result.vm in left
+        if result.state == MOVED and still:
+            result = replace(
+                result,
+                state=UNKNOWN,
+                runs_on=None,
+                reason=f"{result.reason}; but {source} still lists it: "
+                f"run `vmigrate recover {result.vm}`",
+            )
+        elif result.state in (STAYED, CANCELLED) and result.runs_on == source and not still:
+            result = replace(
+                result,
+                state=UNKNOWN,
+                runs_on=None,
+                reason=f"{result.reason}; but {source} no longer lists it: "
+                f"run `vmigrate recover {result.vm}`",
+            )
+        checked.append(result)
+    return checked
 
 
 def _settle_in_flight(store: JobStore, job_id: int, emit: Emit) -> None:

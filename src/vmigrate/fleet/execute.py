@@ -1,6 +1,16 @@
 """Running a plan's moves: limits per source, per destination and in all; a failed move
 retried on the next host that admits it; a host that stops answering gets no more moves;
-Ctrl-C stops the moves in flight cleanly and starts no more."""
+Ctrl-C stops the moves in flight cleanly and starts no more.
+
+What always holds (tests/unit/test_scheduler.py checks it over random failures):
+- a VM has at most one child at any moment (a move, or the rollback of an interrupted one);
+- each VM goes to each destination at most once;
+- each VM gets exactly one result, and the result says where it runs: a VM is sent
+  elsewhere only when its child proved it runs on its source alone (fleet/outcome.py);
+- Ctrl-C in a cold move rolls it back (the VM runs on its source again) or, past the point
+  of no return, lets it finish; a live move aborts (unless in post-copy, which finishes);
+- the hosts of the moves in flight are probed every few seconds: a live move into a host
+  that stopped answering is stopped (the VM stays on its source) and tried elsewhere."""
 
 from __future__ import annotations
 
@@ -8,14 +18,19 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vmigrate.errors import VmigrateError
-from vmigrate.fleet.moves import ChildMove, MoveCommand, start_move
+from vmigrate.fleet.hostwatch import HostWatch, ProbingWatch, host_answers
+from vmigrate.fleet.logs import MoveLogs
+from vmigrate.fleet.moves import RESUME, ROLLBACK, MoveChild, MoveCommand, start_move
+from vmigrate.fleet.outcome import CANCELLED, MOVED, STAYED, UNKNOWN, judge
 from vmigrate.fleet.plan import (
+    COLD,
+    LIVE,
     EvacuationInput,
     EvacuationPlan,
     Ledger,
@@ -25,15 +40,33 @@ from vmigrate.fleet.plan import (
 )
 from vmigrate.fleet.predict import link_free
 from vmigrate.hosts import HostRef
+from vmigrate.journal import Journal
 from vmigrate.store import JobStore
-from vmigrate.virt.connection import open_with_timeout
+
+__all__ = [
+    "CANCELLED",
+    "MOVED",
+    "STAYED",
+    "UNKNOWN",
+    "MoveContext",
+    "MoveResult",
+    "MoveScheduler",
+    "Runtime",
+    "host_answers",
+]
 
 log = logging.getLogger(__name__)
 Emit = Callable[[str, dict[str, Any]], None]
 POLL_S = 0.5
-ANSWER_TIMEOUT_S = 5.0
+#: Probes in a row a host of a move in flight may miss before it counts as dead.
+DEAD_AFTER_FAILURES = 2
+#: A live child stopped because its destination died gets a second SIGINT after this long:
+#: it ends the child's wait for the dead host to answer (it reports what it knows).
+HURRY_AFTER_S = 5.0
+#: The cold journal's step after which the VM runs on the destination: no way back.
+NO_RETURN_STEP = "verify running"
 
-MOVED, STAYED, UNKNOWN, CANCELLED = "moved", "stayed", "unknown", "cancelled"
+WAITING, RUNNING, ENDED, DONE = "waiting", "running", "ended", "done"
 
 
 @dataclass
@@ -51,6 +84,7 @@ class MoveResult:
     predicted_s: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     job_id: int | None = None
+    runs_on: str | None = None  # where the VM is, as this result says (None: unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,10 +95,16 @@ class _Track:
     seq: int
     load: VmLoad
     move: PlannedMove
-    tried: set[str] = field(default_factory=set)
+    tried: set[str] = field(default_factory=set)  # destinations a child was started for
     attempts: list[dict[str, Any]] = field(default_factory=list)
-    child: ChildMove | None = None
+    child: MoveChild | None = None
     started_ns: int = 0
+    phase: str = ""  # waiting | running | ended | done
+    recovering: str | None = None  # rollback | resume: the child finishes an interrupted job
+    recover_job: int | None = None
+    stop_sent_at: float | None = None
+    stop_reason: str | None = None
+    stop_pending: bool = False  # Ctrl-C: to be stopped at the next clean point
 
 
 @dataclass
@@ -75,17 +115,9 @@ class MoveContext:
     store: JobStore
     refs: dict[str, HostRef]
     hosts_file: Path | None
-    log_dir: Path
+    logs: MoveLogs
     emit: Emit
     seq_base: int = 0
-
-
-def host_answers(ref: HostRef) -> bool:
-    try:
-        open_with_timeout(ref.uri, host=ref.name, timeout=ANSWER_TIMEOUT_S).close()
-    except VmigrateError:
-        return False
-    return True
 
 
 def _lab_gap_ms(vm: str, since_ns: int) -> float | None:
@@ -99,16 +131,32 @@ def _lab_gap_ms(vm: str, since_ns: int) -> float | None:
     return round(report.largest_gap_ms, 1) if report.beats else None
 
 
-def _still_on_source(report: dict[str, Any], source: str) -> bool:
-    """The move failed and the VM runs on its source alone. A destination that did not
-    answer the child's final look cannot be running it either: its QEMU waits, paused, for
-    libvirt to resume it after a finished migration, and the source still runs it."""
-    if report.get("outcome") == "completed":
-        return False
-    if report.get("placement_ok"):
-        return True
-    placement = report.get("placement", {})
-    return bool(placement.get("running_on") == [source])
+@dataclass(frozen=True)
+class Runtime:
+    """What the scheduler runs on: real children, probes and time (stand-ins in tests)."""
+
+    start: Callable[[MoveCommand, MoveLogs, int], MoveChild] = start_move
+    watch: Callable[[dict[str, HostRef]], HostWatch] = ProbingWatch
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    poll_s: float = POLL_S
+    gap_ms: Callable[[str, int], float | None] = _lab_gap_ms
+
+
+@contextlib.contextmanager
+def _stops_deferred(on_stop: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM (where they would raise KeyboardInterrupt) only set a flag while
+    the scheduler runs, so they never land halfway through its bookkeeping."""
+    previous: dict[signal.Signals, Any] = {}
+    with contextlib.suppress(ValueError):  # not the main thread: KeyboardInterrupt as usual
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is signal.default_int_handler:
+                previous[signum] = signal.signal(signum, lambda _n, _f: on_stop())
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class MoveScheduler:
@@ -119,17 +167,20 @@ class MoveScheduler:
         ctx: MoveContext,
         *,
         retry_elsewhere: bool = True,
+        runtime: Runtime | None = None,
     ) -> None:
         self.inp, self.ctx = inp, ctx
+        self.rt = runtime or Runtime()
         # Balance turns this off: its later moves assumed the earlier ones happened, so a
         # failed one is re-planned by the next round rather than sent somewhere else.
         self.retry_elsewhere = retry_elsewhere
         self.limits = plan.limits
         loads = {vm.name: vm for vm in inp.vms}
-        self.pending = [
+        self.tracks = [
             _Track(ctx.seq_base + i, loads[m.vm], m)
             for i, m in enumerate(sorted(plan.moves, key=lambda m: m.predicted_start_s))
         ]
+        self.queue: list[_Track] = []
         self.running: list[_Track] = []
         self.results: list[MoveResult] = []
         self.dead: set[str] = set()
@@ -137,7 +188,10 @@ class MoveScheduler:
         for move in plan.moves:
             self.ledger.take(move.destination, move.need_bytes, move.vcpus)
         self.cancelled = False
-        for track in self.pending:
+        self._stop_requested = False
+        self.watch = self.rt.watch(ctx.refs)
+        for track in self.tracks:
+            self._enqueue(track)
             self._record(track, "planned", {})
 
     # -- bookkeeping --------------------------------------------------------------------
@@ -156,7 +210,23 @@ class MoveScheduler:
     def _busy(self, host: str) -> int:
         return sum(1 for t in self.running if host in (t.move.source, t.move.destination))
 
-    def _finish(self, track: _Track, state: str, reason: str, **extra: Any) -> None:
+    def _enqueue(self, track: _Track, *, first: bool = False) -> None:
+        """The one way into the queue: a track waits at most once, never while it runs."""
+        assert track.phase in ("", ENDED), f"{track.load.name} cannot wait: it is {track.phase}"
+        assert track.child is None and track not in self.queue
+        track.phase = WAITING
+        self.queue.insert(0 if first else len(self.queue), track)
+
+    def _finish(
+        self, track: _Track, state: str, reason: str, runs_on: str | None, **extra: Any
+    ) -> None:
+        """The VM's one result."""
+        assert track.phase in (WAITING, ENDED), f"{track.load.name} finished while {track.phase}"
+        assert track.child is None
+        assert all(r.vm != track.load.name for r in self.results), track.load.name
+        if track.phase == WAITING:
+            self.queue.remove(track)
+        track.phase = DONE
         result = MoveResult(
             vm=track.load.name,
             source=track.move.source,
@@ -166,32 +236,63 @@ class MoveScheduler:
             reason=reason,
             predicted_s=track.move.predicted_s,
             attempts=track.attempts,
+            runs_on=runs_on,
             **extra,
         )
         self.results.append(result)
         self._record(track, state, {"reason": reason, "result": result.to_dict()})
         self.ctx.emit("move-end", result.to_dict())
 
+    def _stays(self, track: _Track, reason: str) -> None:
+        """The VM runs on its source: the destination's room is free again."""
+        move = track.move
+        self.ledger.give_back(move.destination, move.need_bytes, move.vcpus)
+        state = CANCELLED if self.cancelled else STAYED
+        self._finish(track, state, reason, move.source)
+
     # -- the loop -----------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Ctrl-C: stop at the next step of the loop."""
+        self._stop_requested = True
+
     def run(self) -> list[MoveResult]:
-        try:
-            while self.pending or self.running:
-                self._dispatch()
-                self._poll()
-                time.sleep(POLL_S)
-        except KeyboardInterrupt:
-            self._cancel()
+        with _stops_deferred(self.interrupt):
+            try:
+                while self.queue or self.running:
+                    try:
+                        self._step()
+                        self.rt.sleep(self.rt.poll_s)
+                    except KeyboardInterrupt:
+                        self.interrupt()
+            finally:
+                self.watch.close()
+                self.ctx.logs.close()
+        assert all(t.phase == DONE for t in self.tracks)
+        assert len(self.results) == len(self.tracks)
         return self.results
 
+    def _step(self) -> None:
+        if self._stop_requested and not self.cancelled:
+            self._cancel()
+        if self.cancelled:
+            self._stop_children()
+        self._dispatch()
+        self._poll()
+        self._watch_hosts()
+
     def _dispatch(self) -> None:
-        for track in list(self.pending):
+        for track in list(self.queue):
             if len(self.running) >= self.limits.max_parallel:
                 return
-            if track.move.destination in self.dead and not self._replace(
-                track, f"{track.move.destination} stopped answering"
+            source, destination = track.move.source, track.move.destination
+            if source in self.dead:
+                self._stays(track, f"not started: {source} stopped answering; it stays there")
+                continue
+            if destination in self.dead and not self._redirect(
+                track, f"{destination} stopped answering"
             ):
                 continue
-            source, destination = track.move.source, track.move.destination
+            destination = track.move.destination
             if (
                 self._busy(source) >= self.limits.max_per_host
                 or self._busy(destination) >= self.limits.max_per_host
@@ -200,12 +301,11 @@ class MoveScheduler:
                 )
             ):
                 continue
-            self.pending.remove(track)
             self._start(track)
 
-    def _start(self, track: _Track) -> None:
+    def _command(self, track: _Track) -> MoveCommand:
         move = track.move
-        command = MoveCommand(
+        return MoveCommand(
             vm=move.vm,
             source=move.source,
             destination=move.destination,
@@ -214,10 +314,15 @@ class MoveScheduler:
             hosts_file=self.ctx.hosts_file,
             store_path=self.ctx.store.path,
         )
-        track.started_ns = time.monotonic_ns()
-        track.child = start_move(command, self.ctx.log_dir, len(track.attempts) + 1)
-        self.running.append(track)
-        self._record(track, "running", {"pid": track.child.process.pid})
+
+    def _start(self, track: _Track) -> None:
+        move = track.move
+        assert track.phase == WAITING
+        assert move.destination not in track.tried, f"{move.vm} was tried on {move.destination}"
+        self.queue.remove(track)
+        track.tried.add(move.destination)
+        track.stop_sent_at = track.stop_reason = None
+        self._launch(track, self._command(track))
         self.ctx.emit(
             "move-start",
             {
@@ -230,6 +335,18 @@ class MoveScheduler:
                 "predicted_s": move.predicted_s,
             },
         )
+
+    def _launch(self, track: _Track, command: MoveCommand, recovering: str | None = None) -> None:
+        """Start a child for the VM: never while another one works on it."""
+        if track.child is not None or any(t.load.name == track.load.name for t in self.running):
+            # Kept even under `python -O`: two children on one VM is what must never happen.
+            raise RuntimeError(f"{track.load.name}: a child already works on it")
+        track.recovering = recovering
+        track.started_ns = time.monotonic_ns()
+        track.child = self.rt.start(command, self.ctx.logs, len(track.attempts) + 1)
+        track.phase = RUNNING
+        self.running.append(track)
+        self._record(track, "running", {"pid": track.child.pid, "action": command.action})
 
     def _poll(self) -> None:
         for track in list(self.running):
@@ -252,16 +369,24 @@ class MoveScheduler:
                 )
             if child.finished():
                 child.read_events()
-                self.running.remove(track)
-                self._settle(track, child)
+                self._settle(track)
 
-    def _settle(self, track: _Track, child: ChildMove) -> None:
-        destination = track.move.destination
-        report = child.report
+    # -- a child ended ------------------------------------------------------------------
+    def _settle(self, track: _Track) -> None:
+        child = track.child
+        assert child is not None and track.phase == RUNNING
+        self.running.remove(track)
+        track.child, track.phase = None, ENDED
+        error = child.error_text()
+        child.close()
+        if track.recovering is not None:
+            self._settle_recovery(track, child, error)
+            return
+        destination, report = track.move.destination, child.report
         attempt: dict[str, Any] = {
             "destination": destination,
             "job_id": child.job_id,
-            "exit_code": child.process.returncode,
+            "exit_code": child.exit_code,
             "seconds": round(child.elapsed(), 1),
         }
         if report is not None:
@@ -269,96 +394,242 @@ class MoveScheduler:
             attempt["message"] = report.get("message")
         elif child.job_id is None:
             attempt["outcome"] = "refused"
-            attempt["message"] = child.error_text() or "the move ended before it started"
+            attempt["message"] = error or "the move ended before it started"
+        else:
+            attempt["outcome"] = "interrupted"
+            attempt["message"] = error or "the move ended without a report"
+        if track.stop_reason:
+            attempt["stopped"] = track.stop_reason
         track.attempts.append(attempt)
-        if (
-            report is not None
-            and report.get("outcome") == "completed"
-            and report.get("placement_ok")
-        ):
-            earlier = "; ".join(
-                f"{a['destination']} failed first: {a.get('message') or a.get('outcome')}"
-                for a in track.attempts[:-1]
-            )
-            self._finish(
-                track,
-                MOVED,
-                f"on {destination}: {report.get('placement', {}).get('summary', '')}"
-                + (f" ({earlier})" if earlier else ""),
-                seconds=report.get("total_s", attempt["seconds"]),
-                downtime_ms=report.get("downtime_ms"),
-                gap_ms=_lab_gap_ms(track.load.name, track.started_ns),
-                bytes_sent=report.get("bytes_sent", report.get("bytes_moved")),
-                job_id=child.job_id,
-            )
+        if report is None and child.job_id is not None and track.move.mode == COLD:
+            self._recover_cold(track, child.job_id)
             return
-        untouched = report is None and child.job_id is None
-        stayed = report is not None and _still_on_source(report, track.move.source)
-        if not (untouched or stayed):
+        verdict = judge(
+            report,
+            vm=track.load.name,
+            source=track.move.source,
+            destination=destination,
+            state_before=track.load.state,
+            job_started=child.job_id is not None,
+        )
+        if verdict.state == MOVED:
+            self._moved(track, verdict.why, report or {}, child.job_id, attempt["seconds"])
+            return
+        if verdict.state == UNKNOWN:
+            self._finish(track, UNKNOWN, verdict.why, None, job_id=child.job_id)
+            return
+        why = str(attempt.get("message") or "failed")
+        if track.stop_reason:
+            why = f"{track.stop_reason}: {why}"
+        if self.cancelled:
+            self._stays(track, f"cancelled; it stays on {track.move.source}: {why}")
+            return
+        if not self.retry_elsewhere:
+            self._stays(track, f"{why}; it stays on {track.move.source}")
+            return
+        if destination not in self.dead and (
+            self.watch.failures(destination) > 0 or not self.watch.answers(destination)
+        ):
+            self._mark_dead(destination)
+        move = track.move
+        self.ledger.give_back(move.destination, move.need_bytes, move.vcpus)
+        self._retry(track, f"the move to {destination} failed: {why}")
+
+    def _moved(
+        self,
+        track: _Track,
+        where: str,
+        report: dict[str, Any],
+        job_id: int | None,
+        seconds: float,
+    ) -> None:
+        earlier = "; ".join(
+            f"{a['destination']} failed first: {a.get('message') or a.get('outcome')}"
+            for a in track.attempts[:-1]
+        )
+        self._finish(
+            track,
+            MOVED,
+            where + (f" ({earlier})" if earlier else ""),
+            track.move.destination,
+            seconds=report.get("total_s", seconds),
+            downtime_ms=report.get("downtime_ms"),
+            gap_ms=self.rt.gap_ms(track.load.name, track.started_ns),
+            bytes_sent=report.get("bytes_sent", report.get("bytes_moved")),
+            job_id=job_id,
+        )
+
+    def _recover_cold(self, track: _Track, job_id: int) -> None:
+        """A cold child stopped without finishing its job (Ctrl-C, or it died): the VM may be
+        shut off on its source. Roll the job back, or finish it once the VM runs on the
+        destination: a person would run the same `vmigrate jobs rollback|resume`."""
+        past = Journal(self.ctx.store, job_id).done(NO_RETURN_STEP)
+        action = RESUME if past else ROLLBACK
+        how = (
+            f"it already runs on {track.move.destination}: finishing the move"
+            if past
+            else f"rolling it back, so that it runs on {track.move.source} again"
+        )
+        self.ctx.emit("notice", {"message": f"{track.load.name}: job {job_id} stopped; {how}"})
+        track.recover_job = job_id
+        self._launch(track, replace(self._command(track), action=action, job_id=job_id), action)
+
+    def _settle_recovery(self, track: _Track, child: MoveChild, error: str) -> None:
+        job = track.recover_job
+        verdict = judge(
+            child.report,
+            vm=track.load.name,
+            source=track.move.source,
+            destination=track.move.destination,
+            state_before=track.load.state,
+            job_started=True,
+        )
+        message = (child.report or {}).get("message") or error or "no report"
+        track.attempts.append(
+            {
+                "destination": track.move.destination,
+                "job_id": job,
+                "action": track.recovering,
+                "exit_code": child.exit_code,
+                "outcome": (child.report or {}).get("outcome"),
+                "message": message,
+            }
+        )
+        if verdict.state == MOVED:
+            self._moved(track, verdict.why, child.report or {}, job, round(child.elapsed(), 1))
+        elif verdict.state == STAYED:
+            self._stays(track, f"job {job} was interrupted and rolled back: {message}")
+        else:
             self._finish(
                 track,
                 UNKNOWN,
-                f"the move to {destination} ended without proving where the VM is "
-                f"({attempt.get('message') or child.error_text() or 'no report'}): run "
-                f"`vmigrate recover {track.load.name}`",
-                job_id=child.job_id,
+                f"job {job} was interrupted and its {track.recovering} did not prove where "
+                f"the VM is ({message}): run `vmigrate jobs rollback {job}` or "
+                f"`vmigrate jobs resume {job}`",
+                None,
+                job_id=job,
             )
-            return
-        why = str(attempt.get("message") or "failed")
-        if self.cancelled:
-            self._finish(track, CANCELLED, f"cancelled; it stays on {track.move.source}: {why}")
-            return
-        if not self.retry_elsewhere:
-            self._finish(track, STAYED, f"{why}; it stays on {track.move.source}")
-            return
-        if destination not in self.dead and not host_answers(self.ctx.refs[destination]):
-            self.dead.add(destination)
-            self.ctx.emit(
-                "notice",
-                {"message": f"{destination} stopped answering: it gets no more moves"},
-            )
-        if not self._replace(track, f"the move to {destination} failed: {why}"):
-            return
-        self.pending.insert(0, track)
 
-    def _replace(self, track: _Track, why: str) -> bool:
-        """Send the move to the next host that admits it; False when none does (it stays)."""
+    # -- elsewhere ----------------------------------------------------------------------
+    def _retry(self, track: _Track, why: str) -> None:
+        """Queue the VM for the next host that admits it (its room already given back);
+        it stays where it is when none does."""
         move = track.move
-        track.tried.add(move.destination)
-        self.ledger.give_back(move.destination, move.need_bytes, move.vcpus)
-        if track in self.pending:
-            self.pending.remove(track)
         exclude = frozenset(track.tried | self.dead)
         destination, reason = next_destination(track.load, self.inp, self.ledger, exclude)
         if destination is None:
-            self._finish(track, STAYED, f"{why}; it stays on {move.source}: {reason}")
-            return False
+            self._finish(track, STAYED, f"{why}; it stays on {move.source}: {reason}", move.source)
+            return
         self.ledger.take(destination, move.need_bytes, move.vcpus)
         track.move = replace(move, destination=destination, reason=f"retry ({why}): {reason}")
-        self.ctx.emit(
-            "notice",
-            {"message": f"{move.vm}: {why}; next: {destination} ({reason})"},
-        )
-        self.pending.insert(0, track)
+        self.ctx.emit("notice", {"message": f"{move.vm}: {why}; next: {destination} ({reason})"})
+        self._enqueue(track, first=True)
+
+    def _redirect(self, track: _Track, why: str) -> bool:
+        """A waiting move whose destination died goes to the next host; False (and its
+        result) when none admits it."""
+        assert track.phase == WAITING
+        move = track.move
+        self.ledger.give_back(move.destination, move.need_bytes, move.vcpus)
+        exclude = frozenset(track.tried | self.dead)
+        destination, reason = next_destination(track.load, self.inp, self.ledger, exclude)
+        if destination is None:
+            self._finish(
+                track,
+                STAYED,
+                f"not started: {why}; it stays on {move.source}: {reason}",
+                move.source,
+            )
+            return False
+        self.ledger.take(destination, move.need_bytes, move.vcpus)
+        track.move = replace(move, destination=destination, reason=f"{why}: {reason}")
+        self.ctx.emit("notice", {"message": f"{move.vm}: {why}; next: {destination} ({reason})"})
         return True
 
-    def _cancel(self) -> None:
-        """Ctrl-C: stop the moves in flight (each aborts cleanly), start no more."""
-        self.cancelled = True
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            self.ctx.emit("notice", {"message": "cancelling: the moves in flight abort"})
-            for track in self.running:
-                assert track.child is not None
-                track.child.stop()
-            while self.running:
-                self._poll()
-                time.sleep(POLL_S)
-            for track in self.pending:
-                self._finish(
-                    track, CANCELLED, f"not started: cancelled; it stays on {track.move.source}"
+    # -- hosts that stop answering ------------------------------------------------------
+    def _mark_dead(self, host: str) -> None:
+        if host not in self.dead:
+            self.dead.add(host)
+            self.ctx.emit("notice", {"message": f"{host} stopped answering: it gets no more moves"})
+
+    def _watch_hosts(self) -> None:
+        hosts = {h for t in self.running for h in (t.move.source, t.move.destination)}
+        self.watch.watch(hosts)
+        for host in sorted(hosts - self.dead):
+            if self.watch.failures(host) >= DEAD_AFTER_FAILURES:
+                self._mark_dead(host)
+        now = self.rt.clock()
+        for track in self.running:
+            child = track.child
+            assert child is not None
+            # A cold child finds a dead destination itself (its next step fails, it rolls
+            # back); a rollback runs to its end; post-copy has no way back.
+            if (
+                track.recovering is not None
+                or track.move.mode != LIVE
+                or track.move.destination not in self.dead
+                or child.phase == "postcopy"
+            ):
+                continue
+            if track.stop_sent_at is None or track.stop_reason is None:
+                track.stop_reason = f"{track.move.destination} stopped answering"
+                self.ctx.emit(
+                    "notice",
+                    {
+                        "message": f"{track.load.name}: {track.stop_reason}: stopping its move "
+                        f"(the VM stays on {track.move.source})"
+                    },
                 )
-            self.pending = []
-        finally:
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGINT, previous)
+                child.stop()
+                track.stop_sent_at = now
+            elif now - track.stop_sent_at >= HURRY_AFTER_S:
+                child.hurry()
+
+    # -- Ctrl-C -------------------------------------------------------------------------
+    def _cancel(self) -> None:
+        """Start no more; stop the moves in flight (each aborts cleanly); a cold move that
+        already runs the VM on its destination finishes."""
+        self.cancelled = True
+        self.ctx.emit("notice", {"message": "cancelling: the moves in flight abort"})
+        for track in list(self.queue):
+            self._stays(track, f"not started: cancelled; it stays on {track.move.source}")
+        for track in self.running:
+            if track.recovering is None:
+                track.stop_pending = True
+        self._stop_children()
+
+    def _stop_children(self) -> None:
+        """Each child to stop gets its SIGINT, but a cold child that is shutting its VM down
+        only once the guest is off (interrupted then, the guest would finish shutting down
+        after the rollback restarted it), and one whose VM runs on the destination never."""
+        for track in self.running:
+            child = track.child
+            assert child is not None
+            if not track.stop_pending:
+                continue
+            point = self._cold_point(child.job_id) if track.move.mode == COLD else ""
+            if point == "stopping":
+                continue
+            track.stop_pending = False
+            if point == "no return":
+                self.ctx.emit(
+                    "notice",
+                    {
+                        "message": f"{track.load.name} already runs on "
+                        f"{track.move.destination}: its move finishes"
+                    },
+                )
+                continue
+            child.stop()
+            track.stop_sent_at = self.rt.clock()
+
+    def _cold_point(self, job_id: int | None) -> str:
+        """Where a cold job is: "no return" (the VM runs on the destination), "stopping"
+        (the guest is shutting down or being saved), or "" (a clean point to stop at)."""
+        if job_id is None:
+            return ""
+        journal = Journal(self.ctx.store, job_id)
+        if journal.done(NO_RETURN_STEP):
+            return "no return"
+        stop = journal.records.get("stop")
+        return "stopping" if stop is not None and stop.state == "started" else ""

@@ -1,11 +1,14 @@
 """One move of a fleet operation: an ordinary `vmigrate live` or `vmigrate cold` job in a
-child process, with the same policy, job store and report as when a user types it.
+child process, with the same policy, job store and report as when a user types it. After an
+interrupted cold move, the same kind of child rolls it back (or finishes it): `vmigrate jobs
+rollback|resume ID`.
 
 A child writes its JSON events to a file, not a pipe: if the process driving the fleet
 operation dies (even SIGKILL), the child carries on and finishes its move cleanly, and the
 next `vmigrate jobs resume` finds its outcome in the job store. Children run in their own
 session, so a Ctrl-C at the terminal reaches the driver only, which stops each child with one
-SIGINT (a second one could interrupt the child's own clean abort).
+SIGINT (a second one could interrupt the child's own clean abort); only a child whose
+destination stopped answering gets a second one later, which ends its wait for that host.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from vmigrate.fleet.logs import ChildFiles, MoveLogs, read_from
 from vmigrate.store import StoreLocation
 
 VMIGRATE = [sys.executable, "-m", "vmigrate.cli.main"]
+MOVE, ROLLBACK, RESUME = "move", "rollback", "resume"
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,13 @@ class MoveCommand:
     copy_storage: bool
     hosts_file: Path | None
     store_path: StoreLocation
+    action: str = MOVE  # move | rollback | resume (of the cold job `job_id`)
+    job_id: int | None = None
 
     def argv(self) -> list[str]:
+        if self.action in (ROLLBACK, RESUME):
+            store = ["--store", str(self.store_path)]
+            return [*VMIGRATE, "jobs", *store, self.action, str(self.job_id), "--json"]
         args = [*VMIGRATE, self.mode, self.vm, "--from", self.source, "--to", self.destination]
         if self.mode == "live" and self.copy_storage:
             args.append("--copy-storage")
@@ -45,30 +55,65 @@ class MoveCommand:
         return [*args, "--store", str(self.store_path), "--json"]
 
 
+class MoveChild(Protocol):
+    """What the scheduler needs of a child (a process here; a stand-in in the tests)."""
+
+    command: MoveCommand
+    job_id: int | None
+    phase: str
+    percent: float
+    report: dict[str, Any] | None
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def exit_code(self) -> int | None: ...
+
+    def read_events(self) -> list[dict[str, Any]]: ...
+
+    def finished(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def hurry(self) -> None: ...
+
+    def error_text(self) -> str: ...
+
+    def elapsed(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class ChildMove:
     """A running child and what it said so far."""
 
     command: MoveCommand
     process: subprocess.Popen[bytes]
-    events_path: Path
-    errors_path: Path
+    files: ChildFiles
     started: float = field(default_factory=time.monotonic)
     job_id: int | None = None
     percent: float = 0.0
     phase: str = "checks"
     report: dict[str, Any] | None = None
     _offset: int = 0
-    _stopped: bool = False
+    _signals: int = 0
+    _closed: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode
 
     def read_events(self) -> list[dict[str, Any]]:
         """The events written since the last call (only whole lines)."""
-        try:
-            with self.events_path.open("rb") as handle:
-                handle.seek(self._offset)
-                data = handle.read()
-        except OSError:
+        if self._closed:
             return []
+        data = read_from(self.files.events_read, self._offset)
         end = data.rfind(b"\n") + 1
         self._offset += end
         events = []
@@ -97,42 +142,55 @@ class ChildMove:
     def finished(self) -> bool:
         return self.process.poll() is not None
 
-    def stop(self) -> None:
-        """Ask the child to abort its move cleanly (the VM stays where it is), once."""
-        if not self._stopped and self.process.poll() is None:
-            self._stopped = True
+    def _interrupt(self, at_most: int) -> None:
+        if self._signals < at_most and self.process.poll() is None:
+            self._signals += 1
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGINT)
 
+    def stop(self) -> None:
+        """Ask the child to abort its move cleanly (the VM stays where it is), once."""
+        self._interrupt(1)
+
+    def hurry(self) -> None:
+        """After stop(): one more SIGINT, which ends a live child's wait for a host that
+        does not answer (it then reports what it knows)."""
+        if self._signals >= 1:
+            self._interrupt(2)
+
     def error_text(self) -> str:
-        try:
-            text = self.errors_path.read_text(errors="replace").strip()
-        except OSError:
+        if self._closed:
             return ""
+        text = read_from(self.files.errors_read, 0).decode(errors="replace").strip()
         lines = [line for line in text.splitlines() if line.strip()]
         return lines[-1].removeprefix("error: ") if lines else ""
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.files.events_read)
+            os.close(self.files.errors_read)
 
-def start_move(command: MoveCommand, log_dir: Path, attempt: int) -> ChildMove:
-    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stem = f"{command.vm}.{attempt}"
-    events_path = log_dir / f"{stem}.events.jsonl"
-    errors_path = log_dir / f"{stem}.stderr"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    events_fd = os.open(events_path, flags, 0o600)
-    errors_fd = os.open(errors_path, flags, 0o600)
+
+def start_move(command: MoveCommand, logs: MoveLogs, attempt: int) -> ChildMove:
+    label = command.action if command.action != MOVE else str(attempt)
+    files = logs.child_files(f"{command.vm}.{label}")
     try:
         process = subprocess.Popen(
             command.argv(),
             stdin=subprocess.DEVNULL,
-            stdout=events_fd,
-            stderr=errors_fd,
+            stdout=files.events_write,
+            stderr=files.errors_write,
             start_new_session=True,
         )
+    except BaseException:
+        os.close(files.events_read)
+        os.close(files.errors_read)
+        raise
     finally:
-        os.close(events_fd)
-        os.close(errors_fd)
-    return ChildMove(command, process, events_path, errors_path)
+        os.close(files.events_write)
+        os.close(files.errors_write)
+    return ChildMove(command, process, files)

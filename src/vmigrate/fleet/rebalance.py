@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -72,11 +72,13 @@ class BalanceReport:
     hosts_measured_after: list[dict[str, Any]] = field(default_factory=list)
     total_s: float = 0.0
     message: str = ""
+    cancelled: bool = False  # Ctrl-C: the moves in flight stopped, and so do further rounds
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,
             "cluster": self.cluster,
+            "cancelled": self.cancelled,
             "plan": self.plan,
             "imbalance_before": self.plan["imbalance_before"],
             "imbalance_after": self.plan["imbalance_after"],
@@ -298,8 +300,15 @@ def balance_round(request: BalanceRequest, emit: Emit) -> BalanceReport:
             log_dir(store, job_id),
             emit,
         )
-        results = MoveScheduler(evacuation_plan, evacuation_input, ctx, retry_elsewhere=False).run()
-        after = _measure(refs, request, maintenance)
+        scheduler = MoveScheduler(evacuation_plan, evacuation_input, ctx, retry_elsewhere=False)
+        results = scheduler.run()
+        cancelled = scheduler.cancelled
+        after: list[Any] = []
+        if not cancelled:
+            try:
+                after = _measure(refs, request, maintenance)
+            except KeyboardInterrupt:
+                cancelled = True
         moved = sum(r.state == MOVED for r in results)
         report = BalanceReport(
             job_id,
@@ -310,7 +319,8 @@ def balance_round(request: BalanceRequest, emit: Emit) -> BalanceReport:
             [h.to_dict() for h in after],
             time.monotonic() - started,
             f"{moved} of {len(results)} move(s) done; imbalance {plan.imbalance_before:.3f} -> "
-            f"{plan.imbalance_after:.3f} predicted",
+            f"{plan.imbalance_after:.3f} predicted" + ("; cancelled" if cancelled else ""),
+            cancelled,
         )
         store.finish_job(
             job_id,
@@ -332,12 +342,23 @@ def _measure(refs: Sequence[HostRef], request: BalanceRequest, maintenance: set[
     return list(host_shares(sampled.inp))
 
 
-def watch(request: BalanceRequest, every_s: float, emit: Emit) -> list[BalanceReport]:
-    """Rounds until Ctrl-C, `every_s` apart; each round moves at most max_moves VMs."""
-    reports = []
+def watch(
+    request: BalanceRequest,
+    every_s: float,
+    emit: Emit,
+    one_round: Callable[[BalanceRequest, Emit], BalanceReport] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[BalanceReport]:
+    """Rounds until Ctrl-C, `every_s` apart; each round moves at most max_moves VMs. A
+    Ctrl-C during a round's moves cancels them (the scheduler takes it) and ends the watch."""
+    run_round = one_round or balance_round
+    reports: list[BalanceReport] = []
     with contextlib.suppress(KeyboardInterrupt):
         while True:
-            reports.append(balance_round(request, emit))
+            reports.append(run_round(request, emit))
+            if reports[-1].cancelled:
+                emit("notice", {"message": "cancelled: no more rounds"})
+                break
             emit("notice", {"message": f"next round in {every_s:g} s (Ctrl-C stops)"})
-            time.sleep(every_s)
+            sleep(every_s)
     return reports
