@@ -144,10 +144,14 @@ class World:
         else:
             script = command.action
         child = FakeChild(self, command, script, next(self.pids), self.now, None)
-        if script != "refused":
+        if script != "refused" and command.action == MOVE:
             child.job_id = self.store.create_job(
                 command.mode, vm, command.source, command.destination, {}
             )
+        elif script != "refused":  # a resume or rollback drives the job its move left
+            assert command.job_id is not None
+            child.job_id = command.job_id
+            self.store.reopen_job(command.job_id, command.action)
         child.end_at = (
             self.now
             + {
@@ -280,6 +284,11 @@ class World:
                 "postcopy": postcopy and command.mode == "live",
             }
             child.exit_code = 0 if outcome == "completed" else 1
+        if child.job_id is not None:  # as a real child's store records its end
+            ended = "interrupted" if script == "interrupted" else outcome
+            if command.mode == "cold" and ended == "failed" and child.report:
+                ended = "rolled back"  # a failed cold move undoes itself (cold/runner.py)
+            self.store.finish_job(child.job_id, ended, script, child.report or {})
         child.ended_at = self.now
         died = self.dead.get(command.destination)
         if command.mode == "live" and died is not None and child.started < died <= self.now:
