@@ -52,3 +52,28 @@ def test_a_completed_cold_job_in_a_postgresql_store_is_never_rolled_back(
     assert file_sha256(disk) == before
     after = JobStore(pg_url).job(job_id)
     assert after.state == "completed" and after.action is None
+
+
+def test_an_evacuation_and_its_moves_share_one_postgresql_store_with_a_second_operator(
+    lab: list[HostStatus], vm_name: str, pg_url: str
+) -> None:
+    """The evacuation's children get the store's URL (no password on their command line:
+    PGPASSWORD reaches them as it reached the parent); a second vmigrate process with the
+    same URL sees hostA in maintenance and will not target it."""
+    create_vm(LabVmRequest(vm_name, memory_mib=256))
+    evacuated = run_cli(
+        "evacuate", "hostA", "--to", "hostB", "--store", pg_url, "--json", timeout=300
+    )
+    assert evacuated.returncode == 0, evacuated.stdout + evacuated.stderr
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    store = JobStore(pg_url)
+    kinds = {(j.kind, j.vm, j.state) for j in store.jobs()}
+    assert ("evacuate", "hostA", "completed") in kinds
+    assert ("live", vm_name, "completed") in kinds  # the child recorded its move here
+    assert [m.host for m in store.maintenance().values()] == ["hostA"]
+    other = run_cli("evacuate", "hostB", "--to", "hostA", "--store", pg_url, "--dry-run")
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert "every target is in maintenance (hostA)" in other.stderr
+    ended = run_cli("maintenance", "end", "hostA", "--store", pg_url, timeout=60)
+    assert ended.returncode == 0, ended.stdout + ended.stderr
+    assert not JobStore(pg_url).maintenance()
