@@ -17,9 +17,9 @@ def postgres() -> Iterator[PostgresServer]:
     Without PostgreSQL installed the tests that need it fail, never skip."""
     try:
         postgres_bin()
+        server = PostgresServer()
     except RuntimeError as err:
         pytest.fail(str(err))
-    server = PostgresServer()
     try:
         server.start()
         yield server

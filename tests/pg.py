@@ -74,7 +74,13 @@ class PostgresServer:
         self.powerless_password = secrets.token_hex(16)
         self._run_as: dict[str, Any] = {}
         if os.geteuid() == 0:
-            account = pwd.getpwnam("postgres")
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError(
+                    "PostgreSQL refuses to run as root and there is no `postgres` user (Debian's "
+                    "postgresql-common makes it): run scripts/setup.sh"
+                ) from None
             self._run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
             os.chown(self.base, account.pw_uid, account.pw_gid)
         self.base.chmod(0o700)

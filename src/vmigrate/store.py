@@ -375,23 +375,19 @@ def _open_error(path: Path, err: OSError | sqlite3.Error) -> VmigrateError:
     )
 
 
-def backup_path(path: Path, version: int) -> Path:
-    return path.with_name(f"{path.name}.v{version}-backup-{time.strftime('%Y%m%dT%H%M%S')}")
-
-
 def _private_copy(db: SqliteDatabase, path: Path, version: int) -> Path:
-    """A copy of the store as it is, next to it, before a migration changes it."""
-    target = backup_path(path, version)
-    n = 1
-    while True:
+    """A copy of the store as it is, next to it (never over another file), before a
+    migration changes it: `jobs.sqlite.v1-backup-20261207T120000`, private like the store."""
+    stem = f"{path.name}.v{version}-backup-{time.strftime('%Y%m%dT%H%M%S')}"
+    for n in range(1, 100):
+        target = path.with_name(stem if n == 1 else f"{stem}-{n}")
         try:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
-            break
         except FileExistsError:
-            n += 1
-            target = backup_path(path, version).with_name(f"{backup_path(path, version).name}-{n}")
-    db.backup(target)
-    return target
+            continue
+        db.backup(target)
+        return target
+    raise StoreError(f"cannot find a free name for a backup of {path} ({stem}-N)")
 
 
 def _too_new(name: str, found: int) -> StoreError:

@@ -1,0 +1,79 @@
+"""A job store in PostgreSQL, end to end in the lab: a cold move recorded there by the
+`vmigrate` command, and the guarded lifecycle holding on a real VM (a completed job is never
+rolled back: the VM stays on hostB with its disk unchanged)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vmigrate.lab.config import HOST_A
+from vmigrate.lab.hostfs import file_sha256, on_host
+from vmigrate.lab.lifecycle import HostStatus
+from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
+from vmigrate.store import JobStore
+from vmigrate.virt.connection import open_connection
+
+from .helpers import run_cli
+
+pytestmark = pytest.mark.lab
+
+
+def test_a_completed_cold_job_in_a_postgresql_store_is_never_rolled_back(
+    lab: list[HostStatus], vm_name: str, pg_url: str
+) -> None:
+    created = create_vm(LabVmRequest(vm_name, memory_mib=128, disk="local", disk_format="raw"))
+    conn = open_connection(HOST_A.uri)
+    conn.lookupByName(vm_name).destroy()
+    conn.close()
+    moved = run_cli(
+        "cold", vm_name, "--from", "hostA", "--to", "hostB", "--store", pg_url, "--json",
+        timeout=300,
+    )  # fmt: skip
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    done = next(json.loads(line) for line in moved.stdout.splitlines() if '"event": "done"' in line)
+    job_id = done["job_id"]
+    assert done["outcome"] == "completed" and locate_vm(vm_name) == {"hostB": "shut off"}
+    record = JobStore(pg_url).job(job_id)  # recorded in PostgreSQL, by that process
+    assert record.state == "completed" and record.owner is not None
+    assert record.owner.start is not None and record.owner.boot_id
+    assert created.disk_path is not None
+    disk = on_host("hostB", created.disk_path)
+    before = file_sha256(disk)
+
+    refused = run_cli("jobs", "--store", pg_url, "rollback", str(job_id), timeout=60)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"job {job_id} completed: {vm_name} runs on hostB" in refused.stderr
+    assert f"vmigrate cold {vm_name} --from hostB --to hostA" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # Nothing changed: the VM, its disk, the job.
+    assert locate_vm(vm_name) == {"hostB": "shut off"}
+    assert file_sha256(disk) == before
+    after = JobStore(pg_url).job(job_id)
+    assert after.state == "completed" and after.action is None
+
+
+def test_an_evacuation_and_its_moves_share_one_postgresql_store_with_a_second_operator(
+    lab: list[HostStatus], vm_name: str, pg_url: str
+) -> None:
+    """The evacuation's children get the store's URL (no password on their command line:
+    PGPASSWORD reaches them as it reached the parent); a second vmigrate process with the
+    same URL sees hostA in maintenance and will not target it."""
+    create_vm(LabVmRequest(vm_name, memory_mib=256))
+    evacuated = run_cli(
+        "evacuate", "hostA", "--to", "hostB", "--store", pg_url, "--json", timeout=300
+    )
+    assert evacuated.returncode == 0, evacuated.stdout + evacuated.stderr
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    store = JobStore(pg_url)
+    kinds = {(j.kind, j.vm, j.state) for j in store.jobs()}
+    assert ("evacuate", "hostA", "completed") in kinds
+    assert ("live", vm_name, "completed") in kinds  # the child recorded its move here
+    assert [m.host for m in store.maintenance().values()] == ["hostA"]
+    other = run_cli("evacuate", "hostB", "--to", "hostA", "--store", pg_url, "--dry-run")
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert "every target is in maintenance (hostA)" in other.stderr
+    ended = run_cli("maintenance", "end", "hostA", "--store", pg_url, timeout=60)
+    assert ended.returncode == 0, ended.stdout + ended.stderr
+    assert not JobStore(pg_url).maintenance()
