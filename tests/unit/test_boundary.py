@@ -19,6 +19,7 @@ PURE_MODULES = (
     "vmigrate.hosts",
     "vmigrate.estimate",
     "vmigrate.journal",
+    "vmigrate.lease",
     "vmigrate.store",
     "vmigrate.domxml.cpu",
     "vmigrate.domxml.domain",
