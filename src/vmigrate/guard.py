@@ -107,7 +107,7 @@ def hold_lease(
         if taken.action == TAKE_OVER and taken.previous is not None:
             detail["previous"] = taken.previous.to_dict()
         store.record_lease_event(job_id, vm, host, event, detail)
-        emit("lease", {"host": host, "event": event, **taken.lease.to_dict()})
+        emit("lease", {"action": event, "host": host, **taken.lease.to_dict()})
         keeper = LeaseKeeper(who, vm, dict(places))
         keeper.start()
         return HeldLease(keeper, host)
@@ -118,7 +118,8 @@ def hold_lease(
 def end_lease(
     store: JobStore, job_id: int, held: HeldLease | None, *, release: bool, emit: EventSink
 ) -> list[str]:
-    """Stop renewing; with `release`, remove the lease wherever it is still ours. The
+    """Stop renewing; with `release`, remove the lease wherever it is still ours (without,
+    the job can be resumed or rolled back and keeps it: unrenewed, it goes stale). The
     keeper's notes (renewals that failed, a lease lost) go into the store's history."""
     if held is None:
         return []
@@ -128,8 +129,8 @@ def end_lease(
     for host, event, detail in keeper.events:
         store.record_lease_event(job_id, keeper.vm, host, event, detail)
     keeper.events.clear()
-    for host in released:
-        store.record_lease_event(job_id, keeper.vm, host, "released", {})
-    if released:
-        emit("lease", {"host": ", ".join(released), "event": "released", "job": job_id})
+    event = "released" if release else "kept"
+    where = ", ".join(released) or "-"
+    store.record_lease_event(job_id, keeper.vm, where, event, {"removed_from": released})
+    emit("lease", {"action": event, "host": where, "job": job_id, "removed_from": released})
     return released

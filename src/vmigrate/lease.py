@@ -63,12 +63,13 @@ class Lease:
 
     @classmethod
     def new(cls, holder: Holder, now: datetime, ttl_s: int = DEFAULT_TTL_S) -> Lease:
+        now = to_the_second(now)
         return cls(
             holder.job, holder.kind, holder.owner, holder.store, holder.token, now, now, ttl_s
         )
 
     def renewed_at(self, now: datetime) -> Lease:
-        return replace(self, renewed=now)
+        return replace(self, renewed=to_the_second(now))
 
     def held_by(self, holder: Holder) -> bool:
         """Ours: the same job of the same store, proven by the token."""
@@ -114,6 +115,11 @@ class Lease:
             "renewed": format_time(self.renewed),
             "ttl": str(self.ttl_s),
         }
+
+
+def to_the_second(moment: datetime) -> datetime:
+    """What the element keeps of a time: UTC, whole seconds."""
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 def format_time(moment: datetime) -> str:

@@ -22,10 +22,12 @@ def take_over_lease_option(command: F) -> F:
 
 def lease_line(payload: dict[str, Any]) -> str:
     """One lease event of a move (taken, taken over, released) for the terminal."""
-    if payload.get("event") == "released":
-        return f"lease released on {payload['host']}"
-    host, job, owner = payload["host"], payload["job"], payload["owner"]
-    return f"lease {payload['event']} on {host}: job {job}, {owner}"
+    action = payload["action"]
+    if action == "released":
+        return f"lease released ({', '.join(payload['removed_from']) or 'no host held it'})"
+    if action == "kept":
+        return "lease kept until the job is resumed or rolled back"
+    return f"lease {action} on {payload['host']}: job {payload['job']}, {payload['owner']}"
 
 
 def describe_found(found: dict[str, Any]) -> str:
