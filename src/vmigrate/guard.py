@@ -108,7 +108,7 @@ def hold_lease(
             detail["previous"] = taken.previous.to_dict()
         store.record_lease_event(job_id, vm, host, event, detail)
         emit("lease", {"action": event, "host": host, **taken.lease.to_dict()})
-        keeper = LeaseKeeper(who, vm, dict(places))
+        keeper = LeaseKeeper(who, vm, dict(places), taken.lease)
         keeper.start()
         return HeldLease(keeper, host)
     store.record_lease_event(job_id, vm, "-", "none", {"why": "no host defines the VM"})

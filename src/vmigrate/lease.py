@@ -275,6 +275,17 @@ def lost_race_error(found: Lease | None, *, vm: str, host: str) -> LeaseError:
     )
 
 
+def slow_take_error(took_s: float, settle_s: float, *, vm: str, host: str) -> LeaseError:
+    return LeaseError(
+        f"taking the lease on {vm} took {took_s:.2f} s from reading it to writing it, longer "
+        f"than the {settle_s:g} s another vmigrate waits to see a rival: its lease may have "
+        "been overwritten unseen, so this one backs out; nothing was changed",
+        vm=vm,
+        host=host,
+        fix=f"retry; if it happens again, the link to {host} or this machine is too slow",
+    )
+
+
 def current_owner() -> str:
     """user@machine of this process (the lease's owner)."""
     try:

@@ -283,7 +283,7 @@ def test_the_keeper_renews_a_shut_off_vm_and_releases_only_its_own(
         )
         assert taken.action == "take" and 0.5 <= taken.settle_s < 1.0
         assert metadata_element("hostA", vm_name, "config")  # shut off: the definition has it
-        keeper = LeaseKeeper(ours, vm_name, {"hostA": conn}, interval_s=0.5)
+        keeper = LeaseKeeper(ours, vm_name, {"hostA": conn}, taken.lease, interval_s=0.5)
         keeper.start()
         time.sleep(2.5)
         with keeper.paused():
@@ -293,12 +293,24 @@ def test_the_keeper_renews_a_shut_off_vm_and_releases_only_its_own(
             time.sleep(1.5)
             assert lease_on("hostA", vm_name) == renewed  # paused: not renewed meanwhile
         keeper.stop()
+        # Removed behind its back (a rival taker that backed out, a hand): put back.
+        removed = subprocess.run(
+            ["virsh", "-c", HOST_A.uri, "metadata", vm_name, NAMESPACE, "--remove", "--config"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert removed.returncode == 0, removed.stderr
+        assert keeper.renew() == ["hostA"]
+        restored = lease_on("hostA", vm_name)
+        assert restored is not None and restored.held_by(ours)
+        assert restored.taken == taken.lease.taken
         # Someone else took it over meanwhile: our release leaves theirs in place.
         theirs = foreign_lease(renewed_ago_s=0)
         write_by_hand_config("hostA", vm_name, theirs)
         assert keeper.renew() == [] and keeper.release() == []
         assert lease_on("hostA", vm_name) == theirs
-        assert [event for _host, event, _detail in keeper.events] == ["lost"]
+        assert [event for _host, event, _detail in keeper.events] == ["restored", "lost"]
     finally:
         conn.close()
 

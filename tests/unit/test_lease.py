@@ -23,6 +23,7 @@ from vmigrate.lease import (
     lease_in_domain_xml,
     lost_race_error,
     malformed_error,
+    slow_take_error,
 )
 
 T0 = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
@@ -170,5 +171,8 @@ def test_other_refusals_name_what_was_found() -> None:
     lost = lost_race_error(lease(holder=THEIRS), vm="web", host="hostA")
     assert "job 7 of alice@ops2" in lost.message and "same moment" in lost.message
     assert "removed" in lost_race_error(None, vm="web", host="hostA").message
+    slow = slow_take_error(0.73, 0.5, vm="web", host="hostA")
+    assert "took 0.73 s" in slow.message and "backs out" in slow.message
+    assert "nothing was changed" in slow.message
     bad = malformed_error("not XML", vm="web", host="hostA")
     assert "--take-over-lease" in bad.fix and NAMESPACE in bad.fix

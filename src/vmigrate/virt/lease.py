@@ -37,6 +37,7 @@ from vmigrate.lease import (
     lost_race_error,
     malformed_error,
     now_utc,
+    slow_take_error,
 )
 from vmigrate.virt.connection import (
     Connection,
@@ -165,10 +166,16 @@ def take_lease(
     settle_s: float = SETTLE_S,
 ) -> Taken:
     """Read; refuse a live lease not ours (or a stale one without `take_over`); write ours;
-    wait `settle_s`; read back and compare the token. libvirt has no compare-and-set: a
-    second writer that read "free" before our write and writes after our read-back still
-    wins unseen (docs/safety.md, section 2)."""
+    wait `settle_s`; read back and compare the token.
+
+    libvirt has no compare-and-set. Two takers that both read "free" both write; the last
+    write stays, and the first taker sees it in its read-back, unless that write lands after
+    the read-back: the later taker then spent longer than `settle_s` between sending its
+    read and libvirt applying its write. We measure exactly that span (read sent -> write
+    answered), and a taker that was that slow backs out: it removes its own lease again and
+    refuses (docs/safety.md, section 2)."""
     with libvirt_errors(host=host, vm=vm, doing="take the VM's lease"):
+        started = time.monotonic()
         found = read_lease(domain)
         if found.problem is not None and not take_over:
             raise malformed_error(found.problem, vm=vm, host=host)
@@ -186,10 +193,15 @@ def take_lease(
             else Lease.new(holder, now)
         )
         write_lease(domain, ours)
-        started = time.monotonic()
+        written = time.monotonic()
+        if written - started >= settle_s:
+            back = read_lease(domain).lease
+            if back is not None and back.held_by(holder) and action != RENEW:
+                remove_lease(domain)
+            raise slow_take_error(written - started, settle_s, vm=vm, host=host)
         time.sleep(settle_s)
         back = read_lease(domain).lease
-        settled = time.monotonic() - started
+        settled = time.monotonic() - written
     if back is None or not back.held_by(holder):
         raise lost_race_error(back, vm=vm, host=host)
     return Taken(back, action, previous, settled)
@@ -203,13 +215,15 @@ LeaseEvent = tuple[str, str, dict[str, Any]]
 class LeaseKeeper:
     """Keeps a job's lease: renews it every RENEW_INTERVAL_S on each host where the VM is
     defined and the lease found is ours (the source; the destination once the VM is there),
-    and releases it at the end. Renewal failures are logged, never fatal: a live migration
-    holds the domain's job lock (setMetadata would wait 30 s and fail), so renewals pause
-    during the migrate call and the lease stays live through libvirt's job instead."""
+    writes it where the VM is defined without one, and releases it at the end. Renewal
+    failures are logged, never fatal: a live migration holds the domain's job lock
+    (setMetadata would wait 30 s and fail), so renewals pause during the migrate call and
+    the lease stays live through libvirt's job instead."""
 
     holder: Holder
     vm: str
     places: dict[str, Connection]  # host name -> connection
+    taken: Lease | None = None  # as taken: a lease put back keeps its `taken` time
     interval_s: float = RENEW_INTERVAL_S
     events: list[LeaseEvent] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -260,6 +274,12 @@ class LeaseKeeper:
                     continue
                 found = read_lease(domain).lease
                 if found is None:
+                    # Defined there without it: a cold move's new definition, or removed by
+                    # a taker that backed out (see take_lease) or by hand. The VM is ours.
+                    fresh = (self.taken or Lease.new(self.holder, now_utc())).renewed_at(now_utc())
+                    write_lease(domain, fresh)
+                    self._note(host, "restored", {})
+                    renewed.append(host)
                     continue
                 if not found.held_by(self.holder):
                     if host not in self._lost:
