@@ -32,9 +32,21 @@ CANCELLED = "cancelled"
 ABORTED = "aborted"
 ROLLED_BACK = "rolled back"
 INTERRUPTED = "interrupted"
-STATES = (PLANNED, RUNNING, COMPLETED, FAILED, CANCELLED, ABORTED, ROLLED_BACK, INTERRUPTED)
+#: Stopped before it changed anything: another job holds the VM's lease (guard.py).
+REFUSED = "refused"
+STATES = (
+    PLANNED,
+    RUNNING,
+    COMPLETED,
+    FAILED,
+    CANCELLED,
+    ABORTED,
+    ROLLED_BACK,
+    INTERRUPTED,
+    REFUSED,
+)
 #: Where a running job can end.
-ENDS = frozenset({COMPLETED, FAILED, CANCELLED, ABORTED, ROLLED_BACK, INTERRUPTED})
+ENDS = frozenset({COMPLETED, FAILED, CANCELLED, ABORTED, ROLLED_BACK, INTERRUPTED, REFUSED})
 #: The arrows of the diagram above (resume and rollback are the way back to running).
 TRANSITIONS: dict[str, frozenset[str]] = {
     PLANNED: frozenset({RUNNING, CANCELLED}),
@@ -45,6 +57,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     ABORTED: frozenset({RUNNING}),
     COMPLETED: frozenset(),
     ROLLED_BACK: frozenset(),
+    REFUSED: frozenset(),
 }
 
 RESUME = "resume"
@@ -145,6 +158,13 @@ def _refusal(job: Job, action: str) -> TransitionRefused:
         )
         return TransitionRefused(
             f"job {n} is still running{doing}: {job.holder} drives it", vm=vm, fix=fix
+        )
+    if state == REFUSED:
+        return TransitionRefused(
+            f"job {n} was refused before it changed anything (another job held {vm}'s "
+            "lease): there is nothing to " + {CANCEL: "cancel"}.get(action, action),
+            vm=vm,
+            fix=f"see who held it with `vmigrate jobs show {n}`, then move {vm} again",
         )
     if kind == "cold":
         return _cold_refusal(job, action)

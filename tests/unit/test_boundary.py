@@ -19,6 +19,7 @@ PURE_MODULES = (
     "vmigrate.hosts",
     "vmigrate.estimate",
     "vmigrate.journal",
+    "vmigrate.lease",
     "vmigrate.store",
     "vmigrate.store_sql",
     "vmigrate.lifecycle",

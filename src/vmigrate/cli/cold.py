@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from vmigrate.cli.check import render_report
+from vmigrate.cli.leases import lease_line, take_over_lease_option
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option, vm_and_hosts
 from vmigrate.cold.plan import ColdPlan
 from vmigrate.cold.runner import ColdReport, ColdRequest, migrate_cold, plan_cold
@@ -108,7 +109,8 @@ def render_final(report: ColdReport) -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Power off after the shutdown timeout; go ahead despite failed checks.",
+    help="Power off after the shutdown timeout; go ahead despite failed checks or a "
+    "destination in maintenance.",
 )
 @click.option("--keep-state", is_flag=True, help="Save memory state and resume it there.")
 @click.option(
@@ -146,6 +148,7 @@ def render_final(report: ColdReport) -> None:
     show_default=True,
     help="Seconds to wait for an ACPI shutdown.",
 )
+@take_over_lease_option
 @store_option
 @json_option
 def cold(
@@ -164,11 +167,15 @@ def cold(
     delete_source_disks: bool,
     no_rollback: bool,
     shutdown_timeout: float,
+    take_over_lease: bool,
     hosts_file: Path | None,
     store_path: StoreLocation | None,
     as_json: bool,
 ) -> None:
-    """Move VM with its disks: stop (or save) it, copy, verify, define, start there."""
+    """Move VM with its disks: stop (or save) it, copy, verify, define, start there.
+
+    The job holds a lease on the VM (in its libvirt metadata) until it ends: a VM leased by
+    another job, from any machine or store, is refused."""
     try:
         maps = [
             parse_maps(pool_map, "--pool-map"),
@@ -205,7 +212,9 @@ def cold(
             render_plan(plan)
             console.print("dry run: nothing was changed")
         return
-    report = run_with_progress(lambda emit: migrate_cold(request, emit), as_json)
+    report = run_with_progress(
+        lambda emit: migrate_cold(request, emit, take_over_lease=take_over_lease), as_json
+    )
     if report.outcome != "completed" or not report.placement_ok:
         raise SystemExit(1)
 
@@ -254,6 +263,8 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
                 console.print(f"job {payload['job_id']} started")
             elif kind == "warning":
                 console.print(f"[yellow]warning:[/] {payload['message']}")
+            elif kind == "lease":
+                console.print(lease_line(payload))
 
         try:
             report = action(emit)

@@ -11,12 +11,15 @@ from rich.console import Console
 from rich.table import Table
 
 from vmigrate.capacity import MIB, host_budget
+from vmigrate.cli.leases import describe_found
 from vmigrate.cli.options import json_option, store_option
+from vmigrate.errors import VmigrateError
 from vmigrate.fleet.gather import close_sessions, open_sessions
 from vmigrate.hosts import cluster_of, known_hosts, resolve_cluster
 from vmigrate.preflight import HostSession
 from vmigrate.store import JobStore, StoreLocation
 from vmigrate.versions import format_version
+from vmigrate.virt.lease import leases_on
 
 console = Console(highlight=False)
 
@@ -48,9 +51,20 @@ def host_row(session: HostSession, cluster: str | None, maintenance: str | None)
             "vcpus": budget.vcpus_declared,
             "vcpus_used": budget.vcpus_placed,
             "vms": [{"name": g.name, "state": g.state} for g in facts.guests],
+            "leases": _leases(session),
         }
     )
     return row
+
+
+def _leases(session: HostSession) -> list[dict[str, Any]] | str:
+    """The leases on the host's VMs, or why they could not be read."""
+    if session.conn is None:
+        return []
+    try:
+        return [found.to_dict() for found in leases_on(session.conn, session.ref.name)]
+    except VmigrateError as err:
+        return f"not read: {err.message}"
 
 
 @click.command("hosts")
@@ -66,8 +80,9 @@ def host_row(session: HostSession, cluster: str | None, maintenance: str | None)
 def hosts(
     cluster: str | None, hosts_file: Path | None, store_path: StoreLocation | None, as_json: bool
 ) -> None:
-    """Every host: reachable or why not, versions, CPU, capacity, used, free, its VMs, and
-    whether it is in maintenance. Exit 1 when a host does not answer."""
+    """Every host: reachable or why not, versions, CPU, capacity, used, free, its VMs, the
+    leases vmigrate jobs hold on them, and whether it is in maintenance. Exit 1 when a host
+    does not answer."""
     refs = resolve_cluster(cluster, hosts_file) if cluster else known_hosts(hosts_file)
     with JobStore(store_path) as store:
         maintenance = store.maintenance()
@@ -93,7 +108,8 @@ def hosts(
 
 def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="hosts")
-    for column in ("host", "cluster", "state", "libvirt / QEMU", "CPU", "memory MiB", "VMs"):
+    columns = ("host", "cluster", "state", "libvirt / QEMU", "CPU", "memory MiB", "VMs", "leases")
+    for column in columns:
         table.add_column(column)
     for row in rows:
         if not row["reachable"]:
@@ -104,6 +120,9 @@ def _table(rows: list[dict[str, Any]]) -> Table:
         state = "[yellow]maintenance[/]" if row["maintenance"] else "[green]ok[/]"
         memory = f"{row['used_mib']:,} used, {row['free_mib']:,} free of {row['capacity_mib']:,}"
         vms = ", ".join(f"{vm['name']} ({vm['state']})" for vm in row["vms"]) or "-"
+        leases = row["leases"]
+        if not isinstance(leases, str):
+            leases = "\n".join(describe_found(found) for found in leases) or "-"
         table.add_row(
             row["name"],
             row["cluster"] or "-",
@@ -112,5 +131,6 @@ def _table(rows: list[dict[str, Any]]) -> Table:
             f"{row['cpu_model']} x{row['cpus']}",
             memory,
             vms,
+            leases,
         )
     return table

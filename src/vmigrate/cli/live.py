@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from vmigrate.cli.check import render_report
+from vmigrate.cli.leases import lease_line, take_over_lease_option
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option, vm_and_hosts
 from vmigrate.errors import MigrationRefused
 from vmigrate.live.policy import PRESETS
@@ -177,7 +178,12 @@ def _render_storage(storage: dict[str, Any]) -> None:
     is_flag=True,
     help="With --copy-storage: remove the source's copied images once the VM runs there.",
 )
-@click.option("--force", is_flag=True, help="Go ahead even if pre-flight checks fail.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Go ahead even if pre-flight checks fail or the destination is in maintenance.",
+)
+@take_over_lease_option
 @store_option
 @json_option
 def live(
@@ -200,11 +206,15 @@ def live(
     disks: str | None,
     delete_source_disks: bool,
     force: bool,
+    take_over_lease: bool,
     hosts_file: Path | None,
     store_path: StoreLocation | None,
     as_json: bool,
 ) -> None:
-    """Move a running VM to another host without stopping it. Ctrl-C aborts (VM stays)."""
+    """Move a running VM to another host without stopping it. Ctrl-C aborts (VM stays).
+
+    The job holds a lease on the VM (in its libvirt metadata) while it runs: a VM leased by
+    another job, from any machine or store, is refused."""
     for name, value in (
         ("--bandwidth", bandwidth),
         ("--parallel", parallel),
@@ -240,7 +250,11 @@ def live(
     # Ctrl-C and SIGTERM abort the migration cleanly, even where a parent shell started us
     # with SIGINT ignored; the runner turns the interrupt into an abort of the job.
     interrupt_on(*STOP_SIGNALS)
-    report = _run_json(request) if as_json else _run_interactive(request)
+    report = (
+        _run_json(request, take_over_lease)
+        if as_json
+        else _run_interactive(request, take_over_lease)
+    )
     if report.outcome != "completed" or not report.placement_ok:
         raise SystemExit(1)
 
@@ -254,19 +268,19 @@ def _disk_list(value: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def _run_json(request: LiveRequest) -> LiveReport:
+def _run_json(request: LiveRequest, take_over_lease: bool) -> LiveReport:
     def emit(kind: str, payload: dict[str, Any]) -> None:
         click.echo(json.dumps({"event": kind, **payload}, default=str))
 
     try:
-        return migrate_live(request, emit)
+        return migrate_live(request, emit, take_over_lease=take_over_lease)
     except MigrationRefused as err:
         if isinstance(err.report, CheckReport):
             click.echo(json.dumps({"event": "checks", **err.report.to_dict()}))
         raise
 
 
-def _run_interactive(request: LiveRequest) -> LiveReport:
+def _run_interactive(request: LiveRequest, take_over_lease: bool) -> LiveReport:
     with Live(console=console, refresh_per_second=4, transient=True) as display:
 
         def emit(kind: str, payload: dict[str, Any]) -> None:
@@ -289,9 +303,11 @@ def _run_interactive(request: LiveRequest) -> LiveReport:
                 )
             elif kind == "notice":
                 console.print(f"[yellow]{payload['message']}[/]")
+            elif kind == "lease":
+                console.print(lease_line(payload))
 
         try:
-            report = migrate_live(request, emit)
+            report = migrate_live(request, emit, take_over_lease=take_over_lease)
         except MigrationRefused as err:
             if isinstance(err.report, CheckReport):
                 console.print(render_report(err.report))

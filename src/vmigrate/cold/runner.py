@@ -46,7 +46,18 @@ from vmigrate.domxml.domain import parse_domain
 from vmigrate.domxml.rewrite import Rewrite, rewrite_for_destination
 from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
 from vmigrate.facts import HostFacts, ShareProbe, VolumeInfo
+from vmigrate.guard import (
+    REFUSED,
+    TOKEN_PARAM,
+    HeldLease,
+    check_free,
+    end_lease,
+    hold_lease,
+    new_token,
+    refuse_maintenance,
+)
 from vmigrate.hosts import HostRef, resolve_host
+from vmigrate.lease import LeaseError
 from vmigrate.model import Mode, Placement
 from vmigrate.preflight import Checked, check_move
 from vmigrate.store import JobStore, StoreLocation, store_location
@@ -422,10 +433,68 @@ def _run(
     emit: EventSink,
     *,
     rollback: bool = False,
+    take_over: bool = False,
 ) -> ColdReport:
+    """Hold the VM's lease, run the steps, release the lease where the VM ends."""
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
     src, dst = _connect(src_ref), _connect(dst_ref)
+    held = _hold_lease(job_id, request, store, (src_ref, dst_ref), (src, dst), take_over, emit)
+    try:
+        report = _steps(
+            job_id, request, plan, store, emit, (src_ref, dst_ref), (src, dst), rollback
+        )
+    finally:  # a job left to resume or roll back keeps its lease (it goes stale unrenewed)
+        outcome = store.job(job_id).state
+        end_lease(store, job_id, held, release=outcome in ("completed", "rolled back"), emit=emit)
+        src.close()
+        dst.close()
+    emit("done", report.to_dict())
+    return report
+
+
+def _hold_lease(
+    job_id: int,
+    request: ColdRequest,
+    store: JobStore,
+    refs: tuple[HostRef, HostRef],
+    conns: tuple[Connection, Connection],
+    take_over: bool,
+    emit: EventSink,
+) -> HeldLease | None:
+    """The VM's lease, before the first step: taken on the source (or wherever the VM is
+    defined when a resumed job finds it elsewhere), with the token kept in the job."""
+    params = store.job(job_id).params
+    token = params.get(TOKEN_PARAM)
+    if not token:  # a job journalled before leases existed
+        token = new_token()
+        store.set_job_params(job_id, {**params, TOKEN_PARAM: token})
+    places = {refs[0].name: conns[0], refs[1].name: conns[1]}
+    try:
+        return hold_lease(
+            store, job_id, "cold", str(token), request.vm, places, take_over=take_over, emit=emit
+        )
+    except VmigrateError as err:
+        first_run = not store.steps(job_id)
+        state = REFUSED if first_run and isinstance(err, LeaseError) else "failed"
+        store.finish_job(job_id, state, f"nothing was changed: {err.message}", {})
+        conns[0].close()
+        conns[1].close()
+        raise
+
+
+def _steps(
+    job_id: int,
+    request: ColdRequest,
+    plan: ColdPlan,
+    store: JobStore,
+    emit: EventSink,
+    refs: tuple[HostRef, HostRef],
+    conns: tuple[Connection, Connection],
+    rollback: bool,
+) -> ColdReport:
+    """The journal's steps forward (or back), then where the VM is, into the job's record."""
+    (src_ref, dst_ref), (src, dst) = refs, conns
     journal = Journal(store, job_id)
     move = ColdMove(plan, request, src, dst, journal, emit)
     try:
@@ -448,9 +517,6 @@ def _run(
     expected = dst_ref.name if outcome == "completed" else src_ref.name
     report = _report(job_id, request, outcome, message, plan, journal, placement, expected)
     store.finish_job(job_id, outcome, message, report.to_dict())
-    src.close()
-    dst.close()
-    emit("done", report.to_dict())
     return report
 
 
@@ -487,10 +553,20 @@ def _request_params(request: ColdRequest, plan: ColdPlan) -> dict[str, Any]:
     return {"request": params, "plan": plan.to_dict()}
 
 
-def migrate_cold(request: ColdRequest, on_event: EventSink | None = None) -> ColdReport:
+def migrate_cold(
+    request: ColdRequest, on_event: EventSink | None = None, *, take_over_lease: bool = False
+) -> ColdReport:
+    """Move a VM cold. Before the first step the job takes the VM's lease (refused when
+    another job holds it; a stale one only with `take_over_lease`)."""
     emit: EventSink = on_event or (lambda _kind, _payload: None)
     with JobStore(request.store_path) as store:
         store.ensure_no_open_job(request.vm)
+        refuse_maintenance(
+            store,
+            resolve_host(request.destination, request.hosts_file),
+            force=request.force,
+            vm=request.vm,
+        )
     checked = check_move(
         request.vm,
         request.source,
@@ -509,17 +585,29 @@ def migrate_cold(request: ColdRequest, on_event: EventSink | None = None) -> Col
             fix=failed[0].fix or "run `vmigrate check --mode cold`; --force overrides",
             report=checks,
         )
+    _check_lease_free(request, take_over_lease)
     plan = plan_cold(request, checked)
     emit("plan", plan.to_dict())
     store = JobStore(request.store_path)
-    job_id = store.create_job(
-        "cold", request.vm, request.source, request.destination, _request_params(request, plan)
-    )
+    params = {**_request_params(request, plan), TOKEN_PARAM: new_token()}
+    job_id = store.create_job("cold", request.vm, request.source, request.destination, params)
     emit("job", {"job_id": job_id, "store": str(store.path)})
     try:
-        return _run(job_id, request, plan, store, emit)
+        return _run(job_id, request, plan, store, emit, take_over=take_over_lease)
     finally:
         store.close()
+
+
+def _check_lease_free(request: ColdRequest, take_over: bool) -> None:
+    """Before the job exists: a VM leased by another job is refused with nothing made."""
+    src_ref = resolve_host(request.source, request.hosts_file)
+    src = _connect(src_ref)
+    try:
+        domain = lookup_domain(src, request.vm, host=src_ref.name)
+        with JobStore(request.store_path) as store:
+            check_free(store, domain, "cold", vm=request.vm, host=src_ref.name, take_over=take_over)
+    finally:
+        src.close()
 
 
 def _job(job_id: int, store: JobStore) -> tuple[ColdRequest, ColdPlan]:

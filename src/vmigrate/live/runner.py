@@ -10,13 +10,24 @@ from __future__ import annotations
 import contextlib
 import shlex
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from vmigrate.encryption import migration_tls
 from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
-from vmigrate.hosts import resolve_host
+from vmigrate.guard import (
+    REFUSED,
+    TOKEN_PARAM,
+    HeldLease,
+    check_free,
+    end_lease,
+    hold_lease,
+    new_token,
+    refuse_maintenance,
+)
+from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.journal import Journal
+from vmigrate.lease import LeaseError
 from vmigrate.live.aftermath import (
     VERIFY_WAIT_S,
     job_outcome,
@@ -152,22 +163,32 @@ def _run_call(
                 src.domainEventDeregisterAny(callback)
 
 
-def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> LiveReport:
-    """Move a running VM live; after every outcome, verify and report where it is."""
+def migrate_live(
+    request: LiveRequest, on_event: EventSink | None = None, *, take_over_lease: bool = False
+) -> LiveReport:
+    """Move a running VM live; after every outcome, verify and report where it is.
+
+    Before anything changes the job takes the VM's lease (refused when another job holds it;
+    a stale one only with `take_over_lease`) and releases it at the end, wherever it is."""
     emit: EventSink = on_event or (lambda _kind, _payload: None)
     request = _validated(request, emit)
-    with JobStore(request.store_path) as store:
-        store.ensure_no_open_job(request.vm)
-    checked = _checks(request)
-    emit("checks", checked.report.to_dict())
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
+    with JobStore(request.store_path) as store:
+        store.ensure_no_open_job(request.vm)
+        refuse_maintenance(store, dst_ref, force=request.force, vm=request.vm)
+    checked = _checks(request)
+    emit("checks", checked.report.to_dict())
     ensure_event_loop()
     src = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     dst = open_with_timeout(dst_ref.uri, host=dst_ref.name, timeout=CONNECT_TIMEOUT_S)
     domain = lookup_domain(src, request.vm, host=src_ref.name)
     # Before the job exists: a VM or host that goes away now is a plain error.
     with libvirt_errors(host=src_ref.name, vm=request.vm, doing="read the VM before the move"):
+        with JobStore(request.store_path) as store:
+            check_free(
+                store, domain, "live", vm=request.vm, host=src_ref.name, take_over=take_over_lease
+            )
         storage = (
             _storage_plan(request, domain, src, dst, checked) if request.copy_storage else None
         )
@@ -182,6 +203,7 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
         ),
         copy_disks=storage.copied if storage else (),
     )
+    token = new_token()
     store = JobStore(request.store_path)
     job_id = store.create_job(
         "live",
@@ -193,9 +215,89 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
             "options": asdict(options),
             "force": request.force,
             "storage": storage.to_dict() if storage else None,
+            TOKEN_PARAM: token,
         },
     )
     emit("job", {"job_id": job_id, "store": str(store.path)})
+    try:
+        held = hold_lease(
+            store,
+            job_id,
+            "live",
+            token,
+            request.vm,
+            {src_ref.name: src, dst_ref.name: dst},
+            take_over=take_over_lease,
+            emit=emit,
+        )
+    except VmigrateError as err:  # e.g. another vmigrate took it a moment before us
+        refused = isinstance(err, LeaseError)
+        store.finish_job(
+            job_id, REFUSED if refused else "failed", f"nothing was changed: {err.message}", {}
+        )
+        store.close()
+        raise
+    lease = _LeaseEnd(store, job_id, held, emit)
+    try:
+        return _move(
+            _Move(request, emit, store, job_id, src_ref, dst_ref, src, dst, domain),
+            storage,
+            options,
+            was_persistent=was_persistent,
+            lease=lease,
+        )
+    except BaseException:
+        lease()
+        raise
+
+
+@dataclass(frozen=True)
+class _Move:
+    """One live move once its job exists and its lease is held."""
+
+    request: LiveRequest
+    emit: EventSink
+    store: JobStore
+    job_id: int
+    src_ref: HostRef
+    dst_ref: HostRef
+    src: Any
+    dst: Any
+    domain: Any
+
+
+class _LeaseEnd:
+    """Releases the job's lease once, while the connections are still open."""
+
+    def __init__(self, store: JobStore, job_id: int, held: HeldLease | None, emit: EventSink):
+        self.args = (store, job_id, held, emit)
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        store, job_id, held, emit = self.args
+        with contextlib.suppress(Exception):  # the job's outcome stands; the lease goes stale
+            end_lease(store, job_id, held, release=True, emit=emit)
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """No renewals during the migrate call: it holds libvirt's job lock on the domain
+        (setMetadata would wait 30 s and fail); libvirt's job keeps the lease live."""
+        held = self.args[2]
+        return held.keeper.paused() if held is not None else contextlib.nullcontext()
+
+
+def _move(
+    move: _Move,
+    storage: StorageCopyPlan | None,
+    options: Any,
+    *,
+    was_persistent: bool,
+    lease: _LeaseEnd,
+) -> LiveReport:
+    request, emit, store, job_id = move.request, move.emit, move.store, move.job_id
+    src_ref, dst_ref, src, dst, domain = move.src_ref, move.dst_ref, move.src, move.dst, move.domain
     journal = Journal(store, job_id)
     prepare_error, prepare_cancelled = _prepare_storage(
         DestinationImages(request.vm, storage, src, dst, journal, emit) if storage else None
@@ -208,7 +310,8 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
     started = time.monotonic()
     monitor = Monitor(domain, request.policy, store, job_id, steering, emit, started, dst_ref.name)
     if prepare_error is None:
-        _run_call(call, monitor, src, domain, completed)
+        with lease.paused():
+            _run_call(call, monitor, src, domain, completed)
     samples = monitor.samples
     links = HostLinks(
         {src_ref.name: src_ref.uri, dst_ref.name: dst_ref.uri},
@@ -302,6 +405,7 @@ def migrate_live(request: LiveRequest, on_event: EventSink | None = None) -> Liv
         storage=storage_result,
         fix=fix,
     )
+    lease()
     store.finish_job(job_id, outcome, message, report.to_dict())
     store.close()
     links.close()

@@ -1,0 +1,135 @@
+"""The gate before a move changes anything: the destination is not in maintenance (unless
+--force), and the job holds the VM's lease (docs/safety.md, sections 2 and 4).
+
+`refuse_maintenance` and `check_lease` run before the job is created, so a refusal leaves
+nothing behind; `hold_lease` takes the lease right after (the token goes in the job's
+parameters first) and closes the race between two vmigrates that both saw the VM free.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from vmigrate.errors import VmigrateError
+from vmigrate.hosts import HostRef
+from vmigrate.lease import RENEW, TAKE_OVER, Holder, LeaseError, current_owner, format_time
+from vmigrate.lifecycle import REFUSED as REFUSED
+from vmigrate.store import JobStore, redact_uri
+from vmigrate.virt.connection import Connection, Domain, find_domain
+from vmigrate.virt.lease import LeaseKeeper, check_lease, take_lease
+
+EventSink = Callable[[str, dict[str, Any]], None]
+#: The job parameter that keeps the lease's token: `jobs resume` of the job is the same holder.
+TOKEN_PARAM = "lease_token"  # noqa: S105 - a parameter's name, not a secret
+
+
+class InMaintenance(VmigrateError):
+    """The destination is in maintenance: nothing goes there until it ends."""
+
+
+def refuse_maintenance(store: JobStore, destination: HostRef, *, force: bool, vm: str) -> None:
+    """A host in maintenance takes no VM unless --force (the store's marks, by URI)."""
+    if force:
+        return
+    record = store.maintenance().get(redact_uri(destination.uri))
+    if record is None:
+        return
+    since = format_time(datetime.fromtimestamp(record.since, UTC))
+    by = f" by job {record.job_id}" if record.job_id is not None else ""
+    raise InMaintenance(
+        f"{destination.name} is in maintenance since {since}{by} ({record.reason}): "
+        "nothing was moved",
+        host=destination.name,
+        vm=vm,
+        fix="pick another host, or end its maintenance first "
+        f"(`vmigrate maintenance end {shlex.quote(destination.name)}`); --force sends it anyway",
+    )
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def holder(store: JobStore, job_id: int, kind: str, token: str) -> Holder:
+    return Holder(job_id, kind, current_owner(), store.identity, token)
+
+
+def nobody(store: JobStore, kind: str) -> Holder:
+    """A holder no lease matches: checking before the job (and its token) exist."""
+    return Holder(0, kind, current_owner(), store.identity, "")
+
+
+def check_free(
+    store: JobStore, domain: Domain, kind: str, *, vm: str, host: str, take_over: bool
+) -> None:
+    """Before the job is created: refuse a VM whose lease we could not take (nothing made)."""
+    check_lease(domain, nobody(store, kind), vm=vm, host=host, take_over=take_over)
+
+
+@dataclass(frozen=True)
+class HeldLease:
+    keeper: LeaseKeeper
+    host: str  # where it was taken
+
+
+def hold_lease(
+    store: JobStore,
+    job_id: int,
+    kind: str,
+    token: str,
+    vm: str,
+    places: dict[str, Connection],
+    *,
+    take_over: bool,
+    emit: EventSink,
+) -> HeldLease | None:
+    """Take the lease on the first of `places` (source first) that has the VM, record it,
+    and start renewing it. None when no host defines the VM (a transient VM that is shut
+    off exists nowhere: nothing to hold). A refusal is recorded and raised (LeaseError)."""
+    who = holder(store, job_id, kind, token)
+    for host, conn in places.items():
+        domain = find_domain(conn, vm)
+        if domain is None:
+            continue
+        try:
+            taken = take_lease(domain, who, vm=vm, host=host, take_over=take_over)
+        except LeaseError as err:
+            store.record_lease_event(job_id, vm, host, "refused", {"message": err.message})
+            raise
+        event = {TAKE_OVER: "taken over", RENEW: "taken again"}.get(taken.action, "taken")
+        detail: dict[str, Any] = {**taken.lease.to_dict(), "settle_s": round(taken.settle_s, 3)}
+        if taken.action == TAKE_OVER and taken.previous is not None:
+            detail["previous"] = taken.previous.to_dict()
+        store.record_lease_event(job_id, vm, host, event, detail)
+        emit("lease", {"action": event, "host": host, **taken.lease.to_dict()})
+        keeper = LeaseKeeper(who, vm, dict(places), taken.lease)
+        keeper.start()
+        return HeldLease(keeper, host)
+    store.record_lease_event(job_id, vm, "-", "none", {"why": "no host defines the VM"})
+    return None
+
+
+def end_lease(
+    store: JobStore, job_id: int, held: HeldLease | None, *, release: bool, emit: EventSink
+) -> list[str]:
+    """Stop renewing; with `release`, remove the lease wherever it is still ours (without,
+    the job can be resumed or rolled back and keeps it: unrenewed, it goes stale). The
+    keeper's notes (renewals that failed, a lease lost) go into the store's history."""
+    if held is None:
+        return []
+    keeper = held.keeper
+    keeper.stop()
+    released = keeper.release() if release else []
+    for host, event, detail in keeper.events:
+        store.record_lease_event(job_id, keeper.vm, host, event, detail)
+    keeper.events.clear()
+    event = "released" if release else "kept"
+    where = ", ".join(released) or "-"
+    store.record_lease_event(job_id, keeper.vm, where, event, {"removed_from": released})
+    emit("lease", {"action": event, "host": where, "job": job_id, "removed_from": released})
+    return released
