@@ -5,9 +5,11 @@ rolled back: the VM stays on hostB with its disk unchanged)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
+from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A
 from vmigrate.lab.hostfs import file_sha256, on_host
 from vmigrate.lab.lifecycle import HostStatus
@@ -15,7 +17,7 @@ from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_connection
 
-from .helpers import run_cli
+from .helpers import run_cli, start_cli
 
 pytestmark = pytest.mark.lab
 
@@ -77,3 +79,45 @@ def test_an_evacuation_and_its_moves_share_one_postgresql_store_with_a_second_op
     ended = run_cli("maintenance", "end", "hostA", "--store", pg_url, timeout=60)
     assert ended.returncode == 0, ended.stdout + ended.stderr
     assert not JobStore(pg_url).maintenance()
+
+
+def test_while_one_operator_evacuates_hosta_the_other_never_targets_it(
+    lab: list[HostStatus], vm_name: str, pg_url: str
+) -> None:
+    """Two vmigrate processes share one PostgreSQL store, as two operators on two machines
+    would: while the first empties hostA, the second's `live --to hostA` is refused and its
+    `balance` plan leaves hostA out; both VMs end on exactly one host."""
+    leaving, staying = f"{vm_name[:50]}-a", f"{vm_name[:50]}-b"
+    create_vm(LabVmRequest(leaving, memory_mib=384, dirty_rate_mib=40, working_set_mib=256))
+    create_vm(LabVmRequest(staying, memory_mib=128, host="hostB"))
+    link.shape("200mbit")  # ~24 MiB/s for a guest dirtying 40: the move lasts long enough
+    evacuation = start_cli("evacuate", "hostA", "--to", "hostB", "--store", pg_url, "--json")
+    try:
+        deadline = time.monotonic() + 120
+        while not JobStore(pg_url).in_maintenance(HOST_A.uri):  # the first operator's mark
+            assert evacuation.poll() is None, evacuation.communicate()
+            assert time.monotonic() < deadline, "the evacuation never marked hostA"
+            time.sleep(0.2)
+        refused = run_cli(
+            "live", staying, "--from", "hostB", "--to", "hostA", "--store", pg_url, timeout=120
+        )
+        planned = run_cli(
+            "balance", "--cluster", "lab", "--dry-run", "--threshold", "0.01",
+            "--window", "2", "--store", pg_url, "--json", timeout=120,
+        )  # fmt: skip
+        assert evacuation.poll() is None, "the evacuation ended before the second operator acted"
+    finally:
+        link.reset()
+        out, err = evacuation.communicate(timeout=600)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "hostA is in maintenance" in refused.stderr and "Traceback" not in refused.stderr
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    events = [json.loads(line) for line in planned.stdout.splitlines() if line.startswith("{")]
+    plans = [e for e in events if e.get("event") == "plan"]
+    assert plans, planned.stdout
+    for plan in plans:
+        assert "hostA" not in {m["destination"] for m in plan.get("moves", [])}
+        assert "hostA" not in {h["name"] for h in plan.get("hosts_before", [])}
+    assert evacuation.returncode == 0, out + err
+    assert locate_vm(leaving) == {"hostB": "running"}
+    assert locate_vm(staying) == {"hostB": "running"}
