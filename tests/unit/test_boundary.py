@@ -19,6 +19,7 @@ PURE_MODULES = (
     "vmigrate.hosts",
     "vmigrate.estimate",
     "vmigrate.journal",
+    "vmigrate.failpoints",
     "vmigrate.store",
     "vmigrate.store_sql",
     "vmigrate.lifecycle",
