@@ -16,6 +16,8 @@ import pytest
 from vmigrate.cold import steps
 from vmigrate.cold.errors import ColdMoveError, InvariantViolated
 from vmigrate.cold.plan import ColdPlan, VolumeCopy
+from vmigrate.cold.pool_change import PoolChange
+from vmigrate.cold.pool_change_steps import PoolChangeError, PoolChangeSteps, reserve_step
 from vmigrate.cold.steps import ColdMove, ColdRequest, misplaced
 from vmigrate.journal import INTENT, TOKEN_PARAM, Journal, made_as_intended
 from vmigrate.model import Placement
@@ -230,3 +232,61 @@ def test_misplaced_says_what_was_found_and_what_to_do() -> None:
     message = misplaced("db1", placement, "hostB", 7)
     assert "defined on no host" in message and "expected: defined on hostB" in message
     assert "vmigrate jobs resume 7" in message and "vmigrate jobs rollback 7" in message
+
+
+def _change() -> PoolChange:
+    """db1's vda imported into Ceph: the new image is made by the source, in its pool
+    'local' here (the test driver has no rbd pools; what is judged is the same)."""
+    return PoolChange(
+        **{field: "" for field in PoolChange.__dataclass_fields__}
+        | {
+            "target": "vda",
+            "kind": "import",
+            "image": "db1-vda",
+            "capacity": SIZE,
+            "allocation": SIZE,
+            "writer": "source",
+            "create_pool": "local",
+            "destination": "rbd/db1-vda",
+            "original_file": None,
+            "new_file": None,
+            "source_scratch_pool": None,
+            "destination_scratch_pool": None,
+        }
+    )
+
+
+def _image(conn: libvirt.virConnect, allocation: int) -> None:
+    conn.storagePoolLookupByName("local").createXML(
+        f"<volume><name>db1-vda</name><capacity>{SIZE}</capacity>"
+        f"<allocation>{allocation}</allocation></volume>",
+        0,
+    )
+
+
+@pytest.mark.parametrize(("allocation", "ours"), [(0, True), (4096, False)])
+def test_a_reserved_volume_made_just_before_the_kill_is_the_jobs_only_if_empty(
+    hosts: tuple[libvirt.virConnect, libvirt.virConnect],
+    store: JobStore,
+    allocation: int,
+    ours: bool,
+) -> None:
+    src, _dst = hosts
+    journal = _journal(store)
+    change = _change()
+    reserve = PoolChangeSteps(hosts, ("hostA", "hostB"), journal, "db1", lambda *_: None)
+    journal.intend(
+        reserve_step(change), {"making": "db1-vda"}, host="hostA", pool="local",
+        volume="db1-vda", capacity=SIZE,
+    )  # fmt: skip
+    _image(src, allocation)  # made, then killed (failpoint cold.reserve.after-create)
+    detail = journal.detail(reserve_step(change))
+    assert reserve.made_by_us(change, detail) is ours
+    if ours:
+        assert reserve.reserve(change, detail)["created"] is True  # resumed: kept, not remade
+    else:
+        with pytest.raises(PoolChangeError, match="not this job's and is never overwritten"):
+            reserve.reserve(change, detail)
+    assert src.storagePoolLookupByName("local").storageVolLookupByName("db1-vda").info()[2] == (
+        allocation
+    )
