@@ -238,21 +238,25 @@ def _change() -> PoolChange:
     """db1's vda imported into Ceph: the new image is made by the source, in its pool
     'local' here (the test driver has no rbd pools; what is judged is the same)."""
     return PoolChange(
-        **{field: "" for field in PoolChange.__dataclass_fields__}
-        | {
-            "target": "vda",
-            "kind": "import",
-            "image": "db1-vda",
-            "capacity": SIZE,
-            "allocation": SIZE,
-            "writer": "source",
-            "create_pool": "local",
-            "destination": "rbd/db1-vda",
-            "original_file": None,
-            "new_file": None,
-            "source_scratch_pool": None,
-            "destination_scratch_pool": None,
-        }
+        target="vda",
+        kind="import",
+        source_pool="local",
+        source=DISK,
+        destination_pool="rbd",
+        destination="rbd/db1-vda",
+        image="db1-vda",
+        capacity=SIZE,
+        allocation=SIZE,
+        writer="source",
+        create_pool="local",
+        read_xml="",
+        write_xml="",
+        original_xml="",
+        new_xml="",
+        original_file=None,
+        new_file=None,
+        source_scratch_pool=None,
+        destination_scratch_pool=None,
     )
 
 
