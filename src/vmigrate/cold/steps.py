@@ -616,8 +616,11 @@ class ColdMove:
                     vm=self.plan.vm,
                 )
             if name == "undefine source" and (
-                detail.get("undefined")  # or interrupted before it journalled it
-                or find_domain_by_uuid(self.src, self.uuid, host=self.request.source) is None
+                detail.get("undefined")  # or interrupted before it journalled it:
+                or (
+                    self.plan.persistent
+                    and find_domain_by_uuid(self.src, self.uuid, host=self.request.source) is None
+                )
             ):
                 self.src.defineXML(self.plan.source_xml)
             elif name == "start" and (detail.get("started") or detail.get("starting")):
