@@ -20,6 +20,7 @@ PURE_MODULES = (
     "vmigrate.estimate",
     "vmigrate.journal",
     "vmigrate.lease",
+    "vmigrate.failpoints",
     "vmigrate.store",
     "vmigrate.store_sql",
     "vmigrate.lifecycle",

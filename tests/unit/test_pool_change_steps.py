@@ -21,6 +21,7 @@ SOURCE, DESTINATION = cast(Connection, "src-conn"), cast(Connection, "dst-conn")
 
 class _Journal:
     job_id = 7
+    token = "0123456789abcdef0123456789abcdef"
 
     def __init__(self) -> None:
         self.recorded: list[tuple[str, str, dict[str, Any]]] = []
@@ -54,7 +55,7 @@ def _reads(monkeypatch: pytest.MonkeyPatch, **by_conn: Any) -> list[str]:
             raise RuntimeError("helper destroyed")
         if isinstance(outcome, BaseException):
             raise outcome
-        assert kwargs["helper"] == "vmigrate-7-vda-read"
+        assert kwargs["helper"] == "vmigrate-7-0123456789ab-vda-read"
         return str(outcome)
 
     def destroy(conn: Connection, name: str) -> bool:
@@ -97,4 +98,4 @@ def test_the_destination_failing_or_ctrl_c_ends_the_source_read_at_once(
     destroyed = _reads(monkeypatch, **{"src-conn": "slow", "dst-conn": failure})
     with pytest.raises(type(failure)):
         _steps().verify(CHANGE, {})
-    assert destroyed == ["src-conn:vmigrate-7-vda-read"]
+    assert destroyed == ["src-conn:vmigrate-7-0123456789ab-vda-read"]

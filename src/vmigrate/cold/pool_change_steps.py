@@ -10,12 +10,19 @@ from typing import Any
 
 from vmigrate.cold.pool_change import PoolChange
 from vmigrate.errors import VmigrateError
-from vmigrate.journal import Detail, Journal
+from vmigrate.failpoints import failpoint
+from vmigrate.journal import Detail, Journal, made_as_intended
 from vmigrate.virt import domains
 from vmigrate.virt.connection import Connection, signals_to_main_thread
 from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.mirror import content_digest, destroy_helper, mirror_disk
-from vmigrate.virt.pool_volumes import create_raw_volume, delete_pool_volume, find_pool_volume
+from vmigrate.virt.pool_volumes import (
+    create_raw_volume,
+    delete_pool_volume,
+    find_pool_volume,
+    volume_exists_now,
+    volume_sizes,
+)
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
@@ -51,8 +58,13 @@ class PoolChangeSteps:
     def _writer(self, change: PoolChange) -> Connection:
         return self.src if change.writer == "source" else self.dst
 
+    def _tag(self) -> str:
+        """Part of the job's token, in the names of helpers and scratch files: a job id
+        alone repeats across stores, so the name alone proves them this job's."""
+        return self.journal.token[:12]
+
     def _helper(self, change: PoolChange, purpose: str) -> str:
-        return f"vmigrate-{self.journal.job_id}-{change.target}-{purpose}"
+        return f"vmigrate-{self.journal.job_id}-{self._tag()}-{change.target}-{purpose}"
 
     def _new_volume_name(self, change: PoolChange) -> str:
         return change.image if change.kind == "import" else change.destination.rsplit("/", 1)[1]
@@ -60,26 +72,29 @@ class PoolChangeSteps:
     def reserve(self, change: PoolChange, previous: Detail) -> Detail:
         """Make the new, empty volume while the VM still runs. Making it is the one test of
         its name that asks the storage itself (an rbd pool's list is only as new as its last
-        refresh): if the name is taken, the move stops here and nothing has changed. It is
-        recorded as this job's only once made, so a rollback never deletes what it did not
-        make."""
+        refresh): if the name is taken, the move stops here and nothing has changed. Its
+        name, size and the job's token are journalled before it is made, and it is
+        journalled made once made: a run killed in between finds it exactly as made and
+        empty, and knows it as its own (`made_by_us`); anything else there is a stranger's,
+        never overwritten nor deleted."""
         if previous.get("created"):
             return previous
         conn, name = self._writer(change), self._new_volume_name(change)
         host = self._writer_name(change)
-        # Named before it is made: a run interrupted in between is then told what to check.
-        self.journal.record(reserve_step(change), "started", {"making": name})
+        made = {"created": True, "pool": change.create_pool, "volume": name}
+        if previous.get("making") and self._made_before_crash(change, previous):
+            return {**previous, **made}
+        self.journal.intend(
+            reserve_step(change), {"making": name}, host=host, pool=change.create_pool,
+            volume=name, capacity=change.capacity,
+        )  # fmt: skip
+        failpoint("cold.reserve.after-intent")
         try:
             with libvirt_errors(host=host, vm=self.vm, doing=f"making {change.destination}"):
                 create_raw_volume(conn, change.create_pool, name, change.capacity)
         except VmigrateError as err:
-            interrupted = (
-                " (or this job made it just before it was interrupted: then remove it and resume)"
-                if previous.get("making")
-                else ""
-            )
             raise PoolChangeError(
-                f"{err.message}; if that name is taken, it is not this job's{interrupted} "
+                f"{err.message}; if that name is taken, it is not this job's "
                 "and is never overwritten",
                 host=host,
                 vm=self.vm,
@@ -87,7 +102,30 @@ class PoolChangeSteps:
                 f"{name!r} and whether it is needed; remove it or move the VM under another "
                 "name, then retry",
             ) from err
-        return {"created": True, "pool": change.create_pool, "volume": name}
+        failpoint("cold.reserve.after-create")
+        return {**self.journal.detail(reserve_step(change)), **made}
+
+    def _made_before_crash(self, change: PoolChange, detail: Detail) -> bool:
+        """The new volume is the one this job journalled (with its token) it was about to
+        make, found exactly as made and empty: made just before an interruption."""
+        intent = self.journal.intended(reserve_step(change), detail)
+        name = self._new_volume_name(change)
+        if intent is None or (intent.get("pool"), intent.get("volume")) != (
+            change.create_pool,
+            name,
+        ):
+            return False
+        conn = self._writer(change)
+        if not volume_exists_now(conn, change.create_pool, name):
+            return False
+        return made_as_intended(intent, volume_sizes(conn, change.create_pool, name))
+
+    def made_by_us(self, change: PoolChange, detail: Detail) -> bool:
+        """For a rollback: the new volume is this job's (journalled made, or made just
+        before an interruption and found as made)."""
+        return bool(detail.get("created")) or (
+            bool(detail.get("making")) and self._made_before_crash(change, detail)
+        )
 
     def write(self, change: PoolChange, _previous: Detail) -> Detail:
         """The writer's QEMU copies every guest-visible byte into the reserved volume."""
@@ -102,6 +140,8 @@ class PoolChangeSteps:
 
         def progress(done: int, total: int) -> None:
             self.emit("copy", {"path": change.source, "done": done, "total": total})
+            if done > 0:
+                failpoint("cold.pool-change.mid-copy")
 
         seconds = mirror_disk(
             conn,
@@ -119,7 +159,7 @@ class PoolChangeSteps:
     def _scratch(self, change: PoolChange, side: str) -> str:
         """The raw read of a disk for its digest: hidden, named after this job and the side
         (both sides may write into one shared pool at once)."""
-        return f".vmigrate-{self.journal.job_id}-{change.target}-{side}-digest.img"
+        return f".vmigrate-{self.journal.job_id}-{self._tag()}-{change.target}-{side}-digest.img"
 
     def verify(self, change: PoolChange, _previous: Detail) -> Detail:
         """The source reads the original, the destination the new disk, both at once (two
@@ -201,7 +241,8 @@ class PoolChangeSteps:
             with contextlib.suppress(Exception):
                 destroy_helper(conn, self._helper(change, purpose))
         # The destination's pool is not refreshed: a refresh that fails stops the pool.
-        delete_pool_volume(conn, str(detail.get("pool")), str(detail.get("volume")))
+        pool = detail.get("pool") or change.create_pool
+        delete_pool_volume(conn, str(pool), str(detail.get("volume") or detail["making"]))
 
     def delete_original(self, change: PoolChange) -> str | None:
         """--delete-source-disks: the original disk goes from the source (only the VM's own

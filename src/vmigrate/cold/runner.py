@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import shlex
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,14 @@ from vmigrate.cold.pool_change import (
 )
 from vmigrate.cold.pool_change_facts import plan_pool_changes
 from vmigrate.cold.pool_change_steps import verify_step, write_step
-from vmigrate.cold.steps import CONNECT_TIMEOUT_S, ColdMove, ColdMoveError, ColdRequest, Rollback
+from vmigrate.cold.steps import (
+    CONNECT_TIMEOUT_S,
+    ColdMove,
+    ColdMoveError,
+    ColdRequest,
+    Rollback,
+    misplaced,
+)
 from vmigrate.journal import Journal
 
 __all__ = [
@@ -516,7 +523,10 @@ def _steps(
     placement = locate(request.vm, {src_ref.name: src, dst_ref.name: dst})
     expected = dst_ref.name if outcome == "completed" else src_ref.name
     report = _report(job_id, request, outcome, message, plan, journal, placement, expected)
-    store.finish_job(job_id, outcome, message, report.to_dict())
+    if outcome == "completed" and not report.placement_ok:  # #28: never completed if misplaced
+        message = misplaced(request.vm, placement, expected, job_id)
+        report = replace(report, outcome="failed", message=message)
+    store.finish_job(job_id, report.outcome, report.message, report.to_dict())
     return report
 
 

@@ -3,19 +3,35 @@
 Order: stop (shut down, power off, or save the state) -> copy every local file (sparse,
 resumable) -> verify checksums -> copy the state file unless its pool is shared -> define on
 the destination -> start or restore -> verify it runs -> only then undefine the source ->
-remove the state file from both hosts -> optionally delete the source's disk files.
+remove the state file from both hosts -> optionally delete the source's disk files -> remove
+the job's marker from the destination's domain.
 Nothing is deleted that this job did not create, and never before the destination runs.
 Before each step that cannot be undone, cold/invariants.py checks the hosts again.
 
+Every thing a step makes on a host is known as the job's even if vmigrate dies while making
+it (#28): the step journals its intent first (the exact path or pool and name, the size it
+makes it with, the job's token: journal.intend), makes it, then journals it made. A run
+killed in between finds a thing at that very place; it is the job's only if it is exactly
+what the step makes and still empty (made_as_intended: same size, nothing allocated, since
+the step writes nothing before journalling it made), else a stranger's, never touched.
+File volumes and rbd images cannot carry a tag through libvirt (no xattrs, no rename, no
+`rbd image-meta`): the intent plus "as made, still empty" is the proof, and the planning
+refused a name that already existed. Names the job chooses itself carry the token (state
+file, flattened image, digest scratch files, helper domains). The destination's domain
+carries the job's marker in its <metadata> (virt/domains.py) until the job is done.
+
 Every delete, and what proves the file is the job's:
 - destination copies (rollback, and a copy done again from offset 0): the copy step's
-  `created`, journalled only once this job made the file; and no VM there names it;
+  `created`, or its intent with the file found as made and empty; and no VM there names it;
 - the state file: its path, journalled by the stop step before the file exists, carries a
-  token of this plan (refused at planning if it existed); its copy: the copy's `created`;
-- a flattened image: `created` in the flatten step, a name with the job's id;
-- a pool change's new volume: the reserve step's `created` (cold/pool_change_steps.py);
-  its digest scratch files and helper domains: only by their job-id names, not journalled
-  (one made by an interrupted run has no record; only this job makes such a name);
+  token of this plan (refused at planning if it existed); its copy: as a destination copy;
+- a flattened image: `created` in the flatten step, journalled before it is made, a name
+  with the job's id and token;
+- a pool change's new volume: the reserve step's `created`, or its intent with the volume
+  found as made and empty (cold/pool_change_steps.py); its digest scratch files and helper
+  domains: by their names, which carry the job's id and token;
+- the destination's domain: the job's marker (or, for a job journalled before markers, its
+  define journalled done and no other job's marker);
 - the source's disks (--delete-source-disks), not made by the job: only once the journal
   shows each one verified and the source undefined, and no VM on the source names it.
 """
@@ -43,7 +59,9 @@ from vmigrate.cold.pool_change_steps import (
 )
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.domxml.secrets import graft_secrets
-from vmigrate.journal import Detail, Journal
+from vmigrate.failpoints import failpoint
+from vmigrate.journal import INTENT, Detail, Journal, made_as_intended
+from vmigrate.model import Placement
 from vmigrate.store import StoreLocation
 from vmigrate.virt import domains
 from vmigrate.virt.connection import (
@@ -71,6 +89,21 @@ def copy_again(journal: Journal, destination_path: str, reason: str) -> None:
     step = f"copy {destination_path}"
     created = bool(journal.detail(step).get("created"))
     journal.record(step, "failed", {"created": created, "offset": 0, "error": reason})
+
+
+def misplaced(vm: str, placement: Placement, expected: str, job_id: int) -> str:
+    """The outcome's message when every step finished but the final look does not find the
+    VM where the plan puts it: what was found, and what to do."""
+    defined = ", ".join(placement.defined_on) or "no host"
+    running = ", ".join(placement.running_on) or "no host"
+    unknown = f"; {', '.join(placement.unknown_on)} did not answer" if placement.unknown_on else ""
+    return (
+        f"every step finished, but {vm} is not where the plan puts it: defined on {defined}, "
+        f"running on {running}{unknown} (expected: defined on {expected}). Find out who "
+        f"changed it (vmigrate jobs show {job_id}; virsh list --all on each host); "
+        f"`vmigrate jobs resume {job_id}` looks again once it is back, "
+        f"`vmigrate jobs rollback {job_id}` brings it back to the source"
+    )
 
 
 @dataclass
@@ -154,9 +187,9 @@ class ColdMove:
     def flatten(self, copy: VolumeCopy, previous: Detail) -> Detail:
         """A standalone image of the chain, next to its top on the source (qemu-img convert)."""
         folder, name = posixpath.split(copy.source_path)
-        temp = posixpath.join(folder, f".vmigrate-{self.journal.job_id}-flat-{name}")
-        if previous.get("created"):
-            domains.delete_volume(self.src, temp)  # half-made by an interrupted run
+        temp = posixpath.join(folder, f".vmigrate-{self.journal.job_id}-{self._tag()}-flat-{name}")
+        if previous.get("created"):  # half-made by an interrupted run: its name says so
+            domains.delete_volume(self.src, str(previous.get("temp_path") or temp))
         self.journal.record(f"flatten {copy.source_path}", "started", {"created": True})
         domains.flatten_volume(
             self.src, copy.source_pool, copy.source_path, posixpath.basename(temp)
@@ -173,42 +206,56 @@ class ColdMove:
             return copy.source_path
         return str(self.journal.detail(f"flatten {copy.source_path}")["temp_path"])
 
-    def copy(self, copy: VolumeCopy, previous: Detail) -> Detail:
+    def copy(self, copy: VolumeCopy, previous: Detail, point: str = "cold.copy") -> Detail:
+        step = f"copy {copy.destination_path}"
+        domains.refresh_pool(self.dst, copy.destination_pool)  # a file made behind our back
         existing = domains.volume_at(self.dst, copy.destination_path)
         if existing is not None and not previous.get("created"):
-            raise ColdMoveError(
-                f"{copy.destination_path} already exists on the destination "
-                "and was not created by this job: it is never overwritten",
-                vm=self.plan.vm,
-                fix="remove it there, or use --pool-map",
-            )
+            if not self._made_before_crash(step, previous, self.dst, copy.destination_path):
+                raise ColdMoveError(
+                    f"{copy.destination_path} already exists on the destination and was not "
+                    "created by this job (it is not the empty file this job journalled it "
+                    "would make): it is never overwritten",
+                    vm=self.plan.vm,
+                    host=self.request.destination,
+                    fix="find out whose it is and remove it there, or roll the job back and "
+                    "move the disk elsewhere with --pool-map",
+                )
+            previous = {**previous, "created": True, "offset": 0}  # ours, nothing in it yet
         offset = int(previous.get("offset", 0)) if existing is not None else 0
+        size = domains.physical_size(self.src, self.read_path(copy))
         if existing is not None and offset == 0:
             # Ours, with nothing to keep (a copy to do again after a checksum mismatch):
             # start from an empty file, as a sparse copy skips the source's holes.
             domains.delete_volume(self.dst, copy.destination_path)
             existing = None
-        size = domains.physical_size(self.src, self.read_path(copy))
         if existing is None:
+            # The exact file and the job's token go into the journal before the file exists:
+            # killed before `created` is journalled, the next run still knows the file.
+            self.journal.intend(
+                step, {"offset": 0}, host=self.request.destination,
+                path=copy.destination_path, capacity=size,
+            )  # fmt: skip
+            failpoint(f"{point}.after-intent")
             existing = domains.create_file_volume(
                 self.dst,
                 copy.destination_pool,
                 posixpath.basename(copy.destination_path),
                 size,
             )
-        detail: Detail = {"created": True, "offset": offset}
-        self.journal.record(f"copy {copy.destination_path}", "started", detail)
+            failpoint(f"{point}.after-create")
+        intent = self.journal.detail(step).get(INTENT)
+        detail: Detail = {"created": True, "offset": offset, INTENT: intent}
+        self.journal.record(step, "started", detail)
         last = [offset]
 
         def progress(position: int) -> None:
             self.emit("copy", {"path": copy.source_path, "done": position, "total": size})
+            if position > offset:
+                failpoint(f"{point}.mid-copy")
             if position - last[0] >= CHECKPOINT_BYTES:
                 last[0] = position
-                self.journal.record(
-                    f"copy {copy.destination_path}",
-                    "started",
-                    {"created": True, "offset": position},
-                )
+                self.journal.record(step, "started", {**detail, "offset": position})
 
         # Stop short of a full pool: an upload that hits ENOSPC crashed libvirtd 11.3.
         room = domains.pool_available(self.dst, copy.destination_pool)
@@ -229,7 +276,16 @@ class ColdMove:
             "hole_bytes": result.hole_bytes,
             "seconds": round(result.seconds, 3),
             "source_sha256": result.sha256,  # read as it passed; None after a resume
+            INTENT: intent,
         }
+
+    def _made_before_crash(self, step: str, detail: Detail, conn: Connection, path: str) -> bool:
+        """The file at `path` is the one this job journalled (with its token) it was about to
+        make, found exactly as made and still empty: made just before a crash, so ours."""
+        intent = self.journal.intended(step, detail)
+        if intent is None or intent.get("path") != path:
+            return False
+        return made_as_intended(intent, domains.volume_sizes_at(conn, path))
 
     def verify(self, copy: VolumeCopy, _previous: Detail) -> Detail:
         source = self.journal.detail(f"copy {copy.destination_path}").get(
@@ -268,6 +324,7 @@ class ColdMove:
             self._delete_saved(str(previous["save_path"]))
         detail: Detail = {"how": "saving", "save_path": state.source_path, "at": stopped_at}
         self.journal.record("stop", "started", detail)
+        failpoint("cold.stop.after-intent")
         domains.save_state(domain, state.source_path)
         domains.refresh_pool(self.src, state.source_pool)  # the file becomes a volume
         return {**detail, "how": "saved"}
@@ -305,8 +362,8 @@ class ColdMove:
         )
 
     def define(self, previous: Detail) -> Detail:
-        ours = bool(previous.get("defined") or previous.get("defining"))
         existing = look_by_uuid(self.dst, self.uuid, host=self.request.destination)
+        ours = existing is not None and self._defined_by_us(previous)
         if (existing is not None or find_domain(self.dst, self.plan.vm) is not None) and not (
             ours and existing is not None and not existing.active
         ):
@@ -321,10 +378,33 @@ class ColdMove:
         xml, secrets = self._with_secrets(self.plan.destination_xml)
         self._source_still_stopped()
         self.invariants.runs_nowhere_else()
-        # Recorded first: a run interrupted after the define knows the domain is this job's.
-        self.journal.record("define", "started", {"defining": True})
-        self.dst.defineXML(xml)
-        return {"defined": True, "secrets": secrets}
+        # Recorded first, and the domain carries the job's token: a run interrupted after the
+        # define knows the domain is this job's (and a stranger's with the UUID is not).
+        self.journal.record("define", "started", {"defining": True, "marker": True})
+        failpoint("cold.define.after-intent")
+        self.dst.defineXML(self._marked(xml))
+        return {"defined": True, "marker": True, "secrets": secrets}
+
+    def _marked(self, xml: str) -> str:
+        return domains.with_job_marker(xml, self.journal.job_id, self.journal.token)
+
+    def _tag(self) -> str:
+        """A short part of the job's token for the names of temporary files and helpers: a
+        job id alone repeats across stores."""
+        return self.journal.token[:12]
+
+    def _defined_by_us(self, detail: Detail) -> bool:
+        """The destination's domain with the VM's UUID is the one this job defined: it
+        carries the job's marker; or (a job journalled before markers, or past the step
+        that removes the marker) the define was journalled done and it carries no other
+        job's marker."""
+        domain = self._ours_on_destination()
+        if domain is None:
+            return False
+        marker = domains.job_marker(domain)
+        if marker is not None:
+            return marker == self.journal.token
+        return bool(detail.get("defined"))
 
     def _with_secrets(self, planned_xml: str) -> tuple[str, str]:
         """The planned XML with the source's console passwords and current <metadata>
@@ -351,7 +431,7 @@ class ColdMove:
                 self._with_secrets(self.plan.restore_xml) if self.plan.restore_xml else (None, "")
             )
             self._before_start()
-            domains.restore_state(self.dst, path, xml)
+            domains.restore_state(self.dst, path, self._marked(xml) if xml else None)
             return {"started": "restored", "from": path, "secrets": secrets}
         if not self.plan.start_after:
             return {"started": False}
@@ -360,6 +440,13 @@ class ColdMove:
         self._before_start()
         lookup_domain(self.dst, self.plan.vm, host=self.request.destination).create()
         return {"started": True}
+
+    def _started_by_us(self, detail: Detail) -> bool:
+        """The destination's domain runs because this job started it (or was starting it
+        when interrupted, and the domain is the one this job defined)."""
+        return bool(detail.get("started")) or (
+            bool(detail.get("starting")) and self._defined_by_us(self.journal.detail("define"))
+        )
 
     def _started_by_earlier_try(self, previous: Detail) -> bool:
         """An interrupted earlier try of this step started the VM on the destination."""
@@ -373,6 +460,7 @@ class ColdMove:
         self.invariants.runs_nowhere_else()
         # Recorded first: a run interrupted after the start knows it was this job's.
         self.journal.record("start", "started", {"starting": True})
+        failpoint("cold.start.after-intent")
 
     def verify_running(self, _previous: Detail) -> Detail:
         if not self.journal.detail("start").get("started"):
@@ -433,12 +521,22 @@ class ColdMove:
             self._refuse_in_use(copy.source_path, source)
             if domains.delete_volume(self.src, copy.source_path):
                 removed.append(copy.source_path)
+                failpoint("cold.delete-source-disks.after-first")
         for change in self.plan.pool_changes:
             self._refuse_in_use(change.source, source)
             deleted = self.pool_changes.delete_original(change)
             if deleted is not None:
                 removed.append(deleted)
+                failpoint("cold.delete-source-disks.after-first")
         return {"removed": removed}
+
+    def unmark(self, _previous: Detail) -> Detail:
+        """The job is done with the VM: its marker goes from the destination's domain."""
+        domain = self._ours_on_destination()
+        if domain is not None and domains.job_marker(domain) == self.journal.token:
+            domains.remove_job_marker(domain)
+            return {"unmarked": True}
+        return {"unmarked": False}
 
     def _journal_shows(self, *steps: str) -> None:
         missing = [step for step in steps if not self.journal.done(step)]
@@ -454,32 +552,45 @@ class ColdMove:
     def forward(self) -> None:
         j = self.journal
         for change in self.plan.pool_changes:  # while the VM runs: a taken name stops us here
-            j.run(reserve_step(change), partial(self.pool_changes.reserve, change))
-        j.run("stop", self.stop)
+            j.run(reserve_step(change), partial(self.pool_changes.reserve, change), "cold.reserve")
+        j.run("stop", self.stop, "cold.stop")
         for copy in self.plan.copies:
             if copy.flatten:
                 j.run(f"flatten {copy.source_path}", partial(self.flatten, copy))
-            j.run(f"copy {copy.destination_path}", partial(self.copy, copy))
+            j.run(f"copy {copy.destination_path}", partial(self.copy, copy), "cold.copy")
         for copy in self.plan.copies:
-            j.run(f"verify {copy.destination_path}", partial(self.verify, copy))
+            j.run(f"verify {copy.destination_path}", partial(self.verify, copy), "cold.verify")
         for copy in self.plan.copies:
             if copy.flatten:
                 j.run(f"remove flattened {copy.source_path}", partial(self.remove_flat, copy))
         for change in self.plan.pool_changes:
-            j.run(write_step(change), partial(self.pool_changes.write, change))
-            j.run(verify_step(change), partial(self.pool_changes.verify, change))
+            j.run(write_step(change), partial(self.pool_changes.write, change), "cold.pool-change")
+            j.run(
+                verify_step(change),
+                partial(self.pool_changes.verify, change),
+                "cold.verify-pool-change",
+            )
         state = self.plan.state_file
         if state is not None and not state.shared and self.saved():
             carrier = state.as_copy()  # like a disk: sparse, resumable, digest-verified
-            j.run(f"copy {state.destination_path}", partial(self.copy, carrier))
-            j.run(f"verify {state.destination_path}", partial(self.verify, carrier))
-        j.run("define", self.define)
-        j.run("start", self.start)
-        j.run("verify running", self.verify_running)
-        j.run("undefine source", self.undefine_source)
-        j.run("cleanup state", self.cleanup_state)
+            j.run(
+                f"copy {state.destination_path}",
+                partial(self.copy, carrier, point="cold.copy-state"),
+                "cold.copy-state",
+            )
+            j.run(
+                f"verify {state.destination_path}",
+                partial(self.verify, carrier),
+                "cold.verify-state",
+            )
+        j.run("define", self.define, "cold.define")
+        j.run("start", self.start, "cold.start")
+        j.run("verify running", self.verify_running, "cold.verify-running")
+        j.run("undefine source", self.undefine_source, "cold.undefine-source")
+        j.run("cleanup state", self.cleanup_state, "cold.cleanup-state")
         if self.request.delete_source_disks:
-            j.run("delete source disks", self.delete_source_disks)
+            j.run("delete source disks", self.delete_source_disks, "cold.delete-source-disks")
+        j.run("unmark destination", self.unmark, "cold.unmark")
 
     # ---- backward --------------------------------------------------------------------
     def runs_on_destination(self) -> bool:
@@ -504,14 +615,22 @@ class ColdMove:
                     "the source's disk files were already deleted: this job cannot be rolled back",
                     vm=self.plan.vm,
                 )
-            if name == "undefine source" and detail.get("undefined"):
+            if name == "undefine source" and (
+                detail.get("undefined")  # or interrupted before it journalled it:
+                or (
+                    self.plan.persistent
+                    and find_domain_by_uuid(self.src, self.uuid, host=self.request.source) is None
+                )
+            ):
                 self.src.defineXML(self.plan.source_xml)
             elif name == "start" and (detail.get("started") or detail.get("starting")):
                 domain = self._ours_on_destination()
-                if domain is not None and domain.isActive():
+                if domain is not None and domain.isActive() and self._started_by_us(detail):
                     domain.destroy()
             elif name == "define" and (detail.get("defined") or detail.get("defining")):
                 domain = self._ours_on_destination()
+                if domain is not None and not self._defined_by_us(detail):
+                    domain = None  # someone else's with the VM's UUID: never undefined
                 if domain is not None and domain.isActive():  # not started by this job
                     raise InvariantViolated(
                         f"{self.plan.vm} runs on {self.request.destination}, started there "
@@ -525,7 +644,10 @@ class ColdMove:
                     )
                 if domain is not None:
                     domains.undefine(domain, UNDEFINE_KEEP_NVRAM)
-            elif name.startswith("copy ") and detail.get("created"):  # made by this job
+            elif name.startswith("copy ") and (
+                detail.get("created")  # journalled made by this job
+                or self._made_before_crash(name, detail, self.dst, name.removeprefix("copy "))
+            ):
                 path = detail.get("destination_path") or name.removeprefix("copy ")
                 try:
                     self._refuse_in_use(path, (self.request.destination, self.dst))
@@ -535,7 +657,7 @@ class ColdMove:
                     continue
             elif name in verified:
                 self.pool_changes.undo_verify(verified[name])
-            elif name in changes and detail.get("created"):  # made by this job
+            elif name in changes and self.pool_changes.made_by_us(changes[name], detail):
                 try:
                     self._refuse_in_use(
                         changes[name].destination,

@@ -136,6 +136,16 @@ def volume_at(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | No
         raise
 
 
+def volume_sizes_at(conn: libvirt.virConnect, path: str) -> tuple[int, int] | None:
+    """(capacity, allocation) in bytes of the volume at `path` as it is now (libvirt stats
+    the file again), or None if there is none."""
+    volume = volume_at(conn, path)
+    if volume is None:
+        return None
+    info = volume.info()
+    return int(info[1]), int(info[2])
+
+
 def delete_volume(conn: libvirt.virConnect, path: str) -> bool:
     """Delete the volume at `path`: False if there is none; a refusal is a translated error."""
     with libvirt_errors(host=None, doing=f"delete {path}"):
@@ -179,3 +189,65 @@ def secure_definition(conn: libvirt.virConnect, uuid: str, *, host: str) -> str 
 def _secure_xml(domain: libvirt.virDomain) -> str:
     inactive = libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0
     return str(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | inactive))
+
+
+# ---- the job's marker in a domain's metadata ---------------------------------------------
+#: A cold move defines the VM on the destination with this element in its <metadata>, so a
+#: run interrupted before it journalled the define knows the domain is its own (and not one
+#: someone else defined with the same UUID). Removed when the job is done.
+JOB_NAMESPACE = "https://vmigrate.dev/xmlns/job/1"
+JOB_PREFIX = "vmigratejob"
+JOB_ELEMENT = "job"
+
+
+def with_job_marker(xml: str, job_id: int, token: str) -> str:
+    """`xml` with this job's marker in its <metadata> (any other job's marker replaced)."""
+    root = ET.fromstring(xml)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.Element("metadata")
+        position = next(
+            (
+                index
+                for index, child in enumerate(root)
+                if child.tag not in ("name", "uuid", "genid", "title", "description")
+            ),
+            len(root),
+        )
+        root.insert(position, metadata)
+    for old in metadata.findall(f"{{{JOB_NAMESPACE}}}{JOB_ELEMENT}"):
+        metadata.remove(old)
+    ET.register_namespace(JOB_PREFIX, JOB_NAMESPACE)
+    ET.SubElement(
+        metadata, f"{{{JOB_NAMESPACE}}}{JOB_ELEMENT}", {"id": str(job_id), "token": token}
+    )
+    return ET.tostring(root, encoding="unicode")
+
+
+def job_marker(domain: libvirt.virDomain) -> str | None:
+    """The token of the job marker the domain carries (its live definition, else its
+    persistent one), or None."""
+    for flags in (libvirt.VIR_DOMAIN_AFFECT_CURRENT, libvirt.VIR_DOMAIN_AFFECT_CONFIG):
+        try:
+            text = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, JOB_NAMESPACE, flags)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() in (
+                libvirt.VIR_ERR_NO_DOMAIN_METADATA,
+                libvirt.VIR_ERR_INVALID_ARG,  # a transient domain has no persistent one
+                libvirt.VIR_ERR_OPERATION_INVALID,
+            ):
+                continue
+            raise
+        token = ET.fromstring(text).get("token")
+        if token:
+            return token
+    return None
+
+
+def remove_job_marker(domain: libvirt.virDomain) -> None:
+    """Remove the job marker from the domain's definitions (live and persistent)."""
+    flags = [libvirt.VIR_DOMAIN_AFFECT_CONFIG] if domain.isPersistent() else []
+    if domain.isActive():
+        flags.append(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    for flag in flags:
+        domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None, JOB_NAMESPACE, flag)

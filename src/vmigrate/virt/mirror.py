@@ -16,6 +16,7 @@ import libvirt
 
 from vmigrate.domxml.disks import file_disk_xml, helper_domain_xml
 from vmigrate.errors import VmigrateError
+from vmigrate.failpoints import failpoint
 from vmigrate.virt.connection import find_domain
 from vmigrate.virt.pool_volumes import create_raw_volume, delete_pool_volume
 from vmigrate.virt.streams import volume_digest
@@ -153,6 +154,7 @@ def content_digest(
         pool, name = scratch
         delete_pool_volume(conn, pool, name)  # left by an interrupted run
         volume = create_raw_volume(conn, pool, name, capacity)
+        failpoint("cold.verify-pool-change.mid-read")
         try:
             target = file_disk_xml(volume.path(), "raw")
             mirror_disk(conn, helper, disk_xml, target, host=host)
