@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,13 @@ MIB = 1 << 20
 
 
 def plot_job(
-    record: JobRecord, samples: list[dict[str, Any]], actions: list[ActionRecord], path: Path
+    record: JobRecord,
+    samples: list[dict[str, Any]],
+    actions: list[ActionRecord],
+    path: Path,
+    *,
+    moves: list[JobRecord] | None = None,
+    names: Callable[[str], str] | None = None,
 ) -> None:
     """Draw the job into `path` (its suffix picks the format; none: PNG)."""
     fig, left = plt.subplots(figsize=(9, 4.5))
