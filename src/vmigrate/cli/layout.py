@@ -10,6 +10,7 @@ when even that does not fit the free text moves under its row, or the row goes o
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,16 +19,22 @@ from rich.console import Console
 from rich.text import Text
 
 ELLIPSIS = "…"
+_SPACES = re.compile(r"[ \t\n\r\f\v]+")
 GAP = "  "
 INDENT = "    "
 #: The free-text column is moved under its row when it would be narrower than this.
 MIN_FREE_WIDTH = 20
 
 
+def _collapsed(text: str) -> str:
+    """Runs of spaces and newlines as one space (a no-break space stays: it binds)."""
+    return _SPACES.sub(" ", text).strip(" ")
+
+
 def shorten(text: str, width: int) -> str:
     """`text` cut after its last whole word that fits, with an ellipsis; never mid-word
     (a first word longer than `width` is kept whole)."""
-    text = " ".join(text.split())
+    text = _collapsed(text)
     if len(text) <= width:
         return text
     kept = ""
@@ -45,7 +52,7 @@ def wrap(text: str, width: int) -> list[str]:
     """`text` in lines of at most `width`, broken between words only (a word longer than
     the width, such as a URI, stands alone on its line)."""
     return textwrap.wrap(
-        " ".join(text.split()),
+        _collapsed(text),
         max(width, 1),
         break_long_words=False,
         break_on_hyphens=False,
