@@ -85,7 +85,13 @@ def show(
     names = HostNames.from_hosts_file()
     if plot_path is not None:
         plot_job(
-            record, samples, actions, plot_path, moves=fleet_moves(store, record), names=names.name
+            record,
+            samples,
+            actions,
+            plot_path,
+            moves=fleet_moves(store, record),
+            names=names.name,
+            predicted_s=predicted_by_a_plan(store, record),
         )
     if as_json:
         click.echo(
@@ -99,6 +105,20 @@ def show(
     print_lines(console, show_lines(record, samples, actions, console.width, names))
     if plot_path is not None:
         console.print(f"plot written to {plot_path}", soft_wrap=True)
+
+
+def predicted_by_a_plan(store: JobStore, record: JobRecord) -> float | None:
+    """The time the fleet job that ran this move predicted for it (a lone move has none)."""
+    for kind in FLEET_KINDS:
+        for fleet in store.jobs_of_kind(kind):
+            for move in (fleet.report or {}).get("moves", []):
+                if move.get("job_id") == record.id and move.get("predicted_s") is not None:
+                    return float(move["predicted_s"])
+    return None
+
+
+#: Jobs that run moves as jobs of their own.
+FLEET_KINDS = ("evacuate", "balance")
 
 
 def fleet_moves(store: JobStore, record: JobRecord) -> list[JobRecord]:
