@@ -28,7 +28,8 @@ from vmigrate.cli.layout import ELLIPSIS, print_lines, shorten, wrap
 from vmigrate.cli.render_findings import report_from_dict, report_lines
 from vmigrate.cli.render_jobs import JobFilter, jobs_lines, show_lines, started_at
 from vmigrate.cli.render_lab import lab_status_lines
-from vmigrate.cli.render_plan import evacuation_plan_lines
+from vmigrate.cli.render_plan import balance_plan_lines, evacuation_plan_lines
+from vmigrate.fleet.balance import plan_balance
 from vmigrate.fleet.plan import plan_evacuation
 from vmigrate.hosts import HostRef
 from vmigrate.model import CheckReport, Verdict
@@ -278,3 +279,15 @@ def test_shorten_cuts_after_a_whole_word() -> None:
 def test_wrap_never_breaks_a_word() -> None:
     uri = "qemu+tls://127.0.0.3/system?pkipath=/var/lib/vmigrate-lab/client/pki"
     assert wrap(f"see {uri} now", 20) == ["see", uri, "now"]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_balance_plan(width: int) -> None:
+    from tests.unit.test_balance import four_guests, lab
+
+    plan = plan_balance(lab(four_guests())).to_dict()
+    vms = {m["vm"] for m in plan["moves"]}
+    text = assert_readable(
+        lambda w: balance_plan_lines(plan, w), width, vms | {"hostA", "hostB", "hostC"}
+    )
+    assert text.startswith("imbalance 1.414 -> 0.202 (threshold 0.1): 2 move(s)")

@@ -67,7 +67,10 @@ def _print_uris(hosts: list[HostStatus]) -> None:
     for host in hosts:
         if host.running:
             for transport, uri in host.uris.items():
-                console.print(f"  {host.name} {transport}: {uri}", soft_wrap=True)
+                label = f"  {host.name} {transport}:"
+                # A URI is copied whole: on a line of its own when it does not fit beside.
+                fits = len(label) + 1 + len(uri) <= console.width
+                console.print(f"{label} {uri}" if fits else f"{label}\n    {uri}", soft_wrap=True)
     if any(h.running and "tcp" in h.uris for h in hosts):
         console.print(
             "[bold red]UNENCRYPTED:[/] plain TCP is open (--insecure-tcp): any local user "
