@@ -24,6 +24,7 @@ from rich.text import Text
 
 from tests.unit.test_fleet_recorded import evacuation
 from vmigrate.cli.host_names import HostNames
+from vmigrate.cli.jobs import move_of_a_fleet_job
 from vmigrate.cli.layout import ELLIPSIS, print_lines, shorten, wrap
 from vmigrate.cli.render_findings import report_from_dict, report_lines
 from vmigrate.cli.render_jobs import JobFilter, jobs_lines, show_lines, started_at
@@ -205,14 +206,16 @@ def test_a_hosts_file_name_wins_over_the_uri() -> None:
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("job_id", [1, 2, 3])
+@pytest.mark.parametrize("job_id", [1, 2, 3, 4])
 def test_jobs_show_reads_top_down(job_id: int, width: int, tmp_path: Path) -> None:
     store = recorded_store("lab-issue27.sqlite", tmp_path)
     record = store.job(job_id)
     samples, actions = store.samples(job_id), store.actions(job_id)
     names = HostNames()
+    fleet_move = move_of_a_fleet_job(store, record)
+    assert (fleet_move is not None) == (job_id == 4)  # job 4 is the evacuation's move
     text = assert_readable(
-        lambda w: show_lines(record, samples, actions, w, names),
+        lambda w: show_lines(record, samples, actions, w, names, fleet_move),
         width,
         {record.vm, record.state, "hostA", "hostB"},
     )
@@ -225,6 +228,9 @@ def test_jobs_show_reads_top_down(job_id: int, width: int, tmp_path: Path) -> No
     assert record.source in text  # the URI stays in `jobs show`
     for action in actions:
         assert " ".join(action.reason.split()) in " ".join(text.split())
+    if fleet_move is not None:
+        assert "its plan predicted 5.5 s" in " ".join(text.split())
+        assert "gap:      74 ms" in text
 
 
 # the evacuation plan and the lab

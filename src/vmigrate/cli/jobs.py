@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -83,6 +84,7 @@ def show(
     samples = store.samples(job_id)
     actions = store.actions(job_id)
     names = HostNames.from_hosts_file()
+    fleet_move = move_of_a_fleet_job(store, record)
     if plot_path is not None:
         plot_job(
             record,
@@ -91,7 +93,7 @@ def show(
             plot_path,
             moves=fleet_moves(store, record),
             names=names.name,
-            predicted_s=predicted_by_a_plan(store, record),
+            predicted_s=(fleet_move or {}).get("predicted_s"),
         )
     if as_json:
         click.echo(
@@ -102,18 +104,21 @@ def show(
             )
         )
         return
-    print_lines(console, show_lines(record, samples, actions, console.width, names))
+    lines = show_lines(record, samples, actions, console.width, names, fleet_move)
+    print_lines(console, lines)
     if plot_path is not None:
         console.print(f"plot written to {plot_path}", soft_wrap=True)
 
 
-def predicted_by_a_plan(store: JobStore, record: JobRecord) -> float | None:
-    """The time the fleet job that ran this move predicted for it (a lone move has none)."""
+def move_of_a_fleet_job(store: JobStore, record: JobRecord) -> dict[str, Any] | None:
+    """The result an evacuation or balance round recorded for this move (its predicted
+    time, the guest's largest heartbeat gap); None for a move run on its own."""
     for kind in FLEET_KINDS:
         for fleet in store.jobs_of_kind(kind):
             for move in (fleet.report or {}).get("moves", []):
-                if move.get("job_id") == record.id and move.get("predicted_s") is not None:
-                    return float(move["predicted_s"])
+                if move.get("job_id") == record.id:
+                    found: dict[str, Any] = move
+                    return found
     return None
 
 

@@ -151,10 +151,10 @@ def _downtime(record: JobRecord) -> str:
     return "not recorded"
 
 
-def _gap(record: JobRecord) -> str:
-    report = record.report or {}
-    if report.get("gap_ms") is not None:
-        return f"{report['gap_ms']:.0f} ms"
+def _gap(record: JobRecord, fleet_move: dict[str, Any] | None) -> str:
+    for source in (record.report or {}, fleet_move or {}):
+        if source.get("gap_ms") is not None:
+            return f"{source['gap_ms']:.0f} ms (the largest the guest's heartbeat saw)"
     return "not measured (the lab's heartbeat measures it)"
 
 
@@ -195,9 +195,11 @@ def show_lines(
     actions: list[ActionRecord],
     width: int,
     names: HostNames,
+    fleet_move: dict[str, Any] | None = None,
 ) -> list[Text]:
     """One job, top-down: what moved where, the outcome, the time, the downtime and gap,
-    the policy's actions with their reasons, then the samples."""
+    the policy's actions with their reasons, then the samples. `fleet_move`: what the
+    evacuation or balance round that ran this move recorded of it."""
     report = record.report or {}
     lines = [_summary_line(record, names)]
     lines += _label("from", _name_and_uri(record.source, names), width)
@@ -207,6 +209,8 @@ def show_lines(
     if report.get("fix"):
         lines += _label("to do", report["fix"], width)
     took = f", took {duration(record.finished - record.started)}" if record.finished else ""
+    if fleet_move and fleet_move.get("predicted_s") is not None:
+        took += f" (its plan predicted {duration(fleet_move['predicted_s'])})"
     lines += _label(
         "time",
         f"started {_full_time(record.started)}, finished {_full_time(record.finished)}{took}",
@@ -214,7 +218,7 @@ def show_lines(
     )
     if record.kind in ("live", "cold"):
         lines += _label("downtime", _downtime(record), width)
-        lines += _label("gap", _gap(record), width)
+        lines += _label("gap", _gap(record, fleet_move), width)
     if record.state == "running":
         lines += _label(
             "driven by", outcome_phrase(record, names).removeprefix("driven by "), width
