@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -80,7 +81,7 @@ def plot_job(
             fix=f"name it .png (or one of .{', .'.join(sorted(supported))})",
         )
     if record.kind == "balance":
-        fig = _draw_loads(record, host_name)
+        fig = _draw_balance(record, moves or [], host_name)
     elif (record.report or {}).get("moves") is not None or record.kind in FLEET_KINDS:
         fig = _draw_timeline(record, moves or [], host_name)
     else:
@@ -244,25 +245,35 @@ def _draw_move(
     return fig
 
 
-def _draw_timeline(record: JobRecord, moves: list[JobRecord], names: HostName) -> Figure:
-    """One row per VM: the planned bar against the real one."""
+def _moved_vms(record: JobRecord) -> list[str]:
     report = record.report or {}
-    plan = report.get("plan") or {}
-    planned = {m["vm"]: m for m in plan.get("moves", [])}
-    results = {m["vm"]: m for m in report.get("moves", [])}
-    jobs = {j.id: j for j in moves}
-    vms = sorted(set(planned) | set(results))
+    planned = {m["vm"] for m in (report.get("plan") or {}).get("moves", [])}
+    return sorted(planned | {m["vm"] for m in report.get("moves", [])})
+
+
+def _draw_timeline(record: JobRecord, moves: list[JobRecord], names: HostName) -> Figure:
+    vms = _moved_vms(record)
     if not vms:
         raise UsageError(f"job {record.id} recorded no moves to draw")
     fig = plt.figure(figsize=(WIDTH_IN, 2.2 + 0.6 * len(vms)), layout="constrained")
     axes = fig.add_subplot()
-    moved = sum(1 for m in results.values() if m.get("state") == "moved")
+    moved = sum(1 for m in (record.report or {}).get("moves", []) if m.get("state") == "moved")
     axes.set_title(
         f"{title_of(record, names)} ({moved} of {len(vms)} VMs moved)",
         fontsize=12,
         fontweight="bold",
         loc="left",
     )
+    _timeline(axes, record, moves, vms)
+    return fig
+
+
+def _timeline(axes: Axes, record: JobRecord, moves: list[JobRecord], vms: list[str]) -> None:
+    """One row per VM: the planned bar against the real one."""
+    report = record.report or {}
+    planned = {m["vm"]: m for m in (report.get("plan") or {}).get("moves", [])}
+    results = {m["vm"]: m for m in report.get("moves", [])}
+    jobs = {j.id: j for j in moves}
     for row, vm in enumerate(reversed(vms)):
         move = planned.get(vm)
         if move is not None:
@@ -290,6 +301,7 @@ def _draw_timeline(record: JobRecord, moves: list[JobRecord], names: HostName) -
             axes.plot([0], [row - 0.18], marker="x", color=colour, markersize=9, clip_on=False)
             axes.text(0, row - 0.18, f"   {state}: {_no_job(result)}", va="center", fontsize=8)
     axes.set_yticks(range(len(vms)), list(reversed(vms)))
+    axes.set_ylim(-0.6, len(vms) - 0.4)
     axes.set_xlabel("seconds since the job started")
     axes.set_xlim(left=0, right=max(axes.get_xlim()[1], 1.0) * 1.25)
     axes.legend(
@@ -298,13 +310,11 @@ def _draw_timeline(record: JobRecord, moves: list[JobRecord], names: HostName) -
             Patch(color="#41ab5d", label="actual: moved"),
             Patch(color="#e34a33", label="actual: not moved"),
         ],
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.25 if len(vms) < 4 else -0.12),
-        ncol=3,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
         fontsize=9,
         frameon=False,
     )
-    return fig
 
 
 def _no_job(result: dict[str, Any]) -> str:
@@ -326,8 +336,24 @@ def _where_to_write(path: Path) -> str:
     return f"make {directory} writable, or pass --plot a file in a directory you can write"
 
 
-def _draw_loads(record: JobRecord, names: HostName) -> Figure:
-    """A balance round: each host's load before, as planned after, and as measured after."""
+def _draw_balance(record: JobRecord, moves: list[JobRecord], names: HostName) -> Figure:
+    """A balance round: each host's load, and when it moved VMs, the timeline of its moves."""
+    vms = _moved_vms(record)
+    if not vms:
+        fig = plt.figure(figsize=(WIDTH_IN, 5), layout="constrained")
+        _loads(fig.add_subplot(), record, names)
+        return fig
+    timeline_in = 1.4 + 0.6 * len(vms)
+    fig = plt.figure(figsize=(WIDTH_IN, 4.5 + timeline_in), layout="constrained")
+    loads, timeline = fig.subplots(2, 1, height_ratios=[4.5, timeline_in])
+    _loads(loads, record, names)
+    _timeline(timeline, record, moves, vms)
+    timeline.set_title("its moves, predicted against actual", fontsize=10, loc="left")
+    return fig
+
+
+def _loads(axes: Axes, record: JobRecord, names: HostName) -> None:
+    """Each host's load before, as planned after, and as measured after."""
     report = record.report or {}
     plan = report.get("plan") or record.params.get("plan") or {}
     before = {h["name"]: h["load"] for h in plan.get("hosts_before", [])}
@@ -336,8 +362,6 @@ def _draw_loads(record: JobRecord, names: HostName) -> Figure:
     hosts = sorted(before)
     if not hosts:
         raise UsageError(f"job {record.id} recorded no host loads to draw")
-    fig = plt.figure(figsize=(WIDTH_IN, 5), layout="constrained")
-    axes = fig.add_subplot()
     width = 0.27
     for offset, (label, values) in enumerate(
         (("before", before), ("planned after", planned), ("measured after", measured))
@@ -359,5 +383,4 @@ def _draw_loads(record: JobRecord, names: HostName) -> Figure:
         fontweight="bold",
         loc="left",
     )
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
-    return fig
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -149,3 +149,5 @@ def test_a_fleet_jobs_plot_is_a_timeline_of_its_moves(tmp_path: Path) -> None:
     assert widths == [2.8, 5.2, 5.5]
     assert any("refused after 1.5 s" in t.get_text() for t in axes.texts)
     assert legend_labels(axes) == ["predicted", "actual: moved", "actual: not moved"]
+    legend = axes.get_legend()
+    assert not overlaps(legend, axes, fig) and not overlaps(legend, _left_title(axes), fig)
