@@ -63,6 +63,7 @@ def wrap(text: str, width: int) -> list[str]:
 class Cell:
     text: str
     style: str = ""
+    wraps: bool = False  # free text that must be read whole (who drives a running job)
 
 
 def cell(value: str | Cell) -> Cell:
@@ -158,7 +159,9 @@ class Grid:
     def _free_lines(self, free: Cell, width: int) -> list[str]:
         if not free.text:
             return []
-        return wrap(free.text, width) if self.free_wraps else [shorten(free.text, width)]
+        if self.free_wraps or free.wraps:
+            return wrap(free.text, width)
+        return [shorten(free.text, width)]
 
     def _one_line_rows(
         self, kept: list[int], widths: list[int], width: int, free_inline: bool

@@ -123,7 +123,7 @@ def jobs_lines(
             Cell(r.state, STATE_STYLE.get(r.state, "")),
             started_at(r.started, now),
             took,
-            free=outcome_phrase(r, names),
+            free=Cell(outcome_phrase(r, names), wraps=r.state == "running"),
         )
     if not records:
         return [Text("no jobs")]
@@ -136,7 +136,7 @@ def _full_time(t: float | None) -> str:
 
 def _label(label: str, value: str, width: int, style: str = "") -> list[Text]:
     """`label` in a column of its own, `value` wrapped beside it."""
-    head = f"{label + ':':<10}"
+    head = f"{label + ':':<11}"
     lines = paragraph(value, width, " " * len(head), style=style)
     lines[0] = Text(head) + Text(lines[0].plain[len(head) :], style=style)
     return lines
@@ -204,7 +204,7 @@ def show_lines(
     lines = [_summary_line(record, names)]
     lines += _label("from", _name_and_uri(record.source, names), width)
     lines += _label("to", _name_and_uri(record.destination, names), width)
-    outcome = with_host_names(record.outcome or "-", names)
+    outcome = with_host_names(record.outcome or "none yet", names)
     lines += _label("outcome", outcome, width, STATE_STYLE.get(record.state, ""))
     if report.get("fix"):
         lines += _label("to do", report["fix"], width)
