@@ -14,7 +14,7 @@ from rich.console import Console
 
 from vmigrate import lifecycle
 from vmigrate.cli.host_names import HostNames
-from vmigrate.cli.layout import print_lines
+from vmigrate.cli.layout import paragraph, print_lines
 from vmigrate.cli.options import json_option, store_option
 from vmigrate.cli.render_jobs import JobFilter, jobs_lines, show_lines
 from vmigrate.errors import NotFound, VmigrateError
@@ -55,7 +55,7 @@ def jobs(
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2, default=str))
         return
-    console.print(f"jobs in {store.path}", soft_wrap=True)
+    print_lines(console, paragraph(f"jobs in {store.path}", console.width))
     print_lines(console, jobs_lines(records, console.width, names))
 
 

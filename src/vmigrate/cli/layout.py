@@ -48,6 +48,11 @@ def shorten(text: str, width: int) -> str:
     return kept.rstrip(",;:") + ELLIPSIS
 
 
+def longest_word(text: str) -> int:
+    """The length of the longest run `wrap` never breaks."""
+    return max((len(word) for word in _collapsed(text).split(" ")), default=0)
+
+
 def wrap(text: str, width: int) -> list[str]:
     """`text` in lines of at most `width`, broken between words only (a word longer than
     the width, such as a URI, stands alone on its line)."""
@@ -171,17 +176,30 @@ class Grid:
         start = fixed + len(GAP)
         for cells, free in self.rows:
             row = [(cells[i], widths[i], self.columns[i].right) for i in kept]
-            if free_inline:
-                texts = self._free_lines(free, width - start)
-                first = Cell(texts[0] if texts else "", free.style)
-                line = self._line([*row, (first, len(first.text), False)])
-                lines.append(line)
-                lines.extend(Text(" " * start + t, style=free.style) for t in texts[1:])
-            else:
-                lines.append(self._line(row))
-                texts = self._free_lines(free, width - len(INDENT))
-                lines.extend(Text(INDENT + t, style=free.style) for t in texts)
+            lines += self._row_and_free(row, free, "", width - start, width, free_inline)
         return lines
+
+    def _row_and_free(
+        self,
+        row: list[tuple[Cell, int, bool]],
+        free: Cell,
+        indent: str,
+        room: int,
+        width: int,
+        free_inline: bool,
+    ) -> list[Text]:
+        """A row and its free text: beside it in `room` columns, or under it when a word
+        of it (a long VM name) would not fit there."""
+        if free_inline and longest_word(free.text) <= room:
+            texts = self._free_lines(free, room)
+            head = Cell(texts[0] if texts else "", free.style)
+            start = " " * (width - room)
+            return [
+                self._line([*row, (head, len(head.text), False)], indent),
+                *(Text(start + t, style=free.style) for t in texts[1:]),
+            ]
+        under = self._free_lines(free, width - len(INDENT))
+        return [self._line(row, indent), *(Text(INDENT + t, style=free.style) for t in under)]
 
     def _two_line_rows(self, kept: list[int], widths: list[int], width: int) -> list[Text]:
         """Each row on two lines: the columns up to the break, then the rest indented
@@ -199,16 +217,7 @@ class Grid:
         for cells, free in self.rows:
             lines.append(self._line([(cells[i], widths[i], self.columns[i].right) for i in first]))
             row = [(cells[i], widths[i], self.columns[i].right) for i in second]
-            if free_inline:
-                texts = self._free_lines(free, room)
-                start = width - room
-                head = Cell(texts[0] if texts else "", free.style)
-                lines.append(self._line([*row, (head, len(head.text), False)], INDENT))
-                lines.extend(Text(" " * start + t, style=free.style) for t in texts[1:])
-            else:
-                lines.append(self._line(row, INDENT))
-                texts = self._free_lines(free, width - len(INDENT))
-                lines.extend(Text(INDENT + t, style=free.style) for t in texts)
+            lines += self._row_and_free(row, free, INDENT, room, width, free_inline)
         return lines
 
 
