@@ -13,6 +13,7 @@ from rich.text import Text
 
 from vmigrate.cli.host_names import HostNames
 from vmigrate.cli.layout import INDENT, Cell, Column, Grid, paragraph
+from vmigrate.cli.render_lab import NO_BREAK
 from vmigrate.store import ActionRecord, JobRecord
 
 MIB = 1 << 20
@@ -163,17 +164,18 @@ def _name_and_uri(host: str, names: HostNames) -> str:
     return name if name == host else f"{name} ({host})"
 
 
-def _summary_line(record: JobRecord, names: HostNames) -> Text:
+def _summary_lines(record: JobRecord, names: HostNames, width: int) -> list[Text]:
+    """`job N KIND VM SOURCE -> DESTINATION: STATE`, wrapped between words."""
     source = names.name(record.source)
     # A fleet job's "VM" is the host it empties or the cluster it balances.
-    what = "" if record.vm == source else record.vm
-    return Text.assemble(
-        (f"job {record.id}", "bold"),
-        f" {record.kind} ",
-        (what, "bold"),
-        f"{' ' if what else ''}{source} -> {names.name(record.destination)}: ",
-        (record.state, STATE_STYLE.get(record.state, "")),
-    )
+    what = "" if record.vm == source else f"{record.vm} "
+    head = f"job {record.id}"
+    text = f"{head} {record.kind} {what}{source} -> {names.name(record.destination)}: "
+    lines = paragraph(text + record.state.replace(" ", NO_BREAK), width)  # "rolled back" whole
+    lines[0].stylize("bold", 0, len(head))
+    last = lines[-1]
+    last.stylize(STATE_STYLE.get(record.state, ""), len(last.plain) - len(record.state))
+    return lines
 
 
 def _live_facts(report: dict[str, Any]) -> str:
@@ -201,7 +203,7 @@ def show_lines(
     the policy's actions with their reasons, then the samples. `fleet_move`: what the
     evacuation or balance round that ran this move recorded of it."""
     report = record.report or {}
-    lines = [_summary_line(record, names)]
+    lines = _summary_lines(record, names, width)
     lines += _label("from", _name_and_uri(record.source, names), width)
     lines += _label("to", _name_and_uri(record.destination, names), width)
     outcome = with_host_names(record.outcome or "none yet", names)
