@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.text import Text
 
 ELLIPSIS = "…"
+#: Joins words a line must never break between (a VM and its state, "rolled back").
+NO_BREAK = "\u00a0"
 _SPACES = re.compile(r"[ \t\n\r\f\v]+")
 GAP = "  "
 INDENT = "    "

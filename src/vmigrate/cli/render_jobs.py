@@ -12,8 +12,7 @@ from typing import Any
 from rich.text import Text
 
 from vmigrate.cli.host_names import HostNames
-from vmigrate.cli.layout import INDENT, Cell, Column, Grid, paragraph
-from vmigrate.cli.render_lab import NO_BREAK
+from vmigrate.cli.layout import INDENT, NO_BREAK, Cell, Column, Grid, paragraph
 from vmigrate.store import ActionRecord, JobRecord
 
 MIB = 1 << 20

@@ -7,10 +7,7 @@ from typing import Any
 
 from rich.text import Text
 
-from vmigrate.cli.layout import Cell, Column, Grid, paragraph
-
-#: Joins a VM's name to its state so that a line never breaks between them.
-NO_BREAK = "\u00a0"
+from vmigrate.cli.layout import NO_BREAK, Cell, Column, Grid, paragraph
 
 
 def vm_list(vms: list[dict[str, Any]]) -> str:
