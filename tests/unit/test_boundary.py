@@ -54,6 +54,12 @@ PURE_MODULES = (
     "vmigrate.fleet.balance",
     "vmigrate.lab.state",
     "vmigrate.lab.config",
+    "vmigrate.cli.layout",
+    "vmigrate.cli.host_names",
+    "vmigrate.cli.render_findings",
+    "vmigrate.cli.render_jobs",
+    "vmigrate.cli.render_plan",
+    "vmigrate.cli.render_lab",
 )
 
 # Runs in a fresh interpreter in which importing libvirt fails, as on a machine without it.

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from vmigrate.cli.evacuate import hosts_file_option, run_with_board
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
+from vmigrate.cli.render_plan import PlanView
 from vmigrate.fleet.balance import DEFAULT_MAX_MOVES, DEFAULT_MIN_GAIN, DEFAULT_THRESHOLD
 from vmigrate.fleet.execute import MOVED
 from vmigrate.fleet.rebalance import (
@@ -28,50 +28,8 @@ console = Console(highlight=False)
 MIB = 1 << 20
 
 
-def plan_tables(plan: dict[str, Any]) -> list[Table]:
-    loads = Table(
-        title=f"host load: imbalance {plan['imbalance_before']:.3f} -> "
-        f"{plan['imbalance_after']:.3f} (threshold {plan['threshold']:g})"
-    )
-    for column in ("host", "load before", "after", "CPU share", "memory share"):
-        loads.add_column(column)
-    after = {h["name"]: h for h in plan["hosts_after"]}
-    for host in plan["hosts_before"]:
-        later = after.get(host["name"], host)
-        loads.add_row(
-            host["name"],
-            f"{host['load']:.2f}",
-            f"{later['load']:.2f}",
-            f"{host['cpu_share']:.2f} -> {later['cpu_share']:.2f}",
-            f"{host['memory_share']:.2f} -> {later['memory_share']:.2f}",
-        )
-    moves = Table(title="moves" if plan["moves"] else f"no move: {plan['reason']}")
-    for column in ("VM", "from", "to", "gain", "score", "takes", "sends", "downtime"):
-        moves.add_column(column)
-    for move in plan["moves"]:
-        downtime = move["predicted_downtime_ms"]
-        moves.add_row(
-            move["vm"],
-            move["source"],
-            move["destination"],
-            f"{move['gain']:.3f}",
-            f"{move['score']:.3f}",
-            f"{move['predicted_s']:.0f} s",
-            f"{move['predicted_bytes'] / MIB:,.0f} MiB",
-            f"{downtime:.0f} ms" if downtime is not None else "-",
-        )
-    return [loads, moves]
-
-
 def _print_plan(plan: dict[str, Any]) -> None:
-    for table in plan_tables(plan):
-        console.print(table)
-    for move in plan["moves"]:
-        console.print(f"  {move['vm']}: {move['reason']}")
-    if plan["moves"]:
-        console.print(f"  then: {plan['reason']}")
-    for skipped in plan.get("skipped", []):
-        console.print(f"  left alone: {skipped['name']}: {skipped['reason']}")
+    console.print(PlanView(plan, balance=True))
 
 
 def _render(report: BalanceReport) -> None:

@@ -7,41 +7,22 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
+from vmigrate.cli.host_names import HostNames
 from vmigrate.cli.options import json_option, vm_and_hosts
-from vmigrate.model import CheckReport, Mode, Verdict
+from vmigrate.cli.render_findings import FindingsView
+from vmigrate.model import CheckReport, Mode
 from vmigrate.preflight import run_checks
 
 console = Console(highlight=False)
-_STYLE = {
-    Verdict.PASS: "green",
-    Verdict.WARN: "yellow",
-    Verdict.FAIL: "bold red",
-    Verdict.SKIPPED: "dim",
-}
 
 
-def render_report(report: CheckReport) -> Table:
-    table = Table(
-        title=f"{report.vm}: {report.source} -> {report.destination} "
-        f"({report.mode}{', copy storage' if report.copy_storage else ''})",
-        show_lines=False,
-        expand=True,
-    )
-    table.add_column("", no_wrap=True)
-    table.add_column("check", no_wrap=True)
-    table.add_column("what was seen", ratio=3)
-    table.add_column("what to do", ratio=2)
-    for finding in report.findings:
-        style = _STYLE[finding.verdict]
-        table.add_row(
-            f"[{style}]{finding.verdict.value}[/]",
-            finding.check,
-            finding.summary,
-            finding.fix if finding.verdict in (Verdict.FAIL, Verdict.WARN) else "",
-        )
-    return table
+def render_report(
+    report: CheckReport, *, verbose: bool = False, hosts_file: Path | None = None
+) -> FindingsView:
+    """The report laid out at the printing console's width: the verdict first, one line
+    per check, the evidence and fix of warnings and failures (`verbose`: of every check)."""
+    return FindingsView(report, verbose=verbose, names=HostNames.from_hosts_file(hosts_file))
 
 
 @click.command("check")
@@ -55,6 +36,7 @@ def render_report(report: CheckReport) -> Table:
     default=None,
     help="The move will (or will not) use QEMU TLS for the stream. [default: as `live` decides]",
 )
+@click.option("--verbose", "-v", is_flag=True, help="Every check's evidence, in full.")
 @json_option
 def check(
     vm: str,
@@ -64,6 +46,7 @@ def check(
     copy_storage: bool,
     tls: bool | None,
     hosts_file: Path | None,
+    verbose: bool,
     as_json: bool,
 ) -> None:
     """Say, before anything moves, whether VM can move from --from to --to, and why not.
@@ -82,9 +65,6 @@ def check(
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        console.print(render_report(report))
-        counts = ", ".join(f"{report.count(v)} {v.value}" for v in Verdict if report.count(v))
-        verdict = "[bold red]will not work[/]" if report.failed else "[green]can go ahead[/]"
-        console.print(f"{verdict}: {counts} ({report.seconds:.1f} s)")
+        console.print(render_report(report, verbose=verbose, hosts_file=hosts_file))
     if report.failed:
         raise SystemExit(1)

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from vmigrate.cli.check import render_report
 from vmigrate.cli.leases import lease_line, take_over_lease_option
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option, vm_and_hosts
+from vmigrate.cli.render_findings import FindingsView, report_from_dict
 from vmigrate.cold.plan import ColdPlan
 from vmigrate.cold.runner import ColdReport, ColdRequest, migrate_cold, plan_cold
 from vmigrate.domxml.rewrite import parse_maps
@@ -261,6 +262,8 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
                     tasks["total"] = progress.add_task("all disks", total=total)
             elif kind == "job":
                 console.print(f"job {payload['job_id']} started")
+            elif kind == "checks" and payload["ok"]:  # a refusal prints the whole report
+                console.print(FindingsView(report_from_dict(payload), brief=True))
             elif kind == "warning":
                 console.print(f"[yellow]warning:[/] {payload['message']}")
             elif kind == "lease":

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from vmigrate.capacity import MIB
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
+from vmigrate.cli.render_plan import PlanView
 from vmigrate.fleet.evacuate import (
     EvacuateRequest,
     EvacuationReport,
@@ -35,42 +35,8 @@ hosts_file_option = click.option(
 )
 
 
-def plan_table(plan: dict[str, Any]) -> Table:
-    table = Table(title=f"plan: empty {plan['source']}" if plan["source"] else "plan")
-    for column in ("VM", "from", "to", "mode", "starts", "takes", "downtime", "why"):
-        table.add_column(column)
-    for move in plan["moves"]:
-        mode = move["mode"] + (" +disks" if move["copy_storage"] else "")
-        downtime = move["predicted_downtime_ms"]
-        table.add_row(
-            move["vm"],
-            move["source"],
-            move["destination"],
-            mode,
-            f"{move['predicted_start_s']:.0f} s",
-            f"{move['predicted_s']:.0f} s",
-            f"{downtime:.0f} ms" if downtime is not None else "(off)",
-            move["reason"],
-        )
-    for unplaced in plan["unplaced"]:
-        table.add_row(unplaced["vm"], "", "[red]nowhere[/]", "", "", "", "", unplaced["reason"])
-    return table
-
-
 def print_plan(plan: dict[str, Any]) -> None:
-    console.print(plan_table(plan))
-    limits = plan["limits"]
-    console.print(
-        f"predicted total {plan['predicted_total_s']:.0f} s with at most "
-        f"{limits['max_parallel']} moves at once, {limits['max_per_host']} per host, sharing "
-        f"{plan['bandwidth_bps'] / MIB:,.0f} MiB/s ({plan['bandwidth_source']})"
-    )
-    for host in plan["hosts"]:
-        console.print(
-            f"  {host['name']}: {host['free_before_bytes'] // MIB:,} MiB free before, "
-            f"{host['free_after_bytes'] // MIB:,} MiB after {host['incoming']} move(s) "
-            f"(usable {host['usable_bytes'] // MIB:,} MiB)"
-        )
+    console.print(PlanView(plan))
 
 
 class MoveBoard:

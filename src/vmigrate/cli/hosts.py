@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from vmigrate.capacity import MIB, host_budget
-from vmigrate.cli.leases import describe_found
+from vmigrate.cli.layout import print_lines
 from vmigrate.cli.options import json_option, store_option
+from vmigrate.cli.render_hosts import hosts_lines
 from vmigrate.errors import VmigrateError
 from vmigrate.fleet.gather import close_sessions, open_sessions
 from vmigrate.hosts import cluster_of, known_hosts, resolve_cluster
@@ -101,36 +101,6 @@ def hosts(
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        console.print(_table(rows))
+        print_lines(console, hosts_lines(rows, console.width))
     if not all(row["reachable"] for row in rows):
         raise SystemExit(1)
-
-
-def _table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="hosts")
-    columns = ("host", "cluster", "state", "libvirt / QEMU", "CPU", "memory MiB", "VMs", "leases")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        if not row["reachable"]:
-            table.add_row(
-                row["name"], row["cluster"] or "-", f"[red]unreachable[/]: {row['problem']}"
-            )
-            continue
-        state = "[yellow]maintenance[/]" if row["maintenance"] else "[green]ok[/]"
-        memory = f"{row['used_mib']:,} used, {row['free_mib']:,} free of {row['capacity_mib']:,}"
-        vms = ", ".join(f"{vm['name']} ({vm['state']})" for vm in row["vms"]) or "-"
-        leases = row["leases"]
-        if not isinstance(leases, str):
-            leases = "\n".join(describe_found(found) for found in leases) or "-"
-        table.add_row(
-            row["name"],
-            row["cluster"] or "-",
-            state,
-            f"{row['libvirt']} / {row['qemu']}",
-            f"{row['cpu_model']} x{row['cpus']}",
-            memory,
-            vms,
-            leases,
-        )
-    return table

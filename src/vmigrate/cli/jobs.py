@@ -7,55 +7,60 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from vmigrate import lifecycle
+from vmigrate.cli.host_names import HostNames
+from vmigrate.cli.layout import paragraph, print_lines
 from vmigrate.cli.options import json_option, store_option
-from vmigrate.errors import VmigrateError
+from vmigrate.cli.render_jobs import JobFilter, jobs_lines, show_lines
+from vmigrate.errors import NotFound, VmigrateError
 from vmigrate.plot import plot_job
-from vmigrate.store import JobStore, StoreLocation
+from vmigrate.store import JobRecord, JobStore, StoreLocation
 
 console = Console(highlight=False)
-
-
-def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
 @click.group("jobs", invoke_without_command=True)
 @store_option
 @json_option
+@click.option("--vm", help="Only this VM's jobs.")
+@click.option("--host", help="Only jobs from or to this host (a name or a URI).")
+@click.option("--state", help="Only jobs in this state, e.g. running, failed, completed.")
+@click.option(
+    "--last", type=click.IntRange(min=1), default=50, show_default=True, help="The N newest."
+)
 @click.pass_context
-def jobs(ctx: click.Context, store_path: StoreLocation | None, as_json: bool) -> None:
-    """List migration jobs (running, finished, interrupted)."""
+def jobs(
+    ctx: click.Context,
+    store_path: StoreLocation | None,
+    as_json: bool,
+    vm: str | None,
+    host: str | None,
+    state: str | None,
+    last: int,
+) -> None:
+    """List migration jobs (running, finished, interrupted), newest first."""
     ctx.obj = store_path
     if ctx.invoked_subcommand is not None:
         return
     store = JobStore(store_path)
-    records = store.jobs()
+    names = HostNames.from_hosts_file()
+    wanted = JobFilter(vm=vm, host=host, state=state, last=last)
+    filtered = vm is not None or host is not None or state is not None
+    records = wanted.apply(store.jobs(limit=FILTER_SCAN if filtered else last), names)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2, default=str))
         return
-    table = Table(title=f"jobs in {store.path}")
-    for column in ("id", "kind", "vm", "from", "to", "state", "started", "took", "outcome"):
-        table.add_column(column)
-    for r in records:
-        took = f"{r.finished - r.started:.1f} s" if r.finished else "-"
-        table.add_row(
-            str(r.id),
-            r.kind,
-            r.vm,
-            r.source,
-            r.destination,
-            r.state + (f" ({r.holder})" if r.elsewhere else ""),
-            _when(r.started),
-            took,
-            r.outcome or "",
-        )
-    console.print(table)
+    print_lines(console, paragraph(f"jobs in {store.path}", console.width))
+    print_lines(console, jobs_lines(records, console.width, names))
+
+
+#: How many of the newest jobs a filtered listing looks through.
+FILTER_SCAN = 100_000
 
 
 @jobs.command("show")
@@ -65,19 +70,31 @@ def jobs(ctx: click.Context, store_path: StoreLocation | None, as_json: bool) ->
     "--plot",
     "plot_path",
     type=click.Path(path_type=Path),
-    help="Draw remaining memory and dirty rate over time into this PNG.",
+    help="Draw the job into this PNG: remaining memory and dirty rate over time, the "
+    "policy's actions; a fleet job's moves, predicted against actual.",
 )
 @click.pass_obj
 def show(
     store_path: StoreLocation | None, job_id: int, as_json: bool, plot_path: Path | None
 ) -> None:
-    """One job: parameters, samples, every action with its time and reason, outcome."""
+    """One job, top-down: what moved where, the outcome, the time, the downtime, the
+    policy's actions with their reasons, then the samples."""
     store = JobStore(store_path)
     record = store.job(job_id)
     samples = store.samples(job_id)
     actions = store.actions(job_id)
+    names = HostNames.from_hosts_file()
+    fleet_move = move_of_a_fleet_job(store, record)
     if plot_path is not None:
-        plot_job(record, samples, actions, plot_path)
+        plot_job(
+            record,
+            samples,
+            actions,
+            plot_path,
+            moves=fleet_moves(store, record),
+            names=names.name,
+            predicted_s=(fleet_move or {}).get("predicted_s"),
+        )
     if as_json:
         click.echo(
             json.dumps(
@@ -87,32 +104,39 @@ def show(
             )
         )
         return
-    console.print(
-        f"[bold]job {record.id}[/]: {record.kind} {record.vm} "
-        f"{record.source} -> {record.destination}, [bold]{record.state}[/]"
-        + (f" ({record.outcome})" if record.outcome else "")
-    )
-    console.print(
-        f"  started {_when(record.started)}, finished {_when(record.finished)}, "
-        f"{len(samples)} samples"
-    )
-    if record.state == "running":
-        console.print(
-            f"  driven by {record.holder}"
-            + (
-                " (another machine: its lease on the VM says whether it lives)"
-                if record.elsewhere
-                else ""
-            )
-        )
-    for action in actions:
-        console.print(f"  {_when(action.t)} {action.actor:<6} {action.action}: {action.reason}")
-    if record.report:
-        placement = record.report.get("placement", {})
-        if placement:
-            console.print(f"  where: {placement.get('summary')}")
+    lines = show_lines(record, samples, actions, console.width, names, fleet_move)
+    print_lines(console, lines)
     if plot_path is not None:
-        console.print(f"  plot written to {plot_path}")
+        console.print(f"plot written to {plot_path}", soft_wrap=True)
+
+
+def move_of_a_fleet_job(store: JobStore, record: JobRecord) -> dict[str, Any] | None:
+    """The result an evacuation or balance round recorded for this move (its predicted
+    time, the guest's largest heartbeat gap); None for a move run on its own."""
+    for kind in FLEET_KINDS:
+        for fleet in store.jobs_of_kind(kind):
+            for move in (fleet.report or {}).get("moves", []):
+                if move.get("job_id") == record.id:
+                    found: dict[str, Any] = move
+                    return found
+    return None
+
+
+#: Jobs that run moves as jobs of their own.
+FLEET_KINDS = ("evacuate", "balance")
+
+
+def fleet_moves(store: JobStore, record: JobRecord) -> list[JobRecord]:
+    """The jobs of a fleet job's moves (their real start and end)."""
+    ids = [m.get("job_id") for m in (record.report or {}).get("moves", [])]
+    found = []
+    for job_id in ids:
+        if job_id is not None:
+            try:
+                found.append(store.job(job_id))
+            except NotFound:  # a store cleaned by hand: the move is drawn as planned only
+                continue
+    return found
 
 
 CONTROL_WAIT_S = 15.0

@@ -9,6 +9,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from vmigrate.cli.layout import print_lines
+from vmigrate.cli.render_lab import lab_status_lines
 from vmigrate.lab import link as lab_link
 from vmigrate.lab.config import LAB_HOSTS, MAX_HOST_COUNT, MIN_HOST_COUNT
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report
@@ -39,28 +41,6 @@ def _print_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-def _status_table(hosts: list[HostStatus]) -> Table:
-    table = Table(title="vmigrate lab")
-    for column in ("host", "serves", "capacity", "daemon", "libvirt", "QEMU", "accel", "VMs"):
-        table.add_column(column, min_width=11 if column == "serves" else None)
-    for host in hosts:
-        daemon = f"pid {host.pid}" if host.running else "[red]stopped[/]"
-        if host.problem:
-            daemon += f" [red]{host.problem}[/]"
-        vms = ", ".join(f"{vm.name} ({vm.state})" for vm in host.vms) or "-"
-        table.add_row(
-            host.name,
-            f"{host.address}: " + ", ".join(host.uris),
-            f"{host.capacity_mib} MiB, {host.vcpus} vCPUs",
-            daemon,
-            host.libvirt_version,
-            host.qemu_version,
-            host.accelerator,
-            vms,
-        )
-    return table
-
-
 def _host_dict(host: HostStatus) -> dict[str, object]:
     return {
         "name": host.name,
@@ -87,7 +67,10 @@ def _print_uris(hosts: list[HostStatus]) -> None:
     for host in hosts:
         if host.running:
             for transport, uri in host.uris.items():
-                console.print(f"  {host.name} {transport}: {uri}", soft_wrap=True)
+                label = f"  {host.name} {transport}:"
+                # A URI is copied whole: on a line of its own when it does not fit beside.
+                fits = len(label) + 1 + len(uri) <= console.width
+                console.print(f"{label} {uri}" if fits else f"{label}\n    {uri}", soft_wrap=True)
     if any(h.running and "tcp" in h.uris for h in hosts):
         console.print(
             "[bold red]UNENCRYPTED:[/] plain TCP is open (--insecure-tcp): any local user "
@@ -179,7 +162,7 @@ def up(count: int | None, insecure_tcp: bool | None, storage: str) -> None:
     started = time.monotonic()
     backends = parse_backends(storage)
     hosts = lab_up(count, insecure_tcp=insecure_tcp, storage=backends)
-    console.print(_status_table(hosts))
+    print_lines(console, lab_status_lines([_host_dict(h) for h in hosts], console.width))
     _print_uris(hosts)
     _print_storage()
     beyond = hosts_beyond(count, hosts)
@@ -217,7 +200,7 @@ def status(as_json: bool) -> None:
             }
         )
         return
-    console.print(_status_table(hosts))
+    print_lines(console, lab_status_lines([_host_dict(h) for h in hosts], console.width))
     _print_uris(hosts)
     _print_storage()
     shaped = lab_link.status()

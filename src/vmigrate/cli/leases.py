@@ -35,8 +35,7 @@ def describe_found(found: dict[str, Any]) -> str:
     if found.get("problem"):
         return f"{found['vm']}: unreadable lease ({found['problem']})"
     age = found["age_s"]
-    colour = "yellow" if found["live"] else "red"
     return (
-        f"{found['vm']}: [{colour}]{found['state']}[/] {found['kind']} job {found['job']} of "
+        f"{found['vm']}: {found['state']} {found['kind']} job {found['job']} of "
         f"{found['owner']}, renewed {age:.0f} s ago"
     )

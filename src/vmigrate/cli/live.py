@@ -14,6 +14,7 @@ from rich.table import Table
 from vmigrate.cli.check import render_report
 from vmigrate.cli.leases import lease_line, take_over_lease_option
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option, vm_and_hosts
+from vmigrate.cli.render_findings import FindingsView, report_from_dict
 from vmigrate.errors import MigrationRefused
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
@@ -285,12 +286,7 @@ def _run_interactive(request: LiveRequest, take_over_lease: bool) -> LiveReport:
 
         def emit(kind: str, payload: dict[str, Any]) -> None:
             if kind == "checks":
-                warnings = [f for f in payload["findings"] if f["verdict"] in ("warn", "fail")]
-                for finding in warnings:
-                    style = "yellow" if finding["verdict"] == "warn" else "red"
-                    console.print(
-                        f"[{style}]{finding['verdict']}[/] {finding['check']}: {finding['summary']}"
-                    )
+                console.print(FindingsView(report_from_dict(payload), brief=True))
             elif kind == "job":
                 console.print(f"job {payload['job_id']} started")
             elif kind == "sample":
