@@ -101,6 +101,11 @@ def hold_lease(
         except LeaseError as err:
             store.record_lease_event(job_id, vm, host, "refused", {"message": err.message})
             raise
+        except KeyboardInterrupt:  # Ctrl-C mid-take: our element may be written already
+            keeper = LeaseKeeper(who, vm, dict(places))
+            released = keeper.release()
+            store.record_lease_event(job_id, vm, host, "interrupted", {"removed_from": released})
+            raise
         event = {TAKE_OVER: "taken over", RENEW: "taken again"}.get(taken.action, "taken")
         detail: dict[str, Any] = {**taken.lease.to_dict(), "settle_s": round(taken.settle_s, 3)}
         if taken.action == TAKE_OVER and taken.previous is not None:

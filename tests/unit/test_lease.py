@@ -176,3 +176,17 @@ def test_other_refusals_name_what_was_found() -> None:
     assert "nothing was changed" in slow.message
     bad = malformed_error("not XML", vm="web", host="hostA")
     assert "--take-over-lease" in bad.fix and NAMESPACE in bad.fix
+
+
+def test_what_the_cli_shows_of_a_lease() -> None:
+    from vmigrate.cli.leases import describe_found, lease_line
+
+    taken = {"action": "taken over", "host": "hostA", **lease(holder=THEIRS).to_dict()}
+    assert lease_line(taken) == "lease taken over on hostA: job 7, alice@ops2"
+    released = {"action": "released", "host": "hostB", "job": 7, "removed_from": ["hostB"]}
+    assert lease_line(released) == "lease released (hostB)"
+    assert "no host held it" in lease_line({**released, "removed_from": []})
+    found = {"vm": "web", "live": False, "state": "stale", "age_s": 612.4, **lease().to_dict()}
+    assert describe_found(found) == (
+        "web: [red]stale[/] cold job 42 of root@ops1, renewed 612 s ago"
+    )

@@ -488,6 +488,12 @@ def _hold_lease(
         conns[0].close()
         conns[1].close()
         raise
+    except KeyboardInterrupt:  # before the first step: nothing to resume
+        if not store.steps(job_id):
+            store.finish_job(
+                job_id, "cancelled", "interrupted by the user (Ctrl-C): nothing was changed", {}
+            )
+        raise
 
 
 def _steps(

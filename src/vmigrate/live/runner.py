@@ -219,6 +219,7 @@ def migrate_live(
         },
     )
     emit("job", {"job_id": job_id, "store": str(store.path)})
+    interrupted = False
     try:
         held = hold_lease(
             store,
@@ -230,6 +231,8 @@ def migrate_live(
             take_over=take_over_lease,
             emit=emit,
         )
+    except KeyboardInterrupt:  # before anything changed: the job ends cancelled, reported
+        held, interrupted = None, True
     except VmigrateError as err:  # e.g. another vmigrate took it a moment before us
         refused = isinstance(err, LeaseError)
         store.finish_job(
@@ -245,6 +248,7 @@ def migrate_live(
             options,
             was_persistent=was_persistent,
             lease=lease,
+            interrupted=interrupted,
         )
     except BaseException:
         lease()
@@ -295,12 +299,17 @@ def _move(
     *,
     was_persistent: bool,
     lease: _LeaseEnd,
+    interrupted: bool = False,
 ) -> LiveReport:
     request, emit, store, job_id = move.request, move.emit, move.store, move.job_id
     src_ref, dst_ref, src, dst, domain = move.src_ref, move.dst_ref, move.src, move.dst, move.domain
     journal = Journal(store, job_id)
-    prepare_error, prepare_cancelled = _prepare_storage(
-        DestinationImages(request.vm, storage, src, dst, journal, emit) if storage else None
+    prepare_error, prepare_cancelled = (
+        ("interrupted by the user (Ctrl-C) while taking the VM's lease", True)
+        if interrupted
+        else _prepare_storage(
+            DestinationImages(request.vm, storage, src, dst, journal, emit) if storage else None
+        )
     )
     completed: dict[str, Any] = {}
     steering = Steering(store, job_id, emit)
