@@ -332,3 +332,12 @@ def test_a_job_running_on_another_machine_names_who_drives_it(tmp_path: Path) ->
     assert "driven by process 4242 on ops@admin-2 (another machine)" in listed
     shown = text_at(lambda w: show_lines(record, [], [], w, names), 80)
     assert "driven by: process 4242 on ops@admin-2 (another machine)" in shown
+
+
+def test_lab_status_with_a_vm_name_longer_than_its_column() -> None:
+    # the lab tests' names: `t-` and 40 characters of the test's name and 4 hex digits
+    hosts = json.loads((RECORDED / "lab-status.json").read_text())["hosts"]
+    long_name = "t-test-lab-status-fits-80-columns-67d7-and-more"
+    hosts[1]["vms"] = [{"name": long_name, "state": "running", "persistent": True}]
+    text = assert_readable(lambda w: lab_status_lines(hosts, w), 80, {long_name, "hostB"})
+    assert f"    {long_name}\u00a0(running)" in text.splitlines()  # under its row, whole
