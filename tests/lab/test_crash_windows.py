@@ -25,13 +25,16 @@ import os
 import secrets
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
+from vmigrate.cold.pool_change import FILE_POOL_TYPES as FILE_POOLS
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.failpoints import COLD, DELETE_SOURCE, ENV, FILES, KEEP_STATE, POOL_CHANGE, START
 from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL_PATH
@@ -95,9 +98,22 @@ def _rbd(*args: str) -> str:
     return done.stdout.decode()
 
 
+def _file_pools(host: str) -> list[str]:
+    conn = connect(HOSTS[host])
+    try:
+        pools = conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+        return [p.name() for p in pools if ET.fromstring(p.XMLDesc(0)).get("type") in FILE_POOLS]
+    finally:
+        conn.close()
+
+
 def _files(scenario: Scenario) -> dict[str, set[str]]:
-    """Every volume of the hosts' local pools, and every image in Ceph."""
-    found = {host: pool_volumes(ref.uri, "local") for host, ref in HOSTS.items()}
+    """Every volume of the hosts' file pools (where disks, state files and scratch files
+    go), and every image in Ceph."""
+    found = {
+        host: set().union(*(pool_volumes(ref.uri, pool) for pool in _file_pools(host)))
+        for host, ref in HOSTS.items()
+    }
     if scenario.rbd:
         found["ceph"] = {f"{ceph.RBD_POOL}/{i}" for i in _rbd("ls", ceph.RBD_POOL).split()}
     return found
@@ -284,7 +300,7 @@ def _volume(conn: Any, name: str, backing: str | None = None) -> str:
         else ""
     )
     volume = conn.storagePoolLookupByName("local").createXML(
-        f"<volume><name>{name}</name><capacity unit='MiB'>64</capacity>"
+        f"<volume><name>{name}</name><capacity unit='MiB'>32</capacity>"
         f"<target><format type='qcow2'/></target>{backing_xml}</volume>",
         0,
     )
