@@ -187,6 +187,4 @@ def test_what_the_cli_shows_of_a_lease() -> None:
     assert lease_line(released) == "lease released (hostB)"
     assert "no host held it" in lease_line({**released, "removed_from": []})
     found = {"vm": "web", "live": False, "state": "stale", "age_s": 612.4, **lease().to_dict()}
-    assert describe_found(found) == (
-        "web: stale cold job 42 of root@ops1, renewed 612 s ago"
-    )
+    assert describe_found(found) == ("web: stale cold job 42 of root@ops1, renewed 612 s ago")
