@@ -341,3 +341,11 @@ def test_hosts_shows_the_leases_it_finds(
     assert "token" not in found[0]
     table = run_cli("hosts", "--cluster", "lab", "--store", store, env={"COLUMNS": "300"})
     assert f"{vm_name}: stale live job 31 of alice@ops-elsewhere, renewed" in table.stdout
+    # `vmigrate jobs --leases` finds it too, and says it is not this store's job.
+    listed = run_cli("jobs", "--store", store, "--leases", "--json")
+    assert listed.returncode == 0, listed.stderr
+    ours = [x for x in json.loads(listed.stdout)["leases"] if x["vm"] == vm_name]
+    assert [(x["host"], x["job"], x["state"], x["this_store"]) for x in ours] == [
+        ("hostA", 31, "stale", False)
+    ]
+    assert "token" not in ours[0]

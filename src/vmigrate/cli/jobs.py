@@ -33,6 +33,12 @@ console = Console(highlight=False)
 @click.option(
     "--last", type=click.IntRange(min=1), default=50, show_default=True, help="The N newest."
 )
+@click.option(
+    "--leases",
+    "with_leases",
+    is_flag=True,
+    help="Also read the leases vmigrate jobs hold on every known host's VMs (any store).",
+)
 @click.pass_context
 def jobs(
     ctx: click.Context,
@@ -42,12 +48,16 @@ def jobs(
     host: str | None,
     state: str | None,
     last: int,
+    with_leases: bool,
 ) -> None:
     """List migration jobs (running, finished, interrupted), newest first."""
     ctx.obj = store_path
     if ctx.invoked_subcommand is not None:
         return
     store = JobStore(store_path)
+    if with_leases:
+        _print_leases(store, as_json)
+        return
     names = HostNames.from_hosts_file()
     wanted = JobFilter(vm=vm, host=host, state=state, last=last)
     filtered = vm is not None or host is not None or state is not None
@@ -106,6 +116,18 @@ def show(
         return
     lines = show_lines(record, samples, actions, console.width, names, fleet_move)
     print_lines(console, lines)
+    history = store.lease_events(job_id)
+    if history:
+        print_lines(console, paragraph("lease:", console.width))
+    for event in history:
+        when = time.strftime("%H:%M:%S", time.localtime(float(event["t"])))
+        said = event.get("message") or event.get("why") or ""
+        print_lines(
+            console,
+            paragraph(
+                f"{when} {event['event']} on {event['host']} {said}".rstrip(), console.width, "  "
+            ),
+        )
     if plot_path is not None:
         console.print(f"plot written to {plot_path}", soft_wrap=True)
 
@@ -239,4 +261,35 @@ def rollback(store_path: StoreLocation | None, job_id: int, as_json: bool) -> No
         store.check_action(job_id, lifecycle.ROLLBACK)  # the early word; reopening decides
     report = run_with_progress(lambda emit: rollback_cold(job_id, store_path, emit), as_json)
     if report.outcome != "rolled back" or not report.placement_ok:
+        raise SystemExit(1)
+
+
+def _print_leases(store: JobStore, as_json: bool) -> None:
+    """The leases found on every known host (hosts file and the running lab), each said to be
+    of this store's job or another's: a lease names the store its job is recorded in."""
+    from vmigrate.cli.leases import describe_found
+    from vmigrate.hosts import known_hosts
+    from vmigrate.virt.lease import leases_on_hosts
+
+    unreachable: list[str] = []
+    found = leases_on_hosts(
+        known_hosts(), on_error=lambda host, err: unreachable.append(f"{host} ({err})")
+    )
+    rows = []
+    for lease in found:
+        row = lease.to_dict()
+        row["this_store"] = lease.lease is not None and lease.lease.store == store.identity
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps({"leases": rows, "unreachable": unreachable}, indent=2))
+    else:
+        if not rows:
+            print_lines(console, paragraph("no lease on any known host's VMs", console.width))
+        for row in rows:
+            where = "this store" if row["this_store"] else "another store"
+            text = f"{row['host']}: {describe_found(row)} ({where})"
+            print_lines(console, paragraph(text, console.width, "  "))
+        for host in unreachable:
+            print_lines(console, paragraph(f"{host}: not read", console.width, "  "))
+    if unreachable:
         raise SystemExit(1)
