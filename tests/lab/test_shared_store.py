@@ -4,16 +4,18 @@ rolled back: the VM stays on hostB with its disk unchanged)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
 import pytest
 
+from vmigrate.errors import VmigrateError
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A
 from vmigrate.lab.hostfs import file_sha256, on_host
 from vmigrate.lab.lifecycle import HostStatus
-from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
+from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm, remove_vm
 from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_connection
 
@@ -88,36 +90,45 @@ def test_while_one_operator_evacuates_hosta_the_other_never_targets_it(
     would: while the first empties hostA, the second's `live --to hostA` is refused and its
     `balance` plan leaves hostA out; both VMs end on exactly one host."""
     leaving, staying = f"{vm_name[:50]}-a", f"{vm_name[:50]}-b"
-    create_vm(LabVmRequest(leaving, memory_mib=384, dirty_rate_mib=40, working_set_mib=256))
-    create_vm(LabVmRequest(staying, memory_mib=128, host="hostB"))
-    link.shape("200mbit")  # ~24 MiB/s for a guest dirtying 40: the move lasts long enough
-    evacuation = start_cli("evacuate", "hostA", "--to", "hostB", "--store", pg_url, "--json")
     try:
-        deadline = time.monotonic() + 120
-        while not JobStore(pg_url).in_maintenance(HOST_A.uri):  # the first operator's mark
-            assert evacuation.poll() is None, evacuation.communicate()
-            assert time.monotonic() < deadline, "the evacuation never marked hostA"
-            time.sleep(0.2)
-        refused = run_cli(
-            "live", staying, "--from", "hostB", "--to", "hostA", "--store", pg_url, timeout=120
-        )
-        planned = run_cli(
-            "balance", "--cluster", "lab", "--dry-run", "--threshold", "0.01",
-            "--window", "2", "--store", pg_url, "--json", timeout=120,
-        )  # fmt: skip
-        assert evacuation.poll() is None, "the evacuation ended before the second operator acted"
+        # 256 MiB of touched memory over ~6 MiB/s: the evacuation's move lasts ~40 s, long
+        # enough for the second operator's two commands.
+        create_vm(LabVmRequest(leaving, memory_mib=384, dirty_rate_mib=1, working_set_mib=256))
+        create_vm(LabVmRequest(staying, memory_mib=128, host="hostB"))
+        link.shape("50mbit")
+        evacuation = start_cli("evacuate", "hostA", "--to", "hostB", "--store", pg_url, "--json")
+        try:
+            deadline = time.monotonic() + 120
+            while not JobStore(pg_url).in_maintenance(HOST_A.uri):  # the first operator's mark
+                assert evacuation.poll() is None, evacuation.communicate()
+                assert time.monotonic() < deadline, "the evacuation never marked hostA"
+                time.sleep(0.2)
+            refused = run_cli(
+                "live", staying, "--from", "hostB", "--to", "hostA", "--store", pg_url,
+                timeout=120,
+            )  # fmt: skip
+            planned = run_cli(
+                "balance", "--cluster", "lab", "--dry-run", "--threshold", "0.01",
+                "--window", "2", "--store", pg_url, "--json", timeout=120,
+            )  # fmt: skip
+            still_running = evacuation.poll() is None
+        finally:
+            link.reset()
+            out, err = evacuation.communicate(timeout=600)
+        assert still_running, "the evacuation ended before the second operator acted"
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "hostA is in maintenance" in refused.stderr and "Traceback" not in refused.stderr
+        assert planned.returncode == 0, planned.stdout + planned.stderr
+        events = [json.loads(line) for line in planned.stdout.splitlines() if line[:1] == "{"]
+        plans = [e for e in events if e.get("event") == "plan"]
+        assert plans, planned.stdout
+        for plan in plans:
+            assert "hostA" not in {m["destination"] for m in plan.get("moves", [])}
+            assert "hostA" not in {h["name"] for h in plan.get("hosts_before", [])}
+        assert evacuation.returncode == 0, out + err
+        assert locate_vm(leaving) == {"hostB": "running"}
+        assert locate_vm(staying) == {"hostB": "running"}
     finally:
-        link.reset()
-        out, err = evacuation.communicate(timeout=600)
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "hostA is in maintenance" in refused.stderr and "Traceback" not in refused.stderr
-    assert planned.returncode == 0, planned.stdout + planned.stderr
-    events = [json.loads(line) for line in planned.stdout.splitlines() if line.startswith("{")]
-    plans = [e for e in events if e.get("event") == "plan"]
-    assert plans, planned.stdout
-    for plan in plans:
-        assert "hostA" not in {m["destination"] for m in plan.get("moves", [])}
-        assert "hostA" not in {h["name"] for h in plan.get("hosts_before", [])}
-    assert evacuation.returncode == 0, out + err
-    assert locate_vm(leaving) == {"hostB": "running"}
-    assert locate_vm(staying) == {"hostB": "running"}
+        for name in (leaving, staying):
+            with contextlib.suppress(VmigrateError):
+                remove_vm(name)
