@@ -84,6 +84,7 @@ class PoolChangeSteps:
         made = {"created": True, "pool": change.create_pool, "volume": name}
         if previous.get("making") and self._made_before_crash(change, previous):
             return {**previous, **made}
+        self._forget_gone(conn, change.create_pool, name)
         self.journal.intend(
             reserve_step(change), {"making": name}, host=host, pool=change.create_pool,
             volume=name, capacity=change.capacity,
@@ -119,6 +120,15 @@ class PoolChangeSteps:
         if not volume_exists_now(conn, change.create_pool, name):
             return False
         return made_as_intended(intent, volume_sizes(conn, change.create_pool, name))
+
+    def _forget_gone(self, conn: Connection, pool: str, name: str) -> None:
+        """An rbd pool still listing an image deleted through another host refuses to make
+        one of that name; Ceph itself just said it is gone (through this pool's key, so a
+        refresh cannot fail on the key and stop the pool): list the pool afresh."""
+        if find_pool_volume(conn, pool, name) is not None and not volume_exists_now(
+            conn, pool, name
+        ):
+            domains.refresh_pool(conn, pool)
 
     def made_by_us(self, change: PoolChange, detail: Detail) -> bool:
         """For a rollback: the new volume is this job's (journalled made, or made just
