@@ -30,8 +30,8 @@ Every delete, and what proves the file is the job's:
 - a flattened image: `created` in the flatten step, journalled before it is made, a name
   with the job's id and token;
 - a pool change's new volume: the reserve step's `created`, or its intent with the volume
-  found at the size that carries the token (cold/pool_change_steps.py); its digest scratch files and helper
-  domains: by their names, which carry the job's id and token;
+  found at the size that carries the token (cold/pool_change_steps.py); its digest scratch
+  files and helper domains: by their names, which carry the job's id and token;
 - the destination's domain: the job's marker (or, for a job journalled before markers, its
   define journalled done and no other job's marker);
 - the source's disks (--delete-source-disks), not made by the job: only once the journal
