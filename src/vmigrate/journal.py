@@ -111,9 +111,21 @@ def made_as_intended(intent: Detail | None, found: tuple[int, int] | None) -> bo
     """Whether a thing `found` (capacity, allocation in bytes) where this job journalled it
     would make one is that very thing, made just before the job was interrupted: exactly as
     big as the intent says, and nothing written into it yet (a step journals what it made
-    before it writes a byte into it, so the job's own can only be empty in that window).
-    A file with data, or of another size, is a stranger's and is never touched."""
+    before it writes a byte into it, so the job's own can only be empty in that window) -
+    or, made at a size that carries the job's token (`marked_capacity`), exactly that size.
+    Anything else is a stranger's and is never touched."""
     if intent is None or found is None:
         return False
     capacity, allocation = found
-    return capacity == int(intent.get("capacity", -1)) and allocation == 0
+    if capacity != int(intent.get("capacity", -1)):
+        return False
+    return allocation == 0 or bool(intent.get("marked"))
+
+
+def marked_capacity(capacity: int, token: str) -> int:
+    """A size that carries the job's token: `capacity` less 512 B to 1 MiB chosen by the
+    token. A volume is made at this size and grown to `capacity` once journalled made: a
+    volume found at exactly this size is the job's, where its allocation proves nothing (an
+    rbd image without fast-diff reports its whole size allocated)."""
+    pad = 512 * (1 + int(token[:8], 16) % 2048)
+    return capacity - pad if capacity > 2 * pad else capacity

@@ -13,13 +13,13 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from vmigrate.cold import steps
+from vmigrate.cold import pool_change_steps, steps
 from vmigrate.cold.errors import ColdMoveError, InvariantViolated
 from vmigrate.cold.plan import ColdPlan, VolumeCopy
 from vmigrate.cold.pool_change import PoolChange
 from vmigrate.cold.pool_change_steps import PoolChangeError, PoolChangeSteps, reserve_step
 from vmigrate.cold.steps import ColdMove, ColdRequest, misplaced
-from vmigrate.journal import INTENT, TOKEN_PARAM, Journal, made_as_intended
+from vmigrate.journal import INTENT, TOKEN_PARAM, Journal, made_as_intended, marked_capacity
 from vmigrate.model import Placement
 from vmigrate.store import JobStore
 from vmigrate.virt import domains
@@ -31,7 +31,7 @@ DOMAIN = f"""<domain type='test'>
 </domain>"""
 IMAGES = "/var/lib/libvirt/images"
 DISK = f"{IMAGES}/db1-vda.qcow2"
-SIZE = 196_608
+SIZE = 64 << 20
 POOL = f"<pool type='dir'><name>local</name><target><path>{IMAGES}</path></target></pool>"
 
 
@@ -110,6 +110,10 @@ def test_the_job_token_is_made_once_and_kept_in_the_job(store: JobStore) -> None
 def test_made_as_intended_only_for_the_exact_empty_thing() -> None:
     intent = {"path": DISK, "capacity": SIZE, "token": "t"}
     assert made_as_intended(intent, (SIZE, 0))
+    assert made_as_intended({**intent, "marked": True}, (SIZE, SIZE))  # its size is the proof
+    assert marked_capacity(SIZE, "ffffffff" + "0" * 24) == SIZE - 512 * 2048
+    assert marked_capacity(SIZE, "00000000" + "0" * 24) == SIZE - 512
+    assert marked_capacity(1024, "0" * 32) == 1024  # too small to mark
     assert not made_as_intended(intent, (SIZE, 4096))  # someone wrote into it
     assert not made_as_intended(intent, (SIZE + 1, 0))  # not the size this job makes
     assert not made_as_intended(intent, None)
@@ -260,37 +264,53 @@ def _change() -> PoolChange:
     )
 
 
-def _image(conn: libvirt.virConnect, allocation: int) -> None:
+def _image(conn: libvirt.virConnect, capacity: int, allocation: int) -> None:
     conn.storagePoolLookupByName("local").createXML(
-        f"<volume><name>db1-vda</name><capacity>{SIZE}</capacity>"
+        f"<volume><name>db1-vda</name><capacity>{capacity}</capacity>"
         f"<allocation>{allocation}</allocation></volume>",
         0,
     )
 
 
-@pytest.mark.parametrize(("allocation", "ours"), [(0, True), (4096, False)])
-def test_a_reserved_volume_made_just_before_the_kill_is_the_jobs_only_if_empty(
+@pytest.mark.parametrize(
+    ("marked", "allocated", "ours"),
+    [(True, False, True), (True, True, True), (False, False, False), (False, True, False)],
+    ids=["marked-size", "marked-size-all-allocated", "full-size-empty", "full-size-data"],
+)
+def test_a_reserved_volume_made_just_before_the_kill_is_the_jobs_only_at_its_marked_size(
     hosts: tuple[libvirt.virConnect, libvirt.virConnect],
     store: JobStore,
-    allocation: int,
+    marked: bool,
+    allocated: bool,
     ours: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """An rbd image reports its whole size allocated without fast-diff: its size, chosen by
+    the job's token, is what proves it the job's; it is grown to the disk's size once the
+    journal holds it as made."""
     src, _dst = hosts
+    grown: list[tuple[str, int]] = []  # the test driver cannot resize: what would be grown
+    monkeypatch.setattr(
+        pool_change_steps, "grow_pool_volume", lambda _c, _p, name, size: grown.append((name, size))
+    )
     journal = _journal(store)
     change = _change()
+    size = marked_capacity(SIZE, journal.token)
+    assert size < SIZE
     reserve = PoolChangeSteps(hosts, ("hostA", "hostB"), journal, "db1", lambda *_: None)
     journal.intend(
         reserve_step(change), {"making": "db1-vda"}, host="hostA", pool="local",
-        volume="db1-vda", capacity=SIZE,
+        volume="db1-vda", capacity=size, marked=True,
     )  # fmt: skip
-    _image(src, allocation)  # made, then killed (failpoint cold.reserve.after-create)
+    found = size if marked else SIZE  # made, then killed (failpoint cold.reserve.after-create)
+    _image(src, found, found if allocated else 0)
     detail = journal.detail(reserve_step(change))
     assert reserve.made_by_us(change, detail) is ours
+    volume = src.storagePoolLookupByName("local").storageVolLookupByName("db1-vda")
     if ours:
         assert reserve.reserve(change, detail)["created"] is True  # resumed: kept, not remade
+        assert grown == [("db1-vda", SIZE)]  # grown to the disk's size
     else:
         with pytest.raises(PoolChangeError, match="not this job's and is never overwritten"):
             reserve.reserve(change, detail)
-    assert src.storagePoolLookupByName("local").storageVolLookupByName("db1-vda").info()[2] == (
-        allocation
-    )
+        assert volume.info()[1] == found and not grown  # never touched

@@ -11,7 +11,7 @@ from typing import Any
 from vmigrate.cold.pool_change import PoolChange
 from vmigrate.errors import VmigrateError
 from vmigrate.failpoints import failpoint
-from vmigrate.journal import Detail, Journal, made_as_intended
+from vmigrate.journal import Detail, Journal, made_as_intended, marked_capacity
 from vmigrate.virt import domains
 from vmigrate.virt.connection import Connection, signals_to_main_thread
 from vmigrate.virt.errors import libvirt_errors
@@ -20,6 +20,7 @@ from vmigrate.virt.pool_volumes import (
     create_raw_volume,
     delete_pool_volume,
     find_pool_volume,
+    grow_pool_volume,
     volume_exists_now,
     volume_sizes,
 )
@@ -77,21 +78,25 @@ class PoolChangeSteps:
         journalled made once made: a run killed in between finds it exactly as made and
         empty, and knows it as its own (`made_by_us`); anything else there is a stranger's,
         never overwritten nor deleted."""
-        if previous.get("created"):
-            return previous
         conn, name = self._writer(change), self._new_volume_name(change)
         host = self._writer_name(change)
         made = {"created": True, "pool": change.create_pool, "volume": name}
         if previous.get("making") and self._made_before_crash(change, previous):
-            return {**previous, **made}
-        self.journal.intend(
+            previous = {**previous, **made}
+        if previous.get("created"):  # made by this job: at its full size now
+            grow_pool_volume(conn, change.create_pool, name, change.capacity)
+            return previous
+        self._forget_gone(conn, change.create_pool, name)
+        # Made at a size that carries the job's token, grown once journalled made.
+        size = marked_capacity(change.capacity, self.journal.token)
+        intended = self.journal.intend(
             reserve_step(change), {"making": name}, host=host, pool=change.create_pool,
-            volume=name, capacity=change.capacity,
+            volume=name, capacity=size, marked=size != change.capacity,
         )  # fmt: skip
         failpoint("cold.reserve.after-intent")
         try:
             with libvirt_errors(host=host, vm=self.vm, doing=f"making {change.destination}"):
-                create_raw_volume(conn, change.create_pool, name, change.capacity)
+                create_raw_volume(conn, change.create_pool, name, size)
         except VmigrateError as err:
             raise PoolChangeError(
                 f"{err.message}; if that name is taken, it is not this job's "
@@ -103,7 +108,9 @@ class PoolChangeSteps:
                 "name, then retry",
             ) from err
         failpoint("cold.reserve.after-create")
-        return {**self.journal.detail(reserve_step(change)), **made}
+        self.journal.record(reserve_step(change), "started", {**intended, **made})
+        grow_pool_volume(conn, change.create_pool, name, change.capacity)
+        return {**intended, **made}
 
     def _made_before_crash(self, change: PoolChange, detail: Detail) -> bool:
         """The new volume is the one this job journalled (with its token) it was about to
@@ -119,6 +126,15 @@ class PoolChangeSteps:
         if not volume_exists_now(conn, change.create_pool, name):
             return False
         return made_as_intended(intent, volume_sizes(conn, change.create_pool, name))
+
+    def _forget_gone(self, conn: Connection, pool: str, name: str) -> None:
+        """An rbd pool still listing an image deleted through another host refuses to make
+        one of that name; Ceph itself just said it is gone (through this pool's key, so a
+        refresh cannot fail on the key and stop the pool): list the pool afresh."""
+        if find_pool_volume(conn, pool, name) is not None and not volume_exists_now(
+            conn, pool, name
+        ):
+            domains.refresh_pool(conn, pool)
 
     def made_by_us(self, change: PoolChange, detail: Detail) -> bool:
         """For a rollback: the new volume is this job's (journalled made, or made just

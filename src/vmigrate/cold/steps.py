@@ -15,8 +15,10 @@ killed in between finds a thing at that very place; it is the job's only if it i
 what the step makes and still empty (made_as_intended: same size, nothing allocated, since
 the step writes nothing before journalling it made), else a stranger's, never touched.
 File volumes and rbd images cannot carry a tag through libvirt (no xattrs, no rename, no
-`rbd image-meta`): the intent plus "as made, still empty" is the proof, and the planning
-refused a name that already existed. Names the job chooses itself carry the token (state
+`rbd image-meta`): for a copied file, the intent plus "as made, still empty" is the proof
+(and the planning refused a name that already existed); a pool change's new volume is made
+at a size that carries the token (journal.marked_capacity), grown once journalled made,
+since an rbd image's allocation proves nothing. Names the job chooses itself carry the token (state
 file, flattened image, digest scratch files, helper domains). The destination's domain
 carries the job's marker in its <metadata> (virt/domains.py) until the job is done.
 
@@ -28,8 +30,8 @@ Every delete, and what proves the file is the job's:
 - a flattened image: `created` in the flatten step, journalled before it is made, a name
   with the job's id and token;
 - a pool change's new volume: the reserve step's `created`, or its intent with the volume
-  found as made and empty (cold/pool_change_steps.py); its digest scratch files and helper
-  domains: by their names, which carry the job's id and token;
+  found at the size that carries the token (cold/pool_change_steps.py); its digest scratch
+  files and helper domains: by their names, which carry the job's id and token;
 - the destination's domain: the job's marker (or, for a job journalled before markers, its
   define journalled done and no other job's marker);
 - the source's disks (--delete-source-disks), not made by the job: only once the journal

@@ -26,6 +26,13 @@ def create_raw_volume(
     return handle.createXML(ET.tostring(volume, encoding="unicode"), 0)
 
 
+def grow_pool_volume(conn: libvirt.virConnect, pool: str, name: str, capacity: int) -> None:
+    """Grow volume `name` of `pool` to `capacity` bytes (nothing if it is that big)."""
+    volume = conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+    if int(volume.info()[1]) < capacity:
+        volume.resize(capacity, 0)
+
+
 def find_pool_volume(
     conn: libvirt.virConnect, pool: str, name: str
 ) -> libvirt.virStorageVol | None:
