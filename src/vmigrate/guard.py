@@ -8,8 +8,10 @@ parameters first) and closes the race between two vmigrates that both saw the VM
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,11 +19,26 @@ from typing import Any
 
 from vmigrate.errors import VmigrateError
 from vmigrate.hosts import HostRef
-from vmigrate.lease import RENEW, TAKE_OVER, Holder, LeaseError, current_owner, format_time
+from vmigrate.lease import (
+    RENEW,
+    TAKE_OVER,
+    Holder,
+    LeaseError,
+    current_owner,
+    format_time,
+    judge,
+    now_utc,
+)
 from vmigrate.lifecycle import REFUSED as REFUSED
 from vmigrate.store import JobStore, redact_uri
-from vmigrate.virt.connection import Connection, Domain, find_domain
-from vmigrate.virt.lease import LeaseKeeper, check_lease, take_lease
+from vmigrate.virt.connection import Connection, Domain, find_domain, open_with_timeout
+from vmigrate.virt.lease import (
+    LeaseKeeper,
+    check_lease,
+    job_in_progress,
+    read_lease,
+    take_lease,
+)
 
 EventSink = Callable[[str, dict[str, Any]], None]
 #: The job parameter that keeps the lease's token: `jobs resume` of the job is the same holder.
@@ -138,3 +155,77 @@ def end_lease(
     store.record_lease_event(job_id, keeper.vm, where, event, {"removed_from": released})
     emit("lease", {"action": event, "host": where, "job": job_id, "removed_from": released})
     return released
+
+
+#: A job of another machine is judged abandoned only once it is older than a lease's ttl:
+#: before it takes the lease (right after it is created) it has none to renew.
+ABANDONED_AFTER_S = 90.0
+
+
+def settle_abandoned_jobs(
+    store: JobStore, vm: str, places: dict[str, Connection], *, now: float | None = None
+) -> list[int]:
+    """Jobs of this VM that another machine's process drove: alive while that job's lease
+    on the VM is live (renewed, or libvirt runs a job on the domain), else recorded
+    interrupted (a PID cannot be judged across machines, and is never judged alone).
+    Returns the jobs settled; a host that does not answer settles nothing."""
+    settled = []
+    now = time.time() if now is None else now
+    for record in store.open_jobs(vm):
+        if not record.elsewhere or now - record.started < ABANDONED_AFTER_S:
+            continue
+        seen = _lease_of_job(record.id, store.identity, vm, places)
+        if seen is None:
+            continue  # its lease is live, or a host could not be read: it may still run
+        why = (
+            f"{record.holder} stopped renewing its lease on {vm} ({seen}): its process is "
+            "gone, or cannot reach the hosts"
+        )
+        if store.abandon_job(record.id, why):
+            settled.append(record.id)
+    return settled
+
+
+def _lease_of_job(job_id: int, identity: str, vm: str, places: dict[str, Connection]) -> str | None:
+    """None while the job's lease is live on a host that defines the VM (or a host could not
+    be read); otherwise what was found instead."""
+    found = []
+    for host, conn in places.items():
+        try:
+            domain = find_domain(conn, vm)
+            if domain is None:
+                continue
+            seen = read_lease(domain)
+            in_progress = job_in_progress(domain)
+        except Exception:  # a host that cannot be read proves nothing: the job may still run
+            return None
+        lease = seen.lease
+        if lease is None or lease.job != job_id or lease.store != identity:
+            found.append(f"no lease of job {job_id} on {host}")
+            continue
+        verdict = judge(lease, now_utc(), job_in_progress=in_progress)
+        if verdict.live:
+            return None
+        found.append(f"its lease on {host} is stale: {verdict.why}")
+    return "; ".join(found) or "the VM is defined on no host it used"
+
+
+def ensure_vm_free(store: JobStore, vm: str, uris: dict[str, str]) -> None:
+    """The early "no open job for this VM" check, after settling the jobs of other machines
+    whose lease shows they stopped (hosts read only when such a job exists)."""
+    stale = [r for r in store.open_jobs(vm) if r.elsewhere]
+    if stale:
+        places: dict[str, Connection] = {}
+        try:
+            for host, uri in uris.items():
+                with contextlib.suppress(VmigrateError):  # unread: it settles nothing
+                    places[host] = open_with_timeout(uri, host=host, timeout=SETTLE_CONNECT_S)
+            settle_abandoned_jobs(store, vm, places)
+        finally:
+            for conn in places.values():
+                with contextlib.suppress(Exception):
+                    conn.close()
+    store.ensure_no_open_job(vm)
+
+
+SETTLE_CONNECT_S = 10.0

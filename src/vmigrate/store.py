@@ -617,6 +617,29 @@ class JobStore:
             if changed != 1:
                 raise self._changed_meanwhile(job_id)
 
+    def abandon_job(self, job_id: int, why: str) -> bool:
+        """A job another machine's process drove and no longer does (its lease on the VM is
+        stale or gone): recorded interrupted, so `jobs resume` / `rollback` / `recover` take
+        it as any interrupted job. A compare-and-set: False when the row changed meanwhile
+        (its process finished it, or someone else settled it first)."""
+        with self._db.transaction():
+            record = self._job(job_id)
+            if record.state != RUNNING or not record.elsewhere:
+                return False
+            changed = self._db.run(
+                "UPDATE jobs SET state = ?, outcome = ?, finished = ? "
+                "WHERE id = ? AND state = ? AND pid IS NOT DISTINCT FROM ? "
+                "AND pid_start IS NOT DISTINCT FROM ?",
+                (
+                    lifecycle.INTERRUPTED,
+                    why,
+                    time.time(),
+                    job_id,
+                    *self._stored_state(record),
+                ),
+            )
+            return changed == 1
+
     def reopen_job(self, job_id: int, action: str = lifecycle.RESUME) -> JobRecord:
         """Take a stopped job over to `action` (resume or rollback) it in this process: one
         transaction that checks the lifecycle allows it and that nobody took it meanwhile, so

@@ -276,6 +276,24 @@ def test_a_job_run_on_another_machine_counts_as_running(store_at: StoreLocation)
     assert store.job(job).state == "running"
 
 
+def test_a_job_another_machine_abandoned_is_settled_once(store_at: StoreLocation) -> None:
+    store = JobStore(store_at)
+    job = store.create_job("cold", "db1", "hostA", "hostB", {})
+    mine = store.create_job("cold", "db2", "hostA", "hostB", {})
+    tamper(
+        store,
+        "UPDATE jobs SET pid = 999999999, boot_id = 'theirs', machine = 'ops@ops2' WHERE id = ?",
+        job,
+    )
+    assert not store.abandon_job(mine, "this machine's job is judged by its process")
+    assert store.abandon_job(job, "its lease is stale")
+    assert not store.abandon_job(job, "a second settle changes nothing")
+    record = store.job(job)
+    assert record.state == "interrupted" and record.outcome == "its lease is stale"
+    store.reopen_job(job, "rollback")  # now taken as any interrupted job
+    assert store.job(job).state == "running" and store.job(mine).state == "running"
+
+
 def test_rolling_back_a_completed_cold_job_is_refused(store_at: StoreLocation) -> None:
     store = JobStore(store_at)
     job = store.create_job("cold", "db1", "hostA", "hostB", {"request": {}, "plan": {}})

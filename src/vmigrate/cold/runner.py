@@ -59,6 +59,7 @@ from vmigrate.guard import (
     HeldLease,
     check_free,
     end_lease,
+    ensure_vm_free,
     hold_lease,
     new_token,
     refuse_maintenance,
@@ -575,14 +576,11 @@ def migrate_cold(
     """Move a VM cold. Before the first step the job takes the VM's lease (refused when
     another job holds it; a stale one only with `take_over_lease`)."""
     emit: EventSink = on_event or (lambda _kind, _payload: None)
+    src_ref = resolve_host(request.source, request.hosts_file)
+    dst_ref = resolve_host(request.destination, request.hosts_file)
     with JobStore(request.store_path) as store:
-        store.ensure_no_open_job(request.vm)
-        refuse_maintenance(
-            store,
-            resolve_host(request.destination, request.hosts_file),
-            force=request.force,
-            vm=request.vm,
-        )
+        ensure_vm_free(store, request.vm, {src_ref.name: src_ref.uri, dst_ref.name: dst_ref.uri})
+        refuse_maintenance(store, dst_ref, force=request.force, vm=request.vm)
     checked = check_move(
         request.vm,
         request.source,

@@ -21,6 +21,7 @@ from vmigrate.guard import (
     HeldLease,
     check_free,
     end_lease,
+    ensure_vm_free,
     hold_lease,
     new_token,
     refuse_maintenance,
@@ -175,7 +176,7 @@ def migrate_live(
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
     with JobStore(request.store_path) as store:
-        store.ensure_no_open_job(request.vm)
+        ensure_vm_free(store, request.vm, {src_ref.name: src_ref.uri, dst_ref.name: dst_ref.uri})
         refuse_maintenance(store, dst_ref, force=request.force, vm=request.vm)
     checked = _checks(request)
     emit("checks", checked.report.to_dict())
