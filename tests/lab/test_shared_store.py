@@ -91,9 +91,9 @@ def test_while_one_operator_evacuates_hosta_the_other_never_targets_it(
     `balance` plan leaves hostA out; both VMs end on exactly one host."""
     leaving, staying = f"{vm_name[:50]}-a", f"{vm_name[:50]}-b"
     try:
-        # 256 MiB of touched memory over ~6 MiB/s: the evacuation's move lasts ~40 s, long
-        # enough for the second operator's two commands.
-        create_vm(LabVmRequest(leaving, memory_mib=384, dirty_rate_mib=1, working_set_mib=256))
+        # A 256 MiB working set rewritten at 40 MiB/s, over ~6 MiB/s: the move's first pass
+        # alone lasts ~40 s, long enough for the second operator's two commands.
+        create_vm(LabVmRequest(leaving, memory_mib=384, dirty_rate_mib=40, working_set_mib=256))
         create_vm(LabVmRequest(staying, memory_mib=128, host="hostB"))
         link.shape("50mbit")
         evacuation = start_cli("evacuate", "hostA", "--to", "hostB", "--store", pg_url, "--json")
