@@ -240,7 +240,24 @@ def _vm_samples(
                     state=guest.state,
                 )
             )
-    return samples
+    return _in_flight_left_out(samples)
+
+
+#: What balance calls a VM that holds memory on two hosts at once: a migration in flight.
+MIGRATING = "migrating"
+
+
+def _in_flight_left_out(samples: list[VmSample]) -> list[VmSample]:
+    """A VM seen running on two hosts is being moved by someone (an evacuation, another
+    operator): it is no candidate for this round, and is counted on neither host."""
+    holders: dict[str, int] = {}
+    for sample in samples:
+        if sample.holds:
+            holders[sample.name] = holders.get(sample.name, 0) + 1
+    return [
+        replace(sample, state=MIGRATING) if holders.get(sample.name, 0) > 1 else sample
+        for sample in samples
+    ]
 
 
 def _as_evacuation(
