@@ -33,7 +33,8 @@ openssh (qemu+ssh) reads known hosts only from ssh's own configuration (~/.ssh/k
 libvirt passes a `known_hosts` file to its libssh and libssh2 transports only.
 
 What a host can give a VM is min(what libvirt reports, capacity_mib) less reserve_mib and
-less what its running VMs already use (capacity.py).
+less what its running VMs already use (capacity.py). A host source's host listed without a
+URI keeps its URI and takes what the table declares (`[hosts.hostA] capacity_mib = 16384`).
 
 Hosts known without a hosts file come from registered host sources: the CLI registers the
 lab's (vmigrate/lab/host_source.py), so hostA..hostD work with their declared lab capacities
@@ -47,7 +48,7 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode, urlsplit
@@ -254,7 +255,12 @@ def _host(name: str, table: object, where: str, defaults: dict[str, Any]) -> Hos
             f"{where}: unknown keys {', '.join(sorted(extra))}",
             fix=f"allowed: {', '.join(_HOST_KEYS)}",
         )
-    if "uri" in table:
+    # A host source's host (the lab's hostA) listed without a URI: the table changes only what
+    # it declares, e.g. capacity_mib for a bigger guest than the lab declares room for.
+    built_in = None if {"uri", *_URI_PART_KEYS} & set(table) else _source_host(name)
+    if built_in is not None:
+        uri = built_in.uri
+    elif "uri" in table:
         if not isinstance(table["uri"], str):
             raise UsageError(f'{where}: needs uri = "qemu+...://.../system"')
         both = set(table) & set(_URI_PART_KEYS)
@@ -296,7 +302,7 @@ def _host(name: str, table: object, where: str, defaults: dict[str, Any]) -> Hos
         raise UsageError(
             f"{where}: bandwidth must be a positive number of MiB/s, e.g. 119 for 1 Gbit/s"
         )
-    return HostRef(
+    ref = HostRef(
         name,
         uri,
         address,
@@ -308,6 +314,23 @@ def _host(name: str, table: object, where: str, defaults: dict[str, Any]) -> Hos
         peer_uri=table.get("peer_uri"),
         migration_tls=tls,
     )
+    if built_in is None:
+        return ref
+    given = {field: getattr(ref, field) for field, key in _OVERLAID.items() if key in table}
+    return replace(built_in, **given)
+
+
+#: What a hosts file may change of a host source's host: HostRef field -> hosts file key.
+_OVERLAID = {
+    "migration_address": "migration_address",
+    "migration_ports": "migration_ports",
+    "bandwidth_mib": "bandwidth",
+    "capacity_mib": "capacity_mib",
+    "reserve_mib": "reserve_mib",
+    "vcpus": "vcpus",
+    "peer_uri": "peer_uri",
+    "migration_tls": "migration_tls",
+}
 
 
 @dataclass(frozen=True)

@@ -204,3 +204,23 @@ def test_an_unknown_cluster_is_a_usage_error(tmp_path: Path) -> None:
     path.write_text('[hosts.b]\nuri = "qemu+tcp://127.0.0.3/system"\n')
     with pytest.raises(UsageError, match="unknown cluster 'rack9'"):
         resolve_cluster("rack9", path)
+
+
+def test_a_lab_host_listed_without_a_uri_takes_what_the_file_declares(tmp_path: Path) -> None:
+    from vmigrate.hosts import resolve_cluster
+
+    path = tmp_path / "hosts.toml"
+    path.write_text(
+        "[hosts.hostA]\ncapacity_mib = 16384\nreserve_mib = 1024\n"
+        '[hosts.hostB]\nuri = "qemu+tcp://127.0.0.3/system"\n'
+        '[clusters.big]\nhosts = ["hostA", "hostB", "hostC"]\n'
+    )
+    lab_a = resolve_host("hostA")
+    bigger = resolve_host("hostA", path)
+    assert (bigger.capacity_mib, bigger.reserve_mib) == (16384, 1024)
+    assert bigger.uri == lab_a.uri and bigger.peer_uri == lab_a.peer_uri
+    assert bigger.migration_tls is True and bigger.vcpus == lab_a.vcpus
+    # a URI of its own makes it an ordinary host of the file; an unlisted one stays the lab's
+    assert resolve_host("hostB", path).uri == "qemu+tcp://127.0.0.3/system"
+    refs = resolve_cluster("big", path)
+    assert [r.capacity_mib for r in refs] == [16384, None, 3072]
