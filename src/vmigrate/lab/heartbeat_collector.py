@@ -45,6 +45,11 @@ def log_path(vm: str) -> Path:
     return HEARTBEAT_DIR / f"{vm}.log"
 
 
+def collector_log_path(vm: str) -> Path:
+    """The collector's own output (not the guest's console)."""
+    return HEARTBEAT_DIR / f"{vm}.collector.log"
+
+
 def _pid_path(vm: str) -> Path:
     return HEARTBEAT_DIR / f"{vm}.pid"
 
@@ -140,7 +145,7 @@ def start_collector(vm: str, *, timeout: float = 5.0) -> int:
     socket_path(vm).unlink(missing_ok=True)
     pid = spawn_daemon(
         [sys.executable, "-m", "vmigrate.lab.heartbeat_collector", vm],
-        HEARTBEAT_DIR / f"{vm}.collector.log",
+        collector_log_path(vm),
     )
     _pid_path(vm).write_text(str(pid))
     deadline = time.monotonic() + timeout
@@ -150,7 +155,7 @@ def start_collector(vm: str, *, timeout: float = 5.0) -> int:
             raise LabError(
                 "the heartbeat collector did not start",
                 vm=vm,
-                fix=f"see {HEARTBEAT_DIR / (vm + '.collector.log')}",
+                fix=f"see {collector_log_path(vm)}",
             )
         time.sleep(0.02)
     return pid

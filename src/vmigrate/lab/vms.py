@@ -31,6 +31,7 @@ from vmigrate.lab.config import LAB_HOSTS, LOCAL_POOL, SHARED_POOL, LabHost, lab
 from vmigrate.lab.domain import LabDisk, LabGuestSpec, render_domain_xml
 from vmigrate.lab.heartbeat import read_console, wait_for_console
 from vmigrate.lab.heartbeat_collector import (
+    collector_log_path,
     log_path,
     send_to_guest,
     socket_path,
@@ -520,6 +521,7 @@ def _wait_for_first_beat(
 def _remove_console(name: str) -> None:
     stop_collector(name)
     log_path(name).unlink(missing_ok=True)
+    collector_log_path(name).unlink(missing_ok=True)
 
 
 def _remove_from_host(conn: Connection, name: str) -> bool:
