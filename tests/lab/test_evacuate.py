@@ -17,6 +17,15 @@ from typing import Any
 import pytest
 
 from vmigrate.errors import VmigrateError
+from vmigrate.events import (
+    ChecksDone,
+    CopyProgress,
+    Done,
+    JobStarted,
+    MoveProgress,
+    PlanMade,
+    decode,
+)
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B, HOST_C, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
@@ -24,6 +33,7 @@ from vmigrate.lab.hostfs import on_host
 from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.state import load_records
 from vmigrate.lab.vms import LabVmRequest, add_disk, create_vm, locate_vm, remove_vm
+from vmigrate.store import JobStore
 from vmigrate.virt.connection import open_connection
 
 from . import helpers
@@ -364,6 +374,53 @@ def test_ctrl_c_in_a_cold_evacuation_brings_the_stopped_vms_back_on_hostA(
         assert not on_host("hostB", disk).exists()
         assert on_host("hostA", disk).exists()
     assert "Traceback" not in stderr
+
+
+def test_a_cold_move_in_an_evacuation_shows_its_copy_progress_and_is_stored(
+    tmp_path: Path, store: Path, guests: Callable[..., str]
+) -> None:
+    # issue #24: the evacuation read its cold child's events for "step" events nothing sent
+    # and the child's --json left out its copy progress: 0 % "moving" until the move ended.
+    name = guests("copyprog", memory_mib=256, disk="local")
+    add_disk(name, LOCAL_POOL, "vdb", 160, "write -P 0x5a 0 160M")
+    link.shape("100mbit")  # ~12 MiB/s: the copies last long enough for several reports
+    try:
+        result = run_cli(
+            "evacuate", "hostA", "--to", "hostB", "--mode", "cold", "--store", str(store),
+            "--json", timeout=600,
+        )  # fmt: skip
+    finally:
+        link.reset()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    found = events(result.stdout)
+    assert one_of(found, "done")["empty"] and on_exactly_one_host(name) == "hostB"
+    copying = [
+        e["percent"]
+        for e in found
+        if e["event"] == "move-progress" and e["vm"] == name and e["phase"] == "copy"
+    ]
+    assert copying == sorted(copying), copying  # it never goes back
+    assert len(set(copying)) >= 3 and 0 < copying[-1] <= 100, copying
+    assert all(e.get("schema") == 1 for e in found)
+
+    # Both jobs' events are in the store, readable by another process (the server).
+    evacuation = one_of(found, "job")["job_id"]
+    with JobStore(store) as jobs:
+        stored = [decode(e.body) for e in jobs.events_after(0, job_id=evacuation)]
+        assert isinstance(stored[0], PlanMade) and isinstance(stored[1], JobStarted)
+        assert isinstance(stored[-1], Done) and stored[-1].report["empty"]
+        progress = [e for e in stored if isinstance(e, MoveProgress) and e.phase == "copy"]
+        assert [e.percent for e in progress] == copying
+        child = progress[-1].job_id
+        assert child is not None and child != evacuation
+        own = [decode(e.body) for e in jobs.events_after(0, job_id=child)]
+        assert [type(e) for e in own[:3]] == [ChecksDone, PlanMade, JobStarted]
+        copies = [e for e in own if isinstance(e, CopyProgress)]
+        assert len(copies) >= 3 and copies[-1].done == copies[-1].total
+        assert isinstance(own[-1], Done) and own[-1].report["outcome"] == "completed"
+        everything = jobs.events_after(0, limit=100_000)
+        assert [e.seq for e in everything] == sorted(e.seq for e in everything)
+        assert {e.job_id for e in everything} == {evacuation, child}
 
 
 def test_vmigrate_killed_mid_evacuation_then_resumed(
