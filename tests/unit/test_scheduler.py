@@ -264,6 +264,8 @@ class World:
             elif script == "postcopy_on_destination":
                 self.where[vm] = {dst: "running", src: "paused"}
                 postcopy = True
+                if dst in self.dead:  # the child's last look cannot see it running there
+                    self.ambiguous.add(vm)
             elif script == "postcopy_split":
                 self.where[vm] = {dst: "paused", src: "paused"}
                 self.ambiguous.add(vm)
