@@ -6,11 +6,21 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from vmigrate.errors import MigrationRefused
+from vmigrate.events import (
+    ChecksDone,
+    Done,
+    JobStarted,
+    LeaseEvent,
+    PolicyAction,
+    Sample,
+    decode,
+)
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report, wait_for_console
@@ -73,6 +83,17 @@ def test_busy_guest(lab: list[HostStatus], vm_name: str, store: Path) -> None:
     assert report.outcome == "completed", report.message
     assert report.placement_ok
     assert healthy_on_b(vm_name).largest_gap_ms < 1000
+    # The job's whole stream is in the store, for another process (vmigrate serve) to follow.
+    with JobStore(store) as jobs:
+        stored = [decode(e.body) for e in jobs.events_after(0, job_id=report.job_id)]
+        samples = jobs.samples(report.job_id)
+    assert [type(e) for e in stored[:2]] == [ChecksDone, JobStarted]
+    assert isinstance(stored[-1], Done) and stored[-1].report["outcome"] == "completed"
+    assert [e.action for e in stored if isinstance(e, LeaseEvent)] == ["taken", "released"]
+    sent = [e for e in stored if isinstance(e, Sample)]
+    assert [e.memory_remaining for e in sent] == [s["memory_remaining"] for s in samples]
+    taken = [asdict(e) for e in stored if isinstance(e, PolicyAction)]
+    assert taken == report.actions
 
 
 def test_non_converging_guest_finishes_through_postcopy(
