@@ -459,7 +459,7 @@ def test_ctrl_c_then_the_way_back_and_maintenance_is_never_a_target(
     tmp_path: Path, store: Path, guests: Callable[..., str]
 ) -> None:
     first = guests("first", memory_mib=512)  # the larger goes first; idle, it moves at once
-    second = guests("second", memory_mib=256, dirty_rate_mib=50, working_set_mib=160)
+    second = guests("second", memory_mib=256, dirty_rate_mib=50, working_set_mib=144)
     link.shape("200mbit")  # the busy one takes seconds to send: time to press Ctrl-C
     try:
         process = start_cli(
