@@ -68,8 +68,9 @@ _DISK_TARGET = re.compile(r"vd[b-z]")
 #: Memory the guest's kernel and initramfs keep whatever the guest's size, and the share of
 #: its RAM the kernel keeps besides (page structures, hash tables, free-page reserve, page
 #: tables); past 3.5 GiB some RAM sits above 4 GiB and the kernel adds 64 MiB of bounce
-#: buffers. Measured free at /init, less ~16 MiB the workload needs to start: a guest keeps
-#: 76 MiB of 128, 95 of 1024, 116 of 2048, 219 of 4096 and 291 of 8192 (docs/lab.md).
+#: buffers. Measured (free memory at /init): the kernel keeps 76 MiB of 128, 95 of 1024,
+#: 116 of 2048, 219 of 4096 and 291 of 8192 (docs/lab.md); the rule leaves a margin above
+#: that for the workload itself (~16 MiB) and the working set's page tables.
 GUEST_BASE_MIB = 96
 GUEST_RAM_SHARE = 1 / 32
 GUEST_HIGH_MEMORY_MIB = 3584
@@ -79,8 +80,8 @@ DEFAULT_HEADROOM_MIB = 128
 #: What QEMU itself takes beside guest RAM (TCG translation cache and friends), at least.
 QEMU_OVERHEAD_MIB = 160
 MIN_MEMORY_MIB = 128
-#: Boot to the first heartbeat: the guest writes its whole working set first (under TCG
-#: ~4 s for 1 GiB, ~18 s for 4 GiB, measured), so bigger guests get longer.
+#: Boot to the first heartbeat: the guest writes its whole working set first (measured in
+#: the lab under TCG: 5.7 s for 1 GiB, 25.3 s for 4 GiB), so bigger guests get longer.
 BOOT_TIMEOUT_SECONDS = 90.0
 BOOT_SECONDS_PER_GIB = 15.0
 #: Console lines that mean the guest will never beat: the workload gave up, or the kernel died.
@@ -222,7 +223,7 @@ def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
             f"{qemu_overhead_mib(request.memory_mib)} MiB beside the guest's",
             vm=name,
             host=host.name,
-            fix=f"ask for at most {max(largest, 0)} MiB (--memory), or remove lab VMs",
+            fix=f"ask for at most {largest} MiB (--memory), or remove lab VMs",
         )
     most = max_working_set_mib(request.memory_mib)
     if not 0 <= working_set <= most:
