@@ -1,0 +1,148 @@
+"""What the store remembers of a host pair's moves: the fixed costs of a live move, learned
+from its finished jobs, and the latest estimate made before a move (pure).
+
+Set-up: from the migration's start to its first byte (the first sample's elapsed time less
+what it had sent by then). Finish: from the last byte (the last sample plus what it still
+had to send) to the end of the job's measured total (switch-over, libvirt's finish phase,
+verifying where the VM runs). The median over the latest jobs, so one odd run counts little.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vmigrate.live.rehearsal import FixedCosts
+from vmigrate.store import JobStore
+
+#: How many of the pair's latest finished moves to learn from.
+LATEST_JOBS = 10
+#: A job whose fixed costs look longer than this measured something else (a host that
+#: hung, a post-copy that waited for its link): left out.
+IMPLAUSIBLE_S = 30.0
+
+
+@dataclass(frozen=True)
+class FinishedMove:
+    """What a finished live job recorded: its report and its samples, oldest first."""
+
+    report: dict[str, Any]
+    samples: Sequence[dict[str, Any]]
+
+
+def _costs_of(move: FinishedMove) -> tuple[float, float] | None:
+    total = move.report.get("total_s")
+    moving = [
+        s
+        for s in move.samples
+        if s.get("memory_processed", 0) > 0 and s.get("bandwidth_bps", 0) > 0
+    ]
+    if total is None or not moving or move.report.get("storage"):
+        return None
+    first, last = moving[0], moving[-1]
+    setup = first["elapsed_s"] - first["memory_processed"] / first["bandwidth_bps"]
+    finish = float(total) - (
+        last["elapsed_s"] + last.get("memory_remaining", 0) / last["bandwidth_bps"]
+    )
+    if not (0 <= setup <= IMPLAUSIBLE_S and 0 <= finish <= IMPLAUSIBLE_S):
+        return None
+    return setup, finish
+
+
+def learned_costs(moves: Sequence[FinishedMove]) -> FixedCosts:
+    """The pair's costs from its latest completed moves (newest first); the lab's defaults
+    when none tells."""
+    measured = [c for c in (_costs_of(m) for m in moves[:LATEST_JOBS]) if c is not None]
+    if not measured:
+        return FixedCosts()
+    return FixedCosts(
+        setup_s=statistics.median(c[0] for c in measured),
+        finish_s=statistics.median(c[1] for c in measured),
+        learned_from=len(measured),
+    )
+
+
+#: The job kind `vmigrate estimate` records its predictions as.
+ESTIMATE_KIND = "estimate"
+#: An estimate older than this before a move does not describe it.
+ESTIMATE_VALID_S = 3600.0
+
+
+def finished_moves(store: JobStore, source_uri: str, destination_uri: str) -> list[FinishedMove]:
+    """The pair's completed live moves, newest first."""
+    return [
+        FinishedMove(job.report or {}, store.samples(job.id))
+        for job in store.jobs_of_kind("live")[: 5 * LATEST_JOBS]
+        if job.state == "completed"
+        and job.source == source_uri
+        and job.destination == destination_uri
+    ]
+
+
+def latest_estimate(
+    store: JobStore, vm: str, source_uri: str, destination_uri: str, before: float
+) -> dict[str, Any] | None:
+    """The newest estimate of this VM's move between these hosts made before `before`
+    (epoch s), within ESTIMATE_VALID_S: the prediction a move started then had."""
+    for job in store.jobs_of_kind(ESTIMATE_KIND):
+        if (
+            job.vm == vm
+            and job.source == source_uri
+            and job.destination == destination_uri
+            and before - ESTIMATE_VALID_S <= job.started <= before
+            and job.report
+        ):
+            return {"job_id": job.id, "made": job.started, **job.report}
+    return None
+
+
+#: A probe reading within this share of an earlier one met the same link.
+SAME_LINK_SHARE = 0.3
+#: How long after its estimate a move still counts as the one it predicted.
+MOVE_AFTER_ESTIMATE_S = 600.0
+
+
+def stream_factor(
+    store: JobStore, source_uri: str, destination_uri: str, predicted_bps: float
+) -> tuple[float, int]:
+    """What the pair's migrations really got against what their estimates predicted, over
+    the latest estimates that read the link about as this one does (the probe goes from
+    this machine and through libvirt; the migration from QEMU to QEMU): the median ratio
+    and how many moves it comes from; (1.0, 0) when none."""
+    moves = [
+        job
+        for job in store.jobs_of_kind("live")[: 5 * LATEST_JOBS]
+        if job.state == "completed"
+        and job.source == source_uri
+        and job.destination == destination_uri
+    ]
+    ratios: list[float] = []
+    for estimate in store.jobs_of_kind(ESTIMATE_KIND)[: 5 * LATEST_JOBS]:
+        earlier = (estimate.report or {}).get("bandwidth_bps") or 0.0
+        if (
+            estimate.source != source_uri
+            or estimate.destination != destination_uri
+            or abs(earlier / predicted_bps - 1) > SAME_LINK_SHARE
+        ):
+            continue
+        move = next(
+            (
+                m
+                for m in reversed(moves)
+                if m.vm == estimate.vm
+                and estimate.started <= m.started <= estimate.started + MOVE_AFTER_ESTIMATE_S
+            ),
+            None,
+        )
+        rates = [
+            s["bandwidth_bps"]
+            for s in (store.samples(move.id) if move else [])
+            if s.get("phase") == "precopy" and s.get("bandwidth_bps", 0) > 0
+        ]
+        if rates:
+            ratios.append(statistics.median(rates) / earlier)
+        if len(ratios) >= LATEST_JOBS // 2:
+            break
+    return (statistics.median(ratios), len(ratios)) if ratios else (1.0, 0)
