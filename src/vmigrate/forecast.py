@@ -23,7 +23,7 @@ from vmigrate.live.history import (
     ESTIMATE_KIND,
     finished_moves,
     learned_costs,
-    stream_factor,
+    stream_rate,
 )
 from vmigrate.live.policy import PolicyConfig
 from vmigrate.live.rehearsal import FixedCosts, Workload, rehearse
@@ -134,15 +134,15 @@ def forecast(
         link, link_source = dst_ref.bandwidth_mib * MIB, "hosts file"
     else:
         link, link_source = _measured_bandwidth(dst_ref)
-    probed = stream_bandwidth(link, stream, tls)
+    bandwidth = stream_bandwidth(link, stream, tls)
     with JobStore(store_path) as store:
         costs = _pair_costs(store, src_ref.uri, dst_ref.uri)
-        factor, learned_from = stream_factor(store, src_ref.uri, dst_ref.uri, probed)
-        bandwidth = probed * factor
-        if learned_from:
+        seen, moves = stream_rate(store, src_ref.uri, dst_ref.uri, link, tls=tls)
+        if seen is not None and link_source != "given":
+            bandwidth = stream_bandwidth(seen, replace(stream, tls=False), tls=False)
             link_source += (
-                f"; x{factor:.2f}, what {learned_from} earlier move(s) of this pair got "
-                "against their estimates"
+                f"; the stream gets what {moves} earlier move(s) of this pair got over the "
+                "same link"
             )
         load = workload_from_curve(memory, curve)
         prediction = rehearse(

@@ -104,13 +104,14 @@ SAME_LINK_SHARE = 0.3
 MOVE_AFTER_ESTIMATE_S = 600.0
 
 
-def stream_factor(
-    store: JobStore, source_uri: str, destination_uri: str, predicted_bps: float
-) -> tuple[float, int]:
-    """What the pair's migrations really got against what their estimates predicted, over
-    the latest estimates that read the link about as this one does (the probe goes from
-    this machine and through libvirt; the migration from QEMU to QEMU): the median ratio
-    and how many moves it comes from; (1.0, 0) when none."""
+def stream_rate(
+    store: JobStore, source_uri: str, destination_uri: str, probed_bps: float, *, tls: bool
+) -> tuple[float | None, int]:
+    """What the pair's migrations really got (QEMU to QEMU, in the move's direction) when
+    the probe before them read about what it reads now, with the same TLS: the median of
+    their pre-copy rates and how many moves it comes from; (None, 0) when none. The probe
+    goes from this machine through libvirt and reads low on a busy host; once a move has run
+    over the same link, its own rate is the better figure."""
     moves = [
         job
         for job in store.jobs_of_kind("live")[: 5 * LATEST_JOBS]
@@ -118,13 +119,15 @@ def stream_factor(
         and job.source == source_uri
         and job.destination == destination_uri
     ]
-    ratios: list[float] = []
+    rates: list[float] = []
     for estimate in store.jobs_of_kind(ESTIMATE_KIND)[: 5 * LATEST_JOBS]:
-        earlier = (estimate.report or {}).get("bandwidth_bps") or 0.0
+        report = estimate.report or {}
+        earlier = report.get("link_bps") or 0.0
         if (
             estimate.source != source_uri
             or estimate.destination != destination_uri
-            or abs(earlier / predicted_bps - 1) > SAME_LINK_SHARE
+            or bool(report.get("tls")) != tls
+            or abs(earlier / probed_bps - 1) > SAME_LINK_SHARE
         ):
             continue
         move = next(
@@ -136,13 +139,13 @@ def stream_factor(
             ),
             None,
         )
-        rates = [
+        seen = [
             s["bandwidth_bps"]
             for s in (store.samples(move.id) if move else [])
             if s.get("phase") == "precopy" and s.get("bandwidth_bps", 0) > 0
         ]
-        if rates:
-            ratios.append(statistics.median(rates) / earlier)
-        if len(ratios) >= LATEST_JOBS // 2:
+        if seen:
+            rates.append(statistics.median(seen))
+        if len(rates) >= LATEST_JOBS // 2:
             break
-    return (statistics.median(ratios), len(ratios)) if ratios else (1.0, 0)
+    return (statistics.median(rates), len(rates)) if rates else (None, 0)

@@ -43,12 +43,17 @@ from vmigrate.live.samples import JobSample
 #: post-copy 2-5 ms (L2, L3).
 PAUSE_OVERHEAD_MS = 35.0
 POSTCOPY_PAUSE_MS = 4.0
-#: The heartbeat's largest gap beyond libvirt's downtime in pre-copy (L1: 19-35 ms of
-#: downtime, 44-63 ms of gap).
-PRECOPY_GAP_EXTRA_MS = 26.0
+#: The heartbeat's largest gap beyond libvirt's downtime in pre-copy (lab, L1: 23-74 ms
+#: more than libvirt's downtime, median 32).
+PRECOPY_GAP_EXTRA_MS = 30.0
 #: Bytes of bulk stream queued ahead of a post-copy page fault (socket buffers and the
-#: link's queue). Calibrated on the lab's 1 Gbit/s link (L2, L3: docs/benchmarks.md).
-POSTCOPY_QUEUED_BYTES = 140 * 1024 * 1024
+#: link's queue; libvirt 11.3 cannot enable post-copy preemption). Calibrated on the lab's
+#: 1 Gbit/s link: L2 and L3 gaps of 1.8-3.0 s, median 2.2 s, at 119 MiB/s (a first
+#: benchmark run; docs/benchmarks.md reports a second one).
+POSTCOPY_QUEUED_BYTES = 260 * 1024 * 1024
+#: What a guest dirties with a whole vCPU to itself, for the throttle's effect: the lab's
+#: guest dirtied ~10 MiB/s with 1 % left (L4, throttle 99 %).
+THROTTLED_DIRTY_BPS = 1000 * 1024 * 1024
 #: QEMU's auto-converge trigger: a sync period that dirtied more than this share of what
 #: it sent counts as "high"; every second high period raises the throttle.
 THROTTLE_TRIGGER_SHARE = 0.5
@@ -56,13 +61,17 @@ THROTTLE_TRIGGER_SHARE = 0.5
 DECISION_LAG_S = 0.25
 #: QEMU sends in rate-limit windows of this length and checks for the switch-over between.
 CHECK_WINDOW_S = 0.1
+#: QEMU's reported dirty rate over the distinct bytes dirtied per second of the period
+#: (L4: 104 MiB/s for 383 MiB over 4.0 s; the L2 trace: 99.8 MiB/s for 352 MiB over 4.3 s).
+RATE_AS_QEMU_COUNTS = 1.15
 #: QEMU recomputes its dirty rate only over sync periods at least this long.
 RATE_PERIOD_S = 1.0
 #: Simulation horizon (passes); the policy itself stops a run at its max_passes.
 HORIZON_PASSES = 2000
 
-DEFAULT_SETUP_S = 0.3  # the lab's, until finished jobs of the pair teach better
-DEFAULT_FINISH_S = 0.7
+#: Until finished moves of the pair teach better: the lab's (medians over a benchmark run).
+DEFAULT_SETUP_S = 0.7
+DEFAULT_FINISH_S = 1.8
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,9 @@ class Workload:
     def dirtied(self, seconds: float, throttle_pct: int = 0) -> float:
         ws = self.working_set_bytes
         limit = float(self.memory_bytes if ws is None else ws)
-        rate = self.dirty_rate_bps * (1.0 - throttle_pct / 100.0)
+        # A throttled vCPU still dirties at the workload's own rate while the CPU time it
+        # keeps suffices (measured: the lab's 200 MiB/s guest slowed only at 99 %).
+        rate = min(self.dirty_rate_bps, (1.0 - throttle_pct / 100.0) * THROTTLED_DIRTY_BPS)
         return min(rate * max(seconds, 0.0), limit, float(self.memory_bytes))
 
 
@@ -256,9 +267,9 @@ def rehearse(
         # A sync: a new pass of what is left plus what was dirtied.
         dirtied = load.dirtied(since_pass, run.throttle)
         if since_pass >= RATE_PERIOD_S:
-            # QEMU's rate counts the guest's writes as its bitmap sees them, close to the
-            # workload's own rate even once the working set is saturated (recorded traces).
-            run.rate = load.dirty_rate_bps * (1.0 - run.throttle / 100.0)
+            # QEMU counts the pages its bitmap sees newly dirtied over the period: the
+            # distinct rate, a little over it in the lab's recorded runs.
+            run.rate = min(RATE_AS_QEMU_COUNTS * dirtied / since_pass, load.dirty_rate_bps)
             _throttle_after_sync(run, dirtied, pass_time * b)
         run.iteration += 1
         size, since_pass, pass_time = left, 0.0, 0.0
