@@ -1,4 +1,8 @@
-"""Fixtures every test directory shares: a real PostgreSQL server for the job store's tests."""
+"""Fixtures every test directory shares: a real PostgreSQL server for the job store's tests.
+
+Tests drive the library as the CLI does: with the lab plugged in (hostA.. by name, the
+cluster `lab`, heartbeat gaps in move reports). tests/unit/test_lab_boundary.py checks that
+the product itself imports no lab and names no lab host without it."""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.pg import PostgresServer, postgres_bin
+from vmigrate.lab.plugin import install as install_lab
 from vmigrate.store import StoreLocation
+
+install_lab()
 
 
 @pytest.fixture(scope="session")

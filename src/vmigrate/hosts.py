@@ -1,4 +1,4 @@
-"""Host names and libvirt URIs: the hosts file, URI validation, and the lab's built-in names.
+"""Host names and libvirt URIs: the hosts file, URI validation, and hosts known by name.
 
 A host is named on the command line either by a libvirt URI or by a name from the hosts file
 (`~/.config/vmigrate/hosts.toml`, or `--hosts FILE`):
@@ -33,8 +33,11 @@ openssh (qemu+ssh) reads known hosts only from ssh's own configuration (~/.ssh/k
 libvirt passes a `known_hosts` file to its libssh and libssh2 transports only.
 
 What a host can give a VM is min(what libvirt reports, capacity_mib) less reserve_mib and
-less what its running VMs already use (capacity.py). The lab's hosts (hostA..hostD) work
-without a hosts file, with their declared lab capacities, and form the cluster `lab`.
+less what its running VMs already use (capacity.py).
+
+Hosts known without a hosts file come from registered host sources: the CLI registers the
+lab's (vmigrate/lab/host_source.py), so hostA..hostD work with their declared lab capacities
+and form the cluster `lab`. This module imports no source: the product runs without the lab.
 """
 
 from __future__ import annotations
@@ -46,12 +49,10 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 from vmigrate.errors import UsageError
-from vmigrate.lab.config import LAB_HOSTS, LAB_TRANSPORTS, LabHost, lab_host, lab_transport
-from vmigrate.lab.state import running_lab_hosts
 
 DEFAULT_MIGRATION_PORTS = (49152, 49215)
 #: A host name or address as a bare name may be (no spaces, no URI punctuation).
@@ -348,7 +349,7 @@ def _clusters(raw: object, hosts: dict[str, HostRef], path: Path) -> dict[str, t
                 f"{where}: needs only hosts = [...], a list of host names",
                 fix='e.g. hosts = ["web-a", "web-b"]',
             )
-        unknown = [m for m in members if m not in hosts and lab_host(m) is None]
+        unknown = [m for m in members if m not in hosts and _source_host(m) is None]
         if unknown:
             raise UsageError(
                 f"{where}: {', '.join(unknown)} not defined",
@@ -395,48 +396,75 @@ def _inventory(hosts_file: Path | None) -> Inventory:
     return load_inventory(hosts_file or default_hosts_file())
 
 
-def _lab_host_ref(lab: LabHost, transport: str) -> HostRef:
-    """A lab host over one of its transports: vmigrate's URI carries the lab client's
-    credentials, the hosts reach each other with their own; all have QEMU TLS credentials."""
-    return HostRef(
-        lab.name,
-        lab.uri_for(transport),
-        lab.address,
-        capacity_mib=lab.capacity_mib,
-        vcpus=lab.vcpus,
-        peer_uri=lab.peer_uri(transport),
-        migration_tls=True,
-    )
+@dataclass(frozen=True)
+class SourceHost:
+    """A host of a host source that runs now, and every URI that names it."""
+
+    name: str
+    uris: frozenset[str]
 
 
-def _lab_ref(spec: str) -> HostRef | None:
-    lab = lab_host(spec) if spec.lower().startswith("host") else None
-    if lab is None:
-        return None
-    return _lab_host_ref(lab, lab_transport())
+class HostSource(Protocol):
+    """Hosts known by name without a hosts file, and the cluster those that run form."""
+
+    @property
+    def cluster(self) -> str: ...
+
+    def host(self, name: str) -> HostRef | None:
+        """The host this source calls `name`, or None."""
+        ...
+
+    def host_for_uri(self, uri: str) -> HostRef | None:
+        """The host one of this source's URIs names, or None."""
+        ...
+
+    def running(self) -> tuple[SourceHost, ...]:
+        """The hosts that run now, in order: they make up the cluster."""
+        ...
+
+    def not_running(self) -> UsageError:
+        """The error for a command that names the cluster while none of its hosts runs."""
+        ...
 
 
-def _lab_uri_ref(uri: str) -> HostRef | None:
-    """A URI that `vmigrate lab status` printed names that lab host over that transport."""
-    for lab in LAB_HOSTS:
-        for transport in LAB_TRANSPORTS:
-            if lab.uri_for(transport) == uri:
-                return _lab_host_ref(lab, transport)
-    return None
+_SOURCES: list[HostSource] = []
+
+
+def register_host_source(source: HostSource) -> None:
+    """Make a source's hosts and cluster known by name (registering it again changes nothing)."""
+    if source not in _SOURCES:
+        _SOURCES.append(source)
+
+
+def unregister_host_source(source: HostSource) -> None:
+    if source in _SOURCES:
+        _SOURCES.remove(source)
+
+
+def host_sources() -> tuple[HostSource, ...]:
+    return tuple(_SOURCES)
+
+
+def _source_host(name: str) -> HostRef | None:
+    return next((ref for s in _SOURCES if (ref := s.host(name)) is not None), None)
+
+
+def _source_host_for_uri(uri: str) -> HostRef | None:
+    return next((ref for s in _SOURCES if (ref := s.host_for_uri(uri)) is not None), None)
 
 
 def resolve_host(spec: str, hosts_file: Path | None = None) -> HostRef:
-    """A HostRef for a URI, a name from the hosts file, the lab's hostA..hostD, or (with
-    [defaults] in the hosts file) any host name."""
+    """A HostRef for a URI, a name from the hosts file, a host source's name (the lab's
+    hostA..hostD), or (with [defaults] in the hosts file) any host name."""
     if "://" in spec or ":/" in spec:
         parse_uri(spec)
-        return _lab_uri_ref(spec) or HostRef(spec, spec)
+        return _source_host_for_uri(spec) or HostRef(spec, spec)
     inventory = _inventory(hosts_file)
     if spec in inventory.hosts:
         return inventory.hosts[spec]
-    lab = _lab_ref(spec)
-    if lab is not None:
-        return lab
+    built_in = _source_host(spec)
+    if built_in is not None:
+        return built_in
     if inventory.defaults is not None and _HOST_NAME.fullmatch(spec):
         where = f"hosts file {inventory.path}, [defaults] for {spec!r}"
         return _host(spec, {}, where, inventory.defaults)
@@ -448,40 +476,40 @@ def resolve_host(spec: str, hosts_file: Path | None = None) -> HostRef:
     )
 
 
+#: The cluster the lab's host source forms (its hosts that run).
 LAB_CLUSTER = "lab"
 
 
 def known_hosts(hosts_file: Path | None = None) -> tuple[HostRef, ...]:
-    """Every host of the hosts file, then the running lab's hosts not already in it."""
+    """Every host of the hosts file, then the host sources' running hosts not already in it."""
     inventory = _inventory(hosts_file)
     refs = list(inventory.hosts.values())
     uris = {ref.uri for ref in refs}
-    for lab in running_lab_hosts():
-        if not uris & set(lab.uris(insecure_tcp=True).values()):
-            refs.append(resolve_host(lab.name, hosts_file))
+    for source in _SOURCES:
+        for host in source.running():
+            if not uris & host.uris:
+                refs.append(resolve_host(host.name, hosts_file))
     return tuple(refs)
 
 
 def cluster_names(hosts_file: Path | None = None) -> list[str]:
     clusters = set(_inventory(hosts_file).clusters)
-    if running_lab_hosts():
-        clusters.add(LAB_CLUSTER)
+    clusters.update(source.cluster for source in _SOURCES if source.running())
     return sorted(clusters)
 
 
 def resolve_cluster(name: str, hosts_file: Path | None = None) -> tuple[HostRef, ...]:
-    """The hosts of a cluster of the hosts file; `lab` without one is the running lab."""
+    """The hosts of a cluster of the hosts file; a host source's cluster (`lab`) without
+    one is the source's running hosts."""
     inventory = _inventory(hosts_file)
     if name in inventory.clusters:
         return tuple(resolve_host(member, hosts_file) for member in inventory.clusters[name])
-    if name == LAB_CLUSTER:
-        running = running_lab_hosts()
-        if not running:
-            raise UsageError(
-                "the cluster 'lab' is the running lab, and the lab is not running",
-                fix="start it with `vmigrate lab up --hosts 3`",
-            )
-        return tuple(resolve_host(host.name, hosts_file) for host in running)
+    for source in _SOURCES:
+        if source.cluster == name:
+            running = source.running()
+            if not running:
+                raise source.not_running()
+            return tuple(resolve_host(host.name, hosts_file) for host in running)
     known = ", ".join(cluster_names(hosts_file)) or "none"
     raise UsageError(
         f"unknown cluster {name!r} (clusters: {known})",
@@ -491,12 +519,14 @@ def resolve_cluster(name: str, hosts_file: Path | None = None) -> tuple[HostRef,
 
 
 def cluster_of(host: HostRef, hosts_file: Path | None = None) -> str | None:
-    """The first cluster that holds the host (by name or URI); the lab's hosts are `lab`."""
+    """The first cluster that holds the host (by name or URI); then a host source's cluster
+    (the lab's hosts are `lab`)."""
     inventory = _inventory(hosts_file)
     for name, members in inventory.clusters.items():
         for member in members:
             if member == host.name or resolve_host(member, hosts_file).uri == host.uri:
                 return name
-    if any(host.uri in lab.uris(insecure_tcp=True).values() for lab in running_lab_hosts()):
-        return LAB_CLUSTER
+    for source in _SOURCES:
+        if any(host.uri in running.uris for running in source.running()):
+            return source.cluster
     return None

@@ -225,14 +225,20 @@ def vm() -> None:
     help="A, B, C or D (C and D need `vmigrate lab up --hosts 3` or `--hosts 4`).",
 )
 @click.option(
-    "--memory", "memory_mib", type=int, default=512, show_default=True, help="Guest memory in MiB."
+    "--memory",
+    "memory_mib",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Guest memory in MiB (128 up to what the machine holds).",
 )
 @click.option(
     "--working-set",
     "working_set_mib",
     type=int,
     default=None,
-    help="MiB the workload keeps and dirties [default: memory - 128].",
+    help="MiB the workload keeps and dirties [default: memory - 128, at most what the guest's "
+    "kernel leaves: 3808 of 4096].",
 )
 @click.option(
     "--dirty-rate",

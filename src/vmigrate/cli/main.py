@@ -66,7 +66,11 @@ def _register() -> None:
     from vmigrate.cli.lab import lab
     from vmigrate.cli.live import live
     from vmigrate.cli.recover import recover
+    from vmigrate.lab.plugin import install as install_lab
 
+    # The product imports no lab: the CLI plugs the lab's host names (hostA.., cluster `lab`)
+    # and its heartbeat (guest gaps in move reports) in.
+    install_lab()
     cli.add_command(check)
     cli.add_command(live)
     cli.add_command(cold)

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vmigrate.errors import VmigrateError
 from vmigrate.fleet.hostwatch import HostWatch, ProbingWatch, host_answers
 from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.moves import RESUME, ROLLBACK, MoveChild, MoveCommand, start_move
@@ -39,6 +38,7 @@ from vmigrate.fleet.plan import (
     next_destination,
 )
 from vmigrate.fleet.predict import link_free
+from vmigrate.guest_gap import measured_gap_ms
 from vmigrate.hosts import HostRef
 from vmigrate.journal import Journal
 from vmigrate.store import JobStore
@@ -79,7 +79,7 @@ class MoveResult:
     reason: str
     seconds: float | None = None
     downtime_ms: float | None = None
-    gap_ms: float | None = None  # largest gap the lab's heartbeat saw during the move
+    gap_ms: float | None = None  # largest gap the guest saw, where a probe measures it
     bytes_sent: int | None = None  # what the move sent (memory and disks), libvirt's count
     predicted_s: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -120,17 +120,6 @@ class MoveContext:
     seq_base: int = 0
 
 
-def _lab_gap_ms(vm: str, since_ns: int) -> float | None:
-    """The guest-observed gap, for lab VMs whose heartbeat the lab records."""
-    try:
-        from vmigrate.lab.heartbeat import heartbeat_report
-
-        report = heartbeat_report(vm, since_ns=since_ns)
-    except (VmigrateError, OSError):
-        return None
-    return round(report.largest_gap_ms, 1) if report.beats else None
-
-
 @dataclass(frozen=True)
 class Runtime:
     """What the scheduler runs on: real children, probes and time (stand-ins in tests)."""
@@ -140,7 +129,7 @@ class Runtime:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     poll_s: float = POLL_S
-    gap_ms: Callable[[str, int], float | None] = _lab_gap_ms
+    gap_ms: Callable[[str, int], float | None] = measured_gap_ms
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from vmigrate.errors import LabError
+from vmigrate.errors import LabError, VmigrateError
 from vmigrate.lab.heartbeat_collector import log_path
 
 _LINE = re.compile(r"^(?P<ns>\d+) (?P<host>\S+) (?P<text>.*)$")
@@ -166,3 +166,13 @@ def wait_for_console(vm: str, pattern: str, *, timeout: float, since_ns: int = 0
                 fix=f"look at its console log {log_path(vm)}",
             )
         time.sleep(0.1)
+
+
+def largest_gap_since(vm: str, since_ns: int) -> float | None:
+    """The largest gap (ms) the guest's heartbeat shows since `since_ns`: the lab's probe of
+    a move's guest gap (vmigrate.guest_gap); None for a VM the lab does not record."""
+    try:
+        report = heartbeat_report(vm, since_ns=since_ns)
+    except (VmigrateError, OSError):
+        return None
+    return round(report.largest_gap_ms, 1) if report.beats else None

@@ -7,6 +7,7 @@ reverse, so a failed `lab vm create` leaves nothing half-made on either host.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import shlex
 import subprocess
@@ -28,7 +29,7 @@ from vmigrate.errors import (
 from vmigrate.lab.accel import accelerator
 from vmigrate.lab.config import LAB_HOSTS, LOCAL_POOL, SHARED_POOL, LabHost, lab_host
 from vmigrate.lab.domain import LabDisk, LabGuestSpec, render_domain_xml
-from vmigrate.lab.heartbeat import wait_for_console
+from vmigrate.lab.heartbeat import read_console, wait_for_console
 from vmigrate.lab.heartbeat_collector import (
     log_path,
     send_to_guest,
@@ -63,14 +64,26 @@ VALID_NAME = (
     "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit (no '/', no '..')"
 )
 _DISK_TARGET = re.compile(r"vd[b-z]")
-#: Memory the guest kernel and initramfs need besides the working set (measured: a 256 MiB
-#: guest runs a 160 MiB working set and runs out of memory at 192 MiB).
+#: Memory the guest's kernel and initramfs keep whatever the guest's size, and the share of
+#: its RAM the kernel keeps besides (page structures, hash tables, free-page reserve, page
+#: tables); past 3.5 GiB some RAM sits above 4 GiB and the kernel adds 64 MiB of bounce
+#: buffers. Measured free at /init, less ~16 MiB the workload needs to start: a guest keeps
+#: 76 MiB of 128, 95 of 1024, 116 of 2048, 219 of 4096 and 291 of 8192 (docs/lab.md).
 GUEST_BASE_MIB = 96
+GUEST_RAM_SHARE = 1 / 32
+GUEST_HIGH_MEMORY_MIB = 3584
+GUEST_BOUNCE_BUFFERS_MIB = 64
 #: The default working set leaves a margin above that.
 DEFAULT_HEADROOM_MIB = 128
-#: What QEMU itself takes beside guest RAM (TCG translation cache and friends).
+#: What QEMU itself takes beside guest RAM (TCG translation cache and friends), at least.
 QEMU_OVERHEAD_MIB = 160
+MIN_MEMORY_MIB = 128
+#: Boot to the first heartbeat: the guest writes its whole working set first (under TCG
+#: ~4 s for 1 GiB, ~18 s for 4 GiB, measured), so bigger guests get longer.
 BOOT_TIMEOUT_SECONDS = 90.0
+BOOT_SECONDS_PER_GIB = 15.0
+#: Console lines that mean the guest will never beat: the workload gave up, or the kernel died.
+_BOOT_FAILED = re.compile(r"^FATAL |Kernel panic")
 DISK_PATTERN_MIB = 16
 #: Where `lab vm create --disk` puts the guest's disk: a pool of the lab's hosts, or one of
 #: the lab's storage servers (`lab up --storage`).
@@ -82,7 +95,7 @@ class LabVmRequest:
     name: str
     host: str = "hostA"
     memory_mib: int = 512
-    working_set_mib: int | None = None  # default: memory less DEFAULT_HEADROOM_MIB
+    working_set_mib: int | None = None  # default: default_working_set_mib(memory_mib)
     dirty_rate_mib: int = 0
     disk: str = "none"  # none | shared | local | iscsi | rbd | nfs
     disk_format: str | None = None  # qcow2 | raw; default qcow2, raw on iscsi and rbd
@@ -100,6 +113,41 @@ class LabVm:
     dirty_rate_mib: int
     disk_path: str | None
     boot_seconds: float
+
+
+def guest_reserve_mib(memory_mib: int) -> int:
+    """What a lab guest of `memory_mib` keeps for its kernel and initramfs (measured, with a
+    margin): the rest can hold the workload's working set."""
+    reserve = GUEST_BASE_MIB + math.ceil(memory_mib * GUEST_RAM_SHARE)
+    if memory_mib > GUEST_HIGH_MEMORY_MIB:
+        reserve += GUEST_BOUNCE_BUFFERS_MIB
+    return reserve
+
+
+def max_working_set_mib(memory_mib: int) -> int:
+    """The largest working set a guest of `memory_mib` holds without running out of memory."""
+    return max(memory_mib - guest_reserve_mib(memory_mib), 0)
+
+
+def default_working_set_mib(memory_mib: int) -> int:
+    """Memory less DEFAULT_HEADROOM_MIB, and never more than the guest can hold."""
+    return max(min(memory_mib - DEFAULT_HEADROOM_MIB, max_working_set_mib(memory_mib)), 0)
+
+
+def qemu_overhead_mib(memory_mib: int) -> int:
+    return max(QEMU_OVERHEAD_MIB, memory_mib // 20)
+
+
+def largest_guest_mib(available_mib: int) -> int:
+    """The most guest memory that fits, with QEMU's overhead, in `available_mib`."""
+    largest = min(available_mib - QEMU_OVERHEAD_MIB, available_mib * 20 // 21)
+    while largest + 1 + qemu_overhead_mib(largest + 1) <= available_mib:
+        largest += 1
+    return max(largest, 0)
+
+
+def boot_timeout_seconds(memory_mib: int) -> float:
+    return BOOT_TIMEOUT_SECONDS + BOOT_SECONDS_PER_GIB * memory_mib / 1024
 
 
 def available_memory_mib() -> int:
@@ -156,28 +204,32 @@ def _validate(request: LabVmRequest) -> tuple[LabHost, int]:
     working_set = (
         request.working_set_mib
         if request.working_set_mib is not None
-        else max(request.memory_mib - DEFAULT_HEADROOM_MIB, 0)
+        else default_working_set_mib(request.memory_mib)
     )
-    if request.memory_mib < 128:
+    if request.memory_mib < MIN_MEMORY_MIB:
         raise UsageError(
             f"{request.memory_mib} MiB is too little memory for the lab guest",
             vm=name,
-            fix="give it at least 128 MiB",
+            fix=f"give it at least {MIN_MEMORY_MIB} MiB",
         )
     available = available_memory_mib()
-    if request.memory_mib + QEMU_OVERHEAD_MIB > available:
+    if request.memory_mib + qemu_overhead_mib(request.memory_mib) > available:
+        largest = largest_guest_mib(available)
         raise UsageError(
             f"{request.memory_mib} MiB of guest memory does not fit: this machine has "
-            f"{available} MiB available",
+            f"{available} MiB available, and QEMU needs "
+            f"{qemu_overhead_mib(request.memory_mib)} MiB beside the guest's",
             vm=name,
             host=host.name,
-            fix=f"ask for at most {max(available - QEMU_OVERHEAD_MIB, 0)} MiB (--memory)",
+            fix=f"ask for at most {max(largest, 0)} MiB (--memory), or remove lab VMs",
         )
-    if not 0 <= working_set <= request.memory_mib - GUEST_BASE_MIB:
+    most = max_working_set_mib(request.memory_mib)
+    if not 0 <= working_set <= most:
         raise UsageError(
-            f"a working set of {working_set} MiB does not fit in {request.memory_mib} MiB",
+            f"a working set of {working_set} MiB does not fit in {request.memory_mib} MiB: "
+            f"the guest's kernel keeps {guest_reserve_mib(request.memory_mib)} MiB",
             vm=name,
-            fix=f"use at most {request.memory_mib - GUEST_BASE_MIB} MiB (--working-set)",
+            fix=f"use at most {most} MiB (--working-set), or give the guest more --memory",
         )
     if not 0 <= request.dirty_rate_mib <= 100_000:
         raise UsageError(
@@ -400,12 +452,13 @@ def create_vm(request: LabVmRequest) -> LabVm:
         with step("starting it"):
             domain.create()
         undo.append(domain.destroy)
+        timeout = boot_timeout_seconds(request.memory_mib)
         with step("waiting for its first heartbeat"):
-            wait_for_console(name, r"^HB 1$", timeout=BOOT_TIMEOUT_SECONDS)
+            _wait_for_first_beat(name, host.name, domain.isActive, timeout)
         boot_seconds = time.monotonic() - started
         if disk is not None:
             with step("waiting for it to fill its disk"):
-                line = wait_for_console(name, r"^DISK ", timeout=BOOT_TIMEOUT_SECONDS)
+                line = wait_for_console(name, r"^DISK ", timeout=timeout)
             if not line.text.startswith(("DISK written", "DISK verify ok")):
                 raise LabError(
                     f"the guest could not use its disk: {line.text}",
@@ -430,6 +483,38 @@ def create_vm(request: LabVmRequest) -> LabVm:
         disk.where if disk else None,
         boot_seconds,
     )
+
+
+def _wait_for_first_beat(
+    name: str, host: str, is_active: Callable[[], int], timeout: float
+) -> None:
+    """Wait for `HB 1`; a guest that gave up, panicked or stopped fails at once, and the
+    error quotes its console (the undo that follows removes the log)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = read_console(name)
+        if any(line.text == "HB 1" for line in lines):
+            return
+        said = [line.text for line in lines if not line.text.startswith("HB ")]
+        failed = next((text for text in said if _BOOT_FAILED.search(text)), None)
+        stopped = failed is None and not is_active()
+        if failed is not None or stopped or time.monotonic() > deadline:
+            why = (
+                f"it said {failed!r}"
+                if failed is not None
+                else "it stopped"
+                if stopped
+                else f"not within {timeout:.0f} s"
+            )
+            tail = "\n".join(f"  {text}" for text in said[-8:]) or "  (nothing)"
+            raise LabError(
+                f"the guest did not print HB 1: {why}; its console said:\n{tail}",
+                vm=name,
+                host=host,
+                fix="give it more --memory or a smaller --working-set if it ran out of "
+                "memory; otherwise rebuild the guest image (scripts/setup.sh)",
+            )
+        time.sleep(0.1)
 
 
 def _remove_console(name: str) -> None:
