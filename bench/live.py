@@ -59,6 +59,8 @@ class Scenario:
     dirty_rate: int
     link_rate: str | None
     tools: tuple[Tool, ...]
+    memory_mib: int = MEMORY_MIB
+    working_set_mib: int = WORKING_SET_MIB
 
 
 P2P = ("--live", "--p2p")
@@ -115,6 +117,9 @@ SCENARIOS = {
             ),
         ),
     ),
+    # A 1 GiB guest running the lab guest's own workload at a database-like rate: 50 MiB/s
+    # over a 512 MiB working set (no database fits the lab's initramfs guest).
+    "G1": Scenario("G1", 50, "1gbit", (Tool("vmigrate"),), memory_mib=1024, working_set_mib=512),
 }
 
 
@@ -236,10 +241,7 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
     memory, working_set = (
         (QUICK_MEMORY_MIB, QUICK_WORKING_SET_MIB)
         if quick
-        else (
-            MEMORY_MIB,
-            WORKING_SET_MIB,
-        )
+        else (scenario.memory_mib, scenario.working_set_mib)
     )
     create_vm(
         LabVmRequest(
