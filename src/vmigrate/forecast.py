@@ -74,6 +74,7 @@ class Forecast:
     cold_bytes: int
     cold_seconds: float
     job_id: int | None = None
+    stream_note: str = ""  # options the model does not weigh
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,6 +167,7 @@ def forecast(
             cold,
             round(cold / link, 2),
         )
+        result = replace(result, stream_note=_unweighed(stream))
         if record:
             result = replace(result, job_id=_record(store, result, src_ref, dst_ref))
     return result
@@ -195,6 +197,23 @@ def _measure_guest(
     finally:
         conn.close()
     return memory_kib * 1024, cold, curve
+
+
+def _unweighed(stream: StreamChoice) -> str:
+    given = [
+        name
+        for name, value in (
+            ("--parallel", stream.parallel_connections),
+            ("--compress", stream.compressed),
+        )
+        if value
+    ]
+    if not given:
+        return ""
+    return (
+        f"{' and '.join(given)} change how QEMU sends, not the link: the prediction assumes "
+        "the stream still runs at the link's rate"
+    )
 
 
 def _pair_costs(store: JobStore, source_uri: str, destination_uri: str) -> FixedCosts:

@@ -172,3 +172,26 @@ def test_fixed_costs_are_learned_from_the_pair_s_finished_moves() -> None:
     assert learned_costs([]) == FixedCosts()
     with_disks = FinishedMove({"total_s": 9.0, "storage": {"copied": ["vda"]}}, [])
     assert learned_costs([with_disks]).learned_from == 0
+
+
+def test_the_dirty_rate_curve_tells_a_small_working_set_from_a_spreading_one() -> None:
+    from vmigrate.forecast import workload_from_curve
+
+    # Rewrites 16 MiB: the 4 s window saw no more than the 1 s one.
+    small = workload_from_curve(1024 * MIB, [(1.0, 16 * MIB), (4.0, 16 * MIB)])
+    assert small.working_set_bytes == 16 * MIB and small.dirty_rate_bps == 16 * MIB
+    # The lab's L2 guest (measured 112 and 101 MiB/s): 384 MiB over 4 s, still spreading
+    # as far as the windows tell; the longer window's rate is the steadier figure.
+    spreading = workload_from_curve(512 * MIB, [(1.0, 112 * MIB), (4.0, 404 * MIB)])
+    assert spreading.working_set_bytes is None and spreading.dirty_rate_bps == 101 * MIB
+    # Page sampling is noisy: a long window reading below the short one is a small set.
+    noisy = workload_from_curve(512 * MIB, [(1.0, 2 * MIB), (4.0, 0.0)])
+    assert noisy.working_set_bytes == 2 * MIB
+
+
+def test_the_stream_gets_the_link_a_limit_and_tls_leave() -> None:
+    from vmigrate.forecast import TLS_THROUGHPUT, StreamChoice, stream_bandwidth
+
+    assert stream_bandwidth(119 * MIB, StreamChoice(), tls=False) == 119 * MIB
+    assert stream_bandwidth(119 * MIB, StreamChoice(bandwidth_mib=50), tls=False) == 50 * MIB
+    assert stream_bandwidth(119 * MIB, StreamChoice(), tls=True) == 119 * MIB * TLS_THROUGHPUT

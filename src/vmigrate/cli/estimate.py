@@ -76,7 +76,12 @@ def render(result: Forecast) -> None:
         f"~{result.cold_seconds:.1f} s over this link"
     )
     if result.job_id is not None:
-        console.print(f"  recorded as job {result.job_id}: `jobs show` of the move puts it beside")
+        console.print(
+            f"  recorded as estimate job {result.job_id}: `vmigrate jobs show` of the move "
+            "that follows shows it next to what happened"
+        )
+    if result.stream_note:
+        console.print(f"  note: {result.stream_note}")
 
 
 @click.command("estimate")

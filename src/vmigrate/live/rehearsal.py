@@ -105,7 +105,7 @@ class FixedCosts:
         where = (
             f"learned from {self.learned_from} finished move(s) of this host pair"
             if self.learned_from
-            else "the lab's defaults (no finished move of this host pair yet)"
+            else "the lab's defaults: no finished move of this host pair yet"
         )
         return (
             f"set-up {self.setup_s:.1f} s, switch-over and finish {self.finish_s:.1f} s ({where})"
