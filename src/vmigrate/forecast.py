@@ -30,7 +30,7 @@ from vmigrate.live.rehearsal import FixedCosts, Workload, rehearse
 from vmigrate.store import JobStore, StoreLocation
 from vmigrate.virt.connection import domain_state, lookup_domain, open_with_timeout
 from vmigrate.virt.errors import libvirt_errors
-from vmigrate.virt.facts import measure_dirty_rate
+from vmigrate.virt.facts import measure_dirty_rate, resident_bytes
 from vmigrate.virt.linkprobe import measure_upload
 from vmigrate.virt.storage import volume_info
 
@@ -64,6 +64,7 @@ class Forecast:
     dirty_curve: list[list[float]]  # [[window s, distinct bytes dirtied], ...]
     dirty_rate_bps: float | None
     working_set_bytes: int | None
+    touched_bytes: int | None  # the VM's QEMU resident memory: what pass 1 sends in full
     link_bps: float
     bandwidth_bps: float  # what the stream gets: the link, a --bandwidth limit, TLS, history
     bandwidth_source: str
@@ -80,16 +81,19 @@ class Forecast:
         return asdict(self)
 
 
-def workload_from_curve(memory_bytes: int, curve: list[tuple[float, float]]) -> Workload:
+def workload_from_curve(
+    memory_bytes: int, curve: list[tuple[float, float]], touched_bytes: int | None = None
+) -> Workload:
     """Rate and working set from distinct bytes dirtied over a short and a long window."""
     (short_s, short_b), (long_s, long_b) = curve[0], curve[-1]
     short_rate = short_b / short_s
     if long_b < SATURATED_SHARE * short_rate * long_s:
         # The long window re-dirtied what the short one had: the working set is what it saw.
         # (page sampling is noisy: the longer window cannot have seen less than the shorter)
-        return Workload(memory_bytes, short_rate, max(round(long_b), round(short_b), 1))
+        ws = max(round(long_b), round(short_b), 1)
+        return Workload(memory_bytes, short_rate, ws, touched_bytes)
     # Still dirtying new memory after the long window: its rate is the steadier figure.
-    return Workload(memory_bytes, long_b / long_s, None)
+    return Workload(memory_bytes, long_b / long_s, None, touched_bytes)
 
 
 def stream_bandwidth(link_bps: float, stream: StreamChoice, tls: bool) -> float:
@@ -128,7 +132,7 @@ def forecast(
     src_ref = resolve_host(source, hosts_file)
     dst_ref = resolve_host(destination, hosts_file)
     tls = migration_tls(stream.tls, src_ref, dst_ref)
-    memory, cold, curve = _measure_guest(vm, src_ref, measure_seconds)
+    memory, cold, curve, touched = _measure_guest(vm, src_ref, measure_seconds)
     if link_mib is not None:
         link, link_source = link_mib * MIB, "given"
     elif dst_ref.bandwidth_mib is not None:
@@ -145,7 +149,7 @@ def forecast(
                 f"; the stream gets what {moves} earlier move(s) of this pair got over the "
                 "same link"
             )
-        load = workload_from_curve(memory, curve)
+        load = workload_from_curve(memory, curve, touched)
         prediction = rehearse(
             load, bandwidth, config, costs, disk_bytes=cold if copy_storage else 0
         )
@@ -157,6 +161,7 @@ def forecast(
             [[s, b] for s, b in curve],
             load.dirty_rate_bps,
             load.working_set_bytes,
+            touched,
             link,
             bandwidth,
             link_source,
@@ -175,7 +180,7 @@ def forecast(
 
 def _measure_guest(
     vm: str, src_ref: HostRef, measure_seconds: int
-) -> tuple[int, int, list[tuple[float, float]]]:
+) -> tuple[int, int, list[tuple[float, float]], int | None]:
     conn = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     try:
         domain = lookup_domain(conn, vm, host=src_ref.name)
@@ -194,9 +199,10 @@ def _measure_guest(
             (float(s), measure_dirty_rate(domain, s, host=src_ref.name, vm=vm) * s)
             for s in (SHORT_WINDOW_S, measure_seconds)
         ]
+        touched = resident_bytes(domain, host=src_ref.name, vm=vm)
     finally:
         conn.close()
-    return memory_kib * 1024, cold, curve
+    return memory_kib * 1024, cold, curve, touched
 
 
 def _unweighed(stream: StreamChoice) -> str:

@@ -81,6 +81,14 @@ class Workload:
     memory_bytes: int
     dirty_rate_bps: float
     working_set_bytes: int | None = None  # None: all of memory
+    # What the guest has touched (its QEMU's resident memory): pass 1 sends untouched pages
+    # as zero-page markers, almost free. None: all of memory.
+    touched_bytes: int | None = None
+
+    @property
+    def first_pass_bytes(self) -> int:
+        touched = self.memory_bytes if self.touched_bytes is None else self.touched_bytes
+        return min(self.memory_bytes, max(touched, self.working_set_bytes or 0))
 
     def dirtied(self, seconds: float, throttle_pct: int = 0) -> float:
         ws = self.working_set_bytes
@@ -212,7 +220,7 @@ def rehearse(
         samples=[],
         planned=[],
     )
-    size = float(load.memory_bytes)  # what the current pass has to send
+    size = float(load.first_pass_bytes)  # what the current pass has to send
     since_pass = 0.0  # seconds since the dirty bitmap was last synced
     pass_time = 0.0
 
