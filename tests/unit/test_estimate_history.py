@@ -94,3 +94,11 @@ def test_jobs_show_puts_the_estimate_beside_the_move(tmp_path: Path) -> None:
     assert "10 s, 3 passes, route postcopy, downtime 4 ms, guest gap 1200 ms" in text
     assert "pass 2: switch to post-copy" in text
     assert "6.5 s, 3 passes, route postcopy, downtime 3 ms" in text
+
+
+def test_jobs_show_of_an_estimate_shows_its_prediction(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        record = store.job(_estimate(store, "vm1", 90))
+    own = {"job_id": record.id, **(record.report or {})}
+    text = text_at(lambda w: show_lines(record, [], [], w, HostNames(), None, own), 100)
+    assert "route postcopy" in text and "happened" not in text

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from vmigrate.cli.host_names import HostNames
 from vmigrate.cli.layout import INDENT, NO_BREAK, Cell, Column, Grid, paragraph
+from vmigrate.live.history import ESTIMATE_KIND
 from vmigrate.live.rehearsal import route_of
 from vmigrate.store import ActionRecord, JobRecord
 
@@ -232,7 +233,7 @@ def prediction_lines(
     lines = _label("predicted", f"{_predicted(predicted)} ({when})", width)
     if predicted.get("timeline"):
         lines += _label("would act", predicted["timeline"], width)
-    if record.report:
+    if record.report and record.kind != ESTIMATE_KIND:
         lines += _label("happened", _happened(record.report, actions, fleet_move), width)
     return lines
 
