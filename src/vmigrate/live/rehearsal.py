@@ -69,9 +69,10 @@ RATE_PERIOD_S = 1.0
 #: Simulation horizon (passes); the policy itself stops a run at its max_passes.
 HORIZON_PASSES = 2000
 
-#: Until finished moves of the pair teach better: the lab's (medians over a benchmark run).
-DEFAULT_SETUP_S = 0.7
-DEFAULT_FINISH_S = 1.8
+#: Until finished moves of the pair teach better: the lab's, learned from a pre-copy move
+#: of the lab test (tests/lab/test_estimate.py; post-copy moves finish later, ~1.8 s).
+DEFAULT_SETUP_S = 0.5
+DEFAULT_FINISH_S = 1.3
 
 
 @dataclass(frozen=True)
