@@ -52,16 +52,34 @@ def _costs_of(move: FinishedMove) -> tuple[float, float] | None:
 
 
 def learned_costs(moves: Sequence[FinishedMove]) -> FixedCosts:
-    """The pair's costs from its latest completed moves (newest first); the lab's defaults
-    when none tells."""
-    measured = [c for c in (_costs_of(m) for m in moves[:LATEST_JOBS]) if c is not None]
+    """The pair's costs from its latest completed moves (newest first), finish apart for the
+    moves that ended in post-copy; the lab's defaults where none tells."""
+    latest = moves[:LATEST_JOBS]
+    measured = [(m, c) for m, c in ((m, _costs_of(m)) for m in latest) if c is not None]
     if not measured:
         return FixedCosts()
+    precopy = [c[1] for m, c in measured if not m.report.get("postcopy")]
+    postcopy = [c[1] for m, c in measured if m.report.get("postcopy")]
+    default = FixedCosts()
     return FixedCosts(
-        setup_s=statistics.median(c[0] for c in measured),
-        finish_s=statistics.median(c[1] for c in measured),
+        setup_s=statistics.median(c[0] for _, c in measured),
+        finish_s=statistics.median(precopy) if precopy else default.finish_s,
         learned_from=len(measured),
+        postcopy_finish_s=statistics.median(postcopy) if postcopy else default.postcopy_finish_s,
     )
+
+
+def _stream_rate_of(samples: Sequence[dict[str, Any]]) -> float | None:
+    """What a move's pre-copy really sent per second: bytes over time between its first and
+    last sample (QEMU's own rate averages in its ramp and reads low on a short move)."""
+    moving = [
+        s for s in samples if s.get("phase") == "precopy" and s.get("memory_processed", 0) > 0
+    ]
+    if len(moving) >= 2 and moving[-1]["elapsed_s"] - moving[0]["elapsed_s"] >= MIN_SPAN_S:
+        sent = moving[-1]["memory_processed"] - moving[0]["memory_processed"]
+        return float(sent / (moving[-1]["elapsed_s"] - moving[0]["elapsed_s"]))
+    rates = [s["bandwidth_bps"] for s in moving if s.get("bandwidth_bps", 0) > 0]
+    return statistics.median(rates) if rates else None
 
 
 #: The job kind `vmigrate estimate` records its predictions as.
@@ -98,8 +116,11 @@ def latest_estimate(
     return None
 
 
-#: A probe reading within this share of an earlier one met the same link.
-SAME_LINK_SHARE = 0.3
+#: A probe reading within this share of an earlier one met the same link (the probe reads
+#: ±30 % from run to run on the lab's busy 2-CPU machine).
+SAME_LINK_SHARE = 0.4
+#: A move's rate from fewer seconds of samples is QEMU's own figure instead.
+MIN_SPAN_S = 0.3
 #: How long after its estimate a move still counts as the one it predicted.
 MOVE_AFTER_ESTIMATE_S = 600.0
 
@@ -139,13 +160,9 @@ def stream_rate(
             ),
             None,
         )
-        seen = [
-            s["bandwidth_bps"]
-            for s in (store.samples(move.id) if move else [])
-            if s.get("phase") == "precopy" and s.get("bandwidth_bps", 0) > 0
-        ]
-        if seen:
-            rates.append(statistics.median(seen))
+        seen = _stream_rate_of(store.samples(move.id)) if move else None
+        if seen is not None:
+            rates.append(seen)
         if len(rates) >= LATEST_JOBS // 2:
             break
     return (statistics.median(rates), len(rates)) if rates else (None, 0)
