@@ -34,7 +34,8 @@ def _estimate(store: JobStore, vm: str, probe_mib: float, *, tls: bool = False) 
         "guest_gap_ms": 1200.0,
         "timeline": "pass 2: switch to post-copy",
     }
-    report = {"link_bps": probe_mib * MIB, "tls": tls, "prediction": prediction}
+    # As forecast records it: the report is written before the job's id is known.
+    report = {"link_bps": probe_mib * MIB, "tls": tls, "prediction": prediction, "job_id": None}
     store.finish_job(job, "completed", "predicted: postcopy", report)
     return job
 
@@ -102,6 +103,6 @@ def test_jobs_show_puts_the_estimate_beside_the_move(tmp_path: Path) -> None:
 def test_jobs_show_of_an_estimate_shows_its_prediction(tmp_path: Path) -> None:
     with JobStore(tmp_path / "jobs.sqlite") as store:
         record = store.job(_estimate(store, "vm1", 90))
-    own = {"job_id": record.id, **(record.report or {})}
+    own = {**(record.report or {}), "job_id": record.id}
     text = text_at(lambda w: show_lines(record, [], [], w, HostNames(), None, own), 100)
     assert "route postcopy" in text and "happened" not in text

@@ -138,7 +138,7 @@ def show(
 def _prediction(store: JobStore, record: JobRecord) -> dict[str, Any] | None:
     """The estimate made before a live move; an estimate job's own prediction."""
     if record.kind == ESTIMATE_KIND:
-        return {"job_id": record.id, **(record.report or {})}
+        return {**(record.report or {}), "job_id": record.id}
     if record.kind != "live":
         return None
     return latest_estimate(store, record.vm, record.source, record.destination, record.started)

@@ -112,7 +112,7 @@ def latest_estimate(
             and before - ESTIMATE_VALID_S <= job.started <= before
             and job.report
         ):
-            return {"job_id": job.id, "made": job.started, **job.report}
+            return {**job.report, "job_id": job.id, "made": job.started}
     return None
 
 
