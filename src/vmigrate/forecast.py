@@ -23,7 +23,7 @@ from vmigrate.live.history import (
     ESTIMATE_KIND,
     finished_moves,
     learned_costs,
-    stream_rate,
+    link_history,
 )
 from vmigrate.live.policy import PolicyConfig
 from vmigrate.live.rehearsal import FixedCosts, Workload, rehearse
@@ -43,6 +43,8 @@ SATURATED_SHARE = 0.8
 #: QEMU's TLS on the migration stream costs CPU on both ends: throughput measured in the
 #: lab with and without it (L2: 8.8 s in clear, 9.5 s with TLS for the same bytes).
 TLS_THROUGHPUT = 0.92
+#: The least share of the modelled first pass the pair's history may scale it to.
+MIN_BYTES_RATIO = 0.3
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Forecast:
     cold_seconds: float
     job_id: int | None = None
     stream_note: str = ""  # options the model does not weigh
+    bytes_ratio_applied: float = 1.0  # pass 1 scaled by what the pair's moves really sent
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,14 +145,18 @@ def forecast(
     bandwidth = stream_bandwidth(link, stream, tls)
     with JobStore(store_path) as store:
         costs = _pair_costs(store, src_ref.uri, dst_ref.uri)
-        seen, moves = stream_rate(store, src_ref.uri, dst_ref.uri, link, tls=tls)
-        if seen is not None and link_source != "given":
-            bandwidth = stream_bandwidth(seen, replace(stream, tls=False), tls=False)
+        history = link_history(store, src_ref.uri, dst_ref.uri, link, tls=tls)
+        if history.rate_bps is not None and link_source != "given":
+            bandwidth = stream_bandwidth(history.rate_bps, replace(stream, tls=False), tls=False)
             link_source += (
-                f"; the stream gets what {moves} earlier move(s) of this pair got over the "
-                "same link"
+                f"; the stream gets what {history.moves} earlier move(s) of this pair got "
+                "over the same link"
             )
         load = workload_from_curve(memory, curve, touched)
+        ratio = min(max(history.bytes_ratio or 1.0, MIN_BYTES_RATIO), 1.0)
+        if ratio < 1.0:
+            # Those moves sent less than modelled: zero pages, QEMU's own resident memory.
+            load = replace(load, touched_bytes=round(load.first_pass_bytes * ratio))
         prediction = rehearse(
             load, bandwidth, config, costs, disk_bytes=cold if copy_storage else 0
         )
@@ -172,7 +179,7 @@ def forecast(
             cold,
             round(cold / link, 2),
         )
-        result = replace(result, stream_note=_unweighed(stream))
+        result = replace(result, stream_note=_unweighed(stream), bytes_ratio_applied=ratio)
         if record:
             result = replace(result, job_id=_record(store, result, src_ref, dst_ref))
     return result

@@ -10,10 +10,11 @@ from vmigrate.cli.host_names import HostNames
 from vmigrate.cli.render_jobs import show_lines
 from vmigrate.live.history import (
     ESTIMATE_KIND,
+    LinkHistory,
     finished_moves,
     latest_estimate,
     learned_costs,
-    stream_rate,
+    link_history,
 )
 from vmigrate.store import JobStore
 
@@ -32,6 +33,7 @@ def _estimate(store: JobStore, vm: str, probe_mib: float, *, tls: bool = False) 
         "passes": 3,
         "downtime_ms": 4.0,
         "guest_gap_ms": 1200.0,
+        "bytes_sent": 900 * MIB,
         "timeline": "pass 2: switch to post-copy",
     }
     # As forecast records it: the report is written before the job's id is known.
@@ -55,22 +57,30 @@ def _move(store: JobStore, vm: str, rate_mib: float) -> int:
         }
         store.add_sample(job, sample)
     store.add_action(job, "postcopy", "pass 2: switch to post-copy")
-    report = {"total_s": 6.5, "passes": 3, "downtime_ms": 3.0, "storage": {}}
+    report = {
+        "total_s": 6.5,
+        "passes": 3,
+        "downtime_ms": 3.0,
+        "storage": {},
+        "bytes_sent": 450 * MIB,
+    }
     store.finish_job(job, "completed", "moved", report)
     return job
 
 
 def test_a_pair_s_moves_teach_the_stream_rate_and_fixed_costs(tmp_path: Path) -> None:
     with JobStore(tmp_path / "jobs.sqlite") as store:
-        assert stream_rate(store, A, B, 90 * MIB, tls=False) == (None, 0)
+        assert link_history(store, A, B, 90 * MIB, tls=False) == LinkHistory()
         _estimate(store, "vm1", 90)
         _move(store, "vm1", 119)
-        # A probe that reads about the same meets the same link: the move's own rate wins.
-        rate, moves = stream_rate(store, A, B, 100 * MIB, tls=False)
-        assert moves == 1 and rate is not None and abs(rate - 119 * MIB) < 1
+        # A probe that reads about the same meets the same link: the move's own figures win.
+        history = link_history(store, A, B, 100 * MIB, tls=False)
+        assert history.moves == 1 and history.rate_bps is not None
+        assert abs(history.rate_bps - 119 * MIB) < 1
+        assert history.bytes_ratio == 450 / 900  # it sent 450 MiB of the 900 modelled
         # A probe reading far off, or TLS changed: another link, nothing learned.
-        assert stream_rate(store, A, B, 300 * MIB, tls=False) == (None, 0)
-        assert stream_rate(store, A, B, 90 * MIB, tls=True) == (None, 0)
+        assert link_history(store, A, B, 300 * MIB, tls=False) == LinkHistory()
+        assert link_history(store, A, B, 90 * MIB, tls=True) == LinkHistory()
         # The move: 60 MiB sent 1.0 s in at 119 MiB/s, 100 MiB left at 4.0 s of 6.5 s.
         costs = learned_costs(finished_moves(store, A, B))
         assert costs.learned_from == 1

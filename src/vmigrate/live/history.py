@@ -125,14 +125,25 @@ MIN_SPAN_S = 0.3
 MOVE_AFTER_ESTIMATE_S = 600.0
 
 
-def stream_rate(
+@dataclass(frozen=True)
+class LinkHistory:
+    """What the pair's earlier moves over the same link showed (None: nothing learned)."""
+
+    rate_bps: float | None = None  # what their streams really got
+    bytes_ratio: float | None = None  # bytes they sent over what their estimates modelled
+    moves: int = 0
+
+
+def link_history(
     store: JobStore, source_uri: str, destination_uri: str, probed_bps: float, *, tls: bool
-) -> tuple[float | None, int]:
-    """What the pair's migrations really got (QEMU to QEMU, in the move's direction) when
+) -> LinkHistory:
+    """What the pair's migrations really did (QEMU to QEMU, in the move's direction) when
     the probe before them read about what it reads now, with the same TLS: the median of
-    their pre-copy rates and how many moves it comes from; (None, 0) when none. The probe
-    goes from this machine through libvirt and reads low on a busy host; once a move has run
-    over the same link, its own rate is the better figure."""
+    their pre-copy rates, and of the bytes they sent over the bytes their estimate modelled
+    (before any earlier correction: zero pages and QEMU's own resident memory make the
+    modelled first pass too big). The probe goes from this machine through libvirt and
+    reads low on a busy host; once a move has run over the same link, its own figures are
+    the better ones."""
     moves = [
         job
         for job in store.jobs_of_kind("live")[: 5 * LATEST_JOBS]
@@ -141,6 +152,7 @@ def stream_rate(
         and job.destination == destination_uri
     ]
     rates: list[float] = []
+    ratios: list[float] = []
     for estimate in store.jobs_of_kind(ESTIMATE_KIND)[: 5 * LATEST_JOBS]:
         report = estimate.report or {}
         earlier = report.get("link_bps") or 0.0
@@ -160,9 +172,20 @@ def stream_rate(
             ),
             None,
         )
-        seen = _stream_rate_of(store.samples(move.id)) if move else None
+        if move is None:
+            continue
+        seen = _stream_rate_of(store.samples(move.id))
         if seen is not None:
             rates.append(seen)
+        modelled = (report.get("prediction") or {}).get("bytes_sent") or 0
+        modelled /= report.get("bytes_ratio_applied") or 1.0
+        sent = (move.report or {}).get("bytes_sent") or 0
+        if modelled > 0 and sent > 0:
+            ratios.append(sent / modelled)
         if len(rates) >= LATEST_JOBS // 2:
             break
-    return (statistics.median(rates), len(rates)) if rates else (None, 0)
+    return LinkHistory(
+        statistics.median(rates) if rates else None,
+        statistics.median(ratios) if ratios else None,
+        len(rates),
+    )
