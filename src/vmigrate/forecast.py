@@ -79,6 +79,7 @@ class Forecast:
     job_id: int | None = None
     stream_note: str = ""  # options the model does not weigh
     bytes_ratio_applied: float = 1.0  # pass 1 scaled by what the pair's moves really sent
+    modelled_bytes: int = 0  # what the model alone, unscaled, says the move sends
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,13 +154,14 @@ def forecast(
                 "over the same link"
             )
         load = workload_from_curve(memory, curve, touched)
+        disks = cold if copy_storage else 0
+        # What the model alone says the move sends: the figure the next estimate learns from.
+        modelled = rehearse(load, bandwidth, config, disk_bytes=disks).bytes_sent
         ratio = min(max(history.bytes_ratio or 1.0, MIN_BYTES_RATIO), 1.0)
         if ratio < 1.0:
             # Those moves sent less than modelled: zero pages, QEMU's own resident memory.
             load = replace(load, touched_bytes=round(load.first_pass_bytes * ratio))
-        prediction = rehearse(
-            load, bandwidth, config, costs, disk_bytes=cold if copy_storage else 0
-        )
+        prediction = rehearse(load, bandwidth, config, costs, disk_bytes=disks)
         result = Forecast(
             vm,
             src_ref.name,
@@ -179,7 +181,12 @@ def forecast(
             cold,
             round(cold / link, 2),
         )
-        result = replace(result, stream_note=_unweighed(stream), bytes_ratio_applied=ratio)
+        result = replace(
+            result,
+            stream_note=_unweighed(stream),
+            bytes_ratio_applied=ratio,
+            modelled_bytes=modelled,
+        )
         if record:
             result = replace(result, job_id=_record(store, result, src_ref, dst_ref))
     return result

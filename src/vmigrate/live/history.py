@@ -139,11 +139,10 @@ def link_history(
 ) -> LinkHistory:
     """What the pair's migrations really did (QEMU to QEMU, in the move's direction) when
     the probe before them read about what it reads now, with the same TLS: the median of
-    their pre-copy rates, and of the bytes they sent over the bytes their estimate modelled
-    (before any earlier correction: zero pages and QEMU's own resident memory make the
-    modelled first pass too big). The probe goes from this machine through libvirt and
-    reads low on a busy host; once a move has run over the same link, its own figures are
-    the better ones."""
+    their pre-copy rates, and of the bytes they sent over the bytes the model alone said
+    (zero pages and QEMU's own resident memory make the modelled first pass too big).
+    The probe goes from this machine through libvirt and reads low on a busy host; once a
+    move has run over the same link, its own figures are the better ones."""
     moves = [
         job
         for job in store.jobs_of_kind("live")[: 5 * LATEST_JOBS]
@@ -177,8 +176,9 @@ def link_history(
         seen = _stream_rate_of(store.samples(move.id))
         if seen is not None:
             rates.append(seen)
-        modelled = (report.get("prediction") or {}).get("bytes_sent") or 0
-        modelled /= report.get("bytes_ratio_applied") or 1.0
+        modelled = report.get("modelled_bytes") or (report.get("prediction") or {}).get(
+            "bytes_sent", 0
+        )
         sent = (move.report or {}).get("bytes_sent") or 0
         if modelled > 0 and sent > 0:
             ratios.append(sent / modelled)
