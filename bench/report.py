@@ -131,6 +131,15 @@ def _s1_as_live(run: dict[str, Any]) -> dict[str, Any]:
     return {**run, **measured, "guest_gap_ms": run["guest_gap_ms"]}
 
 
+def accuracy_estimator(results: Path) -> str:
+    """Which code of the estimator the accuracy runs ran (noted in their results file)."""
+    live = results / "accuracy-live.json"
+    if not live.exists():
+        return ""
+    noted = json.loads(live.read_text()).get("estimator")
+    return f" Estimator: {noted}." if noted else ""
+
+
 def accuracy_runs(results: Path) -> list[dict[str, Any]]:
     """vmigrate's runs with an estimate before them: L1-L4 and G1 (bench.live into
     accuracy-live.json), S1 (bench.storage into storage-estimate.json)."""
@@ -190,7 +199,8 @@ def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
         "bench.fleet --scenario E1 --e1-tool vmigrate --out bench/results/fleet-estimate.json`,"
         " then `.venv/bin/python -m bench.report`. G1: a 1 GiB guest running the lab guest's "
         "own workload, 50 MiB/s over a 512 MiB working set (no database fits the lab's "
-        "initramfs guest); S1: the S1 guest below, moved with --copy-storage.",
+        "initramfs guest); S1: the S1 guest below, moved with --copy-storage."
+        + accuracy_estimator(results),
         "",
         "| run | route predicted / taken | passes | total s predicted / measured | error "
         "| libvirt downtime ms predicted / measured | guest gap ms predicted / measured "
