@@ -36,8 +36,9 @@ from vmigrate.live.runner import LiveRequest, migrate_live
 from vmigrate.store import JobStore
 
 MEMORY_MIB, WORKING_SET_MIB = 512, 384
-#: vmigrate's job store in the benchmarks: the host pair's fixed costs are learned from it.
-STORE = Path("/tmp/vmigrate-bench.sqlite")
+#: vmigrate's job store in the benchmarks (VMIGRATE_BENCH_STORE overrides it): the host
+#: pair's fixed costs and stream rate are learned from it.
+STORE = Path(os.environ.get("VMIGRATE_BENCH_STORE", "/tmp/vmigrate-bench.sqlite"))
 QUICK_MEMORY_MIB, QUICK_WORKING_SET_MIB = 256, 64  # --quick: proves the suite still runs
 
 
