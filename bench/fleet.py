@@ -153,7 +153,10 @@ def _run_virsh_loop(names: list[str], parallel: int) -> dict[str, Any]:
     }
 
 
-def e1(rounds: int) -> list[dict[str, Any]]:
+E1_TOOLS = ("vmigrate", "virsh1", "virsh3")
+
+
+def e1(rounds: int, tools: tuple[str, ...] = E1_TOOLS) -> list[dict[str, Any]]:
     from vmigrate.lab import link
     from vmigrate.lab.lifecycle import lab_up
     from vmigrate.lab.vms import remove_vm
@@ -163,7 +166,7 @@ def e1(rounds: int) -> list[dict[str, Any]]:
     link.shape("1gbit")
     try:
         for round_no in range(rounds):
-            for tool in ("vmigrate", "virsh1", "virsh3"):
+            for tool in tools:
                 names = _names(round_no, tool)
                 _make_guests(names)
                 try:
@@ -374,11 +377,12 @@ def main() -> None:
     parser.add_argument("--scenario", action="append", choices=["E1", "P1", "B1"])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--e1-tool", action="append", choices=E1_TOOLS, help="E1: only these")
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     for scenario in args.scenario or ["P1", "E1", "B1"]:
         if scenario == "E1":
-            results[scenario] = e1(args.rounds)
+            results[scenario] = e1(args.rounds, tuple(args.e1_tool or E1_TOOLS))
         elif scenario == "B1":
             results[scenario] = b1()
         else:

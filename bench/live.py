@@ -20,13 +20,13 @@ import platform
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
-from vmigrate.forecast import forecast
+from vmigrate.forecast import StreamChoice, forecast
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.heartbeat import heartbeat_report
@@ -36,6 +36,9 @@ from vmigrate.live.runner import LiveRequest, migrate_live
 from vmigrate.store import JobStore
 
 MEMORY_MIB, WORKING_SET_MIB = 512, 384
+#: vmigrate's job store in the benchmarks (VMIGRATE_BENCH_STORE overrides it): the host
+#: pair's fixed costs and stream rate are learned from it.
+STORE = Path(os.environ.get("VMIGRATE_BENCH_STORE", "/tmp/vmigrate-bench.sqlite"))
 QUICK_MEMORY_MIB, QUICK_WORKING_SET_MIB = 256, 64  # --quick: proves the suite still runs
 
 
@@ -57,6 +60,8 @@ class Scenario:
     dirty_rate: int
     link_rate: str | None
     tools: tuple[Tool, ...]
+    memory_mib: int = MEMORY_MIB
+    working_set_mib: int = WORKING_SET_MIB
 
 
 P2P = ("--live", "--p2p")
@@ -113,6 +118,9 @@ SCENARIOS = {
             ),
         ),
     ),
+    # A 1 GiB guest running the lab guest's own workload at a database-like rate: 50 MiB/s
+    # over a 512 MiB working set (no database fits the lab's initramfs guest).
+    "G1": Scenario("G1", 50, "1gbit", (Tool("vmigrate"),), memory_mib=1024, working_set_mib=512),
 }
 
 
@@ -129,8 +137,8 @@ class Run:
     bytes_sent: int
     passes: int
     actions: list[str] = field(default_factory=list)
-    # `vmigrate estimate` just before vmigrate's run (L1-L3): the route it expects and its
-    # predicted figures, for the planning-accuracy table.
+    # `vmigrate estimate` with the run's options just before vmigrate's run: the route it
+    # expects and its predicted figures, for the planning-accuracy table.
     predicted: dict[str, Any] | None = None
     # remaining memory over time [[s, bytes], ...] (L3 only: the plot in docs/benchmarks.md)
     timeline: list[list[float]] | None = None
@@ -182,24 +190,23 @@ def _sample_remaining(vm: str, stop: threading.Event, timeline: list[list[float]
         conn.close()
 
 
-def _predict(vm: str, tool: Tool) -> dict[str, Any]:
-    """What `vmigrate estimate` says before the run, in the terms the run will be measured."""
+def _predict(vm: str, tool: Tool, store: Path) -> dict[str, Any]:
+    """What `vmigrate estimate` with the run's own options says just before the run."""
     config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
-    result = forecast(vm, "hostA", "hostB", max_downtime_ms=config.max_downtime_ms)
-    advice = (result.advice or {}).get("action")
-    if advice == "postcopy" and result.postcopy:
-        total, downtime = result.postcopy["total_seconds"], result.postcopy["switch_pause_ms"]
-    elif result.precopy and result.precopy["converges"]:
-        total, downtime = result.precopy["total_seconds"], result.precopy["downtime_ms"]
-    else:
-        auto = result.autoconverge or {}
-        total, downtime = auto.get("total_seconds"), auto.get("downtime_ms")
+    result = forecast(
+        vm, "hostA", "hostB", config, stream=StreamChoice(tls=tool.tls), store_path=store
+    )
     return {
-        "route": advice,
-        "total_s": total,
-        "downtime_ms": downtime,
+        **(result.prediction or {}),
         "bandwidth_mib_s": round(result.bandwidth_bps / (1 << 20), 1),
         "dirty_rate_mib_s": round((result.dirty_rate_bps or 0) / (1 << 20), 1),
+        "working_set_mib": None
+        if result.working_set_bytes is None
+        else round(result.working_set_bytes / (1 << 20)),
+        "costs": result.costs,
+        "touched_mib": None
+        if result.touched_bytes is None
+        else round(result.touched_bytes / (1 << 20)),
     }
 
 
@@ -238,10 +245,7 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
     memory, working_set = (
         (QUICK_MEMORY_MIB, QUICK_WORKING_SET_MIB)
         if quick
-        else (
-            MEMORY_MIB,
-            WORKING_SET_MIB,
-        )
+        else (scenario.memory_mib, scenario.working_set_mib)
     )
     create_vm(
         LabVmRequest(
@@ -256,14 +260,8 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
         if scenario.link_rate:
             link.shape(scenario.link_rate)
         timeline: list[list[float]] | None = [] if scenario.id == "L3" else None
-        predicted = (
-            _predict(vm, tool)
-            if not tool.virsh_flags
-            and not tool.tls
-            and scenario.id in ("L1", "L2", "L3")
-            and not quick
-            else None
-        )
+        store = STORE
+        predicted = _predict(vm, tool, store) if not tool.virsh_flags and not quick else None
         if tool.virsh_flags:
             outcome, total, stats = _run_virsh(vm, tool, timeline)
             downtime = stats.get("downtime")
@@ -274,7 +272,6 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
             )
         else:
             config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
-            store = Path("/tmp/vmigrate-bench.sqlite")
             report = migrate_live(
                 LiveRequest(vm, "hostA", "hostB", config, store_path=store, tls=tool.tls)
             )
@@ -338,17 +335,27 @@ def main() -> None:
         action="store_true",
         help="one round of L1 with a small guest, vmigrate and virsh common only",
     )
+    parser.add_argument(
+        "--tool", action="append", help="run only these tools (e.g. --tool vmigrate)"
+    )
     args = parser.parse_args()
-    scenarios = dict(SCENARIOS)
+    scenarios = {
+        key: replace(s, tools=tuple(t for t in s.tools if t.name in args.tool)) if args.tool else s
+        for key, s in SCENARIOS.items()
+    }
     if args.quick:
-        l1 = SCENARIOS["L1"]
+        l1 = scenarios["L1"]
         scenarios = {"L1": Scenario("L1", l1.dirty_rate, l1.link_rate, l1.tools[:2])}
         args.scenario, args.pairs = ["L1"], 1
     runs: list[Run] = []
     kept = []
     if args.out.exists():  # re-running some scenarios keeps the others' latest results
-        chosen = set(args.scenario or SCENARIOS)
-        kept = [r for r in json.loads(args.out.read_text())["runs"] if r["scenario"] not in chosen]
+        chosen = {(s, t.name) for s in args.scenario or SCENARIOS for t in scenarios[s].tools}
+        kept = [
+            r
+            for r in json.loads(args.out.read_text())["runs"]
+            if (r["scenario"], r["tool"]) not in chosen
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for scenario_id in args.scenario or sorted(SCENARIOS):
         scenario = scenarios[scenario_id]

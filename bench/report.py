@@ -11,6 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from vmigrate.live.rehearsal import route_of
+
 RESULTS = Path("bench/results")
 DOC = Path("docs/benchmarks.md")
 MIB = 1 << 20
@@ -112,42 +114,141 @@ def _error(predicted: float | None, measured: float | None) -> float | None:
     return (predicted - measured) / measured * 100
 
 
-def accuracy_section(runs: list[dict[str, Any]]) -> list[str]:
-    rows = [r for r in runs if r["tool"] == "vmigrate" and r.get("predicted") and _ok(r)]
+def _measured_route(run: dict[str, Any]) -> str:
+    return route_of(action.split()[1] for action in run.get("actions", []))
+
+
+def _gap_within_aim(predicted: float | None, measured: float | None) -> bool:
+    """#29's aim for the guest gap: within ±25 % or ±20 ms, whichever is larger."""
+    if predicted is None or measured is None:
+        return False
+    return abs(predicted - measured) <= max(0.25 * measured, 20.0)
+
+
+def _s1_as_live(run: dict[str, Any]) -> dict[str, Any]:
+    """An S1 run (bench.storage) in the terms of a live run."""
+    measured = run.get("measured") or {}
+    return {**run, **measured, "guest_gap_ms": run["guest_gap_ms"]}
+
+
+def accuracy_estimator(results: Path) -> str:
+    """Which code of the estimator the accuracy runs ran (noted in their results file)."""
+    live = results / "accuracy-live.json"
+    if not live.exists():
+        return ""
+    noted = json.loads(live.read_text()).get("estimator")
+    return f" Estimator: {noted}." if noted else ""
+
+
+def accuracy_runs(results: Path) -> list[dict[str, Any]]:
+    """vmigrate's runs with an estimate before them: L1-L4 and G1 (bench.live into
+    accuracy-live.json), S1 (bench.storage into storage-estimate.json)."""
+    runs: list[dict[str, Any]] = []
+    live = results / "accuracy-live.json"
+    if live.exists():
+        runs += json.loads(live.read_text())["runs"]
+    storage = results / "storage-estimate.json"
+    if storage.exists():
+        runs += [_s1_as_live(r) for r in json.loads(storage.read_text())["runs"]]
+    return runs
+
+
+def _e1_lines(results: Path) -> list[str]:
+    fleet = results / "fleet-estimate.json"
+    if not fleet.exists():
+        return []
+    lines = []
+    for run in json.loads(fleet.read_text()).get("E1", []):
+        if run["tool"] != "vmigrate" or not run.get("moves_s"):
+            continue
+        error = _percent(_error(run["predicted_s"], run["moves_s"]))
+        lines.append(
+            f"- E1 r{run['round']} (`vmigrate evacuate`, six guests, the plan's prediction "
+            f"from fleet/predict.py, the same rehearsal): moves predicted {run['predicted_s']:.1f} "
+            f"s, took {run['moves_s']:.1f} s ({error}); largest guest gap "
+            f"{max(run['gaps_ms']):.0f} ms (the plan predicts no gap per move)."
+        )
+    return [*lines, ""] if lines else []
+
+
+def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
+    rows = [
+        r
+        for r in runs
+        if r["tool"].startswith("vmigrate") and (r.get("predicted") or {}).get("passes") and _ok(r)
+    ]
     if not rows:
         return []
     lines = [
         "## Planning accuracy (`vmigrate estimate` before each vmigrate run)",
         "",
-        "The estimate runs just before the migration, on the same guest and link: QEMU "
-        "measures the dirty rate, a 2 s upload measures the link, and the model predicts the "
-        "route vmigrate's policy will take. Downtime is compared with the guest-observed gap. "
-        "Error = (predicted - measured) / measured; the aim is within ±20 %.",
+        "`vmigrate estimate` with the run's own options runs just before each vmigrate run, "
+        "on the same guest and link: QEMU measures the dirty rate over 1 s and 4 s, a 2 s "
+        "upload probes the link, and live's own policy is run over the modelled migration "
+        "(live/rehearsal.py). The job store (kept across the benchmark's runs, as an "
+        "operator's would be) supplies the host pair's fixed costs and, once a move has run "
+        "over a link the probe reads alike, that move's real stream rate. Error = (predicted "
+        "- measured) / measured. The aim (#29): total time within ±10 %; guest gap within "
+        "±25 % or ±20 ms, whichever is larger (✓ when it is). The model's lab constants "
+        "(live/rehearsal.py) were calibrated on an earlier run of the same scenarios "
+        "(bench/results/accuracy-calibration.json); this table is a later run. Regenerate: "
+        "`sudo .venv/bin/python -m bench.live --tool vmigrate --tool vmigrate-tls --scenario "
+        "L1 --scenario L2 --scenario L3 --scenario L4 --scenario G1 --out "
+        "bench/results/accuracy-live.json`, `sudo .venv/bin/python -m bench.storage --tool "
+        "vmigrate --out bench/results/storage-estimate.json`, `sudo .venv/bin/python -m "
+        "bench.fleet --scenario E1 --e1-tool vmigrate --out bench/results/fleet-estimate.json`,"
+        " then `.venv/bin/python -m bench.report`. G1: a 1 GiB guest running the lab guest's "
+        "own workload, 50 MiB/s over a 512 MiB working set (no database fits the lab's "
+        "initramfs guest); S1: the S1 guest below, moved with --copy-storage."
+        + accuracy_estimator(results),
         "",
-        "| scenario | route | predicted s | measured s | error | predicted pause ms "
-        "| guest gap ms | error |",
+        "| run | route predicted / taken | passes | total s predicted / measured | error "
+        "| libvirt downtime ms predicted / measured | guest gap ms predicted / measured "
+        "| gap aim |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for run in sorted(rows, key=lambda r: (r["scenario"], r["round"])):
+    for run in sorted(rows, key=lambda r: (r["scenario"], r["tool"], r["round"])):
         p = run["predicted"]
-        total_error = _error(p["total_s"], run["total_s"])
-        pause_error = _error(p["downtime_ms"], run["guest_gap_ms"])
+        name = run["scenario"] + ("" if run["tool"] == "vmigrate" else f" {run['tool']}")
         lines.append(
-            f"| {run['scenario']} r{run['round']} | {p['route']} | {p['total_s']:.1f} | "
-            f"{run['total_s']:.1f} | {_percent(total_error)} | {p['downtime_ms']:.0f} | "
-            f"{run['guest_gap_ms']:.0f} | {_percent(pause_error)} |"
+            f"| {name} r{run['round']} | {p['route']} / {_measured_route(run)} | "
+            f"{p['passes']} / {run['passes']} | {p['total_s']:.1f} / {run['total_s']:.1f} | "
+            f"{_percent(_error(p['total_s'], run['total_s']))} | "
+            f"{_ms(p.get('downtime_ms'))} / {_ms(run.get('downtime_ms'))} | "
+            f"{_ms(p.get('guest_gap_ms'))} / {_ms(run.get('guest_gap_ms'))} | "
+            f"{'✓' if _gap_within_aim(p.get('guest_gap_ms'), run['guest_gap_ms']) else '✗'} |"
         )
     lines.append("")
     for scenario in sorted({r["scenario"] for r in rows}):
         mine = [r for r in rows if r["scenario"] == scenario]
         totals = [abs(_error(r["predicted"]["total_s"], r["total_s"]) or 0) for r in mine]
-        pauses = [abs(_error(r["predicted"]["downtime_ms"], r["guest_gap_ms"]) or 0) for r in mine]
-        lines.append(
-            f"- {scenario}: median |error| {statistics.median(totals):.0f} % on total time, "
-            f"{statistics.median(pauses):.0f} % on the pause."
+        routes = sum(r["predicted"]["route"] == _measured_route(r) for r in mine)
+        gaps = sum(
+            _gap_within_aim(r["predicted"].get("guest_gap_ms"), r["guest_gap_ms"]) for r in mine
         )
-    lines.append("")
-    return lines
+        lines.append(
+            f"- {scenario}: route right in {routes} of {len(mine)}; total time median |error| "
+            f"{statistics.median(totals):.0f} % (largest {max(totals):.0f} %); guest gap "
+            f"within the aim in {gaps} of {len(mine)}."
+        )
+    lines += [
+        "",
+        "Where the error comes from, as far as these runs show: the guest gap in post-copy is "
+        "TCG serving page faults on a 2-CPU machine that also runs both hosts, and varies "
+        "several-fold between identical runs (docs/lab.md); the model counts one fault "
+        "waiting behind the bulk stream queued on the link. The total time of a short move "
+        "(L1) is mostly fixed costs, learned per host pair from the store. Pass 1 is modelled "
+        "as the guest's resident memory, capped at its size: QEMU's own overhead in that "
+        "figure and the zero pages it skips make pass 1 smaller in reality. Without "
+        "post-copy (L4) QEMU's throttle decides the passes; under TCG a rate-limited "
+        "workload barely slows until the throttle nears 99 %.",
+        "",
+    ]
+    return lines + _e1_lines(results)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _percent(value: float | None) -> str:
@@ -454,7 +555,7 @@ def render(results: Path, doc: Path) -> str:
             "",
         ]
         parts += live_section(data)
-        parts += accuracy_section(data["runs"])
+        parts += accuracy_section(accuracy_runs(results), results)
         if plot_l3(data["runs"], doc.parent / "l3-remaining.png"):
             parts += [
                 "### L3 remaining memory over time (first round)",

@@ -23,16 +23,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
 
-from bench.live import environment
+from bench.live import STORE, environment
+from vmigrate.forecast import forecast
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
 from vmigrate.lab.vms import LabVmRequest, add_disk, create_vm, remove_vm
-from vmigrate.live.policy import PRESETS
+from vmigrate.live.policy import DEFAULT_POLICY, PRESETS
 from vmigrate.live.runner import LiveRequest, migrate_live
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ class StorageRun:
     contiguous: bool
     link_bytes: int
     destination_allocated: int  # S1: the disks' images on hostB; S2: what its pool gained
+    # S1, vmigrate: `vmigrate estimate --copy-storage` just before the move, and the move's
+    # own figures (passes, libvirt downtime, policy actions) to set beside it
+    predicted: dict[str, Any] | None = None
+    measured: dict[str, Any] | None = None
 
 
 def _guest_with_two_local_disks(vm: str) -> list[str]:
@@ -86,9 +91,10 @@ def run_once(tool: str, round_no: int) -> StorageRun:
     time.sleep(2)
     try:
         link.shape(LINK)
+        predicted = _predict(vm) if tool.startswith("vmigrate") else None
         before = link.status().bytes_to_hostb
         started = time.monotonic()
-        outcome = move(tool, vm, copy_storage=True)
+        outcome, measured = move_measured(tool, vm, copy_storage=True)
         total = time.monotonic() - started
         sent = link.status().bytes_to_hostb - before
         link.reset()
@@ -104,30 +110,54 @@ def run_once(tool: str, round_no: int) -> StorageRun:
             beats.contiguous,
             sent,
             _allocated_on_hostb([*disks, base]),
+            predicted,
+            measured,
         )
     finally:
         link.reset()
         remove_vm(vm)
 
 
+def _predict(vm: str) -> dict[str, Any]:
+    """`vmigrate estimate --copy-storage` with live's defaults, as the move will run."""
+    result = forecast(
+        vm, "hostA", "hostB", PRESETS[DEFAULT_POLICY], store_path=STORE, copy_storage=True
+    )
+    return {
+        **(result.prediction or {}),
+        "bandwidth_mib_s": round(result.bandwidth_bps / (1 << 20), 1),
+    }
+
+
 def move(tool: str, vm: str, *, copy_storage: bool) -> str:
     """One live move from hostA to hostB by vmigrate or by virsh; its outcome."""
+    return move_measured(tool, vm, copy_storage=copy_storage)[0]
+
+
+def move_measured(tool: str, vm: str, *, copy_storage: bool) -> tuple[str, dict[str, Any] | None]:
+    """One live move from hostA to hostB; its outcome and (vmigrate) its report's figures."""
     if tool.startswith("vmigrate"):
         request = LiveRequest(
             vm,
             "hostA",
             "hostB",
-            PRESETS["fast"],
+            PRESETS[DEFAULT_POLICY],
             copy_storage=copy_storage,
-            store_path=Path("/tmp/vmigrate-bench.sqlite"),
+            store_path=STORE,
         )
-        return migrate_live(request).outcome
+        report = migrate_live(request)
+        return report.outcome, {
+            "total_s": report.total_s,
+            "passes": report.passes,
+            "downtime_ms": report.downtime_ms,
+            "actions": [f"{a['at_s']}s {a['action']}" for a in report.actions],
+        }
     result = subprocess.run(
         ["virsh", "-c", HOST_A.uri, "migrate", "--live", "--p2p", "--persistent",
          "--copy-storage-all", vm, HOST_B.uri],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    return "completed" if result.returncode == 0 else result.stderr.strip()
+    return ("completed" if result.returncode == 0 else result.stderr.strip()), None
 
 
 def run_alternating(
@@ -161,8 +191,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.storage")
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/storage.json"))
+    parser.add_argument("--tool", action="append", choices=TOOLS, help="run only these tools")
     args = parser.parse_args()
-    run_alternating(TOOLS, run_once, pairs=args.pairs, out=args.out)
+    run_alternating(tuple(args.tool or TOOLS), run_once, pairs=args.pairs, out=args.out)
 
 
 if __name__ == "__main__":

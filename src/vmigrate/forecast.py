@@ -1,35 +1,60 @@
-"""`vmigrate estimate`: how long a move will take and how long the guest will pause, before
-it starts. Live: QEMU measures the guest's dirty rate, the pre-copy model in estimate.py
-predicts passes, time and downtime, and says which options finish it. Cold: the disks'
-allocated bytes over the link."""
+"""`vmigrate estimate`: what `vmigrate live` with the same options will do, before it starts.
+
+Measured: the guest's dirty rate over two windows (a working-set curve: a guest that rewrites
+16 MiB reads the same over 1 s and 4 s, one that keeps dirtying new memory does not), the
+link into the destination (a probe upload, unless given), the host pair's fixed costs
+(learned from its finished jobs in the store). Then `live.rehearsal` runs live's own policy
+over the modelled migration: route, passes, when the policy acts, total time, libvirt's
+downtime and the guest's largest gap. The prediction is recorded in the store (an
+`estimate` job) so that `jobs show` can put it next to the move that follows. Cold: the
+disks' allocated bytes over the link."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from vmigrate.domxml.domain import parse_domain
+from vmigrate.encryption import migration_tls
 from vmigrate.errors import UsageError, VmigrateError
-from vmigrate.estimate import (
-    Advice,
-    PrecopyEstimate,
-    PrecopyInput,
-    advise,
-    estimate_postcopy,
-    estimate_precopy,
-    estimate_with_autoconverge,
-)
 from vmigrate.hosts import HostRef, resolve_host
+from vmigrate.live.history import (
+    ESTIMATE_KIND,
+    finished_moves,
+    learned_costs,
+    link_history,
+)
+from vmigrate.live.policy import PolicyConfig
+from vmigrate.live.rehearsal import FixedCosts, Workload, rehearse
+from vmigrate.store import JobStore, StoreLocation
 from vmigrate.virt.connection import domain_state, lookup_domain, open_with_timeout
 from vmigrate.virt.errors import libvirt_errors
-from vmigrate.virt.facts import measure_dirty_rate
+from vmigrate.virt.facts import measure_dirty_rate, resident_bytes
 from vmigrate.virt.linkprobe import measure_upload
 from vmigrate.virt.storage import volume_info
 
 MIB = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
+SHORT_WINDOW_S = 1
+#: The long window saw at most this share of what the short window's rate predicts: the
+#: guest re-dirties a working set smaller than the long window's reach.
+SATURATED_SHARE = 0.8
+#: QEMU's TLS on the migration stream costs CPU on both ends: throughput measured in the
+#: lab with and without it (L2: 8.8 s in clear, 9.5 s with TLS for the same bytes).
+TLS_THROUGHPUT = 0.92
+#: The least share of the modelled first pass the pair's history may scale it to.
+MIN_BYTES_RATIO = 0.3
+
+
+@dataclass(frozen=True)
+class StreamChoice:
+    """The stream options `live` takes, as given (None: live's default)."""
+
+    bandwidth_mib: int | None = None
+    parallel_connections: int | None = None
+    compressed: bool = False
+    tls: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -38,57 +63,143 @@ class Forecast:
     source: str
     destination: str
     memory_bytes: int
+    dirty_curve: list[list[float]]  # [[window s, distinct bytes dirtied], ...]
     dirty_rate_bps: float | None
-    bandwidth_bps: float
-    bandwidth_source: str  # given | measured ...
-    max_downtime_ms: float
-    precopy: dict[str, Any] | None
-    autoconverge: dict[str, Any] | None
-    autoconverge_throttle_pct: int | None
-    postcopy: dict[str, Any] | None
-    advice: dict[str, Any] | None
+    working_set_bytes: int | None
+    touched_bytes: int | None  # the VM's QEMU resident memory: what pass 1 sends in full
+    link_bps: float
+    bandwidth_bps: float  # what the stream gets: the link, a --bandwidth limit, TLS, history
+    bandwidth_source: str
+    tls: bool
+    policy: dict[str, Any]
+    costs: str
+    prediction: dict[str, Any] | None
     cold_bytes: int
     cold_seconds: float
+    job_id: int | None = None
+    stream_note: str = ""  # options the model does not weigh
+    bytes_ratio_applied: float = 1.0  # pass 1 scaled by what the pair's moves really sent
+    modelled_bytes: int = 0  # what the model alone, unscaled, says the move sends
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def workload_from_curve(
+    memory_bytes: int, curve: list[tuple[float, float]], touched_bytes: int | None = None
+) -> Workload:
+    """Rate and working set from distinct bytes dirtied over a short and a long window."""
+    (short_s, short_b), (long_s, long_b) = curve[0], curve[-1]
+    short_rate = short_b / short_s
+    if long_b < SATURATED_SHARE * short_rate * long_s:
+        # The long window re-dirtied what the short one had: the working set is what it saw.
+        # (page sampling is noisy: the longer window cannot have seen less than the shorter)
+        ws = max(round(long_b), round(short_b), 1)
+        return Workload(memory_bytes, short_rate, ws, touched_bytes)
+    # Still dirtying new memory after the long window: its rate is the steadier figure.
+    return Workload(memory_bytes, long_b / long_s, None, touched_bytes)
+
+
+def stream_bandwidth(link_bps: float, stream: StreamChoice, tls: bool) -> float:
+    limited = (
+        link_bps if stream.bandwidth_mib is None else min(link_bps, stream.bandwidth_mib * MIB)
+    )
+    return limited * (TLS_THROUGHPUT if tls else 1.0)
 
 
 def forecast(
     vm: str,
     source: str,
     destination: str,
+    config: PolicyConfig,
     *,
-    bandwidth_mib: float | None = None,
-    max_downtime_ms: float = 300.0,
-    postcopy_allowed: bool = True,
-    measure_seconds: int = 2,
+    stream: StreamChoice | None = None,
+    link_mib: float | None = None,
+    measure_seconds: int = 4,
     hosts_file: Path | None = None,
+    store_path: StoreLocation | None = None,
+    record: bool = True,
+    copy_storage: bool = False,
 ) -> Forecast:
-    if bandwidth_mib is not None and not 0 < bandwidth_mib <= 1_000_000:
+    stream = stream or StreamChoice()
+    if link_mib is not None and not 0 < link_mib <= 1_000_000:
         raise UsageError(
-            f"a bandwidth of {bandwidth_mib:g} MiB/s is impossible",
-            fix="give the link's real rate, e.g. --bandwidth 119 for 1 Gbit/s",
+            f"a link of {link_mib:g} MiB/s is impossible",
+            fix="give the link's real rate, e.g. --link 119 for 1 Gbit/s",
         )
-    if not 0 < max_downtime_ms < math.inf:
+    if measure_seconds <= SHORT_WINDOW_S:
         raise UsageError(
-            f"a maximum downtime of {max_downtime_ms:g} ms is impossible",
-            fix="give a positive number of milliseconds",
+            f"--measure {measure_seconds} s is too short: it must be longer than the "
+            f"{SHORT_WINDOW_S} s first window",
+            fix="use --measure 4 (the default)",
         )
     src_ref = resolve_host(source, hosts_file)
     dst_ref = resolve_host(destination, hosts_file)
-    if bandwidth_mib is None and dst_ref.bandwidth_mib is not None:
-        bandwidth, bandwidth_source = dst_ref.bandwidth_mib * MIB, "hosts file"
-    elif bandwidth_mib is None:
-        bandwidth, bandwidth_source = _measured_bandwidth(dst_ref)
+    tls = migration_tls(stream.tls, src_ref, dst_ref)
+    memory, cold, curve, touched = _measure_guest(vm, src_ref, measure_seconds)
+    if link_mib is not None:
+        link, link_source = link_mib * MIB, "given"
+    elif dst_ref.bandwidth_mib is not None:
+        link, link_source = dst_ref.bandwidth_mib * MIB, "hosts file"
     else:
-        bandwidth, bandwidth_source = bandwidth_mib * MIB, "given"
+        link, link_source = _measured_bandwidth(dst_ref)
+    bandwidth = stream_bandwidth(link, stream, tls)
+    with JobStore(store_path) as store:
+        costs = _pair_costs(store, src_ref.uri, dst_ref.uri)
+        history = link_history(store, src_ref.uri, dst_ref.uri, link, tls=tls)
+        if history.rate_bps is not None and link_source != "given":
+            bandwidth = stream_bandwidth(history.rate_bps, replace(stream, tls=False), tls=False)
+            link_source += (
+                f"; the stream gets what {history.moves} earlier move(s) of this pair got "
+                "over the same link"
+            )
+        load = workload_from_curve(memory, curve, touched)
+        disks = cold if copy_storage else 0
+        # What the model alone says the move sends: the figure the next estimate learns from.
+        modelled = rehearse(load, bandwidth, config, disk_bytes=disks).bytes_sent
+        ratio = min(max(history.bytes_ratio or 1.0, MIN_BYTES_RATIO), 1.0)
+        if ratio < 1.0:
+            # Those moves sent less than modelled: zero pages, QEMU's own resident memory.
+            load = replace(load, touched_bytes=round(load.first_pass_bytes * ratio))
+        prediction = rehearse(load, bandwidth, config, costs, disk_bytes=disks)
+        result = Forecast(
+            vm,
+            src_ref.name,
+            dst_ref.name,
+            memory,
+            [[s, b] for s, b in curve],
+            load.dirty_rate_bps,
+            load.working_set_bytes,
+            touched,
+            link,
+            bandwidth,
+            link_source,
+            tls,
+            asdict(config),
+            costs.describe(),
+            prediction.to_dict(),
+            cold,
+            round(cold / link, 2),
+        )
+        result = replace(
+            result,
+            stream_note=_unweighed(stream),
+            bytes_ratio_applied=ratio,
+            modelled_bytes=modelled,
+        )
+        if record:
+            result = replace(result, job_id=_record(store, result, src_ref, dst_ref))
+    return result
+
+
+def _measure_guest(
+    vm: str, src_ref: HostRef, measure_seconds: int
+) -> tuple[int, int, list[tuple[float, float]], int | None]:
     conn = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     try:
         domain = lookup_domain(conn, vm, host=src_ref.name)
         with libvirt_errors(host=src_ref.name, vm=vm, doing="read the VM"):
             _state, _max_kib, memory_kib, *_ = domain.info()
-            memory = memory_kib * 1024
             cold = _allocated_bytes(conn, domain.XMLDesc(0))
             state = domain_state(domain)
         if state not in ("running", "paused"):
@@ -96,40 +207,47 @@ def forecast(
                 f"the VM is {state}: there is nothing to estimate for a live move",
                 vm=vm,
                 host=src_ref.name,
-                fix=f"a cold move of its {cold / MIB:,.0f} MiB of disk "
-                f"data would take ~{cold / bandwidth:.0f} s at this bandwidth (vmigrate cold)",
+                fix=f"a cold move (vmigrate cold) sends its {cold / MIB:,.0f} MiB of disk data",
             )
-        dirty = measure_dirty_rate(domain, measure_seconds, host=src_ref.name, vm=vm)
+        curve = [
+            (float(s), measure_dirty_rate(domain, s, host=src_ref.name, vm=vm) * s)
+            for s in (SHORT_WINDOW_S, measure_seconds)
+        ]
+        touched = resident_bytes(domain, host=src_ref.name, vm=vm)
     finally:
         conn.close()
-    model = PrecopyInput(
-        memory_bytes=memory,
-        dirty_rate_bps=dirty,
-        bandwidth_bps=bandwidth,
-        max_downtime_ms=max_downtime_ms,
+    return memory_kib * 1024, cold, curve, touched
+
+
+def _unweighed(stream: StreamChoice) -> str:
+    given = [
+        name
+        for name, value in (
+            ("--parallel", stream.parallel_connections),
+            ("--compress", stream.compressed),
+        )
+        if value
+    ]
+    if not given:
+        return ""
+    return (
+        f"{' and '.join(given)} change how QEMU sends, not the link: the prediction assumes "
+        "the stream still runs at the link's rate"
     )
-    precopy: PrecopyEstimate = estimate_precopy(model)
-    throttled, pct = estimate_with_autoconverge(model)
-    advice: Advice = advise(
-        model, allowed_max_downtime_ms=max_downtime_ms, postcopy_allowed=postcopy_allowed
+
+
+def _pair_costs(store: JobStore, source_uri: str, destination_uri: str) -> FixedCosts:
+    return learned_costs(finished_moves(store, source_uri, destination_uri))
+
+
+def _record(store: JobStore, result: Forecast, src_ref: HostRef, dst_ref: HostRef) -> int:
+    """The prediction as a finished `estimate` job, for `jobs show` of the move after it."""
+    job_id = store.create_job(
+        ESTIMATE_KIND, result.vm, src_ref.uri, dst_ref.uri, {"policy": result.policy}
     )
-    return Forecast(
-        vm,
-        src_ref.name,
-        destination,
-        memory,
-        dirty,
-        bandwidth,
-        bandwidth_source,
-        max_downtime_ms,
-        asdict(precopy),
-        asdict(throttled),
-        pct,
-        asdict(estimate_postcopy(model)) if postcopy_allowed else None,
-        asdict(advice),
-        cold,
-        round(cold / bandwidth, 2),
-    )
+    route = (result.prediction or {}).get("route", "unknown")
+    store.finish_job(job_id, "completed", f"predicted: {route}", result.to_dict())
+    return job_id
 
 
 def _measured_bandwidth(dst_ref: HostRef) -> tuple[float, str]:
@@ -143,9 +261,12 @@ def _measured_bandwidth(dst_ref: HostRef) -> tuple[float, str]:
             f"cannot measure the bandwidth to {dst_ref.name}: no storage pool there has "
             "1 GiB free for the probe",
             host=dst_ref.name,
-            fix="give it with --bandwidth MiB/s (e.g. 119 for 1 Gbit/s)",
+            fix="give the link's rate with --link MiB/s (e.g. 119 for 1 Gbit/s)",
         )
-    return rate, f"measured from this machine to {dst_ref.name} (2 s upload through libvirt)"
+    return rate, (
+        f"measured into {dst_ref.name}, the way the move's data flows "
+        "(2 s probe upload from this machine)"
+    )
 
 
 def _allocated_bytes(conn: Any, domain_xml: str) -> int:

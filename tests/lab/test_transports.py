@@ -81,8 +81,10 @@ def test_check_estimate_and_live_p2p_and_direct(
     )
     assert found["encryption.migration-stream"]["evidence"]["tls"] is True
 
-    forecast = _json(run_cli("estimate", vm_name, "--from", "hostA", "--to", "hostB", "--json"))
-    assert forecast["precopy"]["converges"], forecast
+    forecast = _json(
+        run_cli("estimate", vm_name, "--from", "hostA", "--to", "hostB", "--store", store, "--json")
+    )
+    assert forecast["prediction"]["outcome"] == "completed", forecast
 
     there = _done(
         run_cli("live", vm_name, "--from", "hostA", "--to", "hostB", "--store", store, "--json")

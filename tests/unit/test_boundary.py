@@ -41,6 +41,8 @@ PURE_MODULES = (
     "vmigrate.cold.plan",
     "vmigrate.cold.errors",
     "vmigrate.live.policy",
+    "vmigrate.live.rehearsal",
+    "vmigrate.live.history",
     "vmigrate.live.samples",
     "vmigrate.live.request",
     "vmigrate.live.storage_plan",

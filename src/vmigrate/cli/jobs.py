@@ -18,6 +18,7 @@ from vmigrate.cli.layout import paragraph, print_lines
 from vmigrate.cli.options import json_option, store_option
 from vmigrate.cli.render_jobs import JobFilter, jobs_lines, show_lines
 from vmigrate.errors import NotFound, VmigrateError
+from vmigrate.live.history import ESTIMATE_KIND, latest_estimate
 from vmigrate.plot import plot_job
 from vmigrate.store import JobRecord, JobStore, StoreLocation
 
@@ -114,7 +115,9 @@ def show(
             )
         )
         return
-    lines = show_lines(record, samples, actions, console.width, names, fleet_move)
+    lines = show_lines(
+        record, samples, actions, console.width, names, fleet_move, _prediction(store, record)
+    )
     print_lines(console, lines)
     history = store.lease_events(job_id)
     if history:
@@ -130,6 +133,15 @@ def show(
         )
     if plot_path is not None:
         console.print(f"plot written to {plot_path}", soft_wrap=True)
+
+
+def _prediction(store: JobStore, record: JobRecord) -> dict[str, Any] | None:
+    """The estimate made before a live move; an estimate job's own prediction."""
+    if record.kind == ESTIMATE_KIND:
+        return {**(record.report or {}), "job_id": record.id}
+    if record.kind != "live":
+        return None
+    return latest_estimate(store, record.vm, record.source, record.destination, record.started)
 
 
 def move_of_a_fleet_job(store: JobStore, record: JobRecord) -> dict[str, Any] | None:

@@ -12,7 +12,16 @@ from rich.table import Table
 
 from vmigrate.cli.check import render_report
 from vmigrate.cli.leases import lease_line, take_over_lease_option
-from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option, vm_and_hosts
+from vmigrate.cli.options import (
+    STOP_SIGNALS,
+    interrupt_on,
+    json_option,
+    policy_config,
+    policy_options,
+    store_option,
+    stream_options,
+    vm_and_hosts,
+)
 from vmigrate.cli.render_findings import FindingsView, report_from_dict
 from vmigrate.errors import MigrationRefused
 from vmigrate.events import (
@@ -26,7 +35,6 @@ from vmigrate.events import (
     encode,
     print_json,
 )
-from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
 from vmigrate.model import CheckReport
 from vmigrate.store import StoreLocation
@@ -150,17 +158,7 @@ def _render_storage(storage: dict[str, Any]) -> None:
 
 @click.command("live")
 @vm_and_hosts
-@click.option(
-    "--policy",
-    type=click.Choice(sorted(PRESETS)),
-    default="fast",
-    show_default=True,
-    help="fast: post-copy when needed; safe: never post-copy, "
-    "throttle instead; strict: short pause or abort.",
-)
-@click.option("--max-downtime", type=int, help="Never pause the guest longer (ms).")
-@click.option("--timeout", type=float, help="Then post-copy (if allowed) or abort (s).")
-@click.option("--allow-postcopy/--no-postcopy", default=None, help="Override the policy.")
+@policy_options
 @click.option(
     "--postcopy-wait",
     type=float,
@@ -170,15 +168,7 @@ def _render_storage(storage: dict[str, Any]) -> None:
 )
 @click.option("--direct", is_flag=True, help="Client-managed migration instead of peer-to-peer.")
 @click.option("--transient", is_flag=True, help="Leave definitions as they are.")
-@click.option("--bandwidth", type=int, help="Limit the migration stream (MiB/s).")
-@click.option("--parallel", type=int, help="Parallel connections (multifd).")
-@click.option("--compress", is_flag=True, help="Compress memory pages.")
-@click.option(
-    "--tls/--no-tls",
-    default=None,
-    help="Encrypt the migration stream with QEMU's TLS, or refuse to. [default: TLS when both "
-    "hosts have QEMU TLS credentials (migration_tls in the hosts file; the lab's hosts do)]",
-)
+@stream_options
 @click.option("--migration-address", help="Destination address for the data stream.")
 @click.option(
     "--copy-storage", is_flag=True, help="Copy local disks along with memory (shared never)."
@@ -235,9 +225,7 @@ def live(
             raise click.BadParameter(f"{name} must be positive")
     if delete_source_disks and not copy_storage:
         raise click.BadParameter("--delete-source-disks only applies with --copy-storage")
-    config = PRESETS[policy].with_limits(
-        max_downtime_ms=max_downtime, timeout_s=timeout, postcopy=allow_postcopy
-    )
+    config = policy_config(policy, max_downtime, timeout, allow_postcopy)
     request = LiveRequest(
         vm=vm,
         source=source,

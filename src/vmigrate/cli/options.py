@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vmigrate.live.policy import DEFAULT_POLICY, PRESETS, PolicyConfig
 from vmigrate.store import store_location
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,3 +67,82 @@ def interrupt_on(*signums: int) -> None:
     SIGINT ignored: the library turns the interrupt into a clean stop (an abort, a cancel)."""
     for signum in signums:
         signal.signal(signum, signal.default_int_handler)
+
+
+def _positive(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"{value:g} is impossible: it must be positive", param=param)
+    return value
+
+
+def policy_options(command: F) -> F:
+    """How `live` steers a migration, shared by `live` and `estimate` so that an estimate
+    simulates exactly the policy `live` will run (defaults in live/policy.py's PRESETS)."""
+    for decorator in reversed(
+        (
+            click.option(
+                "--policy",
+                type=click.Choice(sorted(PRESETS)),
+                default=DEFAULT_POLICY,
+                show_default=True,
+                help="fast: post-copy when needed; safe: never post-copy, "
+                "throttle instead; strict: short pause or abort.",
+            ),
+            click.option(
+                "--max-downtime",
+                type=int,
+                callback=_positive,
+                help="Never pause the guest longer (ms). [default: the policy's]",
+            ),
+            click.option(
+                "--timeout",
+                type=float,
+                callback=_positive,
+                help="Then post-copy (if allowed) or abort (s).",
+            ),
+            click.option(
+                "--allow-postcopy/--no-postcopy", default=None, help="Override the policy."
+            ),
+        )
+    ):
+        command = decorator(command)
+    return command
+
+
+def stream_options(command: F) -> F:
+    """How the migration stream is sent: limit, connections, compression, TLS."""
+    for decorator in reversed(
+        (
+            click.option(
+                "--bandwidth",
+                type=int,
+                callback=_positive,
+                help="Limit the migration stream (MiB/s).",
+            ),
+            click.option(
+                "--parallel",
+                type=int,
+                callback=_positive,
+                help="Parallel connections (multifd).",
+            ),
+            click.option("--compress", is_flag=True, help="Compress memory pages."),
+            click.option(
+                "--tls/--no-tls",
+                default=None,
+                help="Encrypt the migration stream with QEMU's TLS, or refuse to. [default: TLS "
+                "when both hosts have QEMU TLS credentials (migration_tls in the hosts file; "
+                "the lab's hosts do)]",
+            ),
+        )
+    ):
+        command = decorator(command)
+    return command
+
+
+def policy_config(
+    policy: str, max_downtime: int | None, timeout: float | None, allow_postcopy: bool | None
+) -> PolicyConfig:
+    """The policy `live` runs for these options (and `estimate` simulates)."""
+    return PRESETS[policy].with_limits(
+        max_downtime_ms=max_downtime, timeout_s=timeout, postcopy=allow_postcopy
+    )

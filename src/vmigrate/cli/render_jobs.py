@@ -13,6 +13,8 @@ from rich.text import Text
 
 from vmigrate.cli.host_names import HostNames
 from vmigrate.cli.layout import INDENT, NO_BREAK, Cell, Column, Grid, paragraph
+from vmigrate.live.history import ESTIMATE_KIND
+from vmigrate.live.rehearsal import route_of
 from vmigrate.store import ActionRecord, JobRecord
 
 MIB = 1 << 20
@@ -190,6 +192,52 @@ def _live_facts(report: dict[str, Any]) -> str:
     return ", ".join(facts)
 
 
+def _predicted(prediction: dict[str, Any]) -> str:
+    if prediction.get("outcome") != "completed":
+        return f"route {prediction.get('route')}, {prediction.get('outcome')}"
+    return (
+        f"{duration(prediction['total_s'])}, {prediction['passes']} passes, route "
+        f"{prediction['route']}, downtime {prediction['downtime_ms']:.0f} ms, guest gap "
+        f"{prediction['guest_gap_ms']:.0f} ms"
+    )
+
+
+def _happened(
+    report: dict[str, Any], actions: list[ActionRecord], fleet_move: dict[str, Any] | None
+) -> str:
+    route = route_of(a.action for a in actions if a.actor == "policy")
+    downtime = report.get("downtime_ms")
+    gap = next(
+        (s["gap_ms"] for s in (report, fleet_move or {}) if s.get("gap_ms") is not None), None
+    )
+    return (
+        f"{duration(report.get('total_s') or 0.0)}, {report.get('passes', '?')} passes, route "
+        f"{route}, downtime {'-' if downtime is None else f'{downtime:.0f} ms'}, guest gap "
+        f"{'not measured' if gap is None else f'{gap:.0f} ms'}"
+    )
+
+
+def prediction_lines(
+    record: JobRecord,
+    actions: list[ActionRecord],
+    width: int,
+    prediction: dict[str, Any],
+    fleet_move: dict[str, Any] | None = None,
+) -> list[Text]:
+    """The estimate made before this move, next to what the move did."""
+    made = prediction.get("made")
+    when = f"estimate job {prediction.get('job_id')}" + (
+        f", {duration(record.started - made)} before" if made is not None else ""
+    )
+    predicted = prediction.get("prediction") or {}
+    lines = _label("predicted", f"{_predicted(predicted)} ({when})", width)
+    if predicted.get("timeline"):
+        lines += _label("would act", predicted["timeline"], width)
+    if record.report and record.kind != ESTIMATE_KIND:
+        lines += _label("happened", _happened(record.report, actions, fleet_move), width)
+    return lines
+
+
 def show_lines(
     record: JobRecord,
     samples: list[dict[str, Any]],
@@ -197,10 +245,13 @@ def show_lines(
     width: int,
     names: HostNames,
     fleet_move: dict[str, Any] | None = None,
+    prediction: dict[str, Any] | None = None,
 ) -> list[Text]:
     """One job, top-down: what moved where, the outcome, the time, the downtime and gap,
-    the policy's actions with their reasons, then the samples. `fleet_move`: what the
-    evacuation or balance round that ran this move recorded of it."""
+    the prediction made before it next to what happened, the policy's actions with their
+    reasons, then the samples. `fleet_move`: what the evacuation or balance round that ran
+    this move recorded of it; `prediction`: the `vmigrate estimate` made before it (an
+    estimate job's own report for an estimate job)."""
     report = record.report or {}
     lines = _summary_lines(record, names, width)
     lines += _label("from", _name_and_uri(record.source, names), width)
@@ -224,6 +275,8 @@ def show_lines(
         lines += _label(
             "driven by", outcome_phrase(record, names).removeprefix("driven by "), width
         )
+    if prediction is not None:
+        lines += prediction_lines(record, actions, width, prediction, fleet_move)
     facts = _live_facts(report)
     if facts:
         lines += _label("moved", facts, width)

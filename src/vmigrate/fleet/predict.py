@@ -1,10 +1,11 @@
 """How long one move takes, and how long moves that share a link take together (pure).
 
-A live move follows what the policy will do (estimate.advise: plain pre-copy, a raised
-downtime limit, post-copy or auto-converge) at the bandwidth it gets; local disks copied
-with the memory add their allocated bytes first. A cold move sends the disks' allocated
-bytes. Every move also pays a fixed overhead (its own pre-flight checks, setting up and
-verifying), measured in the lab.
+A live move is predicted by the very simulation `vmigrate estimate` runs (live/rehearsal.py:
+live's own policy, with live's defaults, over the modelled migration) at the bandwidth it
+gets; local disks copied with the memory add their allocated bytes first. A cold move sends
+the disks' allocated bytes. Every move also pays what a move run by the fleet costs beyond
+the migration itself (its own pre-flight checks, creating the job, verifying), measured in
+the lab.
 
 Moves out of one host share that host's link: the simulation gives each of the k moves in
 flight 1/k of the bandwidth and recomputes their speed whenever one starts or ends.
@@ -15,20 +16,18 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from vmigrate.estimate import (
-    PrecopyInput,
-    advise,
-    estimate_postcopy,
-    estimate_precopy,
-    estimate_with_autoconverge,
-)
+from vmigrate.live.policy import DEFAULT_POLICY, PRESETS, PolicyConfig
+from vmigrate.live.rehearsal import FixedCosts, Workload, rehearse
 
 #: Seconds every move spends besides sending data: the child's pre-flight checks (connect,
 #: facts, shared-storage probe), creating the job, libvirt's set-up and the final
-#: verification on both hosts. Measured in the lab (docs/benchmarks.md, E1).
+#: verification on both hosts. Measured in the lab (docs/benchmarks.md, E1). The part of it
+#: inside the migration (set-up, switch-over) is the rehearsal's FixedCosts.
 LIVE_OVERHEAD_S = 3.0
+_DEFAULT_FIXED = FixedCosts()
+_OUTSIDE_THE_MIGRATION_S = LIVE_OVERHEAD_S - _DEFAULT_FIXED.setup_s - _DEFAULT_FIXED.finish_s
 #: A cold move also defines the VM, starts it on the destination and waits for it to run.
 COLD_OVERHEAD_S = 4.0
 
@@ -41,16 +40,23 @@ class MoveCost:
     downtime_ms: float
     bytes_sent: int
     converges: bool
-    how: str  # precopy | raise-downtime | postcopy | auto-converge | abort | cold
+    how: str  # the route: precopy | raise-downtime | postcopy | auto-converge | abort | cold
+    guest_gap_ms: float | None = None
 
 
 @dataclass(frozen=True)
 class LiveModel:
-    """The policy's limits the prediction follows (the `fast` preset by default)."""
+    """The policy the fleet's moves run under: `live`'s default preset, as `live` would
+    run it with these overrides (None: the preset's own)."""
 
-    start_downtime_ms: float = 30.0
-    max_downtime_ms: float = 500.0
-    postcopy_allowed: bool = True
+    policy: str = DEFAULT_POLICY
+    max_downtime_ms: int | None = None
+    postcopy_allowed: bool | None = None
+
+    def config(self) -> PolicyConfig:
+        return PRESETS[self.policy].with_limits(
+            max_downtime_ms=self.max_downtime_ms, postcopy=self.postcopy_allowed
+        )
 
 
 def live_cost(
@@ -76,37 +82,15 @@ def _live_cost(
     model: LiveModel,
     disk_bytes: int,
 ) -> MoveCost:
-    inp = PrecopyInput(
-        memory_bytes=max(memory_bytes, 1),
-        dirty_rate_bps=max(dirty_rate_bps, 0.0),
-        bandwidth_bps=bandwidth_bps,
-        max_downtime_ms=model.start_downtime_ms,
-    )
-    advice = advise(
-        inp, allowed_max_downtime_ms=model.max_downtime_ms, postcopy_allowed=model.postcopy_allowed
-    )
-    disk_s = disk_bytes / bandwidth_bps
-    if advice.action == "postcopy":
-        post = estimate_postcopy(inp)
-        return MoveCost(
-            post.total_seconds + disk_s + LIVE_OVERHEAD_S,
-            post.switch_pause_ms,
-            post.bytes_sent + disk_bytes,
-            True,
-            "postcopy",
-        )
-    if advice.action == "auto-converge":
-        est, _pct = estimate_with_autoconverge(inp)
-    elif advice.action == "raise-downtime" and advice.downtime_ms is not None:
-        est = estimate_precopy(replace(inp, max_downtime_ms=advice.downtime_ms))
-    else:
-        est = estimate_precopy(inp)
+    load = Workload(max(memory_bytes, 1), max(dirty_rate_bps, 0.0))
+    run = rehearse(load, bandwidth_bps, model.config(), _DEFAULT_FIXED, disk_bytes=disk_bytes)
     return MoveCost(
-        est.total_seconds + disk_s + LIVE_OVERHEAD_S,
-        est.downtime_ms,
-        est.bytes_sent + disk_bytes,
-        est.converges,
-        advice.action,
+        run.total_s + _OUTSIDE_THE_MIGRATION_S,
+        run.downtime_ms if run.downtime_ms is not None else math.nan,
+        run.bytes_sent,
+        run.outcome == "completed",
+        run.route,
+        run.guest_gap_ms,
     )
 
 

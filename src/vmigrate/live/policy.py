@@ -91,6 +91,9 @@ class PolicyConfig:
 #: Presets whose whole point is to avoid post-copy (a broken link in post-copy needs recovery).
 POSTCOPY_FORBIDDEN = ("safe", "strict")
 
+#: What `live` and `estimate` run when no --policy is given.
+DEFAULT_POLICY = "fast"
+
 PRESETS = {
     # Finish fast with a short pause; post-copy when pre-copy cannot converge.
     "fast": PolicyConfig(

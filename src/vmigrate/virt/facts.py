@@ -312,3 +312,12 @@ def measure_dirty_rate(domain: libvirt.virDomain, seconds: int, *, host: str, vm
         vm=vm,
         fix="the host or the guest may be overloaded: retry `vmigrate estimate` in a moment",
     )
+
+
+def resident_bytes(domain: libvirt.virDomain, *, host: str, vm: str) -> int | None:
+    """What the VM's QEMU process holds in RAM (its RSS): memory the guest never touched is
+    not resident, and pre-copy's first pass sends untouched (zero) pages almost for free.
+    None when the host does not say."""
+    with libvirt_errors(host=host, vm=vm, doing="read the VM's memory statistics"):
+        rss_kib = domain.memoryStats().get("rss")
+    return int(rss_kib) * 1024 if rss_kib else None

@@ -1,0 +1,191 @@
+"""What the store remembers of a host pair's moves: the fixed costs of a live move, learned
+from its finished jobs, and the latest estimate made before a move (pure).
+
+Set-up: from the migration's start to its first byte (the first sample's elapsed time less
+what it had sent by then). Finish: from the last byte (the last sample plus what it still
+had to send) to the end of the job's measured total (switch-over, libvirt's finish phase,
+verifying where the VM runs). The median over the latest jobs, so one odd run counts little.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vmigrate.live.rehearsal import FixedCosts
+from vmigrate.store import JobStore
+
+#: How many of the pair's latest finished moves to learn from.
+LATEST_JOBS = 10
+#: A job whose fixed costs look longer than this measured something else (a host that
+#: hung, a post-copy that waited for its link): left out.
+IMPLAUSIBLE_S = 30.0
+
+
+@dataclass(frozen=True)
+class FinishedMove:
+    """What a finished live job recorded: its report and its samples, oldest first."""
+
+    report: dict[str, Any]
+    samples: Sequence[dict[str, Any]]
+
+
+def _costs_of(move: FinishedMove) -> tuple[float, float] | None:
+    total = move.report.get("total_s")
+    moving = [
+        s
+        for s in move.samples
+        if s.get("memory_processed", 0) > 0 and s.get("bandwidth_bps", 0) > 0
+    ]
+    if total is None or not moving or move.report.get("storage"):
+        return None
+    first, last = moving[0], moving[-1]
+    setup = first["elapsed_s"] - first["memory_processed"] / first["bandwidth_bps"]
+    finish = float(total) - (
+        last["elapsed_s"] + last.get("memory_remaining", 0) / last["bandwidth_bps"]
+    )
+    if not (0 <= setup <= IMPLAUSIBLE_S and 0 <= finish <= IMPLAUSIBLE_S):
+        return None
+    return setup, finish
+
+
+def learned_costs(moves: Sequence[FinishedMove]) -> FixedCosts:
+    """The pair's costs from its latest completed moves (newest first), finish apart for the
+    moves that ended in post-copy; the lab's defaults where none tells."""
+    latest = moves[:LATEST_JOBS]
+    measured = [(m, c) for m, c in ((m, _costs_of(m)) for m in latest) if c is not None]
+    if not measured:
+        return FixedCosts()
+    precopy = [c[1] for m, c in measured if not m.report.get("postcopy")]
+    postcopy = [c[1] for m, c in measured if m.report.get("postcopy")]
+    default = FixedCosts()
+    return FixedCosts(
+        setup_s=statistics.median(c[0] for _, c in measured),
+        finish_s=statistics.median(precopy) if precopy else default.finish_s,
+        learned_from=len(measured),
+        postcopy_finish_s=statistics.median(postcopy) if postcopy else default.postcopy_finish_s,
+    )
+
+
+def _stream_rate_of(samples: Sequence[dict[str, Any]]) -> float | None:
+    """What a move's pre-copy really sent per second: bytes over time between its first and
+    last sample (QEMU's own rate averages in its ramp and reads low on a short move)."""
+    moving = [
+        s for s in samples if s.get("phase") == "precopy" and s.get("memory_processed", 0) > 0
+    ]
+    if len(moving) >= 2 and moving[-1]["elapsed_s"] - moving[0]["elapsed_s"] >= MIN_SPAN_S:
+        sent = moving[-1]["memory_processed"] - moving[0]["memory_processed"]
+        return float(sent / (moving[-1]["elapsed_s"] - moving[0]["elapsed_s"]))
+    rates = [s["bandwidth_bps"] for s in moving if s.get("bandwidth_bps", 0) > 0]
+    return statistics.median(rates) if rates else None
+
+
+#: The job kind `vmigrate estimate` records its predictions as.
+ESTIMATE_KIND = "estimate"
+#: An estimate older than this before a move does not describe it.
+ESTIMATE_VALID_S = 3600.0
+
+
+def finished_moves(store: JobStore, source_uri: str, destination_uri: str) -> list[FinishedMove]:
+    """The pair's completed live moves, newest first."""
+    return [
+        FinishedMove(job.report or {}, store.samples(job.id))
+        for job in store.jobs_of_kind("live")[: 5 * LATEST_JOBS]
+        if job.state == "completed"
+        and job.source == source_uri
+        and job.destination == destination_uri
+    ]
+
+
+def latest_estimate(
+    store: JobStore, vm: str, source_uri: str, destination_uri: str, before: float
+) -> dict[str, Any] | None:
+    """The newest estimate of this VM's move between these hosts made before `before`
+    (epoch s), within ESTIMATE_VALID_S: the prediction a move started then had."""
+    for job in store.jobs_of_kind(ESTIMATE_KIND):
+        if (
+            job.vm == vm
+            and job.source == source_uri
+            and job.destination == destination_uri
+            and before - ESTIMATE_VALID_S <= job.started <= before
+            and job.report
+        ):
+            return {**job.report, "job_id": job.id, "made": job.started}
+    return None
+
+
+#: A probe reading within this share of an earlier one met the same link (the probe reads
+#: ±30 % from run to run on the lab's busy 2-CPU machine).
+SAME_LINK_SHARE = 0.4
+#: A move's rate from fewer seconds of samples is QEMU's own figure instead.
+MIN_SPAN_S = 0.3
+#: How long after its estimate a move still counts as the one it predicted.
+MOVE_AFTER_ESTIMATE_S = 600.0
+
+
+@dataclass(frozen=True)
+class LinkHistory:
+    """What the pair's earlier moves over the same link showed (None: nothing learned)."""
+
+    rate_bps: float | None = None  # what their streams really got
+    bytes_ratio: float | None = None  # bytes they sent over what their estimates modelled
+    moves: int = 0
+
+
+def link_history(
+    store: JobStore, source_uri: str, destination_uri: str, probed_bps: float, *, tls: bool
+) -> LinkHistory:
+    """What the pair's migrations really did (QEMU to QEMU, in the move's direction) when
+    the probe before them read about what it reads now, with the same TLS: the median of
+    their pre-copy rates, and of the bytes they sent over the bytes the model alone said
+    (zero pages and QEMU's own resident memory make the modelled first pass too big).
+    The probe goes from this machine through libvirt and reads low on a busy host; once a
+    move has run over the same link, its own figures are the better ones."""
+    moves = [
+        job
+        for job in store.jobs_of_kind("live")[: 5 * LATEST_JOBS]
+        if job.state == "completed"
+        and job.source == source_uri
+        and job.destination == destination_uri
+    ]
+    rates: list[float] = []
+    ratios: list[float] = []
+    for estimate in store.jobs_of_kind(ESTIMATE_KIND)[: 5 * LATEST_JOBS]:
+        report = estimate.report or {}
+        earlier = report.get("link_bps") or 0.0
+        if (
+            estimate.source != source_uri
+            or estimate.destination != destination_uri
+            or bool(report.get("tls")) != tls
+            or abs(earlier / probed_bps - 1) > SAME_LINK_SHARE
+        ):
+            continue
+        move = next(
+            (
+                m
+                for m in reversed(moves)
+                if m.vm == estimate.vm
+                and estimate.started <= m.started <= estimate.started + MOVE_AFTER_ESTIMATE_S
+            ),
+            None,
+        )
+        if move is None:
+            continue
+        seen = _stream_rate_of(store.samples(move.id))
+        if seen is not None:
+            rates.append(seen)
+        modelled = report.get("modelled_bytes") or (report.get("prediction") or {}).get(
+            "bytes_sent", 0
+        )
+        sent = (move.report or {}).get("bytes_sent") or 0
+        if modelled > 0 and sent > 0:
+            ratios.append(sent / modelled)
+        if len(rates) >= LATEST_JOBS // 2:
+            break
+    return LinkHistory(
+        statistics.median(rates) if rates else None,
+        statistics.median(ratios) if ratios else None,
+        len(rates),
+    )

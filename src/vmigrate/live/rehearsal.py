@@ -1,0 +1,404 @@
+"""What `vmigrate live` will do, before it starts: its own policy run over a modelled move.
+
+Pure. The migration is modelled as QEMU runs it. Pass 1 sends the guest's memory; the guest
+meanwhile dirties ``min(D * t, W)`` distinct bytes (rate D, working set W), slowed by
+auto-converge's throttle. QEMU syncs its dirty bitmap (a new pass) whenever what is left of
+the current pass fits in the downtime limit, and switches over when what is left plus what
+was dirtied since fits too. At the start of each pass from the second on, the simulation
+hands `live.policy.decide` the sample the monitor would see, and applies what it returns
+(a raised limit, post-copy, auto-converge, an abort). The route and the passes are the
+policy's own decisions: change the policy or a default, and `estimate`, the fleet's plans
+and `live` follow together.
+
+Time is fixed costs (set-up before the first byte, switch-over and verification after the
+last; learned per host pair from finished jobs, see `FixedCosts`) plus bytes / bandwidth.
+
+What the guest feels, besides libvirt's downtime (both measured in the lab, docs/benchmarks.md):
+* pre-copy: the heartbeat's largest gap is libvirt's downtime plus ``PRECOPY_GAP_EXTRA_MS``
+  (the vCPUs stop before and start after the part libvirt counts);
+* post-copy: libvirt's pause is a few ms, but the guest then waits for every page it touches
+  that is still on the source. A fault's page is sent behind the bulk stream already queued
+  on the link, so the longest wait is a round trip plus that queue: at most
+  ``POSTCOPY_QUEUED_BYTES`` (or what is left to send) at the link's rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from vmigrate.estimate import mib
+from vmigrate.live.policy import (
+    Action,
+    PolicyConfig,
+    PolicyState,
+    decide,
+    initial_state,
+)
+from vmigrate.live.samples import JobSample
+
+#: libvirt's downtime beyond the bytes of the stop-and-copy (device state, the final sync
+#: and handshake): an idle guest's pre-copy measured 35-54 ms in the lab (L1), the switch to
+#: post-copy 2-5 ms (L2, L3).
+PAUSE_OVERHEAD_MS = 35.0
+POSTCOPY_PAUSE_MS = 4.0
+#: The heartbeat's largest gap beyond libvirt's downtime in pre-copy (lab, L1: 23-74 ms
+#: more than libvirt's downtime, median 32).
+PRECOPY_GAP_EXTRA_MS = 30.0
+#: Bytes of bulk stream queued ahead of a post-copy page fault (socket buffers and the
+#: link's queue; libvirt 11.3 cannot enable post-copy preemption). Calibrated on the lab's
+#: 1 Gbit/s link: L2 and L3 gaps of 1.8-3.0 s, median 2.2 s, at 119 MiB/s (a first
+#: benchmark run; docs/benchmarks.md reports a second one).
+POSTCOPY_QUEUED_BYTES = 260 * 1024 * 1024
+#: What a guest dirties with a whole vCPU to itself, for the throttle's effect: the lab's
+#: guest dirtied ~10 MiB/s with 1 % left (L4, throttle 99 %).
+THROTTLED_DIRTY_BPS = 1000 * 1024 * 1024
+#: QEMU's auto-converge trigger: a sync period that dirtied more than this share of what
+#: it sent counts as "high"; every second high period raises the throttle.
+THROTTLE_TRIGGER_SHARE = 0.5
+#: The monitor samples every 0.5 s: the policy acts on average this long into a pass.
+DECISION_LAG_S = 0.25
+#: QEMU sends in rate-limit windows of this length and checks for the switch-over between.
+CHECK_WINDOW_S = 0.1
+#: QEMU's reported dirty rate over the distinct bytes dirtied per second of the period
+#: (L4: 104 MiB/s for 383 MiB over 4.0 s; the L2 trace: 99.8 MiB/s for 352 MiB over 4.3 s).
+RATE_AS_QEMU_COUNTS = 1.15
+#: QEMU recomputes its dirty rate only over sync periods at least this long.
+RATE_PERIOD_S = 1.0
+#: Simulation horizon (passes); the policy itself stops a run at its max_passes.
+HORIZON_PASSES = 2000
+
+#: Until finished moves of the pair teach better: the lab's, learned from a pre-copy move
+#: of the lab test (tests/lab/test_estimate.py; post-copy moves finish later, ~1.8 s).
+DEFAULT_SETUP_S = 0.5
+DEFAULT_FINISH_S = 1.3
+DEFAULT_POSTCOPY_FINISH_S = 1.8  # L2, L3 in the lab
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How the guest dirties memory: ``min(rate * t, working_set)`` distinct bytes in t s."""
+
+    memory_bytes: int
+    dirty_rate_bps: float
+    working_set_bytes: int | None = None  # None: all of memory
+    # What the guest has touched (its QEMU's resident memory): pass 1 sends untouched pages
+    # as zero-page markers, almost free. None: all of memory.
+    touched_bytes: int | None = None
+
+    @property
+    def first_pass_bytes(self) -> int:
+        touched = self.memory_bytes if self.touched_bytes is None else self.touched_bytes
+        return min(self.memory_bytes, max(touched, self.working_set_bytes or 0))
+
+    def dirtied(self, seconds: float, throttle_pct: int = 0) -> float:
+        ws = self.working_set_bytes
+        limit = float(self.memory_bytes if ws is None else ws)
+        # A throttled vCPU still dirties at the workload's own rate while the CPU time it
+        # keeps suffices (measured: the lab's 200 MiB/s guest slowed only at 99 %).
+        rate = min(self.dirty_rate_bps, (1.0 - throttle_pct / 100.0) * THROTTLED_DIRTY_BPS)
+        return min(rate * max(seconds, 0.0), limit, float(self.memory_bytes))
+
+
+@dataclass(frozen=True)
+class FixedCosts:
+    """Seconds a move spends besides sending memory: before the first byte (libvirt and
+    QEMU setting up the destination) and after the last (switch-over, finish, verifying
+    where the VM runs). `learned_from`: finished jobs of this host pair they come from."""
+
+    setup_s: float = DEFAULT_SETUP_S
+    finish_s: float = DEFAULT_FINISH_S
+    learned_from: int = 0
+    # A move that switched to post-copy finishes later (the destination fetches the last
+    # pages, libvirt confirms the post-copy's end).
+    postcopy_finish_s: float = DEFAULT_POSTCOPY_FINISH_S
+
+    def describe(self) -> str:
+        where = (
+            f"learned from {self.learned_from} finished move(s) of this host pair"
+            if self.learned_from
+            else "the lab's defaults: no finished move of this host pair yet"
+        )
+        return (
+            f"set-up {self.setup_s:.1f} s, switch-over and finish {self.finish_s:.1f} s "
+            f"({self.postcopy_finish_s:.1f} s after post-copy; {where})"
+        )
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    """One action the policy will take, at the pass and time the simulation reached it."""
+
+    pass_no: int
+    at_s: float
+    kind: str
+    value: float | None
+    reason: str
+
+    def describe(self) -> str:
+        if self.kind == "set-downtime" and self.value is not None:
+            return f"pass {self.pass_no}: raise max downtime to {self.value:g} ms"
+        if self.kind == "postcopy":
+            return f"pass {self.pass_no}: switch to post-copy"
+        if self.kind == "abort":
+            return f"pass {self.pass_no}: abort (the VM stays on the source)"
+        return f"pass {self.pass_no}: let QEMU throttle the guest (auto-converge)"
+
+
+@dataclass(frozen=True)
+class LivePrediction:
+    route: str  # precopy | raise-downtime | auto-converge | postcopy | abort | unfinished
+    outcome: str  # completed | aborted | unfinished
+    total_s: float
+    passes: int
+    downtime_ms: float | None  # libvirt's, None when the move does not finish
+    guest_gap_ms: float | None  # the largest gap the guest feels
+    bytes_sent: int
+    postcopy_s: float  # seconds the guest runs on the destination while pages arrive
+    actions: tuple[PlannedAction, ...]
+    policy: str
+    bandwidth_bps: float
+    dirty_rate_bps: float
+    working_set_bytes: int | None
+    costs: FixedCosts
+
+    def timeline(self) -> str:
+        """When the policy acts, e.g. "pass 3: raise max downtime to 60 ms; pass 5: switch
+        to post-copy"."""
+        return "; ".join(a.describe() for a in self.actions if a.reason) or "no action needed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "timeline": self.timeline()}
+
+
+def route_of(action_kinds: Iterable[str]) -> str:
+    """The route a run took (or will take), from its policy's actions in order."""
+    kinds = list(action_kinds)
+    for kind, route in (("abort", "abort"), ("postcopy", "postcopy"), ("note", "auto-converge")):
+        if kind in kinds:
+            return route
+    return "raise-downtime" if "set-downtime" in kinds else "precopy"
+
+
+@dataclass
+class _Run:
+    """The simulation's running state."""
+
+    config: PolicyConfig
+    state: PolicyState
+    elapsed: float
+    bandwidth_bps: float
+    memory_bytes: int
+    processed: float = 0.0
+    iteration: int = 1
+    throttle: int = 0
+    high_periods: int = 0
+    rate: float = 0.0
+    samples: list[JobSample] | None = None
+    planned: list[PlannedAction] | None = None
+
+
+def rehearse(
+    load: Workload,
+    bandwidth_bps: float,
+    config: PolicyConfig,
+    costs: FixedCosts | None = None,
+    *,
+    latency_ms: float = 0.0,
+    disk_bytes: int = 0,
+) -> LivePrediction:
+    """Run `config`'s policy over the modelled migration of `load` at `bandwidth_bps`.
+
+    `disk_bytes`: local disks copied along (--copy-storage); QEMU mirrors them before
+    memory's first pass."""
+    if bandwidth_bps <= 0:
+        raise ValueError(f"bandwidth_bps must be > 0, got {bandwidth_bps}")
+    costs = costs or FixedCosts()
+    b = bandwidth_bps
+    run = _Run(
+        config,
+        initial_state(config),
+        costs.setup_s + disk_bytes / b,
+        b,
+        load.memory_bytes,
+        processed=float(disk_bytes),
+        samples=[],
+        planned=[],
+    )
+    size = float(load.first_pass_bytes)  # what the current pass has to send
+    since_pass = 0.0  # seconds since the dirty bitmap was last synced
+    pass_time = 0.0
+
+    def finish(route: str, outcome: str, syncs_after: int, **figures: Any) -> LivePrediction:
+        return LivePrediction(
+            route=route,
+            outcome=outcome,
+            passes=run.iteration + syncs_after,
+            actions=tuple(run.planned or ()),
+            policy=config.name,
+            bandwidth_bps=b,
+            dirty_rate_bps=load.dirty_rate_bps,
+            working_set_bytes=load.working_set_bytes,
+            costs=costs,
+            **figures,
+        )
+
+    kinds: list[str] = []
+    for _ in range(HORIZON_PASSES):
+        limit_bytes = run.state.downtime_ms / 1000.0 * b
+        # QEMU syncs once what is left of this pass fits in the limit; it checks between
+        # rate-limit windows, on average half a window's bytes below it.
+        send = max(size - max(limit_bytes - 0.5 * CHECK_WINDOW_S * b, 0.0), 0.0)
+        t = send / b
+        timeout = _timeout_inside(run, t)
+        if timeout is not None:
+            run.elapsed += timeout
+            run.processed += timeout * b
+            left = size - timeout * b + load.dirtied(since_pass + timeout, run.throttle)
+            acted = _ask_policy(run, left, kinds, mid_pass=True)
+            if acted is not None:
+                return _ended(acted, run, left, b, costs, latency_ms, kinds, finish)
+            t, send = t - timeout, send - timeout * b
+        run.elapsed += t
+        run.processed += send
+        pass_time += t
+        since_pass += t
+        left = size - send + load.dirtied(since_pass, run.throttle)
+        if left <= limit_bytes:  # stop-and-copy
+            downtime = left / b * 1000.0 + PAUSE_OVERHEAD_MS
+            run.processed += left
+            return finish(
+                route_of(kinds),
+                "completed",
+                2,  # QEMU counts the sync that found it small enough, and the final one
+                total_s=run.elapsed + left / b + costs.finish_s,
+                downtime_ms=downtime,
+                guest_gap_ms=downtime + PRECOPY_GAP_EXTRA_MS,
+                bytes_sent=round(run.processed),
+                postcopy_s=0.0,
+            )
+        # A sync: a new pass of what is left plus what was dirtied.
+        dirtied = load.dirtied(since_pass, run.throttle)
+        if since_pass >= RATE_PERIOD_S:
+            # QEMU counts the pages its bitmap sees newly dirtied over the period: the
+            # distinct rate, a little over it in the lab's recorded runs.
+            run.rate = min(RATE_AS_QEMU_COUNTS * dirtied / since_pass, load.dirty_rate_bps)
+            _throttle_after_sync(run, dirtied, pass_time * b)
+        run.iteration += 1
+        size, since_pass, pass_time = left, 0.0, 0.0
+        acted = _ask_policy(run, size, kinds, mid_pass=False)
+        if acted is not None:
+            return _ended(acted, run, size, b, costs, latency_ms, kinds, finish)
+    return finish(
+        "unfinished",
+        "unfinished",
+        0,
+        total_s=run.elapsed,
+        downtime_ms=None,
+        guest_gap_ms=None,
+        bytes_sent=round(run.processed),
+        postcopy_s=0.0,
+    )
+
+
+def _timeout_inside(run: _Run, pass_s: float) -> float | None:
+    """Seconds into this pass at which the policy's --timeout falls, if it does."""
+    timeout = run.config.timeout_s
+    if timeout is None or run.elapsed >= timeout or run.elapsed + pass_s < timeout:
+        return None
+    return timeout - run.elapsed
+
+
+def _throttle_after_sync(run: _Run, dirtied: float, sent: float) -> None:
+    """QEMU's auto-converge (enabled at the start by the policy): every second sync period
+    that dirtied more than half of what it sent raises the throttle."""
+    if not run.config.autoconverge_at_start or dirtied <= THROTTLE_TRIGGER_SHARE * sent:
+        return
+    run.high_periods += 1
+    if run.high_periods < 2:
+        return
+    run.high_periods = 0
+    run.throttle = (
+        run.config.autoconverge_initial_pct
+        if run.throttle == 0
+        else min(run.throttle + run.config.autoconverge_increment_pct, 99)
+    )
+
+
+def _ask_policy(run: _Run, remaining: float, kinds: list[str], *, mid_pass: bool) -> str | None:
+    """Hand the policy the sample the monitor would see; apply its actions. Returns
+    "postcopy" or "abort" when the policy ends pre-copy."""
+    assert run.samples is not None and run.planned is not None
+    sample = JobSample(
+        elapsed_s=run.elapsed if mid_pass else run.elapsed + DECISION_LAG_S,
+        phase="precopy",
+        iteration=run.iteration,
+        memory_total=run.memory_bytes,
+        memory_processed=round(run.processed),
+        memory_remaining=round(remaining),
+        bandwidth_bps=run.bandwidth_bps,
+        dirty_rate_bps=run.rate,
+        expected_downtime_ms=None,
+        disk_total=0,
+        disk_processed=0,
+        disk_remaining=0,
+        throttle_pct=run.throttle,
+        postcopy_requests=0,
+    )
+    run.samples.append(sample)
+    actions: list[Action] = decide(run.samples, run.config, run.state)
+    run.state = run.state.after(actions, run.iteration, run.throttle)
+    for action in actions:
+        kinds.append(action.kind)
+        run.planned.append(
+            PlannedAction(run.iteration, sample.elapsed_s, action.kind, action.value, action.reason)
+        )
+    if run.state.postcopy:
+        return "postcopy"
+    if run.state.aborting:
+        return "abort"
+    return None
+
+
+def _ended(
+    how: str,
+    run: _Run,
+    remaining: float,
+    b: float,
+    costs: FixedCosts,
+    latency_ms: float,
+    kinds: list[str],
+    finish: Callable[..., LivePrediction],
+) -> LivePrediction:
+    if how == "abort":
+        return finish(
+            "abort",
+            "aborted",
+            0,
+            total_s=run.elapsed + costs.finish_s,
+            downtime_ms=None,
+            guest_gap_ms=None,
+            bytes_sent=round(run.processed),
+            postcopy_s=0.0,
+        )
+    post_s = remaining / b
+    # The longest fault: a round trip plus the bulk stream queued ahead of the page.
+    fault_ms = 2 * latency_ms + min(POSTCOPY_QUEUED_BYTES, remaining) / b * 1000.0
+    return finish(
+        route_of(kinds),
+        "completed",
+        1,  # the sync that starts post-copy
+        total_s=run.elapsed + post_s + costs.postcopy_finish_s,
+        downtime_ms=POSTCOPY_PAUSE_MS,
+        guest_gap_ms=POSTCOPY_PAUSE_MS + fault_ms,
+        bytes_sent=round(run.processed + remaining),
+        postcopy_s=post_s,
+    )
+
+
+def describe_load(load: Workload) -> str:
+    ws = load.working_set_bytes
+    return f"dirties {mib(load.dirty_rate_bps):.0f} MiB/s" + (
+        f" over a {mib(ws):.0f} MiB working set" if ws is not None else ""
+    )

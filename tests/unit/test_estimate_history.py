@@ -1,0 +1,118 @@
+"""What the store teaches the estimator about a host pair (fixed costs, the stream rate its
+moves really got), and `jobs show` putting the estimate beside the move; on a real SQLite
+store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmigrate.cli.host_names import HostNames
+from vmigrate.cli.render_jobs import show_lines
+from vmigrate.live.history import (
+    ESTIMATE_KIND,
+    LinkHistory,
+    finished_moves,
+    latest_estimate,
+    learned_costs,
+    link_history,
+)
+from vmigrate.store import JobStore
+
+from .test_rendering import text_at
+
+MIB = 1 << 20
+A, B = "qemu+tls://127.0.0.2/system", "qemu+tls://127.0.0.3/system"
+
+
+def _estimate(store: JobStore, vm: str, probe_mib: float, *, tls: bool = False) -> int:
+    job = store.create_job(ESTIMATE_KIND, vm, A, B, {})
+    prediction = {
+        "route": "postcopy",
+        "outcome": "completed",
+        "total_s": 10.0,
+        "passes": 3,
+        "downtime_ms": 4.0,
+        "guest_gap_ms": 1200.0,
+        "bytes_sent": 900 * MIB,
+        "timeline": "pass 2: switch to post-copy",
+    }
+    # As forecast records it: the report is written before the job's id is known.
+    report = {"link_bps": probe_mib * MIB, "tls": tls, "prediction": prediction, "job_id": None}
+    store.finish_job(job, "completed", "predicted: postcopy", report)
+    return job
+
+
+def _move(store: JobStore, vm: str, rate_mib: float) -> int:
+    job = store.create_job("live", vm, A, B, {})
+    rate = rate_mib * MIB
+    # Sent at `rate_mib` between the samples: 60 MiB at 1.0 s, 3 s of it more at 4.0 s.
+    later = 60 * MIB + round(3 * rate)
+    for elapsed, sent, left in ((1.0, 60 * MIB, 400 * MIB), (4.0, later, 100 * MIB)):
+        sample = {
+            "elapsed_s": elapsed,
+            "phase": "precopy",
+            "memory_processed": sent,
+            "memory_remaining": left,
+            "bandwidth_bps": rate,
+        }
+        store.add_sample(job, sample)
+    store.add_action(job, "postcopy", "pass 2: switch to post-copy")
+    report = {
+        "total_s": 6.5,
+        "passes": 3,
+        "downtime_ms": 3.0,
+        "storage": {},
+        "bytes_sent": 450 * MIB,
+    }
+    store.finish_job(job, "completed", "moved", report)
+    return job
+
+
+def test_a_pair_s_moves_teach_the_stream_rate_and_fixed_costs(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        assert link_history(store, A, B, 90 * MIB, tls=False) == LinkHistory()
+        _estimate(store, "vm1", 90)
+        _move(store, "vm1", 119)
+        # A probe that reads about the same meets the same link: the move's own figures win.
+        history = link_history(store, A, B, 100 * MIB, tls=False)
+        assert history.moves == 1 and history.rate_bps is not None
+        assert abs(history.rate_bps - 119 * MIB) < 1
+        assert history.bytes_ratio == 450 / 900  # it sent 450 MiB of the 900 modelled
+        # A probe reading far off, or TLS changed: another link, nothing learned.
+        assert link_history(store, A, B, 300 * MIB, tls=False) == LinkHistory()
+        assert link_history(store, A, B, 90 * MIB, tls=True) == LinkHistory()
+        # The move: 60 MiB sent 1.0 s in at 119 MiB/s, 100 MiB left at 4.0 s of 6.5 s.
+        costs = learned_costs(finished_moves(store, A, B))
+        assert costs.learned_from == 1
+        assert abs(costs.setup_s - (1.0 - 60 / 119)) < 1e-6
+        assert abs(costs.finish_s - (6.5 - 4.0 - 100 / 119)) < 1e-6
+        assert learned_costs(finished_moves(store, B, A)).learned_from == 0
+
+
+def test_jobs_show_puts_the_estimate_beside_the_move(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        estimate = _estimate(store, "vm1", 90)
+        move = _move(store, "vm1", 119)
+        record = store.job(move)
+        found = latest_estimate(store, "vm1", A, B, record.started)
+        assert found is not None and found["job_id"] == estimate
+        assert latest_estimate(store, "vm2", A, B, record.started) is None
+        assert latest_estimate(store, "vm1", A, B, record.started - 7200) is None
+        text = text_at(
+            lambda w: show_lines(
+                record, store.samples(move), store.actions(move), w, HostNames(), None, found
+            ),
+            100,
+        )
+    assert f"estimate job {estimate}" in text
+    assert "10 s, 3 passes, route postcopy, downtime 4 ms, guest gap 1200 ms" in text
+    assert "pass 2: switch to post-copy" in text
+    assert "6.5 s, 3 passes, route postcopy, downtime 3 ms" in text
+
+
+def test_jobs_show_of_an_estimate_shows_its_prediction(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        record = store.job(_estimate(store, "vm1", 90))
+    own = {**(record.report or {}), "job_id": record.id}
+    text = text_at(lambda w: show_lines(record, [], [], w, HostNames(), None, own), 100)
+    assert "route postcopy" in text and "happened" not in text
