@@ -66,6 +66,7 @@ def _register() -> None:
     from vmigrate.cli.lab import lab
     from vmigrate.cli.live import live
     from vmigrate.cli.recover import recover
+    from vmigrate.cli.serve import serve
 
     cli.add_command(check)
     cli.add_command(live)
@@ -78,6 +79,7 @@ def _register() -> None:
     cli.add_command(balance)
     cli.add_command(jobs)
     cli.add_command(lab)
+    cli.add_command(serve)
 
 
 _register()
