@@ -1,6 +1,6 @@
-"""The job store: every job with its parameters, samples, actions, steps and outcome, the
-hosts in maintenance and the lease history; in SQLite (a file, the default) or PostgreSQL
-(a database a team shares).
+"""The job store: every job with its parameters, samples, actions, steps, events and
+outcome, the hosts in maintenance and the lease history; in SQLite (a file, the default) or
+PostgreSQL (a database a team shares).
 
 SQLite: default `$XDG_STATE_HOME/vmigrate/jobs.sqlite` (~/.local/state/vmigrate/...), or
 `store = "..."` in `$XDG_CONFIG_HOME/vmigrate/config.toml`, or `--store`. PostgreSQL:
@@ -42,8 +42,21 @@ from vmigrate.store_sql import (
 )
 
 #: The schema this vmigrate writes. 1: main before the job lifecycle (no version recorded);
-#: 2: the owner's start time, boot id and machine, and the action that reopened a job.
-SCHEMA_VERSION = 2
+#: 2: the owner's start time, boot id and machine, and the action that reopened a job;
+#: 3: the events table (every job's typed events, in order, for another process to follow).
+SCHEMA_VERSION = 3
+#: Every job's events (events.py), in the order they were written: `seq` grows store-wide
+#: (it is the server's SSE event id), `body` is the encoded event (JSON).
+EVENTS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+    seq {serial},
+    job_id BIGINT NOT NULL REFERENCES jobs(id),
+    kind TEXT NOT NULL,
+    t DOUBLE PRECISION NOT NULL,
+    body TEXT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq)",
+)
 #: One statement each, in what SQLite and PostgreSQL both understand ({serial}: the id column).
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -116,6 +129,7 @@ SCHEMA = (
 )""",
     "CREATE INDEX IF NOT EXISTS samples_job ON samples(job_id, t)",
     "CREATE INDEX IF NOT EXISTS actions_job ON actions(job_id, t)",
+    *EVENTS_SCHEMA,
 )
 #: Version 1 -> 2: the columns that tell whether a job's process still runs.
 MIGRATE_1_TO_2 = (
@@ -124,6 +138,7 @@ MIGRATE_1_TO_2 = (
     "ALTER TABLE jobs ADD COLUMN machine TEXT",
     "ALTER TABLE jobs ADD COLUMN action TEXT",
 )
+#: Version 2 -> 3 is EVENTS_SCHEMA: a new table needs no ALTER, SCHEMA creates it.
 JOB_COLUMNS = (
     "id, kind, vm, source, destination, params, state, pid, started, finished, outcome, "
     "report, pid_start, boot_id, machine, action"
@@ -300,6 +315,18 @@ class MaintenanceRecord:
 
 
 @dataclass(frozen=True)
+class StoredEvent:
+    """One event of a job as the store keeps it: `body` is the encoded event (events.decode
+    makes it typed again)."""
+
+    seq: int  # store-wide, increasing: read on with events_after(seq)
+    job_id: int
+    kind: str
+    t: float  # when it was written (epoch s)
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ActionRecord:
     t: float
     action: str
@@ -426,9 +453,9 @@ def _prepare_schema(db: Database, location: Path | None) -> None:
             return
         if version is not None and version > SCHEMA_VERSION:
             raise _too_new(db.name, version)
-        if version == 1 and isinstance(db, SqliteDatabase) and location is not None:
-            _private_copy(db, location, 1)
-        for statement in SCHEMA:
+        if version is not None and isinstance(db, SqliteDatabase) and location is not None:
+            _private_copy(db, location, version)
+        for statement in SCHEMA:  # CREATE ... IF NOT EXISTS: also every table a migration adds
             db.run(statement.format(serial=db.serial))
         if version == 1:
             for statement in MIGRATE_1_TO_2:
@@ -594,6 +621,40 @@ class JobStore:
             "INSERT INTO actions (job_id, t, action, reason, actor) VALUES (?,?,?,?,?)",
             (job_id, time.time(), action, reason, actor),
         )
+
+    def append_event(self, job_id: int, kind: str, body: dict[str, Any]) -> int:
+        """Write one event of a job; its `seq`. Store-wide, the events are numbered in the
+        order they become visible: a reader that has seen `seq` N never later finds one
+        below N (on PostgreSQL a lock orders the numbering with the commits; SQLite writes
+        one at a time anyway), so following with events_after() misses none."""
+        with self._db.transaction(lock_key="vmigrate events"):
+            rows = self._db.query(
+                "INSERT INTO events (job_id, kind, t, body) VALUES (?, ?, ?, ?) RETURNING seq",
+                (job_id, kind, time.time(), json.dumps(body, default=str)),
+            )
+        return int(rows[0][0])
+
+    def events_after(
+        self, after_seq: int, job_id: int | None = None, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """The events written after `after_seq` (0: from the first), oldest first, of one
+        job or of all; at most `limit`."""
+        where, params = (
+            ("seq > ?", (after_seq,))
+            if job_id is None
+            else (
+                "seq > ? AND job_id = ?",
+                (after_seq, job_id),
+            )
+        )
+        rows = self._db.query(
+            f"SELECT seq, job_id, kind, t, body FROM events WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
+            (*params, limit),
+        )
+        return [
+            StoredEvent(int(seq), int(job), kind, t, json.loads(body))
+            for seq, job, kind, t, body in rows
+        ]
 
     def finish_job(self, job_id: int, state: str, outcome: str, report: dict[str, Any]) -> None:
         """Record how a job ended: by the process that drives it, or (recover) by one that

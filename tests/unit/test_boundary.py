@@ -23,6 +23,7 @@ PURE_MODULES = (
     "vmigrate.failpoints",
     "vmigrate.store",
     "vmigrate.store_sql",
+    "vmigrate.events",
     "vmigrate.lifecycle",
     "vmigrate.owner",
     "vmigrate.domxml.cpu",
