@@ -90,9 +90,7 @@ async def job_events(request: Request) -> Response:
     if serve.hub.listeners >= MAX_STREAMS:
         return _busy()
     if record.state != "running":
-        newer = await serve.access.run(
-            lambda s: s.events_after(after, job_id=job_id, limit=1)  # type: ignore[attr-defined]
-        )
+        newer = await serve.access.run(lambda s: s.events_after(after, job_id=job_id, limit=1))
         if not newer:
             return Response(status_code=204)  # finished and nothing new: EventSource stops
     return EventStream(serve.hub.follow(after, job_id), serve, job_id)

@@ -81,8 +81,7 @@ def as_event(row: Any) -> StoredEvent:
 
 
 def read_after(store: JobStore, seq: int, job_id: int | None, limit: int) -> list[StoredEvent]:
-    rows = store.events_after(seq, job_id=job_id, limit=limit)  # type: ignore[attr-defined]
-    return [as_event(row) for row in rows]
+    return [as_event(row) for row in store.events_after(seq, job_id=job_id, limit=limit)]
 
 
 def last_event_id(header: str | None, query: str | None) -> int:
@@ -178,13 +177,21 @@ class EventHub:
 
 
 def _newest(store: JobStore) -> int:
-    """The seq of the newest event (0 for none), paging through from the start once."""
-    last = 0
-    while True:
-        rows = read_after(store, last, None, 10_000)
-        if not rows:
-            return last
-        last = rows[-1].seq
+    """The seq of the newest event (0 for none): probed by doubling, then halving, so a
+    store with millions of events costs a few dozen one-row reads."""
+
+    def beyond(seq: int) -> bool:
+        return bool(store.events_after(seq, limit=1))
+
+    if not beyond(0):
+        return 0
+    low, high = 0, 1
+    while beyond(high):
+        low, high = high, high * 2
+    while high - low > 1:  # beyond(low) and not beyond(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if beyond(middle) else (low, middle)
+    return high
 
 
 async def stream_response(

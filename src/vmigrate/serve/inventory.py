@@ -10,11 +10,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmigrate.capacity import MIB
 from vmigrate.errors import NotFound, UsageError
-from vmigrate.preflight import HostSession
+
+if TYPE_CHECKING:  # the server imports without libvirt; only the gather reads hosts
+    from vmigrate.preflight import HostSession
 
 #: How long an inventory is shown before the hosts are read again.
 DEFAULT_TTL_S = 5.0
