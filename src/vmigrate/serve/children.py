@@ -72,7 +72,9 @@ class Child:
             if not isinstance(event, dict):
                 event = {"event": "value", "value": event}
             with self._changed:
-                if self.job_id is None and isinstance(event.get("job_id"), int):
+                # the command's own job (later events may name its moves' jobs)
+                named = event.get("event") == "job" and isinstance(event.get("job_id"), int)
+                if self.job_id is None and named:
                     self.job_id = event["job_id"]
                 self.events.append(event)
                 del self.events[:-KEPT_EVENTS]
