@@ -83,10 +83,10 @@ class Sample:
     postcopy_requests: int
     disk_bandwidth_bps: float
     percent: float  # of the first full copy (memory and disks)
-    downtime_limit_ms: int | None  # the limit the policy has set
+    downtime_limit_ms: float | None  # the limit the policy has set
 
     @classmethod
-    def of(cls, sample: JobSample, downtime_limit_ms: int | None) -> Sample:
+    def of(cls, sample: JobSample, downtime_limit_ms: float | None) -> Sample:
         return cls(**asdict(sample), percent=sample.percent, downtime_limit_ms=downtime_limit_ms)
 
 
@@ -257,6 +257,13 @@ def encode(event: Event) -> dict[str, Any]:
 def to_json_line(event: Event) -> str:
     """One line of `--json` output."""
     return json.dumps(encode(event), default=str)
+
+
+def print_json(event: Event) -> None:
+    """The `--json` sink: one encoded event per line on stdout, flushed at once (a parent
+    process reads the lines as they come)."""
+    sys.stdout.write(to_json_line(event) + "\n")
+    sys.stdout.flush()
 
 
 def decode(data: dict[str, Any]) -> Event | Unknown:
@@ -440,6 +447,11 @@ class JobEvents:
         pending, self._pending = self._pending, []
         for event in pending:
             store.append_event(job_id, event.KIND, encode(event))
+
+    def start(self, store: EventStore, job_id: int, where: str) -> None:
+        """The job exists in `store` (named `where`): attach, and say so (JobStarted)."""
+        self.attach(store, job_id)
+        self(JobStarted(job_id, where))
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, CopyProgress) and not self._due(event):

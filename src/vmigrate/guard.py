@@ -12,12 +12,12 @@ import contextlib
 import secrets
 import shlex
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from vmigrate.errors import VmigrateError
+from vmigrate.events import EventSink, LeaseEvent
 from vmigrate.hosts import HostRef
 from vmigrate.lease import (
     RENEW,
@@ -40,7 +40,6 @@ from vmigrate.virt.lease import (
     take_lease,
 )
 
-EventSink = Callable[[str, dict[str, Any]], None]
 #: The job parameter that keeps the lease's token: `jobs resume` of the job is the same holder.
 TOKEN_PARAM = "lease_token"  # noqa: S105 - a parameter's name, not a secret
 
@@ -128,7 +127,7 @@ def hold_lease(
         if taken.action == TAKE_OVER and taken.previous is not None:
             detail["previous"] = taken.previous.to_dict()
         store.record_lease_event(job_id, vm, host, event, detail)
-        emit("lease", {"action": event, "host": host, **taken.lease.to_dict()})
+        emit(LeaseEvent(event, host, taken.lease.to_dict()))
         keeper = LeaseKeeper(who, vm, dict(places), taken.lease)
         keeper.start()
         return HeldLease(keeper, host)
@@ -153,7 +152,7 @@ def end_lease(
     event = "released" if release else "kept"
     where = ", ".join(released) or "-"
     store.record_lease_event(job_id, keeper.vm, where, event, {"removed_from": released})
-    emit("lease", {"action": event, "host": where, "job": job_id, "removed_from": released})
+    emit(LeaseEvent(event, where, {"job": job_id, "removed_from": released}))
     return released
 
 

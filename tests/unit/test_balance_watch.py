@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmigrate.events import Event, Notice
 from vmigrate.fleet.rebalance import BalanceReport, BalanceRequest, watch
 
 
@@ -22,9 +23,9 @@ def _rounds(cancel_on: int | None, interrupt_on: int | None = None) -> tuple[int
         if len(played) >= 5:
             raise KeyboardInterrupt  # Ctrl-C between rounds
 
-    def emit(kind: str, payload: dict[str, Any]) -> None:
-        if kind == "notice":
-            notices.append(payload["message"])
+    def emit(event: Event) -> None:
+        if isinstance(event, Notice):
+            notices.append(event.message)
 
     reports = watch(BalanceRequest(), 1.0, emit, one_round=one_round, sleep=sleep)
     assert [r.job_id for r in reports] == played[: len(reports)]

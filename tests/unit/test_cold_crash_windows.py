@@ -19,6 +19,7 @@ from vmigrate.cold.plan import ColdPlan, VolumeCopy
 from vmigrate.cold.pool_change import PoolChange
 from vmigrate.cold.pool_change_steps import PoolChangeError, PoolChangeSteps, reserve_step
 from vmigrate.cold.steps import ColdMove, ColdRequest, misplaced
+from vmigrate.events import ignore
 from vmigrate.journal import INTENT, TOKEN_PARAM, Journal, made_as_intended, marked_capacity
 from vmigrate.model import Placement
 from vmigrate.store import JobStore
@@ -78,7 +79,7 @@ def _move(hosts: tuple[libvirt.virConnect, libvirt.virConnect], journal: Journal
         changes=(),
     )
     request = ColdRequest(vm="db1", source="hostA", destination="hostB")
-    return ColdMove(plan, request, *hosts, journal, lambda _kind, _payload: None)
+    return ColdMove(plan, request, *hosts, journal, ignore)
 
 
 def _make(conn: libvirt.virConnect, *, capacity: int = SIZE, allocation: int = 0) -> None:

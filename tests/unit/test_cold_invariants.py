@@ -15,6 +15,7 @@ from vmigrate.cold.errors import InvariantViolated
 from vmigrate.cold.invariants import Invariants
 from vmigrate.cold.plan import ColdPlan
 from vmigrate.cold.steps import ColdMove, ColdRequest
+from vmigrate.events import ignore
 from vmigrate.journal import Journal
 from vmigrate.store import JobStore
 
@@ -62,7 +63,7 @@ def _move(
         changes=(),
     )
     request = ColdRequest(vm="db1", source="hostA", destination="hostB")
-    return ColdMove(plan, request, *hosts, journal, lambda _kind, _payload: None)
+    return ColdMove(plan, request, *hosts, journal, ignore)
 
 
 def _stopped(journal: Journal, src: libvirt.virConnect) -> None:
@@ -119,7 +120,7 @@ def test_an_other_host_given_to_the_move_is_checked_before_start(
         src,
         dst,
         journal,
-        lambda _kind, _payload: None,
+        ignore,
         others={"hostC": third},
     )
     _stopped(journal, src)

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vmigrate.capacity import MIB, HostBudget
+from vmigrate.events import Event, MoveEnded, MoveStarted, Notice
 from vmigrate.fleet.execute import (
     CANCELLED,
     DEAD_AFTER_FAILURES,
@@ -81,7 +82,7 @@ class FakeChild:
     ended_at: float | None = None
 
     # what the scheduler calls
-    def read_events(self) -> list[dict[str, Any]]:
+    def read_events(self) -> list[Event]:
         return []
 
     def finished(self) -> bool:
@@ -367,7 +368,7 @@ class Outcome:
     scheduler: MoveScheduler
     results: list[Any]
     planned: list[str]
-    events: list[tuple[str, dict[str, Any]]]
+    events: list[Event]
 
 
 def simulate(
@@ -380,7 +381,7 @@ def simulate(
     real_signal_at: float | None = None,
 ) -> Outcome:
     plan = plan_evacuation(inp)
-    events: list[tuple[str, dict[str, Any]]] = []
+    events: list[Event] = []
     with JobStore(directory / "jobs.sqlite") as store:
         world = World(store, {v.name: v for v in inp.vms}, iter(scripts), interrupt_at)
 
@@ -397,7 +398,7 @@ def simulate(
             refs,
             None,
             MoveLogs(directory, ("fleet", "1")),
-            lambda kind, payload: events.append((kind, payload)),
+            events.append,
         )
         runtime = Runtime(
             start=world.start,
@@ -417,7 +418,7 @@ def check_invariants(out: Outcome) -> None:
     world = out.world
     names = [r.vm for r in out.results]
     assert sorted(names) == sorted(out.planned), "exactly one result per planned VM"
-    assert sum(1 for kind, _ in out.events if kind == "move-end") == len(out.planned)
+    assert sum(isinstance(e, MoveEnded) for e in out.events) == len(out.planned)
     assert all(c.exit_code is not None for c in world.children), "a child left running"
     for result in out.results:
         where = world.where[result.vm]
@@ -488,12 +489,9 @@ def test_a_destination_that_dies_mid_move_is_retried_once_elsewhere(tmp_path: Pa
     assert result.state == MOVED and result.destination == "hostC"
     assert [a["destination"] for a in result.attempts] == ["hostB", "hostC"]
     assert "hostB stopped answering" in result.attempts[0]["stopped"]
-    starts = [p for kind, p in out.events if kind == "move-start"]
-    assert [s["destination"] for s in starts] == ["hostB", "hostC"]
-    assert any(
-        kind == "notice" and p["message"] == "hostB stopped answering: it gets no more moves"
-        for kind, p in out.events
-    )
+    starts = [e for e in out.events if isinstance(e, MoveStarted)]
+    assert [s.destination for s in starts] == ["hostB", "hostC"]
+    assert Notice("hostB stopped answering: it gets no more moves") in out.events
     (failover,) = out.world.failovers
     dead_after = (DEAD_AFTER_FAILURES - 1) * PROBE_EVERY_S
     assert dead_after <= failover <= 15.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from vmigrate.cli.evacuate import hosts_file_option, run_with_board
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
 from vmigrate.cli.render_plan import PlanView
+from vmigrate.events import Done, print_json
 from vmigrate.fleet.balance import DEFAULT_MAX_MOVES, DEFAULT_MIN_GAIN, DEFAULT_THRESHOLD
 from vmigrate.fleet.execute import MOVED
 from vmigrate.fleet.rebalance import (
@@ -130,8 +130,8 @@ def balance(
     reports: list[BalanceReport] = run_with_board(one_round, as_json, on_plan=_print_plan)
     for report in reports:
         if as_json:
-            if report.job_id is None:
-                click.echo(json.dumps({"event": "done", **report.to_dict()}))
+            if report.job_id is None:  # nothing moved: no job, no Done event yet
+                print_json(Done(report.to_dict()))
         else:
             _render(report)
     if any(r.state != MOVED for report in reports for r in report.moves):

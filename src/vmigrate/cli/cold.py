@@ -19,6 +19,18 @@ from vmigrate.cold.plan import ColdPlan
 from vmigrate.cold.runner import ColdReport, ColdRequest, migrate_cold, plan_cold
 from vmigrate.domxml.rewrite import parse_maps
 from vmigrate.errors import MigrationRefused, UsageError
+from vmigrate.events import (
+    ChecksDone,
+    CopyProgress,
+    Event,
+    JobStarted,
+    LeaseEvent,
+    Notice,
+    PlanMade,
+    RollbackStep,
+    encode,
+    print_json,
+)
 from vmigrate.model import CheckReport
 from vmigrate.store import StoreLocation
 
@@ -222,12 +234,7 @@ def cold(
 
 def run_with_progress(action: Any, as_json: bool) -> ColdReport:
     if as_json:
-
-        def emit_json(kind: str, payload: dict[str, Any]) -> None:
-            if kind != "copy":
-                click.echo(json.dumps({"event": kind, **payload}, default=str))
-
-        report: ColdReport = action(emit_json)
+        report: ColdReport = action(print_json)
         return report
     with Progress(
         "{task.description}",
@@ -241,33 +248,34 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
         done: dict[str, int] = {}
         disks: set[str] = set()
 
-        def emit(kind: str, payload: dict[str, Any]) -> None:
-            if kind == "copy":
-                path = payload["path"]
+        def emit(event: Event) -> None:
+            if isinstance(event, CopyProgress):
+                path = event.path
                 if path not in tasks:
-                    tasks[path] = progress.add_task(path, total=payload["total"])
-                progress.update(tasks[path], completed=payload["done"])
+                    tasks[path] = progress.add_task(path, total=event.total)
+                progress.update(tasks[path], completed=event.done)
                 if path in disks:  # the state file has a row of its own, not in the total
-                    done[path] = payload["done"]
+                    done[path] = event.done
                 if "total" in tasks:
                     progress.update(tasks["total"], completed=sum(done.values()))
-            elif kind == "rollback":
-                console.print(f"[red]failed:[/] {payload['reason']}\nrolling back")
-            elif kind == "plan":
-                plan = ColdPlan.from_dict(payload)
+            elif isinstance(event, RollbackStep):
+                console.print(f"[red]failed:[/] {event.reason}\nrolling back")
+            elif isinstance(event, PlanMade):
+                plan = ColdPlan.from_dict(event.plan)
                 render_plan(plan)
                 disks.update(c.source_path for c in plan.copies)
                 if len(plan.copies) > 1:
                     total = sum(c.physical for c in plan.copies)
                     tasks["total"] = progress.add_task("all disks", total=total)
-            elif kind == "job":
-                console.print(f"job {payload['job_id']} started")
-            elif kind == "checks" and payload["ok"]:  # a refusal prints the whole report
-                console.print(FindingsView(report_from_dict(payload), brief=True))
-            elif kind == "warning":
-                console.print(f"[yellow]warning:[/] {payload['message']}")
-            elif kind == "lease":
-                console.print(lease_line(payload))
+            elif isinstance(event, JobStarted):
+                console.print(f"job {event.job_id} started")
+            elif isinstance(event, ChecksDone) and event.report["ok"]:
+                # a refusal prints the whole report
+                console.print(FindingsView(report_from_dict(event.report), brief=True))
+            elif isinstance(event, Notice):
+                console.print(f"[yellow]{event.level}:[/] {event.message}")
+            elif isinstance(event, LeaseEvent):
+                console.print(lease_line(encode(event)))
 
         try:
             report = action(emit)

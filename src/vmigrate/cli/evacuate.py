@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,18 @@ from rich.table import Table
 
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
 from vmigrate.cli.render_plan import PlanView
+from vmigrate.events import (
+    Done,
+    Event,
+    JobStarted,
+    MoveEnded,
+    MoveProgress,
+    MoveStarted,
+    Notice,
+    PlanMade,
+    encode,
+    print_json,
+)
 from vmigrate.fleet.evacuate import (
     EvacuateRequest,
     EvacuationReport,
@@ -81,26 +92,22 @@ def run_with_board(
     action: Any, as_json: bool, on_plan: Callable[[dict[str, Any]], None] | None = None
 ) -> Any:
     if as_json:
-
-        def emit_json(kind: str, payload: dict[str, Any]) -> None:
-            click.echo(json.dumps({"event": kind, **payload}, default=str))
-
-        return action(emit_json)
+        return action(print_json)
     board = MoveBoard()
     with Live(console=console, refresh_per_second=2, transient=True) as display:
 
-        def emit(kind: str, payload: dict[str, Any]) -> None:
-            if kind == "plan":
-                (on_plan or print_plan)(payload)
-            elif kind == "job":
-                console.print(f"job {payload['job_id']} started")
-            elif kind in ("move-start", "move-progress", "move-end"):
-                board.update(kind, payload)
+        def emit(event: Event) -> None:
+            if isinstance(event, PlanMade):
+                (on_plan or print_plan)(event.plan)
+            elif isinstance(event, JobStarted):
+                console.print(f"job {event.job_id} started")
+            elif isinstance(event, MoveStarted | MoveProgress | MoveEnded):
+                board.update(event.KIND, encode(event))
                 display.update(board.table())
-                if kind == "move-end":
-                    console.print(_result_line(payload))
-            elif kind == "notice":
-                console.print(f"[yellow]{payload['message']}[/]")
+                if isinstance(event, MoveEnded):
+                    console.print(_result_line(encode(event)))
+            elif isinstance(event, Notice):
+                console.print(f"[yellow]{event.message}[/]")
 
         return action(emit)
 
@@ -201,7 +208,7 @@ def evacuate_command(
 def finish(report: EvacuationReport, as_json: bool) -> None:
     if as_json:
         if report.job_id is None:  # a dry run: the plan was the output
-            click.echo(json.dumps({"event": "done", **report.to_dict()}))
+            print_json(Done(report.to_dict()))
     elif report.job_id is not None:
         render_report(report)
     ok = report.empty if report.job_id is not None else not report.plan["unplaced"]
@@ -262,23 +269,16 @@ def maintenance_end(
     interrupt_on(signal.SIGINT)
     was, results, _plan = run_with_board(
         lambda emit: end_maintenance(
-            host, bring_back=bring_back, hosts_file=hosts_file, store_path=store_path, emit=emit
+            host,
+            bring_back=bring_back,
+            hosts_file=hosts_file,
+            store_path=store_path,
+            on_event=emit,
         ),
         as_json,
     )
     results_list: list[MoveResult] = results
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "event": "done",
-                    "host": host,
-                    "was_in_maintenance": was,
-                    "moves": [r.to_dict() for r in results_list],
-                }
-            )
-        )
-    else:
+    if not as_json:  # with --json, the Done event was the last line
         console.print(f"{host} is out of maintenance" if was else f"{host} was not in maintenance")
         for result in results_list:
             console.print("  " + _result_line(result.to_dict()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,17 @@ from vmigrate.cli.leases import lease_line, take_over_lease_option
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option, vm_and_hosts
 from vmigrate.cli.render_findings import FindingsView, report_from_dict
 from vmigrate.errors import MigrationRefused
+from vmigrate.events import (
+    ChecksDone,
+    Event,
+    JobStarted,
+    LeaseEvent,
+    Notice,
+    PolicyAction,
+    Sample,
+    encode,
+    print_json,
+)
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
 from vmigrate.model import CheckReport
@@ -270,37 +280,34 @@ def _disk_list(value: str | None) -> tuple[str, ...] | None:
 
 
 def _run_json(request: LiveRequest, take_over_lease: bool) -> LiveReport:
-    def emit(kind: str, payload: dict[str, Any]) -> None:
-        click.echo(json.dumps({"event": kind, **payload}, default=str))
-
     try:
-        return migrate_live(request, emit, take_over_lease=take_over_lease)
+        return migrate_live(request, print_json, take_over_lease=take_over_lease)
     except MigrationRefused as err:
         if isinstance(err.report, CheckReport):
-            click.echo(json.dumps({"event": "checks", **err.report.to_dict()}))
+            print_json(ChecksDone(err.report.to_dict()))
         raise
 
 
 def _run_interactive(request: LiveRequest, take_over_lease: bool) -> LiveReport:
     with Live(console=console, refresh_per_second=4, transient=True) as display:
 
-        def emit(kind: str, payload: dict[str, Any]) -> None:
-            if kind == "checks":
-                console.print(FindingsView(report_from_dict(payload), brief=True))
-            elif kind == "job":
-                console.print(f"job {payload['job_id']} started")
-            elif kind == "sample":
-                display.update(progress_table(payload))
-            elif kind == "action":
-                value = f" {payload['value']:g}" if payload["value"] is not None else ""
+        def emit(event: Event) -> None:
+            if isinstance(event, ChecksDone):
+                console.print(FindingsView(report_from_dict(event.report), brief=True))
+            elif isinstance(event, JobStarted):
+                console.print(f"job {event.job_id} started")
+            elif isinstance(event, Sample):
+                display.update(progress_table(encode(event)))
+            elif isinstance(event, PolicyAction):
+                value = f" {event.value:g}" if event.value is not None else ""
                 console.print(
-                    f"[cyan]{payload['at_s']:6.1f} s {payload['by']}: "
-                    f"{payload['action']}{value}[/] — {payload['reason']}"
+                    f"[cyan]{event.at_s:6.1f} s {event.by}: "
+                    f"{event.action}{value}[/] — {event.reason}"
                 )
-            elif kind == "notice":
-                console.print(f"[yellow]{payload['message']}[/]")
-            elif kind == "lease":
-                console.print(lease_line(payload))
+            elif isinstance(event, Notice):
+                console.print(f"[yellow]{event.message}[/]")
+            elif isinstance(event, LeaseEvent):
+                console.print(lease_line(encode(event)))
 
         try:
             report = migrate_live(request, emit, take_over_lease=take_over_lease)

@@ -4,12 +4,11 @@ each host digests the disk it knows, and a rollback removes only what this job m
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from vmigrate.cold.pool_change import PoolChange
 from vmigrate.errors import VmigrateError
+from vmigrate.events import CopyProgress, EventSink, Notice
 from vmigrate.failpoints import failpoint
 from vmigrate.journal import Detail, Journal, made_as_intended, marked_capacity
 from vmigrate.virt import domains
@@ -24,8 +23,6 @@ from vmigrate.virt.pool_volumes import (
     volume_exists_now,
     volume_sizes,
 )
-
-EventSink = Callable[[str, dict[str, Any]], None]
 
 
 class PoolChangeError(VmigrateError):
@@ -155,7 +152,7 @@ class PoolChangeSteps:
             )
 
         def progress(done: int, total: int) -> None:
-            self.emit("copy", {"path": change.source, "done": done, "total": total})
+            self.emit(CopyProgress(change.source, done, total))
             if done > 0:
                 failpoint("cold.pool-change.mid-copy")
 
@@ -235,7 +232,7 @@ class PoolChangeSteps:
         try:
             domains.refresh_pool(self.dst, change.destination_pool)
         except Exception as err:  # the image is there and verified; the listing is cosmetic
-            self.emit("warning", {"message": f"pool {change.destination_pool!r}: {err}"})
+            self.emit(Notice(f"pool {change.destination_pool!r}: {err}", level="warning"))
             return str(err)
         return True
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import shlex
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,15 @@ __all__ = [
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.domxml.rewrite import Rewrite, rewrite_for_destination
 from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
+from vmigrate.events import (
+    ChecksDone,
+    Done,
+    EventSink,
+    JobEvents,
+    PlanMade,
+    RollbackStep,
+    ignore,
+)
 from vmigrate.facts import HostFacts, ShareProbe, VolumeInfo
 from vmigrate.guard import (
     REFUSED,
@@ -80,8 +88,6 @@ from vmigrate.virt.domains import volume_at
 from vmigrate.virt.facts import gather_host_facts
 from vmigrate.virt.placement import locate
 from vmigrate.virt.storage import probe_shared_pool, volume_chain
-
-EventSink = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -457,8 +463,15 @@ def _run(
         end_lease(store, job_id, held, release=outcome in ("completed", "rolled back"), emit=emit)
         src.close()
         dst.close()
-    emit("done", report.to_dict())
+    emit(Done(report.to_dict()))
     return report
+
+
+def _job_events(store: JobStore, job_id: int, on_event: EventSink | None) -> JobEvents:
+    """The job's sink: its events go to the store, then to `on_event`."""
+    sink = JobEvents(on_event or ignore)
+    sink.attach(store, job_id)
+    return sink
 
 
 def _hold_lease(
@@ -550,7 +563,7 @@ def _rolled_back(result: Rollback, job_id: int) -> tuple[str, str]:
 
 def _roll_back_after(move: ColdMove, failure: str, job_id: int, emit: EventSink) -> tuple[str, str]:
     """A step failed while vmigrate was there to see it: put the VM back as it was."""
-    emit("rollback", {"reason": failure})
+    emit(RollbackStep(failure))
     try:
         outcome, undid = _rolled_back(move.rollback(), job_id)
     except Exception as err:  # report both failures
@@ -575,7 +588,7 @@ def migrate_cold(
 ) -> ColdReport:
     """Move a VM cold. Before the first step the job takes the VM's lease (refused when
     another job holds it; a stale one only with `take_over_lease`)."""
-    emit: EventSink = on_event or (lambda _kind, _payload: None)
+    emit = JobEvents(on_event or ignore)  # stored once the job exists
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
     with JobStore(request.store_path) as store:
@@ -589,7 +602,7 @@ def migrate_cold(
         hosts_file=request.hosts_file,
     )
     checks = checked.report
-    emit("checks", checks.to_dict())
+    emit(ChecksDone(checks.to_dict()))
     if checks.failed and not request.force:
         failed = [f for f in checks.findings if f.verdict.value == "fail"]
         raise MigrationRefused(
@@ -601,11 +614,11 @@ def migrate_cold(
         )
     _check_lease_free(request, take_over_lease)
     plan = plan_cold(request, checked)
-    emit("plan", plan.to_dict())
+    emit(PlanMade(plan.to_dict()))
     store = JobStore(request.store_path)
     params = {**_request_params(request, plan), TOKEN_PARAM: new_token()}
     job_id = store.create_job("cold", request.vm, request.source, request.destination, params)
-    emit("job", {"job_id": job_id, "store": str(store.path)})
+    emit.start(store, job_id, str(store.path))
     try:
         return _run(job_id, request, plan, store, emit, take_over=take_over_lease)
     finally:
@@ -649,7 +662,7 @@ def resume_cold(
     store = JobStore(store_path)
     request, plan = _reopened(job_id, store, "resume")
     try:
-        return _run(job_id, request, plan, store, on_event or (lambda _k, _p: None))
+        return _run(job_id, request, plan, store, _job_events(store, job_id, on_event))
     finally:
         store.close()
 
@@ -660,6 +673,7 @@ def rollback_cold(
     store = JobStore(store_path)
     request, plan = _reopened(job_id, store, "rollback")
     try:
-        return _run(job_id, request, plan, store, on_event or (lambda _k, _p: None), rollback=True)
+        emit = _job_events(store, job_id, on_event)
+        return _run(job_id, request, plan, store, emit, rollback=True)
     finally:
         store.close()

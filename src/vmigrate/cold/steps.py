@@ -43,11 +43,9 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from vmigrate.cold.errors import ColdMoveError as ColdMoveError  # runner.py imports it here
 from vmigrate.cold.errors import InvariantViolated
@@ -61,6 +59,7 @@ from vmigrate.cold.pool_change_steps import (
 )
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.domxml.secrets import graft_secrets
+from vmigrate.events import CopyProgress, EventSink
 from vmigrate.failpoints import failpoint
 from vmigrate.journal import INTENT, Detail, Journal, made_as_intended
 from vmigrate.model import Placement
@@ -78,7 +77,6 @@ from vmigrate.virt.copy_worker import copy_in_worker
 from vmigrate.virt.placement import look_by_uuid
 from vmigrate.virt.streams import volume_digest
 
-EventSink = Callable[[str, dict[str, Any]], None]
 CHECKPOINT_BYTES = 64 << 20
 SPACE_MARGIN_BYTES = 4 << 20  # kept free in a destination pool (file system metadata)
 CONNECT_TIMEOUT_S = 10.0
@@ -252,7 +250,7 @@ class ColdMove:
         last = [offset]
 
         def progress(position: int) -> None:
-            self.emit("copy", {"path": copy.source_path, "done": position, "total": size})
+            self.emit(CopyProgress(copy.source_path, position, size))
             if position > offset:
                 failpoint(f"{point}.mid-copy")
             if position - last[0] >= CHECKPOINT_BYTES:

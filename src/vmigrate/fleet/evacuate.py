@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
+from vmigrate.events import Done, EventSink, JobEvents, Notice, PlanMade
 from vmigrate.fleet.execute import (
     CANCELLED,
     MOVED,
     STAYED,
     UNKNOWN,
-    Emit,
     MoveContext,
     MoveResult,
     MoveScheduler,
@@ -215,11 +215,14 @@ def log_dir(store: JobStore, job_id: int) -> MoveLogs:
     return MoveLogs(base, ("fleet", str(job_id)))
 
 
-def evacuate(request: EvacuateRequest, emit: Emit, job_id: int | None = None) -> EvacuationReport:
+def evacuate(
+    request: EvacuateRequest, on_event: EventSink, job_id: int | None = None
+) -> EvacuationReport:
     started = time.monotonic()
+    emit = JobEvents(on_event)  # stored once the job exists
     with JobStore(request.store_path) as store:
         source, targets, inp, plan = prepare(request, store)
-        emit("plan", plan.to_dict())
+        emit(PlanMade(plan.to_dict()))
         if request.dry_run:
             return EvacuationReport(None, source.name, plan.to_dict(), message="dry run")
         params = {"request": asdict(request), "plan": plan.to_dict()}
@@ -230,7 +233,7 @@ def evacuate(request: EvacuateRequest, emit: Emit, job_id: int | None = None) ->
         else:
             store.set_job_params(job_id, {**store.job(job_id).params, "plan": plan.to_dict()})
         store.set_maintenance(source.name, source.uri, job_id, f"evacuated by job {job_id}")
-        emit("job", {"job_id": job_id, "store": str(store.path)})
+        emit.start(store, job_id, str(store.path))
         for unplaced in plan.unplaced:
             store.add_action(job_id, "unplaced", f"{unplaced.vm}: {unplaced.reason}", "planner")
         seq_base = max((step.seq for step in store.steps(job_id)), default=-1) + 1
@@ -251,7 +254,7 @@ def evacuate(request: EvacuateRequest, emit: Emit, job_id: int | None = None) ->
         store.finish_job(
             job_id, "completed" if report.empty else "failed", report.message, report.to_dict()
         )
-    emit("done", report.to_dict())
+        emit(Done(report.to_dict()))
     return report
 
 
@@ -318,7 +321,7 @@ def reconcile(results: list[MoveResult], source: str, left: list[str]) -> list[M
     return checked
 
 
-def _settle_in_flight(store: JobStore, job_id: int, emit: Emit) -> None:
+def _settle_in_flight(store: JobStore, job_id: int, emit: EventSink) -> None:
     """Before a resumed evacuation goes on: wait for the moves its killed driver left running
     (each is its own process and finishes cleanly), and recover those whose process died."""
     for step in store.steps(job_id):
@@ -333,7 +336,7 @@ def _settle_in_flight(store: JobStore, job_id: int, emit: Emit) -> None:
         deadline = time.monotonic() + RESUME_WAIT_S
         record = store.job(int(child))
         if record.state == RUNNING:
-            emit("notice", {"message": f"{step.name}: waiting for job {child} to finish"})
+            emit(Notice(f"{step.name}: waiting for job {child} to finish"))
         while record.state == RUNNING and time.monotonic() < deadline:
             time.sleep(1.0)
             record = store.job(int(child))
@@ -344,7 +347,7 @@ def _settle_in_flight(store: JobStore, job_id: int, emit: Emit) -> None:
                 if record.kind == "live"
                 else ["jobs", *store_args, "resume", str(child)]
             )
-            emit("notice", {"message": f"{step.name}: job {child} was interrupted: {how[0]}"})
+            emit(Notice(f"{step.name}: job {child} was interrupted: {how[0]}"))
             subprocess.run(
                 [*VMIGRATE, *how],
                 stdin=subprocess.DEVNULL,
@@ -355,7 +358,7 @@ def _settle_in_flight(store: JobStore, job_id: int, emit: Emit) -> None:
 
 
 def resume_evacuation(
-    job_id: int, store_path: StoreLocation | None, emit: Emit
+    job_id: int, store_path: StoreLocation | None, emit: EventSink
 ) -> EvacuationReport:
     with JobStore(store_path) as store:
         record = store.job(job_id)
@@ -401,18 +404,24 @@ def end_maintenance(
     bring_back: bool,
     hosts_file: Path | None,
     store_path: StoreLocation | None,
-    emit: Emit,
+    on_event: EventSink,
     max_parallel: int = Limits().max_parallel,
 ) -> tuple[bool, list[MoveResult], dict[str, Any] | None]:
     """Clear the mark; with `bring_back`, move the VMs that left the host back to it through
-    the same planner. (was in maintenance, results, plan)."""
+    the same planner (a `return` job). (was in maintenance, results, plan); the last event
+    is Done with the host, whether it was in maintenance, and the moves."""
     ref = resolve_host(host, hosts_file)
+    emit = JobEvents(on_event)  # stored once the job exists
+
+    def done(was: bool, results: list[MoveResult]) -> None:
+        moves = [r.to_dict() for r in results]
+        emit(Done({"host": host, "was_in_maintenance": was, "moves": moves}))
+
     with JobStore(store_path) as store:
         was = store.end_maintenance(ref.uri)
-        if not bring_back:
-            return was is not None, [], None
-        away = returning_moves(store, ref)
+        away = returning_moves(store, ref) if bring_back else {}
         if not away:
+            done(was is not None, [])
             return was is not None, [], None
         by_host: dict[str, list[str]] = {}
         for vm, where in away.items():
@@ -429,7 +438,7 @@ def end_maintenance(
             for name, vms in by_host.items():
                 holder = sessions[name]
                 if holder.facts is None:
-                    emit("notice", {"message": f"{name} does not answer: {', '.join(vms)} stay"})
+                    emit(Notice(f"{name} does not answer: {', '.join(vms)} stay"))
                     continue
                 gathered += gather_vms(holder, [home], "auto", names=vms)
             bandwidth, bandwidth_source = link_bandwidth(None, [home])
@@ -445,10 +454,11 @@ def end_maintenance(
         finally:
             close_sessions(sessions)
         plan = plan_evacuation(inp)
-        emit("plan", plan.to_dict())
+        emit(PlanMade(plan.to_dict()))
         job_id = store.create_job(
             "return", ref.name, ",".join(by_host), ref.uri, {"plan": plan.to_dict()}
         )
+        emit.start(store, job_id, str(store.path))
         refs = {r.name: r for r in (ref, *holders)}
         ctx = MoveContext(job_id, store, refs, hosts_file, log_dir(store, job_id), emit)
         scheduler = MoveScheduler(plan, inp, ctx)
@@ -461,6 +471,7 @@ def end_maintenance(
             f"{sum(r.state == MOVED for r in results)} of {len(results)} VM(s) back on {ref.name}",
             {"moves": [r.to_dict() for r in results]},
         )
+        done(was is not None, results)
     return was is not None, results, plan.to_dict()
 
 

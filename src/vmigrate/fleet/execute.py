@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.errors import VmigrateError
+from vmigrate.events import EventSink, MoveEnded, MoveProgress, MoveStarted, Notice
 from vmigrate.fleet.hostwatch import HostWatch, ProbingWatch, host_answers
 from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.moves import RESUME, ROLLBACK, MoveChild, MoveCommand, start_move
@@ -56,7 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-Emit = Callable[[str, dict[str, Any]], None]
 POLL_S = 0.5
 #: Probes in a row a host of a move in flight may miss before it counts as dead.
 DEAD_AFTER_FAILURES = 2
@@ -116,7 +116,7 @@ class MoveContext:
     refs: dict[str, HostRef]
     hosts_file: Path | None
     logs: MoveLogs
-    emit: Emit
+    emit: EventSink
     seq_base: int = 0
 
 
@@ -241,7 +241,7 @@ class MoveScheduler:
         )
         self.results.append(result)
         self._record(track, state, {"reason": reason, "result": result.to_dict()})
-        self.ctx.emit("move-end", result.to_dict())
+        self.ctx.emit(MoveEnded(**result.to_dict()))
 
     def _stays(self, track: _Track, reason: str) -> None:
         """The VM runs on its source: the destination's room is free again."""
@@ -324,16 +324,15 @@ class MoveScheduler:
         track.stop_sent_at = track.stop_reason = None
         self._launch(track, self._command(track))
         self.ctx.emit(
-            "move-start",
-            {
-                "vm": move.vm,
-                "source": move.source,
-                "destination": move.destination,
-                "mode": move.mode,
-                "copy_storage": move.copy_storage,
-                "attempt": len(track.attempts) + 1,
-                "predicted_s": move.predicted_s,
-            },
+            MoveStarted(
+                vm=move.vm,
+                source=move.source,
+                destination=move.destination,
+                mode=move.mode,
+                copy_storage=move.copy_storage,
+                attempt=len(track.attempts) + 1,
+                predicted_s=move.predicted_s,
+            )
         )
 
     def _launch(self, track: _Track, command: MoveCommand, recovering: str | None = None) -> None:
@@ -357,15 +356,14 @@ class MoveScheduler:
                 if had_job != child.job_id:
                     self._record(track, "running", {"child_job": child.job_id})
                 self.ctx.emit(
-                    "move-progress",
-                    {
-                        "vm": track.load.name,
-                        "destination": track.move.destination,
-                        "phase": child.phase,
-                        "percent": child.percent,
-                        "elapsed_s": round(child.elapsed(), 1),
-                        "job_id": child.job_id,
-                    },
+                    MoveProgress(
+                        vm=track.load.name,
+                        destination=track.move.destination,
+                        phase=child.phase,
+                        percent=child.percent,
+                        elapsed_s=round(child.elapsed(), 1),
+                        job_id=child.job_id,
+                    )
                 )
             if child.finished():
                 child.read_events()
@@ -470,7 +468,7 @@ class MoveScheduler:
             if past
             else f"rolling it back, so that it runs on {track.move.source} again"
         )
-        self.ctx.emit("notice", {"message": f"{track.load.name}: job {job_id} stopped; {how}"})
+        self.ctx.emit(Notice(f"{track.load.name}: job {job_id} stopped; {how}"))
         track.recover_job = job_id
         self._launch(track, replace(self._command(track), action=action, job_id=job_id), action)
 
@@ -522,7 +520,7 @@ class MoveScheduler:
             return
         self.ledger.take(destination, move.need_bytes, move.vcpus)
         track.move = replace(move, destination=destination, reason=f"retry ({why}): {reason}")
-        self.ctx.emit("notice", {"message": f"{move.vm}: {why}; next: {destination} ({reason})"})
+        self.ctx.emit(Notice(f"{move.vm}: {why}; next: {destination} ({reason})"))
         self._enqueue(track, first=True)
 
     def _redirect(self, track: _Track, why: str) -> bool:
@@ -543,14 +541,14 @@ class MoveScheduler:
             return False
         self.ledger.take(destination, move.need_bytes, move.vcpus)
         track.move = replace(move, destination=destination, reason=f"{why}: {reason}")
-        self.ctx.emit("notice", {"message": f"{move.vm}: {why}; next: {destination} ({reason})"})
+        self.ctx.emit(Notice(f"{move.vm}: {why}; next: {destination} ({reason})"))
         return True
 
     # -- hosts that stop answering ------------------------------------------------------
     def _mark_dead(self, host: str) -> None:
         if host not in self.dead:
             self.dead.add(host)
-            self.ctx.emit("notice", {"message": f"{host} stopped answering: it gets no more moves"})
+            self.ctx.emit(Notice(f"{host} stopped answering: it gets no more moves"))
 
     def _watch_hosts(self) -> None:
         hosts = {h for t in self.running for h in (t.move.source, t.move.destination)}
@@ -574,11 +572,10 @@ class MoveScheduler:
             if track.stop_sent_at is None or track.stop_reason is None:
                 track.stop_reason = f"{track.move.destination} stopped answering"
                 self.ctx.emit(
-                    "notice",
-                    {
-                        "message": f"{track.load.name}: {track.stop_reason}: stopping its move "
+                    Notice(
+                        f"{track.load.name}: {track.stop_reason}: stopping its move "
                         f"(the VM stays on {track.move.source})"
-                    },
+                    )
                 )
                 child.stop()
                 track.stop_sent_at = now
@@ -590,7 +587,7 @@ class MoveScheduler:
         """Start no more; stop the moves in flight (each aborts cleanly); a cold move that
         already runs the VM on its destination finishes."""
         self.cancelled = True
-        self.ctx.emit("notice", {"message": "cancelling: the moves in flight abort"})
+        self.ctx.emit(Notice("cancelling: the moves in flight abort"))
         for track in list(self.queue):
             self._stays(track, f"not started: cancelled; it stays on {track.move.source}")
         for track in self.running:
@@ -613,11 +610,10 @@ class MoveScheduler:
             track.stop_pending = False
             if point == "no return":
                 self.ctx.emit(
-                    "notice",
-                    {
-                        "message": f"{track.load.name} already runs on "
+                    Notice(
+                        f"{track.load.name} already runs on "
                         f"{track.move.destination}: its move finishes"
-                    },
+                    )
                 )
                 continue
             child.stop()

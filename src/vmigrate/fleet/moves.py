@@ -24,6 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from vmigrate.events import (
+    CopyProgress,
+    Done,
+    Event,
+    JobStarted,
+    PlanMade,
+    Sample,
+    Unknown,
+    decode,
+)
 from vmigrate.fleet.logs import ChildFiles, MoveLogs, read_from
 from vmigrate.store import StoreLocation
 
@@ -55,6 +65,27 @@ class MoveCommand:
         return [*args, "--store", str(self.store_path), "--json"]
 
 
+@dataclass
+class CopyTally:
+    """How far a cold move's copies are, together: bytes copied of every file the plan
+    names (and any other one it reports), so the share only grows from disk to disk."""
+
+    totals: dict[str, int] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)
+
+    def planned(self, plan: dict[str, Any]) -> None:
+        for copy in plan.get("copies") or ():
+            if isinstance(copy, dict) and "source_path" in copy:
+                self.totals.setdefault(str(copy["source_path"]), int(copy.get("physical", 0)))
+
+    def add(self, copy: CopyProgress) -> float:
+        """The share done, in percent, after this progress report."""
+        self.totals[copy.path] = max(copy.total, self.totals.get(copy.path, 0))
+        self.done[copy.path] = copy.done
+        total = sum(self.totals.values())
+        return min(100.0, 100.0 * sum(self.done.values()) / total) if total > 0 else 0.0
+
+
 class MoveChild(Protocol):
     """What the scheduler needs of a child (a process here; a stand-in in the tests)."""
 
@@ -70,7 +101,7 @@ class MoveChild(Protocol):
     @property
     def exit_code(self) -> int | None: ...
 
-    def read_events(self) -> list[dict[str, Any]]: ...
+    def read_events(self) -> list[Event]: ...
 
     def finished(self) -> bool: ...
 
@@ -97,6 +128,7 @@ class ChildMove:
     percent: float = 0.0
     phase: str = "checks"
     report: dict[str, Any] | None = None
+    copies: CopyTally = field(default_factory=CopyTally)
     _offset: int = 0
     _signals: int = 0
     _closed: bool = False
@@ -109,8 +141,9 @@ class ChildMove:
     def exit_code(self) -> int | None:
         return self.process.returncode
 
-    def read_events(self) -> list[dict[str, Any]]:
-        """The events written since the last call (only whole lines)."""
+    def read_events(self) -> list[Event]:
+        """The events written since the last call (only whole lines; a line this vmigrate
+        cannot read, e.g. a newer kind, is skipped)."""
         if self._closed:
             return []
         data = read_from(self.files.events_read, self._offset)
@@ -118,26 +151,30 @@ class ChildMove:
         self._offset += end
         events = []
         for line in data[:end].splitlines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
+            with contextlib.suppress(ValueError):  # not JSON, or a known kind gone wrong
+                encoded = json.loads(line)
+                event = decode(encoded) if isinstance(encoded, dict) else None
+                if event is not None and not isinstance(event, Unknown):
                     events.append(event)
         for event in events:
             self._note(event)
         return events
 
-    def _note(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "job":
-            self.job_id = int(event["job_id"])
+    def _note(self, event: Event) -> None:
+        if isinstance(event, JobStarted):
+            self.job_id = event.job_id
             self.phase = "moving"
-        elif kind == "sample":
-            self.percent = float(event.get("percent", self.percent))
-            self.phase = str(event.get("phase", self.phase))
-        elif kind == "step":
-            self.phase = str(event.get("name", self.phase))
-        elif kind == "done":
-            self.report = event
+        elif isinstance(event, Sample):
+            self.percent, self.phase = event.percent, event.phase
+        elif isinstance(event, PlanMade):
+            self.copies.planned(event.plan)
+        elif isinstance(event, CopyProgress):
+            self.phase = "copy"
+            # A live move's disk copies come before its memory: its samples say how far.
+            if self.command.mode == "cold":
+                self.percent = self.copies.add(event)
+        elif isinstance(event, Done):
+            self.report = event.report
 
     def finished(self) -> bool:
         return self.process.poll() is not None

@@ -16,6 +16,7 @@ from typing import Any
 
 from vmigrate.capacity import HostBudget, host_budget
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
+from vmigrate.events import Done, EventSink, JobEvents, Notice, PlanMade
 from vmigrate.fleet.balance import (
     DEFAULT_MAX_MOVES,
     DEFAULT_MIN_GAIN,
@@ -33,7 +34,7 @@ from vmigrate.fleet.balance import (
     vm_loads,
 )
 from vmigrate.fleet.evacuate import log_dir
-from vmigrate.fleet.execute import MOVED, Emit, MoveContext, MoveResult, MoveScheduler
+from vmigrate.fleet.execute import MOVED, MoveContext, MoveResult, MoveScheduler
 from vmigrate.fleet.gather import close_sessions, gather_vms, link_bandwidth, open_sessions
 from vmigrate.fleet.plan import EvacuationInput, EvacuationPlan, Limits, PairVerdict
 from vmigrate.hosts import LAB_CLUSTER, HostRef, cluster_names, resolve_cluster
@@ -280,8 +281,9 @@ def _as_evacuation(
     )
 
 
-def balance_round(request: BalanceRequest, emit: Emit) -> BalanceReport:
+def balance_round(request: BalanceRequest, on_event: EventSink) -> BalanceReport:
     started = time.monotonic()
+    emit = JobEvents(on_event)  # stored once the job exists
     _validate(request)
     name, refs = _cluster(request)
     with JobStore(request.store_path) as store:
@@ -290,7 +292,7 @@ def balance_round(request: BalanceRequest, emit: Emit) -> BalanceReport:
         sampled = sample_cluster(refs, request, maintenance, cooled)
         close_sessions(sampled.sessions)
         plan = plan_balance(sampled.inp)
-        emit("plan", plan.to_dict())
+        emit(PlanMade(plan.to_dict()))
         if request.dry_run or not plan.moves:
             return BalanceReport(
                 None,
@@ -306,7 +308,7 @@ def balance_round(request: BalanceRequest, emit: Emit) -> BalanceReport:
             ",".join(r.name for r in refs),
             {"request": asdict(request), "plan": plan.to_dict()},
         )
-        emit("job", {"job_id": job_id, "store": str(store.path)})
+        emit.start(store, job_id, str(store.path))
         limits = Limits(request.max_parallel, request.max_parallel)
         evacuation_plan, evacuation_input = _as_evacuation(plan, sampled.inp, limits)
         ctx = MoveContext(
@@ -345,7 +347,7 @@ def balance_round(request: BalanceRequest, emit: Emit) -> BalanceReport:
             report.message,
             report.to_dict(),
         )
-    emit("done", report.to_dict())
+        emit(Done(report.to_dict()))
     return report
 
 
@@ -362,8 +364,8 @@ def _measure(refs: Sequence[HostRef], request: BalanceRequest, maintenance: set[
 def watch(
     request: BalanceRequest,
     every_s: float,
-    emit: Emit,
-    one_round: Callable[[BalanceRequest, Emit], BalanceReport] | None = None,
+    emit: EventSink,
+    one_round: Callable[[BalanceRequest, EventSink], BalanceReport] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[BalanceReport]:
     """Rounds until Ctrl-C, `every_s` apart; each round moves at most max_moves VMs. A
@@ -374,8 +376,8 @@ def watch(
         while True:
             reports.append(run_round(request, emit))
             if reports[-1].cancelled:
-                emit("notice", {"message": "cancelled: no more rounds"})
+                emit(Notice("cancelled: no more rounds"))
                 break
-            emit("notice", {"message": f"next round in {every_s:g} s (Ctrl-C stops)"})
+            emit(Notice(f"next round in {every_s:g} s (Ctrl-C stops)"))
             sleep(every_s)
     return reports

@@ -9,11 +9,12 @@ import time
 from typing import Any
 
 from vmigrate.errors import VmigrateError
+from vmigrate.events import EventSink, Notice
 from vmigrate.hosts import HostRef
 from vmigrate.journal import Journal
 from vmigrate.live.postcopy_link import TIMED_OUT, LinkWatch, wait_for_postcopy
 from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
-from vmigrate.live.request import EventSink, LiveRequest
+from vmigrate.live.request import LiveRequest
 from vmigrate.live.storage_copy import created_paths, remove_created, remove_source_images
 from vmigrate.live.storage_plan import StorageCopyPlan
 from vmigrate.model import Placement
@@ -136,7 +137,7 @@ def see_postcopy_through(
             wait_s=request.postcopy_wait_s,
         )
     except KeyboardInterrupt:
-        emit("notice", {"message": "stopped waiting for post-copy (Ctrl-C); nothing destroyed"})
+        emit(Notice("stopped waiting for post-copy (Ctrl-C); nothing destroyed"))
         return TIMED_OUT
 
 

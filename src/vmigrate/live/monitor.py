@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import asdict
 from typing import Any
 
 from vmigrate.errors import VmigrateError
+from vmigrate.events import EventSink, Notice, PolicyAction, Sample
 from vmigrate.live.policy import Action, PolicyConfig, decide, initial_state
 from vmigrate.live.postcopy_link import LinkWatch
-from vmigrate.live.request import EventSink
 from vmigrate.live.samples import JobSample, sample_from_job_stats, with_disk_rate
 from vmigrate.store import ControlRequest, JobStore
 from vmigrate.virt.migration import (
@@ -47,17 +48,13 @@ class Steering:
             start_postcopy(domain)
         elif action.kind == "abort":
             abort_job(domain)
-        record = {
-            "at_s": round(action.at_s, 2),
-            "action": action.kind,
-            "value": action.value,
-            "reason": action.reason,
-            "by": actor,
-        }
-        self.taken.append(record)
+        record = PolicyAction(
+            round(action.at_s, 2), action.kind, action.value, action.reason, actor
+        )
+        self.taken.append(asdict(record))
         label = action.kind if action.value is None else f"{action.kind} {action.value:g}"
         self.store.add_action(self.job_id, label, action.reason, actor)
-        self.emit("action", record)
+        self.emit(record)
 
 
 class Monitor:
@@ -122,14 +119,7 @@ class Monitor:
                 self.note(f"the starting downtime limit could not be set: {err.message}")
         self.samples.append(sample)
         self.store.add_sample(self.job_id, sample.to_dict())
-        self.emit(
-            "sample",
-            {
-                **sample.to_dict(),
-                "percent": sample.percent,
-                "downtime_limit_ms": self.state.downtime_ms,
-            },
-        )
+        self.emit(Sample.of(sample, self.state.downtime_ms))
         if self.state.postcopy:
             self.link_watch.update(sample.data_processed)
         actions = decide(self.samples, self.policy, self.state)
@@ -176,11 +166,10 @@ class Monitor:
     def _interrupted(self) -> None:
         if self.state.postcopy:
             self.emit(
-                "notice",
-                {
-                    "message": "in post-copy the guest already runs on the "
+                Notice(
+                    "in post-copy the guest already runs on the "
                     "destination and cannot go back: finishing the migration"
-                },
+                )
             )
             return
         if self.state.aborting:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,9 +9,6 @@ from typing import Any
 from vmigrate.live.policy import PolicyConfig
 from vmigrate.model import LiveOptions
 from vmigrate.store import StoreLocation
-
-#: Progress goes to an `on_event(kind, payload)` callback: the library never prints.
-EventSink = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """`vmigrate live`: checks, plan, start, monitor (monitor.py), then the aftermath
 (aftermath.py): see it through, verify, clean up, report.
 
-The library never prints: progress goes to an `on_event(kind, payload)` callback, and every
-sample and action goes into the job store.
+The library never prints: progress goes to an `on_event(event)` sink (events.py), and every
+event, sample and action goes into the job store.
 """
 
 from __future__ import annotations
@@ -15,6 +15,14 @@ from typing import Any
 
 from vmigrate.encryption import migration_tls
 from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
+from vmigrate.events import (
+    ChecksDone,
+    Done,
+    EventSink,
+    JobEvents,
+    Notice,
+    ignore,
+)
 from vmigrate.guard import (
     REFUSED,
     TOKEN_PARAM,
@@ -41,7 +49,7 @@ from vmigrate.live.failure import explain_failure
 from vmigrate.live.monitor import Monitor, Steering
 from vmigrate.live.postcopy_link import DESTINATION_GONE, NEVER_SWITCHED, TIMED_OUT
 from vmigrate.live.recovery_plan import postcopy_instructions
-from vmigrate.live.request import EventSink, LiveReport, LiveRequest, live_options
+from vmigrate.live.request import LiveReport, LiveRequest, live_options
 from vmigrate.live.storage_copy import DestinationImages, plan_for
 from vmigrate.live.storage_plan import StorageCopyPlan
 from vmigrate.model import Mode
@@ -133,11 +141,10 @@ def _validated(request: LiveRequest, emit: EventSink) -> LiveRequest:
         # QEMU refuses the post-copy capability together with multifd.
         request = replace(request, policy=request.policy.with_limits(postcopy=False))
         emit(
-            "notice",
-            {
-                "message": "post-copy cannot be combined with parallel connections "
+            Notice(
+                "post-copy cannot be combined with parallel connections "
                 "(multifd) in QEMU: the policy throttles the guest instead"
-            },
+            )
         )
     return request
 
@@ -171,7 +178,7 @@ def migrate_live(
 
     Before anything changes the job takes the VM's lease (refused when another job holds it;
     a stale one only with `take_over_lease`) and releases it at the end, wherever it is."""
-    emit: EventSink = on_event or (lambda _kind, _payload: None)
+    emit = JobEvents(on_event or ignore)  # stored once the job exists
     request = _validated(request, emit)
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
@@ -179,7 +186,7 @@ def migrate_live(
         ensure_vm_free(store, request.vm, {src_ref.name: src_ref.uri, dst_ref.name: dst_ref.uri})
         refuse_maintenance(store, dst_ref, force=request.force, vm=request.vm)
     checked = _checks(request)
-    emit("checks", checked.report.to_dict())
+    emit(ChecksDone(checked.report.to_dict()))
     ensure_event_loop()
     src = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     dst = open_with_timeout(dst_ref.uri, host=dst_ref.name, timeout=CONNECT_TIMEOUT_S)
@@ -195,7 +202,7 @@ def migrate_live(
         )
         was_persistent = bool(domain.isPersistent())
     for notice in storage.notices if storage else ():
-        emit("notice", {"message": notice})
+        emit(Notice(notice))
     options = replace(
         live_options(
             request,
@@ -219,7 +226,7 @@ def migrate_live(
             TOKEN_PARAM: token,
         },
     )
-    emit("job", {"job_id": job_id, "store": str(store.path)})
+    emit.start(store, job_id, str(store.path))
     interrupted = False
     try:
         held = hold_lease(
@@ -417,7 +424,7 @@ def _move(
     )
     lease()
     store.finish_job(job_id, outcome, message, report.to_dict())
+    emit(Done(report.to_dict()))
     store.close()
     links.close()
-    emit("done", report.to_dict())
     return report

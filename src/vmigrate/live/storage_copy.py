@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.errors import VmigrateError
+from vmigrate.events import CopyProgress, EventSink, Notice
 from vmigrate.facts import PoolFacts, VolumeInfo
 from vmigrate.journal import Detail, Journal
 from vmigrate.live.storage_plan import (
@@ -33,7 +32,6 @@ from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.storage import volume_chain, volume_exists
 from vmigrate.virt.streams import volume_digest
 
-EventSink = Callable[[str, dict[str, Any]], None]
 SPACE_MARGIN_BYTES = 64 << 20  # an upload that hits ENOSPC crashed libvirtd 11.3
 
 
@@ -145,7 +143,7 @@ class DestinationImages:
         )
 
         def progress(position: int) -> None:
-            self.emit("copy", {"path": copy.path, "done": position, "total": copy.physical})
+            self.emit(CopyProgress(copy.path, position, copy.physical))
 
         result = copy_in_worker(  # a helper process: see copy_worker.py for why
             self.src.getURI(), copy.path, self.dst.getURI(), volume.path(), progress=progress
@@ -173,7 +171,7 @@ class DestinationImages:
             capacity=image.capacity,
             backing=backing,
         )
-        self.emit("notice", {"message": f"created {image.path} on the destination"})
+        self.emit(Notice(f"created {image.path} on the destination"))
         return {"created": image.path, "kind": "image", "target": image.target}
 
 
