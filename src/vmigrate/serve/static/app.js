@@ -201,7 +201,7 @@ async function clusterView(root) {
           h("div", { class: "bar", title: `used ${host.used_mib} MiB, reserve ${host.reserve_mib} MiB, free ${host.free_mib} MiB of ${cap} MiB` },
             h("span", { class: "used", style: "width:" + pct(host.used_mib) }),
             h("span", { class: "reserve", style: "width:" + pct(host.reserve_mib) })),
-          h("div", { class: "muted" }, `${host.used_mib} / ${cap} MiB used, ${host.free_mib} MiB free · vCPUs ${host.vcpus_used}${host.vcpus ? "/" + host.vcpus : ""} · ${host.cpu_model || ""}`),
+          h("div", { class: "muted" }, [`${host.used_mib} / ${cap} MiB used, ${host.free_mib} MiB free`, `vCPUs ${host.vcpus_used}${host.vcpus ? "/" + host.vcpus : ""}`, host.cpu_model].filter(Boolean).join(" · ")),
           h("div", { class: "vms" }, (host.vms || []).map(vm => h("span", {
             class: "vm " + (vm.state === "running" ? "running" : "") + (leased.has(vm.name) ? " leased" : ""),
             "data-vm": vm.name, title: `${vm.state}, ${vm.memory_mib} MiB, ${vm.vcpus} vCPU` + (leased.has(vm.name) ? " — leased by a running job" : ""),
