@@ -15,7 +15,7 @@ from vmigrate.errors import UsageError
 from vmigrate.serve.tokens import ROLES, TokenFile
 from vmigrate.store import StoreLocation, redact_uri
 
-console = Console(highlight=False, stderr=True)
+console = Console(highlight=False, stderr=True, soft_wrap=True)  # one line each: greppable
 DEFAULT_LISTEN = "127.0.0.1:8443"
 
 
