@@ -352,6 +352,50 @@ def test_the_dashboard_in_chromium(served: Served, guests: Callable[..., str]) -
         "1-cluster.png", "2-evacuation-dry-run.png"]  # fmt: skip
 
 
+def _raw(served: Served, request: bytes) -> ssl.SSLSocket:
+    """A TLS connection that sends REQUEST and then does what the test says (or nothing)."""
+    import socket
+
+    context = ssl.create_default_context(cafile=str(served.cert))
+    port = int(served.url.rsplit(":", 1)[1])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    conn.sendall(request)
+    return conn
+
+
+def test_clients_that_drop_stall_or_never_read_leave_the_server_serving(served: Served) -> None:
+    auth = f"Authorization: Bearer {served.read}\r\n".encode()
+    stream = b"GET /api/events HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+    # 100 event streams that connect and drop; 20 more that connect and never read
+    for _ in range(100):
+        conn = _raw(served, stream)
+        assert b"200 OK" in conn.recv(200)
+        conn.close()
+    idle = [_raw(served, stream) for _ in range(20)]
+    # a client that announces a body and never sends it: 408 after the body deadline
+    ops = f"Authorization: Bearer {served.operate}\r\n".encode()
+    stall = _raw(
+        served,
+        b"POST /api/actions/live HTTP/1.1\r\nHost: x\r\n"
+        + ops
+        + b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"vm"',
+    )
+    answer = stall.recv(400)
+    assert b" 408 " in answer and b"Traceback" not in answer, answer
+    stall.close()
+    with served.client(served.read) as viewer:  # still serving, quickly
+        started = time.monotonic()
+        assert viewer.get("/api/health").json() == {"ok": True}
+        assert viewer.get("/api/jobs").status_code == 200
+        assert time.monotonic() - started < 5
+        frames = _sse(served, "/api/events", 0, stop_after=1)
+        assert frames and int(frames[0]["id"]) > 0
+    for conn in idle:
+        conn.close()
+    assert "Traceback" not in served.log.read_text()
+
+
 def test_no_token_in_the_log_the_store_or_a_crash_report(served: Served) -> None:
     """Last in the module: after every request above, the tokens were written nowhere."""
     started = served.log.stat().st_ctime - 3600

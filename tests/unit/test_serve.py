@@ -11,7 +11,7 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -436,3 +436,73 @@ def test_the_openapi_document_names_every_route_and_action(client: TestClient) -
         assert body["content"]["application/json"]["schema"]["type"] == "object"
     for path in ("/api/inventory", "/api/jobs", "/api/jobs/{job_id}/events", "/metrics"):
         assert "get" in doc["paths"][path]
+
+
+def test_streams_of_clients_that_leave_or_stop_reading_are_let_go(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmigrate.serve import events as serve_events
+
+    with JobStore(server.store_path) as store:
+        job_id = store.create_job("live", "web1", "a", "b", {})
+        for n in range(3):
+            store.append_event(job_id, "sample", {"n": n})
+    hub = server.app.state.serve.hub
+    auth = f"Bearer {server.read}".encode()
+
+    async def one_client() -> list[MutableMapping[str, Any]]:
+        sent: list[MutableMapping[str, Any]] = []
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/api/events",
+            "raw_path": b"",
+            "query_string": b"",
+            "headers": [(b"authorization", auth)],
+            "root_path": "",
+            "scheme": "https",
+            "server": ("t", 1),
+            "http_version": "1.1",
+        }
+        asked = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal asked
+            if not asked:
+                asked = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.sleep(0.3)  # the client leaves
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        await server.app(scope, receive, send)
+        return sent
+
+    async def clients() -> None:
+        for _ in range(20):  # connect and drop
+            sent = await asyncio.wait_for(one_client(), 10)
+            assert sent[0]["status"] == 200
+        assert hub.listeners == 0
+
+    asyncio.run(clients())
+    # a client that stops reading is dropped once a send takes longer than the timeout
+    monkeypatch.setattr(serve_events, "SEND_TIMEOUT_S", 0.2)
+
+    async def stuck() -> None:
+        async def never_done() -> bool:
+            return False
+
+        async def events() -> Any:
+            for n in range(5):
+                yield serve_events.StoredEvent(n + 1, job_id, "sample", 0.0, {})
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message.get("body", b"").startswith(b"id: 2"):
+                await asyncio.sleep(3600)
+
+        with pytest.raises(TimeoutError):
+            await serve_events.stream_response(send, events(), never_done)
+
+    asyncio.run(asyncio.wait_for(stuck(), 10))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -43,11 +45,22 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         try:
-            await stream_response(send, self.events, self._job_done)
-        except (TimeoutError, OSError):  # a client that stopped reading or went away
-            return
+            async with anyio.create_task_group() as group:
+                # a client that goes away ends its stream at once (sends after it would
+                # vanish silently, and the stream would hold its place forever)
+                group.start_soon(_until_disconnect, receive, group.cancel_scope)
+                with contextlib.suppress(TimeoutError, OSError):  # a client that stopped reading
+                    await stream_response(send, self.events, self._job_done)
+                group.cancel_scope.cancel()
         finally:
-            await self.events.aclose()  # type: ignore[attr-defined]
+            with anyio.CancelScope(shield=True):
+                await self.events.aclose()  # type: ignore[attr-defined]
+
+
+async def _until_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        continue
+    scope.cancel()
 
 
 def _hosts_of(store: JobStore, *, job_id: int) -> tuple[str, ...]:
