@@ -506,3 +506,23 @@ def test_streams_of_clients_that_leave_or_stop_reading_are_let_go(
             await serve_events.stream_response(send, events(), never_done)
 
     asyncio.run(asyncio.wait_for(stuck(), 10))
+
+
+def test_a_child_vmigrate_is_read_whole_and_its_refusal_kept(tmp_path: Path) -> None:
+    """The real `vmigrate` command as a child: an indented JSON document is read as one,
+    and a refusal keeps the CLI's message and fix."""
+    from vmigrate.serve.children import Children
+
+    store = tmp_path / "jobs.sqlite"
+    with JobStore(store) as opened:
+        for vm in ("web1", "db1"):
+            opened.create_job("cold", vm, "a", "b", {})
+    children = Children()
+    listing = children.start("jobs", ["jobs", "--store", str(store), "--json"])
+    assert listing.wait_for_end(60) and listing.returncode == 0, listing.stderr
+    assert sorted(job["vm"] for job in listing.events) == ["db1", "web1"]
+    refused = children.start("cancel", ["jobs", "--store", str(store), "cancel", "99"])
+    assert refused.wait_for_end(60) and refused.returncode == 1
+    said = refused.error()
+    assert "no job 99" in said.message and "vmigrate jobs" in said.fix
+    assert children.running() == []

@@ -64,10 +64,14 @@ class Child:
         return self.process.pid
 
     def _read_stdout(self, pipe: IO[str]) -> None:
+        whole: list[str] = []  # `check` and `estimate` print one indented document
+        unparsed = False
         while line := pipe.readline():
+            whole.append(line)
             try:
                 event = json.loads(line)
             except ValueError:
+                unparsed = True
                 event = {"event": "text", "text": line.rstrip("\n")}
             if not isinstance(event, dict):
                 event = {"event": "value", "value": event}
@@ -79,6 +83,13 @@ class Child:
                 self.events.append(event)
                 del self.events[:-KEPT_EVENTS]
                 self._changed.notify_all()
+        if unparsed:
+            try:
+                document = json.loads("".join(whole))
+            except ValueError:
+                return
+            with self._changed:
+                self.events = [document] if isinstance(document, dict) else list(document)
 
     def _read_stderr(self, pipe: IO[str]) -> None:
         text = pipe.read()
