@@ -159,15 +159,20 @@ function moveDialog(vm, host, hosts) {
   dialog("Move " + vm, form, "Check first", async () => {
     const body = { vm, from: host, to: to.value };
     const checked = await api("/api/actions/check", { json: Object.assign({ mode: mode.value }, body) });
-    const report = (checked.output || []).find(e => e.findings) || checked.output[0] || {};
-    const bad = (report.findings || []).filter(f => f.verdict !== "ok" && f.verdict !== "OK");
-    const summary = h("div", {}, h("p", {}, `Checks: exit ${checked.exit_code}. `, bad.length ? `${bad.length} warning(s)/failure(s):` : "all passed."),
-      h("ul", {}, bad.map(f => h("li", {}, `${f.verdict}: ${f.check}: ${f.summary}`))));
-    dialog(`Move ${vm} ${host} → ${to.value} (${mode.value})`, summary, "Start the move", async () => {
+    const report = (checked.output || []).find(e => e.findings) || {};
+    const notable = (report.findings || []).filter(f => f.verdict === "warn" || f.verdict === "fail");
+    const summary = h("div", { id: "check-summary" },
+      h("p", {}, report.ok === false ? "The checks fail: the move would be refused." : "The checks pass.",
+        notable.length ? ` ${notable.length} to read:` : ""),
+      h("ul", {}, notable.map(f => h("li", { class: f.verdict === "fail" ? "error" : "" },
+        `${f.verdict}: ${f.check}: ${f.summary}` + (f.fix ? ` — ${f.fix}` : "")))),
+      checked.error ? h("p", { class: "error" }, checked.error) : null);
+    const start = report.ok === false ? null : async () => {
       const started = await api("/api/actions/" + mode.value, { json: body });
       $("#dialog").close();
       if (started.job_id) location.hash = "#/job/" + started.job_id;
-    });
+    };
+    dialog(`Move ${vm} ${host} → ${to.value} (${mode.value})`, summary, "Start the move", start);
   });
 }
 
