@@ -1,12 +1,16 @@
 """A1: `vmigrate serve`'s API latency over a synthetic inventory of 200 hosts x 5,000 VMs.
 
 python -m bench.serve [--requests 300] [--out bench/results/serve.json]
+sudo python -m bench.serve --viewers 50   # also: an evacuation in the lab, watched or not
 
 The server runs in a child process (its own interpreter, as in production) with facts injected
 in-process (no libvirt), over HTTPS with a made certificate, a SQLite store holding 2,000
 finished jobs; the client is httpx with keep-alive in this process. Each endpoint is asked
-`--requests` times one after another, then /api/inventory by 10 clients at once. Writes the
-results and rewrites the A1 section of docs/benchmarks.md.
+`--requests` times one after another, then /api/inventory by 10 clients at once. With
+`--viewers N`: the same evacuation of three lab guests from hostA to hostB, run through a real
+`vmigrate serve` twice, once unwatched and once with N clients following every event (SSE),
+its moves' times side by side. Writes the results and rewrites the A1 section of
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import platform
 import socket
 import ssl
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -220,6 +226,122 @@ def measure(requests: int) -> dict[str, Any]:
     return results
 
 
+VIEWER_GUESTS = (("a", 256, 40), ("b", 256, 20), ("c", 192, 0))  # suffix, MiB, dirty MiB/s
+
+
+def _lab_server(base: Path) -> tuple[subprocess.Popen[bytes], str, ssl.SSLContext, str]:
+    """A real `vmigrate serve` over the running lab: its process, URL, trust and a token."""
+    from vmigrate.serve.tokens import TokenFile
+
+    token = TokenFile(base / "tokens.json").add("bench", "operate")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "XDG_STATE_HOME": str(base / "state")}
+    log = (base / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmigrate.cli.main",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--store",
+            str(base / "jobs.sqlite"),
+            "--hosts",
+            str(base / "none.toml"),
+            "--tokens",
+            str(base / "tokens.json"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    cert = base / "state" / "vmigrate" / "serve" / "server-127.0.0.1.crt"
+    deadline = time.monotonic() + 30
+    while not cert.exists():
+        assert time.monotonic() < deadline and process.poll() is None, "serve did not start"
+        time.sleep(0.2)
+    return process, f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(cert)), token
+
+
+def _viewer(
+    url: str, verify: ssl.SSLContext, token: str, stop: threading.Event, counts: list[int]
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    seen = 0
+    with (
+        httpx.Client(base_url=url, headers=headers, verify=verify, timeout=None) as client,
+        client.stream("GET", "/api/events") as response,
+    ):
+        for line in response.iter_lines():
+            seen += line.startswith("id: ")
+            if stop.is_set():
+                break
+    counts.append(seen)
+
+
+def _evacuation(url: str, verify: ssl.SSLContext, token: str, viewers: int) -> dict[str, Any]:
+    from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm
+
+    names = [f"bench-serve-{suffix}" for suffix, _mib, _rate in VIEWER_GUESTS]
+    for name, (_suffix, mib, rate) in zip(names, VIEWER_GUESTS, strict=True):
+        create_vm(LabVmRequest(name, memory_mib=mib, dirty_rate_mib=rate))
+    stop = threading.Event()
+    counts: list[int] = []
+    threads = [
+        threading.Thread(target=_viewer, args=(url, verify, token, stop, counts))
+        for _ in range(viewers)
+    ]
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(2 if viewers else 0)
+        with httpx.Client(base_url=url, headers=headers, verify=verify, timeout=300) as client:
+            started = client.post("/api/actions/evacuate", json={"host": "hostA", "to": ["hostB"]})
+            assert started.status_code == 202, started.text
+            job_id = started.json()["job_id"]
+            while (job := client.get(f"/api/jobs/{job_id}").json())["state"] == "running":
+                time.sleep(0.5)
+            client.post("/api/actions/maintenance-end", json={"host": "hostA"})
+    finally:
+        stop.set()
+        for name in names:
+            remove_vm(name)
+        for thread in threads:
+            thread.join(30)
+    return {
+        "viewers": viewers,
+        "state": job["state"],
+        "total_s": round(job["finished"] - job["started"], 1),
+        "moves": [
+            {
+                "vm": m["vm"],
+                "s": round(m["finished_s"] - m["started_s"], 1)
+                if m["finished_s"] is not None
+                else None,
+            }
+            for m in job["moves"]
+        ],
+        "events_per_viewer": round(statistics.mean(counts), 1) if counts else 0,
+    }
+
+
+def measure_viewers(viewers: int) -> list[dict[str, Any]]:
+    from vmigrate.lab.lifecycle import lab_up
+
+    lab_up()
+    base = Path(tempfile.mkdtemp(prefix="vmigrate-bench-viewers-"))
+    process, url, verify, token = _lab_server(base)
+    try:
+        return [_evacuation(url, verify, token, 0), _evacuation(url, verify, token, viewers)]
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
 def section(data: dict[str, Any]) -> list[str]:
     lines = [
         SECTION,
@@ -239,7 +361,29 @@ def section(data: dict[str, Any]) -> list[str]:
             f"| `{row['path']}` | {row['clients']} | {row['n']} | {row['bytes'] / 1024:,.0f} | "
             f"{row['p50_ms']} | {row['p99_ms']} | {row['max_ms']} |"
         )
-    lines += ["", "Regenerate: `.venv/bin/python -m bench.serve`.", ""]
+    rounds = data.get("viewers") or []
+    if rounds:
+        lines += [
+            "",
+            "The same evacuation (three lab guests, 256/256/192 MiB dirtying 40/20/0 MiB/s, "
+            "hostA to hostB, unshaped link) through a real `vmigrate serve`, unwatched and "
+            f"with {rounds[-1]['viewers']} clients following every event over SSE:",
+            "",
+            "| viewers | outcome | evacuation s | each move s | events each viewer got |",
+            "|---|---|---|---|---|",
+        ]
+        for run in rounds:
+            moves = ", ".join(f"{m['vm'].rsplit('-', 1)[-1]} {m['s']}" for m in run["moves"])
+            lines.append(
+                f"| {run['viewers']} | {run['state']} | {run['total_s']} | {moves} | "
+                f"{run['events_per_viewer']} |"
+            )
+    lines += [
+        "",
+        "Regenerate: `.venv/bin/python -m bench.serve` (`sudo ... --viewers 50` for "
+        "the evacuation rows, in the lab).",
+        "",
+    ]
     return lines
 
 
@@ -260,8 +404,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serve")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve.json"))
+    parser.add_argument("--viewers", type=int, default=0, help="also the lab evacuation rows")
+    parser.add_argument("--skip-latency", action="store_true", help="keep the latency rows")
     args = parser.parse_args()
-    data = measure(args.requests)
+    data = json.loads(args.out.read_text()) if args.skip_latency else measure(args.requests)
+    if args.viewers:
+        data["viewers"] = measure_viewers(args.viewers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1))
     write_section(section(data))
