@@ -238,6 +238,7 @@ def _lab_server(base: Path) -> tuple[subprocess.Popen[bytes], str, ssl.SSLContex
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "XDG_STATE_HOME": str(base / "state")}
+    (base / "none.toml").write_text("")  # no hosts file: the running lab's hosts
     log = (base / "server.log").open("wb")
     process = subprocess.Popen(
         [

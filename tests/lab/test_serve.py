@@ -70,12 +70,14 @@ def served(lab: list[HostStatus]) -> Iterator[Served]:
     base = Path(tempfile.mkdtemp(prefix="vmigrate-serve-test-"))
     tokens, store, log = base / "tokens.json", base / "jobs.sqlite", base / "server.log"
     operate, read = _token(tokens, "ops", "operate"), _token(tokens, "viewer", "read")
+    hosts = base / "hosts.toml"  # none: the running lab's hosts, cluster `lab`
+    hosts.write_text("")
     port = _free_port()
     env = {**os.environ, "XDG_STATE_HOME": str(base / "state")}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*VMIGRATE, "serve", "--listen", f"127.0.0.1:{port}", "--store", str(store),
-             "--hosts", str(base / "no-hosts.toml"), "--tokens", str(tokens),
+             "--hosts", str(hosts), "--tokens", str(tokens),
              "--inventory-ttl", "2"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip

@@ -90,11 +90,13 @@ def serve(
         return
     import uvicorn
 
+    from vmigrate.hosts import known_hosts
     from vmigrate.serve.app import ServeConfig, create_app
     from vmigrate.serve.tls import server_certificate
     from vmigrate.store import JobStore
 
     host, port = parse_listen(listen)
+    known_hosts(hosts_file)  # a hosts file that cannot be read fails now, plainly
     tokens = TokenFile(tokens_path)
     with JobStore(store_path) as store:  # opened once here: a bad store fails now, plainly
         where = redact_uri(str(store.path))
