@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import stat
 import threading
 import time
@@ -526,3 +527,45 @@ def test_a_child_vmigrate_is_read_whole_and_its_refusal_kept(tmp_path: Path) -> 
     said = refused.error()
     assert "no job 99" in said.message and "vmigrate jobs" in said.fix
     assert children.running() == []
+
+
+def test_the_server_prints_the_fingerprint_of_the_certificate_it_serves(tmp_path: Path) -> None:
+    """`vmigrate serve` for real: the fingerprint it prints is the served certificate's."""
+    import re
+    import socket
+    import ssl
+    import subprocess
+    import sys
+
+    import httpx
+
+    from vmigrate.serve.tls import fingerprint_of
+
+    (tmp_path / "hosts.toml").write_text("")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "server.log"
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "vmigrate.cli.main", "serve", "--listen", f"127.0.0.1:{port}",
+             "--store", str(tmp_path / "jobs.sqlite"), "--hosts", str(tmp_path / "hosts.toml"),
+             "--tokens", str(tmp_path / "tokens.json")],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        cert = tmp_path / "state" / "vmigrate" / "serve" / "server-127.0.0.1.crt"
+        deadline = time.monotonic() + 30
+        while "Uvicorn running" not in log.read_text():
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        printed = re.search(r"SHA-256 fingerprint: (\S+)", log.read_text())
+        assert printed and printed.group(1) == fingerprint_of(cert.read_bytes())
+        trust = ssl.create_default_context(cafile=str(cert))
+        answer = httpx.get(f"https://127.0.0.1:{port}/api/health", verify=trust, timeout=10)
+        assert answer.json() == {"ok": True}
+        assert "no API token" in log.read_text()  # said at start: nobody could use it yet
+    finally:
+        server.terminate()
+        server.wait(20)

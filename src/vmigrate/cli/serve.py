@@ -15,7 +15,8 @@ from vmigrate.errors import UsageError
 from vmigrate.serve.tokens import ROLES, TokenFile
 from vmigrate.store import StoreLocation, redact_uri
 
-console = Console(highlight=False, stderr=True, soft_wrap=True)  # one line each: greppable
+# One line each (greppable); no emoji codes: a fingerprint holds ":CD:", rich drew a disc.
+console = Console(highlight=False, stderr=True, soft_wrap=True, emoji=False)
 DEFAULT_LISTEN = "127.0.0.1:8443"
 
 
@@ -118,15 +119,15 @@ def serve(
         ssl_cert, ssl_key = str(certificate.cert_path), str(certificate.key_path)
         scheme = "https"
         how = "made by this server" if certificate.made else "given"
-        console.print(f"certificate ({how}): {certificate.cert_path}")
-        console.print(f"SHA-256 fingerprint: {certificate.fingerprint}")
+        console.print(f"certificate ({how}): {certificate.cert_path}", markup=False)
+        console.print(f"SHA-256 fingerprint: {certificate.fingerprint}", markup=False)
     if not tokens.entries():
         console.print(
             f"[yellow]no API token in {tokens.path} yet: make one with "
             "`vmigrate serve token add NAME --role operate`[/]"
         )
-    console.print(f"store: {where}")
-    console.print(f"serving on {scheme}://{host}:{port}/ (dashboard), /api, /metrics")
+    console.print(f"store: {where}", markup=False)
+    console.print(f"serving on {scheme}://{host}:{port}/ (dashboard), /api, /metrics", markup=False)
     logging.getLogger("vmigrate.serve").setLevel(logging.INFO)
     app = create_app(ServeConfig(store_path, hosts_file, tokens, inventory_ttl_s=inventory_ttl))
     uvicorn.run(
