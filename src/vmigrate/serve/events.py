@@ -194,6 +194,21 @@ def _newest(store: JobStore) -> int:
     return high
 
 
+#: After a job's final event, how long its record may take to say it ended.
+SETTLE_S = 30.0
+
+
+async def _settles(job_done: Callable[[], Any]) -> bool:
+    """Whether the job's record says it ended, within SETTLE_S of its final event (the
+    event is written just before the job's outcome)."""
+    deadline = time.monotonic() + SETTLE_S
+    while not await job_done():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.25)
+    return True
+
+
 async def stream_response(
     send: Callable[[dict[str, Any]], Any],
     events: AsyncIterator[StoredEvent | None],
@@ -209,7 +224,7 @@ async def stream_response(
         with anyio.fail_after(SEND_TIMEOUT_S):
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         final = event is not None and event.kind in FINAL_KINDS
-        if final and job_done is not None and await job_done():
+        if final and job_done is not None and await _settles(job_done):
             end = b"event: end\ndata: {}\n\n"
             with anyio.fail_after(SEND_TIMEOUT_S):
                 await send({"type": "http.response.body", "body": end, "more_body": True})
