@@ -569,3 +569,30 @@ def test_the_server_prints_the_fingerprint_of_the_certificate_it_serves(tmp_path
     finally:
         server.terminate()
         server.wait(20)
+
+
+def test_a_cluster_stream_carries_only_the_jobs_on_its_hosts(server: Server) -> None:
+    from vmigrate.serve.api_events import _in_cluster
+
+    with JobStore(server.store_path) as store:
+        ours = store.create_job("live", "web1", "qemu+tls://h1/system", "qemu+tls://h2/system", {})
+        theirs = store.create_job("live", "x1", "qemu+tls://far1/system", "qemu+tls://far2/system",
+                                  {})  # fmt: skip
+        for n in range(4):
+            store.append_event(ours if n % 2 == 0 else theirs, "sample", {"n": n})
+    serve = server.app.state.serve
+
+    async def first_two() -> list[int]:
+        got: list[int] = []
+        members = {"h1", "h2", "qemu+tls://h1/system", "qemu+tls://h2/system"}
+        async for event in _in_cluster(serve, serve.hub.follow(0, None), members):
+            if event is not None:
+                got.append(event.body["n"])
+            if len(got) == 2:
+                break
+        return got
+
+    try:
+        assert asyncio.run(asyncio.wait_for(first_two(), 10)) == [0, 2]
+    finally:
+        serve.access.close()
