@@ -306,6 +306,19 @@ def test_the_dashboard_in_chromium(served: Served, guests: Callable[..., str]) -
     def shot(name: str) -> None:
         browser.save_screenshot(str(served.screenshots / f"{name}.png"))
 
+    def click(css: str) -> None:
+        """Click, again if the page redrew the element meanwhile (the cluster view
+        refreshes every 10 s)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(5):
+            try:
+                browser.find_element(By.CSS_SELECTOR, css).click()
+                return
+            except StaleElementReferenceException:
+                time.sleep(0.2)
+        raise AssertionError(f"{css} kept being redrawn")
+
     try:
         browser.get(served.url + "/")
         wait.until(seen.visibility_of_element_located((By.ID, "token"))).send_keys(served.operate)
@@ -314,7 +327,7 @@ def test_the_dashboard_in_chromium(served: Served, guests: Callable[..., str]) -
         wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, f'.vm[data-vm="{vm}"]')))
         shot("1-cluster")
         # an evacuation's dry run from the page: the plan, then a confirmation
-        browser.find_element(By.CSS_SELECTOR, '.host[data-host="hostA"] button.evacuate').click()
+        click('.host[data-host="hostA"] button.evacuate')
         table = wait.until(seen.visibility_of_element_located((By.ID, "plan-table")))
         assert vm in table.text
         assert browser.find_element(By.ID, "dialog-ok").text == "Carry it out"
@@ -322,7 +335,7 @@ def test_the_dashboard_in_chromium(served: Served, guests: Callable[..., str]) -
         browser.find_element(By.ID, "dialog-cancel").click()
         assert locate_vm(vm) == {"hostA": "running"}
         # a live move from the page, its chart watched to the end
-        browser.find_element(By.CSS_SELECTOR, f'.vm[data-vm="{vm}"]').click()
+        click(f'.vm[data-vm="{vm}"]')
         Select(wait.until(seen.visibility_of_element_located((By.ID, "move-to")))).select_by_value(
             "hostB"
         )
