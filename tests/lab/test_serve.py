@@ -314,9 +314,10 @@ def test_the_dashboard_in_chromium(served: Served, guests: Callable[..., str]) -
         for _ in range(5):
             try:
                 browser.find_element(By.CSS_SELECTOR, css).click()
-                return
             except StaleElementReferenceException:
                 time.sleep(0.2)
+            else:
+                return
         raise AssertionError(f"{css} kept being redrawn")
 
     try:
