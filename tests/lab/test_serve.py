@@ -221,7 +221,7 @@ def test_a_live_move_through_the_api_streams_every_event_and_the_metrics_follow(
     assert seen == [e.seq for e in stored], "the stream lost, repeated or reordered events"
     assert rest[-1].get("event") == "end"
     done = json.loads(frames[-1]["data"])
-    assert done["kind"] == "done" and done["event"]["outcome"] == record.outcome
+    assert done["kind"] == "done" and done["event"]["outcome"] == record.state
     assert len(remaining) >= 3, remaining
     assert min(remaining[1:]) < remaining[0], remaining
     with served.client(served.read) as viewer:

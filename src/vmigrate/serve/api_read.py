@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from vmigrate.cli.host_names import HostNames
 from vmigrate.serve.http import ApiError
 from vmigrate.serve.http import Json as JSONResponse
 from vmigrate.serve.inventory import Snapshot
@@ -23,9 +24,15 @@ def redact_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: ("(hidden)" if "token" in k.lower() else v) for k, v in params.items()}
 
 
-def job_dict(record: JobRecord) -> dict[str, Any]:
+def job_dict(record: JobRecord, names: HostNames | None = None) -> dict[str, Any]:
+    """A job as `jobs --json` shows it, its secrets hidden, its ends also by host name."""
     data = record.to_dict()
     data["params"] = redact_params(record.params)
+    if names is not None:
+        data["source_host"] = names.name(record.source) if record.source else ""
+        data["destination_host"] = ",".join(
+            names.name(end) for end in record.destination.split(",") if end
+        )
     return data
 
 
@@ -121,7 +128,6 @@ def _int_param(request: Request, name: str, default: int, highest: int) -> int:
 
 
 def list_jobs(serve: ServeState, store: JobStore, request_query: dict[str, str]) -> list[Any]:
-    from vmigrate.cli.host_names import HostNames
     from vmigrate.cli.render_jobs import JobFilter
 
     last = int(request_query.get("last", "50"))
@@ -132,12 +138,9 @@ def list_jobs(serve: ServeState, store: JobStore, request_query: dict[str, str])
     )  # fmt: skip
     filtered = any(request_query.get(k) for k in ("vm", "host", "state", "kind"))
     records = store.jobs(limit=FILTER_SCAN if filtered else last)
-    kept = [
-        r
-        for r in wanted.apply(records, HostNames.from_hosts_file(serve.hosts_file))
-        if kind is None or r.kind == kind
-    ]
-    return [job_dict(r) for r in kept[:last]]
+    names = HostNames.from_hosts_file(serve.hosts_file)
+    kept = [r for r in wanted.apply(records, names) if kind is None or r.kind == kind]
+    return [job_dict(r, names) for r in kept[:last]]
 
 
 async def jobs(request: Request) -> JSONResponse:
@@ -186,11 +189,11 @@ def fleet_moves(store: JobStore, record: JobRecord) -> list[dict[str, Any]]:
     return moves
 
 
-def job_detail(store: JobStore, job_id: int) -> dict[str, Any]:
+def job_detail(store: JobStore, job_id: int, names: HostNames | None = None) -> dict[str, Any]:
     from vmigrate.cli.jobs import move_of_a_fleet_job
 
     record = store.job(job_id)
-    detail = job_dict(record)
+    detail = job_dict(record, names)
     detail["samples"] = store.samples(job_id)
     detail["actions"] = [a.__dict__ for a in store.actions(job_id)]
     detail["lease_events"] = store.lease_events(job_id)
@@ -205,5 +208,7 @@ def job_detail(store: JobStore, job_id: int) -> dict[str, Any]:
 
 async def job(request: Request) -> JSONResponse:
     job_id: int = request.path_params["job_id"]
-    detail = await state_of(request).access.run(lambda s: job_detail(s, job_id))
+    serve = state_of(request)
+    names = HostNames.from_hosts_file(serve.hosts_file)
+    detail = await serve.access.run(lambda s: job_detail(s, job_id, names))
     return JSONResponse(detail)

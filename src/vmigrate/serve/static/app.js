@@ -240,7 +240,7 @@ function jobsTable(jobs) {
   return h("table", { id: "jobs-table" },
     h("thead", {}, h("tr", {}, ["job", "kind", "VM / host", "from → to", "state", "started", "took"].map(t => h("th", {}, t)))),
     h("tbody", {}, jobs.map(j => h("tr", { class: "clickable", "data-job": j.id, onclick: () => { location.hash = "#/job/" + j.id; } },
-      h("td", {}, j.id), h("td", {}, j.kind), h("td", {}, j.vm), h("td", {}, `${j.source} → ${j.destination}`),
+      h("td", {}, j.id), h("td", {}, j.kind), h("td", {}, j.vm), h("td", {}, `${j.source_host || j.source} → ${j.destination_host || j.destination}`),
       h("td", {}, stateSpan(j.state)), h("td", {}, fmtTime(j.started)),
       h("td", {}, j.finished ? fmtDur(j.finished - j.started) : "…")))));
 }
@@ -284,7 +284,7 @@ async function jobView(root, id) {
             async () => { await api(`/api/jobs/${id}/cancel`, { method: "POST" }); $("#dialog").close(); refresh(); }) }, "Cancel")
         : null;
       head.append(h("div", { class: "toolbar" }, h("h1", {}, `Job ${job.id}: ${job.kind} ${job.vm}`), h("span", { id: "job-state" }, stateSpan(job.state)), cancel),
-        h("dl", { class: "kv" }, h("dt", {}, "from → to"), h("dd", {}, `${job.source} → ${job.destination}`),
+        h("dl", { class: "kv" }, h("dt", {}, "from → to"), h("dd", { title: `${job.source} → ${job.destination}` }, `${job.source_host || job.source} → ${job.destination_host || job.destination}`),
           h("dt", {}, "started"), h("dd", {}, fmtTime(job.started)),
           h("dt", {}, "took"), h("dd", {}, job.finished ? fmtDur(job.finished - job.started) : "running " + fmtDur(Date.now() / 1000 - job.started)),
           h("dt", {}, "predicted"), h("dd", {}, fmtDur(job.predicted_s || (job.params && job.params.plan && job.params.plan.predicted_total_s))),
