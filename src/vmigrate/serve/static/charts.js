@@ -64,14 +64,18 @@ function drawLiveChart(container, job) {
   const X = (box, t) => box.x0 + (box.w * t) / xMax;
   const Y = (box, v, max) => box.y0 + box.h - (box.h * Math.min(v, max)) / max;
   // pass boundaries: where the iteration number changes
-  let pass = null;
+  let pass = null, lastLabel = -Infinity;
   samples.forEach((s, i) => {
     if (s.iteration !== pass && pass !== null) {
       for (const box of [top, bottom]) {
         svg.appendChild(svgEl("line", { x1: X(box, times[i]), x2: X(box, times[i]), y1: box.y0,
           y2: box.y0 + box.h, class: "pass" }));
       }
-      svg.appendChild(svgEl("text", { x: X(top, times[i]) + 2, y: top.y0 + 10 }, "pass " + s.iteration));
+      const x = X(top, times[i]);
+      if (x - lastLabel > 44) {  // passes that follow closely share one label
+        svg.appendChild(svgEl("text", { x: x + 2, y: top.y0 + 10 }, "pass " + s.iteration));
+        lastLabel = x;
+      }
     }
     pass = s.iteration;
   });
