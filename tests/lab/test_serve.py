@@ -344,15 +344,18 @@ def test_the_dashboard_in_chromium(served: Served, guests: Callable[..., str]) -
         wait.until(seen.text_to_be_present_in_element((By.ID, "dialog-ok"), "Start the move"))
         browser.find_element(By.ID, "dialog-ok").click()
         wait.until(lambda b: "#/job/" in b.current_url)
-        counts = []
+        counts: list[int] = []
+        running_shot = False
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
                 svg = browser.find_element(By.CSS_SELECTOR, "#chart svg")
                 counts.append(int(svg.get_attribute("data-samples") or 0))
-                if len(counts) == 3:
+                state = browser.find_element(By.ID, "job-state").text
+                if state == "running" and counts[-1] >= 6 and not running_shot:
                     shot("3-live-chart-running")
-                if browser.find_element(By.ID, "job-state").text == "completed":
+                    running_shot = True
+                if state == "completed":
                     break
             time.sleep(0.5)
         assert browser.find_element(By.ID, "job-state").text == "completed"

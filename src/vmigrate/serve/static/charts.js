@@ -56,8 +56,8 @@ function drawLiveChart(container, job) {
   const xMax = niceMax(Math.max(end, job.predicted_s || 0, 1));
   const top = { x0: 60, y0: 24, w: W - 90, h: 170 };
   const bottom = { x0: 60, y0: 236, w: W - 90, h: 150 };
-  const remMax = niceMax(Math.max(1, ...samples.map(s => (s.memory_remaining || 0) + (s.disk_remaining || 0))) / MIB);
-  const rateMax = niceMax(Math.max(1, ...samples.map(s => Math.max(s.dirty_rate_bps || 0,
+  const remMax = niceMax(Math.max(MIB, ...samples.map(s => (s.memory_remaining || 0) + (s.disk_remaining || 0))) / MIB);
+  const rateMax = niceMax(Math.max(MIB, ...samples.map(s => Math.max(s.dirty_rate_bps || 0,
     (s.bandwidth_bps || 0) + (s.disk_bandwidth_bps || 0)))) / MIB);
   axes(svg, top, xMax, remMax, "remaining (MiB)");
   axes(svg, bottom, xMax, rateMax, "MiB/s: dirty rate (red) vs bandwidth (green)", "seconds since start");
