@@ -33,10 +33,6 @@ class StoreAccess:
                 self._all.append(store)
         return store
 
-    def call(self, work: Callable[[JobStore], T]) -> T:
-        """Run WORK with this thread's store (from a worker thread)."""
-        return self._pool.submit(lambda: work(self._store())).result()
-
     async def run(self, work: Callable[[JobStore], T]) -> T:
         """Run WORK with a store, off the event loop."""
         return await asyncio.wrap_future(self._pool.submit(lambda: work(self._store())))
