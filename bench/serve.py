@@ -384,7 +384,8 @@ def section(data: dict[str, Any]) -> list[str]:
             "",
             "The same evacuation (three lab guests, 256/256/192 MiB dirtying 40/20/0 MiB/s, "
             "hostA to hostB, unshaped link) through a real `vmigrate serve`, unwatched and "
-            f"with {rounds[-1]['viewers']} clients following every event over SSE:",
+            f"with {rounds[-1]['viewers']} clients following every event over SSE (one run "
+            "each):",
             "",
             "| viewers | outcome | evacuation s | each move s | events each viewer got |",
             "|---|---|---|---|---|",
