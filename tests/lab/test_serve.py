@@ -222,8 +222,9 @@ def test_a_live_move_through_the_api_streams_every_event_and_the_metrics_follow(
     assert rest[-1].get("event") == "end"
     done = json.loads(frames[-1]["data"])
     assert done["kind"] == "done" and done["event"]["outcome"] == record.state
-    assert len(remaining) >= 3, remaining
-    assert min(remaining[1:]) < remaining[0], remaining
+    # from the first pass on (QEMU's setup phase reports nothing remaining yet)
+    moving = remaining[next((i for i, v in enumerate(remaining) if v > 0), len(remaining)) :]
+    assert len(moving) >= 3 and min(moving[1:]) < moving[0], remaining
     with served.client(served.read) as viewer:
         text = viewer.get("/metrics").text
         shown = viewer.get(f"/api/jobs/{job_id}").json()
