@@ -47,7 +47,8 @@ stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static
              xz-utils util-linux mount dpkg-dev
              openssh-server openssh-client rsync  # each lab host's sshd (qemu+ssh); scp/rsync peers of the cold benchmark
              tgt ceph-mon ceph-mgr ceph-osd ceph-common nfs-ganesha nfs-ganesha-vfs rpcbind socat  # the lab's storage servers
-             libpq5 postgresql)  # psycopg's libpq (a PostgreSQL store); the tests' throwaway PostgreSQL server
+             libpq5 postgresql  # psycopg's libpq (a PostgreSQL store); the tests' throwaway PostgreSQL server
+             chromium chromium-driver)  # the dashboard's browser tests (headless, through selenium)
 need_backports=0
 at_least "$(version_of qemu-system-x86)" "1:10.0" || need_backports=1
 at_least "$(version_of libvirt-daemon)" "11.0" || need_backports=1

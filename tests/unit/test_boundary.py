@@ -66,6 +66,10 @@ PURE_MODULES = (
     "vmigrate.cli.render_jobs",
     "vmigrate.cli.render_plan",
     "vmigrate.cli.render_lab",
+    "vmigrate.serve.app",  # the server itself: only its inventory's gather reads hosts
+    "vmigrate.serve.tokens",
+    "vmigrate.serve.actions",
+    "vmigrate.serve.metrics",
 )
 
 # Runs in a fresh interpreter in which importing libvirt fails, as on a machine without it.

@@ -66,6 +66,7 @@ def _register() -> None:
     from vmigrate.cli.lab import lab
     from vmigrate.cli.live import live
     from vmigrate.cli.recover import recover
+    from vmigrate.cli.serve import serve
     from vmigrate.lab.plugin import install as install_lab
 
     # The product imports no lab: the CLI plugs the lab's host names (hostA.., cluster `lab`)
@@ -82,6 +83,7 @@ def _register() -> None:
     cli.add_command(balance)
     cli.add_command(jobs)
     cli.add_command(lab)
+    cli.add_command(serve)
 
 
 _register()
