@@ -476,6 +476,11 @@ def _source_host_for_uri(uri: str) -> HostRef | None:
     return next((ref for s in _SOURCES if (ref := s.host_for_uri(uri)) is not None), None)
 
 
+def source_host_for_uri(uri: str) -> HostRef | None:
+    """The host a registered host source knows by this URI (the lab's hostB), or None."""
+    return _source_host_for_uri(uri)
+
+
 def resolve_host(spec: str, hosts_file: Path | None = None) -> HostRef:
     """A HostRef for a URI, a name from the hosts file, a host source's name (the lab's
     hostA..hostD), or (with [defaults] in the hosts file) any host name."""

@@ -6,12 +6,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from vmigrate.errors import VmigrateError
-from vmigrate.hosts import HostRef, load_inventory
-from vmigrate.lab.config import LAB_HOSTS, LAB_TRANSPORTS
+from vmigrate.hosts import HostRef, host_sources, load_inventory, source_host_for_uri
 
 
 class HostNames:
-    """Names for URIs: the hosts file's names, then the lab's, then the URI's host part."""
+    """Names for URIs: the hosts file's names, then the host sources' (the lab's, once the CLI
+    plugged it in), then the URI's host part. It imports no lab: the server uses it too."""
 
     def __init__(self, hosts: dict[str, HostRef] | None = None) -> None:
         self._by_uri: dict[str, str] = {}
@@ -19,10 +19,13 @@ class HostNames:
             self._by_uri.setdefault(ref.uri, ref.name)
             if ref.peer_uri:
                 self._by_uri.setdefault(ref.peer_uri, ref.name)
-        self._lab_addresses = {lab.address: lab.name for lab in LAB_HOSTS}
-        for lab in LAB_HOSTS:
-            for transport in LAB_TRANSPORTS:
-                self._by_uri.setdefault(lab.uri_for(transport), lab.name)
+        self._source_addresses: dict[str, str] = {}
+        for source in host_sources():
+            for running in source.running():
+                for uri in running.uris:
+                    address = urlsplit(uri).hostname
+                    if address:
+                        self._source_addresses.setdefault(address, running.name)
 
     @classmethod
     def from_hosts_file(cls, hosts_file: Path | None = None) -> HostNames:
@@ -42,7 +45,10 @@ class HostNames:
             return host
         if host in self._by_uri:
             return self._by_uri[host]
+        known = source_host_for_uri(host)
+        if known is not None:
+            return known.name
         address = urlsplit(host).hostname
         if not address:
             return "localhost"
-        return self._lab_addresses.get(address, address)
+        return self._source_addresses.get(address, address)
