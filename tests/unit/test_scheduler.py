@@ -38,12 +38,14 @@ from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.moves import MOVE, RESUME, ROLLBACK, MoveCommand
 from vmigrate.fleet.outcome import judge
 from vmigrate.fleet.plan import (
-    EvacuationInput,
+    EVACUATE,
+    FleetInput,
     Limits,
     PairVerdict,
+    Purpose,
     TargetHost,
     VmLoad,
-    plan_evacuation,
+    plan_moves,
 )
 from vmigrate.hosts import HostRef
 from vmigrate.store import JobStore
@@ -343,7 +345,7 @@ def budget(name: str, declared_mib: int) -> HostBudget:
 
 def evacuation(
     vms: list[tuple[int, bool]], targets: list[int], mode: str, limits: Limits
-) -> EvacuationInput:
+) -> FleetInput:
     loads = tuple(
         VmLoad(
             f"vm{i}",
@@ -361,7 +363,9 @@ def evacuation(
         for i, m in enumerate(targets)
     )
     verdicts = tuple(PairVerdict(v.name, t.name, ()) for v in loads for t in hosts)
-    return EvacuationInput(SOURCE, loads, hosts, verdicts, mode=mode, limits=limits)
+    return FleetInput(
+        Purpose(EVACUATE, SOURCE, (SOURCE,)), loads, hosts, verdicts, mode=mode, limits=limits
+    )
 
 
 @dataclass
@@ -375,14 +379,14 @@ class Outcome:
 
 def simulate(
     directory: Path,
-    inp: EvacuationInput,
+    inp: FleetInput,
     scripts: list[str],
     interrupt_at: float | None,
     *,
     retry_elsewhere: bool = True,
     real_signal_at: float | None = None,
 ) -> Outcome:
-    plan = plan_evacuation(inp)
+    plan = plan_moves(inp)
     events: list[Event] = []
     with JobStore(directory / "jobs.sqlite") as store:
         world = World(store, {v.name: v for v in inp.vms}, iter(scripts), interrupt_at)

@@ -31,8 +31,8 @@ from vmigrate.fleet.outcome import CANCELLED, MOVED, STAYED, UNKNOWN, judge
 from vmigrate.fleet.plan import (
     COLD,
     LIVE,
-    EvacuationInput,
-    EvacuationPlan,
+    FleetInput,
+    FleetPlan,
     Ledger,
     PlannedMove,
     VmLoad,
@@ -151,8 +151,8 @@ def _stops_deferred(on_stop: Callable[[], None]) -> Iterator[None]:
 class MoveScheduler:
     def __init__(
         self,
-        plan: EvacuationPlan,
-        inp: EvacuationInput,
+        plan: FleetPlan,
+        inp: FleetInput,
         ctx: MoveContext,
         *,
         retry_elsewhere: bool = True,

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from vmigrate.capacity import MIB, host_budget
 from vmigrate.errors import VmigrateError
 from vmigrate.facts import DomainFacts
-from vmigrate.fleet.plan import LIVE, PairVerdict, TargetHost, VmLoad, move_mode
+from vmigrate.fleet.plan import (
+    LIVE,
+    FleetInput,
+    Limits,
+    PairVerdict,
+    Purpose,
+    TargetHost,
+    VmLoad,
+    move_mode,
+)
 from vmigrate.hosts import HostRef
 from vmigrate.model import Finding, Mode, Verdict
 from vmigrate.preflight import HostSession, PairChecks, open_session
@@ -156,3 +165,33 @@ def link_bandwidth(given_mib: float | None, targets: Sequence[HostSession]) -> t
         if rate:
             return rate, f"measured from this machine to {target.ref.name} (2 s upload)"
     return 119 * MIB, "assumed 1 Gbit/s (nothing measured; give --bandwidth)"
+
+
+def gather_input(
+    purpose: Purpose,
+    sources: Sequence[tuple[HostSession, Sequence[str] | None]],
+    targets: Sequence[HostSession],
+    *,
+    mode: str,
+    limits: Limits,
+    bandwidth_mib: float | None = None,
+    maintenance: Iterable[str] = (),
+) -> FleetInput:
+    """The planner's input: the VMs of each source (all, or the names given), checked
+    against every target that answers, and the link they share."""
+    answering = [t for t in targets if t.facts is not None]
+    gathered = [
+        g for session, names in sources for g in gather_vms(session, answering, mode, names=names)
+    ]
+    bandwidth, bandwidth_source = link_bandwidth(bandwidth_mib, targets)
+    in_maintenance = set(maintenance)
+    return FleetInput(
+        purpose,
+        vms=tuple(g.load for g in gathered),
+        targets=tuple(target_host(t, t.ref.uri in in_maintenance) for t in targets),
+        verdicts=tuple(v for g in gathered for v in g.verdicts),
+        mode=mode,
+        limits=limits,
+        bandwidth_bps=bandwidth,
+        bandwidth_source=bandwidth_source,
+    )
