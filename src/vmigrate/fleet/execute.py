@@ -43,6 +43,7 @@ from vmigrate.guest_gap import measured_gap_ms
 from vmigrate.hosts import HostRef
 from vmigrate.journal import Journal
 from vmigrate.store import JobStore
+from vmigrate.trusted_checks import TrustedChecks
 
 __all__ = [
     "CANCELLED",
@@ -294,7 +295,11 @@ class MoveScheduler:
 
     def _command(self, track: _Track) -> MoveCommand:
         move = track.move
+        checks = self.inp.checks_of(move.vm, move.destination)
         return MoveCommand(
+            trusted=None
+            if checks is None
+            else TrustedChecks(self.ctx.job_id, self.inp.checked_at, checks),
             vm=move.vm,
             source=move.source,
             destination=move.destination,

@@ -4,6 +4,7 @@ and the checks of each VM against each target, ready for the pure planner (plan.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from vmigrate.fleet.plan import (
     move_mode,
 )
 from vmigrate.hosts import HostRef
-from vmigrate.model import Finding, Mode, Verdict
+from vmigrate.model import CheckReport, Finding, Mode, Verdict
 from vmigrate.preflight import HostSession, PairChecks, open_session
 from vmigrate.virt.connection import lookup_domain
 from vmigrate.virt.facts import gather_domain_facts, measure_dirty_rate
@@ -61,6 +62,7 @@ class GatheredVm:
     load: VmLoad
     domain: DomainFacts
     verdicts: list[PairVerdict] = field(default_factory=list)
+    reports: list[CheckReport] = field(default_factory=list)  # the checks behind them
 
 
 def _dirty_rates(session: HostSession, names: Sequence[str]) -> dict[str, float | None]:
@@ -122,14 +124,22 @@ def gather_vms(
         how, _why = move_mode(load, mode)
         if how is not None:
             check_mode = Mode.LIVE if how == LIVE else Mode.COLD
+            copy_storage = how == LIVE and bool(load.local_disks)
             for target in answering:
-                found = checks.findings(
-                    domain,
-                    target,
-                    mode=check_mode,
-                    copy_storage=how == LIVE and bool(load.local_disks),
-                )
+                checking = time.monotonic()
+                found = checks.findings(domain, target, mode=check_mode, copy_storage=copy_storage)
                 item.verdicts.append(_verdict(guest.name, target.ref.name, found))
+                item.reports.append(
+                    CheckReport(
+                        guest.name,
+                        source.ref.name,
+                        target.ref.name,
+                        check_mode,
+                        copy_storage,
+                        found,
+                        time.monotonic() - checking,
+                    )
+                )
         gathered.append(item)
     return gathered
 
@@ -180,6 +190,7 @@ def gather_input(
     """The planner's input: the VMs of each source (all, or the names given), checked
     against every target that answers, and the link they share."""
     answering = [t for t in targets if t.facts is not None]
+    checked_at = time.time()
     gathered = [
         g for session, names in sources for g in gather_vms(session, answering, mode, names=names)
     ]
@@ -194,4 +205,6 @@ def gather_input(
         limits=limits,
         bandwidth_bps=bandwidth,
         bandwidth_source=bandwidth_source,
+        checks=tuple(r for g in gathered for r in g.reports),
+        checked_at=checked_at,
     )

@@ -25,6 +25,7 @@ from typing import Any
 
 from vmigrate.capacity import MIB, HostBudget, memory_need_bytes
 from vmigrate.fleet.predict import LiveModel, MoveCost, cold_cost, live_cost, simulate
+from vmigrate.model import CheckReport
 
 LIVE, COLD, AUTO = "live", "cold", "auto"
 MODES = (LIVE, COLD, AUTO)
@@ -154,6 +155,13 @@ class FleetInput:
     bandwidth_bps: float = 119 * MIB
     bandwidth_source: str = "default (1 Gbit/s)"
     live_model: LiveModel = field(default_factory=LiveModel)
+    #: The checks behind `verdicts`, in full, and when they were made (time.time()): a
+    #: move's child trusts them and checks again only what can have changed.
+    checks: tuple[CheckReport, ...] = ()
+    checked_at: float = 0.0
+
+    def checks_of(self, vm: str, destination: str) -> CheckReport | None:
+        return next((c for c in self.checks if (c.vm, c.destination) == (vm, destination)), None)
 
 
 @dataclass(frozen=True)
