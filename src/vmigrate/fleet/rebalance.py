@@ -39,6 +39,7 @@ from vmigrate.fleet.gather import close_sessions, gather_vms, link_bandwidth, op
 from vmigrate.fleet.job import FleetRun, finish, schedule
 from vmigrate.fleet.plan import BALANCE, LIVE, FleetInput, FleetPlan, Limits, PairVerdict, Purpose
 from vmigrate.hosts import LAB_CLUSTER, HostRef, cluster_names, resolve_cluster
+from vmigrate.model import CheckReport
 from vmigrate.preflight import HostSession
 from vmigrate.store import JobStore, StoreLocation
 from vmigrate.virt.stats import domain_cpu_seconds
@@ -135,6 +136,8 @@ def _cpu_seconds(sessions: Sequence[HostSession]) -> dict[str, dict[str, float]]
 class _Sampled:
     inp: BalanceInput
     sessions: dict[str, HostSession]
+    checks: tuple[CheckReport, ...] = ()  # behind inp.verdicts, for the moves' children
+    checked_at: float = 0.0
 
 
 def sample_cluster(
@@ -158,13 +161,15 @@ def sample_cluster(
         )
     try:
         first, started = _cpu_seconds(answering), time.monotonic()
-        loads, verdicts = [], []
+        loads, verdicts, reports = [], [], []
+        checked_at = time.time()
         if with_checks:
             for session in answering:
                 others = [s for s in answering if s is not session]
                 for gathered in gather_vms(session, others, "live"):
                     loads.append(gathered.load)
                     verdicts += _memory_only(gathered.load.local_disks, gathered.verdicts)
+                    reports += gathered.reports
         time.sleep(max(0.0, request.window_s - (time.monotonic() - started)))
         second, window = _cpu_seconds(answering), time.monotonic() - started
         samples = _vm_samples(answering, loads, first, second, window)
@@ -197,7 +202,7 @@ def sample_cluster(
     except BaseException:
         close_sessions(sessions)
         raise
-    return _Sampled(inp, sessions)
+    return _Sampled(inp, sessions, tuple(reports), checked_at)
 
 
 def _budget(session: HostSession) -> HostBudget | None:
@@ -263,10 +268,11 @@ def _in_flight_left_out(samples: list[VmSample]) -> list[VmSample]:
 
 
 def as_fleet_plan(
-    cluster: str, plan: BalancePlan, inp: BalanceInput, limits: Limits
+    cluster: str, plan: BalancePlan, sampled: _Sampled, limits: Limits
 ) -> tuple[FleetPlan, FleetInput]:
     """The balance plan as the fleet's plan, its purpose the cluster: the moves it chose
     (with start times from the shared link), the VMs they move, every host as a target."""
+    inp = sampled.inp
     moves = as_planned_moves(plan, inp, limits)
     targets = target_hosts(inp)
     sources = tuple(sorted({m.source for m in moves}))
@@ -279,6 +285,8 @@ def as_fleet_plan(
         mode=LIVE,
         limits=limits,
         bandwidth_bps=inp.bandwidth_bps,
+        checks=sampled.checks,
+        checked_at=sampled.checked_at,
     )
     total = max((m.predicted_start_s + m.predicted_s for m in moves), default=0.0)
     fleet_plan = FleetPlan(purpose, LIVE, moves, (), total, limits, inp.bandwidth_bps, "", ())
@@ -306,7 +314,7 @@ def balance_round(request: BalanceRequest, on_event: EventSink) -> BalanceReport
                 message=plan.reason if not plan.moves else "dry run",
             )
         limits = Limits(request.max_parallel, request.max_parallel)
-        fleet_plan, fleet_input = as_fleet_plan(name, plan, sampled.inp, limits)
+        fleet_plan, fleet_input = as_fleet_plan(name, plan, sampled, limits)
         run = FleetRun(store, {r.name: r for r in refs}, request.hosts_file, emit)
         params = {"request": asdict(request), "plan": plan.to_dict()}
         # A failed move is not sent elsewhere: the later moves assumed it happened, so the
