@@ -17,8 +17,8 @@ HOST_A = HostRef("hostA", "qemu+tls://127.0.0.2/system")
 def test_every_purpose_writes_its_row_by_one_rule(tmp_path: Path) -> None:
     with JobStore(tmp_path / "jobs.db") as store:
         purposes = (
-            Purpose(EVACUATE, "hostA", ("hostA",), ("hostB", "hostC")),
-            Purpose(RETURN, "hostA", ("hostB", "hostC"), ("hostA",)),
+            Purpose(EVACUATE, "hostA", ("hostA",), ("hostB", "hostC"), HOST_A.uri),
+            Purpose(RETURN, "hostA", ("hostB", "hostC"), ("hostA",), HOST_A.uri),
             Purpose(BALANCE, "lab", ("hostB",), ("hostA", "hostB", "hostC")),
         )
         for purpose in purposes:
@@ -33,9 +33,10 @@ def test_every_purpose_writes_its_row_by_one_rule(tmp_path: Path) -> None:
 
 def test_the_return_finds_the_last_evacuation_of_the_host(tmp_path: Path) -> None:
     with JobStore(tmp_path / "jobs.db") as store:
-        other = create_fleet_job(store, Purpose(EVACUATE, "hostB", ("hostB",)), {})
+        host_b = "qemu+tls://127.0.0.3/system"
+        other = create_fleet_job(store, Purpose(EVACUATE, "hostB", ("hostB",), (), host_b), {})
         store.record_step(other, 0, "elsewhere", "moved", {"destination": "hostC"})
-        job = create_fleet_job(store, Purpose(EVACUATE, "hostA", ("hostA",)), {})
+        job = create_fleet_job(store, Purpose(EVACUATE, "hostA", ("hostA",), (), HOST_A.uri), {})
         store.record_step(job, 0, "web", "moved", {"destination": "hostB"})
         store.record_step(job, 1, "db", "stayed", {"destination": "hostC"})
         assert returning_moves(store, HOST_A) == {"web": "hostB"}

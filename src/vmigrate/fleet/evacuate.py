@@ -168,7 +168,9 @@ def prepare(
                 host=source.name,
                 fix="check the targets' libvirtd and network; nothing was moved",
             )
-        purpose = Purpose(EVACUATE, source.name, (source.name,), tuple(t.name for t in targets))
+        purpose = Purpose(
+            EVACUATE, source.name, (source.name,), tuple(t.name for t in targets), source.uri
+        )
         inp = gather_input(
             purpose,
             [(src, None)],

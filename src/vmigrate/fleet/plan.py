@@ -109,6 +109,7 @@ class Purpose:
     subject: str
     sources: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
+    subject_uri: str = ""  # the subject host's libvirt URI (a cluster has none)
 
     @property
     def emptied_host(self) -> str:
@@ -129,6 +130,7 @@ class Purpose:
             "subject": self.subject,
             "sources": list(self.sources),
             "targets": list(self.targets),
+            "subject_uri": self.subject_uri,
         }
 
     @classmethod
@@ -138,6 +140,7 @@ class Purpose:
             str(values["subject"]),
             tuple(values.get("sources", ())),
             tuple(values.get("targets", ())),
+            str(values.get("subject_uri", "")),
         )
 
 

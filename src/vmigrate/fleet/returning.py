@@ -22,7 +22,7 @@ def returning_moves(store: JobStore, host: HostRef) -> dict[str, str]:
     for record in store.jobs_of_kind(EVACUATE):
         purpose = purpose_of(record)
         # Rows stored before they carried a purpose held the emptied host's URI as source.
-        emptied = purpose.subject == host.name if purpose else record.source == host.uri
+        emptied = (purpose.subject_uri if purpose else record.source) == host.uri
         if not emptied:
             continue
         return {
@@ -62,7 +62,7 @@ def end_maintenance(
         for vm, where in away.items():
             by_host.setdefault(where, []).append(vm)
         holders = [resolve_host(name, hosts_file) for name in by_host]
-        purpose = Purpose(RETURN, ref.name, tuple(by_host), (ref.name,))
+        purpose = Purpose(RETURN, ref.name, tuple(by_host), (ref.name,), ref.uri)
         sessions = open_sessions([ref, *holders])
         try:
             home = sessions[ref.name]
