@@ -235,7 +235,16 @@ def _p1_input(facts: list[Any], sources: int) -> Any:
     """Every VM of the first `sources` hosts to place on the others; every pair checked,
     one in twenty refused (a missing network, a CPU feature)."""
     from vmigrate.capacity import host_budget
-    from vmigrate.fleet.plan import EvacuationInput, Limits, PairVerdict, TargetHost, VmLoad
+    from vmigrate.fleet.plan import (
+        BALANCE,
+        EVACUATE,
+        FleetInput,
+        Limits,
+        PairVerdict,
+        Purpose,
+        TargetHost,
+        VmLoad,
+    )
 
     rng = random.Random(2)
     moving = [f for f in facts[:sources]]
@@ -259,8 +268,13 @@ def _p1_input(facts: list[Any], sources: int) -> Any:
         for t in targets
         if t.name != vm.host
     )
-    return EvacuationInput(
-        facts[0].ref.name if sources == 1 else "",
+    purpose = (
+        Purpose(EVACUATE, facts[0].ref.name, (facts[0].ref.name,))
+        if sources == 1
+        else Purpose(BALANCE, "bench", tuple(f.ref.name for f in moving))
+    )
+    return FleetInput(
+        purpose,
         loads,
         targets,
         verdicts,
@@ -270,7 +284,7 @@ def _p1_input(facts: list[Any], sources: int) -> Any:
 
 
 def p1(hosts: int = 200, vms: int = 5000) -> dict[str, Any]:
-    from vmigrate.fleet.plan import plan_evacuation
+    from vmigrate.fleet.plan import plan_moves
 
     facts = _p1_facts(hosts, vms)
     cases: dict[str, Any] = {}
@@ -281,10 +295,10 @@ def p1(hosts: int = 200, vms: int = 5000) -> dict[str, Any]:
     ):
         inp = _p1_input(facts, sources)
         started = time.perf_counter()
-        plan = plan_evacuation(inp)
+        plan = plan_moves(inp)
         seconds = time.perf_counter() - started
         tracemalloc.start()
-        plan_evacuation(inp)
+        plan_moves(inp)
         _current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         cases[label] = {

@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,11 @@ from vmigrate.checks.storage import check_storage
 from vmigrate.checks.versions import check_machine, check_versions
 from vmigrate.domxml.cpu import cpu_xml_element, parse_domain_capabilities, parse_domain_cpu
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
+from vmigrate.events import EventSink, Notice, ignore
 from vmigrate.facts import DomainFacts, HostFacts, ShareProbe
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.model import CheckReport, Finding, Mode
+from vmigrate.trusted_checks import TrustedChecks, merged, rechecked, trusted_notice
 from vmigrate.virt.connection import Connection, lookup_domain, open_with_timeout, probe_tcp
 from vmigrate.virt.facts import (
     baseline_cpu,
@@ -433,8 +436,23 @@ def check_move(
     hosts_file: Path | None = None,
     tls: bool | None = None,
     peer_to_peer: bool = True,
+    trusted: TrustedChecks | None = None,
+    emit: EventSink = ignore,
 ) -> Checked:
-    """run_checks, with the facts gathered on the way."""
+    """run_checks, with the facts gathered on the way; with `trusted` (a fleet job's checks
+    of this move), only what can have changed since is checked again (checks_trusted)."""
+    kept = checks_trusted(
+        trusted,
+        vm,
+        source,
+        destination,
+        mode=mode,
+        copy_storage=copy_storage,
+        hosts_file=hosts_file,
+        emit=emit,
+    )
+    if kept is not None:
+        return kept
     started = time.monotonic()
     src_ref = resolve_host(source, hosts_file)
     dst_ref = resolve_host(destination, hosts_file)
@@ -471,3 +489,71 @@ def check_move(
     )
     assert src.facts is not None  # PairChecks refused a source without facts
     return Checked(report, src.facts, dst.facts)
+
+
+def checks_trusted(
+    trusted: TrustedChecks | None,
+    vm: str,
+    source: str,
+    destination: str,
+    *,
+    mode: Mode,
+    copy_storage: bool,
+    hosts_file: Path | None = None,
+    emit: EventSink = ignore,
+) -> Checked | None:
+    """A fleet job's checks of this move (`--trust-checks`), with what can have changed since
+    checked again; None when there are none, or they do not stand for this move now (then
+    the caller runs every check). Says which it did (a Notice)."""
+    if trusted is None:
+        return None
+    src_ref = resolve_host(source, hosts_file)
+    dst_ref = resolve_host(destination, hosts_file)
+    why = trusted.refusal(vm, src_ref.name, dst_ref.name, mode, copy_storage, now=time.time())
+    checked = None if why else recheck_move(trusted.report, src_ref, dst_ref)
+    if checked is None:
+        why = why or "a host does not answer now"
+        emit(Notice(f"the checks of job {trusted.job_id} not used ({why}): every check runs"))
+        return None
+    again = sorted({f.check for f in checked.report.findings if rechecked(f.check)})
+    emit(Notice(trusted_notice(trusted, again)))
+    return checked
+
+
+def recheck_move(trusted: CheckReport, src_ref: HostRef, dst_ref: HostRef) -> Checked | None:
+    """Both hosts' facts read again, at once (the move needs them), and only what can have
+    changed since the trusted checks checked again (trusted_checks.RECHECKED). None when a
+    host does not answer now."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        src, dst = pool.map(open_session, (src_ref, dst_ref))
+    try:
+        if src.conn is None or src.facts is None or dst.facts is None:
+            return None
+        domain = gather_domain_facts(
+            lookup_domain(src.conn, trusted.vm, host=src_ref.name), host=src_ref.name
+        )
+    finally:
+        src.close()
+        dst.close()
+    facts = CheckInput(
+        mode=trusted.mode,
+        copy_storage=trusted.copy_storage,
+        source_name=src_ref.name,
+        destination_name=dst_ref.name,
+        source=src.facts,
+        destination=dst.facts,
+        source_error=None,
+        destination_error=None,
+        domain=domain,
+        destination_domcaps=None,
+        destination_domcaps_error=None,
+        disks=(),
+        libvirt_port=dst.port,
+        migration_ports=(),
+        probes_representative=_is_local(src_ref),
+        source_ref=src_ref,
+        destination_ref=dst_ref,
+    )
+    fresh = [*check_resources(facts), *check_devices(facts)]
+    return Checked(merged(trusted, fresh, time.monotonic() - started), src.facts, dst.facts)

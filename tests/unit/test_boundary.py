@@ -24,6 +24,7 @@ PURE_MODULES = (
     "vmigrate.store",
     "vmigrate.store_sql",
     "vmigrate.events",
+    "vmigrate.trusted_checks",
     "vmigrate.lifecycle",
     "vmigrate.owner",
     "vmigrate.domxml.cpu",

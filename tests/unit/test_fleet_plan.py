@@ -10,18 +10,22 @@ from hypothesis import strategies as st
 
 from vmigrate.capacity import MIB, HostBudget, memory_need_bytes
 from vmigrate.fleet.plan import (
-    EvacuationInput,
+    EVACUATE,
+    FleetInput,
     Ledger,
     Limits,
     PairVerdict,
+    Purpose,
     TargetHost,
     VmLoad,
     next_destination,
-    plan_evacuation,
+    plan_moves,
 )
 from vmigrate.fleet.predict import LIVE_OVERHEAD_S, LiveModel, live_cost, simulate
 
 GIB = 1024 * MIB
+
+EMPTY_A = Purpose(EVACUATE, "hostA", ("hostA",))
 
 
 def budget(
@@ -56,8 +60,8 @@ def test_a_512_mib_vm_needs_768_mib_with_qemus_overhead() -> None:
 def test_no_target_overfills_and_what_does_not_fit_is_listed_with_each_hosts_reason() -> None:
     # hostB takes two 768 MiB needs (1536 usable), hostC one (1024 usable): five VMs, three fit
     vms = [vm(f"g{i}", 512) for i in range(5)]
-    inp = EvacuationInput(
-        source="hostA",
+    inp = FleetInput(
+        purpose=EMPTY_A,
         vms=tuple(vms),
         targets=(
             TargetHost("hostB", budget("hostB", 2048)),
@@ -65,7 +69,7 @@ def test_no_target_overfills_and_what_does_not_fit_is_listed_with_each_hosts_rea
         ),
         verdicts=passing(vms, ["hostB", "hostC"]),
     )
-    plan = plan_evacuation(inp)
+    plan = plan_moves(inp)
     placed = [m.destination for m in plan.moves]
     assert sorted(placed) == ["hostB", "hostB", "hostC"]
     assert len(plan.unplaced) == 2
@@ -77,13 +81,13 @@ def test_no_target_overfills_and_what_does_not_fit_is_listed_with_each_hosts_rea
 
 def test_the_largest_vm_goes_first_and_the_load_spreads() -> None:
     vms = [vm("small", 256), vm("big", 1024), vm("mid", 512)]
-    inp = EvacuationInput(
-        "hostA",
+    inp = FleetInput(
+        EMPTY_A,
         tuple(vms),
         (TargetHost("hostB", budget("hostB", 3072)), TargetHost("hostC", budget("hostC", 3072))),
         passing(vms, ["hostB", "hostC"]),
     )
-    plan = plan_evacuation(inp)
+    plan = plan_moves(inp)
     assert [m.vm for m in plan.moves] == ["big", "mid", "small"]
     first, second = plan.moves[0].destination, plan.moves[1].destination
     assert first != second  # the second VM goes where more is left
@@ -97,8 +101,8 @@ def test_maintenance_unreachable_and_failed_checks_exclude_a_target() -> None:
         PairVerdict("web", "hostC", ("networks: network 'prod' is missing on hostC",)),
         PairVerdict("web", "hostD", ()),
     )
-    inp = EvacuationInput(
-        "hostA",
+    inp = FleetInput(
+        EMPTY_A,
         tuple(vms),
         (
             TargetHost("hostB", budget("hostB", 4096), maintenance=True),
@@ -107,7 +111,7 @@ def test_maintenance_unreachable_and_failed_checks_exclude_a_target() -> None:
         ),
         verdicts,
     )
-    plan = plan_evacuation(inp)
+    plan = plan_moves(inp)
     assert plan.moves == ()
     reason = plan.unplaced[0].reason
     assert "hostB: in maintenance" in reason
@@ -118,23 +122,23 @@ def test_maintenance_unreachable_and_failed_checks_exclude_a_target() -> None:
 def test_live_mode_refuses_a_shut_off_vm_and_auto_moves_it_cold() -> None:
     vms = [vm("off", 256, state="shut off")]
     targets = (TargetHost("hostB", budget("hostB", 4096)),)
-    live = plan_evacuation(
-        EvacuationInput("hostA", tuple(vms), targets, passing(vms, ["hostB"]), mode="live")
+    live = plan_moves(
+        FleetInput(EMPTY_A, tuple(vms), targets, passing(vms, ["hostB"]), mode="live")
     )
     assert live.moves == () and "live move needs it running" in live.unplaced[0].reason
-    auto = plan_evacuation(EvacuationInput("hostA", tuple(vms), targets, passing(vms, ["hostB"])))
+    auto = plan_moves(FleetInput(EMPTY_A, tuple(vms), targets, passing(vms, ["hostB"])))
     assert auto.moves[0].mode == "cold" and auto.moves[0].predicted_downtime_ms is None
 
 
 def test_declared_vcpus_limit_placement() -> None:
     vms = [VmLoad(f"v{i}", "hostA", "running", True, 256 * MIB, 2, 0.0) for i in range(2)]
-    inp = EvacuationInput(
-        "hostA",
+    inp = FleetInput(
+        EMPTY_A,
         tuple(vms),
         (TargetHost("hostB", budget("hostB", 8192, vcpus=3)),),
         passing(vms, ["hostB"]),
     )
-    plan = plan_evacuation(inp)
+    plan = plan_moves(inp)
     assert len(plan.moves) == 1
     assert "needs 2 vCPUs, 1 of its declared vCPUs free" in plan.unplaced[0].reason
 
@@ -145,7 +149,7 @@ def test_a_failed_move_goes_to_the_next_host_not_tried_yet() -> None:
         TargetHost("hostB", budget("hostB", 4096)),
         TargetHost("hostC", budget("hostC", 2048)),
     )
-    inp = EvacuationInput("hostA", tuple(vms), targets, passing(vms, ["hostB", "hostC"]))
+    inp = FleetInput(EMPTY_A, tuple(vms), targets, passing(vms, ["hostB", "hostC"]))
     ledger = Ledger.of(targets)
     assert next_destination(vms[0], inp, ledger, frozenset({"hostB"}))[0] == "hostC"
     nowhere, why = next_destination(vms[0], inp, ledger, frozenset({"hostB", "hostC"}))
@@ -173,9 +177,9 @@ def test_the_predicted_total_counts_the_limits() -> None:
         TargetHost("hostB", budget("hostB", 8192)),
         TargetHost("hostC", budget("hostC", 8192)),
     )
-    one = plan_evacuation(
-        EvacuationInput(
-            "hostA", tuple(vms), targets, passing(vms, ["hostB", "hostC"]), limits=Limits(1, 1)
+    one = plan_moves(
+        FleetInput(
+            EMPTY_A, tuple(vms), targets, passing(vms, ["hostB", "hostC"]), limits=Limits(1, 1)
         )
     )
     single = live_cost(256 * MIB, 0.0, 119 * MIB, LiveModel()).seconds
@@ -187,9 +191,9 @@ def test_a_guest_that_cannot_converge_is_flagged() -> None:
     cost = live_cost(1024 * MIB, 500 * MIB, 119 * MIB, LiveModel(postcopy_allowed=False))
     assert not cost.converges or cost.how == "auto-converge"
     vms = [vm("busy", 1024, dirty_mib=500)]
-    plan = plan_evacuation(
-        EvacuationInput(
-            "hostA",
+    plan = plan_moves(
+        FleetInput(
+            EMPTY_A,
             tuple(vms),
             (TargetHost("hostB", budget("hostB", 8192)),),
             passing(vms, ["hostB"]),
@@ -210,7 +214,7 @@ def test_property_no_host_is_ever_overfilled_and_every_vm_is_placed_or_explained
     vms = [vm(f"v{i}", size) for i, size in enumerate(sizes)]
     names = [f"h{i}" for i in range(len(capacities))]
     targets = tuple(TargetHost(n, budget(n, c)) for n, c in zip(names, capacities, strict=True))
-    plan = plan_evacuation(EvacuationInput("hostA", tuple(vms), targets, passing(vms, names)))
+    plan = plan_moves(FleetInput(EMPTY_A, tuple(vms), targets, passing(vms, names)))
     assert {m.vm for m in plan.moves} | {u.vm for u in plan.unplaced} == {v.name for v in vms}
     for target in targets:
         assert target.budget is not None
@@ -226,9 +230,7 @@ def test_a_busy_guest_that_needs_the_whole_link_runs_alone() -> None:
         TargetHost("hostB", budget("hostB", 8192)),
         TargetHost("hostC", budget("hostC", 8192)),
     )
-    plan = plan_evacuation(
-        EvacuationInput("hostA", tuple(vms), targets, passing(vms, ["hostB", "hostC"]))
-    )
+    plan = plan_moves(FleetInput(EMPTY_A, tuple(vms), targets, passing(vms, ["hostB", "hostC"])))
     moves = {m.vm: m for m in plan.moves}
     assert moves["busy"].solo and "runs alone on hostA's link" in moves["busy"].reason
     assert not moves["quiet1"].solo and not moves["quiet2"].solo

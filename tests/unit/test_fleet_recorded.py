@@ -13,12 +13,14 @@ import pytest
 
 from vmigrate.capacity import MIB, HostBudget
 from vmigrate.fleet.plan import (
-    EvacuationInput,
+    EVACUATE,
+    FleetInput,
     Limits,
     PairVerdict,
+    Purpose,
     TargetHost,
     VmLoad,
-    plan_evacuation,
+    plan_moves,
 )
 
 DATA = Path(__file__).parent / "data" / "fleet" / "lab-evacuation.json"
@@ -31,7 +33,7 @@ def recorded() -> dict[str, Any]:
 
 def evacuation(
     limits: Limits | None = None, capacities: dict[str, int] | None = None
-) -> EvacuationInput:
+) -> FleetInput:
     raw = recorded()
     vms = tuple(VmLoad(**{**v, "local_disks": tuple(v["local_disks"])}) for v in raw["vms"])
     verdicts = tuple(
@@ -44,13 +46,18 @@ def evacuation(
         if capacities and t["name"] in capacities:
             budget = replace(budget, declared_bytes=capacities[t["name"]] * MIB)
         targets.append(TargetHost(t["name"], budget, t["maintenance"], t["problem"]))
-    return EvacuationInput(
-        "hostA", vms, tuple(targets), verdicts, limits=limits or Limits(), bandwidth_bps=119 * MIB
+    return FleetInput(
+        Purpose(EVACUATE, "hostA", ("hostA",)),
+        vms,
+        tuple(targets),
+        verdicts,
+        limits=limits or Limits(),
+        bandwidth_bps=119 * MIB,
     )
 
 
 def test_every_recorded_vm_finds_a_place_and_the_local_disk_is_copied_along() -> None:
-    plan = plan_evacuation(evacuation())
+    plan = plan_moves(evacuation())
     assert not plan.unplaced
     assert {m.vm for m in plan.moves} == {"rec-big", "rec-mid", "rec-small", "rec-disk"}
     disk = next(m for m in plan.moves if m.vm == "rec-disk")
@@ -61,7 +68,7 @@ def test_every_recorded_vm_finds_a_place_and_the_local_disk_is_copied_along() ->
 
 
 def test_the_measured_dirty_rate_makes_the_busy_guest_the_slowest_move() -> None:
-    plan = plan_evacuation(evacuation(Limits(1, 1)))
+    plan = plan_moves(evacuation(Limits(1, 1)))
     by_vm = {m.vm: m for m in plan.moves}
     assert by_vm["rec-big"].predicted_s == max(m.predicted_s for m in plan.moves)
     # one at a time, the total is the sum of the moves
@@ -69,7 +76,7 @@ def test_the_measured_dirty_rate_makes_the_busy_guest_the_slowest_move() -> None
 
 
 def test_smaller_declared_capacities_leave_the_largest_vm_nowhere_with_each_hosts_reason() -> None:
-    plan = plan_evacuation(evacuation(capacities={"hostB": 1024, "hostC": 1280}))
+    plan = plan_moves(evacuation(capacities={"hostB": 1024, "hostC": 1280}))
     # usable 512 and 768 MiB: the 512 MiB guest needs 768 MiB and goes first to hostC
     placed = {m.vm: m.destination for m in plan.moves}
     assert placed.get("rec-big") == "hostC"

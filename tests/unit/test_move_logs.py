@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from vmigrate.fleet.evacuate import log_dir
+from vmigrate.fleet.job import log_dir
 from vmigrate.fleet.logs import MoveLogs, UnsafeLogDirectory, read_from, safe_stem
 from vmigrate.store import JobStore, default_store_path
 

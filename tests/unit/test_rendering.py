@@ -33,7 +33,7 @@ from vmigrate.cli.render_jobs import JobFilter, jobs_lines, show_lines, started_
 from vmigrate.cli.render_lab import lab_status_lines
 from vmigrate.cli.render_plan import balance_plan_lines, evacuation_plan_lines
 from vmigrate.fleet.balance import plan_balance
-from vmigrate.fleet.plan import plan_evacuation
+from vmigrate.fleet.plan import plan_moves
 from vmigrate.hosts import HostRef
 from vmigrate.model import CheckReport, Verdict
 from vmigrate.owner import Liveness, ProcessIdentity
@@ -245,7 +245,7 @@ def recorded_plan() -> dict[str, Any]:
 
 
 def refused_plan() -> dict[str, Any]:
-    return plan_evacuation(evacuation(capacities={"hostB": 1024, "hostC": 1280})).to_dict()
+    return plan_moves(evacuation(capacities={"hostB": 1024, "hostC": 1280})).to_dict()
 
 
 @pytest.mark.parametrize("width", WIDTHS)

@@ -13,7 +13,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,17 @@ from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.moves import MOVE, RESUME, ROLLBACK, MoveCommand
 from vmigrate.fleet.outcome import judge
 from vmigrate.fleet.plan import (
-    EvacuationInput,
+    EVACUATE,
+    FleetInput,
     Limits,
     PairVerdict,
+    Purpose,
     TargetHost,
     VmLoad,
-    plan_evacuation,
+    plan_moves,
 )
 from vmigrate.hosts import HostRef
+from vmigrate.model import CheckReport, Mode
 from vmigrate.store import JobStore
 
 POLL_S = 0.5
@@ -343,7 +346,7 @@ def budget(name: str, declared_mib: int) -> HostBudget:
 
 def evacuation(
     vms: list[tuple[int, bool]], targets: list[int], mode: str, limits: Limits
-) -> EvacuationInput:
+) -> FleetInput:
     loads = tuple(
         VmLoad(
             f"vm{i}",
@@ -361,7 +364,9 @@ def evacuation(
         for i, m in enumerate(targets)
     )
     verdicts = tuple(PairVerdict(v.name, t.name, ()) for v in loads for t in hosts)
-    return EvacuationInput(SOURCE, loads, hosts, verdicts, mode=mode, limits=limits)
+    return FleetInput(
+        Purpose(EVACUATE, SOURCE, (SOURCE,)), loads, hosts, verdicts, mode=mode, limits=limits
+    )
 
 
 @dataclass
@@ -375,14 +380,14 @@ class Outcome:
 
 def simulate(
     directory: Path,
-    inp: EvacuationInput,
+    inp: FleetInput,
     scripts: list[str],
     interrupt_at: float | None,
     *,
     retry_elsewhere: bool = True,
     real_signal_at: float | None = None,
 ) -> Outcome:
-    plan = plan_evacuation(inp)
+    plan = plan_moves(inp)
     events: list[Event] = []
     with JobStore(directory / "jobs.sqlite") as store:
         world = World(store, {v.name: v for v in inp.vms}, iter(scripts), interrupt_at)
@@ -626,3 +631,23 @@ def test_results_are_checked_against_what_the_source_lists_at_the_end() -> None:
     ]
     assert "hostA still lists it: run `vmigrate recover still`" in checked["still"].reason
     assert checked["vanished"].runs_on is None
+
+
+def test_each_child_gets_the_fleets_checks_of_its_own_destination(tmp_path: Path) -> None:
+    """A move's child trusts the checks the fleet made of that VM and that destination, and
+    of no other: a retry elsewhere carries the checks of the new destination."""
+    base = evacuation([(512, True)], [4096, 2048], "live", Limits(1, 1))
+    reports = tuple(
+        CheckReport(v.vm, SOURCE, v.destination, Mode.LIVE, False, (), 0.1) for v in base.verdicts
+    )
+    inp = replace(base, checks=reports, checked_at=123.0)
+    out = simulate(tmp_path, inp, ["failed", "completed"], None)
+    (result,) = out.results
+    assert result.state == MOVED
+    commands = [c.command for c in out.world.children]
+    assert [c.destination for c in commands] == ["hostB", "hostC"]
+    for command in commands:
+        assert command.trusted is not None and command.trusted.made_at == 123.0
+        assert command.trusted.report.destination == command.destination
+    without = simulate(tmp_path / "2", base, ["completed"], None)
+    assert [c.command.trusted for c in without.world.children] == [None]

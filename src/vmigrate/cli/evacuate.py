@@ -29,12 +29,12 @@ from vmigrate.events import (
 from vmigrate.fleet.evacuate import (
     EvacuateRequest,
     EvacuationReport,
-    end_maintenance,
     evacuate,
     resume_evacuation,
 )
 from vmigrate.fleet.execute import MOVED, UNKNOWN, MoveResult
 from vmigrate.fleet.plan import DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_HOST, MODES
+from vmigrate.fleet.returning import end_maintenance
 from vmigrate.store import StoreLocation
 
 console = Console(highlight=False)

@@ -38,6 +38,7 @@ from vmigrate.events import (
 from vmigrate.live.runner import LiveReport, LiveRequest, migrate_live
 from vmigrate.model import CheckReport
 from vmigrate.store import StoreLocation
+from vmigrate.trusted_checks import TrustedChecks, read_trusted
 
 console = Console(highlight=False)
 MIB = 1 << 20
@@ -185,6 +186,14 @@ def _render_storage(storage: dict[str, Any]) -> None:
     help="Go ahead even if pre-flight checks fail or the destination is in maintenance.",
 )
 @take_over_lease_option
+@click.option(
+    "--trust-checks",
+    "trust_checks",
+    type=click.Path(path_type=Path, dir_okay=False),
+    hidden=True,  # written by a fleet job for the moves it starts
+    help="A private file of a fleet job's checks of this move: only what can have changed "
+    "since (the VM's state, the destination's memory) is checked again.",
+)
 @store_option
 @json_option
 def live(
@@ -208,6 +217,7 @@ def live(
     delete_source_disks: bool,
     force: bool,
     take_over_lease: bool,
+    trust_checks: Path | None,
     hosts_file: Path | None,
     store_path: StoreLocation | None,
     as_json: bool,
@@ -249,10 +259,11 @@ def live(
     # Ctrl-C and SIGTERM abort the migration cleanly, even where a parent shell started us
     # with SIGINT ignored; the runner turns the interrupt into an abort of the job.
     interrupt_on(*STOP_SIGNALS)
+    trusted = read_trusted(trust_checks) if trust_checks is not None else None
     report = (
-        _run_json(request, take_over_lease)
+        _run_json(request, take_over_lease, trusted)
         if as_json
-        else _run_interactive(request, take_over_lease)
+        else _run_interactive(request, take_over_lease, trusted)
     )
     if report.outcome != "completed" or not report.placement_ok:
         raise SystemExit(1)
@@ -267,16 +278,20 @@ def _disk_list(value: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def _run_json(request: LiveRequest, take_over_lease: bool) -> LiveReport:
+def _run_json(
+    request: LiveRequest, take_over_lease: bool, trusted: TrustedChecks | None = None
+) -> LiveReport:
     try:
-        return migrate_live(request, print_json, take_over_lease=take_over_lease)
+        return migrate_live(request, print_json, take_over_lease=take_over_lease, trusted=trusted)
     except MigrationRefused as err:
         if isinstance(err.report, CheckReport):
             print_json(ChecksDone(err.report.to_dict()))
         raise
 
 
-def _run_interactive(request: LiveRequest, take_over_lease: bool) -> LiveReport:
+def _run_interactive(
+    request: LiveRequest, take_over_lease: bool, trusted: TrustedChecks | None = None
+) -> LiveReport:
     with Live(console=console, refresh_per_second=4, transient=True) as display:
 
         def emit(event: Event) -> None:
@@ -298,7 +313,7 @@ def _run_interactive(request: LiveRequest, take_over_lease: bool) -> LiveReport:
                 console.print(lease_line(encode(event)))
 
         try:
-            report = migrate_live(request, emit, take_over_lease=take_over_lease)
+            report = migrate_live(request, emit, take_over_lease=take_over_lease, trusted=trusted)
         except MigrationRefused as err:
             if isinstance(err.report, CheckReport):
                 console.print(render_report(err.report))

@@ -1,8 +1,8 @@
-"""`vmigrate evacuate HOST`: empty a host for maintenance through one pipeline: facts of
-every host gathered once, in parallel (gather.py) -> checks of each VM against each target
--> a plan (plan.py, pure) -> moves under limits (execute.py), each an ordinary job -> a
-report that says where every VM went, or why it stayed. The evacuation is itself a job, and
-the host stays in maintenance (in the job store) until `vmigrate maintenance end`."""
+"""`vmigrate evacuate HOST`: empty a host for maintenance through the fleet's one path:
+facts of every host gathered once, in parallel, with the checks of each VM against each
+target (gather.py) -> a plan (plan.py, pure) -> the fleet job's moves under limits (job.py,
+execute.py), each an ordinary job -> a report that says where every VM went, or why it
+stayed. The host stays in maintenance (in the job store) until `vmigrate maintenance end`."""
 
 from __future__ import annotations
 
@@ -15,36 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
-from vmigrate.events import Done, EventSink, JobEvents, Notice, PlanMade
-from vmigrate.fleet.execute import (
-    CANCELLED,
-    MOVED,
-    STAYED,
-    UNKNOWN,
-    MoveContext,
-    MoveResult,
-    MoveScheduler,
-)
-from vmigrate.fleet.gather import (
-    close_sessions,
-    gather_vms,
-    link_bandwidth,
-    open_sessions,
-    target_host,
-)
-from vmigrate.fleet.logs import MoveLogs
+from vmigrate.events import EventSink, JobEvents, Notice, PlanMade
+from vmigrate.fleet.execute import CANCELLED, MOVED, STAYED, UNKNOWN, MoveResult
+from vmigrate.fleet.gather import close_sessions, gather_input, open_sessions
+from vmigrate.fleet.job import FleetRun, finish, schedule
 from vmigrate.fleet.moves import VMIGRATE
-from vmigrate.fleet.plan import MODES, EvacuationInput, EvacuationPlan, Limits, plan_evacuation
-from vmigrate.hosts import HostRef, cluster_of, resolve_cluster, resolve_host
-from vmigrate.store import (
-    RUNNING,
-    JobStore,
-    StoreLocation,
-    default_store_path,
-    store_location,
+from vmigrate.fleet.plan import (
+    EVACUATE,
+    MODES,
+    FleetInput,
+    FleetPlan,
+    Limits,
+    Purpose,
+    plan_moves,
 )
+from vmigrate.hosts import HostRef, cluster_of, resolve_cluster, resolve_host
+from vmigrate.store import RUNNING, JobStore, StoreLocation, store_location
 
-KIND = "evacuate"
+KIND = EVACUATE
 RESUME_WAIT_S = 1800.0
 
 
@@ -149,7 +137,7 @@ def _validate(request: EvacuateRequest) -> None:
 
 def prepare(
     request: EvacuateRequest, store: JobStore
-) -> tuple[HostRef, tuple[HostRef, ...], EvacuationInput, EvacuationPlan]:
+) -> tuple[HostRef, tuple[HostRef, ...], FleetInput, FleetPlan]:
     """Everything before anything moves: targets, facts, checks, the plan. The hosts'
     connections are closed again: each move opens its own."""
     _validate(request)
@@ -180,21 +168,21 @@ def prepare(
                 host=source.name,
                 fix="check the targets' libvirtd and network; nothing was moved",
             )
-        gathered = gather_vms(src, [s for s in target_sessions if s.facts], request.mode)
-        bandwidth, bandwidth_source = link_bandwidth(request.bandwidth_mib, target_sessions)
-        inp = EvacuationInput(
-            source=source.name,
-            vms=tuple(g.load for g in gathered),
-            targets=tuple(target_host(s, s.ref.uri in in_maintenance) for s in target_sessions),
-            verdicts=tuple(v for g in gathered for v in g.verdicts),
+        purpose = Purpose(
+            EVACUATE, source.name, (source.name,), tuple(t.name for t in targets), source.uri
+        )
+        inp = gather_input(
+            purpose,
+            [(src, None)],
+            target_sessions,
             mode=request.mode,
             limits=Limits(request.max_parallel, request.max_per_host),
-            bandwidth_bps=bandwidth,
-            bandwidth_source=bandwidth_source,
+            bandwidth_mib=request.bandwidth_mib,
+            maintenance=in_maintenance,
         )
     finally:
         close_sessions(sessions)
-    return source, targets, inp, plan_evacuation(inp)
+    return source, targets, inp, plan_moves(inp)
 
 
 def _left_on(ref: HostRef) -> list[str] | None:
@@ -207,14 +195,6 @@ def _left_on(ref: HostRef) -> list[str] | None:
         close_sessions(sessions)
 
 
-def log_dir(store: JobStore, job_id: int) -> MoveLogs:
-    """`<store dir>/fleet/<job>/`, private; under the default state directory when the store
-    is a database server rather than a file."""
-    location = getattr(store, "path", None)
-    base = location.parent if isinstance(location, Path) else default_store_path().parent
-    return MoveLogs(base, ("fleet", str(job_id)))
-
-
 def evacuate(
     request: EvacuateRequest, on_event: EventSink, job_id: int | None = None
 ) -> EvacuationReport:
@@ -225,43 +205,27 @@ def evacuate(
         emit(PlanMade(plan.to_dict()))
         if request.dry_run:
             return EvacuationReport(None, source.name, plan.to_dict(), message="dry run")
+        run = FleetRun(
+            store, {ref.name: ref for ref in (source, *targets)}, request.hosts_file, emit
+        )
+
+        def into_maintenance(job: int) -> None:
+            store.set_maintenance(source.name, source.uri, job, f"evacuated by job {job}")
+
         params = {"request": asdict(request), "plan": plan.to_dict()}
-        if job_id is None:
-            job_id = store.create_job(
-                KIND, source.name, source.uri, ",".join(t.name for t in targets), params
-            )
-        else:
-            store.set_job_params(job_id, {**store.job(job_id).params, "plan": plan.to_dict()})
-        store.set_maintenance(source.name, source.uri, job_id, f"evacuated by job {job_id}")
-        emit.start(store, job_id, str(store.path))
-        for unplaced in plan.unplaced:
-            store.add_action(job_id, "unplaced", f"{unplaced.vm}: {unplaced.reason}", "planner")
-        seq_base = max((step.seq for step in store.steps(job_id)), default=-1) + 1
-        ctx = MoveContext(
-            job_id,
-            store,
-            {ref.name: ref for ref in (source, *targets)},
-            request.hosts_file,
-            log_dir(store, job_id),
-            emit,
-            seq_base,
+        scheduled = schedule(run, plan, inp, params, job_id=job_id, before_moves=into_maintenance)
+        report = _report(
+            scheduled.job_id, source, plan, scheduled.results, scheduled.cancelled, started
         )
-        scheduler = MoveScheduler(plan, inp, ctx)
-        moving = time.monotonic()
-        results = scheduler.run()
-        report = _report(job_id, source, plan, results, scheduler.cancelled, started)
-        report.moves_s = time.monotonic() - moving
-        store.finish_job(
-            job_id, "completed" if report.empty else "failed", report.message, report.to_dict()
-        )
-        emit(Done(report.to_dict()))
+        report.moves_s = scheduled.moves_s
+        finish(run, scheduled.job_id, report.empty, report.message, report.to_dict())
     return report
 
 
 def _report(
     job_id: int,
     source: HostRef,
-    plan: EvacuationPlan,
+    plan: FleetPlan,
     results: list[MoveResult],
     cancelled: bool,
     started: float,
@@ -385,100 +349,9 @@ def resume_evacuation(
         raise
 
 
-def returning_moves(store: JobStore, host: HostRef) -> dict[str, str]:
-    """VM -> host it went to, for the VMs the last evacuation of `host` moved away."""
-    for record in store.jobs_of_kind(KIND):
-        if record.source != host.uri:
-            continue
-        return {
-            step.name: str(step.detail.get("destination"))
-            for step in store.steps(record.id)
-            if step.state == MOVED
-        }
-    return {}
-
-
-def end_maintenance(
-    host: str,
-    *,
-    bring_back: bool,
-    hosts_file: Path | None,
-    store_path: StoreLocation | None,
-    on_event: EventSink,
-    max_parallel: int = Limits().max_parallel,
-) -> tuple[bool, list[MoveResult], dict[str, Any] | None]:
-    """Clear the mark; with `bring_back`, move the VMs that left the host back to it through
-    the same planner (a `return` job). (was in maintenance, results, plan); the last event
-    is Done with the host, whether it was in maintenance, and the moves."""
-    ref = resolve_host(host, hosts_file)
-    emit = JobEvents(on_event)  # stored once the job exists
-
-    def done(was: bool, results: list[MoveResult]) -> None:
-        moves = [r.to_dict() for r in results]
-        emit(Done({"host": host, "was_in_maintenance": was, "moves": moves}))
-
-    with JobStore(store_path) as store:
-        was = store.end_maintenance(ref.uri)
-        away = returning_moves(store, ref) if bring_back else {}
-        if not away:
-            done(was is not None, [])
-            return was is not None, [], None
-        by_host: dict[str, list[str]] = {}
-        for vm, where in away.items():
-            by_host.setdefault(where, []).append(vm)
-        holders = [resolve_host(name, hosts_file) for name in by_host]
-        sessions = open_sessions([ref, *holders])
-        try:
-            home = sessions[ref.name]
-            if home.facts is None:
-                raise HostUnreachable(
-                    f"cannot bring VMs back: {home.error}", host=ref.name, fix="start it first"
-                )
-            gathered = []
-            for name, vms in by_host.items():
-                holder = sessions[name]
-                if holder.facts is None:
-                    emit(Notice(f"{name} does not answer: {', '.join(vms)} stay"))
-                    continue
-                gathered += gather_vms(holder, [home], "auto", names=vms)
-            bandwidth, bandwidth_source = link_bandwidth(None, [home])
-            inp = EvacuationInput(
-                source="",
-                vms=tuple(g.load for g in gathered),
-                targets=(target_host(home, False),),
-                verdicts=tuple(v for g in gathered for v in g.verdicts),
-                limits=Limits(max_parallel, Limits().max_per_host),
-                bandwidth_bps=bandwidth,
-                bandwidth_source=bandwidth_source,
-            )
-        finally:
-            close_sessions(sessions)
-        plan = plan_evacuation(inp)
-        emit(PlanMade(plan.to_dict()))
-        job_id = store.create_job(
-            "return", ref.name, ",".join(by_host), ref.uri, {"plan": plan.to_dict()}
-        )
-        emit.start(store, job_id, str(store.path))
-        refs = {r.name: r for r in (ref, *holders)}
-        ctx = MoveContext(job_id, store, refs, hosts_file, log_dir(store, job_id), emit)
-        scheduler = MoveScheduler(plan, inp, ctx)
-        results = scheduler.run()
-        results += [MoveResult(u.vm, "", ref.name, "stayed", "", u.reason) for u in plan.unplaced]
-        ok = all(r.state == MOVED for r in results)
-        store.finish_job(
-            job_id,
-            "completed" if ok else "failed",
-            f"{sum(r.state == MOVED for r in results)} of {len(results)} VM(s) back on {ref.name}",
-            {"moves": [r.to_dict() for r in results]},
-        )
-        done(was is not None, results)
-    return was is not None, results, plan.to_dict()
-
-
 __all__: Sequence[str] = (
     "EvacuateRequest",
     "EvacuationReport",
-    "end_maintenance",
     "evacuate",
     "resume_evacuation",
 )

@@ -31,8 +31,8 @@ from vmigrate.fleet.outcome import CANCELLED, MOVED, STAYED, UNKNOWN, judge
 from vmigrate.fleet.plan import (
     COLD,
     LIVE,
-    EvacuationInput,
-    EvacuationPlan,
+    FleetInput,
+    FleetPlan,
     Ledger,
     PlannedMove,
     VmLoad,
@@ -43,6 +43,7 @@ from vmigrate.guest_gap import measured_gap_ms
 from vmigrate.hosts import HostRef
 from vmigrate.journal import Journal
 from vmigrate.store import JobStore
+from vmigrate.trusted_checks import TrustedChecks
 
 __all__ = [
     "CANCELLED",
@@ -151,8 +152,8 @@ def _stops_deferred(on_stop: Callable[[], None]) -> Iterator[None]:
 class MoveScheduler:
     def __init__(
         self,
-        plan: EvacuationPlan,
-        inp: EvacuationInput,
+        plan: FleetPlan,
+        inp: FleetInput,
         ctx: MoveContext,
         *,
         retry_elsewhere: bool = True,
@@ -294,7 +295,11 @@ class MoveScheduler:
 
     def _command(self, track: _Track) -> MoveCommand:
         move = track.move
+        checks = self.inp.checks_of(move.vm, move.destination)
         return MoveCommand(
+            trusted=None
+            if checks is None
+            else TrustedChecks(self.ctx.job_id, self.inp.checked_at, checks),
             vm=move.vm,
             source=move.source,
             destination=move.destination,

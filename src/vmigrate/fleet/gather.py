@@ -4,16 +4,26 @@ and the checks of each VM against each target, ready for the pure planner (plan.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from vmigrate.capacity import MIB, host_budget
 from vmigrate.errors import VmigrateError
-from vmigrate.facts import DomainFacts
-from vmigrate.fleet.plan import LIVE, PairVerdict, TargetHost, VmLoad, move_mode
+from vmigrate.facts import DomainFacts, GuestUsage
+from vmigrate.fleet.plan import (
+    LIVE,
+    FleetInput,
+    Limits,
+    PairVerdict,
+    Purpose,
+    TargetHost,
+    VmLoad,
+    move_mode,
+)
 from vmigrate.hosts import HostRef
-from vmigrate.model import Finding, Mode, Verdict
+from vmigrate.model import CheckReport, Finding, Mode, Verdict
 from vmigrate.preflight import HostSession, PairChecks, open_session
 from vmigrate.virt.connection import lookup_domain
 from vmigrate.virt.facts import gather_domain_facts, measure_dirty_rate
@@ -52,6 +62,7 @@ class GatheredVm:
     load: VmLoad
     domain: DomainFacts
     verdicts: list[PairVerdict] = field(default_factory=list)
+    reports: list[CheckReport] = field(default_factory=list)  # the checks behind them
 
 
 def _dirty_rates(session: HostSession, names: Sequence[str]) -> dict[str, float | None]:
@@ -80,49 +91,76 @@ def gather_vms(
     names: Sequence[str] | None = None,
 ) -> list[GatheredVm]:
     """Each VM of `source` (or only `names`) with its size, dirty rate, local disks and the
-    verdict of every check against every target that answers."""
+    verdict of every check against every target that answers. The dirty rates (1 s of
+    QEMU's measurement) are measured while the checks run."""
     checks = PairChecks(source)
     assert source.conn is not None and source.facts is not None
     guests = [g for g in source.facts.guests if names is None or g.name in names]
     answering = [t for t in targets if t.facts is not None and t.ref.name != source.ref.name]
-    rates = _dirty_rates(source, [g.name for g in guests if g.state in ("running", "paused")])
-    gathered = []
-    for guest in guests:
-        try:
-            handle = lookup_domain(source.conn, guest.name, host=source.ref.name)
-            domain = gather_domain_facts(handle, host=source.ref.name)
-        except VmigrateError as err:  # gone while we looked: nothing to move
-            log.info("%s vanished from %s: %s", guest.name, source.ref.name, err)
-            continue
-        disks = checks.disk_storage(domain, answering[0]) if answering else ()
-        local = [d for d in disks if d.share_probe is None or not d.share_probe.shared]
-        load = VmLoad(
-            name=guest.name,
-            host=source.ref.name,
-            state=guest.state,
-            persistent=guest.persistent,
-            memory_bytes=guest.memory_bytes,
-            vcpus=guest.vcpus,
-            dirty_rate_bps=rates.get(guest.name),
-            local_disks=tuple(d.target for d in local),
-            local_disk_bytes=sum(
-                d.source_location.allocation for d in local if d.source_location is not None
-            ),
-        )
-        item = GatheredVm(load, domain)
-        how, _why = move_mode(load, mode)
-        if how is not None:
-            check_mode = Mode.LIVE if how == LIVE else Mode.COLD
-            for target in answering:
-                found = checks.findings(
-                    domain,
-                    target,
-                    mode=check_mode,
-                    copy_storage=how == LIVE and bool(load.local_disks),
-                )
-                item.verdicts.append(_verdict(guest.name, target.ref.name, found))
-        gathered.append(item)
+    running = [g.name for g in guests if g.state in ("running", "paused")]
+    with ThreadPoolExecutor(max_workers=1) as background:
+        measuring = background.submit(_dirty_rates, source, running)
+        gathered = [
+            item
+            for guest in guests
+            if (item := _gather_one(checks, guest, answering, mode)) is not None
+        ]
+        rates = measuring.result()
+    for item in gathered:
+        item.load = replace(item.load, dirty_rate_bps=rates.get(item.load.name))
     return gathered
+
+
+def _gather_one(
+    checks: PairChecks, guest: GuestUsage, answering: Sequence[HostSession], mode: str
+) -> GatheredVm | None:
+    """One VM (its dirty rate still to come) and its checks against every target; None
+    when it vanished while we looked."""
+    source = checks.source
+    assert source.conn is not None
+    try:
+        handle = lookup_domain(source.conn, guest.name, host=source.ref.name)
+        domain = gather_domain_facts(handle, host=source.ref.name)
+    except VmigrateError as err:  # gone while we looked: nothing to move
+        log.info("%s vanished from %s: %s", guest.name, source.ref.name, err)
+        return None
+    disks = checks.disk_storage(domain, answering[0]) if answering else ()
+    local = [d for d in disks if d.share_probe is None or not d.share_probe.shared]
+    load = VmLoad(
+        name=guest.name,
+        host=source.ref.name,
+        state=guest.state,
+        persistent=guest.persistent,
+        memory_bytes=guest.memory_bytes,
+        vcpus=guest.vcpus,
+        dirty_rate_bps=None,
+        local_disks=tuple(d.target for d in local),
+        local_disk_bytes=sum(
+            d.source_location.allocation for d in local if d.source_location is not None
+        ),
+    )
+    item = GatheredVm(load, domain)
+    how, _why = move_mode(load, mode)
+    if how is None:
+        return item
+    check_mode = Mode.LIVE if how == LIVE else Mode.COLD
+    copy_storage = how == LIVE and bool(load.local_disks)
+    for target in answering:
+        checking = time.monotonic()
+        found = checks.findings(domain, target, mode=check_mode, copy_storage=copy_storage)
+        item.verdicts.append(_verdict(guest.name, target.ref.name, found))
+        item.reports.append(
+            CheckReport(
+                guest.name,
+                source.ref.name,
+                target.ref.name,
+                check_mode,
+                copy_storage,
+                found,
+                time.monotonic() - checking,
+            )
+        )
+    return item
 
 
 def _verdict(vm: str, destination: str, findings: Iterable[Finding]) -> PairVerdict:
@@ -156,3 +194,40 @@ def link_bandwidth(given_mib: float | None, targets: Sequence[HostSession]) -> t
         if rate:
             return rate, f"measured from this machine to {target.ref.name} (2 s upload)"
     return 119 * MIB, "assumed 1 Gbit/s (nothing measured; give --bandwidth)"
+
+
+def gather_input(
+    purpose: Purpose,
+    sources: Sequence[tuple[HostSession, Sequence[str] | None]],
+    targets: Sequence[HostSession],
+    *,
+    mode: str,
+    limits: Limits,
+    bandwidth_mib: float | None = None,
+    maintenance: Iterable[str] = (),
+) -> FleetInput:
+    """The planner's input: the VMs of each source (all, or the names given), checked
+    against every target that answers, and the link they share."""
+    answering = [t for t in targets if t.facts is not None]
+    checked_at = time.time()
+    with ThreadPoolExecutor(max_workers=1) as background:  # the link probed meanwhile
+        probing = background.submit(link_bandwidth, bandwidth_mib, targets)
+        gathered = [
+            g
+            for session, names in sources
+            for g in gather_vms(session, answering, mode, names=names)
+        ]
+        bandwidth, bandwidth_source = probing.result()
+    in_maintenance = set(maintenance)
+    return FleetInput(
+        purpose,
+        vms=tuple(g.load for g in gathered),
+        targets=tuple(target_host(t, t.ref.uri in in_maintenance) for t in targets),
+        verdicts=tuple(v for g in gathered for v in g.verdicts),
+        mode=mode,
+        limits=limits,
+        bandwidth_bps=bandwidth,
+        bandwidth_source=bandwidth_source,
+        checks=tuple(r for g in gathered for r in g.reports),
+        checked_at=checked_at,
+    )

@@ -128,6 +128,12 @@ class MoveLogs:
             )
         raise _refusal(self.path, f"no free name for {stem} after {MAX_NAMES} tries")
 
+    def private_file(self, name: str, text: str) -> Path:
+        """A new file (0600, never an existing one) holding `text`; its path."""
+        with os.fdopen(self._new(name), "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return self.path / name
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

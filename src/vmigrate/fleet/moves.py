@@ -36,6 +36,7 @@ from vmigrate.events import (
 )
 from vmigrate.fleet.logs import ChildFiles, MoveLogs, read_from
 from vmigrate.store import StoreLocation
+from vmigrate.trusted_checks import TrustedChecks
 
 VMIGRATE = [sys.executable, "-m", "vmigrate.cli.main"]
 MOVE, ROLLBACK, RESUME = "move", "rollback", "resume"
@@ -52,8 +53,9 @@ class MoveCommand:
     store_path: StoreLocation
     action: str = MOVE  # move | rollback | resume (of the cold job `job_id`)
     job_id: int | None = None
+    trusted: TrustedChecks | None = None  # the fleet's checks of this move, for a live one
 
-    def argv(self) -> list[str]:
+    def argv(self, trusted_file: Path | None = None) -> list[str]:
         if self.action in (ROLLBACK, RESUME):
             store = ["--store", str(self.store_path)]
             return [*VMIGRATE, "jobs", *store, self.action, str(self.job_id), "--json"]
@@ -62,6 +64,8 @@ class MoveCommand:
             args.append("--copy-storage")
         if self.hosts_file is not None:
             args += ["--hosts", str(self.hosts_file)]
+        if trusted_file is not None:
+            args += ["--trust-checks", str(trusted_file)]
         return [*args, "--store", str(self.store_path), "--json"]
 
 
@@ -215,9 +219,12 @@ class ChildMove:
 def start_move(command: MoveCommand, logs: MoveLogs, attempt: int) -> ChildMove:
     label = command.action if command.action != MOVE else str(attempt)
     files = logs.child_files(f"{command.vm}.{label}")
+    trusted_file = None
+    if command.trusted is not None and command.action == MOVE and command.mode == "live":
+        trusted_file = logs.private_file(f"{files.stem}.checks.json", command.trusted.to_json())
     try:
         process = subprocess.Popen(
-            command.argv(),
+            command.argv(trusted_file),
             stdin=subprocess.DEVNULL,
             stdout=files.events_write,
             stderr=files.errors_write,

@@ -1,5 +1,6 @@
-"""The evacuation planner: where each VM of a host goes, in which order, and how long it all
-takes (pure: it reads gathered facts and check verdicts, it never calls libvirt).
+"""The fleet planner: where each VM to move goes (out of a host, or back to it), in which
+order, and how long it all takes (pure: it reads gathered facts and check verdicts, it never
+calls libvirt).
 
 Placement, VM by VM, the largest memory first (so the big ones still find room):
 - candidates are the target hosts that answer, are not in maintenance, passed every check
@@ -24,6 +25,7 @@ from typing import Any
 
 from vmigrate.capacity import MIB, HostBudget, memory_need_bytes
 from vmigrate.fleet.predict import LiveModel, MoveCost, cold_cost, live_cost, simulate
+from vmigrate.model import CheckReport
 
 LIVE, COLD, AUTO = "live", "cold", "auto"
 MODES = (LIVE, COLD, AUTO)
@@ -93,9 +95,61 @@ class Limits:
     max_per_host: int = DEFAULT_MAX_PER_HOST
 
 
+EVACUATE, RETURN, BALANCE = "evacuate", "return", "balance"
+PURPOSES = (EVACUATE, RETURN, BALANCE)
+
+
 @dataclass(frozen=True)
-class EvacuationInput:
-    source: str  # the host being emptied ("" when VMs return from several hosts)
+class Purpose:
+    """What a fleet job is for, and so what its job row says: `kind` is the job's kind,
+    `subject` what it is named by (the host it empties, the host its VMs return to, the
+    cluster it balances), `sources`/`targets` the hosts VMs leave and may go to, by name."""
+
+    kind: str  # evacuate | return | balance
+    subject: str
+    sources: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    subject_uri: str = ""  # the subject host's libvirt URI (a cluster has none)
+
+    @property
+    def emptied_host(self) -> str:
+        """The host this job empties; "" for a return or a balance round."""
+        return self.subject if self.kind == EVACUATE else ""
+
+    @property
+    def what(self) -> str:
+        return {
+            EVACUATE: f"empty host {self.subject}",
+            RETURN: f"return VMs to {self.subject}",
+            BALANCE: f"balance cluster {self.subject}",
+        }[self.kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "subject": self.subject,
+            "sources": list(self.sources),
+            "targets": list(self.targets),
+            "subject_uri": self.subject_uri,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Purpose:
+        return cls(
+            str(values["kind"]),
+            str(values["subject"]),
+            tuple(values.get("sources", ())),
+            tuple(values.get("targets", ())),
+            str(values.get("subject_uri", "")),
+        )
+
+
+@dataclass(frozen=True)
+class FleetInput:
+    """What a fleet plan is made from: the VMs to move, the hosts they may go to, the
+    checks of each pair, the limits and the link."""
+
+    purpose: Purpose
     vms: tuple[VmLoad, ...]
     targets: tuple[TargetHost, ...]
     verdicts: tuple[PairVerdict, ...]
@@ -104,6 +158,13 @@ class EvacuationInput:
     bandwidth_bps: float = 119 * MIB
     bandwidth_source: str = "default (1 Gbit/s)"
     live_model: LiveModel = field(default_factory=LiveModel)
+    #: The checks behind `verdicts`, in full, and when they were made (time.time()): a
+    #: move's child trusts them and checks again only what can have changed.
+    checks: tuple[CheckReport, ...] = ()
+    checked_at: float = 0.0
+
+    def checks_of(self, vm: str, destination: str) -> CheckReport | None:
+        return next((c for c in self.checks if (c.vm, c.destination) == (vm, destination)), None)
 
 
 @dataclass(frozen=True)
@@ -150,8 +211,11 @@ class HostLoad:
 
 
 @dataclass(frozen=True)
-class EvacuationPlan:
-    source: str
+class FleetPlan:
+    """The moves of a fleet job (an evacuation, a return, a balance round), in order, with
+    what could not be placed and the predicted total."""
+
+    purpose: Purpose
     mode: str
     moves: tuple[PlannedMove, ...]
     unplaced: tuple[Unplaced, ...]
@@ -163,7 +227,8 @@ class EvacuationPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "source": self.source,
+            "source": self.purpose.emptied_host,
+            "purpose": self.purpose.to_dict(),
             "mode": self.mode,
             "moves": [m.to_dict() for m in self.moves],
             "unplaced": [u.to_dict() for u in self.unplaced],
@@ -252,13 +317,13 @@ def _weight(target: TargetHost, ledger: Ledger) -> tuple[float, int, str]:
     return (-ledger.free[target.name] / usable, ledger.incoming[target.name], target.name)
 
 
-def verdict_index(inp: EvacuationInput) -> dict[tuple[str, str], PairVerdict]:
+def verdict_index(inp: FleetInput) -> dict[tuple[str, str], PairVerdict]:
     return {(v.vm, v.destination): v for v in inp.verdicts}
 
 
 def ranked_destinations(
     vm: VmLoad,
-    inp: EvacuationInput,
+    inp: FleetInput,
     ledger: Ledger,
     exclude: frozenset[str] = frozenset(),
     verdicts: dict[tuple[str, str], PairVerdict] | None = None,
@@ -281,7 +346,7 @@ def ranked_destinations(
 
 
 def next_destination(
-    vm: VmLoad, inp: EvacuationInput, ledger: Ledger, exclude: frozenset[str]
+    vm: VmLoad, inp: FleetInput, ledger: Ledger, exclude: frozenset[str]
 ) -> tuple[str | None, str]:
     """Where a move that failed (or whose host stopped answering) goes next, and why."""
     admitted, refused = ranked_destinations(vm, inp, ledger, exclude)
@@ -305,7 +370,7 @@ def _nowhere(refused: dict[str, str]) -> str:
     return "no host can take it: " + "; ".join(f"{host}: {why}" for host, why in refused.items())
 
 
-def _cost(vm: VmLoad, mode: str, inp: EvacuationInput, bandwidth: float) -> MoveCost:
+def _cost(vm: VmLoad, mode: str, inp: FleetInput, bandwidth: float) -> MoveCost:
     if mode == COLD:
         return cold_cost(vm.local_disk_bytes, bandwidth)
     return live_cost(
@@ -318,7 +383,7 @@ class _Candidates:
     updates: placing one VM changes one host's weight), so that placing thousands of VMs
     on hundreds of hosts looks at a few hosts per VM, not at all of them."""
 
-    def __init__(self, inp: EvacuationInput, ledger: Ledger) -> None:
+    def __init__(self, inp: FleetInput, ledger: Ledger) -> None:
         self.ledger = ledger
         self.by_name = {t.name: t for t in inp.targets if t.budget and not t.maintenance}
         self.heap = [(_weight(t, ledger), t.name) for t in self.by_name.values()]
@@ -348,7 +413,7 @@ class _Candidates:
 ALTERNATIVES = 3
 
 
-def _needs_the_link(vm: VmLoad, inp: EvacuationInput) -> bool:
+def _needs_the_link(vm: VmLoad, inp: FleetInput) -> bool:
     """A busy guest that converges in pre-copy with its source's link to itself but would
     need post-copy (or not finish) sharing it: it runs alone. Post-copy at a shared link
     stalls the guest on every page it still lacks (measured: a 894 ms gap, E1)."""
@@ -363,7 +428,8 @@ def _needs_the_link(vm: VmLoad, inp: EvacuationInput) -> bool:
     )
 
 
-def plan_evacuation(inp: EvacuationInput) -> EvacuationPlan:
+def plan_moves(inp: FleetInput) -> FleetPlan:
+    """Place the VMs of `inp`, largest first (see the module's docstring)."""
     ledger = Ledger.of(inp.targets)
     verdicts = verdict_index(inp)
     candidates = _Candidates(inp, ledger)
@@ -436,8 +502,8 @@ def plan_evacuation(inp: EvacuationInput) -> EvacuationPlan:
         for t in inp.targets
         if t.budget is not None
     )
-    return EvacuationPlan(
-        inp.source,
+    return FleetPlan(
+        inp.purpose,
         inp.mode,
         moves,
         tuple(sorted(unplaced, key=lambda u: u.vm)),

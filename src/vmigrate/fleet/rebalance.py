@@ -1,8 +1,9 @@
-"""`vmigrate balance`: a round of the pipeline for load. Facts of every host of the cluster
-gathered once, in parallel, with each running VM's CPU use over a window (bulk statistics)
-and its dirty rate (QEMU) -> the checks of each VM against each other host -> the plan
-(balance.py, pure) -> its moves through the evacuation's scheduler, each an ordinary live
-job -> the load measured again -> a report. Every round is a job (kind "balance")."""
+"""`vmigrate balance`: a round of the fleet's one path for load. Facts of every host of the
+cluster gathered once, in parallel, with each running VM's CPU use over a window (bulk
+statistics) and its dirty rate (QEMU) -> the checks of each VM against each other host ->
+the plan (balance.py, pure), as a fleet plan whose purpose is the cluster -> its moves as a
+fleet job (job.py), each an ordinary live job -> the load measured again -> a report. Every
+round that moves something is a job (kind "balance")."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from vmigrate.capacity import HostBudget, host_budget
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
-from vmigrate.events import Done, EventSink, JobEvents, Notice, PlanMade
+from vmigrate.events import EventSink, JobEvents, Notice, PlanMade
 from vmigrate.fleet.balance import (
     DEFAULT_MAX_MOVES,
     DEFAULT_MIN_GAIN,
@@ -33,16 +34,17 @@ from vmigrate.fleet.balance import (
     target_hosts,
     vm_loads,
 )
-from vmigrate.fleet.evacuate import log_dir
-from vmigrate.fleet.execute import MOVED, MoveContext, MoveResult, MoveScheduler
+from vmigrate.fleet.execute import MOVED, MoveResult
 from vmigrate.fleet.gather import close_sessions, gather_vms, link_bandwidth, open_sessions
-from vmigrate.fleet.plan import EvacuationInput, EvacuationPlan, Limits, PairVerdict
+from vmigrate.fleet.job import FleetRun, finish, schedule
+from vmigrate.fleet.plan import BALANCE, LIVE, FleetInput, FleetPlan, Limits, PairVerdict, Purpose
 from vmigrate.hosts import LAB_CLUSTER, HostRef, cluster_names, resolve_cluster
+from vmigrate.model import CheckReport
 from vmigrate.preflight import HostSession
 from vmigrate.store import JobStore, StoreLocation
 from vmigrate.virt.stats import domain_cpu_seconds
 
-KIND = "balance"
+KIND = BALANCE
 DEFAULT_WINDOW_S = 5.0
 #: A VM balance moved is left alone this long (no ping-pong while loads settle).
 DEFAULT_COOL_DOWN_S = 1800.0
@@ -134,6 +136,8 @@ def _cpu_seconds(sessions: Sequence[HostSession]) -> dict[str, dict[str, float]]
 class _Sampled:
     inp: BalanceInput
     sessions: dict[str, HostSession]
+    checks: tuple[CheckReport, ...] = ()  # behind inp.verdicts, for the moves' children
+    checked_at: float = 0.0
 
 
 def sample_cluster(
@@ -157,13 +161,15 @@ def sample_cluster(
         )
     try:
         first, started = _cpu_seconds(answering), time.monotonic()
-        loads, verdicts = [], []
+        loads, verdicts, reports = [], [], []
+        checked_at = time.time()
         if with_checks:
             for session in answering:
                 others = [s for s in answering if s is not session]
                 for gathered in gather_vms(session, others, "live"):
                     loads.append(gathered.load)
                     verdicts += _memory_only(gathered.load.local_disks, gathered.verdicts)
+                    reports += gathered.reports
         time.sleep(max(0.0, request.window_s - (time.monotonic() - started)))
         second, window = _cpu_seconds(answering), time.monotonic() - started
         samples = _vm_samples(answering, loads, first, second, window)
@@ -196,7 +202,7 @@ def sample_cluster(
     except BaseException:
         close_sessions(sessions)
         raise
-    return _Sampled(inp, sessions)
+    return _Sampled(inp, sessions, tuple(reports), checked_at)
 
 
 def _budget(session: HostSession) -> HostBudget | None:
@@ -261,24 +267,30 @@ def _in_flight_left_out(samples: list[VmSample]) -> list[VmSample]:
     ]
 
 
-def _as_evacuation(
-    plan: BalancePlan, inp: BalanceInput, limits: Limits
-) -> tuple[EvacuationPlan, EvacuationInput]:
+def as_fleet_plan(
+    cluster: str, plan: BalancePlan, sampled: _Sampled, limits: Limits
+) -> tuple[FleetPlan, FleetInput]:
+    """The balance plan as the fleet's plan, its purpose the cluster: the moves it chose
+    (with start times from the shared link), the VMs they move, every host as a target."""
+    inp = sampled.inp
     moves = as_planned_moves(plan, inp, limits)
-    evacuation_input = EvacuationInput(
-        source="",
+    targets = target_hosts(inp)
+    sources = tuple(sorted({m.source for m in moves}))
+    purpose = Purpose(BALANCE, cluster, sources, tuple(t.name for t in targets))
+    fleet_input = FleetInput(
+        purpose,
         vms=vm_loads(inp, plan),
-        targets=target_hosts(inp),
+        targets=targets,
         verdicts=inp.verdicts,
-        mode="live",
+        mode=LIVE,
         limits=limits,
         bandwidth_bps=inp.bandwidth_bps,
+        checks=sampled.checks,
+        checked_at=sampled.checked_at,
     )
     total = max((m.predicted_start_s + m.predicted_s for m in moves), default=0.0)
-    return (
-        EvacuationPlan("", "live", moves, (), total, limits, inp.bandwidth_bps, "", ()),
-        evacuation_input,
-    )
+    fleet_plan = FleetPlan(purpose, LIVE, moves, (), total, limits, inp.bandwidth_bps, "", ())
+    return fleet_plan, fleet_input
 
 
 def balance_round(request: BalanceRequest, on_event: EventSink) -> BalanceReport:
@@ -301,27 +313,14 @@ def balance_round(request: BalanceRequest, on_event: EventSink) -> BalanceReport
                 total_s=time.monotonic() - started,
                 message=plan.reason if not plan.moves else "dry run",
             )
-        job_id = store.create_job(
-            KIND,
-            name,
-            "",
-            ",".join(r.name for r in refs),
-            {"request": asdict(request), "plan": plan.to_dict()},
-        )
-        emit.start(store, job_id, str(store.path))
         limits = Limits(request.max_parallel, request.max_parallel)
-        evacuation_plan, evacuation_input = _as_evacuation(plan, sampled.inp, limits)
-        ctx = MoveContext(
-            job_id,
-            store,
-            {r.name: r for r in refs},
-            request.hosts_file,
-            log_dir(store, job_id),
-            emit,
-        )
-        scheduler = MoveScheduler(evacuation_plan, evacuation_input, ctx, retry_elsewhere=False)
-        results = scheduler.run()
-        cancelled = scheduler.cancelled
+        fleet_plan, fleet_input = as_fleet_plan(name, plan, sampled, limits)
+        run = FleetRun(store, {r.name: r for r in refs}, request.hosts_file, emit)
+        params = {"request": asdict(request), "plan": plan.to_dict()}
+        # A failed move is not sent elsewhere: the later moves assumed it happened, so the
+        # next round plans again.
+        scheduled = schedule(run, fleet_plan, fleet_input, params, retry_elsewhere=False)
+        results, cancelled = scheduled.results, scheduled.cancelled
         after: list[Any] = []
         if not cancelled:
             try:
@@ -330,7 +329,7 @@ def balance_round(request: BalanceRequest, on_event: EventSink) -> BalanceReport
                 cancelled = True
         moved = sum(r.state == MOVED for r in results)
         report = BalanceReport(
-            job_id,
+            scheduled.job_id,
             name,
             plan.to_dict(),
             results,
@@ -341,13 +340,7 @@ def balance_round(request: BalanceRequest, on_event: EventSink) -> BalanceReport
             f"{plan.imbalance_after:.3f} predicted" + ("; cancelled" if cancelled else ""),
             cancelled,
         )
-        store.finish_job(
-            job_id,
-            "completed" if moved == len(results) else "failed",
-            report.message,
-            report.to_dict(),
-        )
-        emit(Done(report.to_dict()))
+        finish(run, scheduled.job_id, moved == len(results), report.message, report.to_dict())
     return report
 
 

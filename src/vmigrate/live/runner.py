@@ -55,6 +55,7 @@ from vmigrate.live.storage_plan import StorageCopyPlan
 from vmigrate.model import Mode
 from vmigrate.preflight import Checked, check_move
 from vmigrate.store import JobStore
+from vmigrate.trusted_checks import TrustedChecks
 from vmigrate.virt.connection import (
     ensure_event_loop,
     lookup_domain,
@@ -68,7 +69,9 @@ __all__ = ["LiveReport", "LiveRequest", "job_outcome", "migrate_live"]
 CONNECT_TIMEOUT_S = 10.0
 
 
-def _checks(request: LiveRequest) -> Checked:
+def _checks(
+    request: LiveRequest, trusted: TrustedChecks | None = None, emit: EventSink = ignore
+) -> Checked:
     checked = check_move(
         request.vm,
         request.source,
@@ -78,6 +81,8 @@ def _checks(request: LiveRequest) -> Checked:
         hosts_file=request.hosts_file,
         tls=request.tls,
         peer_to_peer=request.peer_to_peer,
+        trusted=trusted,
+        emit=emit,
     )
     report = checked.report
     if report.failed and not request.force:
@@ -172,7 +177,11 @@ def _run_call(
 
 
 def migrate_live(
-    request: LiveRequest, on_event: EventSink | None = None, *, take_over_lease: bool = False
+    request: LiveRequest,
+    on_event: EventSink | None = None,
+    *,
+    take_over_lease: bool = False,
+    trusted: TrustedChecks | None = None,
 ) -> LiveReport:
     """Move a running VM live; after every outcome, verify and report where it is.
 
@@ -185,7 +194,7 @@ def migrate_live(
     with JobStore(request.store_path) as store:
         ensure_vm_free(store, request.vm, {src_ref.name: src_ref.uri, dst_ref.name: dst_ref.uri})
         refuse_maintenance(store, dst_ref, force=request.force, vm=request.vm)
-    checked = _checks(request)
+    checked = _checks(request, trusted, emit)
     emit(ChecksDone(checked.report.to_dict()))
     ensure_event_loop()
     src = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
