@@ -43,6 +43,9 @@ class LiveReport:
     message: str
     total_s: float
     downtime_ms: float | None
+    #: What crossed the link: the memory QEMU put on the migration stream, plus, with
+    #: --copy-storage, the copied disks' data (storage["disk_bytes_sent"]); never the
+    #: disks' virtual size (holes and zeroes cross as write-zero requests).
     bytes_sent: int
     passes: int
     postcopy: bool

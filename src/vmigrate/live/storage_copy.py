@@ -192,6 +192,18 @@ def created_paths(journal: Journal) -> list[str]:
     ]
 
 
+def data_landed(journal: Journal, dst: Connection) -> int:
+    """The bytes the files this job made on the destination hold as data (allocated).
+
+    That is what crossed the link for the disks: the backing copies stream data only, and
+    the mirror sends holes and zero blocks as write-zero requests of a few bytes (zero
+    detection on, migration.py), which leave holes. A block the guest rewrote during the
+    mirror crossed twice and is counted once."""
+    with libvirt_errors(host=None, doing="measure the copied disks on the destination"):
+        sizes = [domains.volume_sizes_at(dst, path) for path in created_paths(journal)]
+    return sum(size[1] for size in sizes if size is not None)
+
+
 def remove_created(journal: Journal, dst: Connection) -> tuple[list[str], list[str]]:
     """Delete what the job created on the destination: (removed, left behind with why).
 

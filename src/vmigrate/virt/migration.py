@@ -49,6 +49,9 @@ def migration_params(options: LiveOptions) -> dict[str, Any]:
     if options.copy_disks:
         # Named explicitly, so that libvirt never copies a disk we found shared.
         params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
+        # Zeroes the mirror reads (allocated, but all zero) become write-zeroes requests on
+        # the NBD connection instead of data; holes never travel (block status says zero).
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES] = list(options.copy_disks)
     return params
 
 
