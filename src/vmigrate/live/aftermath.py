@@ -17,7 +17,7 @@ from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
 from vmigrate.live.request import LiveRequest
 from vmigrate.live.storage_copy import (
     created_paths,
-    data_landed,
+    disk_data_sent,
     remove_created,
     remove_source_images,
 )
@@ -75,8 +75,7 @@ def storage_after(
             result["source_images_removed"] = remove_source_images(plan, src)
             kept = [p for p in kept if p not in result["source_images_removed"]]
         result["source_images_kept"] = kept
-        if dst is not None:
-            result["disk_bytes_sent"] = data_landed(journal, dst)
+        result["disk_bytes_sent"] = disk_data_sent(plan, journal)
     elif dst is None or dst_name in placement.unknown_on:
         result["left_on_destination"] = [
             f"{path}: the destination did not answer" for path in created_paths(journal)

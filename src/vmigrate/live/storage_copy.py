@@ -156,7 +156,12 @@ class DestinationImages:
                 vm=self.vm,
                 fix="run the migration again; the copy is removed",
             )
-        return {"created": copy.path, "kind": "backing", "sha256": copied}
+        return {
+            "created": copy.path,
+            "kind": "backing",
+            "sha256": copied,
+            "data_bytes": result.data_bytes,
+        }
 
     def _create(self, image: ImageToCreate, _previous: Detail) -> Detail:
         self._claim(image.path)
@@ -192,16 +197,18 @@ def created_paths(journal: Journal) -> list[str]:
     ]
 
 
-def data_landed(journal: Journal, dst: Connection) -> int:
-    """The bytes the files this job made on the destination hold as data (allocated).
-
-    That is what crossed the link for the disks: the backing copies stream data only, and
-    the mirror sends holes and zero blocks as write-zero requests of a few bytes (zero
-    detection on, migration.py), which leave holes. A block the guest rewrote during the
-    mirror crossed twice and is counted once."""
-    with libvirt_errors(host=None, doing="measure the copied disks on the destination"):
-        sizes = [domains.volume_sizes_at(dst, path) for path in created_paths(journal)]
-    return sum(size[1] for size in sizes if size is not None)
+def disk_data_sent(plan: StorageCopyPlan, journal: Journal) -> int:
+    """The copied disks' bytes that crossed the link as data, as far as libvirt lets us know
+    without reading the disks: the backing copies' data (they stream data only), and what
+    each mirrored top image holds on the source (allocated, from the plan). Holes never
+    cross; allocated blocks of zeroes are counted, though with zero detection on
+    (migration.py) they cross as write-zero requests of a few bytes: an upper bound by
+    those. A block the guest rewrote during the mirror crossed twice and is counted once."""
+    backing = 0
+    for copy in plan.backing:
+        sent = journal.detail(_step_name(copy.path)).get("data_bytes")
+        backing += int(sent) if isinstance(sent, int) else copy.physical
+    return backing + sum(image.allocation for image in plan.images)
 
 
 def remove_created(journal: Journal, dst: Connection) -> tuple[list[str], list[str]]:
