@@ -250,7 +250,11 @@ def sparse_storage_section(data: dict[str, Any], before: dict[str, Any] | None) 
         "none). Before: main without zero detection, `bytes_sent` = libvirt's data_processed "
         "(memory plus the mirror's progress over the whole virtual size). After: the mirror "
         "detects zeroes (VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES), `bytes_sent` = memory "
-        "QEMU sent + the copied disks' data as it landed on hostB. Regenerate: `sudo "
+        "QEMU sent + what the mirrored images hold allocated on hostA + the backing copies' "
+        "streamed data: the allocated zeroes are counted though they now cross as write-zero "
+        "requests (libvirt cannot tell them from data without reading the disk), so it stays "
+        "above the link by at most those. hostB's raw file ends up fully allocated with "
+        "either tool: the mirror zero-fills it. Regenerate: `sudo "
         ".venv/bin/python -m bench.storage --sparse && .venv/bin/python -m bench.report` "
         "(before: the same with main's `src` and `--tool vmigrate --out "
         "bench/results/storage-sparse-before.json`).",
