@@ -9,7 +9,11 @@ mirrors the whole chain); vmigrate creates the images on the backing chain and m
 top only. Measured per run: outcome, wall time, guest-observed gap, contiguous heartbeat,
 bytes through the link (tc counter), and what the destination's images allocate.
 
-    python -m bench.storage [--pairs 2] [--out bench/results/storage.json]
+With --sparse, vdb is a sparse raw disk instead (2 GiB virtual; 1 GiB of data and 256 MiB of
+allocated zeroes written by the host): what crosses the link should be its data, not its
+virtual size, and vmigrate's reported `bytes_sent` should say so.
+
+    python -m bench.storage [--pairs 2] [--sparse] [--tool vmigrate] [--out FILE]
 
 Needs root and `vmigrate lab up`.
 """
@@ -17,7 +21,9 @@ Needs root and `vmigrate lab up`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -32,9 +38,17 @@ from vmigrate.forecast import forecast
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B, LOCAL_POOL
 from vmigrate.lab.heartbeat import heartbeat_report
-from vmigrate.lab.vms import LabVmRequest, add_disk, create_vm, remove_vm
+from vmigrate.lab.vms import (
+    LabVmRequest,
+    add_disk,
+    create_vm,
+    disk_device_xml,
+    remove_vm,
+    volume_xml,
+)
 from vmigrate.live.policy import DEFAULT_POLICY, PRESETS
 from vmigrate.live.runner import LiveRequest, migrate_live
+from vmigrate.virt.connection import AFFECT_LIVE_AND_CONFIG
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -46,6 +60,10 @@ else:
 LINK = "1gbit"
 VDB_DATA_MIB = 256
 TOOLS = ("vmigrate", "virsh copy-storage-all")
+MIB = 1 << 20
+#: --sparse: vdb's virtual size, the random data and the allocated zeroes the host writes.
+SPARSE_VIRTUAL_MIB, SPARSE_DATA_MIB, SPARSE_ZERO_MIB = 2048, 1024, 256
+SPARSE_DATA_AT_MIB = 256  # where the data starts; the zeroes follow it
 
 
 @dataclass
@@ -63,6 +81,7 @@ class StorageRun:
     # own figures (passes, libvirt downtime, policy actions) to set beside it
     predicted: dict[str, Any] | None = None
     measured: dict[str, Any] | None = None
+    reported_bytes: int = 0  # vmigrate's report: bytes_sent (0 for virsh)
 
 
 def _guest_with_two_local_disks(vm: str) -> list[str]:
@@ -72,6 +91,45 @@ def _guest_with_two_local_disks(vm: str) -> list[str]:
     assert created.disk_path is not None
     vdb = add_disk(vm, LOCAL_POOL, "vdb", 1024, f"write -P 0xa5 0 {VDB_DATA_MIB}M")
     return [created.disk_path, vdb]
+
+
+def host_path(host: str, path: str) -> Path:
+    """A lab host's /var/lib/libvirt path as seen from outside its namespace."""
+    lab_host = HOST_A if host == "hostA" else HOST_B
+    return lab_host.private_dir("/var/lib/libvirt") / path.removeprefix("/var/lib/libvirt/")
+
+
+def add_sparse_raw_disk(vm: str, target: str = "vdb") -> tuple[str, str]:
+    """A raw disk of SPARSE_VIRTUAL_MIB on hostA holding SPARSE_DATA_MIB of random data and
+    SPARSE_ZERO_MIB of allocated zeroes (written from outside, never through the guest),
+    attached to the running VM; its path and the sha256 of the whole disk's content."""
+    conn = libvirt.open(HOST_A.uri)
+    try:
+        xml = volume_xml(f"{vm}-{target}.img", "raw", SPARSE_VIRTUAL_MIB / 1024, sparse=True)
+        path = str(conn.storagePoolLookupByName(LOCAL_POOL).createXML(xml, 0).path())
+        with host_path("hostA", path).open("r+b") as disk:
+            disk.seek(SPARSE_DATA_AT_MIB * MIB)
+            for _ in range(SPARSE_DATA_MIB):
+                disk.write(os.urandom(MIB))
+            for _ in range(SPARSE_ZERO_MIB):
+                disk.write(bytes(MIB))
+            disk.flush()
+            os.fsync(disk.fileno())
+        conn.lookupByName(vm).attachDeviceFlags(
+            disk_device_xml(path, target, "raw"), AFFECT_LIVE_AND_CONFIG
+        )
+        return path, content_digest("hostA", path)
+    finally:
+        conn.close()
+
+
+def content_digest(host: str, path: str) -> str:
+    """sha256 of the file's bytes as read on `host` (holes read as zeroes)."""
+    digest = hashlib.sha256()
+    with host_path(host, path).open("rb") as disk:
+        while chunk := disk.read(4 * MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _allocated_on_hostb(paths: list[str]) -> int:
@@ -84,9 +142,18 @@ def _allocated_on_hostb(paths: list[str]) -> int:
         conn.close()
 
 
-def run_once(tool: str, round_no: int) -> StorageRun:
-    vm = f"bench-s1-{round_no}-{tool.split()[0]}"
-    disks = _guest_with_two_local_disks(vm)
+def _guest_with_a_sparse_raw_disk(vm: str) -> list[str]:
+    created = create_vm(
+        LabVmRequest(vm, memory_mib=256, dirty_rate_mib=20, disk="local", disk_backing=True)
+    )
+    assert created.disk_path is not None
+    vdb, _digest = add_sparse_raw_disk(vm)
+    return [created.disk_path, vdb]
+
+
+def run_once(tool: str, round_no: int, *, sparse: bool = False) -> StorageRun:
+    vm = f"bench-s1{'s' if sparse else ''}-{round_no}-{tool.split()[0]}"
+    disks = (_guest_with_a_sparse_raw_disk if sparse else _guest_with_two_local_disks)(vm)
     base = disks[0].replace("-vda.qcow2", "-base.img")
     time.sleep(2)
     try:
@@ -94,7 +161,7 @@ def run_once(tool: str, round_no: int) -> StorageRun:
         predicted = _predict(vm) if tool.startswith("vmigrate") else None
         before = link.status().bytes_to_hostb
         started = time.monotonic()
-        outcome, measured = move_measured(tool, vm, copy_storage=True)
+        outcome, measured, reported = move_measured(tool, vm, copy_storage=True)
         total = time.monotonic() - started
         sent = link.status().bytes_to_hostb - before
         link.reset()
@@ -112,6 +179,7 @@ def run_once(tool: str, round_no: int) -> StorageRun:
             _allocated_on_hostb([*disks, base]),
             predicted,
             measured,
+            reported,
         )
     finally:
         link.reset()
@@ -134,8 +202,12 @@ def move(tool: str, vm: str, *, copy_storage: bool) -> str:
     return move_measured(tool, vm, copy_storage=copy_storage)[0]
 
 
-def move_measured(tool: str, vm: str, *, copy_storage: bool) -> tuple[str, dict[str, Any] | None]:
-    """One live move from hostA to hostB; its outcome and (vmigrate) its report's figures."""
+def move_measured(
+    tool: str, vm: str, *, copy_storage: bool
+) -> tuple[str, dict[str, Any] | None, int]:
+    """One live move from hostA to hostB by vmigrate or by virsh; its outcome, (vmigrate) its
+    report's figures, and the bytes the tool says it sent (vmigrate's bytes_sent; 0 for
+    virsh, which says nothing)."""
     if tool.startswith("vmigrate"):
         request = LiveRequest(
             vm,
@@ -146,18 +218,22 @@ def move_measured(tool: str, vm: str, *, copy_storage: bool) -> tuple[str, dict[
             store_path=STORE,
         )
         report = migrate_live(request)
-        return report.outcome, {
-            "total_s": report.total_s,
-            "passes": report.passes,
-            "downtime_ms": report.downtime_ms,
-            "actions": [f"{a['at_s']}s {a['action']}" for a in report.actions],
-        }
+        return (
+            report.outcome,
+            {
+                "total_s": report.total_s,
+                "passes": report.passes,
+                "downtime_ms": report.downtime_ms,
+                "actions": [f"{a['at_s']}s {a['action']}" for a in report.actions],
+            },
+            report.bytes_sent,
+        )
     result = subprocess.run(
         ["virsh", "-c", HOST_A.uri, "migrate", "--live", "--p2p", "--persistent",
          "--copy-storage-all", vm, HOST_B.uri],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    return ("completed" if result.returncode == 0 else result.stderr.strip()), None
+    return ("completed" if result.returncode == 0 else result.stderr.strip()), None, 0
 
 
 def run_alternating(
@@ -190,10 +266,26 @@ def run_alternating(
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.storage")
     parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/storage.json"))
-    parser.add_argument("--tool", action="append", choices=TOOLS, help="run only these tools")
+    parser.add_argument("--sparse", action="store_true", help="vdb: a sparse raw disk")
+    parser.add_argument("--tool", action="append", choices=TOOLS, help="default: both")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    run_alternating(tuple(args.tool or TOOLS), run_once, pairs=args.pairs, out=args.out)
+    default = "storage-sparse.json" if args.sparse else "storage.json"
+    setting: dict[str, object] = {"link": LINK, "vdb_data_mib": VDB_DATA_MIB}
+    if args.sparse:
+        setting = {
+            "link": LINK,
+            "sparse_virtual_mib": SPARSE_VIRTUAL_MIB,
+            "sparse_data_mib": SPARSE_DATA_MIB,
+            "sparse_zero_mib": SPARSE_ZERO_MIB,
+        }
+    run_alternating(
+        tuple(args.tool or TOOLS),
+        lambda tool, round_no: run_once(tool, round_no, sparse=args.sparse),
+        pairs=args.pairs,
+        out=args.out or Path("bench/results") / default,
+        setting=setting,
+    )
 
 
 if __name__ == "__main__":

@@ -177,3 +177,48 @@ def test_copy_storage_of_a_busy_guest_finishes_in_postcopy_with_its_disk_intact(
     assert locate_vm(vm_name) == {"hostB": "running"}
     assert heartbeat_report(vm_name).contiguous
     _pattern_intact_on_hostb(vm_name, created.disk_path, tmp_path)
+
+
+def test_copy_storage_of_a_sparse_raw_disk_sends_its_data_not_its_size(
+    lab: list[HostStatus], vm_name: str
+) -> None:
+    """A raw disk of 2 GiB holding 1 GiB of data and 256 MiB of allocated zeroes: its data
+    crosses the link, its holes and zeroes do not, and the report's bytes_sent says what
+    crossed (issue #26, item 5)."""
+    from bench.storage import (
+        SPARSE_DATA_MIB,
+        SPARSE_VIRTUAL_MIB,
+        SPARSE_ZERO_MIB,
+        add_sparse_raw_disk,
+        content_digest,
+    )
+
+    create_vm(LabVmRequest(vm_name, memory_mib=256))
+    vdb, digest = add_sparse_raw_disk(vm_name)
+    link.shape("1gbit")  # the counter counts shaped traffic only
+    try:
+        before = link.status().bytes_shaped
+        result = run_cli(
+            "live", vm_name, "--from", "hostA", "--to", "hostB", "--copy-storage", "--json"
+        )
+        on_link = link.status().bytes_shaped - before
+    finally:
+        link.reset()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    done = _done(result.stdout)
+    assert done["outcome"] == "completed" and done["placement_ok"], done
+    assert locate_vm(vm_name) == {"hostB": "running"}
+    assert content_digest("hostB", vdb) == digest  # every byte, holes read as zeroes
+
+    data, zeroes = SPARSE_DATA_MIB * MIB, SPARSE_ZERO_MIB * MIB
+    sent, storage = done["bytes_sent"], done["storage"]
+    assert isinstance(sent, int) and isinstance(storage, dict), done
+    disk_sent = int(storage["disk_bytes_sent"])  # what vdb holds allocated, zeroes too
+    memory_sent = sent - disk_sent
+    assert 0 < memory_sent < 256 * MIB and data + zeroes <= disk_sent < data + zeroes + 16 * MIB
+    # The data and the memory crossed; the zeroes and the holes (1 GiB) did not.
+    assert data + memory_sent <= on_link < data + memory_sent + zeroes // 2, on_link / MIB
+    # The report says what crossed, counting the allocated zeroes it cannot tell from data:
+    # never less than the link carried, never more than those zeroes above it.
+    assert on_link <= sent * 1.02 and sent <= on_link + zeroes, (sent / MIB, on_link / MIB)
+    assert sent < SPARSE_VIRTUAL_MIB * MIB

@@ -77,8 +77,8 @@ from vmigrate.lease import LeaseError
 from vmigrate.model import Mode, Placement
 from vmigrate.preflight import Checked, check_move
 from vmigrate.store import JobStore, StoreLocation, store_location
+from vmigrate.virt import domains
 from vmigrate.virt.connection import (
-    MIGRATABLE_XML,
     Connection,
     domain_state,
     lookup_domain,
@@ -127,7 +127,7 @@ def build_plan(
     With `checked`, the hosts' facts are those its pre-flight checks just gathered."""
     domain = lookup_domain(src, request.vm, host=request.source)
     state = domain_state(domain)
-    persistent = bool(domain.isPersistent())
+    persistent = domains.is_persistent(domain, host=request.source)
     if state == "paused" and not (request.keep_state or request.force):
         raise UsageError(
             "the VM is paused: a paused guest cannot shut down",
@@ -145,8 +145,8 @@ def build_plan(
             vm=request.vm,
             fix="drop --no-start, or drop --keep-state to leave it shut off there",
         )
-    xml = domain.XMLDesc(2 if persistent else 0)  # 2 = VIR_DOMAIN_XML_INACTIVE
-    summary = parse_domain(domain.XMLDesc(0))
+    xml = domains.definition(domain, inactive=persistent, host=request.source)
+    summary = parse_domain(domains.definition(domain, host=request.source))
     chains: dict[str, list[VolumeInfo]] = {}
     shared: list[str] = []
     probes: dict[str, ShareProbe] = {}
@@ -167,7 +167,7 @@ def build_plan(
     validate_maps(
         pool_map=request.pool_map,
         net_map=request.net_map,
-        source_pools=tuple(p.name() for p in src.listAllStoragePools(0)),
+        source_pools=domains.pool_names(src, host=src_ref.name),
         interfaces=summary.interfaces,
         destination=dst_facts,
     )
@@ -244,7 +244,9 @@ def build_plan(
     result = rewrite_for_destination(xml, rewrite)
     # A saved state must come back with an ABI-identical definition: the running one.
     restore_xml = (
-        rewrite_for_destination(domain.XMLDesc(MIGRATABLE_XML), rewrite).xml
+        rewrite_for_destination(
+            domains.definition(domain, migratable=True, host=request.source), rewrite
+        ).xml
         if request.keep_state
         else None
     )

@@ -73,9 +73,9 @@ from vmigrate.virt.connection import (
     find_domain_by_uuid,
     lookup_domain,
 )
-from vmigrate.virt.copy_worker import copy_in_worker
+from vmigrate.virt.copy_worker import copy_between
 from vmigrate.virt.placement import look_by_uuid
-from vmigrate.virt.streams import volume_digest
+from vmigrate.virt.streams import digest_at, volume_digest
 
 CHECKPOINT_BYTES = 64 << 20
 SPACE_MARGIN_BYTES = 4 << 20  # kept free in a destination pool (file system metadata)
@@ -163,7 +163,7 @@ class ColdMove:
     # ---- forward ---------------------------------------------------------------------
     def stop(self, previous: Detail) -> Detail:
         domain = find_domain(self.src, self.plan.vm)
-        if domain is None or not domain.isActive():
+        if domain is None or not domains.is_active(domain, host=self.request.source):
             if self._saved_file(previous):  # vmigrate stopped mid-save; libvirt finished it
                 return {**previous, "how": "saved"}
             return {"how": "already stopped", "at": time.time()}
@@ -229,6 +229,7 @@ class ColdMove:
             # start from an empty file, as a sparse copy skips the source's holes.
             domains.delete_volume(self.dst, copy.destination_path)
             existing = None
+        target_path = copy.destination_path
         if existing is None:
             # The exact file and the job's token go into the journal before the file exists:
             # killed before `created` is journalled, the next run still knows the file.
@@ -237,7 +238,7 @@ class ColdMove:
                 path=copy.destination_path, capacity=size,
             )  # fmt: skip
             failpoint(f"{point}.after-intent")
-            existing = domains.create_file_volume(
+            target_path = domains.create_file_volume(
                 self.dst,
                 copy.destination_pool,
                 posixpath.basename(copy.destination_path),
@@ -259,11 +260,11 @@ class ColdMove:
 
         # Stop short of a full pool: an upload that hits ENOSPC crashed libvirtd 11.3.
         room = domains.pool_available(self.dst, copy.destination_pool)
-        result = copy_in_worker(  # a helper process: see copy_worker.py for why
-            self.src.getURI(),
+        result = copy_between(  # a helper process: see copy_worker.py for why
+            self.src,
             self.read_path(copy),
-            self.dst.getURI(),
-            existing.path(),
+            self.dst,
+            target_path,
             offset=offset,
             progress=progress,
             budget=max(0, room - SPACE_MARGIN_BYTES - room // 200),
@@ -290,7 +291,7 @@ class ColdMove:
     def verify(self, copy: VolumeCopy, _previous: Detail) -> Detail:
         source = self.journal.detail(f"copy {copy.destination_path}").get(
             "source_sha256"
-        ) or volume_digest(self.src, self.src.storageVolLookupByPath(self.read_path(copy)))
+        ) or digest_at(self.src, self.read_path(copy), host=self.request.source)
         target = domains.volume_at(self.dst, copy.destination_path)
         if target is None:
             raise ColdMoveError(
@@ -382,7 +383,7 @@ class ColdMove:
         # define knows the domain is this job's (and a stranger's with the UUID is not).
         self.journal.record("define", "started", {"defining": True, "marker": True})
         failpoint("cold.define.after-intent")
-        self.dst.defineXML(self._marked(xml))
+        domains.define(self.dst, self._marked(xml), host=self.request.destination)
         return {"defined": True, "marker": True, "secrets": secrets}
 
     def _marked(self, xml: str) -> str:
@@ -438,7 +439,10 @@ class ColdMove:
         if self._started_by_earlier_try(previous):
             return {"started": True}
         self._before_start()
-        lookup_domain(self.dst, self.plan.vm, host=self.request.destination).create()
+        domains.start(
+            lookup_domain(self.dst, self.plan.vm, host=self.request.destination),
+            host=self.request.destination,
+        )
         return {"started": True}
 
     def _started_by_us(self, detail: Detail) -> bool:
@@ -483,10 +487,10 @@ class ColdMove:
             running=bool(self.journal.detail("start").get("started")),
         )
         domain = find_domain(self.src, self.plan.vm)
-        if domain is not None and domain.UUIDString() != self.uuid:
-            return {"undefined": False, "other_domain": domain.UUIDString()}
-        if domain is not None and domain.isPersistent():
-            domain.undefineFlags(UNDEFINE_KEEP_NVRAM)
+        if domain is not None and domains.uuid_of(domain) != self.uuid:
+            return {"undefined": False, "other_domain": domains.uuid_of(domain)}
+        if domain is not None and domains.is_persistent(domain, host=self.request.source):
+            domains.undefine(domain, UNDEFINE_KEEP_NVRAM)
             return {"undefined": True}
         return {"undefined": False}
 
@@ -622,16 +626,21 @@ class ColdMove:
                     and find_domain_by_uuid(self.src, self.uuid, host=self.request.source) is None
                 )
             ):
-                self.src.defineXML(self.plan.source_xml)
+                domains.define(self.src, self.plan.source_xml, host=self.request.source)
             elif name == "start" and (detail.get("started") or detail.get("starting")):
                 domain = self._ours_on_destination()
-                if domain is not None and domain.isActive() and self._started_by_us(detail):
-                    domain.destroy()
+                if (
+                    domain is not None
+                    and domains.is_active(domain, host=self.request.destination)
+                    and self._started_by_us(detail)
+                ):
+                    domains.power_off(domain)
             elif name == "define" and (detail.get("defined") or detail.get("defining")):
                 domain = self._ours_on_destination()
                 if domain is not None and not self._defined_by_us(detail):
                     domain = None  # someone else's with the VM's UUID: never undefined
-                if domain is not None and domain.isActive():  # not started by this job
+                # Running, yet not started by this job:
+                if domain is not None and domains.is_active(domain, host=self.request.destination):
                     raise InvariantViolated(
                         f"{self.plan.vm} runs on {self.request.destination}, started there "
                         "by someone else after this job defined it: not undefining it, not "
@@ -717,6 +726,9 @@ class ColdMove:
         elif self.plan.state in ("running", "paused") and detail.get("how") != "already stopped":
             self.invariants.may_restart_source()
             if seen is None:
-                self.src.createXML(self.plan.source_xml, 0)
+                domains.start_transient(self.src, self.plan.source_xml, host=self.request.source)
             else:
-                lookup_domain(self.src, seen.name, host=self.request.source).create()
+                domains.start(
+                    lookup_domain(self.src, seen.name, host=self.request.source),
+                    host=self.request.source,
+                )

@@ -15,7 +15,12 @@ from vmigrate.journal import Journal
 from vmigrate.live.postcopy_link import TIMED_OUT, LinkWatch, wait_for_postcopy
 from vmigrate.live.recovery_plan import RecoveryPlan, plan_recovery
 from vmigrate.live.request import LiveRequest
-from vmigrate.live.storage_copy import created_paths, remove_created, remove_source_images
+from vmigrate.live.storage_copy import (
+    created_paths,
+    disk_data_sent,
+    remove_created,
+    remove_source_images,
+)
 from vmigrate.live.storage_plan import StorageCopyPlan
 from vmigrate.model import Placement
 from vmigrate.virt.connection import UNDEFINE_KEEP_NVRAM
@@ -70,6 +75,7 @@ def storage_after(
             result["source_images_removed"] = remove_source_images(plan, src)
             kept = [p for p in kept if p not in result["source_images_removed"]]
         result["source_images_kept"] = kept
+        result["disk_bytes_sent"] = disk_data_sent(plan, journal)
     elif dst is None or dst_name in placement.unknown_on:
         result["left_on_destination"] = [
             f"{path}: the destination did not answer" for path in created_paths(journal)

@@ -43,6 +43,10 @@ class LiveReport:
     message: str
     total_s: float
     downtime_ms: float | None
+    #: What crossed the link: the memory QEMU put on the migration stream, plus, with
+    #: --copy-storage, the copied disks' data (storage["disk_bytes_sent"]: what the images
+    #: hold allocated, which counts allocated zeroes that cross as write-zero requests);
+    #: never the disks' virtual size (holes do not cross).
     bytes_sent: int
     passes: int
     postcopy: bool

@@ -422,7 +422,8 @@ def _move(
         message=message,
         total_s=round(total_s, 3),
         downtime_ms=float(completed["downtime"]) if "downtime" in completed else None,
-        bytes_sent=int(completed.get("data_processed", last.data_processed if last else 0)),
+        bytes_sent=int(completed.get("memory_processed", last.memory_processed if last else 0))
+        + int(storage_result.get("disk_bytes_sent", 0)),
         passes=int(completed.get("memory_iteration", last.iteration if last else 0)),
         postcopy=postcopy,
         actions=steering.taken,

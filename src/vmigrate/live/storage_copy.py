@@ -27,10 +27,10 @@ from vmigrate.live.storage_plan import (
 from vmigrate.model import CheckReport
 from vmigrate.virt import domains
 from vmigrate.virt.connection import Connection, Domain
-from vmigrate.virt.copy_worker import copy_in_worker
+from vmigrate.virt.copy_worker import copy_between
 from vmigrate.virt.errors import libvirt_errors
 from vmigrate.virt.storage import volume_chain, volume_exists
-from vmigrate.virt.streams import volume_digest
+from vmigrate.virt.streams import digest_at
 
 SPACE_MARGIN_BYTES = 64 << 20  # an upload that hits ENOSPC crashed libvirtd 11.3
 
@@ -60,7 +60,7 @@ def plan_for(
     *,
     check_space: bool = True,
 ) -> StorageCopyPlan:
-    disks = list(parse_domain(domain.XMLDesc(0)).disks)
+    disks = list(parse_domain(domains.definition(domain)).disks)
     placement = placement_from_checks(report)
     chains: dict[str, list[VolumeInfo]] = {}
     for disk in disks:
@@ -114,8 +114,8 @@ class DestinationImages:
 
     def _same_on_both(self, path: str) -> None:
         """A backing file already on the destination must hold the very same bytes."""
-        ours = volume_digest(self.src, self.src.storageVolLookupByPath(path))
-        theirs = volume_digest(self.dst, self.dst.storageVolLookupByPath(path))
+        ours = digest_at(self.src, path)
+        theirs = digest_at(self.dst, path)
         if ours != theirs:
             raise StorageCopyError(
                 f"the backing file {path} exists on the destination with other content "
@@ -138,25 +138,30 @@ class DestinationImages:
 
     def _copy_backing(self, copy: BackingCopy, _previous: Detail) -> Detail:
         self._claim(copy.path)
-        volume = domains.create_file_volume(
+        made = domains.create_file_volume(
             self.dst, copy.destination_pool, posixpath.basename(copy.path), copy.physical
         )
 
         def progress(position: int) -> None:
             self.emit(CopyProgress(copy.path, position, copy.physical))
 
-        result = copy_in_worker(  # a helper process: see copy_worker.py for why
-            self.src.getURI(), copy.path, self.dst.getURI(), volume.path(), progress=progress
+        result = copy_between(  # a helper process: see copy_worker.py for why
+            self.src, copy.path, self.dst, made, progress=progress
         )
         domains.refresh_pool(self.dst, copy.destination_pool)
-        copied = volume_digest(self.dst, self.dst.storageVolLookupByPath(copy.path))
+        copied = digest_at(self.dst, copy.path)
         if result.sha256 is not None and copied != result.sha256:
             raise StorageCopyError(
                 f"checksum mismatch for the backing file {copy.path} on the destination",
                 vm=self.vm,
                 fix="run the migration again; the copy is removed",
             )
-        return {"created": copy.path, "kind": "backing", "sha256": copied}
+        return {
+            "created": copy.path,
+            "kind": "backing",
+            "sha256": copied,
+            "data_bytes": result.data_bytes,
+        }
 
     def _create(self, image: ImageToCreate, _previous: Detail) -> Detail:
         self._claim(image.path)
@@ -190,6 +195,20 @@ def created_paths(journal: Journal) -> list[str]:
         if step.name.startswith(STEP_PREFIX)
         and ("creating" in step.detail or "created" in step.detail)
     ]
+
+
+def disk_data_sent(plan: StorageCopyPlan, journal: Journal) -> int:
+    """The copied disks' bytes that crossed the link as data, as far as libvirt lets us know
+    without reading the disks: the backing copies' data (they stream data only), and what
+    each mirrored top image holds on the source (allocated, from the plan). Holes never
+    cross; allocated blocks of zeroes are counted, though with zero detection on
+    (migration.py) they cross as write-zero requests of a few bytes: an upper bound by
+    those. A block the guest rewrote during the mirror crossed twice and is counted once."""
+    backing = 0
+    for copy in plan.backing:
+        sent = journal.detail(_step_name(copy.path)).get("data_bytes")
+        backing += int(sent) if isinstance(sent, int) else copy.physical
+    return backing + sum(image.allocation for image in plan.images)
 
 
 def remove_created(journal: Journal, dst: Connection) -> tuple[list[str], list[str]]:

@@ -45,6 +45,28 @@ class CopyFailed(VmigrateError):
     """The copy process reported an error (a host went away, a disk filled up, ...)."""
 
 
+def copy_between(
+    source: libvirt.virConnect,
+    source_path: str,
+    destination: libvirt.virConnect,
+    destination_path: str,
+    *,
+    offset: int = 0,
+    progress: Progress | None = None,
+    budget: int | None = None,
+) -> StreamCopy:
+    """copy_in_worker between the hosts of two open connections."""
+    return copy_in_worker(
+        source.getURI(),
+        source_path,
+        destination.getURI(),
+        destination_path,
+        offset=offset,
+        progress=progress,
+        budget=budget,
+    )
+
+
 def copy_in_worker(
     source_uri: str,
     source_path: str,
@@ -55,7 +77,8 @@ def copy_in_worker(
     progress: Progress | None = None,
     budget: int | None = None,
 ) -> StreamCopy:
-    """Copy source_path on one host to destination_path on another in a helper process."""
+    """Copy source_path on one host to destination_path on another in a helper process
+    (the hosts named by their URIs: see copy_between for connections)."""
     request = {
         "parent": os.getpid(),
         "source_uri": source_uri,

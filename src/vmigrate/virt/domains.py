@@ -92,16 +92,16 @@ def flatten_volume(conn: libvirt.virConnect, pool: str, path: str, name: str) ->
     return str(created.path())
 
 
-def create_file_volume(
-    conn: libvirt.virConnect, pool: str, name: str, size: int
-) -> libvirt.virStorageVol:
-    """An empty sparse file to copy into verbatim (its real format is in its bytes)."""
+def create_file_volume(conn: libvirt.virConnect, pool: str, name: str, size: int) -> str:
+    """An empty sparse file to copy into verbatim (its real format is in its bytes); its
+    path."""
     volume = ET.Element("volume")
     ET.SubElement(volume, "name").text = name
     ET.SubElement(volume, "capacity", unit="bytes").text = str(size)
     ET.SubElement(volume, "allocation", unit="bytes").text = "0"
     ET.SubElement(ET.SubElement(volume, "target"), "format", type="raw")
-    return conn.storagePoolLookupByName(pool).createXML(ET.tostring(volume, encoding="unicode"), 0)
+    xml = ET.tostring(volume, encoding="unicode")
+    return str(conn.storagePoolLookupByName(pool).createXML(xml, 0).path())
 
 
 def create_image(
@@ -166,6 +166,61 @@ def domain_using(conn: libvirt.virConnect, path: str, *, host: str | None = None
             if path in (unless_vanished(partial(domain.XMLDesc, 0)) or ""):
                 return str(domain.name())
     return None
+
+
+def is_active(domain: libvirt.virDomain, *, host: str | None = None) -> bool:
+    """Whether the domain runs (or is paused); a domain gone meanwhile (a transient one
+    that stopped) does not. A host that does not answer raises, translated: "not running"
+    is never claimed from a failed read."""
+    with libvirt_errors(host=host, doing="ask whether the VM runs"):
+        return bool(unless_vanished(domain.isActive))
+
+
+def is_persistent(domain: libvirt.virDomain, *, host: str | None = None) -> bool:
+    with libvirt_errors(host=host, doing="ask whether the VM is defined"):
+        return bool(domain.isPersistent())
+
+
+def uuid_of(domain: libvirt.virDomain) -> str:
+    return str(domain.UUIDString())
+
+
+def definition(
+    domain: libvirt.virDomain,
+    *,
+    inactive: bool = False,
+    migratable: bool = False,
+    host: str | None = None,
+) -> str:
+    """The domain's XML: the live one, the persistent one (`inactive`), or the live one as
+    a destination must see it (`migratable`). Without secrets (see secure_definition)."""
+    flags = (libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0) | (
+        libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0
+    )
+    with libvirt_errors(host=host, doing="read the VM's definition"):
+        return str(domain.XMLDesc(flags))
+
+
+def define(conn: libvirt.virConnect, xml: str, *, host: str | None = None) -> None:
+    with libvirt_errors(host=host, doing="define the VM"):
+        conn.defineXML(xml)
+
+
+def start(domain: libvirt.virDomain, *, host: str | None = None) -> None:
+    """Start a defined domain."""
+    with libvirt_errors(host=host, doing="start the VM"):
+        domain.create()
+
+
+def start_transient(conn: libvirt.virConnect, xml: str, *, host: str | None = None) -> None:
+    """Start a domain from `xml` without defining it (a transient VM comes back so)."""
+    with libvirt_errors(host=host, doing="start the VM from its definition"):
+        conn.createXML(xml, 0)
+
+
+def pool_names(conn: libvirt.virConnect, *, host: str | None = None) -> tuple[str, ...]:
+    with libvirt_errors(host=host, doing="list the storage pools"):
+        return tuple(str(p.name()) for p in conn.listAllStoragePools(0))
 
 
 def undefine(domain: libvirt.virDomain, flags: int) -> None:

@@ -34,7 +34,13 @@ def migration_flags(options: LiveOptions) -> int:
     return int(flags)
 
 
-def migration_params(options: LiveOptions) -> dict[str, Any]:
+#: libvirt that can have the mirror detect zeroes (source side: the NBD client in QEMU).
+DETECT_ZEROES_LIBVIRT = 10_009_000
+
+
+def migration_params(options: LiveOptions, *, source_libvirt: int = 0) -> dict[str, Any]:
+    """The typed parameters; `source_libvirt` is the source daemon's version (getLibVersion):
+    an older one refuses a parameter it does not know, so none is sent to it."""
     params: dict[str, Any] = {}
     if options.bandwidth_mib:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mib
@@ -49,6 +55,11 @@ def migration_params(options: LiveOptions) -> dict[str, Any]:
     if options.copy_disks:
         # Named explicitly, so that libvirt never copies a disk we found shared.
         params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
+    if options.copy_disks and source_libvirt >= DETECT_ZEROES_LIBVIRT:
+        # Zeroes the mirror reads (allocated, but all zero) become write-zeroes requests on
+        # the NBD connection instead of data; holes never travel (block status says zero).
+        # (VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES, by value: older bindings lack it)
+        params["migrate_disks_detect_zeroes"] = list(options.copy_disks)
     return params
 
 
@@ -79,8 +90,11 @@ class MigrationCall:
         self, options: LiveOptions, destination_uri: str, destination: libvirt.virConnect | None
     ) -> None:
         signals_to_main_thread()
-        flags, params = migration_flags(options), migration_params(options)
+        flags = migration_flags(options)
         try:
+            params = migration_params(
+                options, source_libvirt=int(self.domain.connect().getLibVersion())
+            )
             if options.peer_to_peer:
                 self.domain.migrateToURI3(destination_uri, params, flags)
             else:

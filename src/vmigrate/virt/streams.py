@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import libvirt
 
 from vmigrate.errors import OutOfSpace
+from vmigrate.virt.errors import libvirt_errors
 
 CHUNK = 4 << 20  # large chunks: small ones make streams many times slower
 _HOLE = -3
@@ -262,3 +263,9 @@ def volume_digest(conn: libvirt.virConnect, volume: libvirt.virStorageVol) -> st
             break
     stream.finish()
     return digest.hexdigest()
+
+
+def digest_at(conn: libvirt.virConnect, path: str, *, host: str | None = None) -> str:
+    """volume_digest of the volume at `path`."""
+    with libvirt_errors(host=host, doing=f"read {path} for its digest"):
+        return volume_digest(conn, conn.storageVolLookupByPath(path))
