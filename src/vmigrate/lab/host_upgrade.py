@@ -16,7 +16,8 @@ from vmigrate.lab.lifecycle import (
     require_root,
     wait_until_ready,
 )
-from vmigrate.lab.releases import SYSTEM_RELEASE
+from vmigrate.lab.releases import SYSTEM_RELEASE, Release
+from vmigrate.lab.rootfs import ensure_root
 from vmigrate.lab.state import load_records, save_records, serves_insecure_tcp
 from vmigrate.versions import format_version
 from vmigrate.virt.connection import Connection, LibvirtError
@@ -31,7 +32,7 @@ class UpgradeReport:
     libvirt_version: str  # read from the restarted daemon
     qemu_version: str
     seconds: float
-    upgraded: bool  # False: the host already ran the machine's own packages
+    upgraded: bool  # False: the host already ran those packages
 
 
 def _versions(conn: Connection, host: LabHost) -> tuple[str, str]:
@@ -58,8 +59,15 @@ def _lab_host(name: str) -> LabHost:
 
 def upgrade_host(name: str) -> UpgradeReport:
     """Restart the host on the machine's own packages; refuse while a VM runs there."""
+    return restart_on_release(name, None)
+
+
+def restart_on_release(name: str, release: Release | None) -> UpgradeReport:
+    """Restart the host on `release` (None: the machine's own packages), as an upgrade or a
+    downgrade of its packages would; refused while a VM runs there, nothing changed."""
     require_root()
     host = _lab_host(name)
+    to_release = release.name if release is not None else ""
     started = time.monotonic()
     conn = connect(host)  # a host that is not running: a clear error, nothing changed
     try:
@@ -74,19 +82,20 @@ def upgrade_host(name: str) -> UpgradeReport:
             "its libvirtd and QEMU: nothing was changed",
             host=host.name,
             fix=f"move them away first (`vmigrate evacuate {host.name}` or `vmigrate live VM "
-            "HOST`), or stop them, then upgrade again",
+            "--from HOST --to HOST`), or stop them, then upgrade again",
         )
     records = load_records()
     record = records[host.name]
     from_release = record.release or SYSTEM_RELEASE
-    if not record.release:
-        return UpgradeReport(
-            host.name, from_release, SYSTEM_RELEASE, *versions, 0.0, upgraded=False
-        )
+    if record.release == to_release:
+        return UpgradeReport(host.name, from_release, from_release, *versions, 0.0, upgraded=False)
+    root = ensure_root(release) if release is not None else None  # before anything stops
     stop_host_processes(record)  # its libvirtd and sshd: no VM runs there
     insecure_tcp = serves_insecure_tcp()
     with lab_files():
-        records[host.name] = start_libvirtd(host, insecure_tcp=insecure_tcp)
+        records[host.name] = start_libvirtd(
+            host, insecure_tcp=insecure_tcp, root=root, release=to_release
+        )
     try:
         wait_until_ready(host, records, start_ssh=True)
     finally:
@@ -101,7 +110,7 @@ def upgrade_host(name: str) -> UpgradeReport:
     return UpgradeReport(
         host.name,
         from_release,
-        SYSTEM_RELEASE,
+        to_release or SYSTEM_RELEASE,
         *versions,
         round(time.monotonic() - started, 1),
         upgraded=True,

@@ -22,11 +22,13 @@ class Release:
     packages: tuple[str, ...]
     libvirt: str  # what its packages ship, for messages; the lab reads versions from libvirt
     qemu: str
+    #: mmdebstrap --customize-hook commands (constants, never user input) run on the root.
+    customize: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
-        """The cache key: a changed package list is a different root."""
-        text = "\n".join((self.suite, *sorted(self.packages)))
+        """The cache key: a changed package list or set-up is a different root."""
+        text = "\n".join((self.suite, *sorted(self.packages), *self.customize))
         return f"{self.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -50,6 +52,13 @@ BOOKWORM = Release(
     ),
     libvirt="9.0",
     qemu="7.2",
+    # libvirtd refuses to start without this user even when QEMU runs as root; the package
+    # that makes it (libvirt-daemon-system) would bring systemd units the lab does not use.
+    customize=(
+        'chroot "$1" groupadd --system libvirt-qemu',
+        'chroot "$1" useradd --system --gid libvirt-qemu --home-dir /var/lib/libvirt'
+        " --shell /usr/sbin/nologin libvirt-qemu",
+    ),
 )
 
 RELEASES: Mapping[str, Release] = {BOOKWORM.name: BOOKWORM}

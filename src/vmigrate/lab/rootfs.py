@@ -77,6 +77,7 @@ def _build(mmdebstrap: str, release: Release) -> Path:
         "--variant=apt",
         "--mode=root",
         f"--include={','.join(release.packages)}",
+        *(f"--customize-hook={hook}" for hook in release.customize),
         release.suite,
         str(building),
         MIRROR,
