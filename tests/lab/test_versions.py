@@ -7,6 +7,8 @@ idle: QEMU 7.2 under TCG corrupts a guest that writes memory during a live migra
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -48,9 +50,23 @@ def test_host_c_runs_debians_own_libvirt_and_qemu(old_host_c: HostStatus) -> Non
     host_a = next(h for h in lab_status() if h.name == "hostA")
     assert host_a.release == "system"
     assert not host_a.qemu_version.startswith("7.2.")
-    result = run_cli("lab", "status")
+    # What a user reads (JSON: a narrow terminal drops the version columns).
+    result = run_cli("lab", "status", "--json")
     assert result.returncode == 0, result.stderr
-    assert "(bookworm)" in result.stdout.replace("\u00a0", " ")
+    shown = {host["name"]: host for host in json.loads(result.stdout)["hosts"]}
+    # Still a real lab host over SSH too: bookworm's sshd and libvirt 9.0's virt-ssh-helper.
+    over_ssh = subprocess.run(
+        ["virsh", "-c", HOST_C.ssh_uri, "version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert over_ssh.returncode == 0, over_ssh.stderr
+    assert "QEMU 7.2." in over_ssh.stdout
+    assert shown["hostC"]["release"] == "bookworm"
+    assert shown["hostC"]["libvirt_version"] == old_host_c.libvirt_version
+    assert shown["hostA"]["qemu_version"] == host_a.qemu_version
 
 
 def test_idle_guest_moves_live_from_older_to_newer(old_host_c: HostStatus, vm_name: str) -> None:

@@ -3,6 +3,7 @@ measured: which machine types each QEMU runs, and what `pc` stands for on each."
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -43,3 +44,16 @@ def test_domain_capabilities_name_their_default_machine(prefix: str, virttype: s
     caps = ET.parse(DATA / f"{prefix}-domcaps-{virttype}.xml").getroot()
     assert caps.findtext("machine") == machines(prefix)["pc"]
     assert caps.findtext("domain") == ("kvm" if virttype == "kvm" else "qemu")
+
+
+def migration_capabilities(prefix: str) -> set[str]:
+    answer = json.loads((DATA / f"{prefix}-migrate-capabilities.json").read_text())
+    return {entry["capability"] for entry in answer["return"]}
+
+
+def test_the_migration_capabilities_each_qemu_has() -> None:
+    old, new = migration_capabilities(OLD), migration_capabilities(NEW)
+    shared = {"postcopy-ram", "multifd", "return-path", "auto-converge", "xbzrle"}
+    assert shared <= old & new
+    assert old - new == {"block", "compress"}  # QEMU 10.0 removed them
+    assert new - old == {"dirty-limit", "mapped-ram", "switchover-ack"}
