@@ -1,7 +1,7 @@
 """A lab host on another release: hostC on Debian 12's own libvirt 9.0 and QEMU 7.2.
 
 Its root file system is cached (/var/cache/vmigrate/roots); on a machine without it the
-first test builds it with mmdebstrap (measured 45-80 s, docs/lab.md). The guests here are
+first test builds it with mmdebstrap (measured 25-80 s, docs/lab.md). The guests here are
 idle: QEMU 7.2 under TCG corrupts a guest that writes memory during a live migration
 (docs/lab.md, "A host on another version"), so a busy guest would test that bug, not us."""
 
