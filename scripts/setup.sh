@@ -45,6 +45,7 @@ backport_pkgs=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-q
                libvirt-daemon-driver-storage-rbd libvirt-daemon-driver-secret)
 stable_pkgs=(python3 python3-venv python3-dev gcc make pkg-config busybox-static iproute2 iptables cpio
              xz-utils util-linux mount dpkg-dev
+             mmdebstrap  # `lab up --version hostC=bookworm`: the host's own Debian 12 root filesystem
              openssh-server openssh-client rsync  # each lab host's sshd (qemu+ssh); scp/rsync peers of the cold benchmark
              tgt ceph-mon ceph-mgr ceph-osd ceph-common nfs-ganesha nfs-ganesha-vfs rpcbind socat  # the lab's storage servers
              libpq5 postgresql  # psycopg's libpq (a PostgreSQL store); the tests' throwaway PostgreSQL server

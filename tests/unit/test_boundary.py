@@ -60,6 +60,8 @@ PURE_MODULES = (
     "vmigrate.lab.config",
     "vmigrate.lab.host_source",
     "vmigrate.lab.plugin",
+    "vmigrate.lab.releases",
+    "vmigrate.lab.rootfs",
     "vmigrate.guest_gap",
     "vmigrate.cli.layout",
     "vmigrate.cli.host_names",

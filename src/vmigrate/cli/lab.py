@@ -14,6 +14,7 @@ from vmigrate.cli.render_lab import lab_status_lines
 from vmigrate.lab import link as lab_link
 from vmigrate.lab.config import LAB_HOSTS, MAX_HOST_COUNT, MIN_HOST_COUNT
 from vmigrate.lab.heartbeat import HeartbeatReport, heartbeat_report
+from vmigrate.lab.host_upgrade import upgrade_host
 from vmigrate.lab.lifecycle import (
     HostStatus,
     hosts_beyond,
@@ -22,6 +23,7 @@ from vmigrate.lab.lifecycle import (
     lab_up,
     require_root,
 )
+from vmigrate.lab.releases import RELEASES
 from vmigrate.lab.storage.servers import StorageStatus, parse_backends, storage_status
 from vmigrate.lab.vms import DISK_KINDS, LabVmRequest, check_vm_name, create_vm, remove_vm, set_rate
 
@@ -52,6 +54,7 @@ def _host_dict(host: HostStatus) -> dict[str, object]:
         "running": host.running,
         "pid": host.pid,
         "hostname": host.hostname,
+        "release": host.release,
         "libvirt_version": host.libvirt_version,
         "qemu_version": host.qemu_version,
         "accelerator": host.accelerator,
@@ -154,14 +157,25 @@ def lab() -> None:
     help="Also run shared storage servers: a comma-separated subset of iscsi,rbd,nfs "
     "(tgt, a one-node Ceph, NFS-Ganesha) with pools for them on every host.",
 )
-def up(count: int | None, insecure_tcp: bool | None, storage: str) -> None:
+@click.option(
+    "--version",
+    "versions",
+    multiple=True,
+    metavar="HOST=RELEASE",
+    help="Run a host's libvirt and QEMU from another release's packages, in a root file "
+    f"system of its own (built once, cached): {', '.join(sorted(RELEASES))}, e.g. "
+    "--version hostC=bookworm (Debian 12: libvirt 9.0, QEMU 7.2). Repeatable.",
+)
+def up(
+    count: int | None, insecure_tcp: bool | None, storage: str, versions: tuple[str, ...]
+) -> None:
     """Start the lab hosts (idempotent); returns when they answer.
 
     Each host serves qemu+tls (the default: a lab CA, client certificates required) and
     qemu+ssh (its own sshd, keys only, host keys pinned)."""
     started = time.monotonic()
     backends = parse_backends(storage)
-    hosts = lab_up(count, insecure_tcp=insecure_tcp, storage=backends)
+    hosts = lab_up(count, insecure_tcp=insecure_tcp, storage=backends, versions=versions)
     print_lines(console, lab_status_lines([_host_dict(h) for h in hosts], console.width))
     _print_uris(hosts)
     _print_storage()
@@ -209,6 +223,29 @@ def status(as_json: bool) -> None:
             f"hostA's uplink shaped: {shaped.rate} to {_shaped_hosts(shaped)}"
             + (f", delay {shaped.delay}" if shaped.delay else "")
         )
+
+
+@lab.group("host")
+def host_group() -> None:
+    """One lab host: its packages."""
+
+
+@host_group.command("upgrade")
+@click.argument("name")
+def host_upgrade(name: str) -> None:
+    """Restart a host on the machine's own (newer) libvirt and QEMU, as a package upgrade
+    would; refused while VMs still run there."""
+    report = upgrade_host(name)
+    if not report.upgraded:
+        console.print(
+            f"{report.host} already runs the machine's own packages (libvirt "
+            f"{report.libvirt_version}, QEMU {report.qemu_version}): nothing to upgrade"
+        )
+        return
+    console.print(
+        f"{report.host} upgraded from {report.from_release} to the machine's packages: "
+        f"libvirt {report.libvirt_version}, QEMU {report.qemu_version} ({report.seconds:.1f} s)"
+    )
 
 
 @lab.group()

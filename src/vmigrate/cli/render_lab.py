@@ -15,6 +15,13 @@ def vm_list(vms: list[dict[str, Any]]) -> str:
     return ", ".join(f"{vm['name']}{NO_BREAK}({vm['state']})" for vm in vms) or "-"
 
 
+def _with_release(version: str, release: str) -> str:
+    """A host on another release's packages says which (`9.0.0 (bookworm)`)."""
+    if not version:
+        return "-"
+    return version if release in ("", "system") else f"{version}{NO_BREAK}({release})"
+
+
 def lab_status_lines(hosts: list[dict[str, Any]], width: int) -> list[Text]:
     """Each host as `lab status --json` gives it: address, transports, declared capacity,
     daemon, versions, accelerator, then its VMs."""
@@ -40,7 +47,7 @@ def lab_status_lines(hosts: list[dict[str, Any]], width: int) -> list[Text]:
             ", ".join(host["uris"]) or "-",
             f"{host['capacity_mib']} MiB, {host['vcpus']} vCPUs",
             daemon,
-            host["libvirt_version"] or "-",
+            _with_release(host["libvirt_version"], host.get("release", "")),
             host["qemu_version"] or "-",
             host["accelerator"] or "-",
             free=vm_list(host["vms"]),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from vmigrate.errors import EnvironmentProblem
 from vmigrate.lab.config import (
@@ -15,6 +16,7 @@ from vmigrate.lab.config import (
     render_libvirtd_conf,
     render_qemu_conf,
 )
+from vmigrate.lab.paths import GUEST_CACHE_DIR, LAB_DIR
 from vmigrate.lab.processes import (
     executable_of,
     is_alive,
@@ -31,6 +33,8 @@ class DaemonRecord:
 
     pid: int
     mount_namespace: str
+    #: The release whose root the host runs (vmigrate.lab.releases); "" for the machine's own.
+    release: str = ""
 
     def is_running(self) -> bool:
         return is_alive(self.pid) and executable_of(self.pid).endswith("libvirtd")
@@ -57,13 +61,30 @@ def write_host_config(host: LabHost, *, insecure_tcp: bool) -> None:
     (etc / "qemu.conf").write_text(render_qemu_conf(host))
 
 
+def _root_arguments(root: Path | None) -> list[str]:
+    """nsinit's arguments to run the daemon in another release's root: its private dirs are
+    bound at the same paths inside, and so are the lab's directory (sockets, certificates,
+    pools, sshd) and the guest image QEMU boots."""
+    if root is None:
+        return []
+    shared = (LAB_DIR, GUEST_CACHE_DIR)
+    return [f"--root={root}", *(f"--share={path}" for path in shared)]
+
+
 def start_libvirtd(
-    host: LabHost, *, hide: Sequence[str] = (), insecure_tcp: bool = False
+    host: LabHost,
+    *,
+    hide: Sequence[str] = (),
+    insecure_tcp: bool = False,
+    root: Path | None = None,
+    release: str = "",
 ) -> DaemonRecord:
     """Start the host's libvirtd; returns at once (call `wait_until_answering` next).
 
     `hide`: files this host must not see (fault injection: a driver module, as on a host
-    without its package), absent in the host's mount namespace only."""
+    without its package), absent in the host's mount namespace only.
+    `root`: another release's root file system (`release` names it) to run libvirtd and
+    QEMU from, instead of the machine's own."""
     libvirtd = _tool("libvirtd")
     unshare = _tool("unshare")
     write_host_config(host, insecure_tcp=insecure_tcp)
@@ -81,6 +102,8 @@ def start_libvirtd(
         f"--hostname={host.name}",
         *binds,
         *(f"--hide={path}" for path in hide),
+        *_root_arguments(root),
+        *([f"--overlay-dir={host.root / 'rootfs'}"] if root is not None else []),
         "--",
         libvirtd,
         "--listen",
@@ -90,12 +113,12 @@ def start_libvirtd(
         "/run/libvirt/libvirtd.pid",
     ]
     pid = spawn_daemon(command, host.root / "libvirtd.console.log")
-    return DaemonRecord(pid=pid, mount_namespace="")
+    return DaemonRecord(pid=pid, mount_namespace="", release=release)
 
 
 def namespace_when_ready(record: DaemonRecord) -> DaemonRecord:
     """The namespace is known only once nsinit has exec'ed libvirtd inside it."""
-    return DaemonRecord(pid=record.pid, mount_namespace=mount_namespace_of(record.pid))
+    return replace(record, mount_namespace=mount_namespace_of(record.pid))
 
 
 def stop_host_processes(record: DaemonRecord) -> list[int]:

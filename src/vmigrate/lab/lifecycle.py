@@ -37,6 +37,8 @@ from vmigrate.lab.daemons import (
 from vmigrate.lab.heartbeat_collector import stop_all_collectors
 from vmigrate.lab.paths import LAB_DIR, LAB_MARKER
 from vmigrate.lab.processes import is_alive
+from vmigrate.lab.releases import SYSTEM_RELEASE, Release, parse_version_specs, release_named
+from vmigrate.lab.rootfs import ensure_root
 from vmigrate.lab.sshd import SSH_PORT, start_sshd, stop_sshd, wait_for_port
 from vmigrate.lab.state import (
     load_records,
@@ -157,11 +159,33 @@ def hosts_beyond(count: int | None, hosts: list[HostStatus]) -> list[str]:
     return [host.name for host in hosts if host.running and host.name not in wanted]
 
 
+def _releases_for(
+    count: int | None, version_specs: Collection[str]
+) -> dict[str, tuple[Release, Path]]:
+    """Each `--version HOST=RELEASE` checked against the hosts this call starts and what
+    runs now, and its root built (or found cached): all before anything changes."""
+    if not version_specs:
+        return {}
+    releases = parse_version_specs(version_specs, _wanted_hosts(count, running_lab_hosts()))
+    running = running_hosts()
+    for name, release in releases.items():
+        record = running.get(name)
+        if record is not None and record.release != release.name:
+            raise LabError(
+                f"it already runs on {record.release or SYSTEM_RELEASE}, not {release.name}: "
+                "a running host keeps its release",
+                host=name,
+                fix="`vmigrate lab down` and start the lab again with this --version",
+            )
+    return {name: (release, ensure_root(release)) for name, release in releases.items()}
+
+
 def lab_up(
     count: int | None = None,
     *,
     insecure_tcp: bool | None = None,
     storage: Collection[str] = (),
+    versions: Collection[str] = (),
 ) -> list[HostStatus]:
     """Start the first `count` hosts (those not already running) and return when they
     answer. Without a count: the hosts running now, or the default two when none run.
@@ -171,8 +195,12 @@ def lab_up(
     the lab starts: None keeps what a running lab has).
 
     `storage`: storage servers to start as well (iscsi, rbd, nfs); every host gets pools for
-    all that run, those started earlier included."""
+    all that run, those started earlier included.
+
+    `versions`: `HOST=RELEASE` (vmigrate.lab.releases), hosts that run that release's QEMU
+    and libvirt from a root of their own instead of the machine's."""
     require_root()
+    roots = _releases_for(count, versions)
     with lab_files():
         LAB_DIR.mkdir(parents=True, exist_ok=True)
         LAB_DIR.chmod(0o755)
@@ -212,12 +240,22 @@ def lab_up(
             # Its QEMU processes may outlive libvirtd (the new one reconnects to them), but
             # its old sshd holds the host's port 22.
             stop_sshd(existing.mount_namespace)
+        release, root = roots.get(host.name, (None, None))
+        if release is None and existing is not None and existing.release:
+            # A host of another release that died comes back on that release.
+            release = release_named(existing.release)
+            root = ensure_root(release)
         with lab_files():
-            records[host.name] = start_libvirtd(host, insecure_tcp=tcp)
+            records[host.name] = start_libvirtd(
+                host,
+                insecure_tcp=tcp,
+                root=root,
+                release=release.name if release is not None else "",
+            )
         started.append(host)
     try:
         for host in wanted:
-            _wait_until_ready(host, records, start_ssh=host in started)
+            wait_until_ready(host, records, start_ssh=host in started)
     except BaseException:  # nothing half-started: stop what this call started, whatever broke
         with contextlib.suppress(OSError):  # the first error is the one to report
             save_records(records, insecure_tcp=tcp)
@@ -240,7 +278,7 @@ def lab_up(
     return lab_status()
 
 
-def _wait_until_ready(host: LabHost, records: dict[str, DaemonRecord], *, start_ssh: bool) -> None:
+def wait_until_ready(host: LabHost, records: dict[str, DaemonRecord], *, start_ssh: bool) -> None:
     """Wait for the host to answer, record its namespace, prove its drivers, set up pools,
     and start its sshd."""
     conn = wait_for_connection(host.uri, timeout=START_TIMEOUT_SECONDS, host=host.name)
@@ -355,6 +393,7 @@ class HostStatus:
     address: str = ""
     capacity_mib: int = 0  # what the lab host declares (LabHost.capacity_mib)
     vcpus: int = 0
+    release: str = ""  # the packages it runs: SYSTEM_RELEASE, or a release's root
     hostname: str = ""
     libvirt_version: str = ""
     qemu_version: str = ""
@@ -375,6 +414,7 @@ def _host_status(host: LabHost, record: DaemonRecord | None, *, insecure_tcp: bo
     )
     if record is None or not record.is_running():
         return declared
+    declared = replace(declared, release=record.release or SYSTEM_RELEASE)
     try:
         conn = open_connection(host.uri, host=host.name)
     except Exception as err:  # a status report shows every problem rather than stopping

@@ -1,0 +1,90 @@
+"""A lab host on another release: hostC on Debian 12's own libvirt 9.0 and QEMU 7.2.
+
+Its root file system is cached (/var/cache/vmigrate/roots); on a machine without it the
+first test builds it with mmdebstrap (measured 25-80 s, docs/lab.md). The guests here are
+idle: QEMU 7.2 under TCG corrupts a guest that writes memory during a live migration
+(docs/lab.md, "A host on another version"), so a busy guest would test that bug, not us."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from vmigrate.errors import LabError
+from vmigrate.lab.config import HOST_C
+from vmigrate.lab.heartbeat import heartbeat_report
+from vmigrate.lab.host_upgrade import restart_on_release, upgrade_host
+from vmigrate.lab.lifecycle import HostStatus, lab_status, lab_up
+from vmigrate.lab.releases import BOOKWORM
+from vmigrate.lab.state import load_records, running_lab_hosts
+from vmigrate.lab.vms import LabVmRequest, create_vm, locate_vm
+
+from .helpers import run_cli
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def old_host_c(lab: list[HostStatus]) -> Iterator[HostStatus]:
+    """hostC on bookworm for this module; back on the machine's packages afterwards, so
+    the tests after these find the lab as usual."""
+    started = time.monotonic()
+    if HOST_C in running_lab_hosts():
+        restart_on_release(HOST_C.name, BOOKWORM)
+    else:
+        lab_up(3, versions=[f"{HOST_C.name}={BOOKWORM.name}"])
+    print(f"hostC up on bookworm in {time.monotonic() - started:.1f} s")
+    yield next(h for h in lab_status() if h.name == HOST_C.name)
+    upgrade_host(HOST_C.name)
+
+
+def test_host_c_runs_debians_own_libvirt_and_qemu(old_host_c: HostStatus) -> None:
+    # Read from hostC's libvirt (getLibVersion/getVersion), not from package names.
+    assert old_host_c.release == "bookworm"
+    assert old_host_c.libvirt_version.startswith("9.0."), old_host_c.libvirt_version
+    assert old_host_c.qemu_version.startswith("7.2."), old_host_c.qemu_version
+    host_a = next(h for h in lab_status() if h.name == "hostA")
+    assert host_a.release == "system"
+    assert not host_a.qemu_version.startswith("7.2.")
+    # What a user reads (JSON: a narrow terminal drops the version columns).
+    result = run_cli("lab", "status", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = {host["name"]: host for host in json.loads(result.stdout)["hosts"]}
+    # Still a real lab host over SSH too: bookworm's sshd and libvirt 9.0's virt-ssh-helper.
+    over_ssh = subprocess.run(
+        ["virsh", "-c", HOST_C.ssh_uri, "version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert over_ssh.returncode == 0, over_ssh.stderr
+    assert "QEMU 7.2." in over_ssh.stdout
+    assert shown["hostC"]["release"] == "bookworm"
+    assert shown["hostC"]["libvirt_version"] == old_host_c.libvirt_version
+    assert shown["hostA"]["qemu_version"] == host_a.qemu_version
+
+
+def test_idle_guest_moves_live_from_older_to_newer(old_host_c: HostStatus, vm_name: str) -> None:
+    create_vm(LabVmRequest(vm_name, host=HOST_C.name, memory_mib=256))
+
+    # The lab's upgrade is refused while the VM runs there; nothing changes.
+    pid = load_records()[HOST_C.name].pid
+    with pytest.raises(LabError) as refused:
+        upgrade_host(HOST_C.name)
+    assert vm_name in refused.value.message
+    assert refused.value.host == HOST_C.name
+    assert load_records()[HOST_C.name].pid == pid
+    assert locate_vm(vm_name) == {HOST_C.name: "running"}
+
+    result = run_cli("live", vm_name, "--from", HOST_C.name, "--to", "hostA")
+    assert result.returncode == 0, result.stdout + result.stderr
+    time.sleep(1.0)
+    report = heartbeat_report(vm_name)
+    assert report.contiguous, report.problems
+    assert report.last_seq_by_host["hostA"] > report.last_seq_by_host[HOST_C.name]
+    assert locate_vm(vm_name) == {"hostA": "running"}
