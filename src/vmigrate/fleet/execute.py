@@ -81,7 +81,7 @@ class MoveResult:
     seconds: float | None = None
     downtime_ms: float | None = None
     gap_ms: float | None = None  # largest gap the guest saw, where a probe measures it
-    bytes_sent: int | None = None  # what the move sent (memory and disks), libvirt's count
+    bytes_sent: int | None = None  # what crossed the link: memory QEMU sent + the disks' data
     predicted_s: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     job_id: int | None = None
