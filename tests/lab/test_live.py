@@ -72,8 +72,11 @@ def test_idle_guest(lab: list[HostStatus], vm_name: str, store: Path) -> None:
     assert report.actions == []  # nothing to decide for an idle guest
     assert report.downtime_ms is not None
     assert healthy_on_b(vm_name).largest_gap_ms < 1000
+    # The lab's heartbeat, plugged in as a gap probe, gives the move's report the guest's gap.
+    assert report.gap_ms is not None and 0 < report.gap_ms < 1000
     job = JobStore(store).job(report.job_id)
     assert job.state == "completed" and job.report is not None
+    assert job.report["gap_ms"] == report.gap_ms  # `jobs show` prints it beside the estimate
     assert JobStore(store).samples(report.job_id)
 
 

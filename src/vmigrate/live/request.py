@@ -55,6 +55,7 @@ class LiveReport:
     placement_ok: bool = False
     storage: dict[str, Any] = field(default_factory=dict)  # --copy-storage: what moved, made
     fix: str = ""  # what the operator should do when the outcome needs a hand
+    gap_ms: float | None = None  # the largest gap the guest saw, where a probe measures it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -34,6 +34,7 @@ from vmigrate.guard import (
     new_token,
     refuse_maintenance,
 )
+from vmigrate.guest_gap import measured_gap_ms
 from vmigrate.hosts import HostRef, resolve_host
 from vmigrate.journal import Journal
 from vmigrate.lease import LeaseError
@@ -334,6 +335,7 @@ def _move(
         domain, options, destination_uri=dst_ref.peer_connection_uri, destination=dst
     )
     started = time.monotonic()
+    started_ns = time.monotonic_ns()  # the guest-gap probe's clock (host CLOCK_MONOTONIC)
     monitor = Monitor(domain, request.policy, store, job_id, steering, emit, started, dst_ref.name)
     if prepare_error is None:
         with lease.paused():
@@ -431,6 +433,7 @@ def _move(
         placement_ok=placement_ok,
         storage=storage_result,
         fix=fix,
+        gap_ms=measured_gap_ms(request.vm, started_ns),
     )
     lease()
     store.finish_job(job_id, outcome, message, report.to_dict())
