@@ -646,6 +646,11 @@ def render(results: Path, doc: Path) -> str:
             f"start-up (~0.5 s). Regenerate: `sudo .venv/bin/python -m bench.check`.",
             "",
         ]
+    serve = results / "serve.json"
+    if serve.exists():
+        from bench.serve import section as serve_section  # its client libraries: dev extras
+
+        parts += serve_section(json.loads(serve.read_text()))
     return "\n".join(parts)
 
 
