@@ -116,3 +116,17 @@ def test_jobs_show_of_an_estimate_shows_its_prediction(tmp_path: Path) -> None:
     own = {**(record.report or {}), "job_id": record.id}
     text = text_at(lambda w: show_lines(record, [], [], w, HostNames(), None, own), 100)
     assert "route postcopy" in text and "happened" not in text
+
+
+def test_the_dashboard_s_job_carries_the_estimate_made_before_a_single_move(
+    tmp_path: Path,
+) -> None:
+    from vmigrate.serve.api_read import job_detail
+
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        estimate = _estimate(store, "vm1", 90)
+        move = _move(store, "vm1", 119)
+        unpredicted = _move(store, "vm2", 119)
+        detail = job_detail(store, move, HostNames())
+        assert detail["predicted_s"] == 10.0 and detail["estimate_job"] == estimate
+        assert job_detail(store, unpredicted, HostNames())["predicted_s"] is None

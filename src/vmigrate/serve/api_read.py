@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 
 from vmigrate.cli.host_names import HostNames
+from vmigrate.live.history import latest_estimate
 from vmigrate.serve.http import ApiError
 from vmigrate.serve.http import Json as JSONResponse
 from vmigrate.serve.inventory import Snapshot
@@ -203,6 +204,15 @@ def job_detail(store: JobStore, job_id: int, names: HostNames | None = None) -> 
     else:
         fleet = move_of_a_fleet_job(store, record)
         detail["predicted_s"] = (fleet or {}).get("predicted_s")
+        if detail["predicted_s"] is None and record.kind == "live":
+            # A single move: the `vmigrate estimate` made just before it, as `jobs show` says.
+            estimate = latest_estimate(
+                store, record.vm, record.source, record.destination, record.started
+            )
+            prediction = (estimate or {}).get("prediction") or {}
+            if estimate is not None and prediction.get("outcome") == "completed":
+                detail["predicted_s"] = prediction.get("total_s")
+                detail["estimate_job"] = estimate["job_id"]
     return detail
 
 
