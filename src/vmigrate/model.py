@@ -37,6 +37,19 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": self.verdict.value}
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Finding:
+        """A finding back from its `to_dict`."""
+        return cls(
+            check=str(values["check"]),
+            family=str(values["family"]),
+            verdict=Verdict(values["verdict"]),
+            summary=str(values["summary"]),
+            evidence=dict(values.get("evidence") or {}),
+            fix=str(values.get("fix") or ""),
+            subject=str(values.get("subject") or ""),
+        )
+
 
 @dataclass(frozen=True)
 class CheckReport:
@@ -67,6 +80,19 @@ class CheckReport:
             "seconds": round(self.seconds, 3),
             "findings": [f.to_dict() for f in self.findings],
         }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CheckReport:
+        """A report back from its `to_dict` (the `checks` event, a fleet's trusted checks)."""
+        return cls(
+            vm=str(values["vm"]),
+            source=str(values["source"]),
+            destination=str(values["destination"]),
+            mode=Mode(values["mode"]),
+            copy_storage=bool(values["copy_storage"]),
+            findings=tuple(Finding.from_dict(f) for f in values["findings"]),
+            seconds=float(values.get("seconds", 0.0)),
+        )
 
 
 # What `vmigrate recover` observes and does (plan in live/recovery_plan, libvirt side in

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.errors import UsageError
-from vmigrate.model import CheckReport, Finding, Mode, Verdict
+from vmigrate.model import CheckReport, Finding, Mode
 
 #: Checks older than this are not trusted: the child checks everything again.
 TRUST_FOR_S = 900.0
@@ -39,7 +39,7 @@ class TrustedChecks:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrustedChecks:
         return cls(
-            int(values["job_id"]), float(values["made_at"]), report_from_dict(values["report"])
+            int(values["job_id"]), float(values["made_at"]), CheckReport.from_dict(values["report"])
         )
 
     def refusal(
@@ -58,30 +58,6 @@ class TrustedChecks:
         if not 0 <= age <= TRUST_FOR_S:
             return f"they are {age:.0f} s old (trusted up to {TRUST_FOR_S:.0f} s)"
         return None
-
-
-def finding_from_dict(values: dict[str, Any]) -> Finding:
-    return Finding(
-        check=str(values["check"]),
-        family=str(values["family"]),
-        verdict=Verdict(values["verdict"]),
-        summary=str(values["summary"]),
-        evidence=dict(values.get("evidence") or {}),
-        fix=str(values.get("fix", "")),
-        subject=str(values.get("subject", "")),
-    )
-
-
-def report_from_dict(values: dict[str, Any]) -> CheckReport:
-    return CheckReport(
-        vm=str(values["vm"]),
-        source=str(values["source"]),
-        destination=str(values["destination"]),
-        mode=Mode(values["mode"]),
-        copy_storage=bool(values["copy_storage"]),
-        findings=tuple(finding_from_dict(f) for f in values["findings"]),
-        seconds=float(values["seconds"]),
-    )
 
 
 #: How a move's child says it trusted a fleet job's checks (a Notice, stored with its job).

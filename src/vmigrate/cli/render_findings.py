@@ -14,7 +14,7 @@ from rich.text import Text
 
 from vmigrate.cli.host_names import HostNames
 from vmigrate.cli.layout import INDENT, Cell, Column, Grid, paragraph
-from vmigrate.model import CheckReport, Finding, Mode, Verdict
+from vmigrate.model import CheckReport, Finding, Verdict
 
 STYLE = {
     Verdict.PASS: "green",
@@ -27,26 +27,7 @@ NEEDS_ATTENTION = (Verdict.FAIL, Verdict.WARN)
 
 def report_from_dict(data: dict[str, Any]) -> CheckReport:
     """A report back from its `to_dict` (the `checks` event of `live` and `cold`)."""
-    return CheckReport(
-        vm=data["vm"],
-        source=data["source"],
-        destination=data["destination"],
-        mode=Mode(data["mode"]),
-        copy_storage=data["copy_storage"],
-        findings=tuple(
-            Finding(
-                check=f["check"],
-                family=f["family"],
-                verdict=Verdict(f["verdict"]),
-                summary=f["summary"],
-                evidence=f.get("evidence") or {},
-                fix=f.get("fix") or "",
-                subject=f.get("subject") or "",
-            )
-            for f in data["findings"]
-        ),
-        seconds=data.get("seconds", 0.0),
-    )
+    return CheckReport.from_dict(data)
 
 
 def _name(finding: Finding) -> str:
