@@ -99,3 +99,20 @@ def test_logs_go_beside_a_store_file_or_under_the_state_directory(tmp_path: Path
     assert beside.path == tmp_path / "fleet" / "9"
     server: Any = SimpleNamespace(path="postgresql://ops@db/vmigrate")
     assert log_dir(server, 9).path == default_store_path().parent / "fleet" / "9"
+
+
+def test_a_child_s_error_keeps_its_cause_and_its_fix() -> None:
+    from vmigrate.fleet.moves import last_error
+
+    stderr = (
+        "some progress line\n"
+        "error: host hostB, VM web1: hostB is in maintenance (job 7)\n"
+        "  what to do: pick another destination, or end it: vmigrate maintenance end hostB\n"
+    )
+    assert last_error(stderr) == (
+        "host hostB, VM web1: hostB is in maintenance (job 7); what to do: pick another "
+        "destination, or end it: vmigrate maintenance end hostB"
+    )
+    assert last_error("error: plain failure\n") == "plain failure"
+    assert last_error("Traceback-free last words\n") == "Traceback-free last words"
+    assert last_error("") == ""

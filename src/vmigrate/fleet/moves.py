@@ -90,6 +90,16 @@ class CopyTally:
         return min(100.0, 100.0 * sum(self.done.values()) / total) if total > 0 else 0.0
 
 
+def last_error(stderr: str) -> str:
+    """A child's error as one line: its last `error:` message with the lines that follow it
+    (the CLI prints the fix on its own line, "  what to do: ..."), or its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    if not starts:
+        return lines[-1] if lines else ""
+    return "; ".join(lines[starts[-1] :]).removeprefix("error: ")
+
+
 class MoveChild(Protocol):
     """What the scheduler needs of a child (a process here; a stand-in in the tests)."""
 
@@ -202,9 +212,7 @@ class ChildMove:
     def error_text(self) -> str:
         if self._closed:
             return ""
-        text = read_from(self.files.errors_read, 0).decode(errors="replace").strip()
-        lines = [line for line in text.splitlines() if line.strip()]
-        return lines[-1].removeprefix("error: ") if lines else ""
+        return last_error(read_from(self.files.errors_read, 0).decode(errors="replace"))
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
