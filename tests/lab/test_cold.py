@@ -567,12 +567,15 @@ def test_destination_pool_too_small_is_refused_and_forced_fails_with_a_clean_rol
             assert not JobStore(store).jobs()
             forced = run_cli(
                 "cold", vm_name, "--from", "hostA", "--to", "hostB", "--force",
-                "--store", str(store), "--json", timeout=300,
+                "--store", str(store), timeout=300,
             )  # fmt: skip
             assert forced.returncode == 1, forced.stdout + forced.stderr
-            done = _done_event(forced.stdout)
-            assert done["outcome"] == "rolled back", done["message"]
-            assert "rolled back automatically" in done["message"]
+            # What --force overrode stays on the screen: the failed finding and a warning.
+            assert "pool 'small' on hostB" in forced.stdout, forced.stdout
+            assert "--force: moving despite the failed checks" in forced.stdout
+            (job,) = JobStore(store).jobs()
+            assert job.state == "rolled back", job.outcome
+            assert "rolled back automatically" in (job.outcome or "")
             assert locate_vm(vm_name) == {"hostA": "shut off"}
             assert in_host("hostB", "ls", "-A", path).stdout == ""  # the partial copy is gone
             assert file_sha256(source_image) == before

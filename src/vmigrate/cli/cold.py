@@ -226,13 +226,15 @@ def cold(
             console.print("dry run: nothing was changed")
         return
     report = run_with_progress(
-        lambda emit: migrate_cold(request, emit, take_over_lease=take_over_lease), as_json
+        lambda emit: migrate_cold(request, emit, take_over_lease=take_over_lease),
+        as_json,
+        forced=force,
     )
     if report.outcome != "completed" or not report.placement_ok:
         raise SystemExit(1)
 
 
-def run_with_progress(action: Any, as_json: bool) -> ColdReport:
+def run_with_progress(action: Any, as_json: bool, *, forced: bool = False) -> ColdReport:
     if as_json:
         report: ColdReport = action(print_json)
         return report
@@ -272,6 +274,10 @@ def run_with_progress(action: Any, as_json: bool) -> ColdReport:
             elif isinstance(event, ChecksDone) and event.report["ok"]:
                 # a refusal prints the whole report
                 console.print(FindingsView(report_from_dict(event.report), brief=True))
+            elif isinstance(event, ChecksDone) and forced:
+                # --force past failed checks: what was overridden stays on the screen
+                console.print(FindingsView(report_from_dict(event.report)))
+                console.print("[yellow]warning:[/] --force: moving despite the failed checks")
             elif isinstance(event, Notice):
                 console.print(f"[yellow]{event.level}:[/] {event.message}")
             elif isinstance(event, LeaseEvent):
