@@ -33,6 +33,22 @@ class VmigrateError(Exception):
         return f"{text}\n  what to do: {self.fix}" if self.fix else text
 
 
+def split_printed_error(stderr: str) -> tuple[str, str]:
+    """A `vmigrate` command's stderr read back as (message, fix): its last `error: MESSAGE`
+    (with the lines that continue it) and the `  what to do: FIX` after it, as the CLI prints
+    a VmigrateError; without an `error:` line, its last line and no fix ("" for none)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    if not starts:
+        return (lines[-1] if lines else ""), ""
+    message = lines[starts[-1]].removeprefix("error:").strip()
+    for rest in lines[starts[-1] + 1 :]:
+        if rest.startswith("what to do:"):
+            return message, rest.removeprefix("what to do:").strip()
+        message += " " + rest
+    return message, ""
+
+
 class UsageError(VmigrateError):
     """The command line or an input file is malformed."""
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from vmigrate.errors import split_printed_error
 from vmigrate.events import (
     CopyProgress,
     Done,
@@ -91,13 +92,9 @@ class CopyTally:
 
 
 def last_error(stderr: str) -> str:
-    """A child's error as one line: its last `error:` message with the lines that follow it
-    (the CLI prints the fix on its own line, "  what to do: ..."), or its last line."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    if not starts:
-        return lines[-1] if lines else ""
-    return "; ".join(lines[starts[-1] :]).removeprefix("error: ")
+    """A child's error as one line: its message and, where it printed one, its fix."""
+    message, fix = split_printed_error(stderr)
+    return f"{message}; what to do: {fix}" if fix else message
 
 
 class MoveChild(Protocol):

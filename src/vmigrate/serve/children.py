@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from vmigrate.errors import split_printed_error
+
 #: `python -m vmigrate.cli.main` is the `vmigrate` command of this very installation.
 VMIGRATE = (sys.executable, "-m", "vmigrate.cli.main")
 #: Output kept per child (a long evacuation prints many events; the store keeps them all).
@@ -31,19 +33,8 @@ class ChildError:
 
 
 def parse_error(stderr: str) -> ChildError:
-    text = stderr.strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    for index, line in enumerate(lines):
-        if line.startswith("error:"):
-            message = line.removeprefix("error:").strip()
-            fix = ""
-            for rest in lines[index + 1 :]:
-                if rest.strip().startswith("what to do:"):
-                    fix = rest.strip().removeprefix("what to do:").strip()
-                    break
-                message += " " + rest.strip()
-            return ChildError(message, fix)
-    return ChildError(lines[-1] if lines else "the command ended without saying why", "")
+    message, fix = split_printed_error(stderr)
+    return ChildError(message or "the command ended without saying why", fix)
 
 
 @dataclass
