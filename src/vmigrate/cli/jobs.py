@@ -19,7 +19,6 @@ from vmigrate.cli.options import json_option, store_option
 from vmigrate.cli.render_jobs import JobFilter, jobs_lines, show_lines
 from vmigrate.errors import NotFound, VmigrateError
 from vmigrate.live.history import ESTIMATE_KIND, latest_estimate
-from vmigrate.plot import plot_job
 from vmigrate.store import JobRecord, JobStore, StoreLocation
 
 console = Console(highlight=False)
@@ -97,6 +96,10 @@ def show(
     names = HostNames.from_hosts_file()
     fleet_move = move_of_a_fleet_job(store, record)
     if plot_path is not None:
+        # matplotlib costs a third of a second to import: only a plot pays it, not every
+        # vmigrate command (a fleet job starts one per move).
+        from vmigrate.plot import plot_job
+
         plot_job(
             record,
             samples,
