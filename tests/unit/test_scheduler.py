@@ -83,6 +83,8 @@ class FakeChild:
     needs_second_signal: bool = False
     stop_step: str = ""  # a cold child's "stop" step: "", started, done
     ended_at: float | None = None
+    link_bytes_left: int | None = None
+    link_rate_bps: float = 0.0
 
     # what the scheduler calls
     def read_events(self) -> list[Event]:
