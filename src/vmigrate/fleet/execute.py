@@ -276,8 +276,8 @@ class MoveScheduler:
             self._cancel()
         if self.cancelled:
             self._stop_children()
+        self._poll()  # first: the link's next move is chosen from the latest samples
         self._dispatch()
-        self._poll()
         self._watch_hosts()
 
     def _dispatch(self) -> None:
