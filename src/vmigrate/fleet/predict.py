@@ -291,8 +291,8 @@ def simulate_fleet(
             memo[key] = moves[i].transfer_s(rate)
         return memo[key]
 
-    def rates() -> dict[int, float]:
-        sending = [i for i, f in enumerate(flights) if f.stage == _SENDING]
+    def rates(active: list[int]) -> dict[int, float]:
+        sending = [i for i in active if flights[i].stage == _SENDING]
         out_of: dict[str, int] = {}
         into: dict[str, int] = {}
         for i in sending:
@@ -317,15 +317,16 @@ def simulate_fleet(
         return 0.0
 
     pending = list(range(len(moves)))
+    active: list[int] = []  # in set-up, sending or finishing
     for _guard in range(100 * len(moves) + 100):
-        if not pending and all(f.stage == _DONE for f in flights):
+        active = [i for i in active if flights[i].stage != _DONE]
+        if not pending and not active:
             break
-        active = [i for i, f in enumerate(flights) if f.stage in (_SETUP, _SENDING, _FINISH)]
         busy: dict[str, int] = {}
         for i in active:
             for host in (moves[i].source, moves[i].destination):
                 busy[host] = busy.get(host, 0) + 1
-        rate = rates()
+        rate = rates(active)
         claims = [
             LinkClaim(m.source, m.destination, m.stream_bps, busy_for(i, rate), m.solo)
             for i in active
@@ -333,12 +334,14 @@ def simulate_fleet(
         ]
         blocked: set[tuple[str, str, float, float, bool]] = set()
         still: list[int] = []
-        for index in pending:
+        for position, index in enumerate(pending):
+            if len(active) >= max_parallel:
+                still += pending[position:]
+                break
             move = moves[index]
             key = (move.source, move.destination, move.setup_s, move.stream_bps, move.solo)
             if (
-                len(active) >= max_parallel
-                or busy.get(move.source, 0) >= max_per_host
+                busy.get(move.source, 0) >= max_per_host
                 or busy.get(move.destination, 0) >= max_per_host
                 or key in blocked
             ):
