@@ -85,6 +85,8 @@ class FakeChild:
     ended_at: float | None = None
     link_bytes_left: int | None = None
     link_rate_bps: float = 0.0
+    link_pass: int = 1
+    link_total: int = 0
 
     # what the scheduler calls
     def read_events(self) -> list[Event]:

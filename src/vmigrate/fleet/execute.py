@@ -314,16 +314,21 @@ class MoveScheduler:
 
     def _busy_for(self, track: _Track) -> float:
         """Seconds from now this move will still send: what its latest event says is left
-        at the rate it gets, or (before its first byte) what is left of its set-up plus its
-        planned transfer. A rollback or a resume sends next to nothing."""
+        at the rate it gets (in its first pass, plus the later passes the plan predicted: a
+        busy guest's pages dirtied meanwhile go again), or, before its first byte, what is
+        left of its set-up plus its planned transfer. A rollback or a resume sends next to
+        nothing."""
         child = track.child
         if child is None or track.recovering is not None:
             return 0.0
         left = child.link_bytes_left
         if left is None:
             return max(self._lead_s(track) - child.elapsed(), 0.0) + track.move.link_s
-        rate = child.link_rate_bps or self._stream_bps(track)
-        return left / max(rate, 1.0)
+        rate = max(child.link_rate_bps or self._stream_bps(track), 1.0)
+        later = 0.0
+        if child.link_pass <= 1 and child.link_total > 0:
+            later = max(track.move.link_s - child.link_total / self._stream_bps(track), 0.0)
+        return left / rate + later
 
     def _link_ready(self, track: _Track) -> bool:
         move = track.move

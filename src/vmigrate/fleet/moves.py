@@ -116,6 +116,8 @@ class MoveChild(Protocol):
     #: yet), and the rate it sends at (0: not reported).
     link_bytes_left: int | None
     link_rate_bps: float
+    link_pass: int  # the pass its latest sample is in (1: the first full copy)
+    link_total: int  # what its first pass sends (memory and disks), 0 before a sample
 
     @property
     def pid(self) -> int: ...
@@ -153,6 +155,8 @@ class ChildMove:
     copies: CopyTally = field(default_factory=CopyTally)
     link_bytes_left: int | None = None
     link_rate_bps: float = 0.0
+    link_pass: int = 1
+    link_total: int = 0
     _offset: int = 0
     _signals: int = 0
     _closed: bool = False
@@ -193,6 +197,8 @@ class ChildMove:
             if event.memory_processed > 0 or event.disk_processed > 0:
                 self.link_bytes_left = event.memory_remaining + event.disk_remaining
                 self.link_rate_bps = max(event.bandwidth_bps, event.disk_bandwidth_bps)
+                self.link_pass = event.iteration
+                self.link_total = event.memory_total + event.disk_total
         elif isinstance(event, PlanMade):
             self.copies.planned(event.plan)
         elif isinstance(event, CopyProgress):
