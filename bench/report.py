@@ -547,6 +547,21 @@ def _e1_phases(run: dict[str, Any]) -> list[str]:
     ]
 
 
+def _trust_lines(trust: dict[str, Any] | None) -> list[str]:
+    if not trust:
+        return []
+    return [
+        "What a fleet move's child saves by trusting its parent's checks (`check_move` of a "
+        "lab VM from hostA to hostB, connecting to both hosts included, median of 3): "
+        + "; ".join(
+            f"{mode}: {f['full_s']:.2f} s in full, {f['trusted_s']:.2f} s trusted"
+            for mode, f in trust.items()
+        )
+        + ". Regenerate: `sudo .venv/bin/python -m bench.fleet --scenario TRUST`.",
+        "",
+    ]
+
+
 def e1_section(runs: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Emptying a host (E1)",
@@ -606,6 +621,7 @@ def fleet_section(data: dict[str, Any]) -> list[str]:
     runs = data.get("E1", [])
     if runs:
         lines += e1_section(runs)
+    lines += _trust_lines(data.get("TRUST"))
     balanced = data.get("B1")
     if balanced:
         lines += [
