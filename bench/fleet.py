@@ -21,6 +21,7 @@ measures the planner's time and peak memory (tracemalloc).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import subprocess
@@ -86,12 +87,53 @@ def _gaps(names: list[str], since_ns: int) -> list[float]:
 #: of its 3072).
 SPREAD = ("hostB", "hostC", "hostB", "hostC", "hostB", "hostC")
 SENDING_PHASES = ("precopy", "postcopy", "copy")
+#: The rate E1 shapes hostA's uplink to (1 Gbit/s as migrations measured it).
+SHAPED_BPS = 119 * MIB
 
 
 def _shaped_bytes() -> int:
     from vmigrate.lab import link
 
     return link.status().bytes_shaped
+
+
+class LinkWatch:
+    """What crossed the shaped link over time: its byte counter read every `every_s` in a
+    thread, so a run's busy and idle link can be told apart (to that resolution)."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        import threading
+
+        self.every_s = every_s
+        self.readings: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> LinkWatch:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.readings.append((time.monotonic() - self.started, _shaped_bytes()))
+            self._stop.wait(self.every_s)
+
+    def busy_s(self, rate_bps: float, share: float = 0.1) -> float:
+        """Seconds the link sent at more than `share` of `rate_bps`."""
+        busy = 0.0
+        for (t0, b0), (t1, b1) in itertools.pairwise(self.readings):
+            if t1 > t0 and (b1 - b0) / (t1 - t0) > share * rate_bps:
+                busy += t1 - t0
+        return busy
+
+    def span_s(self) -> float:
+        return self.readings[-1][0] - self.readings[0][0] if len(self.readings) > 1 else 0.0
 
 
 def _timed_lines(argv: list[str]) -> tuple[int, list[tuple[float, dict[str, Any]]], str]:
@@ -159,20 +201,21 @@ def _run_vmigrate(names: list[str]) -> dict[str, Any]:
         started_ns = time.monotonic_ns()
         shaped = _shaped_bytes()
         started = time.monotonic()
-        code, lines, stderr = _timed_lines(
-            [
-                sys.executable,
-                "-m",
-                "vmigrate.cli.main",
-                "evacuate",
-                "hostA",
-                "--to",
-                "hostB,hostC",
-                "--store",
-                str(store),
-                "--json",
-            ]
-        )
+        with LinkWatch() as watch:
+            code, lines, stderr = _timed_lines(
+                [
+                    sys.executable,
+                    "-m",
+                    "vmigrate.cli.main",
+                    "evacuate",
+                    "hostA",
+                    "--to",
+                    "hostB,hostC",
+                    "--store",
+                    str(store),
+                    "--json",
+                ]
+            )
         wall = time.monotonic() - started
     if code != 0:
         print(stderr[-3000:], file=sys.stderr)
@@ -190,6 +233,7 @@ def _run_vmigrate(names: list[str]) -> dict[str, Any]:
         "link_floor_s": round(memory / plan["bandwidth_bps"], 1),
         "link_plan": plan.get("link"),
         "link_mib": round((_shaped_bytes() - shaped) / MIB),
+        "link_busy_s": round(watch.busy_s(plan["bandwidth_bps"]), 1),
         "phases": _phases(lines, wall),
         "gaps_ms": _gaps(names, started_ns),
         **_held_by_target(names),
@@ -211,14 +255,19 @@ def _run_virsh_loop(names: list[str], parallel: int, spread: bool) -> dict[str, 
     started_ns = time.monotonic_ns()
     shaped = _shaped_bytes()
     started = time.monotonic()
-    result = subprocess.run(
-        ["bash", "-c", script, "loop", *pairs],
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PARALLEL": str(parallel), "SRC": HOST_A.uri},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1200,
-    )
+    with LinkWatch() as watch:
+        result = subprocess.run(
+            ["bash", "-c", script, "loop", *pairs],
+            env={
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                "PARALLEL": str(parallel),
+                "SRC": HOST_A.uri,
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=1200,
+        )
     wall = time.monotonic() - started
     if result.returncode != 0:
         print(result.stderr[-3000:], file=sys.stderr)
@@ -228,6 +277,7 @@ def _run_virsh_loop(names: list[str], parallel: int, spread: bool) -> dict[str, 
         "wall_s": round(wall, 1),
         "predicted_s": None,
         "link_mib": round((_shaped_bytes() - shaped) / MIB),
+        "link_busy_s": round(watch.busy_s(SHAPED_BPS), 1),
         "gaps_ms": _gaps(names, started_ns),
         **_held_by_target(names),
     }
