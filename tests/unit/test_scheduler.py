@@ -727,3 +727,60 @@ def test_the_next_child_sets_up_while_the_one_before_sends_and_the_link_never_id
         assert after.started < before.sending()[1]
     serial = sum(CHILD_SETUP_S + c.send_s + 1.0 for c in children if isinstance(c, SendingChild))
     assert out.world.now < serial - 4 * CHILD_SETUP_S
+
+
+@dataclass
+class BusyChild(SendingChild):
+    """A busy guest's child: its first pass sends all of memory; the pages dirtied meanwhile
+    go again in later passes whose bytes its samples show only once they start."""
+
+    later_s: float = 0.0
+
+    def read_events(self) -> list[Event]:
+        elapsed = self.world.now - self.started
+        if elapsed < CHILD_SETUP_S:
+            return []
+        first = self.send_s - self.later_s
+        sent_s = elapsed - CHILD_SETUP_S
+        self.link_rate_bps = LINK_BPS
+        self.link_total = int(first * LINK_BPS)
+        self.link_pass = 1 if sent_s < first else 2
+        left_s = first - sent_s if sent_s < first else max(self.send_s - sent_s, 0.0) / 4
+        self.link_bytes_left = int(max(left_s, 0.0) * LINK_BPS)
+        return [Notice("sample")]
+
+
+class BusyWorld(LinkWorld):
+    def start(self, command: MoveCommand, logs: MoveLogs, attempt: int) -> FakeChild:
+        assert self.scheduler is not None
+        plain = super().start(command, logs, attempt)
+        assert isinstance(plain, SendingChild)
+        planned = next(t.move for t in self.scheduler.tracks if t.load.name == command.vm)
+        child = BusyChild(
+            **{f.name: getattr(plain, f.name) for f in fields(SendingChild)},
+            later_s=max(planned.link_s - self.vms[command.vm].memory_bytes / LINK_BPS, 0.0),
+        )
+        child.send_s = self.vms[command.vm].memory_bytes / LINK_BPS + child.later_s
+        child.end_at = self.now + CHILD_SETUP_S + child.send_s + 1.0
+        self.children[self.children.index(plain)] = child
+        return child
+
+
+def test_a_busy_guests_later_passes_keep_the_link_from_the_next_move(tmp_path: Path) -> None:
+    loads = (
+        VmLoad("busy", SOURCE, "running", True, 512 * MIB, 1, 50.0 * MIB),
+        VmLoad("quiet", SOURCE, "running", True, 256 * MIB, 1, 0.0),
+    )
+    hosts = (TargetHost("hostB", budget("hostB", 8192)), TargetHost("hostC", budget("hostC", 8192)))
+    verdicts = tuple(PairVerdict(v.name, t.name, ()) for v in loads for t in hosts)
+    inp = FleetInput(
+        Purpose(EVACUATE, SOURCE, (SOURCE,)), loads, hosts, verdicts, bandwidth_bps=LINK_BPS
+    )
+    out = simulate(tmp_path, inp, ["completed"] * 2, None, world_type=BusyWorld)
+    busy, quiet = (c for c in sorted(out.world.children, key=lambda c: c.started))
+    assert isinstance(busy, BusyChild) and isinstance(quiet, BusyChild)
+    assert busy.command.vm == "busy" and busy.later_s > 1.0
+    first_pass_ends = busy.sending()[0] + busy.send_s - busy.later_s
+    # the quiet one's first byte waits for the busy one's later passes, not only its first
+    assert quiet.sending()[0] > first_pass_ends + busy.later_s - 2 * POLL_S
+    assert quiet.sending()[0] >= busy.sending()[1] - 2 * POLL_S
