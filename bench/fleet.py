@@ -581,8 +581,9 @@ def main() -> None:
         else:
             results[scenario] = p1()
         print(json.dumps({scenario: results[scenario]}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+        # after each scenario: a later one that fails keeps the earlier ones' figures
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
