@@ -602,7 +602,13 @@ def e1_section(runs: list[dict[str, Any]]) -> list[str]:
         "facts, the checks of each VM against each target, a 1 s dirty-rate measurement "
         'and a 2 s bandwidth probe (the last two while the checks run). "moves s" is from '
         "the first move's start to the last one's end, which the plan's predicted total "
-        "predicts (error = predicted against measured).",
+        "predicts (error = predicted against measured). How the moves use the link: each "
+        "move's child starts while the moves before it still send, timed (from their latest "
+        "samples and the set-up this job's children took) so that its first byte comes as "
+        "their last one goes; how many send at once follows the measured link and each "
+        "move's stream rate. Not done: the first moves do not yet start while the rest of "
+        "the plan is computed (the evacuation gathers, plans, then moves), so the gather row "
+        "below is still paid before the first byte.",
         "",
     ]
     for round_no in sorted({r["round"] for r in runs}):
