@@ -21,6 +21,7 @@ measures the planner's time and peak memory (tracemalloc).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import subprocess
@@ -81,79 +82,208 @@ def _gaps(names: list[str], since_ns: int) -> list[float]:
     return [round(heartbeat_report(n, since_ns=since_ns).largest_gap_ms, 1) for n in names]
 
 
+#: Where the loops send each VM: every VM to hostB (what operators write), or spread by
+#: hand so that no target overfills (hostB 768 + 640 + 512 MiB of its 2048, hostC the same
+#: of its 3072).
+SPREAD = ("hostB", "hostC", "hostB", "hostC", "hostB", "hostC")
+SENDING_PHASES = ("precopy", "postcopy", "copy")
+#: The rate E1 shapes hostA's uplink to (1 Gbit/s as migrations measured it).
+SHAPED_BPS = 119 * MIB
+
+
+def _shaped_bytes() -> int:
+    from vmigrate.lab import link
+
+    return link.status().bytes_shaped
+
+
+class LinkWatch:
+    """What crossed the shaped link over time: its byte counter read every `every_s` in a
+    thread, so a run's busy and idle link can be told apart (to that resolution)."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        import threading
+
+        self.every_s = every_s
+        self.readings: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> LinkWatch:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.readings.append((time.monotonic() - self.started, _shaped_bytes()))
+            self._stop.wait(self.every_s)
+
+    def busy_s(self, rate_bps: float, share: float = 0.1) -> float:
+        """Seconds the link sent at more than `share` of `rate_bps`."""
+        busy = 0.0
+        for (t0, b0), (t1, b1) in itertools.pairwise(self.readings):
+            if t1 > t0 and (b1 - b0) / (t1 - t0) > share * rate_bps:
+                busy += t1 - t0
+        return busy
+
+    def span_s(self) -> float:
+        return self.readings[-1][0] - self.readings[0][0] if len(self.readings) > 1 else 0.0
+
+
+def _timed_lines(argv: list[str]) -> tuple[int, list[tuple[float, dict[str, Any]]], str]:
+    """Run a command, stamping each JSON line of its stdout with when it came (seconds
+    since the start); readline only (a for-loop's read-ahead would hold lines back)."""
+    started = time.monotonic()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    lines: list[tuple[float, dict[str, Any]]] = []
+    while True:
+        line = process.stdout.readline()
+        if not line:
+            break
+        if line.startswith("{"):
+            lines.append((time.monotonic() - started, json.loads(line)))
+    stderr = process.stderr.read()
+    return process.wait(timeout=1200), lines, stderr
+
+
+def _phases(lines: list[tuple[float, dict[str, Any]]], wall: float) -> dict[str, Any]:
+    """Where one evacuation's time went, from its events as they came (to the fleet's
+    0.5 s poll): gathering and planning until the plan, then per move its set-up (child
+    start to its first sending report), sending and finish, and the link idle between."""
+    plan_at = next(t for t, e in lines if e["event"] == "plan")
+    moves: dict[str, dict[str, float]] = {}
+    for at, event in lines:
+        vm = str(event.get("vm"))
+        if event["event"] == "move-start":
+            moves[vm] = {"start": at}
+        elif event["event"] == "move-progress" and event["phase"] in SENDING_PHASES:
+            move = moves[vm]
+            move.setdefault("first_byte", at)
+            move["last_report"] = at
+        elif event["event"] == "move-end" and vm in moves:
+            moves[vm]["end"] = at
+    sending = sorted(
+        (m["first_byte"], m["last_report"]) for m in moves.values() if "first_byte" in m
+    )
+    busy, covered_until = 0.0, 0.0
+    for begin, until in sending:
+        busy += max(0.0, until - max(begin, covered_until))
+        covered_until = max(covered_until, until)
+    first = min((m["start"] for m in moves.values()), default=plan_at)
+    last = max((m.get("end", wall) for m in moves.values()), default=plan_at)
+    setups = [m["first_byte"] - m["start"] for m in moves.values() if "first_byte" in m]
+    finishes = [
+        m["end"] - m["last_report"] for m in moves.values() if "end" in m and "last_report" in m
+    ]
+    return {
+        "gather_and_plan_s": round(plan_at, 1),
+        "plan_to_first_move_s": round(first - plan_at, 1),
+        "moves_span_s": round(last - first, 1),
+        "link_sending_s": round(busy, 1),
+        "link_idle_s": round(max(last - first - busy, 0.0), 1),
+        "after_last_move_s": round(wall - last, 1),
+        "setup_s": [round(x, 1) for x in setups],
+        "finish_s": [round(x, 1) for x in finishes],
+        "moves": {vm: {k: round(v, 1) for k, v in m.items()} for vm, m in moves.items()},
+    }
+
+
 def _run_vmigrate(names: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         store = Path(scratch) / "jobs.sqlite"
         started_ns = time.monotonic_ns()
+        shaped = _shaped_bytes()
         started = time.monotonic()
+        with LinkWatch() as watch:
+            code, lines, stderr = _timed_lines(
+                [
+                    sys.executable,
+                    "-m",
+                    "vmigrate.cli.main",
+                    "evacuate",
+                    "hostA",
+                    "--to",
+                    "hostB,hostC",
+                    "--store",
+                    str(store),
+                    "--json",
+                ]
+            )
+        wall = time.monotonic() - started
+    if code != 0:
+        print(stderr[-3000:], file=sys.stderr)
+    events = [e for _t, e in lines]
+    plan = next(e for e in events if e["event"] == "plan")
+    done: dict[str, Any] = next((e for e in events if e["event"] == "done"), {})
+    memory = sum(m for m, _d, _w in E1_GUESTS) * MIB
+    return {
+        "tool": "vmigrate",
+        "exit_code": code,
+        "wall_s": round(wall, 1),
+        "moves_s": done.get("moves_s"),
+        "predicted_s": plan["predicted_total_s"],
+        "bandwidth_mib_s": round(plan["bandwidth_bps"] / MIB, 1),
+        "link_floor_s": round(memory / plan["bandwidth_bps"], 1),
+        "link_plan": plan.get("link"),
+        "link_mib": round((_shaped_bytes() - shaped) / MIB),
+        "link_busy_s": round(watch.busy_s(plan["bandwidth_bps"]), 1),
+        "phases": _phases(lines, wall),
+        "gaps_ms": _gaps(names, started_ns),
+        **_held_by_target(names),
+    }
+
+
+def _run_virsh_loop(names: list[str], parallel: int, spread: bool) -> dict[str, Any]:
+    from vmigrate.lab.config import HOST_A, HOST_B, HOST_C
+
+    uris = {HOST_B.name: HOST_B.uri, HOST_C.name: HOST_C.uri}
+    # What operators write: names and URIs passed as arguments (never pasted into the
+    # script), QEMU's TLS on the stream as vmigrate uses it in the lab.
+    targets = SPREAD if spread else ("hostB",) * len(names)
+    pairs = [x for name, host in zip(names, targets, strict=True) for x in (name, uris[host])]
+    script = (
+        'printf "%s\\n" "$@" | xargs -P "$PARALLEL" -n 2 sh -c '
+        '\'virsh -q -c "$SRC" migrate --live --p2p --tls --persistent --undefinesource "$0" "$1"\''
+    )
+    started_ns = time.monotonic_ns()
+    shaped = _shaped_bytes()
+    started = time.monotonic()
+    with LinkWatch() as watch:
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vmigrate.cli.main",
-                "evacuate",
-                "hostA",
-                "--to",
-                "hostB,hostC",
-                "--store",
-                str(store),
-                "--json",
-            ],
+            ["bash", "-c", script, "loop", *pairs],
+            env={
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                "PARALLEL": str(parallel),
+                "SRC": HOST_A.uri,
+            },
             capture_output=True,
             text=True,
             check=False,
             timeout=1200,
         )
-        wall = time.monotonic() - started
-    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    plan = next(e for e in events if e["event"] == "plan")
-    done: dict[str, Any] = next((e for e in events if e["event"] == "done"), {})
-    return {
-        "tool": "vmigrate",
-        "exit_code": result.returncode,
-        "wall_s": round(wall, 1),
-        "moves_s": done.get("moves_s"),
-        "predicted_s": plan["predicted_total_s"],
-        "gaps_ms": _gaps(names, started_ns),
-        **_held_by_target(names),
-    }
-
-
-def _run_virsh_loop(names: list[str], parallel: int) -> dict[str, Any]:
-    from vmigrate.lab.config import HOST_A, HOST_B
-
-    # What operators write: every VM to one target, names passed as arguments (never pasted).
-    script = (
-        'printf "%s\\n" "$@" | xargs -P "$PARALLEL" -I{} '
-        'virsh -q -c "$SRC" migrate --live --p2p --persistent --undefinesource {} "$DST"'
-    )
-    started_ns = time.monotonic_ns()
-    started = time.monotonic()
-    result = subprocess.run(
-        ["bash", "-c", script, "loop", *names],
-        env={
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "PARALLEL": str(parallel),
-            "SRC": HOST_A.uri,
-            "DST": HOST_B.uri,
-        },
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1200,
-    )
     wall = time.monotonic() - started
+    if result.returncode != 0:
+        print(result.stderr[-3000:], file=sys.stderr)
     return {
-        "tool": f"virsh loop x{parallel}",
+        "tool": f"virsh loop x{parallel}" + (" spread" if spread else ""),
         "exit_code": result.returncode,
         "wall_s": round(wall, 1),
         "predicted_s": None,
+        "link_mib": round((_shaped_bytes() - shaped) / MIB),
+        "link_busy_s": round(watch.busy_s(SHAPED_BPS), 1),
         "gaps_ms": _gaps(names, started_ns),
         **_held_by_target(names),
     }
 
 
-E1_TOOLS = ("vmigrate", "virsh1", "virsh3")
+E1_TOOLS = ("vmigrate", "virsh1", "virsh3", "spread3")
 
 
 def e1(rounds: int, tools: tuple[str, ...] = E1_TOOLS) -> list[dict[str, Any]]:
@@ -173,7 +303,7 @@ def e1(rounds: int, tools: tuple[str, ...] = E1_TOOLS) -> list[dict[str, Any]]:
                     if tool == "vmigrate":
                         run = _run_vmigrate(names)
                     else:
-                        run = _run_virsh_loop(names, int(tool[-1]))
+                        run = _run_virsh_loop(names, int(tool[-1]), tool.startswith("spread"))
                     run["round"] = round_no
                     runs.append(run)
                     print(json.dumps(run), flush=True)
@@ -183,6 +313,53 @@ def e1(rounds: int, tools: tuple[str, ...] = E1_TOOLS) -> list[dict[str, Any]]:
     finally:
         link.reset()
     return runs
+
+
+def trusted_checks_cost(repeats: int = 3) -> dict[str, Any]:
+    """What a fleet move's child saves by trusting its parent's checks: `check_move` of a
+    lab VM from hostA to hostB in full, then with the full report trusted (what the child
+    does), live (a running VM) and cold (a shut-off one), median of `repeats` each; both
+    include connecting to the two hosts."""
+    import statistics
+
+    from vmigrate.lab.lifecycle import lab_up
+    from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm
+    from vmigrate.model import Mode
+    from vmigrate.preflight import check_move
+    from vmigrate.trusted_checks import TrustedChecks
+    from vmigrate.virt.connection import open_connection
+
+    lab_up(3)
+    name = "trust-cost"
+    create_vm(LabVmRequest(name, memory_mib=128))
+    out: dict[str, Any] = {}
+    try:
+        for mode in (Mode.LIVE, Mode.COLD):
+            if mode is Mode.COLD:
+                from vmigrate.lab.config import HOST_A
+
+                conn = open_connection(HOST_A.uri)
+                try:
+                    conn.lookupByName(name).destroy()
+                finally:
+                    conn.close()
+            full, trusted = [], []
+            for _ in range(repeats):
+                started = time.monotonic()
+                report = check_move(name, "hostA", "hostB", mode=mode).report
+                full.append(time.monotonic() - started)
+                started = time.monotonic()
+                check_move(
+                    name, "hostA", "hostB", mode=mode, trusted=TrustedChecks(0, time.time(), report)
+                )
+                trusted.append(time.monotonic() - started)
+            out[mode.value] = {
+                "full_s": round(statistics.median(full), 2),
+                "trusted_s": round(statistics.median(trusted), 2),
+            }
+    finally:
+        remove_vm(name)
+    return out
 
 
 def _p1_facts(hosts: int, vms: int) -> list[Any]:
@@ -388,7 +565,7 @@ def b1() -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet")
-    parser.add_argument("--scenario", action="append", choices=["E1", "P1", "B1"])
+    parser.add_argument("--scenario", action="append", choices=["E1", "P1", "B1", "TRUST"])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--e1-tool", action="append", choices=E1_TOOLS, help="E1: only these")
@@ -399,11 +576,14 @@ def main() -> None:
             results[scenario] = e1(args.rounds, tuple(args.e1_tool or E1_TOOLS))
         elif scenario == "B1":
             results[scenario] = b1()
+        elif scenario == "TRUST":
+            results[scenario] = trusted_checks_cost()
         else:
             results[scenario] = p1()
         print(json.dumps({scenario: results[scenario]}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+        # after each scenario: a later one that fails keeps the earlier ones' figures
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

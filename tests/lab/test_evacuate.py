@@ -23,6 +23,7 @@ from vmigrate.events import (
     Done,
     JobStarted,
     MoveProgress,
+    Notice,
     PlanMade,
     decode,
 )
@@ -34,6 +35,7 @@ from vmigrate.lab.lifecycle import HostStatus, lab_up
 from vmigrate.lab.state import load_records
 from vmigrate.lab.vms import LabVmRequest, add_disk, create_vm, locate_vm, remove_vm
 from vmigrate.store import JobStore
+from vmigrate.trusted_checks import TRUSTED_PREFIX
 from vmigrate.virt.connection import open_connection
 
 from . import helpers
@@ -414,6 +416,10 @@ def test_a_cold_move_in_an_evacuation_shows_its_copy_progress_and_is_stored(
         child = progress[-1].job_id
         assert child is not None and child != evacuation
         own = [decode(e.body) for e in jobs.events_after(0, job_id=child)]
+        # the child trusted the evacuation's checks and checked again only what can change
+        notices = [e.message for e in own if isinstance(e, Notice)]
+        assert any(n.startswith(TRUSTED_PREFIX) for n in notices), notices
+        own = [e for e in own if not isinstance(e, Notice)]
         assert [type(e) for e in own[:3]] == [ChecksDone, PlanMade, JobStarted]
         copies = [e for e in own if isinstance(e, CopyProgress)]
         assert len(copies) >= 3 and copies[-1].done == copies[-1].total

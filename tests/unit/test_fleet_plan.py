@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -20,8 +23,18 @@ from vmigrate.fleet.plan import (
     VmLoad,
     next_destination,
     plan_moves,
+    sending_at_once,
 )
-from vmigrate.fleet.predict import LIVE_OVERHEAD_S, LiveModel, live_cost, simulate
+from vmigrate.fleet.predict import (
+    LIVE_FINISH_S,
+    LIVE_OVERHEAD_S,
+    SETUP_S,
+    LinkClaim,
+    LiveModel,
+    link_ready,
+    live_cost,
+    simulate,
+)
 
 GIB = 1024 * MIB
 
@@ -222,23 +235,105 @@ def test_property_no_host_is_ever_overfilled_and_every_vm_is_placed_or_explained
         assert taken <= target.budget.free_bytes
 
 
+E1_SIZES = [(512, 50), (512, 0), (384, 20), (384, 0), (256, 10), (256, 0)]
+
+
+def e1_input(**fields: Any) -> FleetInput:
+    """E1 as the planner sees it: six guests of hostA onto hostB and hostC."""
+    vms = [vm(f"g{i}", memory, dirty) for i, (memory, dirty) in enumerate(E1_SIZES)]
+    targets = (
+        TargetHost("hostB", budget("hostB", 2048)),
+        TargetHost("hostC", budget("hostC", 3072)),
+    )
+    return FleetInput(EMPTY_A, tuple(vms), targets, passing(vms, ["hostB", "hostC"]), **fields)
+
+
+def test_on_a_link_one_stream_fills_one_move_sends_while_the_next_one_sets_up() -> None:
+    plan = plan_moves(e1_input())
+    moves = sorted(plan.moves, key=lambda m: m.predicted_start_s)
+    assert plan.link is not None and plan.link.sending_at_once == 1
+    sending = [
+        (m.predicted_start_s + m.setup_s, m.predicted_start_s + m.setup_s + m.link_s) for m in moves
+    ]
+    for (_start, end), (next_start, _end) in itertools.pairwise(sending):
+        # the next one's first byte comes as the last one's last byte goes: no idle link...
+        assert next_start == pytest.approx(end, abs=0.15)
+    for before, after in itertools.pairwise(moves):
+        # ...because its set-up ran while the one before it was still sending
+        assert after.predicted_start_s < before.predicted_start_s + before.setup_s + before.link_s
+    # the link's share of the total: one set-up, every transfer, one finish
+    transfers = sum(m.link_s for m in moves)
+    assert plan.predicted_total_s == pytest.approx(
+        moves[0].setup_s + transfers + LIVE_FINISH_S, abs=0.5
+    )
+    one_by_one = plan_moves(e1_input(limits=Limits(1, 1)))
+    assert plan.predicted_total_s < one_by_one.predicted_total_s - 4 * SETUP_S
+    # the longest transfer (the busiest large guest) goes first
+    assert moves[0].vm == "g0"
+
+
+def test_the_plan_says_why_it_neither_uses_multifd_nor_compresses() -> None:
+    link = plan_moves(e1_input()).to_dict()["link"]
+    assert "one stream carries the link's measured rate" in link["multifd"]
+    assert "QEMU 10.0 removed the 'compress' capability" in link["compression"]
+    assert "set-up" in link["overlap"]
+
+
+def test_multifd_is_planned_where_one_stream_carries_less_than_the_link() -> None:
+    # a 10 Gbit/s link on which one stream carries 300 MiB/s: four connections fill it
+    plan = plan_moves(
+        e1_input(bandwidth_bps=1190 * MIB, stream_bps=300 * MIB, stream_source="earlier moves")
+    )
+    assert all(m.parallel == 4 for m in plan.moves)
+    assert all("multifd: 4 connections" in m.reason for m in plan.moves)
+    assert plan.link is not None and "used by 6 move(s)" in plan.link.multifd
+    without = plan_moves(e1_input(bandwidth_bps=300 * MIB))
+    assert plan.predicted_total_s < without.predicted_total_s
+
+
+def test_streams_that_fill_a_third_of_the_link_send_three_at_once() -> None:
+    # one stream carries a third of the link: three send at once, within the limits
+    inp = e1_input(bandwidth_bps=360 * MIB, stream_bps=120 * MIB)
+    assert sending_at_once(inp) == 3
+    with_four = replace(inp, limits=Limits(4, 4))
+    assert sending_at_once(with_four) == 3
+    assert sending_at_once(replace(inp, limits=Limits(2, 2))) == 2
+
+
 def test_a_busy_guest_that_needs_the_whole_link_runs_alone() -> None:
     # 50 MiB/s of dirtying converges at 119 MiB/s, but at half of it only through post-copy,
-    # which stalls the guest on every page it lacks: it moves with the link to itself
+    # which stalls the guest on every page it lacks: where the link carries two streams
+    # (one stream: 60 MiB/s), it gets multifd and moves with the link to itself
     vms = [vm("busy", 512, dirty_mib=50), vm("quiet1", 256), vm("quiet2", 256)]
     targets = (
         TargetHost("hostB", budget("hostB", 8192)),
         TargetHost("hostC", budget("hostC", 8192)),
     )
-    plan = plan_moves(FleetInput(EMPTY_A, tuple(vms), targets, passing(vms, ["hostB", "hostC"])))
-    moves = {m.vm: m for m in plan.moves}
-    assert moves["busy"].solo and "runs alone on hostA's link" in moves["busy"].reason
-    assert not moves["quiet1"].solo and not moves["quiet2"].solo
+    inp = FleetInput(
+        EMPTY_A, tuple(vms), targets, passing(vms, ["hostB", "hostC"]), stream_bps=60 * MIB
+    )
+    moves = {m.vm: m for m in plan_moves(inp).moves}
     busy = moves["busy"]
+    assert busy.solo and "runs alone on hostA's link" in busy.reason
+    assert busy.parallel == 2
     for other in (moves["quiet1"], moves["quiet2"]):
-        ends = other.predicted_start_s + other.predicted_s
-        assert ends <= busy.predicted_start_s + 0.1 or other.predicted_start_s >= (
-            busy.predicted_start_s + busy.predicted_s - 0.1
-        )
-    # the two quiet ones still share the link
-    assert moves["quiet1"].predicted_start_s == moves["quiet2"].predicted_start_s
+        sends_from = other.predicted_start_s + other.setup_s
+        sends_until = sends_from + other.link_s
+        busy_from = busy.predicted_start_s + busy.setup_s
+        assert sends_until <= busy_from + 0.1 or sends_from >= busy_from + busy.link_s - 0.1
+
+
+def test_link_ready_counts_only_what_still_sends_when_the_candidate_would() -> None:
+    link = 100.0
+    candidate = LinkClaim("hostA", "hostC", 100.0, 0.0)
+    ends_soon = LinkClaim("hostA", "hostB", 100.0, busy_for_s=1.5)
+    ends_late = LinkClaim("hostA", "hostB", 100.0, busy_for_s=5.0)
+    elsewhere = LinkClaim("hostD", "hostE", 100.0, busy_for_s=50.0)
+    assert link_ready(candidate, [ends_soon, elsewhere], 2.0, link)
+    assert not link_ready(candidate, [ends_late], 2.0, link)
+    half = LinkClaim("hostA", "hostC", 50.0, 0.0)
+    assert link_ready(half, [replace(ends_late, stream_bps=50.0)], 2.0, link)
+    assert not link_ready(half, [replace(ends_late, stream_bps=50.0, solo=True)], 2.0, link)
+    assert not link_ready(
+        replace(half, solo=True), [replace(ends_late, stream_bps=50.0)], 2.0, link
+    )

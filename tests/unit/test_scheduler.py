@@ -13,7 +13,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,10 @@ class FakeChild:
     needs_second_signal: bool = False
     stop_step: str = ""  # a cold child's "stop" step: "", started, done
     ended_at: float | None = None
+    link_bytes_left: int | None = None
+    link_rate_bps: float = 0.0
+    link_pass: int = 1
+    link_total: int = 0
 
     # what the scheduler calls
     def read_events(self) -> list[Event]:
@@ -386,11 +390,14 @@ def simulate(
     *,
     retry_elsewhere: bool = True,
     real_signal_at: float | None = None,
+    world_type: type[World] | None = None,
 ) -> Outcome:
     plan = plan_moves(inp)
     events: list[Event] = []
     with JobStore(directory / "jobs.sqlite") as store:
-        world = World(store, {v.name: v for v in inp.vms}, iter(scripts), interrupt_at)
+        world = (world_type or World)(
+            store, {v.name: v for v in inp.vms}, iter(scripts), interrupt_at
+        )
 
         def sleep(seconds: float) -> None:
             world.sleep(seconds)
@@ -651,3 +658,129 @@ def test_each_child_gets_the_fleets_checks_of_its_own_destination(tmp_path: Path
         assert command.trusted.report.destination == command.destination
     without = simulate(tmp_path / "2", base, ["completed"], None)
     assert [c.command.trusted for c in without.world.children] == [None]
+
+
+# -- the link -------------------------------------------------------------------------
+LINK_BPS = 100 * MIB
+#: How long the stand-in children take before their first byte (the plan says 2 s).
+CHILD_SETUP_S = 3.0
+
+
+@dataclass
+class SendingChild(FakeChild):
+    """A child that sets up, then sends its VM's memory alone on the link, and says what
+    is left as its samples would."""
+
+    send_s: float = 0.0
+
+    def read_events(self) -> list[Event]:
+        elapsed = self.world.now - self.started
+        if elapsed < CHILD_SETUP_S:
+            return []
+        left = max(self.send_s - (elapsed - CHILD_SETUP_S), 0.0)
+        self.link_bytes_left, self.link_rate_bps = int(left * LINK_BPS), LINK_BPS
+        return [Notice("sample")]
+
+    def sending(self) -> tuple[float, float]:
+        return self.started + CHILD_SETUP_S, self.started + CHILD_SETUP_S + self.send_s
+
+
+class LinkWorld(World):
+    def start(self, command: MoveCommand, logs: MoveLogs, attempt: int) -> FakeChild:
+        plain = super().start(command, logs, attempt)
+        child = SendingChild(
+            **{f.name: getattr(plain, f.name) for f in fields(FakeChild)},
+            send_s=self.vms[command.vm].memory_bytes / LINK_BPS,
+        )
+        child.end_at = self.now + CHILD_SETUP_S + child.send_s + 1.0
+        self.children[self.children.index(plain)] = child
+        return child
+
+
+def test_the_next_child_sets_up_while_the_one_before_sends_and_the_link_never_idles(
+    tmp_path: Path,
+) -> None:
+    sizes = [512, 512, 384, 384, 256, 256]
+    loads = tuple(
+        VmLoad(f"vm{i}", SOURCE, "running", True, m * MIB, 1, 0.0) for i, m in enumerate(sizes)
+    )
+    hosts = (TargetHost("hostB", budget("hostB", 8192)), TargetHost("hostC", budget("hostC", 8192)))
+    verdicts = tuple(PairVerdict(v.name, t.name, ()) for v in loads for t in hosts)
+    inp = FleetInput(
+        Purpose(EVACUATE, SOURCE, (SOURCE,)), loads, hosts, verdicts, bandwidth_bps=LINK_BPS
+    )
+    out = simulate(tmp_path, inp, ["completed"] * 6, None, world_type=LinkWorld)
+    assert [r.state for r in out.results] == [MOVED] * 6
+    children = sorted(out.world.children, key=lambda c: c.started)
+    assert all(isinstance(c, SendingChild) for c in children)
+    sends = [c.sending() for c in children if isinstance(c, SendingChild)]
+    for (_from, until), (next_from, _until) in itertools.pairwise(sends[1:]):
+        # once the set-up is learned (from the first child), the next first byte follows
+        # the last one within the scheduler's poll: no idle link, no two sending at once
+        assert abs(next_from - until) <= POLL_S + 1e-6
+    # the first pair: planned with a 2 s set-up where it took 3 s, so the link idles
+    # about 1 s (never do two send at once)
+    assert -1e-6 <= sends[1][0] - sends[0][1] <= CHILD_SETUP_S - 2.0 + POLL_S
+    # each next child started while the one before it was still sending
+    for before, after in itertools.pairwise(children):
+        assert isinstance(before, SendingChild)
+        assert after.started < before.sending()[1]
+    serial = sum(CHILD_SETUP_S + c.send_s + 1.0 for c in children if isinstance(c, SendingChild))
+    assert out.world.now < serial - 4 * CHILD_SETUP_S
+
+
+@dataclass
+class BusyChild(SendingChild):
+    """A busy guest's child: its first pass sends all of memory; the pages dirtied meanwhile
+    go again in later passes whose bytes its samples show only once they start."""
+
+    later_s: float = 0.0
+
+    def read_events(self) -> list[Event]:
+        elapsed = self.world.now - self.started
+        if elapsed < CHILD_SETUP_S:
+            return []
+        first = self.send_s - self.later_s
+        sent_s = elapsed - CHILD_SETUP_S
+        self.link_rate_bps = LINK_BPS
+        self.link_total = int(first * LINK_BPS)
+        self.link_pass = 1 if sent_s < first else 2
+        left_s = first - sent_s if sent_s < first else max(self.send_s - sent_s, 0.0) / 4
+        self.link_bytes_left = int(max(left_s, 0.0) * LINK_BPS)
+        return [Notice("sample")]
+
+
+class BusyWorld(LinkWorld):
+    def start(self, command: MoveCommand, logs: MoveLogs, attempt: int) -> FakeChild:
+        assert self.scheduler is not None
+        plain = super().start(command, logs, attempt)
+        assert isinstance(plain, SendingChild)
+        planned = next(t.move for t in self.scheduler.tracks if t.load.name == command.vm)
+        child = BusyChild(
+            **{f.name: getattr(plain, f.name) for f in fields(SendingChild)},
+            later_s=max(planned.link_s - self.vms[command.vm].memory_bytes / LINK_BPS, 0.0),
+        )
+        child.send_s = self.vms[command.vm].memory_bytes / LINK_BPS + child.later_s
+        child.end_at = self.now + CHILD_SETUP_S + child.send_s + 1.0
+        self.children[self.children.index(plain)] = child
+        return child
+
+
+def test_a_busy_guests_later_passes_keep_the_link_from_the_next_move(tmp_path: Path) -> None:
+    loads = (
+        VmLoad("busy", SOURCE, "running", True, 512 * MIB, 1, 50.0 * MIB),
+        VmLoad("quiet", SOURCE, "running", True, 256 * MIB, 1, 0.0),
+    )
+    hosts = (TargetHost("hostB", budget("hostB", 8192)), TargetHost("hostC", budget("hostC", 8192)))
+    verdicts = tuple(PairVerdict(v.name, t.name, ()) for v in loads for t in hosts)
+    inp = FleetInput(
+        Purpose(EVACUATE, SOURCE, (SOURCE,)), loads, hosts, verdicts, bandwidth_bps=LINK_BPS
+    )
+    out = simulate(tmp_path, inp, ["completed"] * 2, None, world_type=BusyWorld)
+    busy, quiet = (c for c in sorted(out.world.children, key=lambda c: c.started))
+    assert isinstance(busy, BusyChild) and isinstance(quiet, BusyChild)
+    assert busy.command.vm == "busy" and busy.later_s > 1.0
+    first_pass_ends = busy.sending()[0] + busy.send_s - busy.later_s
+    # the quiet one's first byte waits for the busy one's later passes, not only its first
+    assert quiet.sending()[0] > first_pass_ends + busy.later_s - 2 * POLL_S
+    assert quiet.sending()[0] >= busy.sending()[1] - 2 * POLL_S

@@ -97,3 +97,20 @@ def test_a_file_others_can_read_or_a_link_is_refused(tmp_path: Path) -> None:
         read_trusted(link)
     with pytest.raises(UsageError):
         read_trusted(tmp_path / "missing.json")
+
+
+def test_a_cold_child_is_handed_the_checks_too_and_cold_reads_them() -> None:
+    from vmigrate.cli.cold import cold
+
+    command = MoveCommand("web", "hostA", "hostB", "cold", False, None, Path("jobs.db"))
+    argv = command.argv(Path("web.1.checks.json"))
+    assert argv[argv.index("--trust-checks") + 1] == "web.1.checks.json"
+    assert argv[argv.index("cold") + 1] == "web"
+    assert "trust_checks" in {p.name for p in cold.params}
+
+
+def test_multifd_connections_go_to_a_live_child_only() -> None:
+    live = MoveCommand("web", "hostA", "hostB", "live", False, None, Path("j"), parallel=4)
+    assert live.argv()[live.argv().index("--parallel") + 1] == "4"
+    cold = MoveCommand("web", "hostA", "hostB", "cold", False, None, Path("j"), parallel=4)
+    assert "--parallel" not in cold.argv()

@@ -33,6 +33,7 @@ from vmigrate.events import (
 )
 from vmigrate.model import CheckReport
 from vmigrate.store import StoreLocation
+from vmigrate.trusted_checks import read_trusted
 
 console = Console(highlight=False)
 MIB = 1 << 20
@@ -162,6 +163,14 @@ def render_final(report: ColdReport) -> None:
     help="Seconds to wait for an ACPI shutdown.",
 )
 @take_over_lease_option
+@click.option(
+    "--trust-checks",
+    "trust_checks",
+    type=click.Path(path_type=Path, dir_okay=False),
+    hidden=True,  # written by a fleet job for the moves it starts
+    help="A private file of a fleet job's checks of this move: only what can have changed "
+    "since (the VM's state, the destination's memory) is checked again.",
+)
 @store_option
 @json_option
 def cold(
@@ -181,6 +190,7 @@ def cold(
     no_rollback: bool,
     shutdown_timeout: float,
     take_over_lease: bool,
+    trust_checks: Path | None,
     hosts_file: Path | None,
     store_path: StoreLocation | None,
     as_json: bool,
@@ -225,8 +235,9 @@ def cold(
             render_plan(plan)
             console.print("dry run: nothing was changed")
         return
+    trusted = read_trusted(trust_checks) if trust_checks is not None else None
     report = run_with_progress(
-        lambda emit: migrate_cold(request, emit, take_over_lease=take_over_lease),
+        lambda emit: migrate_cold(request, emit, take_over_lease=take_over_lease, trusted=trusted),
         as_json,
         forced=force,
     )

@@ -58,6 +58,13 @@ def evacuation_plan_lines(plan: dict[str, Any], width: int) -> list[Text]:
         f"{plan['bandwidth_bps'] / MIB:,.0f} MiB/s ({plan['bandwidth_source']})",
         width,
     )
+    link = plan.get("link")
+    if link:  # how the moves use the link (fleet/plan.py's LinkPlan)
+        lines += paragraph(
+            f"link: {link['sending_at_once']} move(s) sending at once; {link['overlap']}; "
+            f"multifd {link['multifd']}; compression {link['compression']}",
+            width,
+        )
     grid = Grid(
         [
             Column("VM", line_break_after=True),

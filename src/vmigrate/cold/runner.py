@@ -77,6 +77,7 @@ from vmigrate.lease import LeaseError
 from vmigrate.model import Mode, Placement
 from vmigrate.preflight import Checked, check_move
 from vmigrate.store import JobStore, StoreLocation, store_location
+from vmigrate.trusted_checks import TrustedChecks
 from vmigrate.virt import domains
 from vmigrate.virt.connection import (
     Connection,
@@ -586,10 +587,15 @@ def _request_params(request: ColdRequest, plan: ColdPlan) -> dict[str, Any]:
 
 
 def migrate_cold(
-    request: ColdRequest, on_event: EventSink | None = None, *, take_over_lease: bool = False
+    request: ColdRequest,
+    on_event: EventSink | None = None,
+    *,
+    take_over_lease: bool = False,
+    trusted: TrustedChecks | None = None,
 ) -> ColdReport:
     """Move a VM cold. Before the first step the job takes the VM's lease (refused when
-    another job holds it; a stale one only with `take_over_lease`)."""
+    another job holds it; a stale one only with `take_over_lease`). With `trusted` (a fleet
+    job's checks of this move), only what can have changed since is checked again."""
     emit = JobEvents(on_event or ignore)  # stored once the job exists
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
@@ -602,6 +608,8 @@ def migrate_cold(
         request.destination,
         mode=Mode.COLD,
         hosts_file=request.hosts_file,
+        trusted=trusted,
+        emit=emit,
     )
     checks = checked.report
     emit(ChecksDone(checks.to_dict()))

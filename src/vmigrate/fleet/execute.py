@@ -10,13 +10,20 @@ What always holds (tests/unit/test_scheduler.py checks it over random failures):
 - Ctrl-C in a cold move rolls it back (the VM runs on its source again) or, past the point
   of no return, lets it finish; a live move aborts (unless in post-copy, which finishes);
 - the hosts of the moves in flight are probed every few seconds: a live move into a host
-  that stopped answering is stopped (the VM stays on its source) and tried elsewhere."""
+  that stopped answering is stopped (the VM stays on its source) and tried elsewhere.
+
+Which move starts when follows the link (predict.link_ready, the rule the plan's prediction
+runs): a move's child starts once the moves still sending over its links will have sent
+their last byte by the time its set-up is over, as their latest samples say (or leave room
+for its streams, on a link that carries several). The set-up time is learned from this
+job's own children as they start sending."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import signal
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +45,7 @@ from vmigrate.fleet.plan import (
     VmLoad,
     next_destination,
 )
-from vmigrate.fleet.predict import link_free
+from vmigrate.fleet.predict import LinkClaim, link_ready
 from vmigrate.guest_gap import measured_gap_ms
 from vmigrate.hosts import HostRef
 from vmigrate.journal import Journal
@@ -106,6 +113,7 @@ class _Track:
     stop_sent_at: float | None = None
     stop_reason: str | None = None
     stop_pending: bool = False  # Ctrl-C: to be stopped at the next clean point
+    sending: bool = False  # its child has started to send (its set-up is over)
 
 
 @dataclass
@@ -165,6 +173,8 @@ class MoveScheduler:
         # failed one is re-planned by the next round rather than sent somewhere else.
         self.retry_elsewhere = retry_elsewhere
         self.limits = plan.limits
+        self.bandwidth = plan.bandwidth_bps
+        self.setups_seen: list[float] = []  # seconds from a child's start to its first byte
         loads = {vm.name: vm for vm in inp.vms}
         self.tracks = [
             _Track(ctx.seq_base + i, loads[m.vm], m)
@@ -266,8 +276,8 @@ class MoveScheduler:
             self._cancel()
         if self.cancelled:
             self._stop_children()
+        self._poll()  # first: the link's next move is chosen from the latest samples
         self._dispatch()
-        self._poll()
         self._watch_hosts()
 
     def _dispatch(self) -> None:
@@ -286,12 +296,56 @@ class MoveScheduler:
             if (
                 self._busy(source) >= self.limits.max_per_host
                 or self._busy(destination) >= self.limits.max_per_host
-                or not link_free(
-                    source, track.move.solo, ((t.move.source, t.move.solo) for t in self.running)
-                )
+                or not self._link_ready(track)
             ):
                 continue
             self._start(track)
+
+    # -- the link -------------------------------------------------------------------------
+    def _lead_s(self, track: _Track) -> float:
+        """How long a child takes from its start to its first byte: as this job's children
+        took (the median), else as planned."""
+        if self.setups_seen:
+            return statistics.median(self.setups_seen)
+        return track.move.setup_s
+
+    def _stream_bps(self, track: _Track) -> float:
+        return min(track.move.stream_bps or self.bandwidth, self.bandwidth)
+
+    def _busy_for(self, track: _Track) -> float:
+        """Seconds from now this move will still send: what its latest event says is left
+        at the rate it gets (in its first pass, plus the later passes the plan predicted: a
+        busy guest's pages dirtied meanwhile go again), or, before its first byte, what is
+        left of its set-up plus its planned transfer. A rollback or a resume sends next to
+        nothing."""
+        child = track.child
+        if child is None or track.recovering is not None:
+            return 0.0
+        left = child.link_bytes_left
+        if left is None:
+            return max(self._lead_s(track) - child.elapsed(), 0.0) + track.move.link_s
+        rate = max(child.link_rate_bps or self._stream_bps(track), 1.0)
+        later = 0.0
+        if child.link_pass <= 1 and child.link_total > 0:
+            later = max(track.move.link_s - child.link_total / self._stream_bps(track), 0.0)
+        return left / rate + later
+
+    def _link_ready(self, track: _Track) -> bool:
+        move = track.move
+        running = [
+            LinkClaim(
+                t.move.source,
+                t.move.destination,
+                self._stream_bps(t),
+                self._busy_for(t),
+                t.move.solo,
+            )
+            for t in self.running
+        ]
+        candidate = LinkClaim(
+            move.source, move.destination, self._stream_bps(track), 0.0, move.solo
+        )
+        return link_ready(candidate, running, self._lead_s(track), self.bandwidth)
 
     def _command(self, track: _Track) -> MoveCommand:
         move = track.move
@@ -307,6 +361,7 @@ class MoveScheduler:
             copy_storage=move.copy_storage,
             hosts_file=self.ctx.hosts_file,
             store_path=self.ctx.store.path,
+            parallel=move.parallel,
         )
 
     def _start(self, track: _Track) -> None:
@@ -338,6 +393,7 @@ class MoveScheduler:
         track.started_ns = time.monotonic_ns()
         track.child = self.rt.start(command, self.ctx.logs, len(track.attempts) + 1)
         track.phase = RUNNING
+        track.sending = False
         self.running.append(track)
         self._record(track, "running", {"pid": track.child.pid, "action": command.action})
 
@@ -347,6 +403,10 @@ class MoveScheduler:
             assert child is not None
             had_job = child.job_id
             if child.read_events() or had_job != child.job_id:
+                if not track.sending and child.link_bytes_left is not None:
+                    track.sending = True
+                    if track.recovering is None:
+                        self.setups_seen.append(child.elapsed())
                 if had_job != child.job_id:
                     self._record(track, "running", {"child_job": child.job_id})
                 self.ctx.emit(

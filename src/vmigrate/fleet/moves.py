@@ -54,7 +54,8 @@ class MoveCommand:
     store_path: StoreLocation
     action: str = MOVE  # move | rollback | resume (of the cold job `job_id`)
     job_id: int | None = None
-    trusted: TrustedChecks | None = None  # the fleet's checks of this move, for a live one
+    trusted: TrustedChecks | None = None  # the fleet's checks of this move
+    parallel: int | None = None  # a live move's multifd connections, where the plan uses them
 
     def argv(self, trusted_file: Path | None = None) -> list[str]:
         if self.action in (ROLLBACK, RESUME):
@@ -63,6 +64,8 @@ class MoveCommand:
         args = [*VMIGRATE, self.mode, self.vm, "--from", self.source, "--to", self.destination]
         if self.mode == "live" and self.copy_storage:
             args.append("--copy-storage")
+        if self.mode == "live" and self.parallel:
+            args += ["--parallel", str(self.parallel)]
         if self.hosts_file is not None:
             args += ["--hosts", str(self.hosts_file)]
         if trusted_file is not None:
@@ -90,6 +93,10 @@ class CopyTally:
         total = sum(self.totals.values())
         return min(100.0, 100.0 * sum(self.done.values()) / total) if total > 0 else 0.0
 
+    def left(self) -> int:
+        """Bytes still to copy, of every file known so far."""
+        return max(sum(self.totals.values()) - sum(self.done.values()), 0)
+
 
 def last_error(stderr: str) -> str:
     """A child's error as one line: its message and, where it printed one, its fix."""
@@ -105,6 +112,12 @@ class MoveChild(Protocol):
     phase: str
     percent: float
     report: dict[str, Any] | None
+    #: Bytes it still has to send, as its latest event says (None: it has sent nothing
+    #: yet), and the rate it sends at (0: not reported).
+    link_bytes_left: int | None
+    link_rate_bps: float
+    link_pass: int  # the pass its latest sample is in (1: the first full copy)
+    link_total: int  # what its first pass sends (memory and disks), 0 before a sample
 
     @property
     def pid(self) -> int: ...
@@ -140,6 +153,10 @@ class ChildMove:
     phase: str = "checks"
     report: dict[str, Any] | None = None
     copies: CopyTally = field(default_factory=CopyTally)
+    link_bytes_left: int | None = None
+    link_rate_bps: float = 0.0
+    link_pass: int = 1
+    link_total: int = 0
     _offset: int = 0
     _signals: int = 0
     _closed: bool = False
@@ -177,6 +194,11 @@ class ChildMove:
             self.phase = "moving"
         elif isinstance(event, Sample):
             self.percent, self.phase = event.percent, event.phase
+            if event.memory_processed > 0 or event.disk_processed > 0:
+                self.link_bytes_left = event.memory_remaining + event.disk_remaining
+                self.link_rate_bps = max(event.bandwidth_bps, event.disk_bandwidth_bps)
+                self.link_pass = event.iteration
+                self.link_total = event.memory_total + event.disk_total
         elif isinstance(event, PlanMade):
             self.copies.planned(event.plan)
         elif isinstance(event, CopyProgress):
@@ -184,8 +206,10 @@ class ChildMove:
             # A live move's disk copies come before its memory: its samples say how far.
             if self.command.mode == "cold":
                 self.percent = self.copies.add(event)
+                self.link_bytes_left = self.copies.left()
         elif isinstance(event, Done):
             self.report = event.report
+            self.link_bytes_left = 0
 
     def finished(self) -> bool:
         return self.process.poll() is not None
@@ -225,7 +249,7 @@ def start_move(command: MoveCommand, logs: MoveLogs, attempt: int) -> ChildMove:
     label = command.action if command.action != MOVE else str(attempt)
     files = logs.child_files(f"{command.vm}.{label}")
     trusted_file = None
-    if command.trusted is not None and command.action == MOVE and command.mode == "live":
+    if command.trusted is not None and command.action == MOVE:
         trusted_file = logs.private_file(f"{files.stem}.checks.json", command.trusted.to_json())
     try:
         process = subprocess.Popen(

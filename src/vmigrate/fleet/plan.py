@@ -24,17 +24,34 @@ from functools import partial
 from typing import Any
 
 from vmigrate.capacity import MIB, HostBudget, memory_need_bytes
-from vmigrate.fleet.predict import LiveModel, MoveCost, cold_cost, live_cost, simulate
+from vmigrate.fleet.predict import (
+    COLD_FINISH_S,
+    LINK_SLACK,
+    LIVE_FINISH_S,
+    SETUP_S,
+    FleetMove,
+    LiveModel,
+    MoveCost,
+    cold_cost,
+    live_cost,
+    simulate_fleet,
+)
 from vmigrate.model import CheckReport
 
 LIVE, COLD, AUTO = "live", "cold", "auto"
 MODES = (LIVE, COLD, AUTO)
 RUNNING_STATES = ("running", "paused", "blocked")
-#: Defaults of the concurrency limits. The systems operators use run 1-2 moves per host
-#: (oVirt 2, KubeVirt 2 outbound, OpenStack 1); moves out of one host share its link, so a
-#: third parallel move lengthens every move without finishing sooner.
-DEFAULT_MAX_PARALLEL = 2
-DEFAULT_MAX_PER_HOST = 2
+#: Defaults of the concurrency limits: how many moves' children may run at once, in all and
+#: into or out of one host. How many of them *send* at once follows the link (predict.py,
+#: `link_ready`): on a link one stream fills, one sends while the next one sets up and the
+#: one before finishes, hence 3. (The systems operators use run 1-2 transfers per host:
+#: oVirt 2, KubeVirt 2 outbound, OpenStack 1; a move's set-up and finish use no link.)
+DEFAULT_MAX_PARALLEL = 3
+DEFAULT_MAX_PER_HOST = 3
+#: The most parallel connections (multifd) a planned move is given.
+MAX_MULTIFD = 8
+#: multifd is planned only where it shortens the move by more than this share.
+MULTIFD_GAIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,14 @@ class FleetInput:
     #: move's child trusts them and checks again only what can have changed.
     checks: tuple[CheckReport, ...] = ()
     checked_at: float = 0.0
+    #: What one migration stream carries, where something measured it below the link's
+    #: bandwidth (None: one stream fills the link, as the probe, itself one stream, found).
+    stream_bps: float | None = None
+    stream_source: str = ""
+
+    @property
+    def one_stream_bps(self) -> float:
+        return min(self.stream_bps or self.bandwidth_bps, self.bandwidth_bps)
 
     def checks_of(self, vm: str, destination: str) -> CheckReport | None:
         return next((c for c in self.checks if (c.vm, c.destination) == (vm, destination)), None)
@@ -184,6 +209,12 @@ class PlannedMove:
     alternatives: tuple[str, ...] = ()
     predicted_start_s: float = 0.0
     solo: bool = False  # runs with no other move out of its source (see _needs_the_link)
+    # How it uses the link (predict.py): its set-up before the first byte, the seconds it
+    # sends at the rate it gets alone, that rate (0: the link's), its multifd connections.
+    setup_s: float = 0.0
+    link_s: float = 0.0
+    stream_bps: float = 0.0
+    parallel: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,6 +242,20 @@ class HostLoad:
 
 
 @dataclass(frozen=True)
+class LinkPlan:
+    """How the plan uses the link, in words the plan's text and --json show."""
+
+    sending_at_once: int  # moves that send at once on one host's link
+    stream_bps: float  # what one stream carries
+    overlap: str  # how a move's set-up overlaps the moves before it
+    multifd: str  # where parallel connections are used, or why not
+    compression: str  # why compression is not used
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class FleetPlan:
     """The moves of a fleet job (an evacuation, a return, a balance round), in order, with
     what could not be placed and the predicted total."""
@@ -224,9 +269,11 @@ class FleetPlan:
     bandwidth_bps: float
     bandwidth_source: str
     hosts: tuple[HostLoad, ...] = field(default=())
+    link: LinkPlan | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "link": None if self.link is None else self.link.to_dict(),
             "source": self.purpose.emptied_host,
             "purpose": self.purpose.to_dict(),
             "mode": self.mode,
@@ -378,6 +425,75 @@ def _cost(vm: VmLoad, mode: str, inp: FleetInput, bandwidth: float) -> MoveCost:
     )
 
 
+def sending_at_once(inp: FleetInput) -> int:
+    """How many moves' streams one host's link carries at once (within the limits)."""
+    fit = math.floor(inp.bandwidth_bps * (1 + LINK_SLACK) / inp.one_stream_bps)
+    return max(1, min(fit, inp.limits.max_parallel, inp.limits.max_per_host))
+
+
+def _multifd(vm: VmLoad, inp: FleetInput) -> tuple[int | None, str]:
+    """Parallel connections for a live move where one stream carries less than the link
+    and more of them shorten the move; (None, why not) otherwise."""
+    one, link = inp.one_stream_bps, inp.bandwidth_bps
+    if one * (1 + LINK_SLACK) >= link:
+        return None, ""
+    connections = min(MAX_MULTIFD, math.ceil(link / one))
+    single = _cost(vm, LIVE, inp, one)
+    several = _cost(vm, LIVE, inp, min(link, one * connections))
+    if several.how == "postcopy":
+        return None, "no multifd: it needs post-copy, which QEMU cannot combine with multifd"
+    if several.seconds > single.seconds * (1 - MULTIFD_GAIN):
+        return None, ""
+    return connections, (
+        f"multifd: {connections} connections ({single.seconds:.1f} s -> "
+        f"{several.seconds:.1f} s; one stream carries {one / MIB:,.0f} of the link's "
+        f"{link / MIB:,.0f} MiB/s)"
+    )
+
+
+#: Why a plan never compresses: QEMU 10.0 has no `compress` capability any more
+#: (tests/unit/data/versions/README.md), and where QEMU still has it, it spends the hosts'
+#: CPU on every page for a ratio nothing here measured.
+NO_COMPRESSION = (
+    "not used: QEMU 10.0 removed the 'compress' capability, and on older QEMUs nothing "
+    "measured shows it shortens a move over this link"
+)
+
+
+def _link_plan(inp: FleetInput, multifd_moves: int) -> LinkPlan:
+    one = inp.one_stream_bps
+    if multifd_moves:
+        multifd = f"used by {multifd_moves} move(s): one stream carries {one / MIB:,.0f} MiB/s"
+    elif inp.stream_bps is None:
+        multifd = "not used: one stream carries the link's measured rate (the probe is one stream)"
+    else:
+        multifd = f"not used: it shortens no move ({inp.stream_source or 'measured'})"
+    return LinkPlan(
+        sending_at_once(inp),
+        one,
+        f"each move's set-up (about {SETUP_S:.0f} s: its child, connecting, checking again, "
+        "its lease) runs while the moves before it send, timed so that its first byte comes "
+        "as their last one goes",
+        multifd,
+        NO_COMPRESSION,
+    )
+
+
+def _needs_the_link(vm: VmLoad, inp: FleetInput, stream_bps: float) -> bool:
+    """A busy guest that converges in pre-copy with its source's link to itself but would
+    need post-copy (or not finish) sharing it: it runs alone. Post-copy at a shared link
+    stalls the guest on every page it still lacks (measured: a 894 ms gap, E1)."""
+    sharing = sending_at_once(inp)
+    if sharing < 2:
+        return False
+    alone = _cost(vm, LIVE, inp, stream_bps)
+    shared = _cost(vm, LIVE, inp, min(stream_bps, inp.bandwidth_bps / sharing))
+    quiet = ("precopy", "raise-downtime")
+    return (
+        alone.converges and alone.how in quiet and (not shared.converges or shared.how not in quiet)
+    )
+
+
 class _Candidates:
     """The targets that answer and are not in maintenance, best first (a heap with lazy
     updates: placing one VM changes one host's weight), so that placing thousands of VMs
@@ -413,19 +529,22 @@ class _Candidates:
 ALTERNATIVES = 3
 
 
-def _needs_the_link(vm: VmLoad, inp: FleetInput) -> bool:
-    """A busy guest that converges in pre-copy with its source's link to itself but would
-    need post-copy (or not finish) sharing it: it runs alone. Post-copy at a shared link
-    stalls the guest on every page it still lacks (measured: a 894 ms gap, E1)."""
-    sharing = min(inp.limits.max_parallel, inp.limits.max_per_host)
-    if sharing < 2:
-        return False
-    alone = _cost(vm, LIVE, inp, inp.bandwidth_bps)
-    shared = _cost(vm, LIVE, inp, inp.bandwidth_bps / sharing)
-    quiet = ("precopy", "raise-downtime")
-    return (
-        alone.converges and alone.how in quiet and (not shared.converges or shared.how not in quiet)
+def _flight(
+    vm: VmLoad, destination: str, mode: str, inp: FleetInput
+) -> tuple[FleetMove, int | None, str]:
+    """The move as the link sees it, with its multifd connections and why."""
+    connections, why = _multifd(vm, inp) if mode == LIVE else (None, "")
+    stream = min(inp.bandwidth_bps, inp.one_stream_bps * (connections or 1))
+    flight = FleetMove(
+        partial(_cost, vm, mode, inp),
+        vm.host,
+        destination,
+        SETUP_S,
+        LIVE_FINISH_S if mode == LIVE else COLD_FINISH_S,
+        stream,
+        solo=mode == LIVE and _needs_the_link(vm, inp, stream),
     )
+    return flight, connections, why
 
 
 def plan_moves(inp: FleetInput) -> FleetPlan:
@@ -451,14 +570,19 @@ def plan_moves(inp: FleetInput) -> FleetPlan:
         ledger.take(best.name, memory_need_bytes(vm.memory_bytes), vm.vcpus)
         candidates.changed(best.name)
         placed.append((vm, best.name, mode, reason, tuple(t.name for t in admitted[1:])))
-    solo = [mode == LIVE and _needs_the_link(vm, inp) for vm, _dst, mode, _r, _a in placed]
-    schedule = simulate(
-        [partial(_cost, vm, mode, inp) for vm, _dst, mode, _r, _a in placed],
-        [(vm.host, dst) for vm, dst, _m, _r, _a in placed],
+    flights = [_flight(vm, dst, mode, inp) for vm, dst, mode, _r, _a in placed]
+    # The longest transfers first: on links that carry several at once the short ones fill
+    # the gaps at the end (on a link one stream fills, the order changes little).
+    by_link = sorted(
+        range(len(placed)), key=lambda i: -flights[i][0].transfer_s(flights[i][0].stream_bps)
+    )
+    placed = [placed[i] for i in by_link]
+    flights = [flights[i] for i in by_link]
+    schedule = simulate_fleet(
+        [f for f, _n, _w in flights],
         inp.bandwidth_bps,
         inp.limits.max_parallel,
         inp.limits.max_per_host,
-        solo,
     )
     moves = tuple(
         PlannedMove(
@@ -475,19 +599,28 @@ def plan_moves(inp: FleetInput) -> FleetPlan:
             else round(run.cost.downtime_ms, 1),
             predicted_bytes=run.cost.bytes_sent,
             converges=run.cost.converges,
-            reason=reason
-            + (
-                f"; runs alone on {vm.host}'s link: sharing it, it would need post-copy"
-                if alone
-                else ""
-            )
-            + ("" if run.cost.converges else "; predicted NOT to converge at its link share"),
+            reason="; ".join(
+                part
+                for part in (
+                    reason,
+                    f"runs alone on {vm.host}'s link: sharing it, it would need post-copy"
+                    if flight.solo
+                    else "",
+                    why_multifd,
+                    "" if run.cost.converges else "predicted NOT to converge at its link share",
+                )
+                if part
+            ),
             alternatives=alternatives,
             predicted_start_s=round(run.start_s, 1),
-            solo=alone,
+            solo=flight.solo,
+            setup_s=flight.setup_s,
+            link_s=round(flight.transfer_s(flight.stream_bps), 2),
+            stream_bps=flight.stream_bps,
+            parallel=connections,
         )
-        for (vm, dst, mode, reason, alternatives), run, alone in zip(
-            placed, schedule, solo, strict=True
+        for (vm, dst, mode, reason, alternatives), run, (flight, connections, why_multifd) in zip(
+            placed, schedule, flights, strict=True
         )
     )
     total = max((run.end_s for run in schedule), default=0.0)
@@ -512,4 +645,5 @@ def plan_moves(inp: FleetInput) -> FleetPlan:
         inp.bandwidth_bps,
         inp.bandwidth_source,
         hosts,
+        _link_plan(inp, sum(1 for m in moves if m.parallel)),
     )
