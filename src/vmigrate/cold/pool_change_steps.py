@@ -88,6 +88,7 @@ class PoolChangeSteps:
         self.parallel = PARALLEL_COPIES
         self.changes: tuple[PoolChange, ...] = ()
         self._helpers: dict[str, Helper] = {}  # this move's one helper per side
+        self._lingering: list[Helper] = []  # destroyed in a thread nobody waits for yet
 
     def _writer(self, change: PoolChange) -> Connection:
         return self.src if change.writer == "source" else self.dst
@@ -185,8 +186,17 @@ class PoolChangeSteps:
         try:
             self._all_at_once(changes, write_step, "cold.pool-change", self._write_all)
             self._all_at_once(changes, verify_step, "cold.verify-pool-change", self._verify_all)
-        finally:
+        except BaseException:
             self._end_helpers()
+            raise
+        # The source's helper held the new images: gone before the VM opens them. The
+        # destination's holds only its raw reads once every disk was imported: its teardown
+        # goes on while the VM is defined and started (joined by a rollback, or at exit).
+        lingering = self._helpers.get("destination")
+        if lingering is not None and all(c.kind == "import" for c in changes):
+            lingering.release()
+            self._lingering.append(self._helpers.pop("destination"))
+        self._end_helpers()
 
     def _all_at_once(
         self,
@@ -229,9 +239,10 @@ class PoolChangeSteps:
         return helper
 
     def _end_helpers(self) -> None:
-        for helper in self._helpers.values():
+        for helper in (*self._helpers.values(), *self._lingering):
             helper.join()
         self._helpers.clear()
+        self._lingering.clear()
 
     def _write_all(self, pending: list[PoolChange]) -> dict[str, Detail]:
         """QEMU writes every new disk, side by side. The source digest is taken from the
