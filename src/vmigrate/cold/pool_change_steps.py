@@ -364,10 +364,13 @@ class PoolChangeSteps:
         for change in imports:
             self._delete_scratch(change, "destination")
         self._refuse_mismatches(pending, expected, found)
+        refreshed = {
+            pool: self._list_new_volumes(pool) for pool in {c.destination_pool for c in imports}
+        }
         return {
             c.target: {
                 "sha256": found[c.target],
-                "destination_pool_refreshed": self._list_new_volume(c),
+                "destination_pool_refreshed": refreshed.get(c.destination_pool, True),
             }
             for c in pending
         }
@@ -446,15 +449,14 @@ class PoolChangeSteps:
             with contextlib.suppress(Exception):  # a leftover harms nobody; rollback retries
                 delete_pool_volume(conn, pool, self._scratch(change, side))
 
-    def _list_new_volume(self, change: PoolChange) -> bool | str:
-        """Have the destination's pool list the new volume. Only now: a pool whose refresh
-        fails (a wrong key) is stopped by libvirt, and the digest just proved the key."""
-        if change.kind != "import":
-            return True  # made through that very pool, which lists it already
+    def _list_new_volumes(self, pool: str) -> bool | str:
+        """Have the destination's rbd pool list the new images (once for all of them). Only
+        now: a pool whose refresh fails (a wrong key) is stopped by libvirt, and the digests
+        just proved the key. An export's file was made through its very pool: listed."""
         try:
-            domains.refresh_pool(self.dst, change.destination_pool)
+            domains.refresh_pool(self.dst, pool)
         except Exception as err:  # the image is there and verified; the listing is cosmetic
-            self.emit(Notice(f"pool {change.destination_pool!r}: {err}", level="warning"))
+            self.emit(Notice(f"pool {pool!r}: {err}", level="warning"))
             return str(err)
         return True
 
