@@ -489,6 +489,45 @@ def test_cold_pool_map_killed_mid_copy_into_ceph_then_rolled_back_or_resumed(
     assert not _helper_domains()
 
 
+def test_cold_pool_map_catches_a_corrupted_image_and_copies_it_again(
+    storage: list[HostStatus], vm_name: str, tmp_path: Path
+) -> None:
+    """The source is digested during the copy, the destination read once after it: an image
+    damaged in Ceph between the copy and the check (vmigrate killed there) is caught by the
+    destination's read, and the next resume copies it again."""
+    path = _random_disk_vm(vm_name, 16)
+    original = file_sha256(on_host("hostA", path))
+    image, store = f"{vm_name}-vda", tmp_path / "jobs.sqlite"
+    killed = run_cli(
+        "cold", vm_name, "--from", "hostA", "--to", "hostB", "--pool-map", "local:rbd",
+        "--no-rollback", "--store", str(store), "--json",
+        env={"VMIGRATE_FAILPOINTS": "cold.verify-pool-change.started"},
+    )  # fmt: skip
+    assert killed.returncode != 0, killed.stdout + killed.stderr
+    [job] = JobStore(store).jobs()
+    states = {s.name: s.state for s in JobStore(store).steps(job.id)}
+    assert states["pool change vda"] == "done", states
+    assert states["verify pool change vda"] == "started", states
+    wait_for(lambda: not _helper_domains(), timeout=30, what="libvirt to end the helpers")
+    _rbd("bench", "--io-type", "write", "--io-size", "4K", "--io-threads", "1",
+         "--io-total", "4K", "--io-pattern", "seq", f"{ceph.RBD_POOL}/{image}")  # fmt: skip
+    assert _rbd_sha256(image) != original
+
+    resume = ("jobs", "--store", str(store), "resume", str(job.id), "--json")
+    caught = run_cli(*resume, timeout=300)
+    done = _done(caught)
+    assert caught.returncode == 1 and done["outcome"] == "failed", done
+    assert "vda: digest mismatch" in done["message"], done["message"]
+    assert {s.name: s.state for s in JobStore(store).steps(job.id)}["pool change vda"] == "failed"
+    again = run_cli(*resume, timeout=300)
+    done = _done(again)
+    assert again.returncode == 0 and done["outcome"] == "completed", done
+    assert _rbd_sha256(image) == original  # copied again, checked again
+    assert locate_vm(vm_name) == {"hostB": "shut off"}
+    assert file_sha256(on_host("hostA", path)) == original  # the source disk, untouched
+    assert not _helper_domains()
+
+
 def test_lab_down_leaves_no_storage_behind(storage: list[HostStatus]) -> None:
     """Last in this module: stop everything, check, and start the plain lab again."""
     records = load_records()

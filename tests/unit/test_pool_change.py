@@ -19,7 +19,14 @@ from vmigrate.cold.pool_change import (
     pool_change_needs,
     refuse_clashes,
 )
-from vmigrate.domxml.disks import file_disk_xml, helper_domain_xml, rbd_disk_xml
+from vmigrate.domxml.disks import (
+    file_disk_xml,
+    helper_domain_xml,
+    helper_domain_xml_for,
+    helper_targets,
+    rbd_disk_xml,
+    uncached_disk_xml,
+)
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.domxml.rewrite import Rewrite, rewrite_for_destination
 from vmigrate.errors import UsageError
@@ -116,6 +123,24 @@ def test_helper_domain_holds_only_the_disk_and_never_boots() -> None:
         ET.fromstring(helper_domain_xml("h", file_disk_xml("/a", "raw"), "kvm")).get("type")
         == "kvm"
     )
+
+
+def test_one_helper_holds_every_disk_of_the_move_in_order() -> None:
+    """One helper per host for all the disks: each its own device, the images as given."""
+    disks = (
+        file_disk_xml("/images/a.qcow2", "qcow2"),
+        uncached_disk_xml(rbd_disk_xml(RBD_XML, "b")),
+    )
+    xml = helper_domain_xml_for("h", tuple(zip(helper_targets(2), disks, strict=True)))
+    summary = parse_domain(xml)
+    assert [d.target for d in summary.disks] == ["vda", "vdb"]
+    assert summary.disks[0].path == "/images/a.qcow2"
+    assert summary.disks[1].network is not None and summary.disks[1].network.name == "vmigrate/b"
+    drivers = ET.fromstring(xml).findall("devices/disk/driver")
+    assert [d.get("discard") for d in drivers] == ["unmap", "unmap"]
+    # An image opened before another host writes it caches nothing it could read stale.
+    assert [d.get("cache") for d in drivers] == [None, "none"]
+    assert helper_targets(28)[-3:] == ("vdz", "vdaa", "vdab")
 
 
 def test_import_of_a_qcow2_chain_is_written_by_the_source_and_read_back_by_each_side() -> None:

@@ -276,16 +276,40 @@ def plan_export(
 
 def pool_change_needs(changes: tuple[PoolChange, ...]) -> dict[str, int]:
     """Bytes each destination pool takes: the new disks (rbd and directory pools alike), and
-    the raw read of a new disk for its digest (made and removed one disk at a time)."""
+    the raw reads of the new disks for their digests (all disks are read at once)."""
     need: dict[str, int] = {}
     for change in changes:
         need[change.destination_pool] = need.get(change.destination_pool, 0) + change.allocation
-    reads = [c for c in changes if c.destination_scratch_pool is not None]
-    for pool in {c.destination_scratch_pool for c in reads}:
-        assert pool is not None
-        largest = max(c.allocation for c in reads if c.destination_scratch_pool == pool)
-        need[pool] = need.get(pool, 0) + largest
+    return _add_scratch(need, changes, "destination")
+
+
+def source_scratch_needs(changes: tuple[PoolChange, ...]) -> dict[str, int]:
+    """Bytes each source pool takes at once for the raw reads the source digests."""
+    return _add_scratch({}, changes, "source")
+
+
+def _add_scratch(
+    need: dict[str, int], changes: tuple[PoolChange, ...], side: str
+) -> dict[str, int]:
+    for change in changes:
+        pool = change.source_scratch_pool if side == "source" else change.destination_scratch_pool
+        if pool is not None:
+            need[pool] = need.get(pool, 0) + change.allocation
     return need
+
+
+def refuse_short_source_scratch(changes: tuple[PoolChange, ...], source: HostFacts) -> None:
+    """The source reads every disk it digests into its pools at once: room for all."""
+    for name, need in source_scratch_needs(changes).items():
+        pool = _pool(source.pools, name)
+        if pool is not None and pool.available < need:
+            raise UsageError(
+                f"{source.ref.name}'s pool {name!r} has {pool.available >> 20} MiB free, and "
+                f"the raw reads of the disks for their digests take {need >> 20} MiB",
+                host=source.ref.name,
+                fix=f"free space in pool {name!r} on {source.ref.name}, or move fewer disks "
+                "into another pool at once",
+            )
 
 
 def refuse_clashes(

@@ -12,6 +12,7 @@ from vmigrate.cold.pool_change import (
     plan_export,
     plan_import,
     refuse_clashes,
+    refuse_short_source_scratch,
 )
 from vmigrate.domxml.domain import DiskInfo
 from vmigrate.errors import UsageError
@@ -55,6 +56,7 @@ def plan_pool_changes(
         if change is not None:
             changes.append(change)
     refuse_clashes(tuple(changes))
+    refuse_short_source_scratch(tuple(changes), facts[0])
     return tuple(changes)
 
 

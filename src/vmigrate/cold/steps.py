@@ -55,7 +55,6 @@ from vmigrate.cold.pool_change_steps import (
     PoolChangeSteps,
     reserve_step,
     verify_step,
-    write_step,
 )
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.domxml.secrets import graft_secrets
@@ -567,13 +566,7 @@ class ColdMove:
         for copy in self.plan.copies:
             if copy.flatten:
                 j.run(f"remove flattened {copy.source_path}", partial(self.remove_flat, copy))
-        for change in self.plan.pool_changes:
-            j.run(write_step(change), partial(self.pool_changes.write, change), "cold.pool-change")
-            j.run(
-                verify_step(change),
-                partial(self.pool_changes.verify, change),
-                "cold.verify-pool-change",
-            )
+        self.pool_changes.forward(self.plan.pool_changes)  # every disk at once, journalled each
         state = self.plan.state_file
         if state is not None and not state.shared and self.saved():
             carrier = state.as_copy()  # like a disk: sparse, resumable, digest-verified

@@ -38,11 +38,29 @@ def rbd_disk_xml(pool_xml: str, image: str) -> str:
     return ET.tostring(disk, encoding="unicode")
 
 
-def helper_domain_xml(name: str, disk_xml: str, domain_type: str = "qemu") -> str:
-    """A transient domain with only `disk_xml` as vda, started paused: nothing boots, the
-    guest never runs, QEMU just holds the disk open for a block copy.
+def uncached_disk_xml(disk_xml: str) -> str:
+    """The disk with no client-side cache (cache='none'): a helper that opens an image before
+    another host writes it reads what is in the storage, never what it cached before."""
+    disk = ET.fromstring(disk_xml)
+    driver = disk.find("driver")
+    if driver is None:
+        driver = ET.SubElement(disk, "driver", name="qemu")
+    driver.set("cache", "none")
+    return ET.tostring(disk, encoding="unicode")
 
-    The disk gets discard='unmap': libvirt gives the copy's target the source disk's discard
+
+def helper_domain_xml(name: str, disk_xml: str, domain_type: str = "qemu") -> str:
+    """A helper holding one disk, as vda (helper_domain_xml_for)."""
+    return helper_domain_xml_for(name, (("vda", disk_xml),), domain_type)
+
+
+def helper_domain_xml_for(
+    name: str, disks: tuple[tuple[str, str], ...], domain_type: str = "qemu"
+) -> str:
+    """A transient domain with only `disks` ((target dev, disk XML), ...), started paused:
+    nothing boots, the guest never runs, QEMU just holds the disks open for block copies.
+
+    Each disk gets discard='unmap': libvirt gives the copy's target the source disk's discard
     mode, and without it QEMU allocates every zero it writes into a raw file (measured: a
     1 GiB image holding 16 MiB became a 1 GiB file; with it, 16 MiB)."""
     domain = ET.Element("domain", type=domain_type)
@@ -50,16 +68,31 @@ def helper_domain_xml(name: str, disk_xml: str, domain_type: str = "qemu") -> st
     ET.SubElement(domain, "memory", unit="MiB").text = "32"
     ET.SubElement(ET.SubElement(domain, "os"), "type").text = "hvm"
     devices = ET.SubElement(domain, "devices")
-    disk = ET.fromstring(disk_xml)
-    disk.set("device", "disk")
-    driver = disk.find("driver")
-    if driver is None:
-        driver = ET.SubElement(disk, "driver", name="qemu")
-    driver.set("discard", "unmap")
-    ET.SubElement(disk, "target", dev="vda", bus="virtio")
-    devices.append(disk)
+    for dev, disk_xml in disks:
+        disk = ET.fromstring(disk_xml)
+        disk.set("device", "disk")
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.SubElement(disk, "driver", name="qemu")
+        driver.set("discard", "unmap")
+        ET.SubElement(disk, "target", dev=dev, bus="virtio")
+        devices.append(disk)
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
+
+
+def helper_targets(count: int) -> tuple[str, ...]:
+    """The helper's device names for `count` disks: vda .. vdz, then vdaa, vdab, ..."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    names = []
+    for index in range(count):
+        suffix = ""
+        index += 1
+        while index:
+            index, rest = divmod(index - 1, 26)
+            suffix = letters[rest] + suffix
+        names.append(f"vd{suffix}")
+    return tuple(names)
 
 
 def replace_disk_source(disk: ET.Element, new_disk_xml: str) -> None:

@@ -26,6 +26,13 @@ def create_raw_volume(
     return handle.createXML(ET.tostring(volume, encoding="unicode"), 0)
 
 
+def create_scratch_file(conn: libvirt.virConnect, pool: str, name: str, capacity: int) -> str:
+    """A new sparse raw file in a directory pool (one left by an interrupted run goes first);
+    its path."""
+    delete_pool_volume(conn, pool, name)
+    return str(create_raw_volume(conn, pool, name, capacity).path())
+
+
 def grow_pool_volume(conn: libvirt.virConnect, pool: str, name: str, capacity: int) -> None:
     """Grow volume `name` of `pool` to `capacity` bytes (nothing if it is that big)."""
     volume = conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
