@@ -196,3 +196,20 @@ def test_the_stream_gets_the_link_a_limit_and_tls_leave() -> None:
     assert stream_bandwidth(119 * MIB, StreamChoice(), tls=False) == 119 * MIB
     assert stream_bandwidth(119 * MIB, StreamChoice(bandwidth_mib=50), tls=False) == 50 * MIB
     assert stream_bandwidth(119 * MIB, StreamChoice(), tls=True) == 119 * MIB * TLS_THROUGHPUT
+
+
+def test_the_route_reads_the_store_s_labels_as_well_as_kinds() -> None:
+    # The store records "set-downtime 650"; a run that only raised the limit is that route.
+    assert route_of(["set-downtime 650", "set-downtime 1000"]) == "raise-downtime"
+    assert route_of(["set-downtime 650", "note", "set-downtime 1000"]) == "auto-converge"
+    assert route_of(["postcopy"]) == "postcopy" and route_of([]) == "precopy"
+
+
+def test_safe_says_once_that_qemu_throttles_whether_or_not_a_sample_shows_it_yet() -> None:
+    """L4 in the lab: live took "auto-converge" or "raise-downtime" depending on whether the
+    sample after the sync already showed QEMU's throttle. The note is said once either way,
+    so the route does not depend on that race."""
+    config = PRESETS["safe"]
+    prediction = rehearse(Workload(512 * MIB, 200 * MIB, 384 * MIB), 119 * MIB, config)
+    kinds = [a.kind for a in prediction.actions]
+    assert prediction.route == "auto-converge" and kinds.count("note") == 1

@@ -137,6 +137,8 @@ class PolicyState:
     aborting: bool = False
     decided_iteration: int = 0
     full_throttle_passes: int = 0
+    # The policy has said it leaves the guest to auto-converge's throttle (said once).
+    throttle_noted: bool = False
 
     def after(
         self, actions: Sequence[Action], iteration: int, throttle_pct: int | None
@@ -150,6 +152,8 @@ class PolicyState:
                 state = replace(state, downtime_ms=action.value)
             elif action.kind == "postcopy":
                 state = replace(state, postcopy=True)
+            elif action.kind == "note":
+                state = replace(state, throttle_noted=True)
             elif action.kind == "abort":
                 state = replace(state, aborting=True)
         return state
@@ -297,7 +301,9 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
                     now.elapsed_s,
                 )
             ]
-            if now.throttle_pct in (None, 0)
+            # Once, whether or not QEMU has throttled yet: the sample that shows it may come
+            # a pass late, and the route must not depend on that race (L4 took either).
+            if not state.throttle_noted
             else []
         )
         if state.downtime_ms < config.max_downtime_ms:

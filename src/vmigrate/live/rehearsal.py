@@ -173,8 +173,9 @@ class LivePrediction:
 
 
 def route_of(action_kinds: Iterable[str]) -> str:
-    """The route a run took (or will take), from its policy's actions in order."""
-    kinds = list(action_kinds)
+    """The route a run took (or will take), from its policy's actions in order (kinds, or
+    the store's labels such as "set-downtime 650")."""
+    kinds = [kind.split()[0] for kind in action_kinds if kind.strip()]
     for kind, route in (("abort", "abort"), ("postcopy", "postcopy"), ("note", "auto-converge")):
         if kind in kinds:
             return route
