@@ -102,8 +102,7 @@ def test_a_pair_s_moves_teach_the_stream_rate_and_fixed_costs(tmp_path: Path) ->
         costs = learned_costs(finished_moves(store, A, B))
         assert costs.learned_from == 1
         assert abs(costs.setup_s - (1.0 - 60 / 119)) < 1e-6
-        # Its 3 ms pause is the model's own figure, not part of the fixed finish.
-        assert abs(costs.finish_s - (6.5 - 4.0 - 100 / 119 - 0.003)) < 1e-6
+        assert abs(costs.finish_s - (6.5 - 4.0 - 100 / 119)) < 1e-6
         assert learned_costs(finished_moves(store, B, A)).learned_from == 0
 
 

@@ -41,16 +41,14 @@ def _costs_of(move: FinishedMove) -> tuple[float, float] | None:
     ]
     if total is None or not moving or move.report.get("storage"):
         return None
-    first, last = moving[0], moving[-1]
+    # A sample that shows nothing left was taken in or after the stop-and-copy: it does not
+    # say when sending ended (L4's, after 1 s pauses, made its finish read 2.4 s, not 1.9).
+    sending = [s for s in moving if s.get("memory_remaining", 0) > 0] or moving
+    first, last = moving[0], sending[-1]
     setup = first["elapsed_s"] - first["memory_processed"] / first["bandwidth_bps"]
     finish = float(total) - (
         last["elapsed_s"] + last.get("memory_remaining", 0) / last["bandwidth_bps"]
     )
-    if not move.report.get("postcopy"):
-        # The last sample of a pre-copy move often falls in its stop-and-copy, which QEMU
-        # reports as nothing left: that pause is the model's own figure, not a fixed cost
-        # (L4's 1000 ms pauses made its finish read 2.4 s against L1's 1.4 s).
-        finish -= float(move.report.get("downtime_ms") or 0.0) / 1000.0
     if not (0 <= setup <= IMPLAUSIBLE_S and 0 <= finish <= IMPLAUSIBLE_S):
         return None
     return setup, finish

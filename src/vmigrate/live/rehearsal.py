@@ -92,6 +92,14 @@ class Workload:
         touched = self.memory_bytes if self.touched_bytes is None else self.touched_bytes
         return min(self.memory_bytes, max(touched, self.working_set_bytes or 0))
 
+    def pending(self, unsent: float, seconds: float, throttle_pct: int = 0) -> float:
+        """What QEMU's bitmap holds after a sync: the pass's unsent pages and those dirtied
+        since, one set. Both lie in the working set, so together they fill it at most (L4:
+        every pass from the second on was the 384 MiB working set, whatever the limit kept
+        back)."""
+        ws = float(self.memory_bytes if self.working_set_bytes is None else self.working_set_bytes)
+        return min(unsent + self.dirtied(seconds, throttle_pct), max(ws, unsent))
+
     def dirtied(self, seconds: float, throttle_pct: int = 0) -> float:
         ws = self.working_set_bytes
         limit = float(self.memory_bytes if ws is None else ws)
@@ -256,7 +264,7 @@ def rehearse(
         if timeout is not None:
             run.elapsed += timeout
             run.processed += timeout * b
-            left = size - timeout * b + load.dirtied(since_pass + timeout, run.throttle)
+            left = load.pending(size - timeout * b, since_pass + timeout, run.throttle)
             acted = _ask_policy(run, left, kinds, mid_pass=True)
             if acted is not None:
                 return _ended(acted, run, left, b, costs, latency_ms, kinds, finish)
@@ -265,7 +273,7 @@ def rehearse(
         run.processed += send
         pass_time += t
         since_pass += t
-        left = size - send + load.dirtied(since_pass, run.throttle)
+        left = load.pending(size - send, since_pass, run.throttle)
         if left <= limit_bytes:  # stop-and-copy
             downtime = left / b * 1000.0 + PAUSE_OVERHEAD_MS
             run.processed += left
