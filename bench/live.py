@@ -33,7 +33,7 @@ from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B
 from vmigrate.lab.heartbeat import beats_of, heartbeat_report, read_console
 from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm
-from vmigrate.live.policy import PRESETS
+from vmigrate.live.policy import PRESETS, PolicyConfig
 from vmigrate.live.runner import LiveRequest, migrate_live
 from vmigrate.store import JobStore
 
@@ -54,9 +54,9 @@ class Tool:
     # QEMU TLS on the migration stream (vmigrate --tls, virsh --tls); off elsewhere so every
     # tool moves the same bytes the same way (the lab's hosts would make it vmigrate's default)
     tls: bool = False
-    # QEMU's post-copy background rate (MiB/s; libvirt's bandwidth.postcopy), set through
-    # libvirt once the job runs; None leaves the tool's own choice.
-    postcopy_bandwidth_mib: int | None = None
+    # vmigrate's policy: the share of the link its post-copy push may take (None: the
+    # policy's own default; 0: the whole link, as before the option)
+    push_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,9 @@ SCENARIOS = {
         "1gbit",
         (
             Tool("vmigrate"),
-            Tool("vmigrate pc90", postcopy_bandwidth_mib=90),
-            Tool("vmigrate pc60", postcopy_bandwidth_mib=60),
+            Tool("vmigrate whole-link", push_share=0.0),
+            Tool("vmigrate push75", push_share=0.75),
+            Tool("vmigrate push50", push_share=0.5),
             Tool("virsh expert", (*P2P, "--postcopy", "--postcopy-after-precopy")),
         ),
     ),
@@ -227,9 +228,16 @@ def _sample_remaining(vm: str, stop: threading.Event, timeline: list[list[float]
         conn.close()
 
 
+def _config(tool: Tool) -> PolicyConfig:
+    config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
+    if tool.push_share is not None:
+        config = replace(config, postcopy_push_share=tool.push_share or None)
+    return config
+
+
 def _predict(vm: str, tool: Tool, store: Path) -> dict[str, Any]:
     """What `vmigrate estimate` with the run's own options says just before the run."""
-    config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
+    config = _config(tool)
     result = forecast(
         vm, "hostA", "hostB", config, stream=StreamChoice(tls=tool.tls), store_path=store
     )
@@ -301,14 +309,6 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
         store = STORE
         predicted = _predict(vm, tool, store) if not tool.virsh_flags and not quick else None
         started_ns = time.monotonic_ns()
-        stop_bandwidth = threading.Event()
-        if tool.postcopy_bandwidth_mib is not None:
-            mib, flag = tool.postcopy_bandwidth_mib, libvirt.VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY
-            threading.Thread(
-                target=_when_running,
-                args=(vm, stop_bandwidth, lambda d: d.migrateSetMaxSpeed(mib, flag)),
-                daemon=True,
-            ).start()
         requests: list[list[float]] | None = None
         if tool.virsh_flags:
             outcome, total, stats = _run_virsh(vm, tool, timeline)
@@ -319,7 +319,7 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
                 [],
             )
         else:
-            config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
+            config = _config(tool)
             report = migrate_live(
                 LiveRequest(vm, "hostA", "hostB", config, store_path=store, tls=tool.tls)
             )
@@ -336,7 +336,6 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
                 ]
             sent, passes = report.bytes_sent, report.passes
             actions = [f"{a['at_s']}s {a['action']}" for a in report.actions]
-        stop_bandwidth.set()
         link.reset()
         time.sleep(1)
         beats = heartbeat_report(vm)

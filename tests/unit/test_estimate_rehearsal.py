@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 
 import pytest
 
@@ -213,3 +214,15 @@ def test_safe_says_once_that_qemu_throttles_whether_or_not_a_sample_shows_it_yet
     prediction = rehearse(Workload(512 * MIB, 200 * MIB, 384 * MIB), 119 * MIB, config)
     kinds = [a.kind for a in prediction.actions]
     assert prediction.route == "auto-converge" and kinds.count("note") == 1
+
+
+def test_a_held_post_copy_push_is_set_at_the_switch_and_lengthens_post_copy() -> None:
+    load = Workload(512 * MIB, 200 * MIB, 384 * MIB)
+    whole = rehearse(load, 119 * MIB, PRESETS["fast"])
+    held_config = replace(PRESETS["fast"], postcopy_push_share=0.5)
+    held = rehearse(load, 119 * MIB, held_config)
+    switch = held.actions[-1]
+    assert switch.kind == "postcopy" and switch.value == pytest.approx(60, abs=1)
+    assert "held at 60 MiB/s" in switch.reason
+    assert held.postcopy_s == pytest.approx(whole.postcopy_s * 119 / switch.value, rel=0.01)
+    assert whole.actions[-1].value is None

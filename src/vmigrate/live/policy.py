@@ -47,6 +47,10 @@ class PolicyConfig:
     # No byte moved for this long before post-copy: the link is down or blocked. Aborting
     # then is safe (the VM keeps running on the source); TCP alone would wait for minutes.
     stall_s: float = 20.0
+    # In post-copy, the share of the measured link QEMU's background push may take
+    # (libvirt's post-copy bandwidth), so that the pages the guest faults on do not queue
+    # behind it; None: QEMU's default, the whole link.
+    postcopy_push_share: float | None = None
 
     def with_limits(
         self,
@@ -200,6 +204,24 @@ def stalled_for(samples: Sequence[JobSample]) -> float:
     return now.elapsed_s - moved.elapsed_s
 
 
+def postcopy_push_mib(bandwidth_bps: float, config: PolicyConfig) -> float | None:
+    """The post-copy background rate (MiB/s) the policy sets at the switch, None for none."""
+    if config.postcopy_push_share is None or bandwidth_bps <= 0:
+        return None
+    return float(max(1, round(config.postcopy_push_share * bandwidth_bps / (1 << 20))))
+
+
+def _postcopy(samples: Sequence[JobSample], config: PolicyConfig, reason: str) -> Action:
+    """Switch to post-copy; the action's value is the background push's rate, if held."""
+    push = postcopy_push_mib(_bandwidth(samples), config)
+    if push is not None:
+        reason += (
+            f"; background push held at {push:g} MiB/s so the pages the guest faults on "
+            "do not queue behind it"
+        )
+    return Action("postcopy", push, reason, samples[-1].elapsed_s)
+
+
 def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyState) -> list[Action]:
     if not samples or state.postcopy or state.aborting:
         return []
@@ -221,7 +243,7 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
     if config.timeout_s is not None and now.elapsed_s >= config.timeout_s:
         why = f"not finished after {config.timeout_s:g} s (--timeout)"
         if config.postcopy_allowed:
-            return [Action("postcopy", None, f"{why}: switching to post-copy", now.elapsed_s)]
+            return [_postcopy(samples, config, f"{why}: switching to post-copy")]
         return [
             Action("abort", None, f"{why}: aborting; the VM stays on the source", now.elapsed_s)
         ]
@@ -238,11 +260,8 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
         )
         if config.postcopy_allowed:
             return [
-                Action(
-                    "postcopy",
-                    None,
-                    f"{why} and still not converging: switching to post-copy",
-                    now.elapsed_s,
+                _postcopy(
+                    samples, config, f"{why} and still not converging: switching to post-copy"
                 )
             ]
         return [
@@ -290,7 +309,7 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
     ):
         return [Action("set-downtime", advice.downtime_ms, reason, now.elapsed_s)]
     if advice.action == "postcopy":
-        return [Action("postcopy", None, reason, now.elapsed_s)]
+        return [_postcopy(samples, config, reason)]
     if advice.action == "auto-converge":
         actions = (
             [

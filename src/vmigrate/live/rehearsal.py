@@ -391,7 +391,9 @@ def _ended(
             bytes_sent=round(run.processed),
             postcopy_s=0.0,
         )
-    post_s = remaining / b
+    switch = next(a for a in reversed(run.planned or ()) if a.kind == "postcopy")
+    push = b if switch.value is None else min(b, switch.value * 1024 * 1024)
+    post_s = remaining / push
     # The longest fault: a round trip plus the bulk stream queued ahead of the page.
     fault_ms = 2 * latency_ms + min(POSTCOPY_QUEUED_BYTES, remaining) / b * 1000.0
     return finish(
