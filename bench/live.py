@@ -131,7 +131,6 @@ SCENARIOS = {
         "1gbit",
         (
             Tool("vmigrate"),
-            Tool("vmigrate whole-link", push_share=0.0),
             Tool("vmigrate push75", push_share=0.75),
             Tool("vmigrate push50", push_share=0.5),
             Tool("virsh expert", (*P2P, "--postcopy", "--postcopy-after-precopy")),
