@@ -17,6 +17,7 @@ from typing import Literal
 
 from vmigrate.errors import UsageError
 from vmigrate.estimate import Advice, PrecopyInput, advise, estimate_with_autoconverge, mib
+from vmigrate.live.postcopy_cost import postcopy_gap_ms
 from vmigrate.live.samples import JobSample
 
 ActionKind = Literal["set-downtime", "set-bandwidth", "postcopy", "abort", "note"]
@@ -24,6 +25,9 @@ ActionKind = Literal["set-downtime", "set-bandwidth", "postcopy", "abort", "note
 #: without post-copy to fall back on, more passes are worth waiting for.
 LOOKAHEAD_PASSES = 4
 LOOKAHEAD_PASSES_WITHOUT_POSTCOPY = 10
+#: Wait a pre-copy pass more before post-copy when that pass would cut the guest's predicted
+#: largest gap to this share of switching now (live/postcopy_cost.py).
+WAIT_GAIN = 0.5
 #: A pass at least this share of the one before makes no progress.
 STUCK_RATIO = 0.9
 #: Under auto-converge, give up once the throttle has been at its maximum for this many
@@ -211,6 +215,21 @@ def postcopy_push_mib(bandwidth_bps: float, config: PolicyConfig) -> float | Non
     return float(max(1, round(config.postcopy_push_share * bandwidth_bps / (1 << 20))))
 
 
+def _faults_fewer_after_a_pass(
+    remaining: int, dirty_bps: float, bandwidth_bps: float, config: PolicyConfig
+) -> bool:
+    """Would one more pre-copy pass cut the guest's predicted largest post-copy gap to
+    WAIT_GAIN of switching now? Only a guest slower than the link leaves less behind each
+    pass; one fast enough to catch the push keeps its working set dirty."""
+    if dirty_bps >= bandwidth_bps:
+        return False
+    mib = postcopy_push_mib(bandwidth_bps, config)
+    push = bandwidth_bps if mib is None else min(bandwidth_bps, mib * (1 << 20))
+    now = postcopy_gap_ms(remaining, dirty_bps, bandwidth_bps, push)
+    later = postcopy_gap_ms(remaining * dirty_bps / bandwidth_bps, dirty_bps, bandwidth_bps, push)
+    return later <= WAIT_GAIN * now
+
+
 def _postcopy(samples: Sequence[JobSample], config: PolicyConfig, reason: str) -> Action:
     """Switch to post-copy; the action's value is the background push's rate, if held."""
     push = postcopy_push_mib(_bandwidth(samples), config)
@@ -309,6 +328,8 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
     ):
         return [Action("set-downtime", advice.downtime_ms, reason, now.elapsed_s)]
     if advice.action == "postcopy":
+        if _faults_fewer_after_a_pass(now.memory_remaining, dirty, bandwidth, config):
+            return []  # decided again at the next pass, with less left to fault on
         return [_postcopy(samples, config, reason)]
     if advice.action == "auto-converge":
         actions = (

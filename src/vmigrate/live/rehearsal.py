@@ -16,7 +16,7 @@ last; learned per host pair from finished jobs, see `FixedCosts`) plus bytes / b
 What the guest feels, besides libvirt's downtime (both measured in the lab, docs/benchmarks.md):
 * pre-copy: the heartbeat's largest gap is libvirt's downtime plus ``PRECOPY_GAP_EXTRA_MS``
   (the vCPUs stop before and start after the part libvirt counts);
-* post-copy: see `postcopy_gap_ms`. libvirt's pause is a few ms, but the destination starts
+* post-copy: see `live.postcopy_cost`. libvirt's pause is a few ms, but the destination starts
   the guest only once the device state has crossed behind the memory already on the link,
   and the guest then waits for every page it touches that is still on the source.
 """
@@ -35,29 +35,16 @@ from vmigrate.live.policy import (
     decide,
     initial_state,
 )
+from vmigrate.live.postcopy_cost import POSTCOPY_PAUSE_MS, postcopy_gap_ms
 from vmigrate.live.samples import JobSample
 
 #: libvirt's downtime beyond the bytes of the stop-and-copy (device state, the final sync
 #: and handshake): an idle guest's pre-copy measured 35-54 ms in the lab (L1), the switch to
 #: post-copy 2-5 ms (L2, L3).
 PAUSE_OVERHEAD_MS = 35.0
-POSTCOPY_PAUSE_MS = 4.0
 #: The heartbeat's largest gap beyond libvirt's downtime in pre-copy (lab, L1: 23-74 ms
 #: more than libvirt's downtime, median 32).
 PRECOPY_GAP_EXTRA_MS = 30.0
-#: What the push has on the link (socket buffers, the link's queue) when post-copy starts or
-#: a page is requested: the device state and each requested page wait behind it. From G1's
-#: gaps (1 GiB guest, 50 MiB/s, 1 Gbit/s): 148-150 ms in three runs, the switch alone.
-POSTCOPY_QUEUED_BYTES = 17 * 1024 * 1024
-#: A guest that touches memory at least this share of the push's rate runs into pages the
-#: push has not reached (L2 at 100 MiB/s and L3 at 200 MiB/s over 119 MiB/s did, with gaps
-#: of 0.5-3 s; G1 at 50 MiB/s did not).
-CATCH_UP_SHARE = 0.6
-#: Such a guest's largest wait, as a share of the time the push takes to send what was left
-#: at the switch: the page it waits on lies anywhere ahead of the push, so the gap spreads
-#: from near 0 to all of it (16 recorded L2/L3 runs, post-copy ~3.1 s: 0.17-0.96, median 0.45).
-BEHIND_PUSH_SHARE = 0.45
-PAGE_BYTES = 4096
 #: What a guest dirties with a whole vCPU to itself, for the throttle's effect: the lab's
 #: guest dirtied ~10 MiB/s with 1 % left (L4, throttle 99 %).
 THROTTLED_DIRTY_BPS = 1000 * 1024 * 1024
@@ -412,34 +399,6 @@ def _ended(
         bytes_sent=round(run.processed + remaining),
         postcopy_s=post_s,
     )
-
-
-def postcopy_gap_ms(
-    remaining_bytes: float,
-    dirty_rate_bps: float,
-    bandwidth_bps: float,
-    push_bps: float,
-    latency_ms: float = 0.0,
-) -> float:
-    """The guest's largest gap when a move switches to post-copy with `remaining_bytes` still
-    on the source, the push sending them at `push_bps` over a link of `bandwidth_bps`.
-
-    * The switch: libvirt's pause, then the device state crosses behind what the push has
-      on the link; the destination starts the guest once it has it.
-    * Each fault: a round trip, then the page behind what is on the link.
-    * A guest that touches memory slower than the push delivers it faults once and then
-      finds its pages there: the push goes on from the page it asked for. One that touches
-      memory about as fast catches up with the push and then waits, fault after fault, for
-      pages the push has not reached: its largest wait is a share of the push's time.
-    """
-    if remaining_bytes <= 0:
-        return POSTCOPY_PAUSE_MS
-    queued = min(POSTCOPY_QUEUED_BYTES, remaining_bytes)
-    behind_ms = 2 * latency_ms + (queued + PAGE_BYTES) / bandwidth_bps * 1000.0
-    gap = POSTCOPY_PAUSE_MS + behind_ms
-    if dirty_rate_bps >= CATCH_UP_SHARE * push_bps:
-        gap = max(gap, BEHIND_PUSH_SHARE * remaining_bytes / push_bps * 1000.0)
-    return gap
 
 
 def describe_load(load: Workload) -> str:
