@@ -164,7 +164,8 @@ def _e1_lines(results: Path) -> list[str]:
         error = _percent(_error(run["predicted_s"], run["moves_s"]))
         lines.append(
             f"- E1 r{run['round']} (`vmigrate evacuate`, six guests, the plan's prediction "
-            f"from fleet/predict.py, the same rehearsal): moves predicted {run['predicted_s']:.1f} "
+            f"from fleet/predict.py, the same rehearsal; an earlier run, not repeated with this "
+            f"table's estimator): moves predicted {run['predicted_s']:.1f} "
             f"s, took {run['moves_s']:.1f} s ({error}); largest guest gap "
             f"{max(run['gaps_ms']):.0f} ms (the plan predicts no gap per move)."
         )
@@ -183,24 +184,25 @@ def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
         "## Planning accuracy (`vmigrate estimate` before each vmigrate run)",
         "",
         "`vmigrate estimate` with the run's own options runs just before each vmigrate run, "
-        "on the same guest and link: QEMU measures the dirty rate over 1 s and 4 s, a 2 s "
-        "upload probes the link, and live's own policy is run over the modelled migration "
-        "(live/rehearsal.py). The job store (kept across the benchmark's runs, as an "
-        "operator's would be) supplies the host pair's fixed costs and, once a move has run "
-        "over a link the probe reads alike, that move's real stream rate. Error = (predicted "
-        "- measured) / measured. The aim (#29): total time within ±10 %; guest gap within "
-        "±25 % or ±20 ms, whichever is larger (✓ when it is). The model's lab constants "
-        "(live/rehearsal.py) were calibrated on an earlier run of the same scenarios "
-        "(bench/results/accuracy-calibration.json); this table is a later run. Regenerate: "
-        "`sudo .venv/bin/python -m bench.live --tool vmigrate --tool vmigrate-tls --scenario "
-        "L1 --scenario L2 --scenario L3 --scenario L4 --scenario G1 --out "
+        "on the same guest and link: QEMU counts the pages the guest dirties over 1 s and "
+        "4 s (its dirty bitmap), a 2 s upload probes the link into the destination, and "
+        "live's own policy is run over the modelled migration (live/rehearsal.py; the "
+        "post-copy gap from live/postcopy_cost.py). The job store (kept across the "
+        "benchmark's runs, as an operator's would be) supplies the host pair's fixed costs, "
+        "how much less than its QEMU's resident memory a first pass sends, and, once a move "
+        "has run over a link the probe reads alike, that move's real stream rate. Error = "
+        "(predicted - measured) / measured. The aim (#29): total time within ±10 %; guest "
+        "gap within ±25 % or ±20 ms, whichever is larger (✓ when it is). The model's lab "
+        "constants were calibrated on earlier runs (bench/results/accuracy-calibration.json "
+        "and the first accuracy table's runs); this table is a later run. Regenerate: `sudo "
+        ".venv/bin/python -m bench.live --scenario L3B --pairs 2` (its vmigrate runs are the "
+        "L3 rows), `sudo .venv/bin/python -m bench.live --tool vmigrate --scenario L1 "
+        "--scenario L2 --scenario L4 --scenario G1 --pairs 2 --out "
         "bench/results/accuracy-live.json`, `sudo .venv/bin/python -m bench.storage --tool "
-        "vmigrate --out bench/results/storage-estimate.json`, `sudo .venv/bin/python -m "
-        "bench.fleet --scenario E1 --e1-tool vmigrate --out bench/results/fleet-estimate.json`,"
-        " then `.venv/bin/python -m bench.report`. G1: a 1 GiB guest running the lab guest's "
-        "own workload, 50 MiB/s over a 512 MiB working set (no database fits the lab's "
-        "initramfs guest); S1: the S1 guest below, moved with --copy-storage."
-        + accuracy_estimator(results),
+        "vmigrate --out bench/results/storage-estimate.json`, then `.venv/bin/python -m "
+        "bench.report`. G1: a 1 GiB guest running the lab guest's own workload, 50 MiB/s "
+        "over a 512 MiB working set (no database fits the lab's initramfs guest); S1: the S1 "
+        "guest below, moved with --copy-storage." + accuracy_estimator(results),
         "",
         "| run | route predicted / taken | passes | total s predicted / measured | error "
         "| libvirt downtime ms predicted / measured | guest gap ms predicted / measured "
