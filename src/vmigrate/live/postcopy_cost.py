@@ -40,8 +40,11 @@ def postcopy_gap_ms(
     * Each fault: a round trip, then the page behind what is on the link.
     * A guest that touches memory slower than the push delivers it faults once and then
       finds its pages there: the push goes on from the page it asked for. One that touches
-      memory about as fast catches up with the push and then waits, fault after fault, for
-      pages the push has not reached: its largest wait is a share of the push's time.
+      memory about as fast runs into pages the push has not reached: in the lab (L3B,
+      heartbeat timelines) its first writes after resuming waited page by page for
+      0.5-1.3 s, the largest gap of every run, then the push followed it (~84 ms gaps).
+      That wait spreads widely between identical runs; the model takes a share of the
+      push's time for it.
     """
     if remaining_bytes <= 0:
         return POSTCOPY_PAUSE_MS
