@@ -207,8 +207,8 @@ def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
         "## Planning accuracy (`vmigrate estimate` before each vmigrate run)",
         "",
         "`vmigrate estimate` with the run's own options runs just before each vmigrate run, "
-        "on the same guest and link: QEMU counts the pages the guest dirties over 1 s and "
-        "4 s (its dirty bitmap), a 2 s upload probes the link into the destination, and "
+        "on the same guest and link: QEMU samples the pages the guest dirties over 1 s and "
+        "4 s, a 2 s upload probes the link into the destination, and "
         "live's own policy is run over the modelled migration (live/rehearsal.py; the "
         "post-copy gap from live/postcopy_cost.py). The job store (kept across the "
         "benchmark's runs, as an operator's would be) supplies the host pair's fixed costs, "
@@ -217,7 +217,8 @@ def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
         "(predicted - measured) / measured. The aim (#29): total time within ±10 %; guest "
         "gap within ±25 % or ±20 ms, whichever is larger (✓ when it is). The model's lab "
         "constants were calibrated on earlier runs (bench/results/accuracy-calibration.json "
-        "and the first accuracy table's runs); this table is a later run. Regenerate: `sudo "
+        "and bench/results/accuracy-previous.json, the first accuracy table's runs); this table is "
+        "a later run. Regenerate: `sudo "
         ".venv/bin/python -m bench.live --scenario L3B --pairs 2` (its vmigrate runs are the "
         "L3 rows), `sudo .venv/bin/python -m bench.live --tool vmigrate --scenario L1 "
         "--scenario L2 --scenario L4 --scenario G1 --pairs 2 --out "
@@ -258,15 +259,26 @@ def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
         )
     lines += [
         "",
-        "Where the error comes from, as far as these runs show: the guest gap in post-copy is "
-        "TCG serving page faults on a 2-CPU machine that also runs both hosts, and varies "
-        "several-fold between identical runs (docs/lab.md); the model counts one fault "
-        "waiting behind the bulk stream queued on the link. The total time of a short move "
-        "(L1) is mostly fixed costs, learned per host pair from the store. Pass 1 is modelled "
-        "as the guest's resident memory, capped at its size: QEMU's own overhead in that "
-        "figure and the zero pages it skips make pass 1 smaller in reality. Without "
-        "post-copy (L4) QEMU's throttle decides the passes; under TCG a rate-limited "
-        "workload barely slows until the throttle nears 99 %.",
+        "Where the error comes from, as far as these runs show. Total time: pass 1 is now "
+        "the guest's QEMU resident memory less what the pair's earlier moves showed QEMU "
+        "keeps for itself (173-181 MiB in the lab), and after a sync the pages still to "
+        "send and the newly dirtied ones count once, at most the working set: L2 and G1 "
+        "(when the route is right) land within ±3 %. L1 moves over the lab's unshaped "
+        "loopback, where the 2 s probe (through libvirt, on a 2-CPU machine) reads about "
+        "what it reads over the 1 Gbit/s link, so the stream rate learned on that link is "
+        "applied and the prediction is ~85 % long. L4's last passes are QEMU's throttle "
+        "under TCG (the guest still dirtied ~50 MiB/s at 99 %), modelled too strong: "
+        "-15 to -18 %. G1 sits on the policy's own boundary between post-copy and a raised "
+        "limit (a guest at 50 MiB/s over 119 MiB/s); QEMU's sampled dirty rate moves it "
+        "across from run to run. QEMU's dirty-bitmap count would be exact, but under TCG "
+        "it read 0 MiB/s for a 200 MiB/s guest. Guest gap in post-copy: the heartbeat "
+        "timelines (L3B above) show the largest gap is the guest's first writes after "
+        "resuming, waiting page by page on the source; the model takes a share of the "
+        "push's time for a guest fast enough to catch the push (L2: -27 %, -28 %) and the "
+        "switch behind the link's queue for a slower one (G1 ✓). The spread between "
+        "identical runs (0.5-3 s in the recorded L2/L3 runs) is wider than the aim. L3 has "
+        "no rows here: this round's L3 runs (L3B) were estimated with QEMU's dirty-bitmap "
+        "count, which read the guest as idle.",
         "",
     ]
     return lines + _e1_lines(results)
