@@ -255,3 +255,23 @@ def test_the_policy_waits_a_pass_when_it_spares_the_guest_most_of_its_faults() -
     assert whole.timeline() == "pass 2: switch to post-copy"
     assert held.guest_gap_ms is not None and whole.guest_gap_ms is not None
     assert held.guest_gap_ms < whole.guest_gap_ms
+
+
+def test_estimate_says_what_pass_1_sends_and_where_the_overhead_comes_from() -> None:
+    from vmigrate.cli import estimate as cli_estimate
+    from vmigrate.forecast import Forecast
+
+    load = Workload(512 * MIB, 20 * MIB, 64 * MIB, 130 * MIB)
+    prediction = rehearse(load, 119 * MIB, PRESETS["fast"])
+    result = Forecast(
+        "vm1", "hostA", "hostB", 512 * MIB, [[1.0, 20 * MIB], [4.0, 64 * MIB]], 20 * MIB,
+        64 * MIB, 300 * MIB, 119 * MIB, 119 * MIB, "given", False, {
+            "name": "fast", "max_downtime_ms": 500, "postcopy_allowed": True
+        }, FixedCosts().describe(), prediction.to_dict(), 0, 0.0,
+        resident_overhead_bytes=170 * MIB, overhead_learned=True,
+    )  # fmt: skip
+    with cli_estimate.console.capture() as captured:
+        cli_estimate.render(result)
+    text = " ".join(captured.get().split())  # the console wraps long lines
+    assert "300 MiB resident, less 170 MiB QEMU keeps for itself (learned" in text
+    assert f"live will take {prediction.total_s:.1f} s" in text
