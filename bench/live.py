@@ -20,7 +20,9 @@ import platform
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,9 @@ import libvirt
 from vmigrate.forecast import StreamChoice, forecast
 from vmigrate.lab import link
 from vmigrate.lab.config import HOST_A, HOST_B
-from vmigrate.lab.heartbeat import heartbeat_report
+from vmigrate.lab.heartbeat import beats_of, heartbeat_report, read_console
 from vmigrate.lab.vms import LabVmRequest, create_vm, remove_vm
-from vmigrate.live.policy import PRESETS
+from vmigrate.live.policy import PRESETS, PolicyConfig
 from vmigrate.live.runner import LiveRequest, migrate_live
 from vmigrate.store import JobStore
 
@@ -52,6 +54,9 @@ class Tool:
     # QEMU TLS on the migration stream (vmigrate --tls, virsh --tls); off elsewhere so every
     # tool moves the same bytes the same way (the lab's hosts would make it vmigrate's default)
     tls: bool = False
+    # vmigrate's policy: the share of the link its post-copy push may take (None: the
+    # policy's own default; 0: the whole link, as before the option)
+    push_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,19 @@ SCENARIOS = {
             ),
         ),
     ),
+    # L3's guest with QEMU's post-copy background rate held under the link (libvirt's
+    # bandwidth.postcopy), so that a page the guest faults on does not queue behind it.
+    "L3B": Scenario(
+        "L3B",
+        200,
+        "1gbit",
+        (
+            Tool("vmigrate"),
+            Tool("vmigrate push75", push_share=0.75),
+            Tool("vmigrate push50", push_share=0.5),
+            Tool("virsh expert", (*P2P, "--postcopy", "--postcopy-after-precopy")),
+        ),
+    ),
     # A 1 GiB guest running the lab guest's own workload at a database-like rate: 50 MiB/s
     # over a 512 MiB working set (no database fits the lab's initramfs guest).
     "G1": Scenario("G1", 50, "1gbit", (Tool("vmigrate"),), memory_mib=1024, working_set_mib=512),
@@ -142,6 +160,10 @@ class Run:
     predicted: dict[str, Any] | None = None
     # remaining memory over time [[s, bytes], ...] (L3 only: the plot in docs/benchmarks.md)
     timeline: list[list[float]] | None = None
+    # The heartbeat's gaps above GAP_RECORD_MS: [[ms since the move started, gap ms], ...]
+    gaps: list[list[float]] | None = None
+    # vmigrate: [[s since start, post-copy requests so far], ...] while in post-copy
+    postcopy_requests: list[list[float]] | None = None
 
 
 def _completed_stats(vm: str) -> dict[str, Any]:
@@ -155,20 +177,35 @@ def _completed_stats(vm: str) -> dict[str, Any]:
         conn.close()
 
 
-def _lower_downtime_when_running(vm: str, ms: int, stop: threading.Event) -> None:
+def _when_running(vm: str, stop: threading.Event, act: Callable[[Any], None]) -> None:
+    """`act` on the VM's domain once its migration job runs (a setting libvirt takes only
+    then)."""
     conn = libvirt.open(HOST_A.uri)
     try:
         domain = conn.lookupByName(vm)
         while not stop.is_set():
             try:
                 if domain.jobStats(0).get("type", 0) in (1, 2):
-                    domain.migrateSetMaxDowntime(ms, 0)
+                    act(domain)
                     return
             except libvirt.libvirtError:
                 return
             time.sleep(0.01)
     finally:
         conn.close()
+
+
+#: Heartbeat gaps at least this long are kept in a run's record (the beat is every 10 ms).
+GAP_RECORD_MS = 30.0
+
+
+def _gaps_since(vm: str, started_ns: int) -> list[list[float]]:
+    beats = [b for b in beats_of(read_console(vm)) if b.time_ns >= started_ns]
+    return [
+        [round((a.time_ns - started_ns) / 1e6, 1), round((b.time_ns - a.time_ns) / 1e6, 1)]
+        for a, b in pairwise(beats)
+        if (b.time_ns - a.time_ns) / 1e6 >= GAP_RECORD_MS
+    ]
 
 
 def _sample_remaining(vm: str, stop: threading.Event, timeline: list[list[float]]) -> None:
@@ -190,9 +227,16 @@ def _sample_remaining(vm: str, stop: threading.Event, timeline: list[list[float]
         conn.close()
 
 
+def _config(tool: Tool) -> PolicyConfig:
+    config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
+    if tool.push_share is not None:
+        config = replace(config, postcopy_push_share=tool.push_share or None)
+    return config
+
+
 def _predict(vm: str, tool: Tool, store: Path) -> dict[str, Any]:
     """What `vmigrate estimate` with the run's own options says just before the run."""
-    config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
+    config = _config(tool)
     result = forecast(
         vm, "hostA", "hostB", config, stream=StreamChoice(tls=tool.tls), store_path=store
     )
@@ -220,8 +264,9 @@ def _run_virsh(
         sampler.start()
     helper = None
     if tool.set_downtime_ms is not None:
+        ms = tool.set_downtime_ms
         helper = threading.Thread(
-            target=_lower_downtime_when_running, args=(vm, tool.set_downtime_ms, stop)
+            target=_when_running, args=(vm, stop, lambda d: d.migrateSetMaxDowntime(ms, 0))
         )
         helper.start()
     started = time.monotonic()
@@ -262,6 +307,8 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
         timeline: list[list[float]] | None = [] if scenario.id == "L3" else None
         store = STORE
         predicted = _predict(vm, tool, store) if not tool.virsh_flags and not quick else None
+        started_ns = time.monotonic_ns()
+        requests: list[list[float]] | None = None
         if tool.virsh_flags:
             outcome, total, stats = _run_virsh(vm, tool, timeline)
             downtime = stats.get("downtime")
@@ -271,22 +318,27 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
                 [],
             )
         else:
-            config = PRESETS[tool.policy].with_limits(postcopy=tool.postcopy)
+            config = _config(tool)
             report = migrate_live(
                 LiveRequest(vm, "hostA", "hostB", config, store_path=store, tls=tool.tls)
             )
             outcome, total, downtime = report.outcome, report.total_s, report.downtime_ms
-            if timeline is not None and report.job_id is not None:
+            if report.job_id is not None:
                 with JobStore(store) as jobs:
-                    timeline += [
-                        [s["elapsed_s"], float(s["memory_remaining"])]
-                        for s in jobs.samples(report.job_id)
-                    ]
+                    samples = jobs.samples(report.job_id)
+                if timeline is not None:
+                    timeline += [[s["elapsed_s"], float(s["memory_remaining"])] for s in samples]
+                requests = [
+                    [round(s["elapsed_s"], 2), float(s["postcopy_requests"])]
+                    for s in samples
+                    if s.get("phase") == "postcopy"
+                ]
             sent, passes = report.bytes_sent, report.passes
             actions = [f"{a['at_s']}s {a['action']}" for a in report.actions]
         link.reset()
         time.sleep(1)
         beats = heartbeat_report(vm)
+        gaps = _gaps_since(vm, started_ns)
         return Run(
             scenario.id,
             tool.name,
@@ -301,6 +353,8 @@ def run_once(scenario: Scenario, tool: Tool, round_no: int, *, quick: bool = Fal
             actions,
             predicted,
             timeline,
+            gaps,
+            requests,
         )
     finally:
         link.reset()

@@ -43,8 +43,10 @@ SATURATED_SHARE = 0.8
 #: QEMU's TLS on the migration stream costs CPU on both ends: throughput measured in the
 #: lab with and without it (L2: 8.8 s in clear, 9.5 s with TLS for the same bytes).
 TLS_THROUGHPUT = 0.92
-#: The least share of the modelled first pass the pair's history may scale it to.
-MIN_BYTES_RATIO = 0.3
+#: QEMU's resident memory beyond what pass 1 sends (its own memory, TCG's code buffer,
+#: resident zero pages), until the pair's moves teach better: the lab's guests of 256 MiB
+#: to 1 GiB measured 173-181 MiB (bench/results: 618 MiB resident, 445 MiB sent, ...).
+DEFAULT_RESIDENT_OVERHEAD_BYTES = 170 * MIB
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,10 @@ class Forecast:
     cold_seconds: float
     job_id: int | None = None
     stream_note: str = ""  # options the model does not weigh
-    bytes_ratio_applied: float = 1.0  # pass 1 scaled by what the pair's moves really sent
-    modelled_bytes: int = 0  # what the model alone, unscaled, says the move sends
+    # Taken off touched_bytes for pass 1: QEMU's own memory and the zero pages it skips,
+    # learned from the pair's moves (overhead_learned) or the lab's default.
+    resident_overhead_bytes: int = 0
+    overhead_learned: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,14 +157,15 @@ def forecast(
                 f"; the stream gets what {history.moves} earlier move(s) of this pair got "
                 "over the same link"
             )
-        load = workload_from_curve(memory, curve, touched)
+        overhead = (
+            history.resident_overhead_bytes
+            if history.resident_overhead_bytes is not None
+            else DEFAULT_RESIDENT_OVERHEAD_BYTES
+        )
+        load = workload_from_curve(
+            memory, curve, None if touched is None else max(round(touched - overhead), 0)
+        )
         disks = cold if copy_storage else 0
-        # What the model alone says the move sends: the figure the next estimate learns from.
-        modelled = rehearse(load, bandwidth, config, disk_bytes=disks).bytes_sent
-        ratio = min(max(history.bytes_ratio or 1.0, MIN_BYTES_RATIO), 1.0)
-        if ratio < 1.0:
-            # Those moves sent less than modelled: zero pages, QEMU's own resident memory.
-            load = replace(load, touched_bytes=round(load.first_pass_bytes * ratio))
         prediction = rehearse(load, bandwidth, config, costs, disk_bytes=disks)
         result = Forecast(
             vm,
@@ -184,8 +189,8 @@ def forecast(
         result = replace(
             result,
             stream_note=_unweighed(stream),
-            bytes_ratio_applied=ratio,
-            modelled_bytes=modelled,
+            resident_overhead_bytes=round(overhead),
+            overhead_learned=history.resident_overhead_bytes is not None,
         )
         if record:
             result = replace(result, job_id=_record(store, result, src_ref, dst_ref))

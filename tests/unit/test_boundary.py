@@ -43,6 +43,7 @@ PURE_MODULES = (
     "vmigrate.cold.errors",
     "vmigrate.live.policy",
     "vmigrate.live.rehearsal",
+    "vmigrate.live.postcopy_cost",
     "vmigrate.live.history",
     "vmigrate.live.samples",
     "vmigrate.live.request",

@@ -37,7 +37,13 @@ def _estimate(store: JobStore, vm: str, probe_mib: float, *, tls: bool = False) 
         "timeline": "pass 2: switch to post-copy",
     }
     # As forecast records it: the report is written before the job's id is known.
-    report = {"link_bps": probe_mib * MIB, "tls": tls, "prediction": prediction, "job_id": None}
+    report = {
+        "link_bps": probe_mib * MIB,
+        "tls": tls,
+        "prediction": prediction,
+        "job_id": None,
+        "touched_bytes": 600 * MIB,  # its QEMU's resident memory
+    }
     store.finish_job(job, "completed", "predicted: postcopy", report)
     return job
 
@@ -45,12 +51,17 @@ def _estimate(store: JobStore, vm: str, probe_mib: float, *, tls: bool = False) 
 def _move(store: JobStore, vm: str, rate_mib: float) -> int:
     job = store.create_job("live", vm, A, B, {})
     rate = rate_mib * MIB
-    # Sent at `rate_mib` between the samples: 60 MiB at 1.0 s, 3 s of it more at 4.0 s.
+    # Sent at `rate_mib` between the samples: 60 MiB at 1.0 s, 3 s of it more at 4.0 s,
+    # when pass 1 ended (pass 2 begins with what the guest dirtied meanwhile).
     later = 60 * MIB + round(3 * rate)
-    for elapsed, sent, left in ((1.0, 60 * MIB, 400 * MIB), (4.0, later, 100 * MIB)):
+    for elapsed, sent, left, iteration in (
+        (1.0, 60 * MIB, 400 * MIB, 1),
+        (4.0, later, 100 * MIB, 2),
+    ):
         sample = {
             "elapsed_s": elapsed,
             "phase": "precopy",
+            "iteration": iteration,
             "memory_processed": sent,
             "memory_remaining": left,
             "bandwidth_bps": rate,
@@ -77,10 +88,16 @@ def test_a_pair_s_moves_teach_the_stream_rate_and_fixed_costs(tmp_path: Path) ->
         history = link_history(store, A, B, 100 * MIB, tls=False)
         assert history.moves == 1 and history.rate_bps is not None
         assert abs(history.rate_bps - 119 * MIB) < 1
-        assert history.bytes_ratio == 450 / 900  # it sent 450 MiB of the 900 modelled
+        # Pass 1 sent 60 MiB + 3 s at 119 MiB/s of the 600 MiB its QEMU held resident.
+        assert history.resident_overhead_bytes == 600 * MIB - (60 * MIB + round(3 * 119 * MIB))
         # A probe reading far off, or TLS changed: another link, nothing learned.
-        assert link_history(store, A, B, 300 * MIB, tls=False) == LinkHistory()
-        assert link_history(store, A, B, 90 * MIB, tls=True) == LinkHistory()
+        # QEMU's memory overhead is the host's, whatever the link.
+        for other in (
+            link_history(store, A, B, 300 * MIB, tls=False),
+            link_history(store, A, B, 90 * MIB, tls=True),
+        ):
+            assert other.rate_bps is None and other.moves == 0
+            assert other.resident_overhead_bytes == history.resident_overhead_bytes
         # The move: 60 MiB sent 1.0 s in at 119 MiB/s, 100 MiB left at 4.0 s of 6.5 s.
         costs = learned_costs(finished_moves(store, A, B))
         assert costs.learned_from == 1

@@ -68,6 +68,12 @@ def render(result: Forecast) -> None:
         f"  guest dirtied {curve}: {(result.dirty_rate_bps or 0) / MIB:,.0f} MiB/s"
         + (f" over a {ws / MIB:,.0f} MiB working set" if ws is not None else "")
     )
+    if result.touched_bytes is not None:
+        where = "learned from this host pair's moves" if result.overhead_learned else "default"
+        console.print(
+            f"  pass 1: its QEMU holds {result.touched_bytes / MIB:,.0f} MiB resident, less "
+            f"{result.resident_overhead_bytes / MIB:,.0f} MiB QEMU keeps for itself ({where})"
+        )
     console.print(f"  fixed costs: {result.costs}")
     for line in prediction_lines(result.prediction or {}):
         console.print(f"  [bold]{line}[/]" if line.startswith("live") else f"  {line}")

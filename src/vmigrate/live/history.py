@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmigrate.live.rehearsal import FixedCosts
-from vmigrate.store import JobStore
+from vmigrate.store import JobRecord, JobStore
 
 #: How many of the pair's latest finished moves to learn from.
 LATEST_JOBS = 10
@@ -41,7 +41,10 @@ def _costs_of(move: FinishedMove) -> tuple[float, float] | None:
     ]
     if total is None or not moving or move.report.get("storage"):
         return None
-    first, last = moving[0], moving[-1]
+    # A sample that shows nothing left was taken in or after the stop-and-copy: it does not
+    # say when sending ended (L4's, after 1 s pauses, made its finish read 2.4 s, not 1.9).
+    sending = [s for s in moving if s.get("memory_remaining", 0) > 0] or moving
+    first, last = moving[0], sending[-1]
     setup = first["elapsed_s"] - first["memory_processed"] / first["bandwidth_bps"]
     finish = float(total) - (
         last["elapsed_s"] + last.get("memory_remaining", 0) / last["bandwidth_bps"]
@@ -130,19 +133,16 @@ class LinkHistory:
     """What the pair's earlier moves over the same link showed (None: nothing learned)."""
 
     rate_bps: float | None = None  # what their streams really got
-    bytes_ratio: float | None = None  # bytes they sent over what their estimates modelled
     moves: int = 0
+    # Their QEMU's resident memory at the estimate less what their first pass sent: QEMU's
+    # own memory and the zero pages pass 1 skips (learned over any link).
+    resident_overhead_bytes: float | None = None
 
 
-def link_history(
-    store: JobStore, source_uri: str, destination_uri: str, probed_bps: float, *, tls: bool
-) -> LinkHistory:
-    """What the pair's migrations really did (QEMU to QEMU, in the move's direction) when
-    the probe before them read about what it reads now, with the same TLS: the median of
-    their pre-copy rates, and of the bytes they sent over the bytes the model alone said
-    (zero pages and QEMU's own resident memory make the modelled first pass too big).
-    The probe goes from this machine through libvirt and reads low on a busy host; once a
-    move has run over the same link, its own figures are the better ones."""
+def _estimates_and_moves(
+    store: JobStore, source_uri: str, destination_uri: str
+) -> list[tuple[JobRecord, JobRecord]]:
+    """The pair's estimates, newest first, each with the completed move that followed it."""
     moves = [
         job
         for job in store.jobs_of_kind("live")[: 5 * LATEST_JOBS]
@@ -150,17 +150,9 @@ def link_history(
         and job.source == source_uri
         and job.destination == destination_uri
     ]
-    rates: list[float] = []
-    ratios: list[float] = []
+    pairs = []
     for estimate in store.jobs_of_kind(ESTIMATE_KIND)[: 5 * LATEST_JOBS]:
-        report = estimate.report or {}
-        earlier = report.get("link_bps") or 0.0
-        if (
-            estimate.source != source_uri
-            or estimate.destination != destination_uri
-            or bool(report.get("tls")) != tls
-            or abs(earlier / probed_bps - 1) > SAME_LINK_SHARE
-        ):
+        if estimate.source != source_uri or estimate.destination != destination_uri:
             continue
         move = next(
             (
@@ -171,21 +163,51 @@ def link_history(
             ),
             None,
         )
-        if move is None:
+        if move is not None:
+            pairs.append((estimate, move))
+    return pairs
+
+
+def first_pass_bytes(samples: Sequence[dict[str, Any]]) -> int | None:
+    """What a move's first pre-copy pass sent: the bytes processed when the second pass
+    began (the monitor samples the moment a pass ends). None if it never got there."""
+    second = next(
+        (s for s in samples if s.get("phase") == "precopy" and s.get("iteration", 0) >= 2),
+        None,
+    )
+    return None if second is None else int(second.get("memory_processed", 0)) or None
+
+
+def link_history(
+    store: JobStore, source_uri: str, destination_uri: str, probed_bps: float, *, tls: bool
+) -> LinkHistory:
+    """What the pair's migrations really did (QEMU to QEMU, in the move's direction) when
+    the probe before them read about what it reads now, with the same TLS: the median of
+    their pre-copy rates; and, over any link, how much less than its QEMU's resident memory
+    their first pass sent. The probe goes from this machine through libvirt and reads low
+    on a busy host; once a move has run over the same link, its own figures are the better
+    ones."""
+    rates: list[float] = []
+    overheads: list[float] = []
+    for estimate, move in _estimates_and_moves(store, source_uri, destination_uri):
+        report = estimate.report or {}
+        samples = store.samples(move.id)
+        touched = report.get("touched_bytes")
+        sent = first_pass_bytes(samples)
+        if touched and sent and not (move.report or {}).get("storage") and sent <= touched:
+            overheads.append(float(touched - sent))
+        earlier = report.get("link_bps") or 0.0
+        if (
+            len(rates) >= LATEST_JOBS // 2
+            or bool(report.get("tls")) != tls
+            or abs(earlier / probed_bps - 1) > SAME_LINK_SHARE
+        ):
             continue
-        seen = _stream_rate_of(store.samples(move.id))
+        seen = _stream_rate_of(samples)
         if seen is not None:
             rates.append(seen)
-        modelled = report.get("modelled_bytes") or (report.get("prediction") or {}).get(
-            "bytes_sent", 0
-        )
-        sent = (move.report or {}).get("bytes_sent") or 0
-        if modelled > 0 and sent > 0:
-            ratios.append(sent / modelled)
-        if len(rates) >= LATEST_JOBS // 2:
-            break
     return LinkHistory(
         statistics.median(rates) if rates else None,
-        statistics.median(ratios) if ratios else None,
         len(rates),
+        statistics.median(overheads[:LATEST_JOBS]) if overheads else None,
     )

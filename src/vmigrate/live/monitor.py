@@ -45,7 +45,7 @@ class Steering:
         elif action.kind == "set-bandwidth" and action.value is not None:
             set_bandwidth(domain, action.value)
         elif action.kind == "postcopy":
-            start_postcopy(domain)
+            start_postcopy(domain, action.value)
         elif action.kind == "abort":
             abort_job(domain)
         record = PolicyAction(

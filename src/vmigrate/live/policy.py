@@ -17,6 +17,7 @@ from typing import Literal
 
 from vmigrate.errors import UsageError
 from vmigrate.estimate import Advice, PrecopyInput, advise, estimate_with_autoconverge, mib
+from vmigrate.live.postcopy_cost import postcopy_gap_ms
 from vmigrate.live.samples import JobSample
 
 ActionKind = Literal["set-downtime", "set-bandwidth", "postcopy", "abort", "note"]
@@ -24,6 +25,9 @@ ActionKind = Literal["set-downtime", "set-bandwidth", "postcopy", "abort", "note
 #: without post-copy to fall back on, more passes are worth waiting for.
 LOOKAHEAD_PASSES = 4
 LOOKAHEAD_PASSES_WITHOUT_POSTCOPY = 10
+#: Wait a pre-copy pass more before post-copy when that pass would cut the guest's predicted
+#: largest gap to this share of switching now (live/postcopy_cost.py).
+WAIT_GAIN = 0.5
 #: A pass at least this share of the one before makes no progress.
 STUCK_RATIO = 0.9
 #: Under auto-converge, give up once the throttle has been at its maximum for this many
@@ -47,6 +51,10 @@ class PolicyConfig:
     # No byte moved for this long before post-copy: the link is down or blocked. Aborting
     # then is safe (the VM keeps running on the source); TCP alone would wait for minutes.
     stall_s: float = 20.0
+    # In post-copy, the share of the measured link QEMU's background push may take
+    # (libvirt's post-copy bandwidth), so that the pages the guest faults on do not queue
+    # behind it; None: QEMU's default, the whole link.
+    postcopy_push_share: float | None = None
 
     def with_limits(
         self,
@@ -137,6 +145,8 @@ class PolicyState:
     aborting: bool = False
     decided_iteration: int = 0
     full_throttle_passes: int = 0
+    # The policy has said it leaves the guest to auto-converge's throttle (said once).
+    throttle_noted: bool = False
 
     def after(
         self, actions: Sequence[Action], iteration: int, throttle_pct: int | None
@@ -150,6 +160,8 @@ class PolicyState:
                 state = replace(state, downtime_ms=action.value)
             elif action.kind == "postcopy":
                 state = replace(state, postcopy=True)
+            elif action.kind == "note":
+                state = replace(state, throttle_noted=True)
             elif action.kind == "abort":
                 state = replace(state, aborting=True)
         return state
@@ -196,6 +208,39 @@ def stalled_for(samples: Sequence[JobSample]) -> float:
     return now.elapsed_s - moved.elapsed_s
 
 
+def postcopy_push_mib(bandwidth_bps: float, config: PolicyConfig) -> float | None:
+    """The post-copy background rate (MiB/s) the policy sets at the switch, None for none."""
+    if config.postcopy_push_share is None or bandwidth_bps <= 0:
+        return None
+    return float(max(1, round(config.postcopy_push_share * bandwidth_bps / (1 << 20))))
+
+
+def _faults_fewer_after_a_pass(
+    remaining: int, dirty_bps: float, bandwidth_bps: float, config: PolicyConfig
+) -> bool:
+    """Would one more pre-copy pass cut the guest's predicted largest post-copy gap to
+    WAIT_GAIN of switching now? Only a guest slower than the link leaves less behind each
+    pass; one fast enough to catch the push keeps its working set dirty."""
+    if dirty_bps >= bandwidth_bps:
+        return False
+    mib = postcopy_push_mib(bandwidth_bps, config)
+    push = bandwidth_bps if mib is None else min(bandwidth_bps, mib * (1 << 20))
+    now = postcopy_gap_ms(remaining, dirty_bps, bandwidth_bps, push)
+    later = postcopy_gap_ms(remaining * dirty_bps / bandwidth_bps, dirty_bps, bandwidth_bps, push)
+    return later <= WAIT_GAIN * now
+
+
+def _postcopy(samples: Sequence[JobSample], config: PolicyConfig, reason: str) -> Action:
+    """Switch to post-copy; the action's value is the background push's rate, if held."""
+    push = postcopy_push_mib(_bandwidth(samples), config)
+    if push is not None:
+        reason += (
+            f"; background push held at {push:g} MiB/s so the pages the guest faults on "
+            "do not queue behind it"
+        )
+    return Action("postcopy", push, reason, samples[-1].elapsed_s)
+
+
 def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyState) -> list[Action]:
     if not samples or state.postcopy or state.aborting:
         return []
@@ -217,7 +262,7 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
     if config.timeout_s is not None and now.elapsed_s >= config.timeout_s:
         why = f"not finished after {config.timeout_s:g} s (--timeout)"
         if config.postcopy_allowed:
-            return [Action("postcopy", None, f"{why}: switching to post-copy", now.elapsed_s)]
+            return [_postcopy(samples, config, f"{why}: switching to post-copy")]
         return [
             Action("abort", None, f"{why}: aborting; the VM stays on the source", now.elapsed_s)
         ]
@@ -234,11 +279,8 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
         )
         if config.postcopy_allowed:
             return [
-                Action(
-                    "postcopy",
-                    None,
-                    f"{why} and still not converging: switching to post-copy",
-                    now.elapsed_s,
+                _postcopy(
+                    samples, config, f"{why} and still not converging: switching to post-copy"
                 )
             ]
         return [
@@ -286,7 +328,9 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
     ):
         return [Action("set-downtime", advice.downtime_ms, reason, now.elapsed_s)]
     if advice.action == "postcopy":
-        return [Action("postcopy", None, reason, now.elapsed_s)]
+        if _faults_fewer_after_a_pass(now.memory_remaining, dirty, bandwidth, config):
+            return []  # decided again at the next pass, with less left to fault on
+        return [_postcopy(samples, config, reason)]
     if advice.action == "auto-converge":
         actions = (
             [
@@ -297,7 +341,9 @@ def decide(samples: Sequence[JobSample], config: PolicyConfig, state: PolicyStat
                     now.elapsed_s,
                 )
             ]
-            if now.throttle_pct in (None, 0)
+            # Once, whether or not QEMU has throttled yet: the sample that shows it may come
+            # a pass late, and the route must not depend on that race (L4 took either).
+            if not state.throttle_noted
             else []
         )
         if state.downtime_ms < config.max_downtime_ms:

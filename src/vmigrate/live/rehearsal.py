@@ -16,10 +16,9 @@ last; learned per host pair from finished jobs, see `FixedCosts`) plus bytes / b
 What the guest feels, besides libvirt's downtime (both measured in the lab, docs/benchmarks.md):
 * pre-copy: the heartbeat's largest gap is libvirt's downtime plus ``PRECOPY_GAP_EXTRA_MS``
   (the vCPUs stop before and start after the part libvirt counts);
-* post-copy: libvirt's pause is a few ms, but the guest then waits for every page it touches
-  that is still on the source. A fault's page is sent behind the bulk stream already queued
-  on the link, so the longest wait is a round trip plus that queue: at most
-  ``POSTCOPY_QUEUED_BYTES`` (or what is left to send) at the link's rate.
+* post-copy: see `live.postcopy_cost`. libvirt's pause is a few ms, but the destination starts
+  the guest only once the device state has crossed behind the memory already on the link,
+  and the guest then waits for every page it touches that is still on the source.
 """
 
 from __future__ import annotations
@@ -36,21 +35,16 @@ from vmigrate.live.policy import (
     decide,
     initial_state,
 )
+from vmigrate.live.postcopy_cost import POSTCOPY_PAUSE_MS, postcopy_gap_ms
 from vmigrate.live.samples import JobSample
 
 #: libvirt's downtime beyond the bytes of the stop-and-copy (device state, the final sync
 #: and handshake): an idle guest's pre-copy measured 35-54 ms in the lab (L1), the switch to
 #: post-copy 2-5 ms (L2, L3).
 PAUSE_OVERHEAD_MS = 35.0
-POSTCOPY_PAUSE_MS = 4.0
 #: The heartbeat's largest gap beyond libvirt's downtime in pre-copy (lab, L1: 23-74 ms
 #: more than libvirt's downtime, median 32).
 PRECOPY_GAP_EXTRA_MS = 30.0
-#: Bytes of bulk stream queued ahead of a post-copy page fault (socket buffers and the
-#: link's queue; libvirt 11.3 cannot enable post-copy preemption). Calibrated on the lab's
-#: 1 Gbit/s link: L2 and L3 gaps of 1.8-3.0 s, median 2.2 s, at 119 MiB/s (a first
-#: benchmark run; docs/benchmarks.md reports a second one).
-POSTCOPY_QUEUED_BYTES = 260 * 1024 * 1024
 #: What a guest dirties with a whole vCPU to itself, for the throttle's effect: the lab's
 #: guest dirtied ~10 MiB/s with 1 % left (L4, throttle 99 %).
 THROTTLED_DIRTY_BPS = 1000 * 1024 * 1024
@@ -91,6 +85,14 @@ class Workload:
     def first_pass_bytes(self) -> int:
         touched = self.memory_bytes if self.touched_bytes is None else self.touched_bytes
         return min(self.memory_bytes, max(touched, self.working_set_bytes or 0))
+
+    def pending(self, unsent: float, seconds: float, throttle_pct: int = 0) -> float:
+        """What QEMU's bitmap holds after a sync: the pass's unsent pages and those dirtied
+        since, one set. Both lie in the working set, so together they fill it at most (L4:
+        every pass from the second on was the 384 MiB working set, whatever the limit kept
+        back)."""
+        ws = float(self.memory_bytes if self.working_set_bytes is None else self.working_set_bytes)
+        return min(unsent + self.dirtied(seconds, throttle_pct), max(ws, unsent))
 
     def dirtied(self, seconds: float, throttle_pct: int = 0) -> float:
         ws = self.working_set_bytes
@@ -173,8 +175,9 @@ class LivePrediction:
 
 
 def route_of(action_kinds: Iterable[str]) -> str:
-    """The route a run took (or will take), from its policy's actions in order."""
-    kinds = list(action_kinds)
+    """The route a run took (or will take), from its policy's actions in order (kinds, or
+    the store's labels such as "set-downtime 650")."""
+    kinds = [kind.split()[0] for kind in action_kinds if kind.strip()]
     for kind, route in (("abort", "abort"), ("postcopy", "postcopy"), ("note", "auto-converge")):
         if kind in kinds:
             return route
@@ -255,16 +258,16 @@ def rehearse(
         if timeout is not None:
             run.elapsed += timeout
             run.processed += timeout * b
-            left = size - timeout * b + load.dirtied(since_pass + timeout, run.throttle)
+            left = load.pending(size - timeout * b, since_pass + timeout, run.throttle)
             acted = _ask_policy(run, left, kinds, mid_pass=True)
             if acted is not None:
-                return _ended(acted, run, left, b, costs, latency_ms, kinds, finish)
+                return _ended(acted, run, left, load, costs, latency_ms, kinds, finish)
             t, send = t - timeout, send - timeout * b
         run.elapsed += t
         run.processed += send
         pass_time += t
         since_pass += t
-        left = size - send + load.dirtied(since_pass, run.throttle)
+        left = load.pending(size - send, since_pass, run.throttle)
         if left <= limit_bytes:  # stop-and-copy
             downtime = left / b * 1000.0 + PAUSE_OVERHEAD_MS
             run.processed += left
@@ -289,7 +292,7 @@ def rehearse(
         size, since_pass, pass_time = left, 0.0, 0.0
         acted = _ask_policy(run, size, kinds, mid_pass=False)
         if acted is not None:
-            return _ended(acted, run, size, b, costs, latency_ms, kinds, finish)
+            return _ended(acted, run, size, load, costs, latency_ms, kinds, finish)
     return finish(
         "unfinished",
         "unfinished",
@@ -365,12 +368,13 @@ def _ended(
     how: str,
     run: _Run,
     remaining: float,
-    b: float,
+    load: Workload,
     costs: FixedCosts,
     latency_ms: float,
     kinds: list[str],
     finish: Callable[..., LivePrediction],
 ) -> LivePrediction:
+    b = run.bandwidth_bps
     if how == "abort":
         return finish(
             "abort",
@@ -382,16 +386,16 @@ def _ended(
             bytes_sent=round(run.processed),
             postcopy_s=0.0,
         )
-    post_s = remaining / b
-    # The longest fault: a round trip plus the bulk stream queued ahead of the page.
-    fault_ms = 2 * latency_ms + min(POSTCOPY_QUEUED_BYTES, remaining) / b * 1000.0
+    switch = next(a for a in reversed(run.planned or ()) if a.kind == "postcopy")
+    push = b if switch.value is None else min(b, switch.value * 1024 * 1024)
+    post_s = remaining / push
     return finish(
         route_of(kinds),
         "completed",
         1,  # the sync that starts post-copy
         total_s=run.elapsed + post_s + costs.postcopy_finish_s,
         downtime_ms=POSTCOPY_PAUSE_MS,
-        guest_gap_ms=POSTCOPY_PAUSE_MS + fault_ms,
+        guest_gap_ms=postcopy_gap_ms(remaining, load.dirty_rate_bps, b, push, latency_ms),
         bytes_sent=round(run.processed + remaining),
         postcopy_s=post_s,
     )

@@ -139,7 +139,12 @@ def set_bandwidth(domain: libvirt.virDomain, mib_per_s: float) -> None:
         domain.migrateSetMaxSpeed(int(mib_per_s), 0)
 
 
-def start_postcopy(domain: libvirt.virDomain) -> None:
+def start_postcopy(domain: libvirt.virDomain, push_mib: float | None = None) -> None:
+    """Switch to post-copy; `push_mib` holds QEMU's background push to that rate (QEMU takes
+    its post-copy bandwidth when it switches), leaving the rest of the link to faults."""
+    if push_mib is not None:
+        with libvirt_errors(host=None, doing=f"hold post-copy to {push_mib:g} MiB/s"):
+            domain.migrateSetMaxSpeed(int(push_mib), libvirt.VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY)
     with libvirt_errors(host=None, doing="switch to post-copy"):
         domain.migrateStartPostCopy(0)
 
