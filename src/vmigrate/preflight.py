@@ -461,8 +461,10 @@ def run_checks(
     copy_storage: bool = False,
     hosts_file: Path | None = None,
     tls: bool | None = None,
+    features: FeatureUse | None = None,
 ) -> CheckReport:
-    """Check whether `vm` can move from `source` to `destination`; raises only for bad input."""
+    """Check whether `vm` can move from `source` to `destination`; raises only for bad input.
+    `features`: the migration features the live move would use (None: live's defaults)."""
     return check_move(
         vm,
         source,
@@ -471,6 +473,7 @@ def run_checks(
         copy_storage=copy_storage,
         hosts_file=hosts_file,
         tls=tls,
+        features=features,
     ).report
 
 

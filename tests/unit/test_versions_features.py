@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from vmigrate.checks.versions import check_known_incompatibilities, check_migration_features
+from vmigrate.cli.check import _features as check_cli_features
 from vmigrate.events import Event, Notice
 from vmigrate.live.policy import PRESETS
 from vmigrate.live.request import LiveRequest, features_of, within_shared_features
@@ -133,3 +134,13 @@ def test_a_move_between_equal_new_hosts_matches_none() -> None:
     host_b = replace(HOST_A, ref=replace(HOST_A.ref, name="hostB"))
     found = check_known_incompatibilities(move(HOST_A, host_b, guest_xml("pc-i440fx-10.0")))
     assert [f.verdict for f in found] == [Verdict.PASS]
+
+
+def test_check_asks_about_the_options_live_would_use() -> None:
+    src, dst = "qemu+tls://127.0.0.2/system", "qemu+tls://127.0.0.3/system"
+    parallel = check_cli_features(src, dst, None, None, "fast", 4, True)
+    # As `live` resolves it: multifd takes post-copy off the policy, which throttles instead.
+    assert parallel.required == ("multifd", "xbzrle")
+    assert parallel.optional == ("auto-converge",)
+    default = check_cli_features(src, dst, None, True, "fast", None, False)
+    assert (default.required, default.optional) == (("tls",), ("postcopy-ram",))
