@@ -127,6 +127,10 @@ def test_newer_to_older_is_a_warning_when_the_machine_type_is_known() -> None:
     qemu = only(check_versions(checked), "versions.qemu")
     assert qemu.verdict is Verdict.WARN and "best-effort" in qemu.summary
     assert only(check_machine(checked), "machine.available").verdict is Verdict.PASS
+    # A stable update apart (10.0.2 -> 10.0.1) is no release apart.
+    stable = replace(HOST_C, hypervisor_version=10_000_001, capabilities=HOST_A.capabilities)
+    patch = only(check_versions(replace(checked, destination=stable)), "versions.qemu")
+    assert patch.verdict is Verdict.PASS
     # Cold, the QEMU versions do not matter at all.
     cold = replace(checked, mode=Mode.COLD)
     assert only(check_versions(cold), "versions.qemu").verdict is Verdict.PASS

@@ -129,7 +129,8 @@ def _direction(facts: CheckInput, src: HostFacts, dst: HostFacts) -> Finding:
         "source": format_version(src.hypervisor_version),
         "destination": format_version(dst.hypervisor_version),
     }
-    if facts.mode is Mode.LIVE and dst.hypervisor_version < src.hypervisor_version:
+    # Only a release apart counts: stable updates (10.0.2 -> 10.0.1) keep the machine types.
+    if facts.mode is Mode.LIVE and dst.hypervisor_version // 1000 < src.hypervisor_version // 1000:
         return Finding(
             "versions.qemu",
             FAMILY,
