@@ -41,7 +41,8 @@ def check_machine(facts: CheckInput) -> list[Finding]:
         "type": summary.virt_type,
     }
     caps = dst.capabilities
-    if caps is not None and caps.machines:
+    # A host that lists no machine type for the arch leaves it to its domain capabilities.
+    if caps is not None and caps.machines.get(summary.arch):
         wanted = _as_source_runs_it(summary.arch, summary.machine, facts.source)
         evidence["destination_qemu"] = format_version(caps.qemu_version)
         if caps.canonical_machine(summary.arch, wanted) is None:
