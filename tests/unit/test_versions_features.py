@@ -60,7 +60,7 @@ def test_lab_hosts_share_every_feature_a_move_may_use() -> None:
         found = check_migration_features(
             move(source, destination, guest_xml("pc-i440fx-7.2"), features=use)
         )
-        assert [f.verdict for f in found] == [Verdict.PASS], found
+        assert found == []  # nothing to say: `check` stays short
 
 
 def test_an_option_one_side_lacks_fails_with_a_fix() -> None:
@@ -133,7 +133,7 @@ def test_known_incompatibilities_match_versions_features_and_guest() -> None:
 def test_a_move_between_equal_new_hosts_matches_none() -> None:
     host_b = replace(HOST_A, ref=replace(HOST_A.ref, name="hostB"))
     found = check_known_incompatibilities(move(HOST_A, host_b, guest_xml("pc-i440fx-10.0")))
-    assert [f.verdict for f in found] == [Verdict.PASS]
+    assert found == []
 
 
 def test_check_asks_about_the_options_live_would_use() -> None:

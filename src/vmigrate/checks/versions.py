@@ -167,15 +167,12 @@ def _side_evidence(sides: tuple[tuple[int, int], tuple[int, int]]) -> dict[str, 
     }
 
 
-def _named(names: list[str] | tuple[str, ...]) -> str:
-    return ", ".join(names) if names else "none"
-
-
 def check_migration_features(facts: CheckInput) -> list[Finding]:
     """`versions.migration-features`: each feature the live move would use is one both QEMUs
     (and libvirts) offer (migration_features.py). One the user asked for (--parallel,
     --compress, TLS) that a side lacks is a failure; one the policy might use (post-copy,
-    auto-converge) is a restriction the move honours (a warning)."""
+    auto-converge) is a restriction the move honours (a warning). Nothing when both sides
+    have them all: `check` stays short."""
     sides = _sides(facts)
     if facts.mode is not Mode.LIVE or sides is None:
         return []
@@ -217,17 +214,6 @@ def check_migration_features(facts: CheckInput) -> list[Finding]:
                     subject=feature,
                 )
             )
-    if not findings:
-        used = [*use.required, *use.optional]
-        findings.append(
-            Finding(
-                "versions.migration-features",
-                FAMILY,
-                Verdict.PASS,
-                f"both sides offer the migration features this move may use ({_named(used)})",
-                evidence,
-            )
-        )
     return findings
 
 
@@ -269,22 +255,14 @@ def _incompatibility(facts: CheckInput, known: KnownIncompatibility) -> Finding:
 
 def check_known_incompatibilities(facts: CheckInput) -> list[Finding]:
     """`versions.known-incompatibility`: the entries of known_incompatibilities.py that this
-    live move matches (versions, the features it uses, the guest)."""
+    live move matches (versions, the features it uses, the guest); nothing when none does."""
     sides = _sides(facts)
     if facts.mode is not Mode.LIVE or sides is None:
         return []
     use = facts.features or FeatureUse()
     features = {*use.required, *use.optional}
-    matched = [
+    return [
         _incompatibility(facts, known)
         for known in KNOWN
         if known.applies(*sides, features) and _guest_has(known.guest, facts.domain)
-    ]
-    return matched or [
-        Finding(
-            "versions.known-incompatibility",
-            FAMILY,
-            Verdict.PASS,
-            f"none of the {len(KNOWN)} known incompatibilities between versions applies",
-        )
     ]
