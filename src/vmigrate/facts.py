@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from vmigrate.domxml.domain import DomainSummary
 from vmigrate.hosts import HostRef
@@ -62,6 +63,66 @@ class GuestUsage:
     vcpus: int
 
 
+_VERSIONED_MACHINE = re.compile(r"^(?P<family>.+)-(?P<version>\d+(?:\.\d+)+)$")
+
+
+def machine_family(machine: str) -> tuple[str, tuple[int, ...]]:
+    """'pc-i440fx-10.0' -> ('pc-i440fx', (10, 0)); a name without a version: (name, ())."""
+    match = _VERSIONED_MACHINE.match(machine)
+    if match is None:
+        return machine, ()
+    return match["family"], tuple(int(part) for part in match["version"].split("."))
+
+
+@dataclass(frozen=True)
+class DomainOffer:
+    """What a host's domain capabilities offer a guest of one architecture and virt type
+    (getDomainCapabilities without a machine: the QEMU's default machine)."""
+
+    arch: str
+    virt_type: str  # kvm | qemu
+    default_machine: str
+    cpu_models: dict[str, bool]  # custom-mode CPU model -> usable here as it is
+    #: device -> enum -> values, for each device the domcaps list as supported. A device or
+    #: an enum the domcaps do not list is unknown (an older libvirt reports less), not absent.
+    devices: dict[str, dict[str, tuple[str, ...]]]
+    unsupported_devices: tuple[str, ...]  # listed with supported='no'
+    features: dict[str, bool]  # <features> child -> supported
+    xml: str  # libvirt's answer itself, for the CPU check's finer reading
+
+
+@dataclass(frozen=True)
+class HostCapabilities:
+    """What a host's QEMU can run, read once with its facts: versions, the machine types of
+    getCapabilities() per architecture with their aliases, and its domain capabilities."""
+
+    libvirt_version: int
+    qemu_version: int
+    machines: dict[str, tuple[str, ...]]  # arch -> every machine type name, aliases included
+    machine_aliases: dict[str, dict[str, str]]  # arch -> alias ('pc') -> 'pc-i440fx-10.0'
+    offers: tuple[DomainOffer, ...] = ()
+    offer_errors: dict[str, str] = field(default_factory=dict)  # virt type -> libvirt's words
+
+    def canonical_machine(self, arch: str, machine: str) -> str | None:
+        """The machine type `machine` stands for here (an alias resolved); None: unknown."""
+        if machine in self.machine_aliases.get(arch, {}):
+            return self.machine_aliases[arch][machine]
+        return machine if machine in self.machines.get(arch, ()) else None
+
+    def newest_machine(self, arch: str, family: str) -> str | None:
+        """The newest versioned machine type of `family` ('pc-q35') this QEMU runs."""
+        versioned = [
+            (version, name)
+            for name in self.machines.get(arch, ())
+            for found, version in [machine_family(name)]
+            if found == family and version and name not in self.machine_aliases.get(arch, {})
+        ]
+        return max(versioned)[1] if versioned else None
+
+    def offer(self, arch: str, virt_type: str) -> DomainOffer | None:
+        return next((o for o in self.offers if o.arch == arch and o.virt_type == virt_type), None)
+
+
 @dataclass(frozen=True)
 class HostFacts:
     ref: HostRef
@@ -84,6 +145,7 @@ class HostFacts:
     guests: tuple[GuestUsage, ...] = ()  # every domain the host knows, with its size
     cpu_model: str = ""  # the host CPU's model as libvirt names it
     secrets: tuple[SecretFacts, ...] | None = None  # None: the host would not list them
+    capabilities: HostCapabilities | None = None  # None: not read (a test's hand-made facts)
 
     def secret(self, uuid: str | None, usage: str | None) -> SecretFacts | None:
         """The secret a disk names, by UUID or by usage name."""

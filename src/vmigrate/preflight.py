@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +21,23 @@ from vmigrate.checks.cpu import CpuFacts, check_cpu
 from vmigrate.checks.devices import check_conflicts, check_devices, check_networks
 from vmigrate.checks.drivers import check_drivers
 from vmigrate.checks.encryption import check_encryption
+from vmigrate.checks.machine import check_devices_offered, check_machine
 from vmigrate.checks.network_disks import server_endpoints
 from vmigrate.checks.resources import check_resources
 from vmigrate.checks.storage import check_storage
-from vmigrate.checks.versions import check_machine, check_versions
+from vmigrate.checks.versions import (
+    check_known_incompatibilities,
+    check_migration_features,
+    check_versions,
+)
 from vmigrate.domxml.cpu import cpu_xml_element, parse_domain_capabilities, parse_domain_cpu
+from vmigrate.encryption import migration_tls
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
 from vmigrate.events import EventSink, Notice, ignore
 from vmigrate.facts import DomainFacts, HostFacts, ShareProbe
 from vmigrate.hosts import HostRef, resolve_host
+from vmigrate.live.policy import DEFAULT_POLICY, PRESETS
+from vmigrate.migration_features import FeatureUse, features_used
 from vmigrate.model import CheckReport, Finding, Mode
 from vmigrate.trusted_checks import TrustedChecks, merged, rechecked, trusted_notice
 from vmigrate.virt.connection import Connection, lookup_domain, open_with_timeout, probe_tcp
@@ -330,13 +339,18 @@ class PairChecks:
         copy_storage: bool = False,
         tls: bool | None = None,
         peer_to_peer: bool = True,
+        features: FeatureUse | None = None,
     ) -> tuple[Finding, ...]:
+        """Every check of moving `domain` to `destination`; `features`: what the live move
+        would use (None: what `live` uses by default)."""
         src_conn, src_facts = self.source.conn, self.source.facts
         assert src_conn is not None and src_facts is not None
         dst_conn, dst_facts = destination.conn, destination.facts
         dst_domcaps, dst_domcaps_error = (
             domain_capabilities(dst_conn, domain.summary) if dst_conn else (None, destination.error)
         )
+        if features is None and mode is Mode.LIVE:
+            features = default_features(migration_tls(tls, self.source.ref, destination.ref))
         disks = self.disk_storage(domain, destination)
         servers = _storage_server_probes(domain, destination.ref)
         facts = CheckInput(
@@ -360,6 +374,7 @@ class PairChecks:
             destination_ref=destination.ref,
             migration_tls_requested=tls,
             peer_to_peer=peer_to_peer,
+            features=features,
             storage_servers=servers,
             destination_probes_representative=_is_local(destination.ref),
             network_disks=(
@@ -376,22 +391,55 @@ class PairChecks:
                 else ()
             ),
         )
-        found: list[Finding] = []
-        for check in (
-            check_drivers,
-            check_versions,
-            check_machine,
-            check_connectivity,
-            check_encryption,
-            check_storage,
-            check_resources,
-            check_devices,
-            check_networks,
-            check_conflicts,
-        ):
-            found += check(facts)
-        found += check_cpu(_cpu_facts(domain, src_conn, dst_conn, dst_domcaps))
+        found = pair_findings(facts)
+        cpu_domcaps = dst_domcaps or _host_domcaps(dst_facts, domain)
+        found += check_cpu(_cpu_facts(domain, src_conn, dst_conn, cpu_domcaps))
         return tuple(found)
+
+
+#: The checks of one move over its gathered facts (the CPU's, which also needs libvirt's own
+#: comparison, comes after): `check`, live, cold and the fleet's pair verdicts all run these.
+PAIR_CHECKS: tuple[Callable[[CheckInput], list[Finding]], ...] = (
+    check_drivers,
+    check_versions,
+    check_migration_features,
+    check_known_incompatibilities,
+    check_machine,
+    check_devices_offered,
+    check_connectivity,
+    check_encryption,
+    check_storage,
+    check_resources,
+    check_devices,
+    check_networks,
+    check_conflicts,
+)
+
+
+def pair_findings(facts: CheckInput) -> list[Finding]:
+    return [finding for check in PAIR_CHECKS for finding in check(facts)]
+
+
+def default_features(tls: bool) -> FeatureUse:
+    """What `live` uses with its default options (the default policy, no --parallel or
+    --compress): the fleet's moves and `vmigrate check` assume these."""
+    policy = PRESETS[DEFAULT_POLICY]
+    return features_used(
+        postcopy=policy.postcopy_allowed,
+        autoconverge=policy.autoconverge_at_start,
+        parallel=False,
+        compressed=False,
+        tls=tls,
+    )
+
+
+def _host_domcaps(facts: HostFacts | None, domain: DomainFacts) -> str | None:
+    """The destination's domain capabilities read with its facts, for the VM's architecture
+    and virt type: what the CPU check reads when the destination refuses the VM's own
+    machine type (an older QEMU), so that the CPU model is still compared."""
+    caps = facts.capabilities if facts is not None else None
+    offer = caps.offer(domain.summary.arch, domain.summary.virt_type) if caps else None
+    return offer.xml if offer is not None else None
 
 
 @dataclass(frozen=True)
@@ -413,8 +461,10 @@ def run_checks(
     copy_storage: bool = False,
     hosts_file: Path | None = None,
     tls: bool | None = None,
+    features: FeatureUse | None = None,
 ) -> CheckReport:
-    """Check whether `vm` can move from `source` to `destination`; raises only for bad input."""
+    """Check whether `vm` can move from `source` to `destination`; raises only for bad input.
+    `features`: the migration features the live move would use (None: live's defaults)."""
     return check_move(
         vm,
         source,
@@ -423,6 +473,7 @@ def run_checks(
         copy_storage=copy_storage,
         hosts_file=hosts_file,
         tls=tls,
+        features=features,
     ).report
 
 
@@ -438,6 +489,7 @@ def check_move(
     peer_to_peer: bool = True,
     trusted: TrustedChecks | None = None,
     emit: EventSink = ignore,
+    features: FeatureUse | None = None,
 ) -> Checked:
     """run_checks, with the facts gathered on the way; with `trusted` (a fleet job's checks
     of this move), only what can have changed since is checked again (checks_trusted)."""
@@ -472,7 +524,13 @@ def check_move(
         )
         dst = open_session(dst_ref)
         findings = checks.findings(
-            domain, dst, mode=mode, copy_storage=copy_storage, tls=tls, peer_to_peer=peer_to_peer
+            domain,
+            dst,
+            mode=mode,
+            copy_storage=copy_storage,
+            tls=tls,
+            peer_to_peer=peer_to_peer,
+            features=features,
         )
     finally:
         src.close()

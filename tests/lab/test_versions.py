@@ -11,6 +11,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,15 @@ def old_host_c(lab: list[HostStatus]) -> Iterator[HostStatus]:
     print(f"hostC up on bookworm in {time.monotonic() - started:.1f} s")
     yield next(h for h in lab_status() if h.name == HOST_C.name)
     upgrade_host(HOST_C.name)
+
+
+def finding(report_json: str, check: str) -> dict[str, Any]:
+    """One finding of `vmigrate check --json`'s report."""
+    found: list[dict[str, Any]] = [
+        f for f in json.loads(report_json)["findings"] if f["check"] == check
+    ]
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_host_c_runs_debians_own_libvirt_and_qemu(old_host_c: HostStatus) -> None:
@@ -81,10 +91,36 @@ def test_idle_guest_moves_live_from_older_to_newer(old_host_c: HostStatus, vm_na
     assert load_records()[HOST_C.name].pid == pid
     assert locate_vm(vm_name) == {HOST_C.name: "running"}
 
+    # `check` reads both hosts' capabilities: hostA's QEMU runs hostC's pc-i440fx-7.2.
+    checked = run_cli("check", vm_name, "--from", HOST_C.name, "--to", "hostA", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    machine = finding(checked.stdout, "machine.available")
+    assert machine["verdict"] == "pass" and "pc-i440fx-7.2" in machine["summary"]
+    assert finding(checked.stdout, "versions.qemu")["verdict"] == "pass"
+
     result = run_cli("live", vm_name, "--from", HOST_C.name, "--to", "hostA")
     assert result.returncode == 0, result.stdout + result.stderr
     time.sleep(1.0)
     report = heartbeat_report(vm_name)
     assert report.contiguous, report.problems
     assert report.last_seq_by_host["hostA"] > report.last_seq_by_host[HOST_C.name]
+    assert locate_vm(vm_name) == {"hostA": "running"}
+
+
+def test_newer_to_older_is_refused_by_check_naming_the_machine_type(
+    old_host_c: HostStatus, vm_name: str
+) -> None:
+    # A guest defined with machine='pc' on hostA runs libvirt's expansion: pc-i440fx-10.0.
+    create_vm(LabVmRequest(vm_name, host="hostA", memory_mib=128))
+    checked = run_cli("check", vm_name, "--from", "hostA", "--to", HOST_C.name, "--json")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    machine = finding(checked.stdout, "machine.available")
+    assert machine["verdict"] == "fail"
+    assert machine["summary"].startswith(
+        f"pc-i440fx-10.0 is unknown to hostC's QEMU {old_host_c.qemu_version}"
+    ), machine["summary"]
+    assert f"vmigrate cold {vm_name} --from hostA --to hostC --adapt" in machine["fix"]
+    assert "pc-i440fx-7.2" in machine["fix"]  # hostC's newest i440fx, what --adapt would pick
+    # The QEMU versions alone only warn: the machine type is the reason.
+    assert finding(checked.stdout, "versions.qemu")["verdict"] == "warn"
     assert locate_vm(vm_name) == {"hostA": "running"}

@@ -266,8 +266,9 @@ def test_versions() -> None:
         is Verdict.WARN
     )
     older_qemu = host("kvm2", "qemu+tls://kvm2/system", hypervisor_version=8_002_000)
+    # Newer to older is best effort, not refused from numbers: machine.available decides.
     assert (
-        only(check_versions(facts(destination=older_qemu)), "versions.qemu").verdict is Verdict.FAIL
+        only(check_versions(facts(destination=older_qemu)), "versions.qemu").verdict is Verdict.WARN
     )
     assert (
         only(check_versions(facts(destination=older_qemu, mode=Mode.COLD)), "versions.qemu").verdict

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from vmigrate.facts import DomainFacts, HostFacts, NetworkVolume, ShareProbe, VolumeLocation
 from vmigrate.hosts import HostRef
+from vmigrate.migration_features import FeatureUse
 from vmigrate.model import Mode
 from vmigrate.volume_probe import VolumeRead
 
@@ -68,3 +69,6 @@ class CheckInput:
     storage_servers: tuple[PortProbe, ...] = ()
     destination_probes_representative: bool = False
     network_disks: tuple[NetworkDiskView, ...] = ()
+    #: The migration features the live move would use; None: not said (a cold move, or a
+    #: caller that does not know the options), then the defaults of `live` are assumed.
+    features: FeatureUse | None = None

@@ -9,8 +9,12 @@ import click
 from rich.console import Console
 
 from vmigrate.cli.host_names import HostNames
-from vmigrate.cli.options import json_option, vm_and_hosts
+from vmigrate.cli.options import json_option, policy_config, vm_and_hosts
 from vmigrate.cli.render_findings import FindingsView
+from vmigrate.encryption import migration_tls
+from vmigrate.hosts import resolve_host
+from vmigrate.live.policy import DEFAULT_POLICY, PRESETS
+from vmigrate.migration_features import FeatureUse, features_used
 from vmigrate.model import CheckReport, Mode
 from vmigrate.preflight import run_checks
 
@@ -36,6 +40,15 @@ def render_report(
     default=None,
     help="The move will (or will not) use QEMU TLS for the stream. [default: as `live` decides]",
 )
+@click.option(
+    "--policy",
+    type=click.Choice(sorted(PRESETS)),
+    default=DEFAULT_POLICY,
+    show_default=True,
+    help="The policy the live move will run (post-copy or not).",
+)
+@click.option("--parallel", type=click.IntRange(min=1), help="The move will use multifd.")
+@click.option("--compress", is_flag=True, help="The move will compress memory pages.")
 @click.option("--verbose", "-v", is_flag=True, help="Every check's evidence, in full.")
 @json_option
 def check(
@@ -45,6 +58,9 @@ def check(
     mode: str,
     copy_storage: bool,
     tls: bool | None,
+    policy: str,
+    parallel: int | None,
+    compress: bool,
     hosts_file: Path | None,
     verbose: bool,
     as_json: bool,
@@ -61,6 +77,7 @@ def check(
         copy_storage=copy_storage,
         hosts_file=hosts_file,
         tls=tls,
+        features=_features(source, destination, hosts_file, tls, policy, parallel, compress),
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -68,3 +85,26 @@ def check(
         console.print(render_report(report, verbose=verbose, hosts_file=hosts_file))
     if report.failed:
         raise SystemExit(1)
+
+
+def _features(
+    source: str,
+    destination: str,
+    hosts_file: Path | None,
+    tls: bool | None,
+    policy: str,
+    parallel: int | None,
+    compress: bool,
+) -> FeatureUse:
+    """The migration features `live` with these options would use (as live resolves them:
+    parallel connections take post-copy off the policy)."""
+    config = policy_config(policy, None, None, False if parallel else None)
+    return features_used(
+        postcopy=config.postcopy_allowed,
+        autoconverge=config.autoconverge_at_start,
+        parallel=bool(parallel),
+        compressed=compress,
+        tls=migration_tls(
+            tls, resolve_host(source, hosts_file), resolve_host(destination, hosts_file)
+        ),
+    )

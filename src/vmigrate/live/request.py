@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vmigrate.events import EventSink, Notice
+from vmigrate.facts import HostFacts
 from vmigrate.live.policy import PolicyConfig
+from vmigrate.migration_features import BY_NAME, FeatureUse, features_used, lacking
 from vmigrate.model import LiveOptions
 from vmigrate.store import StoreLocation
 
@@ -75,3 +78,41 @@ def live_options(request: LiveRequest, migration_address: str | None, *, tls: bo
         tls=tls,
         migration_uri=f"tcp://{migration_address}" if migration_address else None,
     )
+
+
+def features_of(request: LiveRequest, *, tls: bool) -> FeatureUse:
+    """The migration features this move would use: the checks make sure both sides have them."""
+    return features_used(
+        postcopy=request.policy.postcopy_allowed,
+        autoconverge=request.policy.autoconverge_at_start,
+        parallel=bool(request.parallel_connections),
+        compressed=request.compressed,
+        tls=tls,
+    )
+
+
+def within_shared_features(
+    request: LiveRequest,
+    source: HostFacts | None,
+    destination: HostFacts | None,
+    emit: EventSink,
+) -> LiveRequest:
+    """The request with the policy's optional features (post-copy, auto-converge) limited to
+    what both hosts offer (migration_features.py), each one taken away said in a Notice. The
+    features the user asked for are the checks' business: a side without one fails them."""
+    if source is None or destination is None:
+        return request
+    optional = FeatureUse(optional=features_of(request, tls=False).optional)
+    missing = lacking(
+        optional,
+        (source.hypervisor_version, source.libvirt_version),
+        (destination.hypervisor_version, destination.libvirt_version),
+    )
+    policy = request.policy
+    if "postcopy-ram" in missing:
+        policy = policy.with_limits(postcopy=False)
+    if "auto-converge" in missing:
+        policy = replace(policy, autoconverge_allowed=False)
+    for feature in missing:
+        emit(Notice(f"{BY_NAME[feature].what} is not used: one host's QEMU lacks {feature}"))
+    return replace(request, policy=policy) if policy != request.policy else request

@@ -50,7 +50,13 @@ from vmigrate.live.failure import explain_failure
 from vmigrate.live.monitor import Monitor, Steering
 from vmigrate.live.postcopy_link import DESTINATION_GONE, NEVER_SWITCHED, TIMED_OUT
 from vmigrate.live.recovery_plan import postcopy_instructions
-from vmigrate.live.request import LiveReport, LiveRequest, live_options
+from vmigrate.live.request import (
+    LiveReport,
+    LiveRequest,
+    features_of,
+    live_options,
+    within_shared_features,
+)
 from vmigrate.live.storage_copy import DestinationImages, plan_for
 from vmigrate.live.storage_plan import StorageCopyPlan
 from vmigrate.model import Mode
@@ -84,6 +90,14 @@ def _checks(
         peer_to_peer=request.peer_to_peer,
         trusted=trusted,
         emit=emit,
+        features=features_of(
+            request,
+            tls=migration_tls(
+                request.tls,
+                resolve_host(request.source, request.hosts_file),
+                resolve_host(request.destination, request.hosts_file),
+            ),
+        ),
     )
     report = checked.report
     if report.failed and not request.force:
@@ -197,6 +211,8 @@ def migrate_live(
         refuse_maintenance(store, dst_ref, force=request.force, vm=request.vm)
     checked = _checks(request, trusted, emit)
     emit(ChecksDone(checked.report.to_dict()))
+    # The policy only uses a feature both hosts have (#25): post-copy off where one lacks it.
+    request = within_shared_features(request, checked.source, checked.destination, emit)
     ensure_event_loop()
     src = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     dst = open_with_timeout(dst_ref.uri, host=dst_ref.name, timeout=CONNECT_TIMEOUT_S)

@@ -11,11 +11,13 @@ from typing import TypeVar
 
 import libvirt
 
+from vmigrate.domxml.capabilities import guest_virt_types, host_capabilities
 from vmigrate.domxml.domain import DomainSummary, parse_domain
 from vmigrate.errors import HostError
 from vmigrate.facts import (
     DomainFacts,
     GuestUsage,
+    HostCapabilities,
     HostFacts,
     MissingDriver,
     NetworkFacts,
@@ -85,7 +87,9 @@ def _gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
     started = time.monotonic()
     libvirt_version = conn.getLibVersion()
     rtt_ms = (time.monotonic() - started) * 1000
-    capabilities = ET.fromstring(conn.getCapabilities())
+    capabilities_xml = conn.getCapabilities()
+    capabilities = ET.fromstring(capabilities_xml)
+    hypervisor_version = conn.getVersion()
     _model, memory_mib, cpus, *_rest = conn.getInfo()
     missing: list[MissingDriver] = []
     guests = _guests(conn)
@@ -95,7 +99,7 @@ def _gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
         host_uuid=capabilities.findtext("host/uuid", ""),
         libvirt_version=libvirt_version,
         hypervisor_type=conn.getType(),
-        hypervisor_version=conn.getVersion(),
+        hypervisor_version=hypervisor_version,
         arch=capabilities.findtext("host/cpu/arch", ""),
         cpus=cpus,
         memory_free_bytes=conn.getFreeMemory(),
@@ -112,6 +116,39 @@ def _gather_host_facts(conn: libvirt.virConnect, ref: HostRef) -> HostFacts:
         guests=guests,
         cpu_model=capabilities.findtext("host/cpu/model", ""),
         secrets=_secrets(conn),
+        capabilities=read_capabilities(
+            conn,
+            capabilities_xml,
+            capabilities.findtext("host/cpu/arch", ""),
+            libvirt_version=libvirt_version,
+            qemu_version=hypervisor_version,
+        ),
+    )
+
+
+def read_capabilities(
+    conn: libvirt.virConnect,
+    capabilities_xml: str,
+    arch: str,
+    *,
+    libvirt_version: int,
+    qemu_version: int,
+) -> HostCapabilities:
+    """The host's machine types (every architecture) and its domain capabilities for its own
+    architecture, once per virt type it offers (kvm, qemu): a few milliseconds each."""
+    offers: list[str] = []
+    errors: dict[str, str] = {}
+    for virt_type in guest_virt_types(capabilities_xml, arch):
+        try:
+            offers.append(conn.getDomainCapabilities(None, arch, None, virt_type, 0))
+        except libvirt.libvirtError as err:
+            errors[virt_type] = err.get_error_message() or str(err)
+    return host_capabilities(
+        capabilities_xml,
+        offers,
+        libvirt_version=libvirt_version,
+        qemu_version=qemu_version,
+        offer_errors=errors,
     )
 
 
