@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from vmigrate.cli.main import cli
 from vmigrate.cold.adaptation import (
     KeptOriginal,
+    _note,
+    _refusal,
     _still_adapted,
     answered_by,
     kept_original,
@@ -383,3 +385,33 @@ def test_adapt_is_no_option_of_a_live_move() -> None:
     result = CliRunner().invoke(cli, ["live", "vm1", "--from", "hostA", "--to", "hostC", "--adapt"])
     assert result.exit_code == 2
     assert "No such option" in result.output and "--adapt" in result.output
+
+
+def test_the_plan_says_when_adapt_has_nothing_to_change_or_could_restore() -> None:
+    assert _note("vm1", "hostB", True, (), None, None) == (
+        "--adapt: hostB runs vm1 as it is; nothing to change"
+    )
+    assert _note("vm1", "hostB", False, (), None, None) == ""  # a plain move says nothing
+    there = adapt_domain(LAB_GUEST, HOST_C)
+    kept = KeptOriginal(4, LAB_GUEST, there.changes)
+    restore = restore_original(there.xml, LAB_GUEST, there.changes, HOST_A, 4)
+    assert _note("vm1", "hostA", False, (), kept, restore) == (
+        "vm1 runs as job 4 adapted it; hostA runs its original definition: add --adapt to "
+        "restore machine pc-i440fx-10.0"
+    )
+    stays = restore_original(there.xml, LAB_GUEST, there.changes, HOST_C, 4)
+    assert _note("vm1", "hostC", True, (), kept, stays) == (
+        "--adapt: nothing to change; kept as job 4 adapted it: machine pc-i440fx-10.0: hostC "
+        "cannot run it; kept pc-i440fx-7.2"
+    )
+
+
+def test_without_adapt_the_refusal_names_the_machine_type_and_suggests_adapt() -> None:
+    error = _refusal("vm1", HOST_C, adapt_domain(LAB_GUEST, HOST_C).changes)
+    assert error.message == (
+        "hostC cannot run vm1 as it is defined: pc-i440fx-10.0 is unknown to hostC's QEMU "
+        "7.2.22; pc-i440fx-7.2 is its newest pc-i440fx; nothing was moved"
+    )
+    assert error.fix.startswith(
+        "add --adapt: the plan then rewrites what hostC cannot run (machine -> pc-i440fx-7.2)"
+    )
