@@ -70,7 +70,10 @@ def render_plan(plan: ColdPlan) -> None:
         console.print(f"  {adapted.kind}: {adapted.describe()}")
     if plan.adapt_changes and plan.original_xml is not None:
         kept = f"job {plan.original_job}" if plan.original_job else "this job"
-        console.print(f"  the original definition is kept in {kept}: moved back with --adapt")
+        console.print(
+            f"  the original definition stays in {kept}: a later cold --adapt to a host "
+            "that runs it restores it"
+        )
     if plan.adapt_note:
         console.print(f"  {plan.adapt_note}")
     console.print(
