@@ -125,6 +125,10 @@ def test_cold_adapt_boots_on_the_older_host_and_moving_back_restores_it(
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "pc-i440fx-10.0" in refused.stderr and "add --adapt" in refused.stderr
     print(refused.stderr)
+    # --keep-state would resume QEMU 10.0's saved state in QEMU 7.2: refused, VM untouched.
+    state = run_cli(*move, "--from", "hostA", "--to", HOST_C.name, "--adapt", "--keep-state")
+    assert state.returncode == 1, state.stdout + state.stderr
+    assert "a state saved by a newer QEMU does not load into an older one" in state.stderr
     assert locate_vm(vm_name) == {"hostA": "running"}
 
     # --adapt: the plan lists the change before any step; the guest boots on QEMU 7.2.
@@ -161,3 +165,9 @@ def test_cold_adapt_boots_on_the_older_host_and_moving_back_restores_it(
     assert line.host == "hostA" and line.text.startswith("DISK verify ok"), line
     assert locate_vm(vm_name) == {"hostA": "running"}
     assert machine_on("hostA") == "pc-i440fx-10.0"
+    # Where nothing needs changing, --adapt says so (a dry run: nothing moves).
+    plain = run_cli(*move, "--from", "hostA", "--to", "hostB", "--adapt", "--dry-run")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    planned = json.loads(plain.stdout)
+    assert planned["adapt_changes"] == []
+    assert planned["adapt_note"] == f"--adapt: hostB runs {vm_name} as it is; nothing to change"
