@@ -37,7 +37,7 @@ from vmigrate.domxml.adapt import (
     restore_original,
 )
 from vmigrate.domxml.cpu import parse_domain_capabilities
-from vmigrate.errors import MigrationRefused, UsageError
+from vmigrate.errors import MigrationRefused
 from vmigrate.facts import HostFacts
 from vmigrate.hosts import HostRef
 from vmigrate.model import CheckReport, Finding, Mode, Verdict
@@ -370,12 +370,12 @@ def _facts(name: str, qemu: int) -> HostFacts:
 
 def test_keep_state_is_refused_where_the_saved_state_would_not_load() -> None:
     new, old = _facts("hostA", 10_000_002), _facts("hostC", 7_002_022)
-    with pytest.raises(UsageError) as older:
+    with pytest.raises(MigrationRefused) as older:
         refuse_state_across("vm1", (new, old), ())
     assert "a state saved by a newer QEMU does not load into an older one" in older.value.message
     assert "QEMU 10.0.2" in older.value.message and "drop --keep-state" in older.value.fix
     change = AdaptChange("machine", "pc-i440fx-7.2", "pc-i440fx-10.0", "restored", MACHINE)
-    with pytest.raises(UsageError) as changed:
+    with pytest.raises(MigrationRefused) as changed:
         refuse_state_across("vm1", (old, new), (change,))
     assert "machine: pc-i440fx-7.2 -> pc-i440fx-10.0" in changed.value.message
     refuse_state_across("vm1", (old, new), ())  # older to newer, unchanged: it loads

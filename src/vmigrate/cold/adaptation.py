@@ -25,7 +25,7 @@ from vmigrate.domxml.adapt import (
 )
 from vmigrate.domxml.cpu import HostCpuOffer, parse_domain_capabilities
 from vmigrate.domxml.domain import parse_domain
-from vmigrate.errors import MigrationRefused, UsageError
+from vmigrate.errors import MigrationRefused
 from vmigrate.facts import HostFacts
 from vmigrate.model import CheckReport, Finding
 from vmigrate.store import JobStore, StoreLocation
@@ -117,7 +117,7 @@ def refuse_state_across(
     would not load, before the VM stops."""
     src, dst = facts
     if dst.hypervisor_version < src.hypervisor_version:
-        raise UsageError(
+        raise MigrationRefused(
             f"--keep-state: {src.ref.name} runs QEMU {format_version(src.hypervisor_version)} "
             f"and {dst.ref.name} QEMU {format_version(dst.hypervisor_version)}: a state saved "
             "by a newer QEMU does not load into an older one; nothing was changed",
@@ -125,7 +125,7 @@ def refuse_state_across(
             fix="drop --keep-state: the guest shuts down here and boots there",
         )
     if changes:
-        raise UsageError(
+        raise MigrationRefused(
             "--keep-state: the saved state holds the devices of the definition it ran with, "
             f"and this move changes it ({'; '.join(c.describe() for c in changes)}); it would "
             "not load; nothing was changed",
