@@ -133,7 +133,9 @@ def test_cold_adapt_boots_on_the_older_host_and_moving_back_restores_it(
 
     # --adapt: the plan lists the change before any step; the guest boots on QEMU 7.2.
     since = time.monotonic_ns()
-    there = run_cli(*move, "--from", "hostA", "--to", HOST_C.name, "--adapt")
+    there = run_cli(
+        *move, "--from", "hostA", "--to", HOST_C.name, "--adapt", "--delete-source-disks"
+    )
     assert there.returncode == 0, there.stdout + there.stderr
     events = [json.loads(line) for line in there.stdout.splitlines() if line.startswith("{")]
     kinds = [e["event"] for e in events]
