@@ -124,3 +124,88 @@ def test_newer_to_older_is_refused_by_check_naming_the_machine_type(
     # The QEMU versions alone only warn: the machine type is the reason.
     assert finding(checked.stdout, "versions.qemu")["verdict"] == "warn"
     assert locate_vm(vm_name) == {"hostA": "running"}
+
+
+# ---- cold --adapt between incompatible hosts (#25 item 3) --------------------------------
+# hostA's QEMU 10.0 gives a guest defined with machine 'pc' pc-i440fx-10.0, which hostC's
+# QEMU 7.2 does not know: the VM cannot go there as it is, only adapted, and comes back as
+# it was. One idle guest with a local disk; the guest reads its disk back at each boot.
+
+
+def test_cold_adapt_boots_on_the_older_host_and_moving_back_restores_it(
+    old_host_c: HostStatus, vm_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from vmigrate.lab.config import HOST_A
+    from vmigrate.lab.heartbeat import wait_for_console
+    from vmigrate.store import JobStore
+
+    store = str(tmp_path_factory.mktemp("adapt") / "jobs.sqlite")
+    create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
+
+    def machine_on(host: str) -> str:
+        uri = {"hostA": HOST_A.uri, HOST_C.name: HOST_C.uri}[host]
+        shown = subprocess.run(
+            ["virsh", "-c", uri, "dumpxml", "--inactive", vm_name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        return shown.split("machine='", 1)[1].split("'", 1)[0]
+
+    assert machine_on("hostA") == "pc-i440fx-10.0"
+    move = ("cold", vm_name, "--store", store, "--json")
+
+    # Without --adapt: refused before anything stops, naming the machine type.
+    refused = run_cli(*move, "--from", "hostA", "--to", HOST_C.name)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "pc-i440fx-10.0" in refused.stderr and "add --adapt" in refused.stderr
+    print(refused.stderr)
+    # --keep-state would resume QEMU 10.0's saved state in QEMU 7.2: refused, VM untouched.
+    state = run_cli(*move, "--from", "hostA", "--to", HOST_C.name, "--adapt", "--keep-state")
+    assert state.returncode == 1, state.stdout + state.stderr
+    assert "a state saved by a newer QEMU does not load into an older one" in state.stderr
+    assert locate_vm(vm_name) == {"hostA": "running"}
+
+    # --adapt: the plan lists the change before any step; the guest boots on QEMU 7.2.
+    since = time.monotonic_ns()
+    there = run_cli(
+        *move, "--from", "hostA", "--to", HOST_C.name, "--adapt", "--delete-source-disks"
+    )
+    assert there.returncode == 0, there.stdout + there.stderr
+    events = [json.loads(line) for line in there.stdout.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    plan = events[kinds.index("plan")]  # the plan's fields spread beside "event"
+    assert kinds.index("plan") < kinds.index("job")  # listed before the job did anything
+    assert [(c["what"], c["from"], c["to"]) for c in plan["adapt_changes"]] == [
+        ("machine", "pc-i440fx-10.0", "pc-i440fx-7.2")
+    ]
+    line = wait_for_console(vm_name, r"^DISK ", timeout=90, since_ns=since)
+    assert line.host == HOST_C.name and line.text.startswith("DISK verify ok"), line
+    assert heartbeat_report(vm_name, since_ns=since).last_seq_by_host.get(HOST_C.name)
+    assert locate_vm(vm_name) == {HOST_C.name: "running"}
+    assert machine_on(HOST_C.name) == "pc-i440fx-7.2"
+    job = events[kinds.index("job")]["job_id"]
+    with JobStore(store) as jobs:  # the original kept in the job, to move it back as it was
+        assert "pc-i440fx-10.0" in jobs.job(job).params["plan"]["original_xml"]
+
+    # Back to hostA with --adapt: the original machine type restored, and said so.
+    since = time.monotonic_ns()
+    back = run_cli(*move, "--from", HOST_C.name, "--to", "hostA", "--adapt")
+    assert back.returncode == 0, back.stdout + back.stderr
+    events = [json.loads(line) for line in back.stdout.splitlines() if line.startswith("{")]
+    plan = next(e for e in events if e["event"] == "plan")
+    assert [(c["what"], c["to"], c["kind"]) for c in plan["adapt_changes"]] == [
+        ("machine", "pc-i440fx-10.0", "restored")
+    ]
+    assert plan["adapt_changes"][0]["why"] == f"restored from job {job}: hostA runs the original"
+    line = wait_for_console(vm_name, r"^DISK ", timeout=90, since_ns=since)
+    assert line.host == "hostA" and line.text.startswith("DISK verify ok"), line
+    assert locate_vm(vm_name) == {"hostA": "running"}
+    assert machine_on("hostA") == "pc-i440fx-10.0"
+    # Where nothing needs changing, --adapt says so (a dry run: nothing moves).
+    plain = run_cli(*move, "--from", "hostA", "--to", "hostB", "--adapt", "--dry-run")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    planned = json.loads(plain.stdout)
+    assert planned["adapt_changes"] == []
+    assert planned["adapt_note"] == f"--adapt: hostB runs {vm_name} as it is; nothing to change"

@@ -35,6 +35,7 @@ PURE_MODULES = (
     "vmigrate.domxml.domain",
     "vmigrate.domxml.rewrite",
     "vmigrate.domxml.secrets",
+    "vmigrate.domxml.adapt",
     "vmigrate.checks.connectivity",
     "vmigrate.checks.context",
     "vmigrate.checks.cpu",

@@ -67,6 +67,16 @@ def render_plan(plan: ColdPlan) -> None:
         )
     for change in plan.changes:
         console.print(f"  xml: {change}")
+    for adapted in plan.adapt_changes:
+        console.print(f"  {adapted.kind}: {adapted.describe()}")
+    if plan.adapt_changes and plan.original_xml is not None:
+        kept = f"job {plan.original_job}" if plan.original_job else "this job"
+        console.print(
+            f"  the original definition stays in {kept}: a later cold --adapt to a host "
+            "that runs it restores it"
+        )
+    if plan.adapt_note:
+        console.print(f"  {plan.adapt_note}")
     console.print(
         "  then: define on the destination"
         + (", start it" if plan.start_after else "")
@@ -143,6 +153,13 @@ def render_final(report: ColdReport) -> None:
     is_flag=True,
     help="Copy each backing chain as one standalone image (the source's chain is untouched).",
 )
+@click.option(
+    "--adapt",
+    is_flag=True,
+    help="Rewrite what the destination's QEMU cannot run (machine type, CPU model, devices), "
+    "each change listed in the plan; the job keeps the original definition, and a later "
+    "--adapt move to a host that runs it restores it.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the XML changes only.")
 @click.option(
     "--delete-source-disks",
@@ -185,6 +202,7 @@ def cold(
     path_map: tuple[str, ...],
     net_map: tuple[str, ...],
     flatten: bool,
+    adapt: bool,
     dry_run: bool,
     delete_source_disks: bool,
     no_rollback: bool,
@@ -222,6 +240,7 @@ def cold(
         rollback_on_failure=not no_rollback,
         flatten=flatten,
         shutdown_timeout_s=shutdown_timeout,
+        adapt=adapt,
         hosts_file=hosts_file,
         store_path=store_path,
     )

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from vmigrate.cold.pool_change import FILE_POOL_TYPES, PoolChange
+from vmigrate.domxml.adapt import AdaptChange
 from vmigrate.domxml.domain import InterfaceInfo
 from vmigrate.errors import OutOfSpace, UsageError, VmigrateError
 from vmigrate.facts import HostFacts, PoolFacts, VolumeInfo
@@ -84,9 +85,19 @@ class ColdPlan:
     restore_xml: str | None = None  # the running definition, rewritten, for --keep-state
     state_file: StateFile | None = None  # --keep-state: where the saved memory goes
     pool_changes: tuple[PoolChange, ...] = ()  # disks QEMU copies into another kind of pool
+    #: --adapt: the definition's parts rewritten for the destination, or restored from the
+    #: original an earlier job kept (each what, from, to, why)
+    adapt_changes: tuple[AdaptChange, ...] = ()
+    original_xml: str | None = None  # kept while a part stays adapted: how to move it back
+    original_job: int | None = None  # the earlier job that kept it first (None: this one)
+    still_adapted: tuple[AdaptChange, ...] = ()  # the parts adapted after this move
+    adapt_note: str = ""  # e.g. --adapt with nothing to change
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["adapt_changes"] = [c.to_dict() for c in self.adapt_changes]
+        data["still_adapted"] = [c.to_dict() for c in self.still_adapted]
+        return data
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ColdPlan:
@@ -100,6 +111,12 @@ class ColdPlan:
                 "changes": tuple(data["changes"]),
                 "state_file": StateFile(**state) if state else None,
                 "pool_changes": tuple(PoolChange(**c) for c in data.get("pool_changes", ())),
+                "adapt_changes": tuple(
+                    AdaptChange.from_dict(c) for c in data.get("adapt_changes", ())
+                ),
+                "still_adapted": tuple(
+                    AdaptChange.from_dict(c) for c in data.get("still_adapted", ())
+                ),
             }
         )
 

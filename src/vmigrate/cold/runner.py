@@ -9,6 +9,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vmigrate.cold.adaptation import (
+    adapt_definition,
+    answered_by,
+    refuse_failed,
+    refuse_state_across,
+)
 from vmigrate.cold.plan import (
     ColdPlan,
     StateFile,
@@ -50,12 +56,13 @@ __all__ = [
 ]
 from vmigrate.domxml.domain import parse_domain
 from vmigrate.domxml.rewrite import Rewrite, rewrite_for_destination
-from vmigrate.errors import MigrationRefused, UsageError, VmigrateError
+from vmigrate.errors import UsageError, VmigrateError
 from vmigrate.events import (
     ChecksDone,
     Done,
     EventSink,
     JobEvents,
+    Notice,
     PlanMade,
     RollbackStep,
     ignore,
@@ -173,6 +180,17 @@ def build_plan(
         destination=dst_facts,
     )
     src_facts: HostFacts | None = checked.source if checked is not None else None
+    adapted = adapt_definition(
+        vm=request.vm,
+        xml=xml,
+        adapt=request.adapt,
+        conns=(src, dst),
+        dst_facts=dst_facts,
+        store_path=request.store_path,
+    )
+    if request.keep_state:  # refused before the VM stops, like every refusal here
+        src_facts = src_facts or gather_host_facts(src, src_ref)
+        refuse_state_across(request.vm, (src_facts, dst_facts), adapted.changes)
     pool_changes: tuple[PoolChange, ...] = ()
     if request.pool_map:
         src_facts = src_facts or gather_host_facts(src, src_ref)
@@ -242,7 +260,7 @@ def build_plan(
         flattened=flatten,
         disk_sources={c.target: c.new_xml for c in pool_changes},
     )
-    result = rewrite_for_destination(xml, rewrite)
+    result = rewrite_for_destination(adapted.xml, rewrite)
     # A saved state must come back with an ABI-identical definition: the running one.
     restore_xml = (
         rewrite_for_destination(
@@ -266,6 +284,11 @@ def build_plan(
         restore_xml=restore_xml,
         state_file=state_file,
         pool_changes=pool_changes,
+        adapt_changes=adapted.changes,
+        original_xml=adapted.original_xml,
+        original_job=adapted.original_job,
+        still_adapted=adapted.still_adapted,
+        adapt_note=adapted.note,
     )
 
 
@@ -402,6 +425,7 @@ def _report(
             "changes": list(plan.changes),
             "state_file": asdict(plan.state_file) if plan.state_file else None,
             "pool_changes": [c.describe() for c in plan.pool_changes],
+            "adapt_changes": [c.to_dict() for c in plan.adapt_changes],
         },
         state,
         [_changed(change, journal) for change in plan.pool_changes],
@@ -613,17 +637,12 @@ def migrate_cold(
     )
     checks = checked.report
     emit(ChecksDone(checks.to_dict()))
-    if checks.failed and not request.force:
-        failed = [f for f in checks.findings if f.verdict.value == "fail"]
-        raise MigrationRefused(
-            "pre-flight checks failed, nothing was moved: "
-            + "; ".join(f"{f.check}: {f.summary}" for f in failed),
-            vm=request.vm,
-            fix=failed[0].fix or "run `vmigrate check --mode cold`; --force overrides",
-            report=checks,
-        )
+    failed = [f for f in checks.findings if f.verdict.value == "fail"] if not request.force else []
+    left_to_adapt = refuse_failed(request, failed, checks)
     _check_lease_free(request, take_over_lease)
     plan = plan_cold(request, checked)
+    for finding in left_to_adapt:  # each must be answered by a change of the plan
+        emit(Notice(answered_by(finding, plan.adapt_changes, request.vm, checks)))
     emit(PlanMade(plan.to_dict()))
     store = JobStore(request.store_path)
     params = {**_request_params(request, plan), TOKEN_PARAM: new_token()}

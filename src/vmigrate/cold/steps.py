@@ -127,6 +127,7 @@ class ColdRequest:
     flatten: bool = False  # copy each backing chain as one standalone image
     state_pool: str | None = None  # --state-pool NAME or SRC:DST: carries the state file
     shutdown_timeout_s: float = 60.0
+    adapt: bool = False  # --adapt: rewrite what the destination cannot run (cold/adaptation.py)
     hosts_file: Path | None = None
     store_path: StoreLocation | None = None
 
