@@ -1,0 +1,56 @@
+"""`vmigrate rolling`'s bad input: a clear error, a non-zero exit, nothing changed (no job,
+no host in maintenance), all refused before any host is contacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vmigrate.cli.main import cli
+from vmigrate.fleet.rolling_host import command_argv
+from vmigrate.store import JobStore
+
+HOSTS = (
+    '[hosts.n1]\nuri = "qemu+tcp://127.0.0.91/system"\n'
+    '[hosts.n2]\nuri = "qemu+tcp://127.0.0.92/system"\n'
+    '[hosts.n3]\nuri = "qemu+tcp://127.0.0.93/system"\n'
+    '[clusters.trio]\nhosts = ["n1", "n2", "n3"]\n'
+    '[clusters.solo]\nhosts = ["n1"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--cluster", "nowhere", "--run", "true"], "unknown cluster 'nowhere'"),
+        (["--cluster", "solo", "--run", "true"], "needs at least two"),
+        (["--cluster", "trio", "--run", "true", "--hosts-at-once", "3"], "no host would be left"),
+        (
+            ["--cluster", "trio", "--run", "no-such-upgrader-xyz {host}"],
+            "command 'no-such-upgrader-xyz' not found",
+        ),
+        (["--cluster", "trio", "--run", "'unclosed {host}"], "cannot be split"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_changes(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(HOSTS)
+    store = tmp_path / "jobs.sqlite"
+    result = CliRunner().invoke(
+        cli, ["rolling", *args, "--hosts", str(hosts), "--store", str(store)]
+    )
+    assert result.exit_code != 0
+    assert words in result.output, result.output
+    assert "Traceback" not in result.output
+    with JobStore(store) as opened:
+        assert opened.jobs_of_kind("rolling") == []
+        assert opened.maintenance() == {}
+
+
+def test_the_command_is_split_like_a_shell_and_the_host_replaced_inside_words() -> None:
+    argv = command_argv("ssh 'root@{host}' apt-get -y 'upgrade; reboot' --tag={host}", "h1")
+    assert argv == ["ssh", "root@h1", "apt-get", "-y", "upgrade; reboot", "--tag=h1"]
