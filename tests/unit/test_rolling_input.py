@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from vmigrate.cli.main import cli
+from vmigrate.errors import UsageError
 from vmigrate.fleet.rolling_host import command_argv
 from vmigrate.store import JobStore
 
@@ -54,3 +55,16 @@ def test_bad_input_is_refused_before_anything_changes(
 def test_the_command_is_split_like_a_shell_and_the_host_replaced_inside_words() -> None:
     argv = command_argv("ssh 'root@{host}' apt-get -y 'upgrade; reboot' --tag={host}", "h1")
     assert argv == ["ssh", "root@h1", "apt-get", "-y", "upgrade; reboot", "--tag=h1"]
+
+
+def test_the_api_runs_a_roll_as_the_cli_does() -> None:
+    from vmigrate.serve.actions import ACTIONS, command_line, validate
+
+    action = ACTIONS["rolling"]
+    values = validate(action, {"cluster": "lab", "run": "upgrade {host}", "hosts_at_once": 1})
+    assert command_line(action, values, "/s/jobs.sqlite", None) == [
+        "rolling", "--cluster", "lab", "--run", "upgrade {host}", "--hosts-at-once", "1",
+        "--store", "/s/jobs.sqlite", "--json",
+    ]  # fmt: skip
+    with pytest.raises(UsageError, match="control characters"):
+        validate(action, {"cluster": "lab", "run": "upgrade\n{host}"})
