@@ -400,6 +400,7 @@ def _run_steps(
     store, job_id = roll.store, roll.job_id
     recorded = {s.seq: s for s in store.steps(job_id)}
     failure: str | None = None
+    previous: dict[str, Any] = {}
     try:
         for step in steps_of(order):
             done = recorded.get(step.seq)
@@ -428,14 +429,10 @@ def _run_steps(
             )
             roll.emit(Notice(f"{step.name}: done in {time.monotonic() - began:.1f} s"))
     except BaseException as err:  # Ctrl-C, or a crash: the job ends failed, the step says why
-        if roll.step is not None:
-            store.record_step(
-                job_id,
-                roll.step.seq,
-                roll.step.name,
-                FAILED,
-                {**roll_detail(roll, roll.step), "error": repr(err)},
-            )
+        if roll.step is not None:  # what the step recorded (a command's PID) is kept
+            seq = roll.step.seq
+            now = next((s.detail for s in store.steps(job_id) if s.seq == seq), previous)
+            store.record_step(job_id, seq, roll.step.name, FAILED, {**now, "error": repr(err)})
         with contextlib.suppress(Exception):
             store.finish_job(job_id, "failed", f"stopped: {err!r}", {})
         raise
