@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vmigrate.errors import UsageError
+from vmigrate.fleet.plan import FleetInput
 from vmigrate.fleet.rolling_order import (
     NoSafeOrder,
     RollHost,
@@ -99,3 +100,63 @@ def test_bad_rolls_are_refused(count: int, at_once: int, words: str) -> None:
         validate_roll(count, at_once, "lab")
     assert words in refused.value.message
     assert refused.value.fix
+
+
+def test_the_planner_never_sends_a_vm_to_an_older_qemu_in_a_roll() -> None:
+    from vmigrate.capacity import HostBudget
+    from vmigrate.fleet.plan import (
+        EVACUATE,
+        FleetInput,
+        PairVerdict,
+        Purpose,
+        TargetHost,
+        VmLoad,
+        never_to_older_qemu,
+        plan_moves,
+    )
+
+    def budget(name: str, placed_mib: int) -> HostBudget:
+        return HostBudget(
+            name, 24 << 30, 4096 * MIB, 512 * MIB, placed_mib * MIB, 20 << 30, None, 0, 2
+        )
+
+    vms = (VmLoad("web", "hostA", "running", True, 512 * MIB, 1, 0.0),)
+    inp = FleetInput(
+        Purpose(EVACUATE, "hostA", ("hostA",), ("hostB", "hostC")),
+        vms,
+        (TargetHost("hostB", budget("hostB", 1024)), TargetHost("hostC", budget("hostC", 0))),
+        (PairVerdict("web", "hostB", ()), PairVerdict("web", "hostC", ())),
+    )
+    # hostC wins on free memory alone; older, it takes nothing.
+    assert [m.destination for m in plan_moves(inp).moves] == ["hostC"]
+    versions = {"hostA": NEW, "hostB": NEWER, "hostC": OLD}
+    plan = plan_moves(never_to_older_qemu(inp, versions))
+    assert [(m.vm, m.destination) for m in plan.moves] == [("web", "hostB")]
+    # With hostB gone too, the VM has nowhere to go, and the reason names the versions.
+    only_old = never_to_older_qemu(replace_targets(inp, "hostC"), versions)
+    plan = plan_moves(only_old)
+    assert not plan.moves
+    assert "hostC's QEMU 7.2.0 is older than 10.0.2" in plan.unplaced[0].reason
+    # The same version is no obstacle.
+    same = plan_moves(never_to_older_qemu(inp, {"hostA": NEW, "hostB": NEW, "hostC": NEW}))
+    assert len(same.moves) == 1
+
+
+def replace_targets(inp: FleetInput, *names: str) -> FleetInput:
+    from dataclasses import replace
+
+    return replace(inp, targets=tuple(t for t in inp.targets if t.name in names))
+
+
+def test_each_group_of_hosts_is_emptied_first_then_each_host_checked_and_refilled() -> None:
+    from vmigrate.fleet.rolling import steps_of
+    from vmigrate.fleet.rolling_order import RollOrder
+
+    steps = steps_of(RollOrder((("a", "b"), ("c",)), ()))
+    assert [s.name for s in steps] == [
+        "evacuate a", "evacuate b",
+        "command a", "health a", "return a",
+        "command b", "health b", "return b",
+        "evacuate c", "command c", "health c", "return c",
+    ]  # fmt: skip
+    assert [s.seq for s in steps] == list(range(12))

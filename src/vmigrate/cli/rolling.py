@@ -12,14 +12,9 @@ from vmigrate.cli.evacuate import console, hosts_file_option, print_plan, run_wi
 from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
 from vmigrate.events import Done, print_json
 from vmigrate.fleet.plan import DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_HOST
-from vmigrate.fleet.rolling import (
-    COMMAND_ESTIMATE_S,
-    HEALTH_ESTIMATE_S,
-    RollingReport,
-    RollingRequest,
-    resume_rolling,
-    rolling,
-)
+from vmigrate.fleet.rolling import resume_rolling, rolling
+from vmigrate.fleet.rolling_plan import COMMAND_ESTIMATE_S, HEALTH_ESTIMATE_S, RollingRequest
+from vmigrate.fleet.rolling_report import RollingReport
 from vmigrate.store import StoreLocation
 
 

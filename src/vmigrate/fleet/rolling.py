@@ -23,24 +23,18 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from vmigrate.capacity import host_budget, memory_need_bytes
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
 from vmigrate.events import Done, Event, EventSink, JobEvents, JobStarted, Notice, PlanMade
-from vmigrate.fleet.evacuate import EvacuateRequest, _report, _settle_in_flight, prepare
+from vmigrate.fleet.evacuate import _report, _settle_in_flight
 from vmigrate.fleet.execute import MOVED, UNKNOWN
 from vmigrate.fleet.gather import close_sessions, open_sessions
 from vmigrate.fleet.job import FleetRun, create_fleet_job, finish, schedule
 from vmigrate.fleet.plan import (
     ROLLING,
-    FleetInput,
-    FleetPlan,
-    Limits,
     Purpose,
-    never_to_older_qemu,
-    plan_moves,
 )
 from vmigrate.fleet.returning import end_maintenance
 from vmigrate.fleet.rolling_host import (
@@ -51,47 +45,30 @@ from vmigrate.fleet.rolling_host import (
     run_command,
 )
 from vmigrate.fleet.rolling_order import RollHost, RollOrder, RollVm, roll_order, validate_roll
+from vmigrate.fleet.rolling_plan import (
+    RollingRequest,
+    evacuate_request,
+    planned_evacuation,
+    predict,
+)
+from vmigrate.fleet.rolling_report import (
+    COMMAND_STEP,
+    DONE,
+    EVACUATE_STEP,
+    FAILED,
+    HEALTH_STEP,
+    RETURN_STEP,
+    STARTED,
+    RollingReport,
+    final_report,
+    versions_of,
+)
 from vmigrate.hosts import HostRef, resolve_cluster
 from vmigrate.owner import process_start
-from vmigrate.store import RUNNING, JobStore, StoreLocation, store_location
+from vmigrate.store import RUNNING, JobStore, StoreLocation
 from vmigrate.versions import format_version
 
 KIND = ROLLING
-EVACUATE_STEP, COMMAND_STEP, HEALTH_STEP, RETURN_STEP = "evacuate", "command", "health", "return"
-#: Defaults of what the roll cannot predict from the fleet's model (stated in the dry run).
-COMMAND_ESTIMATE_S = 60.0
-HEALTH_ESTIMATE_S = 10.0
-#: Gathering facts, checks and dirty rates before an evacuation's or a return's moves.
-GATHER_ESTIMATE_S = 5.0
-DONE, FAILED, STARTED = "done", "failed", "started"
-
-
-@dataclass(frozen=True)
-class RollingRequest:
-    cluster: str
-    run: str  # the command, `{host}` in its arguments
-    hosts_at_once: int = 1
-    dry_run: bool = False
-    command_timeout_s: float = 1800.0
-    wait_s: float = 600.0  # for the host to answer again after the command
-    test_domain: Path | None = None
-    command_estimate_s: float = COMMAND_ESTIMATE_S
-    health_estimate_s: float = HEALTH_ESTIMATE_S
-    max_parallel: int = Limits().max_parallel
-    max_per_host: int = Limits().max_per_host
-    bandwidth_mib: float | None = None
-    hosts_file: Path | None = None
-    store_path: StoreLocation | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RollingRequest:
-        paths = {
-            k: Path(values[k]) if values.get(k) else None for k in ("hosts_file", "test_domain")
-        }
-        return cls(**{**values, **paths, "store_path": store_location(values.get("store_path"))})
 
 
 @dataclass(frozen=True)
@@ -114,23 +91,6 @@ def steps_of(order: RollOrder) -> list[Step]:
         actions += [(a, h) for h in group for a in (COMMAND_STEP, HEALTH_STEP, RETURN_STEP)]
         steps += [Step(len(steps) + i, a, h) for i, (a, h) in enumerate(actions)]
     return steps
-
-
-@dataclass
-class RollingReport:
-    job_id: int | None
-    cluster: str
-    order: dict[str, Any]
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    predicted: dict[str, Any] = field(default_factory=dict)
-    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    vms: dict[str, list[str]] = field(default_factory=dict)  # VM -> hosts it runs on
-    ok: bool = False
-    message: str = ""
-    total_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total_s": round(self.total_s, 1)}
 
 
 @dataclass
@@ -211,92 +171,6 @@ def _roll_hosts(refs: Sequence[HostRef]) -> tuple[list[RollHost], dict[str, Any]
         close_sessions(sessions)
 
 
-def _evacuate_request(request: RollingRequest, host: str) -> EvacuateRequest:
-    return EvacuateRequest(
-        host=host,
-        cluster=request.cluster,
-        max_parallel=request.max_parallel,
-        max_per_host=request.max_per_host,
-        bandwidth_mib=request.bandwidth_mib,
-        hosts_file=request.hosts_file,
-        store_path=request.store_path,
-    )
-
-
-def _planned(
-    request: RollingRequest, store: JobStore, host: str, versions: dict[str, int], away: set[str]
-) -> tuple[HostRef, tuple[HostRef, ...], FleetInput, FleetPlan]:
-    """The evacuation of `host`, planned as evacuate plans it, with the roll's version rule
-    and the hosts emptied with it (`away`) taken as in maintenance."""
-    source, targets, inp, _plan = prepare(_evacuate_request(request, host), store)
-    inp = never_to_older_qemu(inp, versions)
-    inp = replace(
-        inp,
-        targets=tuple(replace(t, maintenance=True) if t.name in away else t for t in inp.targets),
-    )
-    return source, targets, inp, plan_moves(inp)
-
-
-def predict(
-    request: RollingRequest, store: JobStore, order: RollOrder, versions: dict[str, int]
-) -> tuple[dict[str, Any], float | None]:
-    """Each step's moves and predicted seconds, as if the steps before it went as planned
-    (earlier hosts upgraded to the newest QEMU, their VMs back); the whole roll's sum. The
-    command and the health check are the request's estimates. Also the bandwidth measured."""
-    newest = max(versions.values())
-    assumed = dict(versions)
-    steps: list[dict[str, Any]] = []
-    bandwidth = request.bandwidth_mib
-    for group in order.steps:
-        for host in group:
-            req = replace(request, bandwidth_mib=bandwidth)
-            _s, _t, inp, plan = _planned(req, store, host, assumed, set(group) - {host})
-            bandwidth = inp.bandwidth_bps / (1 << 20)
-            moves = [
-                {k: m.to_dict()[k] for k in ("vm", "source", "destination", "mode", "predicted_s")}
-                for m in plan.moves
-            ]
-            moving = plan.predicted_total_s + GATHER_ESTIMATE_S
-            steps.append(
-                {
-                    "name": f"{EVACUATE_STEP} {host}",
-                    "predicted_s": round(moving, 1),
-                    "moves": moves,
-                    "unplaced": [u.to_dict() for u in plan.unplaced],
-                }
-            )
-        for host in group:
-            evacuation = next(s for s in steps if s["name"] == f"{EVACUATE_STEP} {host}")
-            back = [
-                {**m, "source": m["destination"], "destination": m["source"]}
-                for m in evacuation["moves"]
-            ]
-            steps += [
-                {"name": f"{COMMAND_STEP} {host}", "predicted_s": request.command_estimate_s},
-                {"name": f"{HEALTH_STEP} {host}", "predicted_s": request.health_estimate_s},
-                {
-                    "name": f"{RETURN_STEP} {host}",
-                    "predicted_s": evacuation["predicted_s"] if back else 0.0,
-                    "moves": back,
-                },
-            ]
-        for host in group:
-            assumed[host] = max(newest, assumed[host])
-    total = round(sum(float(s["predicted_s"]) for s in steps), 1)
-    predicted = {
-        "steps": steps,
-        "total_s": total,
-        "assumed": {
-            "command_s": request.command_estimate_s,
-            "health_s": request.health_estimate_s,
-            "gather_s": GATHER_ESTIMATE_S,
-            "returns": "each return takes what its evacuation takes (the same VMs, link "
-            "and model, the other way)",
-        },
-    }
-    return predicted, bandwidth
-
-
 def _start(
     request: RollingRequest, store: JobStore
 ) -> tuple[dict[str, HostRef], RollOrder, dict[str, Any]]:
@@ -334,7 +208,7 @@ def rolling(
         emit(Notice("order: " + " -> ".join("+".join(s) for s in order.steps)))
         predicted, bandwidth = predict(request, store, order, versions)
         report = RollingReport(None, request.cluster, order.to_dict(), predicted=predicted)
-        report.hosts = {h: {"before": _versions_of(v)} for h, v in before.items()}
+        report.hosts = {h: {"before": versions_of(v)} for h, v in before.items()}
         if request.dry_run:
             report.ok = not any(s.get("unplaced") for s in predicted["steps"])
             report.message = "dry run: nothing was changed"
@@ -352,10 +226,6 @@ def rolling(
         emit(PlanMade({"rolling": report.to_dict()}))
         roll = _Roll(request, store, refs, emit, on_event, job_id, versions)
         return _run_steps(roll, order, before, predicted, started)
-
-
-def _versions_of(values: dict[str, Any]) -> dict[str, str]:
-    return {"libvirt": str(values["libvirt"]), "qemu": str(values["qemu"])}
 
 
 def _go_on(
@@ -436,7 +306,9 @@ def _run_steps(
         with contextlib.suppress(Exception):
             store.finish_job(job_id, "failed", f"stopped: {err!r}", {})
         raise
-    report = _final_report(roll, order, before, predicted, failure, started)
+    report = final_report(
+        store, job_id, roll.request.cluster, roll.refs, order, before, predicted, failure, started
+    )
     run = FleetRun(store, roll.refs, roll.request.hosts_file, roll.emit)
     finish(run, job_id, report.ok, report.message, report.to_dict())
     return report
@@ -468,7 +340,7 @@ def _evacuate_step(
         store.reopen_job(int(child))
         roll.child_jobs[step.seq] = int(child)
     began = time.monotonic()
-    source, targets, inp, plan = _planned(request, store, step.host, roll.versions, set())
+    source, targets, inp, plan = planned_evacuation(request, store, step.host, roll.versions, set())
     roll.downstream(PlanMade(plan.to_dict()))
     if plan.unplaced:
         why = "; ".join(f"{u.vm}: {u.reason}" for u in plan.unplaced)
@@ -487,7 +359,7 @@ def _evacuate_step(
     def into_maintenance(job: int) -> None:
         store.set_maintenance(source.name, source.uri, job, f"rolling upgrade job {roll.job_id}")
 
-    params = {"request": asdict(_evacuate_request(request, step.host)), "plan": plan.to_dict()}
+    params = {"request": asdict(evacuate_request(request, step.host)), "plan": plan.to_dict()}
     scheduled = schedule(
         run,
         plan,
@@ -620,90 +492,6 @@ _STEPS: dict[str, Callable[[_Roll, Step, dict[str, Any], dict[str, Any]], dict[s
 }
 
 
-def _where_vms_run(refs: dict[str, HostRef]) -> tuple[dict[str, list[str]], list[str]]:
-    """VM -> the hosts it runs on (a running VM on exactly one is the promise); the hosts
-    that did not answer."""
-    sessions = open_sessions(refs.values())
-    try:
-        where: dict[str, list[str]] = {}
-        silent = []
-        for name, session in sessions.items():
-            if session.facts is None:
-                silent.append(name)
-                continue
-            for guest in session.facts.guests:
-                if guest.state in ("running", "paused", "blocked"):
-                    where.setdefault(guest.name, []).append(name)
-        return where, silent
-    finally:
-        close_sessions(sessions)
-
-
-def _final_report(
-    roll: _Roll,
-    order: RollOrder,
-    before: dict[str, Any],
-    predicted: dict[str, Any],
-    failure: str | None,
-    started: float,
-) -> RollingReport:
-    store = roll.store
-    steps = store.steps(roll.job_id)
-    predicted_by_name = {s["name"]: s.get("predicted_s") for s in predicted.get("steps", [])}
-    maintenance = {m.host for m in store.maintenance().values()}
-    report = RollingReport(roll.job_id, roll.request.cluster, order.to_dict(), predicted=predicted)
-    for record in steps:
-        report.steps.append(
-            {
-                "name": record.name,
-                "state": record.state,
-                "seconds": record.detail.get("seconds"),
-                "predicted_s": predicted_by_name.get(record.name),
-                "detail": record.detail,
-            }
-        )
-    done_health = {
-        s.name.split(" ", 1)[1]: s.detail
-        for s in steps
-        if s.state == DONE and s.name.startswith(HEALTH_STEP)
-    }
-    for host in order.hosts:
-        returned = any(s.state == DONE and s.name == f"{RETURN_STEP} {host}" for s in steps)
-        entry: dict[str, Any] = {
-            "before": _versions_of(before[host]),
-            "done": returned,
-            "in_maintenance": host in maintenance,
-        }
-        if host in done_health:
-            entry["after"] = {
-                "libvirt": done_health[host]["libvirt_version"],
-                "qemu": done_health[host]["qemu_version"],
-            }
-        report.hosts[host] = entry
-    report.vms, silent = _where_vms_run(roll.refs)
-    twice = [vm for vm, hosts in report.vms.items() if len(hosts) > 1]
-    done = [h for h, e in report.hosts.items() if e["done"]]
-    report.total_s = time.monotonic() - started
-    if failure is None and not twice and not silent:
-        report.ok = True
-        report.message = f"cluster {roll.request.cluster} rolled: {len(done)} host(s) done"
-    else:
-        parts = [f"stopped at {failure}"] if failure else []
-        parts.append(f"hosts done: {', '.join(done) or 'none'}")
-        away = [h for h, e in report.hosts.items() if e["in_maintenance"]]
-        if away:
-            parts.append(f"in maintenance: {', '.join(away)}")
-        if twice:
-            parts.append(
-                f"running on more than one host: {', '.join(twice)} (`vmigrate recover VM`)"
-            )
-        if silent:
-            parts.append(f"not answering: {', '.join(silent)}")
-        parts.append(f"`vmigrate jobs resume {roll.job_id}` goes on once the cause is fixed")
-        report.message = "; ".join(parts)
-    return report
-
-
 def resume_rolling(
     job_id: int, store_path: StoreLocation | None, on_event: EventSink
 ) -> RollingReport:
@@ -725,8 +513,6 @@ def resume_rolling(
 
 
 __all__: Sequence[str] = (
-    "RollingReport",
-    "RollingRequest",
     "resume_rolling",
     "rolling",
     "steps_of",
