@@ -93,6 +93,7 @@ def run() -> dict[str, Any]:
         "ok": report["ok"],
         "wall_s": round(wall, 1),
         "total_s": report["total_s"],
+        "steps_s": round(sum(s["seconds"] or 0.0 for s in steps), 1),
         "predicted_total_s": report["predicted"]["total_s"],
         "assumed": report["predicted"]["assumed"],
         "order": report["order"]["steps"],
@@ -125,9 +126,10 @@ def section(data: dict[str, Any]) -> list[str]:
         f"measured. Run of {data['date']}: exit {data['exit_code']}, order "
         f"{' -> '.join('+'.join(s) for s in data['order'])}; {hosts}.",
         "",
-        f"Whole roll: predicted {_s(data['predicted_total_s'])} s, measured "
-        f"{_s(data['total_s'])} s (the command's wall time {_s(data['wall_s'])} s, with the "
-        "prediction's facts and checks). The prediction assumes "
+        f"Whole roll: predicted {_s(data['predicted_total_s'])} s, its steps measured "
+        f"{_s(data['steps_s'])} s; the job {_s(data['total_s'])} s and the command's wall time "
+        f"{_s(data['wall_s'])} s also count reading every host, planning and predicting first, "
+        "and the final report. The prediction assumes "
         f"{assumed['command_s']:g} s per command and {assumed['health_s']:g} s per health "
         f"check (the defaults; `--command-estimate`, `--health-estimate`), "
         f"{assumed['gather_s']:g} s of facts and checks before each evacuation and return, "
