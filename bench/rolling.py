@@ -42,6 +42,19 @@ def _prepare() -> None:
         create_vm(LabVmRequest(name, host=host, memory_mib=memory))
 
 
+def _host_c_back() -> None:
+    """hostC on the machine's packages again, whatever the roll did (the lab's usual state
+    for whoever uses it next)."""
+    from vmigrate.errors import VmigrateError
+    from vmigrate.lab.config import HOST_C
+    from vmigrate.lab.host_upgrade import upgrade_host
+
+    try:
+        upgrade_host(HOST_C.name)
+    except VmigrateError as err:
+        print(f"hostC left as it is: {err}", file=sys.stderr)
+
+
 def _roll(store: Path) -> tuple[int, dict[str, Any], float]:
     from vmigrate.events import Done, decode
 
@@ -77,6 +90,7 @@ def run() -> dict[str, Any]:
     finally:
         for name, _host, _memory in GUESTS:
             remove_vm(name)
+        _host_c_back()
     steps = [
         {
             "name": s["name"],
