@@ -68,3 +68,21 @@ def test_the_api_runs_a_roll_as_the_cli_does() -> None:
     ]  # fmt: skip
     with pytest.raises(UsageError, match="control characters"):
         validate(action, {"cluster": "lab", "run": "upgrade\n{host}"})
+
+
+def test_a_command_that_fails_or_hangs_is_a_failed_step_that_says_why() -> None:
+    from vmigrate.fleet.rolling_host import RollStepFailed, run_command
+
+    pids: list[int] = []
+    ok = run_command(["sh", "-c", "echo upgraded $0", "h1"], "h1", 10, pids.append)
+    assert ok.returncode == 0 and "upgraded h1" in ok.output and len(pids) == 1
+    with pytest.raises(RollStepFailed) as failed:
+        run_command(["sh", "-c", "echo mirror down >&2; exit 3"], "h1", 10, pids.append)
+    assert "exited 3" in failed.value.message and "mirror down" in failed.value.message
+    assert failed.value.host == "h1" and "jobs resume" in failed.value.fix
+    with pytest.raises(RollStepFailed) as hung:
+        run_command(["sleep", "30"], "h1", 0.5, pids.append)
+    assert "stopped after 0.5 s" in hung.value.message
+    with pytest.raises(RollStepFailed) as missing:
+        run_command(["/nonexistent/upgrade"], "h1", 10, pids.append)
+    assert "could not start" in missing.value.message
