@@ -205,7 +205,6 @@ def rolling(
             return _go_on(request, store, emit, on_event, job_id, started)
         refs, order, before = _start(request, store)
         versions = {h: int(v["qemu_encoded"]) for h, v in before.items()}
-        emit(Notice("order: " + " -> ".join("+".join(s) for s in order.steps)))
         predicted, bandwidth = predict(request, store, order, versions)
         report = RollingReport(None, request.cluster, order.to_dict(), predicted=predicted)
         report.hosts = {h: {"before": versions_of(v)} for h, v in before.items()}
