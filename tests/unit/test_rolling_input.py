@@ -86,3 +86,21 @@ def test_a_command_that_fails_or_hangs_is_a_failed_step_that_says_why() -> None:
     with pytest.raises(RollStepFailed) as missing:
         run_command(["/nonexistent/upgrade"], "h1", 10, pids.append)
     assert "could not start" in missing.value.message
+
+
+def test_a_move_that_completed_after_the_roll_died_counts_as_moved(tmp_path: Path) -> None:
+    from vmigrate.fleet.rolling import record_settled_moves
+
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        evacuation = store.create_job("evacuate", "hostA", "hostA", "hostB", {})
+        done = store.create_job("live", "web", "qemu:///a", "qemu:///b", {})
+        store.finish_job(done, "completed", "completed", {})
+        failed = store.create_job("live", "db", "qemu:///a", "qemu:///b", {})
+        store.finish_job(failed, "failed", "failed", {})
+        move = {"source": "hostA", "destination": "hostB"}
+        store.record_step(evacuation, 0, "web", "running", {**move, "child_job": done})
+        store.record_step(evacuation, 1, "db", "running", {**move, "child_job": failed})
+        store.record_step(evacuation, 2, "idle", "planned", move)
+        assert record_settled_moves(store, evacuation) == ["web"]
+        states = {step.name: step.state for step in store.steps(evacuation)}
+    assert states == {"web": "moved", "db": "running", "idle": "planned"}

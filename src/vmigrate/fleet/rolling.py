@@ -336,6 +336,7 @@ def _evacuate_step(
         if record.state == "completed":
             return {"child_job": child, "moved": [], "resumed": "its evacuation had finished"}
         _settle_in_flight(store, int(child), roll.sub_sink)
+        record_settled_moves(store, int(child))
         store.reopen_job(int(child))
         roll.child_jobs[step.seq] = int(child)
     began = time.monotonic()
@@ -384,6 +385,23 @@ def _evacuate_step(
             f"`vmigrate jobs resume {roll.job_id}`",
         )
     return detail
+
+
+def record_settled_moves(store: JobStore, evacuation: int) -> list[str]:
+    """An evacuation whose driver died left its moves in flight recorded as running; those
+    whose own job completed (settled meanwhile) moved their VM to the step's destination.
+    Recorded as moved, so that the return brings them back (`returning_moves` reads the
+    moved steps). The VMs so recorded."""
+    settled = []
+    for step in store.steps(evacuation):
+        child = step.detail.get("child_job")
+        if step.state not in ("running", "planned") or child is None:
+            continue
+        if store.job(int(child)).state == "completed" and step.detail.get("destination"):
+            detail = {**step.detail, "settled": "its move completed after its driver died"}
+            store.record_step(evacuation, step.seq, step.name, MOVED, detail)
+            settled.append(step.name)
+    return settled
 
 
 def _move_line(move: dict[str, Any]) -> dict[str, Any]:
