@@ -830,6 +830,11 @@ def render(results: Path, doc: Path) -> str:
     fleet = results / "fleet.json"
     if fleet.exists():
         parts += fleet_section(json.loads(fleet.read_text()))
+    rolling = results / "rolling.json"
+    if rolling.exists():
+        from bench.rolling import section as rolling_section
+
+        parts += rolling_section(json.loads(rolling.read_text()))
     check = results / "check.json"
     if check.exists():
         data = json.loads(check.read_text())

@@ -82,6 +82,7 @@ ALLOWED: dict[str, dict[str, frozenset[str]]] = {
     "evacuate": {RESUME: frozenset({FAILED, INTERRUPTED, CANCELLED, ABORTED})},
     "balance": {},
     "return": {},
+    "rolling": {RESUME: frozenset({FAILED, INTERRUPTED, CANCELLED, ABORTED})},
 }
 
 
@@ -212,6 +213,7 @@ def _refusal(job: Job, action: str) -> TransitionRefused:
         "evacuate": f"`vmigrate evacuate {shlex.quote(vm)}` empties {vm} again",
         "balance": f"`vmigrate balance --cluster {shlex.quote(vm)}` runs another round",
         "return": f"`vmigrate maintenance end {shlex.quote(vm)} --return` brings the rest back",
+        "rolling": f"`vmigrate rolling --cluster {shlex.quote(vm)} --run ...` starts a new roll",
     }
     return TransitionRefused(
         f"job {n} is {_a(kind)} ({state}): it is not {words[action]}",
@@ -221,7 +223,7 @@ def _refusal(job: Job, action: str) -> TransitionRefused:
 
 
 #: Jobs of the fleet: their `vm` is a host (evacuate, return) or a cluster (balance).
-FLEET_KINDS = frozenset({"evacuate", "balance", "return"})
+FLEET_KINDS = frozenset({"evacuate", "balance", "return", "rolling"})
 
 
 def _a(kind: str) -> str:

@@ -33,7 +33,7 @@ from vmigrate.lifecycle import (
 )
 from vmigrate.owner import Liveness, ProcessIdentity, liveness, process_start, this_process
 
-KINDS = ("live", "cold", "evacuate", "balance", "return")
+KINDS = ("live", "cold", "evacuate", "balance", "return", "rolling")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ EXPECTED_ALLOWED = {
     ("live", RECOVER): {INTERRUPTED, FAILED, COMPLETED, "cancelled", "aborted"},
     ("live", CANCEL): {RUNNING},
     ("evacuate", RESUME): {FAILED, INTERRUPTED, "cancelled", "aborted"},
+    ("rolling", RESUME): {FAILED, INTERRUPTED, "cancelled", "aborted"},
 }
 
 

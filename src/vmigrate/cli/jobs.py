@@ -244,7 +244,8 @@ def set_limits(
 @click.pass_obj
 def resume(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None:
     """Finish an interrupted or failed cold migration from where it stopped, or an
-    interrupted evacuation (its moves in flight are waited for or recovered first)."""
+    interrupted evacuation (its moves in flight are waited for or recovered first), or a
+    rolling upgrade from its first step not done."""
     from vmigrate.cli.cold import run_with_progress
     from vmigrate.cold.runner import resume_cold
 
@@ -256,6 +257,11 @@ def resume(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None
         from vmigrate.cli.evacuate import resume_command
 
         resume_command(job_id, store_path, as_json)
+        return
+    if kind == "rolling":
+        from vmigrate.cli.rolling import resume_command as resume_roll
+
+        resume_roll(job_id, store_path, as_json)
         return
     report = run_with_progress(lambda emit: resume_cold(job_id, store_path, emit), as_json)
     if report.outcome != "completed":

@@ -66,6 +66,7 @@ def _register() -> None:
     from vmigrate.cli.lab import lab
     from vmigrate.cli.live import live
     from vmigrate.cli.recover import recover
+    from vmigrate.cli.rolling import rolling_command
     from vmigrate.cli.serve import serve
     from vmigrate.lab.plugin import install as install_lab
 
@@ -81,6 +82,7 @@ def _register() -> None:
     cli.add_command(evacuate_command)
     cli.add_command(maintenance)
     cli.add_command(balance)
+    cli.add_command(rolling_command)
     cli.add_command(jobs)
     cli.add_command(lab)
     cli.add_command(serve)

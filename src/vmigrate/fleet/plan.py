@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,7 @@ from vmigrate.fleet.predict import (
     simulate_fleet,
 )
 from vmigrate.model import CheckReport
+from vmigrate.versions import format_version
 
 LIVE, COLD, AUTO = "live", "cold", "auto"
 MODES = (LIVE, COLD, AUTO)
@@ -112,8 +113,8 @@ class Limits:
     max_per_host: int = DEFAULT_MAX_PER_HOST
 
 
-EVACUATE, RETURN, BALANCE = "evacuate", "return", "balance"
-PURPOSES = (EVACUATE, RETURN, BALANCE)
+EVACUATE, RETURN, BALANCE, ROLLING = "evacuate", "return", "balance", "rolling"
+PURPOSES = (EVACUATE, RETURN, BALANCE, ROLLING)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class Purpose:
     `subject` what it is named by (the host it empties, the host its VMs return to, the
     cluster it balances), `sources`/`targets` the hosts VMs leave and may go to, by name."""
 
-    kind: str  # evacuate | return | balance
+    kind: str  # evacuate | return | balance | rolling
     subject: str
     sources: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
@@ -139,6 +140,7 @@ class Purpose:
             EVACUATE: f"empty host {self.subject}",
             RETURN: f"return VMs to {self.subject}",
             BALANCE: f"balance cluster {self.subject}",
+            ROLLING: f"roll an upgrade over cluster {self.subject}",
         }[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
@@ -545,6 +547,26 @@ def _flight(
         solo=mode == LIVE and _needs_the_link(vm, inp, stream),
     )
     return flight, connections, why
+
+
+def never_to_older_qemu(inp: FleetInput, qemu_versions: dict[str, int]) -> FleetInput:
+    """The rolling upgrade's rule on top of the checks: no VM is planned onto a host whose
+    QEMU is older than the one it runs on (it would have to move again, and a VM started on
+    the newer QEMU may not run there at all). `qemu_versions`: host -> libvirt's encoding."""
+    hosts = {vm.name: vm.host for vm in inp.vms}
+    verdicts = []
+    for verdict in inp.verdicts:
+        here = qemu_versions.get(hosts.get(verdict.vm, ""))
+        there = qemu_versions.get(verdict.destination)
+        if here is not None and there is not None and there < here:
+            older = (
+                f"versions.rolling: {verdict.destination}'s QEMU {format_version(there)} is "
+                f"older than {format_version(here)}, where the VM runs (a rolling upgrade "
+                "never moves a VM to an older QEMU)"
+            )
+            verdict = replace(verdict, blockers=(*verdict.blockers, older))
+        verdicts.append(verdict)
+    return replace(inp, verdicts=tuple(verdicts))
 
 
 def plan_moves(inp: FleetInput) -> FleetPlan:

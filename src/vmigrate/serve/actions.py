@@ -132,6 +132,29 @@ ACTIONS: dict[str, Action] = {
             help="one balance round over a cluster",
         ),
         Action(
+            "rolling",
+            ("rolling",),
+            (
+                Field("cluster", str, required=True, flag="--cluster"),
+                Field(
+                    "run",
+                    str,
+                    required=True,
+                    flag="--run",
+                    help="the command per host, {host} replaced; run on the server's machine "
+                    "as its user, never through a shell",
+                ),
+                Field("hosts_at_once", int, flag="--hosts-at-once", minimum=1),
+                Field("command_timeout_s", float, flag="--command-timeout", minimum=1),
+                Field("wait_s", float, flag="--wait", minimum=1),
+                Field("max_parallel", int, flag="--max-parallel", minimum=1),
+                Field("bandwidth_mib", float, flag="--bandwidth", minimum=0.001),
+                DRY_RUN,
+            ),
+            starts_job=True,
+            help="a rolling upgrade: each host emptied, its command run, checked, refilled",
+        ),
+        Action(
             "maintenance-start",
             ("maintenance", "start"),
             (
