@@ -285,9 +285,13 @@ def reconcile(results: list[MoveResult], source: str, left: list[str]) -> list[M
     return checked
 
 
-def _settle_in_flight(store: JobStore, job_id: int, emit: EventSink) -> None:
+SETTLED = "its move completed after its driver died"
+
+
+def settle_in_flight(store: JobStore, job_id: int, emit: EventSink) -> None:
     """Before a resumed evacuation goes on: wait for the moves its killed driver left running
-    (each is its own process and finishes cleanly), and recover those whose process died."""
+    (each is its own process and finishes cleanly), recover those whose process died, and
+    record as moved those that completed meanwhile."""
     for step in store.steps(job_id):
         if step.state not in ("running", "planned"):
             continue
@@ -319,6 +323,12 @@ def _settle_in_flight(store: JobStore, job_id: int, emit: EventSink) -> None:
                 check=False,
                 timeout=RESUME_WAIT_S,
             )
+            record = store.job(int(child))
+        if record.state == "completed" and step.detail.get("destination"):
+            # Its move ended after its driver died: the VM is on the step's destination.
+            # Recorded as moved, so the report counts it and a return brings it back.
+            detail = {**step.detail, "child_job": int(child), "settled": SETTLED}
+            store.record_step(job_id, step.seq, step.name, MOVED, detail)
 
 
 def resume_evacuation(
@@ -336,7 +346,7 @@ def resume_evacuation(
             )
         if record.state == "completed":
             raise UsageError(f"evacuation {job_id} already finished: {record.outcome}")
-        _settle_in_flight(store, job_id, emit)
+        settle_in_flight(store, job_id, emit)
         store.reopen_job(job_id)
         request = EvacuateRequest.from_dict(record.params["request"])
     if store_path is not None:

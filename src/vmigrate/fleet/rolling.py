@@ -28,7 +28,7 @@ from typing import Any
 from vmigrate.capacity import host_budget, memory_need_bytes
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
 from vmigrate.events import Done, Event, EventSink, JobEvents, JobStarted, Notice, PlanMade
-from vmigrate.fleet.evacuate import _report, _settle_in_flight
+from vmigrate.fleet.evacuate import _report, settle_in_flight
 from vmigrate.fleet.execute import MOVED, UNKNOWN
 from vmigrate.fleet.gather import close_sessions, open_sessions
 from vmigrate.fleet.job import FleetRun, create_fleet_job, finish, schedule
@@ -335,8 +335,7 @@ def _evacuate_step(
         record = store.job(int(child))
         if record.state == "completed":
             return {"child_job": child, "moved": [], "resumed": "its evacuation had finished"}
-        _settle_in_flight(store, int(child), roll.sub_sink)
-        record_settled_moves(store, int(child))
+        settle_in_flight(store, int(child), roll.sub_sink)
         store.reopen_job(int(child))
         roll.child_jobs[step.seq] = int(child)
     began = time.monotonic()
@@ -385,23 +384,6 @@ def _evacuate_step(
             f"`vmigrate jobs resume {roll.job_id}`",
         )
     return detail
-
-
-def record_settled_moves(store: JobStore, evacuation: int) -> list[str]:
-    """An evacuation whose driver died left its moves in flight recorded as running; those
-    whose own job completed (settled meanwhile) moved their VM to the step's destination.
-    Recorded as moved, so that the return brings them back (`returning_moves` reads the
-    moved steps). The VMs so recorded."""
-    settled = []
-    for step in store.steps(evacuation):
-        child = step.detail.get("child_job")
-        if step.state not in ("running", "planned") or child is None:
-            continue
-        if store.job(int(child)).state == "completed" and step.detail.get("destination"):
-            detail = {**step.detail, "settled": "its move completed after its driver died"}
-            store.record_step(evacuation, step.seq, step.name, MOVED, detail)
-            settled.append(step.name)
-    return settled
 
 
 def _move_line(move: dict[str, Any]) -> dict[str, Any]:
@@ -468,7 +450,7 @@ def _return_step(
     evacuation moved come back; one that cannot come back stays where it runs."""
     child = previous.get("child_job")
     if child is not None:  # a return whose driver died: its moves in flight end first
-        _settle_in_flight(roll.store, int(child), roll.sub_sink)
+        settle_in_flight(roll.store, int(child), roll.sub_sink)
     began = time.monotonic()
     _was, results, plan = end_maintenance(
         step.host,
