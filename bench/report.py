@@ -600,7 +600,8 @@ def e1_section(runs: list[dict[str, Any]]) -> list[str]:
         "",
         "Wall time is the whole command; for vmigrate it includes gathering every host's "
         "facts, the checks of each VM against each target, a 1 s dirty-rate measurement "
-        'and a 2 s bandwidth probe (the last two while the checks run). "moves s" is from '
+        "(while the checks run) and a 1 s bandwidth probe (from the start, on a connection "
+        'of its own, while the facts are read). "moves s" is from '
         "the first move's start to the last one's end, which the plan's predicted total "
         "predicts (error = predicted against measured). How the moves use the link: each "
         "move's child starts while the moves before it still send, timed (from their latest "
