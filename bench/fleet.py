@@ -155,7 +155,7 @@ def _timed_lines(argv: list[str]) -> tuple[int, list[tuple[float, dict[str, Any]
 
 def _phases(lines: list[tuple[float, dict[str, Any]]], wall: float) -> dict[str, Any]:
     """Where one evacuation's time went, from its events as they came (to the fleet's
-    0.5 s poll): gathering and planning until the plan, then per move its set-up (child
+    0.2 s poll): gathering and planning until the plan, then per move its set-up (child
     start to its first sending report), sending and finish, and the link idle between."""
     plan_at = next(t for t, e in lines if e["event"] == "plan")
     moves: dict[str, dict[str, float]] = {}

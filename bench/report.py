@@ -526,7 +526,7 @@ def _e1_phases(run: dict[str, Any]) -> list[str]:
     setups, finishes = phases["setup_s"], phases["finish_s"]
     return [
         f"Where vmigrate's {run['wall_s']:.1f} s went (round {run['round']}, from its events as "
-        "they came, to the fleet's 0.5 s poll):",
+        "they came, to the fleet's 0.2 s poll):",
         "",
         "| phase | s |",
         "|---|---|",
