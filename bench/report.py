@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -596,6 +597,17 @@ def e1_section(runs: list[dict[str, Any]]) -> list[str]:
             f"{f'{busy:.1f}' if busy is not None else '-'} | "
             f"{max(run['gaps_ms'], default=0):.0f} | {len(run['left_behind'])} | {_held(run)} |"
         )
+    loads = [
+        f"{r['tool']} {r['load_avg'][0]:g} -> {r['load_avg'][1]:g}" for r in runs if "load_avg" in r
+    ]
+    if loads:
+        lines += [
+            "",
+            f"The machine's 1-minute load average at each tool's start and end ({os.cpu_count()} "
+            "CPUs, shared with other work; the lab's guests run under TCG): "
+            + ", ".join(loads)
+            + ". Figures taken under different loads do not compare well.",
+        ]
     lines += [
         "",
         "Wall time is the whole command; for vmigrate it includes gathering every host's "
