@@ -643,6 +643,8 @@ def fleet_section(data: dict[str, Any]) -> list[str]:
     runs = data.get("E1", [])
     if runs:
         lines += e1_section(runs)
+    if data.get("E1_note"):  # what the run's own figures cannot say (written by hand)
+        lines += [str(data["E1_note"]), ""]
     lines += _trust_lines(data.get("TRUST"))
     balanced = data.get("B1")
     if balanced:
