@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def _timed_lines(argv: list[str]) -> tuple[int, list[tuple[float, dict[str, Any]
 
 def _phases(lines: list[tuple[float, dict[str, Any]]], wall: float) -> dict[str, Any]:
     """Where one evacuation's time went, from its events as they came (to the fleet's
-    0.5 s poll): gathering and planning until the plan, then per move its set-up (child
+    0.2 s poll): gathering and planning until the plan, then per move its set-up (child
     start to its first sending report), sending and finish, and the link idle between."""
     plan_at = next(t for t, e in lines if e["event"] == "plan")
     moves: dict[str, dict[str, float]] = {}
@@ -300,11 +301,15 @@ def e1(rounds: int, tools: tuple[str, ...] = E1_TOOLS) -> list[dict[str, Any]]:
                 names = _names(round_no, tool)
                 _make_guests(names)
                 try:
+                    # The machine's load (other users' work shares its cores with the lab's
+                    # guests, TLS and the tools): said beside each tool's figures.
+                    load_before = os.getloadavg()[0]
                     if tool == "vmigrate":
                         run = _run_vmigrate(names)
                     else:
                         run = _run_virsh_loop(names, int(tool[-1]), tool.startswith("spread"))
                     run["round"] = round_no
+                    run["load_avg"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
                     runs.append(run)
                     print(json.dumps(run), flush=True)
                 finally:

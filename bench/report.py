@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -607,7 +608,7 @@ def _e1_phases(run: dict[str, Any]) -> list[str]:
     setups, finishes = phases["setup_s"], phases["finish_s"]
     return [
         f"Where vmigrate's {run['wall_s']:.1f} s went (round {run['round']}, from its events as "
-        "they came, to the fleet's 0.5 s poll):",
+        "they came, to the fleet's 0.2 s poll):",
         "",
         "| phase | s |",
         "|---|---|",
@@ -677,11 +678,23 @@ def e1_section(runs: list[dict[str, Any]]) -> list[str]:
             f"{f'{busy:.1f}' if busy is not None else '-'} | "
             f"{max(run['gaps_ms'], default=0):.0f} | {len(run['left_behind'])} | {_held(run)} |"
         )
+    loads = [
+        f"{r['tool']} {r['load_avg'][0]:g} -> {r['load_avg'][1]:g}" for r in runs if "load_avg" in r
+    ]
+    if loads:
+        lines += [
+            "",
+            f"The machine's 1-minute load average at each tool's start and end ({os.cpu_count()} "
+            "CPUs, shared with other work; the lab's guests run under TCG): "
+            + ", ".join(loads)
+            + ". Figures taken under different loads do not compare well.",
+        ]
     lines += [
         "",
         "Wall time is the whole command; for vmigrate it includes gathering every host's "
         "facts, the checks of each VM against each target, a 1 s dirty-rate measurement "
-        'and a 2 s bandwidth probe (the last two while the checks run). "moves s" is from '
+        "(while the checks run) and a 1 s bandwidth probe (from the start, on a connection "
+        'of its own, while the facts are read). "moves s" is from '
         "the first move's start to the last one's end, which the plan's predicted total "
         "predicts (error = predicted against measured). How the moves use the link: each "
         "move's child starts while the moves before it still send, timed (from their latest "
@@ -711,6 +724,8 @@ def fleet_section(data: dict[str, Any]) -> list[str]:
     runs = data.get("E1", [])
     if runs:
         lines += e1_section(runs)
+    if data.get("E1_note"):  # what the run's own figures cannot say (written by hand)
+        lines += [str(data["E1_note"]), ""]
     lines += _trust_lines(data.get("TRUST"))
     balanced = data.get("B1")
     if balanced:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
 from vmigrate.events import EventSink, JobEvents, Notice, PlanMade
 from vmigrate.fleet.execute import CANCELLED, MOVED, STAYED, UNKNOWN, MoveResult
-from vmigrate.fleet.gather import close_sessions, gather_input, open_sessions
+from vmigrate.fleet.gather import close_sessions, gather_input, open_sessions, probe_link
 from vmigrate.fleet.job import FleetRun, finish, schedule
 from vmigrate.fleet.moves import VMIGRATE
 from vmigrate.fleet.plan import (
@@ -151,6 +152,21 @@ def prepare(
             host=source.name,
             fix="end one's maintenance (`vmigrate maintenance end HOST`) or name other hosts",
         )
+    with ThreadPoolExecutor(max_workers=1) as background:
+        # The link's probe (2 s) starts now, on its own connection: it runs while the
+        # hosts' facts and the checks are gathered instead of after the facts.
+        probing = background.submit(probe_link, request.bandwidth_mib, usable)
+        inp = _gathered(request, source, targets, in_maintenance, probing)
+    return source, targets, inp, plan_moves(inp)
+
+
+def _gathered(
+    request: EvacuateRequest,
+    source: HostRef,
+    targets: tuple[HostRef, ...],
+    in_maintenance: Collection[str],
+    probing: Future[tuple[float, str]],
+) -> FleetInput:
     sessions = open_sessions([source, *targets])
     try:
         src = sessions[source.name]
@@ -179,10 +195,11 @@ def prepare(
             limits=Limits(request.max_parallel, request.max_per_host),
             bandwidth_mib=request.bandwidth_mib,
             maintenance=in_maintenance,
+            probing=probing,
         )
     finally:
         close_sessions(sessions)
-    return source, targets, inp, plan_moves(inp)
+    return inp
 
 
 def _left_on(ref: HostRef) -> list[str] | None:

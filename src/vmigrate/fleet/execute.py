@@ -65,7 +65,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-POLL_S = 0.5
+#: How often the scheduler reads its children: a move's end or first byte is seen (and the
+#: next move started) at most this late; a step costs a few non-blocking reads.
+POLL_S = 0.2
 #: Probes in a row a host of a move in flight may miss before it counts as dead.
 DEAD_AFTER_FAILURES = 2
 #: A live child stopped because its destination died gets a second SIGINT after this long:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from vmigrate.capacity import MIB, host_budget
@@ -25,7 +25,7 @@ from vmigrate.fleet.plan import (
 from vmigrate.hosts import HostRef
 from vmigrate.model import CheckReport, Finding, Mode, Verdict
 from vmigrate.preflight import HostSession, PairChecks, open_session
-from vmigrate.virt.connection import lookup_domain
+from vmigrate.virt.connection import Connection, lookup_domain, open_with_timeout
 from vmigrate.virt.facts import gather_domain_facts, measure_dirty_rate
 from vmigrate.virt.linkprobe import measure_upload
 
@@ -178,22 +178,61 @@ def _verdict(vm: str, destination: str, findings: Iterable[Finding]) -> PairVerd
 
 def link_bandwidth(given_mib: float | None, targets: Sequence[HostSession]) -> tuple[float, str]:
     """The bandwidth moves share: given, from the hosts file, or measured to a target."""
-    if given_mib is not None:
-        return given_mib * MIB, "given (--bandwidth)"
-    declared = [t.ref.bandwidth_mib for t in targets if t.ref.bandwidth_mib]
-    if declared:
-        return min(declared) * MIB, "hosts file"
+    known = _known_bandwidth(given_mib, [t.ref for t in targets])
+    if known is not None:
+        return known
     for target in targets:
-        if target.conn is None:
+        measured = _measured(target.conn, target.ref.name) if target.conn is not None else None
+        if measured is not None:
+            return measured
+    return ASSUMED
+
+
+ASSUMED = (119 * MIB, "assumed 1 Gbit/s (nothing measured; give --bandwidth)")
+PROBE_CONNECT_S = 8.0
+#: The fleet's probe upload: 1 s, as long as the dirty-rate measurement it runs beside, so
+#: that it is not the longest step before the plan (a shaped or real link reaches its rate
+#: in milliseconds; `vmigrate estimate` keeps its 2 s).
+PROBE_S = 1.0
+
+
+def probe_link(given_mib: float | None, targets: Sequence[HostRef]) -> tuple[float, str]:
+    """link_bandwidth on connections of its own, so that the probe need not wait for the
+    hosts' sessions (and their facts): started first, it runs while they are gathered."""
+    known = _known_bandwidth(given_mib, targets)
+    if known is not None:
+        return known
+    for target in targets:
+        try:
+            conn = open_with_timeout(target.uri, host=target.name, timeout=PROBE_CONNECT_S)
+        except VmigrateError as err:
+            log.info("bandwidth to %s not measured: %s", target.name, err)
             continue
         try:
-            rate = measure_upload(target.conn, host=target.ref.name)
-        except VmigrateError as err:
-            log.info("bandwidth to %s not measured: %s", target.ref.name, err)
-            continue
-        if rate:
-            return rate, f"measured from this machine to {target.ref.name} (2 s upload)"
-    return 119 * MIB, "assumed 1 Gbit/s (nothing measured; give --bandwidth)"
+            measured = _measured(conn, target.name)
+        finally:
+            conn.close()
+        if measured is not None:
+            return measured
+    return ASSUMED
+
+
+def _known_bandwidth(
+    given_mib: float | None, targets: Sequence[HostRef]
+) -> tuple[float, str] | None:
+    if given_mib is not None:
+        return given_mib * MIB, "given (--bandwidth)"
+    declared = [t.bandwidth_mib for t in targets if t.bandwidth_mib]
+    return (min(declared) * MIB, "hosts file") if declared else None
+
+
+def _measured(conn: Connection, host: str) -> tuple[float, str] | None:
+    try:
+        rate = measure_upload(conn, host=host, seconds=PROBE_S)
+    except VmigrateError as err:
+        log.info("bandwidth to %s not measured: %s", host, err)
+        return None
+    return (rate, f"measured from this machine to {host} ({PROBE_S:g} s upload)") if rate else None
 
 
 def gather_input(
@@ -205,13 +244,16 @@ def gather_input(
     limits: Limits,
     bandwidth_mib: float | None = None,
     maintenance: Iterable[str] = (),
+    probing: Future[tuple[float, str]] | None = None,
 ) -> FleetInput:
     """The planner's input: the VMs of each source (all, or the names given), checked
-    against every target that answers, and the link they share."""
+    against every target that answers, and the link they share (`probing`: a probe_link
+    the caller started before the sessions were open; else probed here, meanwhile)."""
     answering = [t for t in targets if t.facts is not None]
     checked_at = time.time()
     with ThreadPoolExecutor(max_workers=1) as background:  # the link probed meanwhile
-        probing = background.submit(link_bandwidth, bandwidth_mib, targets)
+        if probing is None:
+            probing = background.submit(link_bandwidth, bandwidth_mib, targets)
         gathered = [
             g
             for session, names in sources
