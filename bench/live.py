@@ -248,6 +248,7 @@ def _predict(vm: str, tool: Tool, store: Path) -> dict[str, Any]:
         if result.working_set_bytes is None
         else round(result.working_set_bytes / (1 << 20)),
         "costs": result.costs,
+        "alternative": result.alternative,
         "touched_mib": None
         if result.touched_bytes is None
         else round(result.touched_bytes / (1 << 20)),

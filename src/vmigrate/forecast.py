@@ -26,7 +26,7 @@ from vmigrate.live.history import (
     link_history,
 )
 from vmigrate.live.policy import PolicyConfig
-from vmigrate.live.rehearsal import FixedCosts, Workload, rehearse
+from vmigrate.live.rehearsal import FixedCosts, Workload, boundary_alternative, rehearse
 from vmigrate.store import JobStore, StoreLocation
 from vmigrate.virt.connection import domain_state, lookup_domain, open_with_timeout
 from vmigrate.virt.errors import libvirt_errors
@@ -84,6 +84,9 @@ class Forecast:
     # learned from the pair's moves (overhead_learned) or the lab's default.
     resident_overhead_bytes: int = 0
     overhead_learned: bool = False
+    # The other route live takes with the link or the dirty rate read a little off
+    # (rehearsal.boundary_alternative): the guest sits on the policy's boundary.
+    alternative: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,7 +143,7 @@ def forecast(
     src_ref = resolve_host(source, hosts_file)
     dst_ref = resolve_host(destination, hosts_file)
     tls = migration_tls(stream.tls, src_ref, dst_ref)
-    memory, cold, curve, touched = _measure_guest(vm, src_ref, measure_seconds)
+    memory, cold, curve, touched, tcg = _measure_guest(vm, src_ref, measure_seconds)
     if link_mib is not None:
         link, link_source = link_mib * MIB, "given"
     elif dst_ref.bandwidth_mib is not None:
@@ -166,7 +169,10 @@ def forecast(
             memory, curve, None if touched is None else max(round(touched - overhead), 0)
         )
         disks = cold if copy_storage else 0
-        prediction = rehearse(load, bandwidth, config, costs, disk_bytes=disks)
+        prediction = rehearse(load, bandwidth, config, costs, disk_bytes=disks, tcg=tcg)
+        other = boundary_alternative(
+            load, bandwidth, config, costs, prediction, disk_bytes=disks, tcg=tcg
+        )
         result = Forecast(
             vm,
             src_ref.name,
@@ -191,6 +197,7 @@ def forecast(
             stream_note=_unweighed(stream),
             resident_overhead_bytes=round(overhead),
             overhead_learned=history.resident_overhead_bytes is not None,
+            alternative=None if other is None else other.to_dict(),
         )
         if record:
             result = replace(result, job_id=_record(store, result, src_ref, dst_ref))
@@ -199,13 +206,17 @@ def forecast(
 
 def _measure_guest(
     vm: str, src_ref: HostRef, measure_seconds: int
-) -> tuple[int, int, list[tuple[float, float]], int | None]:
+) -> tuple[int, int, list[tuple[float, float]], int | None, bool]:
+    """Its memory, disk data, dirty curve, resident memory, and whether it runs under
+    QEMU's TCG (type "qemu"), where the throttle slows auto-converge's syncs."""
     conn = open_with_timeout(src_ref.uri, host=src_ref.name, timeout=CONNECT_TIMEOUT_S)
     try:
         domain = lookup_domain(conn, vm, host=src_ref.name)
         with libvirt_errors(host=src_ref.name, vm=vm, doing="read the VM"):
             _state, _max_kib, memory_kib, *_ = domain.info()
-            cold = _allocated_bytes(conn, domain.XMLDesc(0))
+            domain_xml = domain.XMLDesc(0)
+            cold = _allocated_bytes(conn, domain_xml)
+            tcg = parse_domain(domain_xml).virt_type == "qemu"
             state = domain_state(domain)
         if state not in ("running", "paused"):
             raise VmigrateError(
@@ -221,7 +232,7 @@ def _measure_guest(
         touched = resident_bytes(domain, host=src_ref.name, vm=vm)
     finally:
         conn.close()
-    return memory_kib * 1024, cold, curve, touched
+    return memory_kib * 1024, cold, curve, touched, tcg
 
 
 def _unweighed(stream: StreamChoice) -> str:

@@ -19,6 +19,7 @@ from vmigrate.cli.options import (
     vm_and_hosts,
 )
 from vmigrate.forecast import Forecast, StreamChoice, forecast
+from vmigrate.live.rehearsal import LINK_READING_SPREAD
 from vmigrate.store import StoreLocation
 
 console = Console(highlight=False)
@@ -77,6 +78,13 @@ def render(result: Forecast) -> None:
     console.print(f"  fixed costs: {result.costs}")
     for line in prediction_lines(result.prediction or {}):
         console.print(f"  [bold]{line}[/]" if line.startswith("live") else f"  {line}")
+    if result.alternative is not None:
+        console.print(
+            "  [bold]on the policy's boundary[/]: with the link or the dirty rate read "
+            f"{LINK_READING_SPREAD:.0%} off at the first sync, live takes the other route:"
+        )
+        for line in prediction_lines(result.alternative):
+            console.print(f"    {line}")
     console.print(
         f"  cold move instead: {result.cold_bytes / MIB:,.0f} MiB of allocated disk data, "
         f"~{result.cold_seconds:.1f} s over this link"
