@@ -13,7 +13,14 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from vmigrate.cli.check import render_report
 from vmigrate.cli.leases import lease_line, take_over_lease_option
-from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option, vm_and_hosts
+from vmigrate.cli.options import (
+    STOP_SIGNALS,
+    interrupt_on,
+    json_option,
+    store_option,
+    trust_checks_option,
+    vm_and_hosts,
+)
 from vmigrate.cli.render_findings import FindingsView, report_from_dict
 from vmigrate.cold.plan import ColdPlan
 from vmigrate.cold.runner import ColdReport, ColdRequest, migrate_cold, plan_cold
@@ -180,14 +187,7 @@ def render_final(report: ColdReport) -> None:
     help="Seconds to wait for an ACPI shutdown.",
 )
 @take_over_lease_option
-@click.option(
-    "--trust-checks",
-    "trust_checks",
-    type=click.Path(path_type=Path, dir_okay=False),
-    hidden=True,  # written by a fleet job for the moves it starts
-    help="A private file of a fleet job's checks of this move: only what can have changed "
-    "since (the VM's state, the destination's memory) is checked again.",
-)
+@trust_checks_option
 @store_option
 @json_option
 def cold(

@@ -20,6 +20,7 @@ from vmigrate.cli.options import (
     policy_options,
     store_option,
     stream_options,
+    trust_checks_option,
     vm_and_hosts,
 )
 from vmigrate.cli.render_findings import FindingsView, report_from_dict
@@ -186,14 +187,7 @@ def _render_storage(storage: dict[str, Any]) -> None:
     help="Go ahead even if pre-flight checks fail or the destination is in maintenance.",
 )
 @take_over_lease_option
-@click.option(
-    "--trust-checks",
-    "trust_checks",
-    type=click.Path(path_type=Path, dir_okay=False),
-    hidden=True,  # written by a fleet job for the moves it starts
-    help="A private file of a fleet job's checks of this move: only what can have changed "
-    "since (the VM's state, the destination's memory) is checked again.",
-)
+@trust_checks_option
 @store_option
 @json_option
 def live(

@@ -54,6 +54,18 @@ def store_option(command: F) -> F:
     )(command)
 
 
+def trust_checks_option(command: F) -> F:
+    """A fleet move's child (live or cold) checks again only what can have changed."""
+    return click.option(
+        "--trust-checks",
+        "trust_checks",
+        type=click.Path(path_type=Path, dir_okay=False),
+        hidden=True,  # written by a fleet job for the moves it starts
+        help="A private file of a fleet job's checks of this move: only what can have changed "
+        "since (the VM's state, the destination's memory) is checked again.",
+    )(command)
+
+
 def json_option(command: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
 
