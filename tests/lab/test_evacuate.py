@@ -351,12 +351,15 @@ def test_ctrl_c_in_a_cold_evacuation_brings_the_stopped_vms_back_on_hostA(
     )  # fmt: skip
     try:
         read_events_until(process, "move-progress", timeout=180)
+        # The scheduler follows the shaped link: one copy fills it, so the second VM may
+        # still be waiting to start. Ctrl-C once at least one VM is stopped mid-copy.
         deadline = time.monotonic() + 120
-        while any(locate_vm(n) != {"hostA": "shut off"} for n in names):  # both stopped
+        while not any(locate_vm(n) == {"hostA": "shut off"} for n in names):
             assert time.monotonic() < deadline, {n: locate_vm(n) for n in names}
             assert process.poll() is None, read_rest(process, timeout=10)
             time.sleep(0.5)
-        time.sleep(2)  # their copies are under way
+        stopped = [n for n in names if locate_vm(n) == {"hostA": "shut off"}]
+        time.sleep(2)  # its copy is under way
         process.send_signal(signal.SIGINT)
         stdout, stderr = read_rest(process, timeout=300)
     finally:
@@ -370,7 +373,9 @@ def test_ctrl_c_in_a_cold_evacuation_brings_the_stopped_vms_back_on_hostA(
     for name in names:
         assert locate_vm(name) == {"hostA": "running"}
     rolled = [e["message"] for e in found if e["event"] == "notice" and "rolling" in e["message"]]
-    assert len(rolled) == 2, rolled
+    rolled_back = [m.split(":")[0] for m in rolled]
+    assert len(rolled_back) == len(set(rolled_back)), rolled  # once each
+    assert set(stopped) <= set(rolled_back), rolled  # each stopped VM brought back
     assert _vms_on(HOST_B.uri) == []
     for disk in disks:  # the copies made on hostB are gone; hostA's disks stay
         assert not on_host("hostB", disk).exists()
