@@ -190,12 +190,19 @@ class PoolChangeSteps:
             self._end_helpers()
             raise
         # The source's helper held the new images: gone before the VM opens them. The
-        # destination's holds only its raw reads once every disk was imported: its teardown
-        # goes on while the VM is defined and started (joined by a rollback, or at exit).
+        # destination's holds only its raw reads once every disk was imported (each pivoted
+        # from the image to its raw read): its teardown goes on while the VM is defined and
+        # started, and `finish` (or a rollback) waits for it.
         lingering = self._helpers.get("destination")
         if lingering is not None and all(c.kind == "import" for c in changes):
             lingering.release()
             self._lingering.append(self._helpers.pop("destination"))
+        for helper in self._helpers.values():
+            helper.join()
+        self._helpers.clear()
+
+    def finish(self) -> None:
+        """Wait for every helper's teardown still going on."""
         self._end_helpers()
 
     def _all_at_once(

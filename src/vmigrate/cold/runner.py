@@ -475,11 +475,13 @@ def _run(
     *,
     rollback: bool = False,
     take_over: bool = False,
+    conns: tuple[Connection, Connection] | None = None,
 ) -> ColdReport:
-    """Hold the VM's lease, run the steps, release the lease where the VM ends."""
+    """Hold the VM's lease, run the steps, release the lease where the VM ends. `conns`:
+    the sessions the checks and the plan used (closed here), else new ones."""
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
-    src, dst = _connect(src_ref), _connect(dst_ref)
+    src, dst = conns if conns is not None else (_connect(src_ref), _connect(dst_ref))
     held = _hold_lease(job_id, request, store, (src_ref, dst_ref), (src, dst), take_over, emit)
     try:
         report = _steps(
@@ -623,9 +625,9 @@ def migrate_cold(
     emit = JobEvents(on_event or ignore)  # stored once the job exists
     src_ref = resolve_host(request.source, request.hosts_file)
     dst_ref = resolve_host(request.destination, request.hosts_file)
-    with JobStore(request.store_path) as store:
-        ensure_vm_free(store, request.vm, {src_ref.name: src_ref.uri, dst_ref.name: dst_ref.uri})
-        refuse_maintenance(store, dst_ref, force=request.force, vm=request.vm)
+    with JobStore(request.store_path) as jobs:
+        ensure_vm_free(jobs, request.vm, {src_ref.name: src_ref.uri, dst_ref.name: dst_ref.uri})
+        refuse_maintenance(jobs, dst_ref, force=request.force, vm=request.vm)
     checked = check_move(
         request.vm,
         request.source,
@@ -639,31 +641,39 @@ def migrate_cold(
     emit(ChecksDone(checks.to_dict()))
     failed = [f for f in checks.findings if f.verdict.value == "fail"] if not request.force else []
     left_to_adapt = refuse_failed(request, failed, checks)
-    _check_lease_free(request, take_over_lease)
-    plan = plan_cold(request, checked)
-    for finding in left_to_adapt:  # each must be answered by a change of the plan
-        emit(Notice(answered_by(finding, plan.adapt_changes, request.vm, checks)))
-    emit(PlanMade(plan.to_dict()))
-    store = JobStore(request.store_path)
-    params = {**_request_params(request, plan), TOKEN_PARAM: new_token()}
-    job_id = store.create_job("cold", request.vm, request.source, request.destination, params)
-    emit.start(store, job_id, str(store.path))
+    # One session per host from here to the end of the move: the lease check, the plan and
+    # the steps share it.
+    src, dst = _connect(src_ref), _connect(dst_ref)
+    store: JobStore | None = None
     try:
-        return _run(job_id, request, plan, store, emit, take_over=take_over_lease)
+        _check_lease_free(request, take_over_lease, src, src_ref)
+        plan = build_plan(request, src, dst, src_ref, dst_ref, checked)
+        for finding in left_to_adapt:  # each must be answered by a change of the plan
+            emit(Notice(answered_by(finding, plan.adapt_changes, request.vm, checks)))
+        emit(PlanMade(plan.to_dict()))
+        store = JobStore(request.store_path)
+        params = {**_request_params(request, plan), TOKEN_PARAM: new_token()}
+        job_id = store.create_job("cold", request.vm, request.source, request.destination, params)
+        emit.start(store, job_id, str(store.path))
+    except BaseException:
+        src.close()
+        dst.close()
+        if store is not None:
+            store.close()
+        raise
+    try:
+        return _run(job_id, request, plan, store, emit, take_over=take_over_lease, conns=(src, dst))
     finally:
         store.close()
 
 
-def _check_lease_free(request: ColdRequest, take_over: bool) -> None:
+def _check_lease_free(
+    request: ColdRequest, take_over: bool, src: Connection, src_ref: HostRef
+) -> None:
     """Before the job exists: a VM leased by another job is refused with nothing made."""
-    src_ref = resolve_host(request.source, request.hosts_file)
-    src = _connect(src_ref)
-    try:
-        domain = lookup_domain(src, request.vm, host=src_ref.name)
-        with JobStore(request.store_path) as store:
-            check_free(store, domain, "cold", vm=request.vm, host=src_ref.name, take_over=take_over)
-    finally:
-        src.close()
+    domain = lookup_domain(src, request.vm, host=src_ref.name)
+    with JobStore(request.store_path) as store:
+        check_free(store, domain, "cold", vm=request.vm, host=src_ref.name, take_over=take_over)
 
 
 def _job(job_id: int, store: JobStore) -> tuple[ColdRequest, ColdPlan]:

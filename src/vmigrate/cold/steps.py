@@ -73,6 +73,12 @@ from vmigrate.virt.connection import (
     lookup_domain,
 )
 from vmigrate.virt.copy_worker import copy_between
+from vmigrate.virt.lifecycle_watch import (
+    LifecycleWatch,
+    StoppedRunning,
+    shutdown_and_wait,
+    watch_it_run,
+)
 from vmigrate.virt.placement import look_by_uuid
 from vmigrate.virt.streams import digest_at, volume_digest
 
@@ -152,6 +158,7 @@ class ColdMove:
             (src, dst), (request.source, request.destination), journal, plan.vm, emit
         )
         self.uuid = parse_domain(plan.source_xml).uuid
+        self._watch: LifecycleWatch | None = None  # the destination's, from its start on
         self.invariants = Invariants(
             plan.vm,
             self.uuid,
@@ -170,8 +177,8 @@ class ColdMove:
         stopped_at = time.time()
         if self.plan.keep_state:
             return self._save(domain, previous, stopped_at)
-        if self.plan.state == "running" and domains.shutdown(
-            domain, timeout=self.request.shutdown_timeout_s
+        if self.plan.state == "running" and shutdown_and_wait(
+            self.src, domain, timeout=self.request.shutdown_timeout_s
         ):
             return {"how": "shut down (ACPI)", "at": stopped_at}
         if not self.request.force:
@@ -462,24 +469,49 @@ class ColdMove:
     def _before_start(self) -> None:
         self._source_still_stopped()
         self.invariants.runs_nowhere_else()
+        self._watch_destination()  # registered before the start: no stop goes unseen
         # Recorded first: a run interrupted after the start knows it was this job's.
         self.journal.record("start", "started", {"starting": True})
         failpoint("cold.start.after-intent")
 
+    def _watch_destination(self) -> LifecycleWatch:
+        """The destination's lifecycle events of the VM, from before it starts there."""
+        if self._watch is None:
+            self._watch = LifecycleWatch(self.dst, self.uuid)
+        return self._watch
+
     def verify_running(self, _previous: Detail) -> Detail:
+        """The guest runs on the destination, as libvirt and QEMU say: the domain running,
+        its vCPUs executing, QEMU answering with every disk open and none in error, and the
+        guest reading through its disks; or, if it reads none that soon, the domain running
+        for VERIFY_RUNNING_S. A stop, a pause or a disk error on the way fails it at once."""
         if not self.journal.detail("start").get("started"):
             return {"running": False}
-        deadline = time.time() + VERIFY_RUNNING_S
-        while time.time() < deadline:
-            if not domains.is_running(self.dst, self.plan.vm):
-                raise ColdMoveError(
-                    "the VM stopped right after starting on the destination",
-                    vm=self.plan.vm,
-                    fix="see its log on the destination; "
-                    "roll the job back to restart it on the source",
-                )
-            time.sleep(0.5)
-        return {"running": True, "at": time.time()}
+        domain = find_domain_by_uuid(self.dst, self.uuid, host=self.request.destination)
+        disks = tuple(
+            d.target
+            for d in parse_domain(self.plan.destination_xml).disks
+            if d.device == "disk" and not d.is_empty
+        )
+        try:
+            if domain is None:
+                raise StoppedRunning("it is not there any more")
+            seen = watch_it_run(domain, self._watch_destination(), disks, at_most=VERIFY_RUNNING_S)
+        except StoppedRunning as err:
+            raise ColdMoveError(
+                f"the VM stopped right after starting on the destination: {err.message}",
+                vm=self.plan.vm,
+                host=self.request.destination,
+                fix="see its log on the destination; roll the job back to restart it on the source",
+            ) from err
+        return {
+            "running": True,
+            "at": time.time(),
+            "watched_s": seen.seconds,
+            "disks_read": seen.disks_read,
+            "vcpu_ms": seen.vcpu_ms,
+            "why": seen.why,
+        }
 
     def undefine_source(self, _previous: Detail) -> Detail:
         self.invariants.destination_has_it(
@@ -554,6 +586,15 @@ class ColdMove:
             )
 
     def forward(self) -> None:
+        try:
+            self._forward()
+        finally:  # the teardowns left running beside define and start, and the watch
+            self.pool_changes.finish()
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+
+    def _forward(self) -> None:
         j = self.journal
         for change in self.plan.pool_changes:  # while the VM runs: a taken name stops us here
             j.run(reserve_step(change), partial(self.pool_changes.reserve, change), "cold.reserve")
