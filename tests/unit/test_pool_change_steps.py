@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+import libvirt
 import pytest
 
 from vmigrate.cold import pool_change_steps
@@ -30,6 +31,7 @@ from vmigrate.journal import Journal
 from vmigrate.store import JobStore
 from vmigrate.virt import domains
 from vmigrate.virt.connection import Connection
+from vmigrate.virt.mirror import MirrorError
 from vmigrate.virt.pool_copy import DiskCopy
 
 from .test_pool_change import BOTH_RBD, FACTS, GIB, IMAGES, _chain, _export_source
@@ -50,6 +52,8 @@ class _Hosts:
     """What the stand-ins were asked: helpers started, copies run, files read."""
 
     helpers: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    helper_disks: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> its disks
+    failing_starts: list[str] = field(default_factory=list)  # helper starts to fail, in turn
     copy_calls: list[list[tuple[str, str, int]]] = field(default_factory=list)
     reads: list[tuple[str, str]] = field(default_factory=list)
     copied: dict[str, str] = field(default_factory=dict)  # path -> what it holds now
@@ -62,9 +66,14 @@ def _stand_ins(monkeypatch: pytest.MonkeyPatch) -> _Hosts:
     class Helper:
         def __init__(self, conn: Connection, name: str, host: str, disks: dict[str, str]):
             hosts.helpers.append((str(conn), name, tuple(disks)))
+            hosts.helper_disks[name] = dict(disks)
             self.name, self.devices, self.disks = name, dict.fromkeys(disks, "vdX"), disks
 
-        def start(self) -> None: ...
+        def start(self) -> None:
+            if hosts.failing_starts and self.name.endswith(hosts.failing_starts[0]):
+                hosts.failing_starts.pop(0)
+                raise libvirt.libvirtError("error connecting: Permission denied")
+
         def release(self) -> None: ...
         def join(self) -> None: ...
 
@@ -227,3 +236,43 @@ def test_the_destination_reads_need_room_for_every_disk_at_once() -> None:
     assert pool_change_needs(changes)["local"] == QCOW2.allocation + RAW.allocation
     assert source_scratch_needs(changes) == {"local": QCOW2.allocation}  # raw: read as it is
     assert QCOW2.capacity == GIB
+
+
+def test_the_destination_is_ready_to_read_when_the_copy_ends(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The destination's helper is started while the source copies (once, for every disk),
+    holding the new images uncached: nothing it might read before the copy ends is kept."""
+    hosts = _stand_ins(monkeypatch)
+    changes = (QCOW2, RAW)
+    journal = _journal(tmp_path, *changes)
+    _steps(journal).forward(changes)
+    name = f"vmigrate-{journal.job_id}-{journal.token[:12]}-destination"
+    assert [n for _, n, _ in hosts.helpers].count(name) == 1
+    assert all('cache="none"' in xml for xml in hosts.helper_disks[name].values())
+    assert all(journal.done(verify_step(c)) for c in changes)
+
+
+def test_a_destination_helper_that_cannot_start_early_is_started_by_the_verify_step(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    hosts = _stand_ins(monkeypatch)
+    hosts.failing_starts = ["-destination"]  # once: a host busy a moment
+    journal = _journal(tmp_path, QCOW2)
+    _steps(journal).forward((QCOW2,))
+    assert [conn for conn, _, _ in hosts.helpers] == ["src-conn", "dst-conn", "dst-conn"]
+    assert journal.done(verify_step(QCOW2))
+
+
+def test_a_destination_that_cannot_open_the_images_fails_the_verify_step_not_the_copy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A wrong key on the destination: the copy is done, the check fails naming hostB."""
+    hosts = _stand_ins(monkeypatch)
+    hosts.failing_starts = ["-destination", "-destination"]
+    journal = _journal(tmp_path, QCOW2)
+    with pytest.raises(MirrorError, match="Permission denied") as raised:
+        _steps(journal).forward((QCOW2,))
+    assert raised.value.host == "hostB"
+    assert journal.done(write_step(QCOW2))
+    assert journal.records[verify_step(QCOW2)].state == "failed"

@@ -89,6 +89,7 @@ class PoolChangeSteps:
         self.changes: tuple[PoolChange, ...] = ()
         self._helpers: dict[str, Helper] = {}  # this move's one helper per side
         self._lingering: list[Helper] = []  # destroyed in a thread nobody waits for yet
+        self._ready_reads: dict[str, str | None] = {}  # the destination's raw reads, made early
 
     def _writer(self, change: PoolChange) -> Connection:
         return self.src if change.writer == "source" else self.dst
@@ -269,6 +270,36 @@ class PoolChangeSteps:
             held |= {c.target: uncached_disk_xml(c.new_xml) for c in imports}
             destination = self._helper_on("destination", held)
         scratches = {c.target: self._make_scratch(c, "source") for c in pending}
+        with ThreadPoolExecutor(max_workers=1, initializer=signals_to_main_thread) as early:
+            if imports and not exports:  # the destination gets ready to read while QEMU copies
+                early.submit(self._prepare_destination_reads, imports)
+            return self._copy_all(pending, source, destination, scratches)
+
+    def _prepare_destination_reads(self, imports: list[PoolChange]) -> None:
+        """The destination's helper and raw reads, made while the source copies: its helper
+        holds the new images uncached (nothing it could read before the copy ends is kept)
+        and reads nothing until the copy has pivoted. Any failure is left for the verify
+        step to meet again, and report, when it makes them itself."""
+        try:
+            self._helper_on(
+                "destination", {c.target: uncached_disk_xml(c.new_xml) for c in imports}
+            )
+            for change in imports:
+                self._ready_reads[change.target] = self._make_scratch(change, "destination")
+        except Exception:
+            self._ready_reads.clear()
+            helper = self._helpers.pop("destination", None)
+            if helper is not None:
+                helper.join()
+
+    def _copy_all(
+        self,
+        pending: list[PoolChange],
+        source: Helper,
+        destination: Helper | None,
+        scratches: dict[str, str | None],
+    ) -> dict[str, Detail]:
+        imports = [c for c in self.changes if c.kind == "import"]
         copies: list[DiskCopy] = []
         writes: dict[DiskCopy, PoolChange] = {}
         digest_after: dict[DiskCopy, tuple[Connection, str]] = {}
@@ -339,7 +370,10 @@ class PoolChangeSteps:
         each digest must equal the one the source took of the bytes it copied."""
         expected = {c.target: self._source_digest(c) for c in pending}
         imports = [c for c in pending if c.kind == "import"]
-        scratches = {c.target: self._make_scratch(c, "destination") for c in imports}
+        scratches = {
+            c.target: self._ready_reads.pop(c.target, None) or self._make_scratch(c, "destination")
+            for c in imports
+        }
         failpoint("cold.verify-pool-change.mid-read")
         with ThreadPoolExecutor(
             max_workers=max(1, len(pending)), initializer=signals_to_main_thread

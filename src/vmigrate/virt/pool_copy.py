@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import libvirt
@@ -112,23 +112,62 @@ def run_copies(
     """Copy every disk through its legs, at most `parallel` disks at once; the seconds each
     disk took (from its first leg's start to its last pivot)."""
     waiting, running, seconds = list(copies), list[_Running](), dict[DiskCopy, float]()
-    while waiting or running:
-        while waiting and len(running) < max(1, parallel):
-            started = _Running(waiting.pop(0))
-            started.begin()
-            running.append(started)
-        for copy in list(running):
-            if not _advanced(copy, progress, on_leg):
-                continue
-            if copy.leg + 1 < len(copy.copy.legs):
-                copy.leg += 1
-                copy.begin()
-            else:
-                seconds[copy.copy] = time.monotonic() - copy.started
-                running.remove(copy)
-        if running:
-            time.sleep(POLL_S)
+    with _block_job_events({c.helper for c in copies}) as wake:
+        while waiting or running:
+            wake.clear()  # an event from here on ends the wait below at once
+            _poll_once(waiting, running, seconds, parallel, progress, on_leg)
+            if running:
+                wake.wait(POLL_S)
     return seconds
+
+
+@contextlib.contextmanager
+def _block_job_events(helpers: set[Helper]) -> Iterator[threading.Event]:
+    """An event set whenever QEMU says a block job of one of the helpers changed (a copy
+    in sync, a pivot done): the loop polls at once instead of at its next tick. Without
+    libvirt's event loop, nothing is registered and the loop polls every POLL_S."""
+    wake = threading.Event()
+    registered: list[tuple[libvirt.virConnect, int]] = []
+
+    def changed(*_args: object) -> None:
+        wake.set()
+
+    try:
+        for helper in helpers:
+            with contextlib.suppress(libvirt.libvirtError):
+                callback = helper.conn.domainEventRegisterAny(
+                    helper.domain, libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, changed, None
+                )
+                registered.append((helper.conn, callback))
+        yield wake
+    finally:
+        for conn, callback in registered:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.domainEventDeregisterAny(callback)
+
+
+def _poll_once(
+    waiting: list[DiskCopy],
+    running: list[_Running],
+    seconds: dict[DiskCopy, float],
+    parallel: int,
+    progress: Progress | None,
+    on_leg: LegDone | None,
+) -> None:
+    """Start what may start, poll every running copy once, move each on past its pivot."""
+    while waiting and len(running) < max(1, parallel):
+        started = _Running(waiting.pop(0))
+        started.begin()
+        running.append(started)
+    for copy in list(running):
+        if not _advanced(copy, progress, on_leg):
+            continue
+        if copy.leg + 1 < len(copy.copy.legs):
+            copy.leg += 1
+            copy.begin()
+        else:
+            seconds[copy.copy] = time.monotonic() - copy.started
+            running.remove(copy)
 
 
 def _advanced(copy: _Running, progress: Progress | None, on_leg: LegDone | None) -> bool:
