@@ -9,11 +9,13 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from vmigrate.cold.runner import ColdRequest, migrate_cold, plan_cold
@@ -91,12 +93,19 @@ def test_running_guest_shuts_down_by_acpi_and_comes_back_on_hostb(
     lab: list[HostStatus], vm_name: str, store: Path
 ) -> None:
     create_vm(LabVmRequest(vm_name, memory_mib=256, disk="local"))
-    report = migrate_cold(ColdRequest(vm_name, "hostA", "hostB", store_path=store))
+    # (its disk goes from hostA, so that it can come back below)
+    request = ColdRequest(vm_name, "hostA", "hostB", delete_source_disks=True, store_path=store)
+    report = migrate_cold(request)
     assert report.outcome == "completed", report.message
     assert report.placement_ok and locate_vm(vm_name) == {"hostB": "running"}
     assert report.job_id is not None
-    stop = next(s for s in JobStore(store).steps(report.job_id) if s.name == "stop")
-    assert stop.detail["how"] == "shut down (ACPI)"
+    steps = {s.name: s for s in JobStore(store).steps(report.job_id)}
+    assert steps["stop"].detail["how"] == "shut down (ACPI)"
+    # The watch on hostB ended on what libvirt and QEMU said: the guest's vCPUs ran and it
+    # read its disk through QEMU (not on a timer).
+    watched = steps["verify running"].detail
+    assert watched["running"] and watched["disks_read"] == ["vda"], watched
+    assert watched["vcpu_ms"] > 0, watched
     assert any(
         line.text == "POWEROFF acpi" and line.host == "hostA" for line in read_console(vm_name)
     )
@@ -107,6 +116,32 @@ def test_running_guest_shuts_down_by_acpi_and_comes_back_on_hostb(
         since_ns=time.monotonic_ns() - int((report.downtime_s or 60) * 1e9),
     )
     assert line.text.startswith("DISK verify ok") and line.host == "hostB"
+    # Back to hostA, where someone destroys it the moment it starts: the watch sees it stop,
+    # the source (hostB) is not undefined and the rollback restarts the VM there.
+    with _destroyed_when_started(HOST_A.uri, vm_name):
+        back = migrate_cold(ColdRequest(vm_name, "hostB", "hostA", store_path=store))
+    assert back.outcome == "rolled back", back.message
+    assert "stopped right after starting on the destination" in back.message, back.message
+    assert locate_vm(vm_name) == {"hostB": "running"}
+
+
+@contextlib.contextmanager
+def _destroyed_when_started(uri: str, vm: str) -> Iterator[None]:
+    """A second actor on `uri`: destroys `vm` as soon as libvirt says it started there."""
+    conn = open_connection(uri)
+
+    def started(_c: Any, domain: Any, event: int, _detail: int, _opaque: Any) -> None:
+        if domain.name() == vm and event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            threading.Thread(target=domain.destroy, daemon=True).start()
+
+    callback = conn.domainEventRegisterAny(
+        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, started, None
+    )
+    try:
+        yield
+    finally:
+        conn.domainEventDeregisterAny(callback)
+        conn.close()
 
 
 def test_running_guest_that_ignores_acpi_needs_force(

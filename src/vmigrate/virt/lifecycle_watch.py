@@ -18,7 +18,7 @@ import libvirt
 
 from vmigrate.errors import VmigrateError
 
-#: A lifecycle event that means the guest no longer runs: (event, detail) -> its words.
+#: A lifecycle event that means the guest no longer runs -> its words; and those that it does.
 _STOPPED_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
     libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shut down",
@@ -26,6 +26,7 @@ _STOPPED_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "paused",
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "suspended by its guest",
 }
+_RUNNING_EVENTS = frozenset({libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED})
 #: How often a wait asks libvirt itself, should an event be lost.
 ASK_EVERY_S = 0.5
 #: How often the watch of a started guest samples QEMU's counters.
@@ -61,24 +62,22 @@ class LifecycleWatch:
         self.changed.set()
 
     def stopped(self) -> str | None:
-        """Words for the first event seen that means the guest stopped running, if any."""
+        """Words for the latest start or stop seen, if it is a stop (a restore pauses and
+        resumes the guest on its way: only where it ended counts)."""
         with self._lock:
-            seen = list(self._seen)
-        for event, detail in seen:
-            if event in _STOPPED_EVENTS:
-                return f"{_STOPPED_EVENTS[event]} (libvirt event {event}, detail {detail})"
-        return None
+            seen = [(e, d) for e, d in self._seen if e in _STOPPED_EVENTS or e in _RUNNING_EVENTS]
+        if not seen or seen[-1][0] in _RUNNING_EVENTS:
+            return None
+        event, detail = seen[-1]
+        return f"{_STOPPED_EVENTS[event]} (libvirt event {event}, detail {detail})"
 
-    def forget(self) -> None:
-        """Count only what happens from now on."""
-        with self._lock:
-            self._seen.clear()
+    def arm(self) -> None:
+        """Before looking: an event from now on ends the next `wait` at once."""
         self.changed.clear()
 
     def wait(self, seconds: float) -> None:
-        """Until an event arrives or `seconds` pass."""
-        if self.changed.wait(max(0.0, seconds)):
-            self.changed.clear()
+        """Until an event arrives (since `arm`) or `seconds` pass."""
+        self.changed.wait(max(0.0, seconds))
 
     def close(self) -> None:
         if self._callback is not None:
@@ -103,9 +102,10 @@ def shutdown_and_wait(
     try:
         domain.shutdown()
         deadline = time.monotonic() + timeout
-        while True:
-            if watch.stopped() is not None or not _active(domain):
-                return not _active(domain)
+        while True:  # an event (the guest's shutdown, QEMU's exit) only wakes it sooner
+            watch.arm()
+            if not _active(domain):
+                return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return not _active(domain)
@@ -159,6 +159,7 @@ def _sample_running(
         # QEMU gone while libvirt still tears it down: its stop event follows
         deadline = time.monotonic() + ASK_EVERY_S
         while _active(domain) and watch.stopped() is None and time.monotonic() < deadline:
+            watch.arm()
             watch.wait(SAMPLE_EVERY_S)
         if _active(domain) and watch.stopped() is None:
             raise
@@ -186,6 +187,7 @@ def watch_it_run(
     started = time.monotonic()
     first = _sample_running(domain, disks, watch)
     while True:
+        watch.arm()
         stopped = watch.stopped()
         now = _sample_running(domain, disks, watch)
         if stopped is not None or not now.running:
