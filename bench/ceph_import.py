@@ -6,7 +6,8 @@ raw backing file, holding the guest's 16 MiB pattern; vdb (1 GiB) holding 256 Mi
 wrote. Each tool brings it to hostB running from rbd images of the lab's Ceph pool:
 - vmigrate: `cold --pool-map local:rbd` (one paused helper domain per host for both disks:
   hostA's QEMU copies them into Ceph side by side, digesting what it copies, hostB's reads
-  them back once for its digests; then define, start, watch it run, undefine);
+  them back once for its digests; then define, start, watch it run until libvirt and QEMU
+  show the guest runs, undefine);
 - the same with the disks copied one at a time (PARALLEL_COPIES = 1): what copying them
   side by side gains on the lab's path to Ceph;
 - the script: shut the guest down, `qemu-img convert -O raw FILE rbd:POOL/IMAGE` on hostA with
@@ -16,7 +17,8 @@ wrote. Each tool brings it to hostB running from rbd images of the lab's Ceph po
 Measured per run: outcome, wall time (the command, from the running guest to it running on
 hostB), guest downtime (its last beat on hostA to its first on hostB), what Ceph holds for
 the images (`rbd du`), whether the digests of both sides were compared, and whether the guest
-found its own pattern on boot; for vmigrate, where its time went, from its journal.
+found its own pattern on boot; for vmigrate, where its time went, from its journal; the
+machine's 1-minute load average at each run's start and end.
 
     python -m bench.ceph_import [--pairs 2] [--out bench/results/ceph-import.json]
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -77,6 +80,7 @@ class ImportRun:
     verified: bool  # the two sides' digests were compared
     guest_found_data: bool  # the guest read its own pattern back on boot
     phases: dict[str, float] | None = None  # vmigrate: seconds per phase (PHASES)
+    load_avg: list[float] | None = None  # 1-minute load average at the run's start and end
 
 
 def _phases(job_id: int | None, started: float) -> dict[str, float] | None:
@@ -139,6 +143,7 @@ def run_once(tool: str, round_no: int) -> ImportRun:
     images = [f"{vm}-vda", image_name_for(vdb)]
     try:
         time.sleep(2)
+        load_before = os.getloadavg()[0]
         since = time.monotonic_ns()
         started, wall = time.monotonic(), time.time()
         phases = None
@@ -167,6 +172,7 @@ def run_once(tool: str, round_no: int) -> ImportRun:
             verified,
             line.text.startswith("DISK verify ok") and line.host == "hostB",
             phases,
+            [round(load_before, 1), round(os.getloadavg()[0], 1)],
         )
     finally:
         remove_vm(vm)
