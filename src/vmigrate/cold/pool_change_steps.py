@@ -399,15 +399,22 @@ class PoolChangeSteps:
                     )
 
                 run_copies(reads, parallel=self.parallel, on_leg=leg_done)
+            if "destination" in self._helpers:  # its reads are whole: torn down while hashed
+                self._helpers["destination"].release()
+            # QEMU just opened every new image through the pool's key: the refresh (which
+            # stops a pool whose key fails) goes on while the reads are hashed.
+            refreshing = {
+                pool: readers.submit(self._list_new_volumes, pool)
+                for pool in {c.destination_pool for c in imports}
+            }
             found = {target: future.result() for target, future in digests.items()}
-        if "destination" in self._helpers:
-            self._helpers["destination"].release()
+            refreshed = {pool: future.result() for pool, future in refreshing.items()}
+        for pool, outcome in refreshed.items():
+            if outcome is not True:
+                self.emit(Notice(f"pool {pool!r}: {outcome}", level="warning"))
         for change in imports:
             self._delete_scratch(change, "destination")
         self._refuse_mismatches(pending, expected, found)
-        refreshed = {
-            pool: self._list_new_volumes(pool) for pool in {c.destination_pool for c in imports}
-        }
         return {
             c.target: {
                 "sha256": found[c.target],
@@ -492,13 +499,12 @@ class PoolChangeSteps:
 
     def _list_new_volumes(self, pool: str) -> bool | str:
         """Have the destination's rbd pool list the new images (once for all of them). Only
-        now: a pool whose refresh fails (a wrong key) is stopped by libvirt, and the digests
+        now: a pool whose refresh fails (a wrong key) is stopped by libvirt, and QEMU's reads
         just proved the key. An export's file was made through its very pool: listed."""
         try:
             domains.refresh_pool(self.dst, pool)
         except Exception as err:  # the image is there and verified; the listing is cosmetic
-            self.emit(Notice(f"pool {pool!r}: {err}", level="warning"))
-            return str(err)
+            return str(err)  # said by the caller's thread (events go to the store)
         return True
 
     def undo_verify(self, change: PoolChange) -> None:
