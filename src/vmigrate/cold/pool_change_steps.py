@@ -89,6 +89,7 @@ class PoolChangeSteps:
         self.changes: tuple[PoolChange, ...] = ()
         self._helpers: dict[str, Helper] = {}  # this move's one helper per side
         self._lingering: list[Helper] = []  # destroyed in a thread nobody waits for yet
+        self._holders: list[Helper] = []  # the same, holding new images: gone before the start
         self._ready_reads: dict[str, str | None] = {}  # the destination's raw reads, made early
 
     def _writer(self, change: PoolChange) -> Connection:
@@ -190,20 +191,27 @@ class PoolChangeSteps:
         except BaseException:
             self._end_helpers()
             raise
-        # The source's helper held the new images: gone before the VM opens them. The
-        # destination's holds only its raw reads once every disk was imported (each pivoted
-        # from the image to its raw read): its teardown goes on while the VM is defined and
-        # started, and `finish` (or a rollback) waits for it.
-        lingering = self._helpers.get("destination")
-        if lingering is not None and all(c.kind == "import" for c in changes):
-            lingering.release()
-            self._lingering.append(self._helpers.pop("destination"))
-        for helper in self._helpers.values():
-            helper.join()
+        # Every helper is torn down while the VM is defined. The source's held the new images
+        # (an import pivots onto them; so does the destination's for an export): gone before
+        # the VM opens them (`release_images`, before the start). The destination's holds
+        # only its raw reads once every disk was imported (each pivoted from the image onto
+        # its raw read): its teardown goes on while the VM starts, until `finish`.
+        imports_only = all(c.kind == "import" for c in changes)
+        for side, helper in self._helpers.items():
+            helper.release()
+            holds_images = side == "source" or not imports_only
+            (self._holders if holds_images else self._lingering).append(helper)
         self._helpers.clear()
+
+    def release_images(self) -> None:
+        """Wait until no helper holds a new image: before the VM opens them."""
+        for helper in self._holders:
+            helper.join()
+        self._holders.clear()
 
     def finish(self) -> None:
         """Wait for every helper's teardown still going on."""
+        self.release_images()
         self._end_helpers()
 
     def _all_at_once(
@@ -247,9 +255,10 @@ class PoolChangeSteps:
         return helper
 
     def _end_helpers(self) -> None:
-        for helper in (*self._helpers.values(), *self._lingering):
+        for helper in (*self._helpers.values(), *self._holders, *self._lingering):
             helper.join()
         self._helpers.clear()
+        self._holders.clear()
         self._lingering.clear()
 
     def _write_all(self, pending: list[PoolChange]) -> dict[str, Detail]:

@@ -467,6 +467,7 @@ class ColdMove:
         return seen is not None and seen.active
 
     def _before_start(self) -> None:
+        self.pool_changes.release_images()  # no helper holds the VM's new images any more
         self._source_still_stopped()
         self.invariants.runs_nowhere_else()
         self._watch_destination()  # registered before the start: no stop goes unseen
