@@ -85,6 +85,8 @@ from vmigrate.virt.streams import digest_at, volume_digest
 CHECKPOINT_BYTES = 64 << 20
 SPACE_MARGIN_BYTES = 4 << 20  # kept free in a destination pool (file system metadata)
 CONNECT_TIMEOUT_S = 10.0
+#: The longest the destination is watched before the source goes: a guest that reads no
+#: disk by then has at least run this long (the watch ends sooner on its first reads).
 VERIFY_RUNNING_S = 3.0
 
 
