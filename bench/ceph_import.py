@@ -6,8 +6,8 @@ raw backing file, holding the guest's 16 MiB pattern; vdb (1 GiB) holding 256 Mi
 wrote. Each tool brings it to hostB running from rbd images of the lab's Ceph pool:
 - vmigrate: `cold --pool-map local:rbd` (one paused helper domain per host for both disks:
   hostA's QEMU copies them into Ceph side by side, digesting what it copies, hostB's reads
-  them back once for its digests; then define, start, watch it run until libvirt and QEMU
-  show the guest runs, undefine);
+  them back once for its digests; then define, start, watch it run until hostB's libvirt
+  and QEMU say the guest runs, undefine);
 - the same with the disks copied one at a time (PARALLEL_COPIES = 1): what copying them
   side by side gains on the lab's path to Ceph;
 - the script: shut the guest down, `qemu-img convert -O raw FILE rbd:POOL/IMAGE` on hostA with

@@ -509,8 +509,9 @@ def ceph_import_section(data: dict[str, Any]) -> list[str]:
         "vmigrate `cold --pool-map local:rbd` (one paused helper domain per host for both "
         "disks: hostA's QEMU copies them into Ceph side by side and the source is digested "
         "from the bytes the copy reads; hostB's QEMU reads each image once for its digest; "
-        "then define, start, watch it run until libvirt and QEMU show the guest runs: its "
-        "vCPUs execute and it reads its disks, at most 3 s; undefine), the same with the disks "
+        "then define, start, watch it run until hostB's libvirt and QEMU say the guest runs "
+        "(running, every disk open, its vCPUs executing; at most 3 s), undefine), the same "
+        "with the disks "
         "copied one at a time, and the script operators run today (shut down, `qemu-img "
         "convert -O raw FILE rbd:POOL/IMAGE` on hostA with the Ceph admin keyring in a file "
         "there, define on hostB with the disks rewritten, start, undefine; it compares "
@@ -592,8 +593,8 @@ def _where_s3_time_goes(timed: list[dict[str, Any]], runbook: list[float]) -> st
         f"{start:.1f} s defining and starting on hostB (with the checks that no other host "
         f"runs it; hostA's helper, which held the new images, is gone by then, hostB's is torn "
         f"down beside it); and {watch:.1f} s watching the guest run before the source is "
-        "undefined, until its vCPUs ran and it read its disks, which the runbook does not "
-        "do. The runbook compares nothing and needs Ceph's admin key in a file on the host."
+        "undefined, until its vCPUs ran guest code, which the runbook does not do. The "
+        "runbook compares nothing and needs Ceph's admin key in a file on the host."
     )
 
 

@@ -85,8 +85,8 @@ from vmigrate.virt.streams import digest_at, volume_digest
 CHECKPOINT_BYTES = 64 << 20
 SPACE_MARGIN_BYTES = 4 << 20  # kept free in a destination pool (file system metadata)
 CONNECT_TIMEOUT_S = 10.0
-#: The longest the destination is watched before the source goes: a guest that reads no
-#: disk by then has at least run this long (the watch ends sooner on its first reads).
+#: The longest the destination is watched before the source goes (the watch ends as soon
+#: as QEMU shows the guest's vCPUs executing; where it reports no vCPU time, this long).
 VERIFY_RUNNING_S = 3.0
 
 
@@ -484,10 +484,11 @@ class ColdMove:
         return self._watch
 
     def verify_running(self, _previous: Detail) -> Detail:
-        """The guest runs on the destination, as libvirt and QEMU say: the domain running,
-        its vCPUs executing, QEMU answering with every disk open and none in error, and the
-        guest reading through its disks; or, if it reads none that soon, the domain running
-        for VERIFY_RUNNING_S. A stop, a pause or a disk error on the way fails it at once."""
+        """The guest runs on the destination, as its libvirt and QEMU say: the domain
+        running with no stop or pause among its events, QEMU answering for every disk with
+        none in error, its vCPUs executing guest code (VERIFY_RUNNING_S at most). A stop, a
+        pause or a disk error on the way fails it at once; right before the source is
+        undefined, the destination is asked again (invariants.destination_has_it)."""
         if not self.journal.detail("start").get("started"):
             return {"running": False}
         domain = find_domain_by_uuid(self.dst, self.uuid, host=self.request.destination)

@@ -179,15 +179,17 @@ class Running:
 def watch_it_run(
     domain: libvirt.virDomain, watch: LifecycleWatch, disks: tuple[str, ...], *, at_most: float
 ) -> Running:
-    """Watch a guest just started until libvirt and QEMU show it runs: the domain running,
-    its vCPUs executing (their time grows), QEMU answering with every disk open and none in
-    error, and the guest reading through its disks; at most `at_most` seconds (then the
-    domain running all along suffices, as a guest may not read its disks that soon).
+    """Watch a guest just started until the destination's libvirt and QEMU say it runs: the
+    domain running, no stop or pause among its events, QEMU answering for every disk with
+    none in error, and its vCPUs executing the guest's code (their time grows from one
+    sample to the next). Disks the guest has read by then are noted. At most `at_most`
+    seconds: then the domain running all along suffices (vCPU times are not reported).
     Raises StoppedRunning the moment it stops, pauses or a disk errs."""
     started = time.monotonic()
     first = _sample_running(domain, disks, watch)
     while True:
         watch.arm()
+        watch.wait(min(SAMPLE_EVERY_S, max(0.0, at_most - (time.monotonic() - started))))
         stopped = watch.stopped()
         now = _sample_running(domain, disks, watch)
         if stopped is not None or not now.running:
@@ -196,10 +198,10 @@ def watch_it_run(
             raise StoppedRunning(f"QEMU reports disk errors: {now.disk_errors}")
         took = time.monotonic() - started
         vcpu_ms = (now.vcpu_ns - first.vcpu_ns) / 1e6
-        if now.read() and vcpu_ms > 0:
-            why = f"its vCPUs ran and it read {', '.join(now.read())}"
-            return Running(round(took, 3), now.read(), round(vcpu_ms, 1), why)
+        if vcpu_ms > 0:
+            read = f"; it read {', '.join(now.read())}" if now.read() else ""
+            why = f"its vCPUs ran {vcpu_ms:.1f} ms of guest code{read}"
+            return Running(round(took, 3), now.read(), round(vcpu_ms, 3), why)
         if took >= at_most:
-            why = f"it ran {at_most:g} s without reading a disk"
+            why = f"it ran {at_most:g} s (no vCPU time reported)"
             return Running(round(took, 3), now.read(), round(vcpu_ms, 1), why)
-        watch.wait(min(SAMPLE_EVERY_S, at_most - took))
