@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,8 @@ class Evacuation:
     targets: tuple[str, ...]
     spread: tuple[str, ...]
     capacity_mib: tuple[tuple[str, int], ...] = ()
+    #: A loop still running after this long is stopped and reported as unfinished.
+    loop_deadline_s: float = 1200.0
 
     def names(self, round_no: int, tool: str) -> list[str]:
         return [f"{self.name.lower()}-{tool}-{round_no}-{i}" for i in range(len(self.guests))]
@@ -133,6 +136,9 @@ E2 = Evacuation(
     # hostB 1792 + 1280 of 3584, hostD 1280 + 1024 + 768 of 3584 (MiB with QEMU's overhead)
     ("hostC", "hostB", "hostD", "hostC", "hostB", "hostD", "hostC", "hostD"),
     (("hostB", 4096), ("hostC", 6144), ("hostD", 4096)),
+    # four times what vmigrate is predicted to take (~90 s): a loop that takes longer has
+    # lost; the run as a whole must fit the lab's shared time
+    loop_deadline_s=360.0,
 )
 SCENARIOS = {s.name: s for s in (E1, E2)}
 #: E1's guests as (memory MiB, dirty MiB/s, working set MiB), the name earlier code used.
@@ -388,7 +394,10 @@ def _run_vmigrate(scenario: Evacuation, names: list[str]) -> dict[str, Any]:
         store = Path(scratch) / "jobs.sqlite"
         hosts_file = scenario.hosts_file(Path(scratch))
         hosts_args = ["--hosts", str(hosts_file)] if hosts_file else []
-        stages = gather_stages(scenario, hosts_file, Path(scratch) / "dry.sqlite")
+        try:
+            stages = gather_stages(scenario, hosts_file, Path(scratch) / "dry.sqlite")
+        except VmigrateError as err:  # the breakdown is extra: the run itself still counts
+            stages = {"error": str(err)}
         started_ns = time.monotonic_ns()
         shaped = _shaped_bytes()
         started = time.monotonic()
@@ -455,30 +464,64 @@ def _run_virsh_loop(
     shaped = _shaped_bytes()
     started = time.monotonic()
     with LinkWatch() as watch:
-        result = subprocess.run(
+        code, stderr = _loop_until(
             ["bash", "-c", script, "loop", *pairs],
-            env={
-                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                "PARALLEL": str(parallel),
-                "SRC": HOST_A.uri,
-            },
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=1200,
+            {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PARALLEL": str(parallel), "SRC": HOST_A.uri},
+            scenario.loop_deadline_s,
         )
+        if code is None:
+            _abort_outgoing(names)
     wall = time.monotonic() - started
-    if result.returncode != 0:
-        print(result.stderr[-3000:], file=sys.stderr)
+    if code != 0:
+        print(stderr[-3000:], file=sys.stderr)
     return {
         "tool": f"virsh loop x{parallel}" + (" spread" if spread else ""),
-        "exit_code": result.returncode,
+        "exit_code": code,
+        "finished": code is not None,
+        "deadline_s": scenario.loop_deadline_s,
         "wall_s": round(wall, 1),
         "predicted_s": None,
         **_link_figures(watch, shaped, SHAPED_BPS, wall),
         "gaps_ms": _gaps(names, started_ns),
         **_held_by_target(scenario, names),
     }
+
+
+def _loop_until(argv: list[str], env: dict[str, str], deadline_s: float) -> tuple[int | None, str]:
+    """Run the loop; past `deadline_s` stop it (its own process group: bash, xargs and their
+    virsh) and return None for its exit code. A pre-copy that cannot converge (a busy guest
+    sharing the link) keeps a loop without --timeout going for ever."""
+    process = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _out, stderr = process.communicate(timeout=deadline_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        _out, stderr = process.communicate()
+        return None, stderr
+    return process.returncode, stderr
+
+
+def _abort_outgoing(names: list[str]) -> None:
+    """Abort the migrations a stopped loop left running on hostA (libvirt drives p2p
+    migrations itself, whether or not its virsh is still there)."""
+    from vmigrate.lab.config import HOST_A
+    from vmigrate.virt.connection import open_connection
+
+    conn = open_connection(HOST_A.uri)
+    try:
+        for name in names:
+            with contextlib.suppress(Exception):  # not on hostA, or no job: nothing to abort
+                conn.lookupByName(name).abortJob()
+    finally:
+        conn.close()
+    time.sleep(2)  # the aborted jobs' clean-up, before the guests are looked for and removed
 
 
 EVACUATION_TOOLS = ("vmigrate", "virsh1", "virsh3", "spread3")

@@ -816,11 +816,18 @@ def fleet_section(data: dict[str, Any]) -> list[str]:
 def _e2_time(run: dict[str, Any]) -> list[str]:
     """Where vmigrate's wall time went: gather, checks, set-up, transfer, idle link."""
     phases = run["phases"]
-    stages = run.get("gather_stages", {}).get("stages", {})
+    gathered = run.get("gather_stages", {})
     staged = "; ".join(
         f"{label} {s['from_s']:.1f}-{s['until_s']:.1f} s"
         + (f" ({s['calls']} calls, {s['sum_s']:.1f} s in all)" if s["calls"] > 1 else "")
-        for label, s in stages.items()
+        for label, s in gathered.get("stages", {}).items()
+    )
+    stages_line = (
+        f"The gather in stages (the same `prepare` run in the benchmark's process just "
+        f"before, on the same guests, nothing moved, imports not counted: "
+        f"{gathered['total_s']:.1f} s in all): {staged}."
+        if staged
+        else f"The gather in stages: not measured ({gathered.get('error', 'no record')})."
     )
     moves = phases["moves_span_s"]
     return [
@@ -840,9 +847,7 @@ def _e2_time(run: dict[str, Any]) -> list[str]:
         f"{phases['link_idle_s']:.1f} |",
         f"| after the last move (final report) | {phases['after_last_move_s']:.1f} |",
         "",
-        f"The gather in stages (the same `prepare` run in the benchmark's process just before, "
-        f"on the same guests, nothing moved, imports not counted: "
-        f"{run.get('gather_stages', {}).get('total_s', 0):.1f} s in all): {staged}.",
+        stages_line,
         "",
         "Each move's set-up (its child's start to its first sending report): "
         f"{', '.join(f'{x:.1f}' for x in phases['setup_s'])} s; its finish (last sending "
@@ -907,7 +912,9 @@ def e2_section(data: dict[str, Any]) -> list[str]:
     for run in runs:
         predicted, moves = run.get("predicted_s"), run.get("moves_s")
         lines.append(
-            f"| {run['tool']} | {run['exit_code']} | {run['wall_s']:.1f} | "
+            f"| {run['tool']} | "
+            f"{run['exit_code'] if run.get('finished', True) else 'stopped'} | "
+            f"{run['wall_s']:.1f} | "
             f"{f'{moves:.1f}' if moves else '-'} | {f'{predicted:.1f}' if predicted else '-'} "
             f"| {_percent(_error(predicted, moves))} | {run['link_mib']:,} | "
             f"{run['link_busy_s']:.1f} | {run['link_idle_s']:.1f} | "
@@ -923,8 +930,18 @@ def e2_section(data: dict[str, Any]) -> list[str]:
         + ". Figures taken under different loads do not compare well.",
         "",
     ]
+    stopped = [r for r in runs if not r.get("finished", True)]
+    if stopped:
+        lines += [
+            "Stopped: "
+            + ", ".join(f"{r['tool']} at {r['deadline_s']:.0f} s" for r in stopped)
+            + " (still running at its deadline: its migrations were aborted, and the guests "
+            "it had not moved count as left behind). The aims below compare the loops that "
+            "finished.",
+            "",
+        ]
     ours = next((r for r in runs if r["tool"] == "vmigrate"), None)
-    loops = [r for r in runs if r["tool"] != "vmigrate"]
+    loops = [r for r in runs if r["tool"] != "vmigrate" and r.get("finished", True)]
     if ours is not None and loops:
         # judged as E1's are: the same aims, the same arithmetic
         lines += ["The issue's aims (#26):", "", *_e1_aim(ours, loops), ""]
