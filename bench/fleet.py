@@ -116,8 +116,8 @@ E1 = Evacuation(
 #: counts it), more than the lab's declared targets hold (hostB 2048, hostC 3072, hostD
 #: 2048 MiB, less 512 MiB each kept for the host): the run declares them twice that, so
 #: they are 82 % full once hostA is empty. The idle guests have written all their memory
-#: (the default working set); the two busy ones dirty half theirs, as E1's do, so that a
-#: move that shares the link with two others still converges once it runs alone.
+#: (the default working set); the two busy ones dirty half theirs, as E1's busiest does (a
+#: busy guest's hot set is a part of its memory: each pre-copy pass re-sends at most that).
 E2 = Evacuation(
     "E2",
     4,
@@ -141,8 +141,6 @@ E2 = Evacuation(
     loop_deadline_s=360.0,
 )
 SCENARIOS = {s.name: s for s in (E1, E2)}
-#: E1's guests as (memory MiB, dirty MiB/s, working set MiB), the name earlier code used.
-E1_GUESTS = [(g.memory_mib, g.dirty_mib, g.working_set_mib) for g in E1.guests]
 
 
 def _make_guests(scenario: Evacuation, names: list[str]) -> None:
@@ -313,9 +311,6 @@ def phases(lines: list[tuple[float, dict[str, Any]]], wall: float) -> dict[str, 
         "finish_s": [round(x, 1) for x in finishes],
         "moves": {vm: {k: round(v, 1) for k, v in m.items()} for vm, m in moves.items()},
     }
-
-
-_phases = phases  # the name E1's code used
 
 
 class StageClock:
