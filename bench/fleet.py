@@ -539,6 +539,8 @@ def run_evacuation(
         for round_no in range(rounds):
             for tool in tools:
                 names = scenario.names(round_no, tool)
+                # a host may have gone since (a lab left by another session stopping)
+                lab_up(scenario.lab_hosts)
                 try:
                     made = time.monotonic()
                     _make_guests(scenario, names)
