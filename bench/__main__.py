@@ -1,6 +1,6 @@
 """One command for the whole benchmark suite, or one scenario, then docs/benchmarks.md.
 
-    sudo .venv/bin/python -m bench              # L1-L4, C1-C3, S1-S3, check, E1, P1, B1, report
+    sudo .venv/bin/python -m bench              # L1-L4, C1-C3, S1-S3, check, E1, E2, P1, B1, report
     sudo .venv/bin/python -m bench --scenario L3  # one scenario (repeatable), report
     sudo .venv/bin/python -m bench --quick        # one small L1 round (what CI runs)
 
@@ -18,7 +18,7 @@ from bench.cold import SCENARIOS as COLD
 from bench.live import SCENARIOS as LIVE
 from vmigrate.lab.lifecycle import lab_up
 
-CHOICES = sorted(LIVE) + sorted(COLD) + ["S1", "S2", "S3", "check", "E1", "P1", "B1"]
+CHOICES = sorted(LIVE) + sorted(COLD) + ["S1", "S2", "S3", "check", "E1", "E2", "P1", "B1"]
 
 
 def _run(module: str, *args: str) -> None:
@@ -52,7 +52,7 @@ def main() -> None:
         _run("bench.ceph_import", f"--pairs={args.pairs or 2}")
     if "check" in chosen:
         _run("bench.check")
-    fleet = [f"--scenario={s}" for s in chosen if s in ("E1", "P1", "B1")]
+    fleet = [f"--scenario={s}" for s in chosen if s in ("E1", "E2", "P1", "B1")]
     if fleet:
         _run("bench.fleet", *fleet)
     _run("bench.report")
