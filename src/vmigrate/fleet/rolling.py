@@ -37,6 +37,12 @@ from vmigrate.fleet.plan import (
     Purpose,
 )
 from vmigrate.fleet.returning import end_maintenance
+from vmigrate.fleet.rolling_guard import (
+    FOUND_AFTER_COMMAND,
+    appeared_during_command,
+    found_on_emptied_host,
+    host_kept_empty,
+)
 from vmigrate.fleet.rolling_host import (
     RollStepFailed,
     active_pools,
@@ -409,7 +415,18 @@ def _command_step(
             roll.job_id, step.seq, step.name, STARTED, {"pid": pid, "pid_start": process_start(pid)}
         )
 
-    result = run_command(argv, step.host, roll.request.command_timeout_s, started)
+    def remarked(message: str) -> None:
+        roll.emit(Notice(message, level="warning"))
+
+    ref = roll.refs[step.host]
+    with host_kept_empty(roll.store, roll.job_id, ref, remarked) as watch:
+        try:
+            result = run_command(argv, step.host, roll.request.command_timeout_s, started)
+        except RollStepFailed as failed:  # what a second actor did comes first
+            appeared_during_command(step.host, watch.appeared(), failed.message, roll.job_id)
+            raise
+        outcome = f"it exited {result.returncode} after {result.seconds:g} s"
+        appeared_during_command(step.host, watch.appeared(), outcome, roll.job_id)
     return result.to_dict()
 
 
@@ -432,6 +449,7 @@ def _health_step(
         request.test_domain,
         request.wait_s,
     )
+    found_on_emptied_host(step.host, health.domains, roll.job_id, FOUND_AFTER_COMMAND)
     old = before[step.host]
     roll.versions[step.host] = health.qemu_encoded
     roll.emit(
