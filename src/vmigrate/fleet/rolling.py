@@ -69,6 +69,8 @@ from vmigrate.fleet.rolling_report import (
     final_report,
     versions_of,
 )
+from vmigrate.fleet.rolling_return import RETURN_BETTER, RETURN_POLICIES
+from vmigrate.fleet.rolling_return_job import return_if_better
 from vmigrate.hosts import HostRef, resolve_cluster
 from vmigrate.owner import process_start
 from vmigrate.store import RUNNING, JobStore, StoreLocation
@@ -137,6 +139,11 @@ def _validate(request: RollingRequest) -> None:
     ):
         if value <= 0:
             raise UsageError(f"{name} {value:g}: it must be positive", fix=f"give {name} > 0")
+    if request.return_policy not in RETURN_POLICIES:
+        raise UsageError(
+            f"--return {request.return_policy!r}: unknown",
+            fix=f"give one of {', '.join(RETURN_POLICIES)}",
+        )
     if request.test_domain is not None and not request.test_domain.is_file():
         raise UsageError(
             f"--test-domain {request.test_domain}: no such file",
@@ -470,21 +477,34 @@ def _return_step(
     if child is not None:  # a return whose driver died: its moves in flight end first
         settle_in_flight(roll.store, int(child), roll.sub_sink)
     began = time.monotonic()
-    _was, results, plan = end_maintenance(
-        step.host,
-        bring_back=True,
-        hosts_file=roll.request.hosts_file,
-        store_path=roll.request.store_path,
-        on_event=roll.sub_sink,
-        max_parallel=roll.request.max_parallel,
-    )
-    unplaced = {u["vm"]: u["reason"] for u in (plan or {}).get("unplaced", [])}
+    if roll.request.return_policy == RETURN_BETTER:
+        results, better = return_if_better(
+            roll.request,
+            roll.store,
+            roll.refs,
+            roll.refs[step.host],
+            roll.versions,
+            roll.sub_sink,
+        )
+        unplaced = dict(better.staying) if better is not None else {}
+        predicted = sum(m.predicted_s for m in better.plan.moves) if better else 0.0
+    else:
+        _was, results, plan = end_maintenance(
+            step.host,
+            bring_back=True,
+            hosts_file=roll.request.hosts_file,
+            store_path=roll.request.store_path,
+            on_event=roll.sub_sink,
+            max_parallel=roll.request.max_parallel,
+        )
+        unplaced = {u["vm"]: u["reason"] for u in (plan or {}).get("unplaced", [])}
+        predicted = (plan or {}).get("predicted_total_s", 0.0)
     failed = [r for r in results if r.vm not in unplaced and r.state != MOVED]
     detail = {
         "moved": [_move_line(r.to_dict()) for r in results if r.state == MOVED],
         "stayed": unplaced,
         "moves_s": round(time.monotonic() - began, 1),
-        "predicted_moves_s": (plan or {}).get("predicted_total_s", 0.0),
+        "predicted_moves_s": predicted,
     }
     if failed:
         unsure = [r.vm for r in failed if r.state == UNKNOWN]
