@@ -380,6 +380,8 @@ def _evacuate_step(
         job_id=int(child) if child is not None else None,
         before_moves=into_maintenance,
     )
+    # evacuate's report builder has no public name yet, and fleet/evacuate.py is another
+    # engineer's this round: it should become a public `evacuation_report` (in __all__).
     report = _report(scheduled.job_id, source, plan, scheduled.results, scheduled.cancelled, began)
     report.moves_s = scheduled.moves_s
     finish(run, scheduled.job_id, report.empty, report.message, report.to_dict())
