@@ -58,6 +58,7 @@ PURE_MODULES = (
     "vmigrate.capacity",
     "vmigrate.fleet.plan",
     "vmigrate.fleet.rolling_order",
+    "vmigrate.lab.host_freeze",
     "vmigrate.fleet.predict",
     "vmigrate.fleet.moves",
     "vmigrate.fleet.logs",

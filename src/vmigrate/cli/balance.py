@@ -8,8 +8,16 @@ from typing import Any
 import click
 from rich.console import Console
 
-from vmigrate.cli.evacuate import hosts_file_option, run_with_board
-from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
+from vmigrate.cli.evacuate import run_with_board
+from vmigrate.cli.options import (
+    STOP_SIGNALS,
+    bandwidth_option,
+    dry_run_option,
+    hosts_file_option,
+    interrupt_on,
+    json_option,
+    store_option,
+)
 from vmigrate.cli.render_plan import PlanView
 from vmigrate.events import Done, print_json
 from vmigrate.fleet.balance import DEFAULT_MAX_MOVES, DEFAULT_MIN_GAIN, DEFAULT_THRESHOLD
@@ -80,9 +88,9 @@ def _render(report: BalanceReport) -> None:
     help="Seconds a VM balance moved is left alone.",
 )
 @click.option("--max-parallel", type=int, default=1, show_default=True, help="Moves at once.")
-@click.option("--bandwidth", type=float, help="MiB/s between hosts (else measured).")
+@bandwidth_option
 @click.option("--watch", "watch_s", type=float, help="Repeat a round every SECONDS until Ctrl-C.")
-@click.option("--dry-run", is_flag=True, help="Print loads before and after, and the moves.")
+@dry_run_option("Print loads before and after, and the moves")
 @hosts_file_option
 @store_option
 @json_option

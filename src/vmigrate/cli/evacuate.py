@@ -12,7 +12,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
+from vmigrate.cli.options import (
+    STOP_SIGNALS,
+    bandwidth_option,
+    dry_run_option,
+    fleet_limits_options,
+    hosts_file_option,
+    interrupt_on,
+    json_option,
+    store_option,
+)
 from vmigrate.cli.render_plan import PlanView
 from vmigrate.events import (
     Done,
@@ -38,12 +47,6 @@ from vmigrate.fleet.returning import end_maintenance
 from vmigrate.store import StoreLocation
 
 console = Console(highlight=False)
-hosts_file_option = click.option(
-    "--hosts",
-    "hosts_file",
-    type=click.Path(path_type=Path),
-    help="Hosts file [default: ~/.config/vmigrate/hosts.toml].",
-)
 
 
 def print_plan(plan: dict[str, Any]) -> None:
@@ -148,22 +151,9 @@ def _split(value: str | None) -> tuple[str, ...]:
     help="auto: running VMs live (local disks copied along), shut-off ones cold; "
     "live: running VMs only; cold: every VM (running ones are shut down).",
 )
-@click.option(
-    "--max-parallel",
-    type=int,
-    default=DEFAULT_MAX_PARALLEL,
-    show_default=True,
-    help="Moves at once, in all.",
-)
-@click.option(
-    "--max-per-host",
-    type=int,
-    default=DEFAULT_MAX_PER_HOST,
-    show_default=True,
-    help="Moves at once out of or into any one host.",
-)
-@click.option("--bandwidth", type=float, help="MiB/s of the link the moves share (else measured).")
-@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@fleet_limits_options(DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_HOST)
+@bandwidth_option
+@dry_run_option("Print the plan")
 @hosts_file_option
 @store_option
 @json_option

@@ -15,9 +15,10 @@ from rich.console import Console
 from vmigrate import lifecycle
 from vmigrate.cli.host_names import HostNames
 from vmigrate.cli.layout import paragraph, print_lines
+from vmigrate.cli.leases import take_over_lease_option
 from vmigrate.cli.options import json_option, store_option
 from vmigrate.cli.render_jobs import JobFilter, jobs_lines, show_lines
-from vmigrate.errors import NotFound, VmigrateError
+from vmigrate.errors import NotFound, UsageError, VmigrateError
 from vmigrate.live.history import ESTIMATE_KIND, latest_estimate
 from vmigrate.store import JobRecord, JobStore, StoreLocation
 
@@ -238,11 +239,31 @@ def set_limits(
         _send(store_path, job_id, "bandwidth", float(bandwidth))
 
 
+def _lease_of_a_move(kind: str, job_id: int, take_over_lease: bool) -> None:
+    """--take-over-lease is for a job that holds a VM's lease itself (a cold move); a fleet
+    job's moves are jobs of their own, started anew, and it is not passed on to them."""
+    if take_over_lease and kind in FLEET_JOB_KINDS:
+        raise UsageError(
+            f"--take-over-lease: job {job_id} is a {kind} job, which holds no VM's lease "
+            "itself (its moves are jobs of their own)",
+            fix="resume or roll back the move whose VM carries the stale lease "
+            "(`vmigrate jobs --vm VM`), or move that VM with `vmigrate live|cold VM "
+            "--take-over-lease`",
+        )
+
+
+#: Jobs whose resume goes on through moves started as jobs of their own.
+FLEET_JOB_KINDS = ("evacuate", "rolling")
+
+
 @jobs.command("resume")
 @click.argument("job_id", type=int)
+@take_over_lease_option
 @json_option
 @click.pass_obj
-def resume(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None:
+def resume(
+    store_path: StoreLocation | None, job_id: int, take_over_lease: bool, as_json: bool
+) -> None:
     """Finish an interrupted or failed cold migration from where it stopped, or an
     interrupted evacuation (its moves in flight are waited for or recovered first), or a
     rolling upgrade from its first step not done."""
@@ -251,6 +272,7 @@ def resume(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None
 
     with JobStore(store_path) as store:
         kind = store.job(job_id).kind
+        _lease_of_a_move(kind, job_id, take_over_lease)
         if kind != "evacuate":  # an evacuation checks more before it goes on
             store.check_action(job_id, lifecycle.RESUME)
     if kind == "evacuate":
@@ -263,24 +285,34 @@ def resume(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None
 
         resume_roll(job_id, store_path, as_json)
         return
-    report = run_with_progress(lambda emit: resume_cold(job_id, store_path, emit), as_json)
+    report = run_with_progress(
+        lambda emit: resume_cold(job_id, store_path, emit, take_over_lease=take_over_lease),
+        as_json,
+    )
     if report.outcome != "completed":
         raise SystemExit(1)
 
 
 @jobs.command("rollback")
 @click.argument("job_id", type=int)
+@take_over_lease_option
 @json_option
 @click.pass_obj
-def rollback(store_path: StoreLocation | None, job_id: int, as_json: bool) -> None:
+def rollback(
+    store_path: StoreLocation | None, job_id: int, take_over_lease: bool, as_json: bool
+) -> None:
     """Undo an interrupted or failed cold migration: remove only what it created, restore
     the source as it was. A completed job is never rolled back (move the VM back instead)."""
     from vmigrate.cli.cold import run_with_progress
     from vmigrate.cold.runner import rollback_cold
 
     with JobStore(store_path) as store:
+        _lease_of_a_move(store.job(job_id).kind, job_id, take_over_lease)
         store.check_action(job_id, lifecycle.ROLLBACK)  # the early word; reopening decides
-    report = run_with_progress(lambda emit: rollback_cold(job_id, store_path, emit), as_json)
+    report = run_with_progress(
+        lambda emit: rollback_cold(job_id, store_path, emit, take_over_lease=take_over_lease),
+        as_json,
+    )
     if report.outcome != "rolled back" or not report.placement_ok:
         raise SystemExit(1)
 

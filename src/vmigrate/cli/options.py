@@ -158,3 +158,58 @@ def policy_config(
     return PRESETS[policy].with_limits(
         max_downtime_ms=max_downtime, timeout_s=timeout, postcopy=allow_postcopy
     )
+
+
+def hosts_file_option(command: F) -> F:
+    return click.option(
+        "--hosts",
+        "hosts_file",
+        type=click.Path(path_type=Path),
+        help="Hosts file [default: ~/.config/vmigrate/hosts.toml].",
+    )(command)
+
+
+def bandwidth_option(command: F) -> F:
+    """The link a fleet command's moves share, as its planner assumes it."""
+    return click.option(
+        "--bandwidth", type=float, help="MiB/s of the link the moves share (else measured)."
+    )(command)
+
+
+def fleet_limits_options(max_parallel: int, max_per_host: int) -> Callable[[F], F]:
+    """How many moves a fleet command (evacuate, rolling) runs at once, in all and per host.
+    The defaults come from the caller (fleet.plan's), so that the commands that import this
+    module without planning anything (a move's child) do not import the planner."""
+
+    def decorate(command: F) -> F:
+        for decorator in reversed(
+            (
+                click.option(
+                    "--max-parallel",
+                    type=int,
+                    default=max_parallel,
+                    show_default=True,
+                    help="Moves at once, in all.",
+                ),
+                click.option(
+                    "--max-per-host",
+                    type=int,
+                    default=max_per_host,
+                    show_default=True,
+                    help="Moves at once out of or into any one host.",
+                ),
+            )
+        ):
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+def dry_run_option(shows: str) -> Callable[[F], F]:
+    """--dry-run, saying what this command prints instead of acting."""
+
+    def decorate(command: F) -> F:
+        return click.option("--dry-run", is_flag=True, help=f"{shows}; change nothing.")(command)
+
+    return decorate

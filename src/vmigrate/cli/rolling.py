@@ -8,13 +8,23 @@ from typing import Any
 
 import click
 
-from vmigrate.cli.evacuate import console, hosts_file_option, print_plan, run_with_board
-from vmigrate.cli.options import STOP_SIGNALS, interrupt_on, json_option, store_option
+from vmigrate.cli.evacuate import console, print_plan, run_with_board
+from vmigrate.cli.options import (
+    STOP_SIGNALS,
+    bandwidth_option,
+    dry_run_option,
+    fleet_limits_options,
+    hosts_file_option,
+    interrupt_on,
+    json_option,
+    store_option,
+)
 from vmigrate.events import Done, print_json
 from vmigrate.fleet.plan import DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_HOST
 from vmigrate.fleet.rolling import resume_rolling, rolling
 from vmigrate.fleet.rolling_plan import COMMAND_ESTIMATE_S, HEALTH_ESTIMATE_S, RollingRequest
 from vmigrate.fleet.rolling_report import RollingReport
+from vmigrate.fleet.rolling_return import RETURN_ALWAYS, RETURN_POLICIES
 from vmigrate.store import StoreLocation
 
 
@@ -42,6 +52,8 @@ def _on_plan(plan: dict[str, Any]) -> None:
             )
         for unplaced in step.get("unplaced", []):
             console.print(f"      [red]nowhere[/] {unplaced['vm']}: {unplaced['reason']}")
+        for vm, why in step.get("stays", {}).items():
+            console.print(f"      stays {vm}: {why}")
     assumed = predicted["assumed"]
     console.print(
         f"[bold]predicted total: {predicted['total_s']:.0f} s[/] (assumed: each command "
@@ -142,11 +154,20 @@ def finish(report: RollingReport, as_json: bool) -> None:
     show_default=True,
     help="Seconds the prediction assumes for each health check.",
 )
-@click.option("--max-parallel", type=int, default=DEFAULT_MAX_PARALLEL, show_default=True)
-@click.option("--max-per-host", type=int, default=DEFAULT_MAX_PER_HOST, show_default=True)
-@click.option("--bandwidth", type=float, help="MiB/s of the link the moves share (else measured).")
 @click.option(
-    "--dry-run", is_flag=True, help="Print the order, moves and prediction; change nothing."
+    "--return",
+    "return_policy",
+    type=click.Choice(RETURN_POLICIES),
+    default=RETURN_ALWAYS,
+    show_default=True,
+    help="always: every VM an evacuation moved comes back to its upgraded host (the cluster "
+    "ends placed as it began); better: the balance planner brings back only the VMs whose "
+    "return improves the balance, the others stay where they run.",
+)
+@fleet_limits_options(DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_HOST)
+@bandwidth_option
+@dry_run_option(
+    "Print the order, moves (and with --return better, the VMs that stay) and prediction"
 )
 @hosts_file_option
 @store_option
@@ -160,6 +181,7 @@ def rolling_command(
     test_domain: Path | None,
     command_estimate_s: float,
     health_estimate_s: float,
+    return_policy: str,
     max_parallel: int,
     max_per_host: int,
     bandwidth: float | None,
@@ -171,8 +193,10 @@ def rolling_command(
     """Upgrade a cluster without downtime: for each host in turn (oldest QEMU first), put it
     in maintenance and empty it (no VM ever goes to an older QEMU), run the command, wait
     until the host answers and passes a health check (versions read again, pools active,
-    optionally a test domain), bring its VMs back, go on. Stops at the first failure with
-    every VM running; `vmigrate jobs resume JOB` goes on from there."""
+    optionally a test domain), bring its VMs back (or, with --return better, those whose
+    return improves the balance), go on. Right before each command, the host's own libvirt
+    must show no domain there (else the roll stops, naming it). Stops at the first failure
+    with every VM running; `vmigrate jobs resume JOB` goes on from there."""
     request = RollingRequest(
         cluster=cluster,
         run=run,
@@ -188,6 +212,7 @@ def rolling_command(
         bandwidth_mib=bandwidth,
         hosts_file=hosts_file,
         store_path=store_path,
+        return_policy=return_policy,
     )
     interrupt_on(*STOP_SIGNALS)
     report: RollingReport = run_with_board(

@@ -696,23 +696,32 @@ def _reopened(job_id: int, store: JobStore, action: str) -> tuple[ColdRequest, C
 
 
 def resume_cold(
-    job_id: int, store_path: StoreLocation | None = None, on_event: EventSink | None = None
+    job_id: int,
+    store_path: StoreLocation | None = None,
+    on_event: EventSink | None = None,
+    *,
+    take_over_lease: bool = False,
 ) -> ColdReport:
     store = JobStore(store_path)
     request, plan = _reopened(job_id, store, "resume")
     try:
-        return _run(job_id, request, plan, store, _job_events(store, job_id, on_event))
+        emit = _job_events(store, job_id, on_event)
+        return _run(job_id, request, plan, store, emit, take_over=take_over_lease)
     finally:
         store.close()
 
 
 def rollback_cold(
-    job_id: int, store_path: StoreLocation | None = None, on_event: EventSink | None = None
+    job_id: int,
+    store_path: StoreLocation | None = None,
+    on_event: EventSink | None = None,
+    *,
+    take_over_lease: bool = False,
 ) -> ColdReport:
     store = JobStore(store_path)
     request, plan = _reopened(job_id, store, "rollback")
     try:
         emit = _job_events(store, job_id, on_event)
-        return _run(job_id, request, plan, store, emit, rollback=True)
+        return _run(job_id, request, plan, store, emit, rollback=True, take_over=take_over_lease)
     finally:
         store.close()

@@ -25,6 +25,7 @@ from vmigrate.preflight import HostSession, open_session
 from vmigrate.versions import format_version
 from vmigrate.virt.connection import find_domain
 from vmigrate.virt.domains import is_active, power_off, start_transient
+from vmigrate.virt.host_domains import HostDomain, domains_on
 
 HOST_PLACEHOLDER = "{host}"
 #: How much of the command's output a step keeps (its end: where errors are).
@@ -145,6 +146,9 @@ class Health:
     pools_active: list[str]
     test_domain: str | None  # its name, when one was started and destroyed
     seconds: float
+    #: Domains found on the host once it answered (before any test domain): the roll keeps
+    #: it empty until its VMs return, so any is a second actor's.
+    domains: tuple[HostDomain, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +162,8 @@ def health_check(
     ref: HostRef, pools_before: list[str], test_domain: Path | None, wait_s: float
 ) -> Health:
     """Wait until the host answers, then: versions read again, every pool that was active
-    before is active, and the test domain (if any) runs for a moment and is destroyed."""
+    before is active, the domains on it listed, and (when there are none) the test domain,
+    if any, runs for a moment and is destroyed."""
     started = time.monotonic()
     session = wait_for_host(ref, wait_s)
     try:
@@ -173,7 +178,10 @@ def health_check(
                 fix=f"start them (`virsh -c URI pool-start {missing[0]}`), then "
                 "`vmigrate jobs resume JOB`",
             )
-        name = _try_test_domain(session, test_domain) if test_domain is not None else None
+        domains = domains_on(session.conn, host=ref.name)
+        name = None
+        if test_domain is not None and not domains:
+            name = _try_test_domain(session, test_domain)
     finally:
         session.close()
     return Health(
@@ -183,6 +191,7 @@ def health_check(
         pools,
         name,
         round(time.monotonic() - started, 1),
+        domains,
     )
 
 

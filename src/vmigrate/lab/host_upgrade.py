@@ -1,5 +1,8 @@
 """`lab host upgrade HOST`: the lab's package upgrade. The host restarts on the machine's own
-(newer) QEMU and libvirt; as a real upgrade would need, only once no VM runs there."""
+(newer) QEMU and libvirt; as a real upgrade would need, only once no VM runs there: checked
+through libvirt first (a clear refusal, nothing changed), then again with its libvirtd
+frozen right before it is stopped (host_freeze.py), so a VM started in between is found
+and nothing is stopped under it."""
 
 from __future__ import annotations
 
@@ -9,13 +12,15 @@ from dataclasses import dataclass
 
 from vmigrate.errors import LabError
 from vmigrate.lab.config import LabHost, lab_host
-from vmigrate.lab.daemons import start_libvirtd, stop_host_processes
+from vmigrate.lab.daemons import DaemonRecord, start_libvirtd, stop_host_processes
+from vmigrate.lab.host_freeze import frozen, kill_frozen, vms_while_frozen
 from vmigrate.lab.lifecycle import (
     connect,
     lab_files,
     require_root,
     wait_until_ready,
 )
+from vmigrate.lab.processes import pids_in_mount_namespace
 from vmigrate.lab.releases import SYSTEM_RELEASE, Release
 from vmigrate.lab.rootfs import ensure_root
 from vmigrate.lab.state import load_records, save_records, serves_insecure_tcp
@@ -57,6 +62,28 @@ def _lab_host(name: str) -> LabHost:
     return host
 
 
+def _refuse(host: LabHost, running: list[str], when: str) -> LabError:
+    return LabError(
+        f"{len(running)} VM(s) still run there{when}: {', '.join(running)}; an upgrade "
+        "restarts its libvirtd and QEMU: nothing was changed",
+        host=host.name,
+        fix=f"move them away first (`vmigrate evacuate {host.name}` or `vmigrate live VM "
+        "--from HOST --to HOST`), or stop them, then upgrade again",
+    )
+
+
+def _stop_unless_vms(record: DaemonRecord, host: LabHost) -> None:
+    """Stop the host's processes, unless a VM was started since it was checked: the check
+    made again with its libvirtd frozen (host_freeze.py), so none can start after it."""
+    with frozen(record.pid, host.name):
+        pids = pids_in_mount_namespace(record.mount_namespace)
+        running = vms_while_frozen(pids, record.pid)
+        if running:
+            raise _refuse(host, running, " (started after the first check)")
+        kill_frozen(record.pid)
+    stop_host_processes(record)  # its sshd, and libvirtd's end awaited
+
+
 def upgrade_host(name: str) -> UpgradeReport:
     """Restart the host on the machine's own packages; refuse while a VM runs there."""
     return restart_on_release(name, None)
@@ -77,20 +104,14 @@ def restart_on_release(name: str, release: Release | None) -> UpgradeReport:
         with contextlib.suppress(LibvirtError):
             conn.close()
     if running:
-        raise LabError(
-            f"{len(running)} VM(s) still run there: {', '.join(running)}; an upgrade restarts "
-            "its libvirtd and QEMU: nothing was changed",
-            host=host.name,
-            fix=f"move them away first (`vmigrate evacuate {host.name}` or `vmigrate live VM "
-            "--from HOST --to HOST`), or stop them, then upgrade again",
-        )
+        raise _refuse(host, running, "")
     records = load_records()
     record = records[host.name]
     from_release = record.release or SYSTEM_RELEASE
     if record.release == to_release:
         return UpgradeReport(host.name, from_release, from_release, *versions, 0.0, upgraded=False)
     root = ensure_root(release) if release is not None else None  # before anything stops
-    stop_host_processes(record)  # its libvirtd and sshd: no VM runs there
+    _stop_unless_vms(record, host)
     insecure_tcp = serves_insecure_tcp()
     with lab_files():
         records[host.name] = start_libvirtd(
