@@ -380,6 +380,18 @@ def environment() -> dict[str, str]:
     }
 
 
+def estimator_version() -> str:
+    """The commit whose estimator and policy ran (noted in the results for the accuracy
+    table), "+ changes" when src/ differs from it."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "src"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return f"commit {head or 'unknown'}" + (" + changes" if changed else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.live")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
@@ -426,6 +438,7 @@ def main() -> None:
                     "pairs": args.pairs,
                     "quick": args.quick,
                     "runs": kept + [asdict(r) for r in runs],
+                    "estimator": f"{estimator_version()}, run {time.strftime('%Y-%m-%d %H:%M')}",
                 }
                 args.out.write_text(json.dumps(payload, indent=1))
 

@@ -165,35 +165,41 @@ def accuracy_estimator(results: Path) -> str:
 
 
 def accuracy_runs(results: Path) -> list[dict[str, Any]]:
-    """vmigrate's runs with an estimate before them: L1-L4 and G1 (bench.live into
-    accuracy-live.json), S1 (bench.storage into storage-estimate.json)."""
+    """vmigrate's runs with an estimate before them: L1, L2, L4 and G1 (bench.live into
+    accuracy-live.json), L3 (the plain vmigrate runs of L3B in live.json), S1 (bench.storage
+    into storage-estimate.json)."""
     runs: list[dict[str, Any]] = []
     live = results / "accuracy-live.json"
     if live.exists():
         runs += json.loads(live.read_text())["runs"]
+    l3b = results / "live.json"
+    if l3b.exists():
+        runs += [
+            {**r, "scenario": "L3"}
+            for r in json.loads(l3b.read_text())["runs"]
+            if r["scenario"] == "L3B" and r["tool"] == "vmigrate"
+        ]
     storage = results / "storage-estimate.json"
     if storage.exists():
         runs += [_s1_as_live(r) for r in json.loads(storage.read_text())["runs"]]
     return runs
 
 
-def _e1_lines(results: Path) -> list[str]:
-    fleet = results / "fleet-estimate.json"
+def _e1_row(results: Path) -> list[str]:
+    """E1's prediction against its run (bench/fleet.py's, in fleet.json): the plan's total
+    from fleet/predict.py, the same rehearsal per move."""
+    fleet = results / "fleet.json"
     if not fleet.exists():
         return []
-    lines = []
-    for run in json.loads(fleet.read_text()).get("E1", []):
-        if run["tool"] != "vmigrate" or not run.get("moves_s"):
-            continue
-        error = _percent(_error(run["predicted_s"], run["moves_s"]))
-        lines.append(
-            f"- E1 r{run['round']} (`vmigrate evacuate`, six guests, the plan's prediction "
-            f"from fleet/predict.py, the same rehearsal; an earlier run, not repeated with this "
-            f"table's estimator): moves predicted {run['predicted_s']:.1f} "
-            f"s, took {run['moves_s']:.1f} s ({error}); largest guest gap "
-            f"{max(run['gaps_ms']):.0f} ms (the plan predicts no gap per move)."
-        )
-    return [*lines, ""] if lines else []
+    ours = [r for r in json.loads(fleet.read_text()).get("E1", []) if r["tool"] == "vmigrate"]
+    return [
+        f"| E1 r{run['round']} (six guests, `vmigrate evacuate`; the E1 section's run) | - | - | "
+        f"{run['predicted_s']:.1f} / {run['moves_s']:.1f} | "
+        f"{_percent(_error(run['predicted_s'], run['moves_s']))} | - | "
+        f"- / {max(run['gaps_ms']):.0f} | - |"
+        for run in ours
+        if run.get("moves_s") and run.get("predicted_s")
+    ]
 
 
 def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
@@ -248,7 +254,7 @@ def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
             f"{_ms(p.get('guest_gap_ms'))} / {_ms(run.get('guest_gap_ms'))} | "
             f"{'✓' if _gap_within_aim(p.get('guest_gap_ms'), run['guest_gap_ms']) else '✗'} |"
         )
-    lines.append("")
+    lines += [*_e1_row(results), ""]
     for scenario in sorted({r["scenario"] for r in rows}):
         mine = [r for r in rows if r["scenario"] == scenario]
         totals = [abs(_error(_prediction_for(r)["total_s"], r["total_s"]) or 0) for r in mine]
@@ -296,7 +302,7 @@ def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
         "count, which read the guest as idle.",
         "",
     ]
-    return lines + _e1_lines(results)
+    return lines
 
 
 def _prediction_for(run: dict[str, Any]) -> dict[str, Any]:

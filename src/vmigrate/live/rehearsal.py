@@ -15,7 +15,8 @@ last; learned per host pair from finished jobs, see `FixedCosts`) plus bytes / b
 
 What the guest feels, besides libvirt's downtime (both measured in the lab, docs/benchmarks.md):
 * pre-copy: the heartbeat's largest gap is libvirt's downtime plus ``PRECOPY_GAP_EXTRA_MS``
-  (the vCPUs stop before and start after the part libvirt counts);
+  (the vCPUs stop before and start after the part libvirt counts), plus
+  ``STORAGE_SWITCH_EXTRA_MS`` when disks are copied along;
 * post-copy: see `live.postcopy_cost`. libvirt's pause is a few ms, but the destination starts
   the guest only once the device state has crossed behind the memory already on the link,
   and the guest then waits for every page it touches that is still on the source.
@@ -45,6 +46,11 @@ PAUSE_OVERHEAD_MS = 35.0
 #: The heartbeat's largest gap beyond libvirt's downtime in pre-copy (lab, L1: 23-74 ms
 #: more than libvirt's downtime, median 32).
 PRECOPY_GAP_EXTRA_MS = 30.0
+#: With --copy-storage the guest stays paused beyond that while libvirt completes the disks'
+#: mirror: S1's heartbeat gap exceeded libvirt's downtime by 68 and 84 ms
+#: (bench/results/storage-estimate.json: 134 ms over 66, 143 over 59), 46 ms more than
+#: PRECOPY_GAP_EXTRA_MS.
+STORAGE_SWITCH_EXTRA_MS = 46.0
 #: What a guest dirties with a whole vCPU to itself, for the throttle's effect: the lab's
 #: guest dirtied ~10 MiB/s with 1 % left (L4, throttle 99 %).
 THROTTLED_DIRTY_BPS = 1000 * 1024 * 1024
@@ -287,7 +293,9 @@ def rehearse(
                 2,  # QEMU counts the sync that found it small enough, and the final one
                 total_s=run.elapsed + left / b + costs.finish_s,
                 downtime_ms=downtime,
-                guest_gap_ms=downtime + PRECOPY_GAP_EXTRA_MS,
+                guest_gap_ms=downtime
+                + PRECOPY_GAP_EXTRA_MS
+                + (STORAGE_SWITCH_EXTRA_MS if disk_bytes else 0.0),
                 bytes_sent=round(run.processed),
                 postcopy_s=0.0,
             )
