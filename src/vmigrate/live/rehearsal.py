@@ -60,8 +60,9 @@ CPU_THROTTLE_SLICE_S = 0.010
 #: QEMU's auto-converge trigger: a sync period that dirtied more than this share of what
 #: it sent counts as "high"; every second high period raises the throttle.
 THROTTLE_TRIGGER_SHARE = 0.5
-#: The monitor samples every 0.5 s: the policy acts on average this long into a pass.
-DECISION_LAG_S = 0.25
+#: How long into a pass the policy acts: at once, from libvirt's event as the pass begins
+#: (live/monitor.py), after one job-statistics call.
+DECISION_LAG_S = 0.01
 #: QEMU sends in rate-limit windows of this length and checks for the switch-over between.
 CHECK_WINDOW_S = 0.1
 #: QEMU's reported dirty rate over the distinct bytes dirtied per second of the period
