@@ -75,9 +75,9 @@ def learned_costs(moves: Sequence[FinishedMove], memory_bytes: int | None = None
     moves that ended in post-copy; the lab's defaults where none tells.
 
     Given the guest's `memory_bytes`, only moves of guests of about its size (within
-    SAME_SIZE_FACTOR) count, if the pair has any: the lab's finishes grow with the guest
-    (256 MiB guests 1.2-1.4 s, 512 MiB guests 1.3-2.3 s, median 1.65), and L1's estimate,
-    learning 1.3 s from two 256 MiB moves, came out -23 % for a 512 MiB guest."""
+    SAME_SIZE_FACTOR) count, if the pair has any: L1's estimate (a 512 MiB guest) learned a
+    1.3 s finish from the bench store's two 256 MiB moves (1.2-1.4 s) and came out -23 %;
+    the lab's 512 MiB guests finished in 1.3-2.3 s (median 1.66 s over 21 pre-copy moves)."""
     measured = [
         (m, c) for m, c in ((m, _costs_of(m)) for m in moves[: 5 * LATEST_JOBS]) if c is not None
     ]
