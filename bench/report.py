@@ -83,29 +83,61 @@ def live_section(data: dict[str, Any]) -> list[str]:
             lines += ["", "vmigrate's policy actions: " + "; ".join(actions)]
         lines += _tls_cost(mine)
         if scenario == "L3B":
-            lines += _postcopy_push_note()
+            lines += _postcopy_push_note(mine)
         lines.append("")
     return lines
 
 
-def _postcopy_push_note() -> list[str]:
-    """What L3B measured: holding post-copy's background push below the link."""
+def _after_switch(run: dict[str, Any]) -> tuple[float, float] | None:
+    """A post-copy run's two gaps as the guest resumes on hostB: the switch (the gap before
+    the largest) and the largest, the guest's first writes waiting on the source."""
+    gaps = [g[1] for g in run.get("gaps") or []]
+    if not gaps:
+        return None
+    i = gaps.index(max(gaps))
+    return (gaps[i - 1] if i > 0 else 0.0), gaps[i]
+
+
+def _ranges(runs: list[dict[str, Any]], tool: str) -> tuple[str, str]:
+    """The switch gaps' and the largest gaps' ranges of one tool's runs, in ms."""
+    pairs = [p for r in runs if r["tool"] == tool and (p := _after_switch(r))]
+    if not pairs:
+        return "-", "-"
+
+    def span(values: list[float]) -> str:
+        return f"{min(values):.0f}-{max(values):.0f}"
+
+    return span([p[0] for p in pairs]), span([p[1] for p in pairs])
+
+
+def _postcopy_push_note(runs: list[dict[str, Any]]) -> list[str]:
+    """What L3B measured: where the largest gap comes from, and holding the push."""
+    ours_switch, ours_burst = _ranges(runs, "vmigrate")
+    virsh_switch, virsh_burst = _ranges(runs, "virsh expert")
     return [
         "",
         "L3B: L3's guest and link, vmigrate's post-copy background push left at the whole "
         "link (its default) or held to 75 % or 50 % of the measured link at the switch "
         "(libvirt's post-copy bandwidth; the policy's `postcopy_push_share`), against "
         "virsh's expert flags, in one run; each run's heartbeat gaps are in "
-        "bench/results/postcopy-gap.json. In every run the largest gap comes right after "
-        "the guest resumes on hostB: a first gap of 150-300 ms (the switch: the device "
-        "state crosses behind the stream), then the guest's first burst of writes waits "
-        "page by page on the source for 0.5-1.3 s, then gaps of ~84 ms (10 MiB bursts at "
-        "the link's rate, the push following the guest) until post-copy ends. Holding the "
-        "push did not shorten that wait and made the move 0.5-2.5 s longer, so the policy "
-        "keeps the whole link. vmigrate's gap stays above virsh expert's (#26's L3 aim "
-        "is not met): the difference is that first burst's wait (virsh 496-560 ms, "
-        "vmigrate 602-1037 ms). virsh switches at the very end of pass 1, vmigrate at its "
-        "first sample of pass 2, ~0.1 s later; whether that is the cause is not shown yet.",
+        "bench/results/live.json. In every run the largest gap comes right after the guest "
+        "resumes on hostB: first the switch (vmigrate "
+        f"{ours_switch} ms, virsh {virsh_switch} ms: the device state crosses behind the "
+        "stream), then the guest's first burst of writes waits page by page on the source "
+        f"(vmigrate {ours_burst} ms, virsh {virsh_burst} ms), then gaps of ~84 ms (10 MiB "
+        "bursts at the link's rate, the push following the guest) until post-copy ends. "
+        "Holding the push did not shorten that wait and made the move longer, so the policy "
+        "keeps the whole link. vmigrate now switches where virsh does: its policy decides "
+        "and acts in libvirt's pass-end event itself (live/monitor.py), and the first "
+        "post-copy sample shows the switch came with 0.0 MiB of pass 2 sent (before: ~70 ms "
+        "and ~8 MiB into pass 2). The first burst's wait did not shrink with it, so the "
+        "switch point was not the cause; L3C below removes the other differences one at a "
+        "time. #26's L3 aim (vmigrate's gap at most virsh expert's, total at most 1.05x) is "
+        "not met. libvirt 11.3 offers no post-copy option that serves faults first: its "
+        "post-copy bandwidth is the push hold above, and QEMU's postcopy-preempt channel is "
+        "not exposed (the VIR_MIGRATE_POSTCOPY_PREEMPT flag proposed for libvirt 10.0 is "
+        "refused as an unsupported flag by 11.3, and virsh 11.3 has no --postcopy-preempt; "
+        "/work/shared/design/lab.md).",
     ]
 
 

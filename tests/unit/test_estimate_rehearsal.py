@@ -322,3 +322,13 @@ def test_copying_disks_along_adds_the_mirror_s_completion_to_the_guest_s_gap() -
     assert with_disks.guest_gap_ms - with_disks.downtime_ms == pytest.approx(
         without.guest_gap_ms - without.downtime_ms + STORAGE_SWITCH_EXTRA_MS
     )
+
+
+def test_without_a_like_sized_move_of_its_kind_the_finish_comes_from_all_of_that_kind() -> None:
+    """G1 (1 GiB) had only post-copy moves of its size: its pre-copy finish is learned from
+    the pair's other pre-copy moves, not the lab's default."""
+    post = replace(_sized_move(1024, 1.5), report={"total_s": 5.5, "storage": {}, "postcopy": True})
+    moves = [post, _sized_move(512, 1.8), _sized_move(512, 1.6)]
+    costs = learned_costs(moves, 1024 * MIB)
+    assert costs.finish_s == pytest.approx(1.7, abs=0.01)
+    assert costs.postcopy_finish_s == pytest.approx(1.5, abs=0.01)
