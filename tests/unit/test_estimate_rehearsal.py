@@ -313,7 +313,7 @@ def test_the_finish_is_learned_from_moves_of_guests_of_about_the_same_size() -> 
 
 
 def test_copying_disks_along_adds_the_mirror_s_completion_to_the_guest_s_gap() -> None:
-    """S1 in the lab: heartbeat gaps 134 and 143 ms over libvirt's 66 and 59 ms."""
+    """S1 in the lab: heartbeat gaps 26-84 ms over libvirt's downtime in four runs."""
     load = Workload(256 * MIB, 0.0)
     without = rehearse(load, 119 * MIB, PRESETS["fast"])
     with_disks = rehearse(load, 119 * MIB, PRESETS["fast"], disk_bytes=300 * MIB)
