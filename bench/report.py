@@ -327,19 +327,28 @@ def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
         "where there are any: the previous table's L1 learned a 1.3 s finish from two 256 MiB "
         "moves (1.2-1.4 s) and came out -23 %, while the lab's 512 MiB guests finished in "
         "1.3-2.3 s (median 1.66 s over 21 recorded pre-copy moves). That spread alone is "
-        "±0.5 s, about ±17 % of L1's 3 s: no estimate keeps L1 within ±10 % every time.",
+        "±0.5 s, about ±17 % of L1's 3 s. In this run L1 r0 spent 0.86 s before its first "
+        "byte, 0.92 s sending and 1.51 s finishing (3.30 s); r1 0.46, 0.68 and 1.25 s (2.40 "
+        "s): two identical runs 0.9 s apart, three times the aim's ±0.3 s band, with the "
+        "prediction (2.8-2.9 s) between them. No estimate keeps L1 within ±10 % every time.",
         "- L4 (TCG, auto-converge up to 99 %) synced about once a second for its last 2.5 s "
         "of pre-copy: under TCG a sync waits for each vCPU to come out of the throttle's "
         "sleep (99/1 of QEMU's 10 ms slice at 99 %); the rehearsal counts that wait for a "
-        "guest of type qemu.",
+        "guest of type qemu. Its guest gap is bimodal over the 11 recorded runs: 1.0-1.05 s "
+        "(5 runs) or 1.9-2.9 s (6 runs). At 99 % the vCPU runs 10 ms a second, so "
+        "heartbeats already come ~1 s apart; when libvirt's ~1 s pause lands next to one of "
+        "those sleeps the gap doubles. The model predicts the pause alone (~1030 ms), right "
+        "for the first kind only.",
         "- G1 sits on the policy's own boundary between post-copy and a raised limit (50 "
         "MiB/s over 119 MiB/s): the link and dirty rate the policy reads at the first sync "
         "move it across from run to run, so the estimate names both routes and the row "
         "compares the one taken.",
         "- Guest gap in pre-copy: libvirt's downtime plus 30 ms (the vCPUs stop before and "
-        "start after the part libvirt counts); with --copy-storage 46 ms more, the disks' "
-        "mirror completing while the guest is paused (the previous table's S1 rows: 134 and "
-        "143 ms measured, 79 and 87 predicted).",
+        "start after the part libvirt counts); with --copy-storage 22 ms more, the disks' "
+        "mirror completing while the guest is paused. S1's gap exceeded libvirt's downtime "
+        "by 68 and 84 ms in the previous table's run and by 26 and 37 ms in the next (which "
+        "its first fit, 46 ms from the first two, over-predicted by 31-59 %); 22 ms is the "
+        "median of the four, and their spread is wider than ±25 % of a ~100 ms gap.",
         "- Guest gap in post-copy: the largest gap is the guest's first writes after "
         "resuming, waiting page by page on the source (L3B's heartbeat timelines). For a "
         "guest fast enough to catch the push the model now takes 0.47 of the time the guest "
