@@ -25,7 +25,7 @@ CATCH_UP_SHARE = 0.6
 #: commit 5785965), each leaving ~381 MiB: L2 (100 MiB/s) waited 1.3-2.8 s (median 1.8),
 #: L3 (200 MiB/s) 0.5-3.0 s (median 0.94): shares 0.28-1.56, median 0.47 for both. The
 #: faster writer waits the shorter time; a share of the push's time (the first model, 0.45)
-#: predicted both alike, 1.3-1.45 s, which put L2 at -27 % and L3 at +40 %.
+#: predicted both alike, 1.3-1.45 s, which put L2 at -27 % and L3 at about +50 %.
 BEHIND_GUEST_SHARE = 0.47
 
 
