@@ -381,7 +381,10 @@ def accuracy_section(runs: list[dict[str, Any]], results: Path) -> list[str]:
         "mirror completing while the guest is paused. S1's gap exceeded libvirt's downtime "
         "by 68 and 84 ms in the previous table's run and by 26 and 37 ms in the next (which "
         "its first fit, 46 ms from the first two, over-predicted by 31-59 %); 22 ms is the "
-        "median of the four, and their spread is wider than ±25 % of a ~100 ms gap.",
+        "median of the four, and this table's run exceeded it by 29 and 44 ms. S1's total "
+        "came out -5 % and -10.1 % here (the run before, same estimator but the gap, -6 % "
+        "and -12 %): the moves took 6.5-7.0 s against 6.2 s predicted, short by the "
+        "copy's own spread.",
         "- Guest gap in post-copy: the largest gap is the guest's first writes after "
         "resuming, waiting page by page on the source (L3B's heartbeat timelines). For a "
         "guest fast enough to catch the push the model now takes 0.47 of the time the guest "
