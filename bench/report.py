@@ -138,7 +138,7 @@ def _postcopy_push_note(runs: list[dict[str, Any]]) -> list[str]:
         "not met. libvirt 11.3 offers no post-copy option that serves faults first: its "
         "post-copy bandwidth is the push hold above, and QEMU's postcopy-preempt channel is "
         "not exposed: the VIR_MIGRATE_POSTCOPY_PREEMPT flag (1 << 21) proposed for libvirt "
-        "10.0 was never merged, and a p2p post-copy migration with it is refused here "
+        "10.0 is not in 11.3: a p2p post-copy migration with it is refused here "
         '("unsupported flags (0x200000) in function qemuDomainMigratePerform3Params", '
         "libvirt 11.3.0, QEMU 10.0.2, 2026-12-08); virsh 11.3 has no --postcopy-preempt.",
     ]
