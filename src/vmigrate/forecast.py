@@ -152,7 +152,7 @@ def forecast(
         link, link_source = _measured_bandwidth(dst_ref)
     bandwidth = stream_bandwidth(link, stream, tls)
     with JobStore(store_path) as store:
-        costs = _pair_costs(store, src_ref.uri, dst_ref.uri)
+        costs = _pair_costs(store, src_ref.uri, dst_ref.uri, memory)
         history = link_history(store, src_ref.uri, dst_ref.uri, link, tls=tls)
         if history.rate_bps is not None and link_source != "given":
             bandwidth = stream_bandwidth(history.rate_bps, replace(stream, tls=False), tls=False)
@@ -252,8 +252,10 @@ def _unweighed(stream: StreamChoice) -> str:
     )
 
 
-def _pair_costs(store: JobStore, source_uri: str, destination_uri: str) -> FixedCosts:
-    return learned_costs(finished_moves(store, source_uri, destination_uri))
+def _pair_costs(
+    store: JobStore, source_uri: str, destination_uri: str, memory_bytes: int
+) -> FixedCosts:
+    return learned_costs(finished_moves(store, source_uri, destination_uri), memory_bytes)
 
 
 def _record(store: JobStore, result: Forecast, src_ref: HostRef, dst_ref: HostRef) -> int:

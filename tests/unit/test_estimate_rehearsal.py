@@ -12,9 +12,10 @@ import pytest
 
 from vmigrate.live.history import FinishedMove, learned_costs
 from vmigrate.live.policy import PRESETS, PolicyConfig
-from vmigrate.live.postcopy_cost import BEHIND_PUSH_SHARE, POSTCOPY_PAUSE_MS, postcopy_gap_ms
+from vmigrate.live.postcopy_cost import BEHIND_GUEST_SHARE, POSTCOPY_PAUSE_MS, postcopy_gap_ms
 from vmigrate.live.rehearsal import (
     PAUSE_OVERHEAD_MS,
+    STORAGE_SWITCH_EXTRA_MS,
     FixedCosts,
     LivePrediction,
     Workload,
@@ -112,10 +113,22 @@ def test_a_busy_guest_goes_post_copy_and_the_gap_counts_its_page_faults() -> Non
     assert prediction.timeline() == "pass 2: switch to post-copy"
     assert prediction.downtime_ms is not None and prediction.downtime_ms < 10
     # It dirties faster than the push delivers: it runs into pages the push has not
-    # reached, and waits a share of the push's time.
+    # reached, and waits a share of the time it takes to write over what was left.
+    left = prediction.postcopy_s * 119 * MIB
     assert prediction.guest_gap_ms == pytest.approx(
-        BEHIND_PUSH_SHARE * prediction.postcopy_s * 1000, rel=0.01
+        BEHIND_GUEST_SHARE * left / (200 * MIB) * 1000, rel=0.01
     )
+
+
+def test_a_faster_writer_waits_less_after_the_switch_as_the_recorded_runs_did() -> None:
+    """L2 (100 MiB/s) waited 1.3-2.8 s (median 1.8), L3 (200 MiB/s) 0.5-3.0 s (median 0.94),
+    each with ~381 MiB left at the switch over the 119 MiB/s link."""
+    left, link = 381 * MIB, 119 * MIB
+    l2 = postcopy_gap_ms(left, 100 * MIB, link, link)
+    l3 = postcopy_gap_ms(left, 200 * MIB, link, link)
+    assert l2 == pytest.approx(1801, rel=0.25) and l3 == pytest.approx(943, rel=0.25)
+    # Never longer than the push takes to send all that was left.
+    assert postcopy_gap_ms(left, 72 * MIB, link, link) <= left / link * 1000
 
 
 def test_a_guest_slower_than_the_push_waits_for_the_switch_and_a_fault() -> None:
@@ -275,3 +288,47 @@ def test_estimate_says_what_pass_1_sends_and_where_the_overhead_comes_from() -> 
     text = " ".join(captured.get().split())  # the console wraps long lines
     assert "300 MiB resident, less 170 MiB QEMU keeps for itself (learned" in text
     assert f"live will take {prediction.total_s:.1f} s" in text
+
+
+def _sized_move(memory_mib: int, finish_s: float) -> FinishedMove:
+    """A finished move of a guest of `memory_mib` that sent its last byte at 4.0 s."""
+    sample = {"memory_total": memory_mib * MIB, "bandwidth_bps": 100 * MIB}
+    return FinishedMove(
+        {"total_s": 4.0 + finish_s, "storage": {}},
+        [
+            {**sample, "elapsed_s": 1.0, "memory_processed": 50 * MIB},
+            {**sample, "elapsed_s": 4.0, "memory_processed": 350 * MIB, "memory_remaining": 1},
+        ],
+    )
+
+
+def test_the_finish_is_learned_from_moves_of_guests_of_about_the_same_size() -> None:
+    """The bench's L1 (512 MiB) learned 1.3 s from two 256 MiB moves and took ~2 s."""
+    moves = [_sized_move(256, 1.3), _sized_move(256, 1.4), _sized_move(512, 1.8)]
+    assert learned_costs(moves, 512 * MIB).finish_s == pytest.approx(1.8, abs=0.01)
+    assert learned_costs(moves, 256 * MIB).finish_s == pytest.approx(1.35, abs=0.01)
+    # No move of a like guest: all of the pair's moves teach.
+    assert learned_costs(moves, 4096 * MIB).learned_from == 3
+    assert learned_costs(moves).learned_from == 3
+
+
+def test_copying_disks_along_adds_the_mirror_s_completion_to_the_guest_s_gap() -> None:
+    """S1 in the lab: heartbeat gaps 26-84 ms over libvirt's downtime in four runs."""
+    load = Workload(256 * MIB, 0.0)
+    without = rehearse(load, 119 * MIB, PRESETS["fast"])
+    with_disks = rehearse(load, 119 * MIB, PRESETS["fast"], disk_bytes=300 * MIB)
+    assert with_disks.guest_gap_ms and with_disks.downtime_ms
+    assert without.guest_gap_ms and without.downtime_ms
+    assert with_disks.guest_gap_ms - with_disks.downtime_ms == pytest.approx(
+        without.guest_gap_ms - without.downtime_ms + STORAGE_SWITCH_EXTRA_MS
+    )
+
+
+def test_without_a_like_sized_move_of_its_kind_the_finish_comes_from_all_of_that_kind() -> None:
+    """G1 (1 GiB) had only post-copy moves of its size: its pre-copy finish is learned from
+    the pair's other pre-copy moves, not the lab's default."""
+    post = replace(_sized_move(1024, 1.5), report={"total_s": 5.5, "storage": {}, "postcopy": True})
+    moves = [post, _sized_move(512, 1.8), _sized_move(512, 1.6)]
+    costs = learned_costs(moves, 1024 * MIB)
+    assert costs.finish_s == pytest.approx(1.7, abs=0.01)
+    assert costs.postcopy_finish_s == pytest.approx(1.5, abs=0.01)

@@ -6,8 +6,9 @@ Every sample and action goes into the job store and to the event sink.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from vmigrate.errors import VmigrateError
@@ -40,6 +41,12 @@ class Steering:
         return next((a for a in reversed(self.taken) if a["action"] == "abort"), None)
 
     def apply(self, domain: Any, action: Action, actor: str = "policy") -> None:
+        self.act(domain, action)
+        self.record(action, actor)
+
+    @staticmethod
+    def act(domain: Any, action: Action) -> None:
+        """The libvirt call alone: safe from libvirt's event thread (no store, no sink)."""
         if action.kind == "set-downtime" and action.value is not None:
             set_max_downtime(domain, action.value)
         elif action.kind == "set-bandwidth" and action.value is not None:
@@ -48,6 +55,8 @@ class Steering:
             start_postcopy(domain, action.value)
         elif action.kind == "abort":
             abort_job(domain)
+
+    def record(self, action: Action, actor: str = "policy") -> None:
         record = PolicyAction(
             round(action.at_s, 2), action.kind, action.value, action.reason, actor
         )
@@ -57,8 +66,25 @@ class Steering:
         self.emit(record)
 
 
+@dataclass(frozen=True)
+class _Observed:
+    """One sample and what the policy did about it, waiting to be recorded."""
+
+    sample: JobSample
+    downtime_ms: float  # the limit when the sample was taken
+    actions: tuple[Action, ...]
+    failures: tuple[str, ...]  # actions libvirt refused (the job ended a moment ago, ...)
+
+
 class Monitor:
-    """Samples the job every SAMPLE_INTERVAL_S, records it, and lets the policy act.
+    """Samples the job every SAMPLE_INTERVAL_S and the moment a pass ends, and lets the
+    policy act; records every sample and action.
+
+    At a pass's end libvirt's event thread samples, decides and acts itself (`on_pass_end`):
+    the switch to post-copy then comes at the pass's very start, as virsh's
+    --postcopy-after-precopy does, rather than after the main thread wakes, records and
+    decides (the lab's L3B: ~70 ms and ~8 MiB into pass 2). Only libvirt calls and the pure
+    policy run there; the main thread records what it did (the store is the main thread's).
 
     Ctrl-C aborts the job (the VM stays on the source) unless post-copy has begun: then the
     guest already runs on the destination and the only safe way is forward.
@@ -81,6 +107,9 @@ class Monitor:
         self.samples: list[JobSample] = []
         self._downtime_set = False
         self.link_watch = LinkWatch(policy.stall_s, destination, self.note)
+        # Held while sampling, deciding and acting, by whichever thread does it.
+        self._lock = threading.Lock()
+        self._unrecorded: list[_Observed] = []
 
     def note(self, message: str) -> None:
         note = Action("note", None, message, time.monotonic() - self.started)
@@ -94,15 +123,36 @@ class Monitor:
             call.wake.clear()
             if not call.running():
                 call.wait()
+                self._record()
                 return True
             self._step()
         except KeyboardInterrupt:
             self._interrupted()
         return False
 
+    def on_pass_end(self, _iteration: int) -> None:
+        """libvirt's event thread, as a new pass begins: sample, decide, act now."""
+        try:
+            with self._lock:
+                if not (self.state.postcopy or self.state.aborting):
+                    self._observe_and_act()
+        except Exception:  # never into libvirt's loop: the main thread samples next
+            return
+
     def _step(self) -> None:
         for request in self.store.pending_controls(self.job_id):
-            self.store.mark_control(request.id, self._control(request))
+            with self._lock:
+                outcome = self._control(request)
+            self.store.mark_control(request.id, outcome)
+        with self._lock:
+            self._observe_and_act()
+        self._record()
+        if self.state.postcopy and self.samples:
+            self.link_watch.update(self.samples[-1].data_processed)
+
+    def _observe_and_act(self) -> None:
+        """Sample the job, let the policy decide, make the libvirt calls; with the lock held.
+        What happened waits in `_unrecorded` for the main thread."""
         elapsed = time.monotonic() - self.started
         sample = sample_from_job_stats(
             job_stats(self.domain), elapsed, postcopy=self.state.postcopy
@@ -110,25 +160,36 @@ class Monitor:
         if sample is None:
             return
         sample = with_disk_rate(sample, self.samples[-1] if self.samples else None)
+        failures: list[str] = []
         if not self._downtime_set:
             # Start low: the policy raises it only as far as the guest needs.
             self._downtime_set = True
             try:
                 set_max_downtime(self.domain, self.state.downtime_ms)
             except VmigrateError as err:  # the job ended a moment ago, or the host went
-                self.note(f"the starting downtime limit could not be set: {err.message}")
+                failures.append(f"the starting downtime limit could not be set: {err.message}")
+        downtime = self.state.downtime_ms
         self.samples.append(sample)
-        self.store.add_sample(self.job_id, sample.to_dict())
-        self.emit(Sample.of(sample, self.state.downtime_ms))
-        if self.state.postcopy:
-            self.link_watch.update(sample.data_processed)
         actions = decide(self.samples, self.policy, self.state)
         for action in actions:
             try:
-                self.steering.apply(self.domain, action)
+                self.steering.act(self.domain, action)
             except VmigrateError as err:  # e.g. the job ended a moment ago
-                self.note(f"{action.kind} could not be applied: {err.message}")
+                failures.append(f"{action.kind} could not be applied: {err.message}")
         self.state = self.state.after(actions, sample.iteration, sample.throttle_pct)
+        self._unrecorded.append(_Observed(sample, downtime, tuple(actions), tuple(failures)))
+
+    def _record(self) -> None:
+        """Into the store and to the sink: the samples and actions taken since last time."""
+        with self._lock:
+            observed, self._unrecorded = self._unrecorded, []
+        for seen in observed:
+            self.store.add_sample(self.job_id, seen.sample.to_dict())
+            self.emit(Sample.of(seen.sample, seen.downtime_ms))
+            for action in seen.actions:
+                self.steering.record(action)
+            for failure in seen.failures:
+                self.note(failure)
 
     def _control(self, request: ControlRequest) -> str:
         """Apply a request from `vmigrate jobs cancel|postcopy|set` in another terminal."""
@@ -164,6 +225,10 @@ class Monitor:
         return "applied"
 
     def _interrupted(self) -> None:
+        with self._lock:
+            self._interrupted_locked()
+
+    def _interrupted_locked(self) -> None:
         if self.state.postcopy:
             self.emit(
                 Notice(

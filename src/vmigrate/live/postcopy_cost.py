@@ -19,10 +19,14 @@ POSTCOPY_QUEUED_BYTES = 17 * 1024 * 1024
 #: push has not reached (L2 at 100 MiB/s and L3 at 200 MiB/s over 119 MiB/s did, with gaps
 #: of 0.5-3 s; G1 at 50 MiB/s did not).
 CATCH_UP_SHARE = 0.6
-#: Such a guest's largest wait, as a share of the time the push takes to send what was left
-#: at the switch: the page it waits on lies anywhere ahead of the push, so the gap spreads
-#: from near 0 to all of it (16 recorded L2/L3 runs, post-copy ~3.1 s: 0.17-0.96, median 0.45).
-BEHIND_PUSH_SHARE = 0.45
+#: Such a guest's largest wait, as a share of the time the guest itself takes to write over
+#: what was left at the switch (left / its dirty rate). 22 recorded runs (bench/results:
+#: accuracy-calibration, accuracy-previous, postcopy-gap, and live and accuracy-live before
+#: commit 5785965), each leaving ~381 MiB: L2 (100 MiB/s) waited 1.3-2.8 s (median 1.8),
+#: L3 (200 MiB/s) 0.5-3.0 s (median 0.94): shares 0.28-1.56, median 0.47 for both. The
+#: faster writer waits the shorter time; a share of the push's time (the first model, 0.45)
+#: predicted both alike, 1.3-1.45 s, which put L2 at -27 % and L3 at about +50 %.
+BEHIND_GUEST_SHARE = 0.47
 
 
 def postcopy_gap_ms(
@@ -44,7 +48,8 @@ def postcopy_gap_ms(
       heartbeat timelines) its first writes after resuming waited page by page for
       0.5-1.3 s, the largest gap of every run, then the push followed it (~84 ms gaps).
       That wait spreads widely between identical runs; the model takes a share of the
-      push's time for it.
+      time the guest needs to write over what was left (BEHIND_GUEST_SHARE), at most the
+      push's whole time.
     """
     if remaining_bytes <= 0:
         return POSTCOPY_PAUSE_MS
@@ -52,5 +57,8 @@ def postcopy_gap_ms(
     behind_ms = 2 * latency_ms + (queued + PAGE_BYTES) / bandwidth_bps * 1000.0
     gap = POSTCOPY_PAUSE_MS + behind_ms
     if dirty_rate_bps >= CATCH_UP_SHARE * push_bps:
-        gap = max(gap, BEHIND_PUSH_SHARE * remaining_bytes / push_bps * 1000.0)
+        behind_s = min(
+            BEHIND_GUEST_SHARE * remaining_bytes / dirty_rate_bps, remaining_bytes / push_bps
+        )
+        gap = max(gap, behind_s * 1000.0)
     return gap

@@ -180,7 +180,7 @@ def _run_call(
     with contextlib.suppress(VmigrateError):
         callbacks.append(watch_job_completed(src, domain, completed))
     with contextlib.suppress(VmigrateError):
-        callbacks.append(watch_iterations(src, domain, call.wake))
+        callbacks.append(watch_iterations(src, domain, call.wake, monitor.on_pass_end))
     try:
         call.start()
         while not monitor.finished(call):

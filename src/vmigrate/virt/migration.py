@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import libvirt
@@ -155,14 +156,25 @@ def abort_job(domain: libvirt.virDomain) -> None:
 
 
 def watch_iterations(
-    conn: libvirt.virConnect, domain: libvirt.virDomain, wake: threading.Event
+    conn: libvirt.virConnect,
+    domain: libvirt.virDomain,
+    wake: threading.Event,
+    on_pass: Callable[[int], None] | None = None,
 ) -> int:
-    """Wake the monitor the moment a pre-copy pass ends, instead of at its next poll."""
+    """Wake the monitor the moment a pre-copy pass ends, instead of at its next poll.
+
+    `on_pass(iteration)` runs first, in libvirt's event thread, as the new pass begins: a
+    decision taken there acts at the pass's very start, as virsh's
+    --postcopy-after-precopy does (it calls migrateStartPostCopy from this event)."""
 
     def on_iteration(
-        _conn: libvirt.virConnect, _dom: libvirt.virDomain, _iteration: int, _opaque: object
+        _conn: libvirt.virConnect, _dom: libvirt.virDomain, iteration: int, _opaque: object
     ) -> None:
-        wake.set()
+        try:
+            if on_pass is not None:
+                on_pass(int(iteration))
+        finally:
+            wake.set()
 
     with libvirt_errors(host=None, doing="watch the migration's passes"):
         return int(
