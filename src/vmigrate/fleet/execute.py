@@ -46,6 +46,7 @@ from vmigrate.fleet.plan import (
     next_destination,
 )
 from vmigrate.fleet.predict import LinkClaim, link_ready
+from vmigrate.fleet.stream import Completion, PlanFeed, PlanningStopped
 from vmigrate.guest_gap import measured_gap_ms
 from vmigrate.hosts import HostRef
 from vmigrate.journal import Journal
@@ -168,7 +169,11 @@ class MoveScheduler:
         *,
         retry_elsewhere: bool = True,
         runtime: Runtime | None = None,
+        feed: PlanFeed | None = None,
+        on_complete: Callable[[Completion], None] | None = None,
     ) -> None:
+        """`plan`'s moves run; with `feed` (a plan still being made, stream.py) its moves
+        join as they are placed, and `on_complete` gets the plan once it is complete."""
         self.inp, self.ctx = inp, ctx
         self.rt = runtime or Runtime()
         # Balance turns this off: its later moves assumed the earlier ones happened, so a
@@ -177,24 +182,83 @@ class MoveScheduler:
         self.limits = plan.limits
         self.bandwidth = plan.bandwidth_bps
         self.setups_seen: list[float] = []  # seconds from a child's start to its first byte
-        loads = {vm.name: vm for vm in inp.vms}
-        self.tracks = [
-            _Track(ctx.seq_base + i, loads[m.vm], m)
-            for i, m in enumerate(sorted(plan.moves, key=lambda m: m.predicted_start_s))
-        ]
+        self.tracks: list[_Track] = []
         self.queue: list[_Track] = []
         self.running: list[_Track] = []
         self.results: list[MoveResult] = []
         self.dead: set[str] = set()
         self.ledger = Ledger.of(inp.targets)
-        for move in plan.moves:
-            self.ledger.take(move.destination, move.need_bytes, move.vcpus)
         self.cancelled = False
         self._stop_requested = False
         self.watch = self.rt.watch(ctx.refs)
+        self.feed, self.on_complete = feed, on_complete
+        self.complete = feed is None  # every move of the plan is known
+        # Moves that failed before the plan was complete: retried once it is (a retry
+        # takes room the planner may still be giving to the VMs it places).
+        self.deferred: list[tuple[_Track, str]] = []
+        loads = {vm.name: vm for vm in inp.vms}
+        for move in sorted(plan.moves, key=lambda m: m.predicted_start_s):
+            self._admit(move, loads[move.vm])
+
+    def _admit(self, move: PlannedMove, load: VmLoad) -> None:
+        """A placed move joins: its room taken, recorded in the job, queued."""
+        track = _Track(self.ctx.seq_base + len(self.tracks), load, move)
+        self.tracks.append(track)
+        self.ledger.take(move.destination, move.need_bytes, move.vcpus)
+        self._enqueue(track)
+        self._record(track, "planned", {})
+        if self.cancelled:
+            self._stays(track, f"not started: cancelled; it stays on {move.source}")
+
+    def _take_placed(self) -> None:
+        """The moves the planning thread placed since the last step, then its completion."""
+        if self.feed is None or self.complete:
+            return
+        arrivals, completion = self.feed.take()
+        for arrival in arrivals:
+            self.inp = replace(
+                self.inp,
+                vms=(*self.inp.vms, arrival.load),
+                verdicts=(*self.inp.verdicts, *arrival.verdicts),
+                checks=(*self.inp.checks, *arrival.checks),
+            )
+            self._admit(arrival.move, arrival.load)
+        if completion is not None:
+            self._completed(completion)
+
+    def _completed(self, completion: Completion) -> None:
+        """The plan is complete: each move gets its link figures and predictions, the queue
+        the plan's order, and moves that failed meanwhile their retry."""
+        self.complete = True
+        self.inp = completion.inp
+        self.bandwidth = completion.plan.bandwidth_bps
+        final = {move.vm: move for move in completion.plan.moves}
         for track in self.tracks:
-            self._enqueue(track)
-            self._record(track, "planned", {})
+            planned = final.get(track.load.name)
+            if planned is None or track.phase == DONE:
+                continue
+            if planned.destination == track.move.destination:
+                track.move = planned
+            else:  # sent elsewhere meanwhile: the new link figures, its own destination
+                track.move = replace(
+                    planned,
+                    destination=track.move.destination,
+                    reason=track.move.reason,
+                    alternatives=track.move.alternatives,
+                )
+        self.queue.sort(key=lambda t: t.move.predicted_start_s)
+        if completion.error is not None and not isinstance(completion.error, PlanningStopped):
+            self.ctx.emit(
+                Notice(f"planning stopped: {completion.error}; the moves placed before go on")
+            )
+        deferred, self.deferred = self.deferred, []
+        for track, why in deferred:
+            if self.cancelled:
+                self._stays(track, f"cancelled; it stays on {track.move.source}: {why}")
+            else:
+                self._retry(track, why)
+        if self.on_complete is not None:
+            self.on_complete(completion)
 
     # -- bookkeeping --------------------------------------------------------------------
     def _record(self, track: _Track, state: str, extra: dict[str, Any]) -> None:
@@ -260,7 +324,7 @@ class MoveScheduler:
     def run(self) -> list[MoveResult]:
         with _stops_deferred(self.interrupt):
             try:
-                while self.queue or self.running:
+                while self.queue or self.running or not self.complete:
                     try:
                         self._step()
                         self.rt.sleep(self.rt.poll_s)
@@ -278,6 +342,7 @@ class MoveScheduler:
             self._cancel()
         if self.cancelled:
             self._stop_children()
+        self._take_placed()
         self._poll()  # first: the link's next move is chosen from the latest samples
         self._dispatch()
         self._watch_hosts()
@@ -286,12 +351,15 @@ class MoveScheduler:
         for track in list(self.queue):
             if len(self.running) >= self.limits.max_parallel:
                 return
+            if not self.complete and self.running:
+                return  # the link figures come with the complete plan: one move till then
             source, destination = track.move.source, track.move.destination
             if source in self.dead:
                 self._stays(track, f"not started: {source} stopped answering; it stays there")
                 continue
-            if destination in self.dead and not self._redirect(
-                track, f"{destination} stopped answering"
+            if destination in self.dead and (
+                not self.complete  # sent elsewhere once every VM has its place
+                or not self._redirect(track, f"{destination} stopped answering")
             ):
                 continue
             destination = track.move.destination
@@ -487,6 +555,9 @@ class MoveScheduler:
             self._mark_dead(destination)
         move = track.move
         self.ledger.give_back(move.destination, move.need_bytes, move.vcpus)
+        if not self.complete:
+            self.deferred.append((track, f"the move to {destination} failed: {why}"))
+            return
         self._retry(track, f"the move to {destination} failed: {why}")
 
     def _moved(
@@ -643,6 +714,8 @@ class MoveScheduler:
         """Start no more; stop the moves in flight (each aborts cleanly); a cold move that
         already runs the VM on its destination finishes."""
         self.cancelled = True
+        if self.feed is not None:
+            self.feed.stop()
         self.ctx.emit(Notice("cancelling: the moves in flight abort"))
         for track in list(self.queue):
             self._stays(track, f"not started: cancelled; it stays on {track.move.source}")

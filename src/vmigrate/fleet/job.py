@@ -20,6 +20,7 @@ from vmigrate.events import Done, JobEvents
 from vmigrate.fleet.execute import MoveContext, MoveResult, MoveScheduler
 from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.plan import PURPOSES, FleetInput, FleetPlan, Purpose
+from vmigrate.fleet.stream import Completion, PlanFeed
 from vmigrate.hosts import HostRef
 from vmigrate.store import JobRecord, JobStore, default_store_path
 
@@ -81,9 +82,14 @@ def schedule(
     job_id: int | None = None,
     before_moves: Callable[[int], None] | None = None,
     retry_elsewhere: bool = True,
+    feed: PlanFeed | None = None,
+    on_complete: Callable[[int, FleetPlan], None] | None = None,
 ) -> Scheduled:
     """Create the job (or go on with `job_id`, resumed), then run the plan's moves.
-    `before_moves(job_id)` runs once the job exists, before its events are stored."""
+    `before_moves(job_id)` runs once the job exists, before its events are stored. With
+    `feed` (a plan still being made: stream.py), `plan` holds what is known before it, the
+    moves join as they are placed, and `on_complete(job_id, plan)` gets the complete plan
+    (its unplaced VMs are recorded first)."""
     store = run.store
     if job_id is None:
         job_id = create_fleet_job(store, plan.purpose, params)
@@ -92,13 +98,26 @@ def schedule(
     if before_moves is not None:
         before_moves(job_id)
     run.emit.start(store, job_id, str(store.path))
-    for unplaced in plan.unplaced:
-        store.add_action(job_id, "unplaced", f"{unplaced.vm}: {unplaced.reason}", "planner")
+    created = job_id
+
+    def record_unplaced(complete: FleetPlan) -> None:
+        for unplaced in complete.unplaced:
+            store.add_action(created, "unplaced", f"{unplaced.vm}: {unplaced.reason}", "planner")
+
+    def completed(completion: Completion) -> None:
+        record_unplaced(completion.plan)
+        if on_complete is not None:
+            on_complete(created, completion.plan)
+
+    if feed is None:
+        record_unplaced(plan)
     seq_base = max((step.seq for step in store.steps(job_id)), default=-1) + 1
     ctx = MoveContext(
         job_id, store, run.refs, run.hosts_file, log_dir(store, job_id), run.emit, seq_base
     )
-    scheduler = MoveScheduler(plan, inp, ctx, retry_elsewhere=retry_elsewhere)
+    scheduler = MoveScheduler(
+        plan, inp, ctx, retry_elsewhere=retry_elsewhere, feed=feed, on_complete=completed
+    )
     moving = time.monotonic()
     results = scheduler.run()
     return Scheduled(job_id, results, scheduler.cancelled, time.monotonic() - moving)
