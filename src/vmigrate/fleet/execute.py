@@ -32,6 +32,7 @@ from typing import Any
 
 from vmigrate.events import EventSink, MoveEnded, MoveProgress, MoveStarted, Notice
 from vmigrate.fleet.hostwatch import HostWatch, ProbingWatch, host_answers
+from vmigrate.fleet.leases import Reserver
 from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.moves import RESUME, ROLLBACK, MoveChild, MoveCommand, start_move
 from vmigrate.fleet.outcome import CANCELLED, MOVED, STAYED, UNKNOWN, judge
@@ -130,6 +131,9 @@ class MoveContext:
     logs: MoveLogs
     emit: EventSink
     seq_base: int = 0
+    #: Takes the next move's lease while the moves before it send, for its child (None:
+    #: each child takes its own).
+    reserver: Reserver | None = None
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,7 @@ class MoveScheduler:
         if track.phase == WAITING:
             self.queue.remove(track)
         track.phase = DONE
+        self._release_lease(track)
         result = MoveResult(
             vm=track.load.name,
             source=track.move.source,
@@ -332,6 +337,8 @@ class MoveScheduler:
                         self.interrupt()
             finally:
                 self.watch.close()
+                if self.ctx.reserver is not None:
+                    self.ctx.reserver.close()
                 self.ctx.logs.close()
         assert all(t.phase == DONE for t in self.tracks)
         assert len(self.results) == len(self.tracks)
@@ -345,6 +352,7 @@ class MoveScheduler:
         self._take_placed()
         self._poll()  # first: the link's next move is chosen from the latest samples
         self._dispatch()
+        self._reserve_ahead()
         self._watch_hosts()
 
     def _dispatch(self) -> None:
@@ -367,9 +375,33 @@ class MoveScheduler:
                 self._busy(source) >= self.limits.max_per_host
                 or self._busy(destination) >= self.limits.max_per_host
                 or not self._link_ready(track)
+                or self._lease_state(track) == "taking"  # its child starts once it is ours
             ):
                 continue
             self._start(track)
+
+    # -- the lease, taken ahead ---------------------------------------------------------
+    def _lease_state(self, track: _Track) -> str:
+        reserver = self.ctx.reserver
+        return "none" if reserver is None else reserver.state(track.load.name)
+
+    def _reserve_ahead(self) -> None:
+        """While moves run, the lease of the next move to start is taken (fleet/leases.py),
+        so that its child need not wait the lease's settle; one at a time."""
+        reserver = self.ctx.reserver
+        if reserver is None or self.cancelled or not self.running or reserver.busy():
+            return
+        for track in self.queue:
+            source = track.move.source
+            if source not in self.dead and source in self.ctx.refs:
+                reserver.reserve(track.load.name, self.ctx.refs[source])
+                return
+
+    def _release_lease(self, track: _Track) -> None:
+        """The VM's child ended, or none will start: the fleet's lease goes where it is
+        still ours (a child that took it over holds its own)."""
+        if self.ctx.reserver is not None:
+            self.ctx.reserver.release(track.load.name)
 
     # -- the link -------------------------------------------------------------------------
     def _lead_s(self, track: _Track) -> float:
@@ -441,7 +473,10 @@ class MoveScheduler:
         self.queue.remove(track)
         track.tried.add(move.destination)
         track.stop_sent_at = track.stop_reason = None
-        self._launch(track, self._command(track))
+        command = self._command(track)
+        if self.ctx.reserver is not None:
+            command = replace(command, lease=self.ctx.reserver.hand_over(track.load.name))
+        self._launch(track, command)
         self.ctx.emit(
             MoveStarted(
                 vm=move.vm,
@@ -499,6 +534,7 @@ class MoveScheduler:
         assert child is not None and track.phase == RUNNING
         self.running.remove(track)
         track.child, track.phase = None, ENDED
+        self._release_lease(track)
         error = child.error_text()
         child.close()
         if track.recovering is not None:

@@ -18,9 +18,11 @@ from typing import Any
 
 from vmigrate.events import Done, JobEvents
 from vmigrate.fleet.execute import MoveContext, MoveResult, MoveScheduler
+from vmigrate.fleet.leases import Reserver
 from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.plan import PURPOSES, FleetInput, FleetPlan, Purpose
 from vmigrate.fleet.stream import Completion, PlanFeed
+from vmigrate.guard import TOKEN_PARAM, new_token
 from vmigrate.hosts import HostRef
 from vmigrate.store import JobRecord, JobStore, default_store_path
 
@@ -92,9 +94,12 @@ def schedule(
     (its unplaced VMs are recorded first)."""
     store = run.store
     if job_id is None:
-        job_id = create_fleet_job(store, plan.purpose, params)
+        job_id = create_fleet_job(store, plan.purpose, {**params, TOKEN_PARAM: new_token()})
     else:
-        store.set_job_params(job_id, {**store.job(job_id).params, **params})
+        earlier = store.job(job_id).params  # a resumed job keeps its token: the same holder
+        kept = {TOKEN_PARAM: earlier.get(TOKEN_PARAM) or new_token()}
+        store.set_job_params(job_id, {**earlier, **params, **kept})
+    token = str(store.job(job_id).params[TOKEN_PARAM])
     if before_moves is not None:
         before_moves(job_id)
     run.emit.start(store, job_id, str(store.path))
@@ -113,7 +118,14 @@ def schedule(
         record_unplaced(plan)
     seq_base = max((step.seq for step in store.steps(job_id)), default=-1) + 1
     ctx = MoveContext(
-        job_id, store, run.refs, run.hosts_file, log_dir(store, job_id), run.emit, seq_base
+        job_id,
+        store,
+        run.refs,
+        run.hosts_file,
+        log_dir(store, job_id),
+        run.emit,
+        seq_base,
+        Reserver(store, job_id, plan.purpose.kind, token),
     )
     scheduler = MoveScheduler(
         plan, inp, ctx, retry_elsewhere=retry_elsewhere, feed=feed, on_complete=completed
