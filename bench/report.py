@@ -751,9 +751,11 @@ def e1_section(runs: list[dict[str, Any]]) -> list[str]:
         "move's child starts while the moves before it still send, timed (from their latest "
         "samples and the set-up this job's children took) so that its first byte comes as "
         "their last one goes; how many send at once follows the measured link and each "
-        "move's stream rate. Not done: the first moves do not yet start while the rest of "
-        "the plan is computed (the evacuation gathers, plans, then moves), so the gather row "
-        "below is still paid before the first byte.",
+        "move's stream rate. The first move starts as soon as its VM is checked and placed, "
+        "while the other VMs are checked and the dirty rates and the link are measured (#26: "
+        "the plan streams; --dry-run shows the same plan); each later move's lease is taken "
+        "by the evacuation while the moves before it send and handed to its child, which "
+        "then holds it without waiting the 0.5 s settle (docs/safety.md).",
         "",
     ]
     for round_no in sorted({r["round"] for r in runs}):
