@@ -149,6 +149,10 @@ def test_the_fleet_reserves_hands_over_and_releases_only_its_own(
         assert read_lease(domain).lease is not None
         reserver.release(VM)
         assert read_lease(domain).lease is None
+        # nothing reserved (the first move, or a resumed job's lease left by its killed
+        # run): the child is still told the fleet job's holder, and takes what it finds
+        unreserved = reserver.hand_over(VM)
+        assert unreserved.holder.token == "f" * 32 and unreserved.holder.job == job
         reserver.close()
         events = [e["event"] for e in store.lease_events(job)]
     assert events == ["taken", "handed over", "taken", "released"]

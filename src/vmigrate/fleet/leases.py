@@ -124,10 +124,16 @@ class Reserver:
             return "none"
         return "ready" if self.taking[vm][1].done() else "taking"
 
-    def hand_over(self, vm: str) -> HandedLease | None:
-        if self.state(vm) != "ready":
-            return None
-        return self.taking[vm][0].hand_over()
+    def hand_over(self, vm: str) -> HandedLease:
+        """What the VM's child is given: the fleet job's holder, whether this process took
+        the lease (then it stops renewing it) or not: a live lease of the same holder left
+        by an earlier run of this job (killed, then resumed) is the child's to take as well,
+        and where the VM carries none the child takes it the full way."""
+        if self.state(vm) == "ready":
+            handed = self.taking[vm][0].hand_over()
+            if handed is not None:
+                return handed
+        return HandedLease(vm, holder(self.store, self.job_id, self.kind, self.token))
 
     def release(self, vm: str) -> None:
         """The VM's child ended, or it will not start: our lease goes if it is still ours."""
