@@ -146,6 +146,9 @@ class Runtime:
     clock: Callable[[], float] = time.monotonic
     poll_s: float = POLL_S
     gap_ms: Callable[[str, int], float | None] = measured_gap_ms
+    #: While a streamed plan is being made: wait for its next move instead of a plain
+    #: sleep (None: sleep; the tests' simulated time places moves from `sleep`).
+    wait_for_moves: Callable[[PlanFeed, float], None] | None = None
 
 
 @contextlib.contextmanager
@@ -332,7 +335,7 @@ class MoveScheduler:
                 while self.queue or self.running or not self.complete:
                     try:
                         self._step()
-                        self.rt.sleep(self.rt.poll_s)
+                        self._pause()
                     except KeyboardInterrupt:
                         self.interrupt()
             finally:
@@ -343,6 +346,13 @@ class MoveScheduler:
         assert all(t.phase == DONE for t in self.tracks)
         assert len(self.results) == len(self.tracks)
         return self.results
+
+    def _pause(self) -> None:
+        waiting = self.rt.wait_for_moves
+        if self.feed is not None and not self.complete and waiting is not None:
+            waiting(self.feed, self.rt.poll_s)
+        else:
+            self.rt.sleep(self.rt.poll_s)
 
     def _step(self) -> None:
         if self._stop_requested and not self.cancelled:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.events import Done, JobEvents
-from vmigrate.fleet.execute import MoveContext, MoveResult, MoveScheduler
+from vmigrate.fleet.execute import MoveContext, MoveResult, MoveScheduler, Runtime
 from vmigrate.fleet.leases import Reserver
 from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.plan import PURPOSES, FleetInput, FleetPlan, Purpose
@@ -128,7 +128,13 @@ def schedule(
         Reserver(store, job_id, plan.purpose.kind, token),
     )
     scheduler = MoveScheduler(
-        plan, inp, ctx, retry_elsewhere=retry_elsewhere, feed=feed, on_complete=completed
+        plan,
+        inp,
+        ctx,
+        retry_elsewhere=retry_elsewhere,
+        runtime=Runtime(wait_for_moves=PlanFeed.wait),
+        feed=feed,
+        on_complete=completed,
     )
     moving = time.monotonic()
     results = scheduler.run()

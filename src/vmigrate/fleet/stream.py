@@ -63,6 +63,7 @@ class PlanFeed:
         self.early = options_final(start)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._news = threading.Event()  # a move placed, or the planning ended
         self._ready: list[Arrival] = []
         self._held: list[Arrival] = []  # placed, waiting for the complete plan's options
         self._completion: Completion | None = None
@@ -88,6 +89,7 @@ class PlanFeed:
         if self.early:
             with self._lock:
                 self._ready.append(arrival)
+            self._news.set()
         else:
             self._held.append(arrival)
 
@@ -116,6 +118,7 @@ class PlanFeed:
             self._ready += held
             self._held = []
             self._completion = completion
+        self._news.set()
 
     # -- the scheduler -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -134,6 +137,12 @@ class PlanFeed:
         with self._lock:
             error = None if self._completion is None else self._completion.error
         return None if isinstance(error, PlanningStopped) else error
+
+    def wait(self, timeout_s: float) -> None:
+        """Until a move is placed or the planning ends, at most `timeout_s` (the scheduler
+        starts a move placed while it waited at once, not at its next poll)."""
+        self._news.wait(timeout_s)
+        self._news.clear()
 
     def take(self) -> tuple[list[Arrival], Completion | None]:
         """The moves placed since the last call, in order, and the completion once it came
