@@ -723,10 +723,19 @@ def _over(run: dict[str, Any]) -> bool:
     return any(mib > run["declared_mib"][host] for host, mib in run["held_mib"].items())
 
 
+#: The rate E1 shapes hostA's uplink to (bench/fleet.py, SHAPED_BPS): the link floor is
+#: never taken at less, whatever a probe disturbed by the run's own start reads.
+SHAPED_MIB_S = 119.0
+
+
 def _e1_aim(ours: dict[str, Any], loops: list[dict[str, Any]]) -> list[str]:
     """The issue's aims (#26), each said met or not, from the run's own figures."""
     best = min(loops, key=lambda r: r["wall_s"])
     floor = ours.get("link_floor_s")
+    probed = ours.get("bandwidth_mib_s") or 0.0
+    rate = max(probed, SHAPED_MIB_S)
+    if floor and probed and probed < SHAPED_MIB_S:
+        floor = floor * probed / SHAPED_MIB_S  # the probe read the link low: the shaping's
     predicted, moves = ours.get("predicted_s"), ours.get("moves_s")
     error = _error(predicted, moves) if predicted and moves else None
     worst_loop_gap = min(max(r["gaps_ms"], default=0) for r in loops)
@@ -742,9 +751,10 @@ def _e1_aim(ours: dict[str, Any], loops: list[dict[str, Any]]) -> list[str]:
     ]
     if floor:
         aims.append(
-            f"- at most 1.25x the link floor ({floor:.1f} s: the guests' memory at the "
-            f"{ours['bandwidth_mib_s']:.0f} MiB/s the probe measured in this run): "
-            f"{ours['wall_s'] / floor:.2f}x, {said(ours['wall_s'] <= 1.25 * floor)}"
+            f"- at most 1.25x the link floor ({floor:.1f} s: the guests' memory at "
+            f"{rate:.0f} MiB/s, the higher of the probe's {probed:.0f} MiB/s in this run and "
+            f"the link's shaping): {ours['wall_s'] / floor:.2f}x, "
+            f"{said(ours['wall_s'] <= 1.25 * floor)}"
         )
     aims += [
         f"- no target over capacity: {said(not _over(ours))} (the loops to hostB alone: "
@@ -772,9 +782,7 @@ def _e1_phases(run: dict[str, Any]) -> list[str]:
         "",
         "| phase | s |",
         "|---|---|",
-        f"| gather (facts, checks of each VM against each target, dirty rates, bandwidth "
-        f"probe) and plan | {phases['gather_and_plan_s']:.1f} |",
-        f"| plan to the first move's start (job, leases) | {phases['plan_to_first_move_s']:.1f} |",
+        *_e1_before_the_moves(phases),
         f"| moves, first start to last end | {phases['moves_span_s']:.1f} |",
         f"| of which the link sends | {phases['link_sending_s']:.1f} |",
         f"| of which the link idles (first set-up, last finish, gaps between) | "
@@ -787,6 +795,27 @@ def _e1_phases(run: dict[str, Any]) -> list[str]:
         f"sent for {run.get('link_busy_s', 0):.1f} s of the {run['wall_s']:.1f} s "
         f"({run['link_mib']:,} MiB).",
         "",
+    ]
+
+
+def _e1_before_the_moves(phases: dict[str, Any]) -> list[str]:
+    """The rows before the first move: gather and plan, then the first move's start; or,
+    where the first move started while the plan was being made (#26), the time to it and
+    what the plan took beyond it."""
+    plan_at = phases["gather_and_plan_s"]
+    starts = [m["start"] for m in phases.get("moves", {}).values() if "start" in m]
+    first = min(starts, default=plan_at)
+    if first >= plan_at:
+        return [
+            "| gather (facts, checks of each VM against each target, dirty rates, bandwidth "
+            f"probe) and plan | {plan_at:.1f} |",
+            f"| plan to the first move's start (job, leases) | {first - plan_at:.1f} |",
+        ]
+    return [
+        "| to the first move's start (facts of every host, the job, the first VM's checks "
+        f"and placement) | {first:.1f} |",
+        "| the rest of the plan, while the first move runs (the other VMs' checks, dirty "
+        f"rates, bandwidth probe) | {plan_at - first:.1f} |",
     ]
 
 
@@ -860,9 +889,11 @@ def e1_section(runs: list[dict[str, Any]]) -> list[str]:
         "move's child starts while the moves before it still send, timed (from their latest "
         "samples and the set-up this job's children took) so that its first byte comes as "
         "their last one goes; how many send at once follows the measured link and each "
-        "move's stream rate. Not done: the first moves do not yet start while the rest of "
-        "the plan is computed (the evacuation gathers, plans, then moves), so the gather row "
-        "below is still paid before the first byte.",
+        "move's stream rate. The first move starts as soon as its VM is checked and placed, "
+        "while the other VMs are checked and the dirty rates and the link are measured (#26: "
+        "the plan streams; --dry-run shows the same plan); each later move's lease is taken "
+        "by the evacuation while the moves before it send and handed to its child, which "
+        "then holds it without waiting the 0.5 s settle (docs/safety.md).",
         "",
     ]
     for round_no in sorted({r["round"] for r in runs}):

@@ -9,19 +9,24 @@ parameters first) and closes the race between two vmigrates that both saw the VM
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shlex
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from vmigrate.errors import VmigrateError
+from vmigrate.errors import UsageError, VmigrateError
 from vmigrate.events import EventSink, LeaseEvent
 from vmigrate.hosts import HostRef
 from vmigrate.lease import (
+    HANDOVER,
+    HANDOVER_ENV,
     RENEW,
     TAKE_OVER,
+    HandedLease,
     Holder,
     LeaseError,
     current_owner,
@@ -31,6 +36,7 @@ from vmigrate.lease import (
 )
 from vmigrate.lifecycle import REFUSED as REFUSED
 from vmigrate.store import JobStore, redact_uri
+from vmigrate.trusted_checks import read_private_json
 from vmigrate.virt.connection import Connection, Domain, find_domain, open_with_timeout
 from vmigrate.virt.lease import (
     LeaseKeeper,
@@ -83,8 +89,32 @@ def nobody(store: JobStore, kind: str) -> Holder:
 def check_free(
     store: JobStore, domain: Domain, kind: str, *, vm: str, host: str, take_over: bool
 ) -> None:
-    """Before the job is created: refuse a VM whose lease we could not take (nothing made)."""
-    check_lease(domain, nobody(store, kind), vm=vm, host=host, take_over=take_over)
+    """Before the job is created: refuse a VM whose lease we could not take (nothing made);
+    the lease of the fleet job that handed it to this move is ours to take."""
+    handed = handed_lease(vm)
+    check_lease(
+        domain,
+        nobody(store, kind),
+        vm=vm,
+        host=host,
+        take_over=take_over,
+        handed=None if handed is None else handed.holder,
+    )
+
+
+def handed_lease(vm: str) -> HandedLease | None:
+    """The lease a fleet job handed this process for `vm`, if any. The file must be a
+    private regular file of this user (it holds the fleet job's token); anything else is
+    refused, as --trust-checks refuses such a file."""
+    path = os.environ.get(HANDOVER_ENV)
+    if not path:
+        return None
+    values = read_private_json(Path(path), HANDOVER_ENV, f"leave {HANDOVER_ENV} to the fleet jobs")
+    try:
+        handed = HandedLease.from_dict(values)
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{HANDOVER_ENV}={path}: not a handed lease ({err})") from err
+    return handed if handed.vm == vm else None
 
 
 @dataclass(frozen=True)
@@ -108,12 +138,20 @@ def hold_lease(
     and start renewing it. None when no host defines the VM (a transient VM that is shut
     off exists nowhere: nothing to hold). A refusal is recorded and raised (LeaseError)."""
     who = holder(store, job_id, kind, token)
+    handed = handed_lease(vm)
     for host, conn in places.items():
         domain = find_domain(conn, vm)
         if domain is None:
             continue
         try:
-            taken = take_lease(domain, who, vm=vm, host=host, take_over=take_over)
+            taken = take_lease(
+                domain,
+                who,
+                vm=vm,
+                host=host,
+                take_over=take_over,
+                handed=None if handed is None else handed.holder,
+            )
         except LeaseError as err:
             store.record_lease_event(job_id, vm, host, "refused", {"message": err.message})
             raise
@@ -122,9 +160,11 @@ def hold_lease(
             released = keeper.release()
             store.record_lease_event(job_id, vm, host, "interrupted", {"removed_from": released})
             raise
-        event = {TAKE_OVER: "taken over", RENEW: "taken again"}.get(taken.action, "taken")
+        event = {TAKE_OVER: "taken over", RENEW: "taken again", HANDOVER: "handed over"}.get(
+            taken.action, "taken"
+        )
         detail: dict[str, Any] = {**taken.lease.to_dict(), "settle_s": round(taken.settle_s, 3)}
-        if taken.action == TAKE_OVER and taken.previous is not None:
+        if taken.action in (TAKE_OVER, HANDOVER) and taken.previous is not None:
             detail["previous"] = taken.previous.to_dict()
         store.record_lease_event(job_id, vm, host, event, detail)
         emit(LeaseEvent(event, host, taken.lease.to_dict()))

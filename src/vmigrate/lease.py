@@ -9,9 +9,10 @@ This module is the value, its XML element, the judgement "live or stale" and the
 from __future__ import annotations
 
 import getpass
+import json
 import socket
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -201,6 +202,54 @@ def _ago(seconds: float) -> str:
 
 #: What to do with the lease found on a VM before taking it.
 TAKE, RENEW, TAKE_OVER = "take", "renew", "take over"
+#: The lease found is the fleet job's, handed to this move's child (HandedLease).
+HANDOVER = "handover"
+
+
+#: Names the private file in which a fleet job hands a move's child its lease on the VM
+#: (HandedLease): set by the fleet for that child only (fleet/moves.py), read by guard.py.
+HANDOVER_ENV = "VMIGRATE_LEASE_HANDOVER"
+
+
+@dataclass(frozen=True)
+class HandedLease:
+    """A fleet job's lease on one VM, handed to the child that moves it: the child replaces
+    it with its own without waiting to see a rival (docs/safety.md, "The fleet's lease
+    handed to its move"). It carries the fleet job's token, so it lives only in a private
+    file of the job's log directory, never in the store or a log."""
+
+    vm: str
+    holder: Holder
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vm": self.vm, **asdict(self.holder)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HandedLease:
+        return cls(
+            str(values["vm"]),
+            Holder(
+                int(values["job"]),
+                str(values["kind"]),
+                str(values["owner"]),
+                str(values["store"]),
+                str(values["token"]),
+            ),
+        )
+
+
+def settle_needed(action: str, found: Lease | None, now: datetime) -> bool:
+    """Whether a taker must wait SETTLE_S and read back before it holds the VM: always, but
+    for a handover of a live lease. The settle exists to see a rival that read the VM free
+    at the same moment; while a live lease of the fleet job stands, nobody reads it free
+    (a live lease is refused even with --take-over-lease), and the fleet job's own take
+    settled. A handed lease gone stale may be being taken over: the full way then."""
+    if action != HANDOVER or found is None:
+        return True
+    return not judge(found, now, job_in_progress=False).live
 
 
 def decide(
@@ -212,13 +261,17 @@ def decide(
     take_over: bool,
     vm: str,
     host: str,
+    handed: Holder | None = None,
 ) -> str:
-    """TAKE a free VM, RENEW our own lease (a resumed job), TAKE_OVER a stale lease with the
-    flag; anything else raises LeaseError naming the holder."""
+    """TAKE a free VM, RENEW our own lease (a resumed job), HANDOVER the lease of the fleet
+    job that `handed` it to us, TAKE_OVER a stale lease with the flag; anything else raises
+    LeaseError naming the holder."""
     if found is None:
         return TAKE
     if found.held_by(holder):
         return RENEW
+    if handed is not None and found.held_by(handed):
+        return HANDOVER
     liveness = judge(found, now, job_in_progress=job_in_progress)
     if liveness.live:
         raise held_error(found, liveness, vm=vm, host=host)

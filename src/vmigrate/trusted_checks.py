@@ -90,10 +90,20 @@ def merged(trusted: CheckReport, fresh: Iterable[Finding], seconds: float) -> Ch
 def read_trusted(path: Path) -> TrustedChecks:
     """The file a fleet job wrote for this child: refused unless it is ours and private
     (another user could otherwise hand a move checks it never passed)."""
+    values = read_private_json(path, "--trust-checks", "leave --trust-checks to the fleet jobs")
+    try:
+        return TrustedChecks.from_dict(values)
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--trust-checks {path}: not a fleet job's checks ({err})") from err
+
+
+def read_private_json(path: Path, named_by: str, fix: str) -> Any:
+    """What a fleet job handed its move's child in a file (`named_by` names it: an option,
+    a variable): refused unless it is a private regular file of this user, not a link."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
-        raise UsageError(f"--trust-checks {path}: {err.strerror}") from err
+        raise UsageError(f"{named_by} {path}: {err.strerror}") from err
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if (
@@ -102,10 +112,10 @@ def read_trusted(path: Path) -> TrustedChecks:
             or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
         ):
             raise UsageError(
-                f"--trust-checks {path}: not a private file of this user",
-                fix="leave --trust-checks to the fleet jobs that start moves",
+                f"{named_by} {path}: not a private file of this user",
+                fix=f"{fix} that start moves",
             )
         try:
-            return TrustedChecks.from_dict(json.loads(handle.read()))
-        except (ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"--trust-checks {path}: not a fleet job's checks ({err})") from err
+            return json.loads(handle.read())
+        except ValueError as err:
+            raise UsageError(f"{named_by} {path}: not JSON ({err})") from err

@@ -189,9 +189,8 @@ def test_a_vm_that_can_go_nowhere_is_listed_first_and_the_others_move(
     assert result.returncode == 1, result.stderr
     found = events(result.stdout)
     plan = one_of(found, "plan")
-    assert [e["event"] for e in found].index("plan") < [e["event"] for e in found].index(
-        "move-start"
-    )
+    # the moves start while the plan is made (#26): the complete plan comes before the end
+    assert [e["event"] for e in found].index("plan") < [e["event"] for e in found].index("done")
     (unplaced,) = plan["unplaced"]
     assert unplaced["vm"] == shut_off_vm_with_network
     assert "'lab-only-on-a' does not exist on hostB" in unplaced["reason"]
@@ -414,7 +413,9 @@ def test_a_cold_move_in_an_evacuation_shows_its_copy_progress_and_is_stored(
     evacuation = one_of(found, "job")["job_id"]
     with JobStore(store) as jobs:
         stored = [decode(e.body) for e in jobs.events_after(0, job_id=evacuation)]
-        assert isinstance(stored[0], PlanMade) and isinstance(stored[1], JobStarted)
+        # the job exists before its plan is complete (its first move may start meanwhile)
+        assert isinstance(stored[0], JobStarted)
+        assert sum(isinstance(e, PlanMade) for e in stored) == 1
         assert isinstance(stored[-1], Done) and stored[-1].report["empty"]
         progress = [e for e in stored if isinstance(e, MoveProgress) and e.phase == "copy"]
         assert [e.percent for e in progress] == copying

@@ -57,6 +57,7 @@ PURE_MODULES = (
     "vmigrate.live.failure",
     "vmigrate.capacity",
     "vmigrate.fleet.plan",
+    "vmigrate.fleet.stream",
     "vmigrate.fleet.rolling_order",
     "vmigrate.lab.host_freeze",
     "vmigrate.fleet.predict",

@@ -45,8 +45,10 @@ from vmigrate.fleet.plan import (
     Purpose,
     TargetHost,
     VmLoad,
+    placement_order,
     plan_moves,
 )
+from vmigrate.fleet.stream import PlanFeed, PlanningStopped
 from vmigrate.hosts import HostRef
 from vmigrate.model import CheckReport, Mode
 from vmigrate.store import JobStore
@@ -391,16 +393,36 @@ def simulate(
     retry_elsewhere: bool = True,
     real_signal_at: float | None = None,
     world_type: type[World] | None = None,
+    streaming: bool = False,
 ) -> Outcome:
+    """`streaming`: the plan is made while the moves run (stream.py), one VM placed per
+    poll, the plan complete once every VM is placed (as a planning thread would)."""
     plan = plan_moves(inp)
+    feed = PlanFeed(replace(inp, vms=(), verdicts=(), checks=())) if streaming else None
+    to_place = placement_order(inp.vms)
     events: list[Event] = []
     with JobStore(directory / "jobs.sqlite") as store:
         world = (world_type or World)(
             store, {v.name: v for v in inp.vms}, iter(scripts), interrupt_at
         )
 
+        def plan_one() -> None:
+            assert feed is not None
+            if feed.done:
+                return
+            try:
+                if not to_place:
+                    feed.complete(inp)
+                    return
+                vm = to_place.pop(0)
+                feed.offer(vm, [v for v in inp.verdicts if v.vm == vm.name], ())
+            except PlanningStopped as err:
+                feed.fail(err)
+
         def sleep(seconds: float) -> None:
             world.sleep(seconds)
+            if feed is not None:
+                plan_one()
             if real_signal_at is not None and world.now >= real_signal_at:
                 os.kill(os.getpid(), signal.SIGINT)
                 world.sleep(0)  # delivered at once, to the handler the scheduler set
@@ -422,10 +444,19 @@ def simulate(
             poll_s=POLL_S,
             gap_ms=lambda _vm, _ns: None,
         )
-        scheduler = MoveScheduler(plan, inp, ctx, retry_elsewhere=retry_elsewhere, runtime=runtime)
+        if feed is not None:
+            start = feed.placer.plan(feed.start)
+            scheduler = MoveScheduler(
+                start, feed.start, ctx, retry_elsewhere=retry_elsewhere, runtime=runtime, feed=feed
+            )
+        else:
+            scheduler = MoveScheduler(
+                plan, inp, ctx, retry_elsewhere=retry_elsewhere, runtime=runtime
+            )
         world.scheduler = scheduler
         results = scheduler.run()
-    return Outcome(world, scheduler, results, [m.vm for m in plan.moves], events)
+    planned = [p.vm.name for p in feed.placer.placed] if feed else [m.vm for m in plan.moves]
+    return Outcome(world, scheduler, results, planned, events)
 
 
 def check_invariants(out: Outcome) -> None:
@@ -474,6 +505,7 @@ vm_sizes = st.lists(
     scripts=st.lists(st.sampled_from(SCRIPTS), max_size=12),
     interrupt_at=st.one_of(st.none(), st.floats(0.0, 40.0)),
     retry=st.booleans(),
+    streaming=st.booleans(),
 )
 def test_the_scheduler_keeps_its_promises_over_random_failures(
     vms: list[tuple[int, bool]],
@@ -484,10 +516,18 @@ def test_the_scheduler_keeps_its_promises_over_random_failures(
     scripts: list[str],
     interrupt_at: float | None,
     retry: bool,
+    streaming: bool,
 ) -> None:
     inp = evacuation(vms, targets, mode, Limits(parallel, per_host))
     with tempfile.TemporaryDirectory() as directory:
-        out = simulate(Path(directory), inp, scripts, interrupt_at, retry_elsewhere=retry)
+        out = simulate(
+            Path(directory),
+            inp,
+            scripts,
+            interrupt_at,
+            retry_elsewhere=retry,
+            streaming=streaming,
+        )
     check_invariants(out)
     if interrupt_at is None:
         assert not any(r.state == CANCELLED for r in out.results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shlex
 import sys
@@ -20,7 +21,17 @@ err_console = Console(stderr=True, highlight=False)
 
 
 class VmigrateGroup(click.Group):
-    """Turns expected failures into a clear message and an exit code, never a traceback."""
+    """Turns expected failures into a clear message and an exit code, never a traceback;
+    loads each command's module when it is asked for (LAZY_COMMANDS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,37 +66,32 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+#: Each command's module, imported only when the command runs (or --help lists them): a
+#: fleet move's child (`vmigrate live|cold`) then imports what it runs, not every command
+#: (measured: 0.85 s for all of them, 0.45 s for `live` alone, on a loaded machine).
+LAZY_COMMANDS = {
+    "balance": ("vmigrate.cli.balance", "balance"),
+    "check": ("vmigrate.cli.check", "check"),
+    "cold": ("vmigrate.cli.cold", "cold"),
+    "estimate": ("vmigrate.cli.estimate", "estimate"),
+    "evacuate": ("vmigrate.cli.evacuate", "evacuate_command"),
+    "hosts": ("vmigrate.cli.hosts", "hosts"),
+    "jobs": ("vmigrate.cli.jobs", "jobs"),
+    "lab": ("vmigrate.cli.lab", "lab"),
+    "live": ("vmigrate.cli.live", "live"),
+    "maintenance": ("vmigrate.cli.evacuate", "maintenance"),
+    "recover": ("vmigrate.cli.recover", "recover"),
+    "rolling": ("vmigrate.cli.rolling", "rolling_command"),
+    "serve": ("vmigrate.cli.serve", "serve"),
+}
+
+
 def _register() -> None:
-    from vmigrate.cli.balance import balance
-    from vmigrate.cli.check import check
-    from vmigrate.cli.cold import cold
-    from vmigrate.cli.estimate import estimate
-    from vmigrate.cli.evacuate import evacuate_command, maintenance
-    from vmigrate.cli.hosts import hosts
-    from vmigrate.cli.jobs import jobs
-    from vmigrate.cli.lab import lab
-    from vmigrate.cli.live import live
-    from vmigrate.cli.recover import recover
-    from vmigrate.cli.rolling import rolling_command
-    from vmigrate.cli.serve import serve
     from vmigrate.lab.plugin import install as install_lab
 
     # The product imports no lab: the CLI plugs the lab's host names (hostA.., cluster `lab`)
     # and its heartbeat (guest gaps in move reports) in.
     install_lab()
-    cli.add_command(check)
-    cli.add_command(live)
-    cli.add_command(cold)
-    cli.add_command(estimate)
-    cli.add_command(recover)
-    cli.add_command(hosts)
-    cli.add_command(evacuate_command)
-    cli.add_command(maintenance)
-    cli.add_command(balance)
-    cli.add_command(rolling_command)
-    cli.add_command(jobs)
-    cli.add_command(lab)
-    cli.add_command(serve)
 
 
 _register()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,7 +18,16 @@ from typing import Any
 from vmigrate.errors import HostUnreachable, UsageError, VmigrateError
 from vmigrate.events import EventSink, JobEvents, Notice, PlanMade
 from vmigrate.fleet.execute import CANCELLED, MOVED, STAYED, UNKNOWN, MoveResult
-from vmigrate.fleet.gather import close_sessions, gather_input, open_sessions, probe_link
+from vmigrate.fleet.gather import (
+    ASSUMED,
+    GatheredVm,
+    close_sessions,
+    gather_input,
+    known_bandwidth,
+    open_sessions,
+    probe_link,
+    target_host,
+)
 from vmigrate.fleet.job import FleetRun, finish, schedule
 from vmigrate.fleet.moves import VMIGRATE
 from vmigrate.fleet.plan import (
@@ -30,7 +39,9 @@ from vmigrate.fleet.plan import (
     Purpose,
     plan_moves,
 )
+from vmigrate.fleet.stream import PlanFeed
 from vmigrate.hosts import HostRef, cluster_of, resolve_cluster, resolve_host
+from vmigrate.preflight import HostSession
 from vmigrate.store import RUNNING, JobStore, StoreLocation, store_location
 
 KIND = EVACUATE
@@ -136,11 +147,10 @@ def _validate(request: EvacuateRequest) -> None:
         raise UsageError("--bandwidth must be a positive number of MiB/s")
 
 
-def prepare(
+def _hosts(
     request: EvacuateRequest, store: JobStore
-) -> tuple[HostRef, tuple[HostRef, ...], FleetInput, FleetPlan]:
-    """Everything before anything moves: targets, facts, checks, the plan. The hosts'
-    connections are closed again: each move opens its own."""
+) -> tuple[HostRef, tuple[HostRef, ...], Collection[str], list[HostRef]]:
+    """The host to empty, its targets, the hosts in maintenance and the targets not in it."""
     _validate(request)
     source = resolve_host(request.host, request.hosts_file)
     targets = _targets(request, source)
@@ -152,54 +162,109 @@ def prepare(
             host=source.name,
             fix="end one's maintenance (`vmigrate maintenance end HOST`) or name other hosts",
         )
+    return source, targets, in_maintenance, usable
+
+
+def prepare(
+    request: EvacuateRequest, store: JobStore
+) -> tuple[HostRef, tuple[HostRef, ...], FleetInput, FleetPlan]:
+    """Everything before anything moves: targets, facts, checks, the plan (what --dry-run
+    shows; a run makes the same plan while its first moves go). The hosts' connections are
+    closed again: each move opens its own."""
+    source, targets, in_maintenance, usable = _hosts(request, store)
     with ThreadPoolExecutor(max_workers=1) as background:
-        # The link's probe (2 s) starts now, on its own connection: it runs while the
+        # The link's probe (1 s) starts now, on its own connection: it runs while the
         # hosts' facts and the checks are gathered instead of after the facts.
         probing = background.submit(probe_link, request.bandwidth_mib, usable)
-        inp = _gathered(request, source, targets, in_maintenance, probing)
+        sessions = _sessions(source, targets)
+        try:
+            inp = _gathered(request, sessions, _purpose(source, targets), in_maintenance, probing)
+        finally:
+            close_sessions(sessions)
     return source, targets, inp, plan_moves(inp)
+
+
+def _purpose(source: HostRef, targets: tuple[HostRef, ...]) -> Purpose:
+    return Purpose(
+        EVACUATE, source.name, (source.name,), tuple(t.name for t in targets), source.uri
+    )
+
+
+def _sessions(source: HostRef, targets: tuple[HostRef, ...]) -> dict[str, HostSession]:
+    """Every host's session, once the host to empty and at least one target answer."""
+    sessions = open_sessions([source, *targets])
+    src = sessions[source.name]
+    target_sessions = [sessions[t.name] for t in targets]
+    problem: VmigrateError | None = None
+    if src.facts is None:
+        problem = HostUnreachable(
+            f"cannot reach libvirt on the host to empty: {src.error}",
+            host=source.name,
+            fix="check that libvirtd runs there and that its port is open; nothing was moved",
+        )
+    elif not any(s.facts is not None for s in target_sessions):
+        problem = HostUnreachable(
+            "no target host answers: "
+            + "; ".join(f"{s.ref.name}: {s.error}" for s in target_sessions),
+            host=source.name,
+            fix="check the targets' libvirtd and network; nothing was moved",
+        )
+    if problem is not None:
+        close_sessions(sessions)
+        raise problem
+    return sessions
 
 
 def _gathered(
     request: EvacuateRequest,
-    source: HostRef,
-    targets: tuple[HostRef, ...],
+    sessions: dict[str, HostSession],
+    purpose: Purpose,
     in_maintenance: Collection[str],
     probing: Future[tuple[float, str]],
+    *,
+    on_vm: Callable[[GatheredVm], None] | None = None,
+    checked_at: float | None = None,
 ) -> FleetInput:
-    sessions = open_sessions([source, *targets])
-    try:
-        src = sessions[source.name]
-        if src.facts is None:
-            raise HostUnreachable(
-                f"cannot reach libvirt on the host to empty: {src.error}",
-                host=source.name,
-                fix="check that libvirtd runs there and that its port is open; nothing was moved",
-            )
-        target_sessions = [sessions[t.name] for t in targets]
-        if not any(s.facts is not None for s in target_sessions):
-            raise HostUnreachable(
-                "no target host answers: "
-                + "; ".join(f"{s.ref.name}: {s.error}" for s in target_sessions),
-                host=source.name,
-                fix="check the targets' libvirtd and network; nothing was moved",
-            )
-        purpose = Purpose(
-            EVACUATE, source.name, (source.name,), tuple(t.name for t in targets), source.uri
-        )
-        inp = gather_input(
-            purpose,
-            [(src, None)],
-            target_sessions,
-            mode=request.mode,
-            limits=Limits(request.max_parallel, request.max_per_host),
-            bandwidth_mib=request.bandwidth_mib,
-            maintenance=in_maintenance,
-            probing=probing,
-        )
-    finally:
-        close_sessions(sessions)
-    return inp
+    return gather_input(
+        purpose,
+        [(sessions[purpose.subject], None)],
+        [sessions[name] for name in purpose.targets],
+        mode=request.mode,
+        limits=Limits(request.max_parallel, request.max_per_host),
+        bandwidth_mib=request.bandwidth_mib,
+        maintenance=in_maintenance,
+        probing=probing,
+        on_vm=on_vm,
+        checked_at=checked_at,
+    )
+
+
+def _start_input(
+    request: EvacuateRequest,
+    sessions: dict[str, HostSession],
+    purpose: Purpose,
+    in_maintenance: Collection[str],
+    checked_at: float,
+) -> FleetInput:
+    """What a streaming plan knows before any VM is checked: the targets and their budgets,
+    the limits, the link as far as it is known without measuring."""
+    bandwidth, bandwidth_source = known_bandwidth(
+        request.bandwidth_mib, [sessions[name].ref for name in purpose.targets]
+    ) or (ASSUMED[0], "not measured yet")
+    return FleetInput(
+        purpose,
+        vms=(),
+        targets=tuple(
+            target_host(sessions[name], sessions[name].ref.uri in in_maintenance)
+            for name in purpose.targets
+        ),
+        verdicts=(),
+        mode=request.mode,
+        limits=Limits(request.max_parallel, request.max_per_host),
+        bandwidth_bps=bandwidth,
+        bandwidth_source=bandwidth_source,
+        checked_at=checked_at,
+    )
 
 
 def _left_on(ref: HostRef) -> list[str] | None:
@@ -218,24 +283,94 @@ def evacuate(
     started = time.monotonic()
     emit = JobEvents(on_event)  # stored once the job exists
     with JobStore(request.store_path) as store:
-        source, targets, inp, plan = prepare(request, store)
-        emit(PlanMade(plan.to_dict()))
         if request.dry_run:
+            source, _targets, _inp, plan = prepare(request, store)
+            emit(PlanMade(plan.to_dict()))
             return EvacuationReport(None, source.name, plan.to_dict(), message="dry run")
+        return _evacuate_streaming(request, store, emit, job_id, started)
+
+
+def _evacuate_streaming(
+    request: EvacuateRequest,
+    store: JobStore,
+    emit: JobEvents,
+    job_id: int | None,
+    started: float,
+) -> EvacuationReport:
+    """The job's first moves start while the rest of the plan is made (stream.py): each VM
+    is placed as soon as its checks are made, and its move joins the scheduler's queue."""
+    source, targets, in_maintenance, usable = _hosts(request, store)
+    purpose = _purpose(source, targets)
+    with ThreadPoolExecutor(max_workers=2) as background:
+        probing = background.submit(probe_link, request.bandwidth_mib, usable)
+        sessions = _sessions(source, targets)
+        checked_at = time.time()
+        feed = PlanFeed(_start_input(request, sessions, purpose, in_maintenance, checked_at))
+
+        def placed(vm: GatheredVm) -> None:
+            # No move starts beside the link's probe (1 s): a child starting then took the
+            # probe's CPU and link, and the probe read 62 MiB/s of a 119 MiB/s link (E1).
+            probing.result()
+            feed.offer(vm.load, vm.verdicts, vm.reports)
+
+        def make_plan() -> None:
+            try:
+                inp = _gathered(
+                    request,
+                    sessions,
+                    purpose,
+                    in_maintenance,
+                    probing,
+                    on_vm=placed,
+                    checked_at=checked_at,
+                )
+                feed.complete(inp)
+            except BaseException as err:  # the scheduler hears of it; its moves go on
+                feed.fail(err)
+            finally:
+                close_sessions(sessions)
+
         run = FleetRun(
             store, {ref.name: ref for ref in (source, *targets)}, request.hosts_file, emit
         )
+        made: list[FleetPlan] = []
+        planning: list[Future[None]] = []
 
         def into_maintenance(job: int) -> None:
             store.set_maintenance(source.name, source.uri, job, f"evacuated by job {job}")
+            planning.append(background.submit(make_plan))  # the job exists: moves can join
 
-        params = {"request": asdict(request), "plan": plan.to_dict()}
-        scheduled = schedule(run, plan, inp, params, job_id=job_id, before_moves=into_maintenance)
-        report = _report(
-            scheduled.job_id, source, plan, scheduled.results, scheduled.cancelled, started
-        )
-        report.moves_s = scheduled.moves_s
-        finish(run, scheduled.job_id, report.empty, report.message, report.to_dict())
+        def plan_complete(job: int, plan: FleetPlan) -> None:
+            made.append(plan)
+            store.set_job_params(job, {**store.job(job).params, "plan": plan.to_dict()})
+            emit(PlanMade(plan.to_dict()))
+
+        params = {"request": asdict(request), "plan": None}
+        try:
+            scheduled = schedule(
+                run,
+                feed.placer.plan(feed.start),
+                feed.start,
+                params,
+                job_id=job_id,
+                before_moves=into_maintenance,
+                feed=feed,
+                on_complete=plan_complete,
+            )
+        finally:
+            feed.stop()
+            if not planning:  # the job was never made: the sessions are still ours
+                close_sessions(sessions)
+    plan = made[-1]
+    report = _report(
+        scheduled.job_id, source, plan, scheduled.results, scheduled.cancelled, started
+    )
+    report.moves_s = scheduled.moves_s
+    failure = feed.failure
+    if failure is not None:
+        report.empty = False
+        report.message = f"{report.message}; planning stopped: {failure}"
+    finish(run, scheduled.job_id, report.empty, report.message, report.to_dict())
     return report
 
 

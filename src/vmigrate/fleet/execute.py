@@ -32,6 +32,7 @@ from typing import Any
 
 from vmigrate.events import EventSink, MoveEnded, MoveProgress, MoveStarted, Notice
 from vmigrate.fleet.hostwatch import HostWatch, ProbingWatch, host_answers
+from vmigrate.fleet.leases import Reserver
 from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.moves import RESUME, ROLLBACK, MoveChild, MoveCommand, start_move
 from vmigrate.fleet.outcome import CANCELLED, MOVED, STAYED, UNKNOWN, judge
@@ -46,6 +47,7 @@ from vmigrate.fleet.plan import (
     next_destination,
 )
 from vmigrate.fleet.predict import LinkClaim, link_ready
+from vmigrate.fleet.stream import Completion, PlanFeed, PlanningStopped
 from vmigrate.guest_gap import measured_gap_ms
 from vmigrate.hosts import HostRef
 from vmigrate.journal import Journal
@@ -129,6 +131,9 @@ class MoveContext:
     logs: MoveLogs
     emit: EventSink
     seq_base: int = 0
+    #: Takes the next move's lease while the moves before it send, for its child (None:
+    #: each child takes its own).
+    reserver: Reserver | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,9 @@ class Runtime:
     clock: Callable[[], float] = time.monotonic
     poll_s: float = POLL_S
     gap_ms: Callable[[str, int], float | None] = measured_gap_ms
+    #: While a streamed plan is being made: wait for its next move instead of a plain
+    #: sleep (None: sleep; the tests' simulated time places moves from `sleep`).
+    wait_for_moves: Callable[[PlanFeed, float], None] | None = None
 
 
 @contextlib.contextmanager
@@ -168,7 +176,11 @@ class MoveScheduler:
         *,
         retry_elsewhere: bool = True,
         runtime: Runtime | None = None,
+        feed: PlanFeed | None = None,
+        on_complete: Callable[[Completion], None] | None = None,
     ) -> None:
+        """`plan`'s moves run; with `feed` (a plan still being made, stream.py) its moves
+        join as they are placed, and `on_complete` gets the plan once it is complete."""
         self.inp, self.ctx = inp, ctx
         self.rt = runtime or Runtime()
         # Balance turns this off: its later moves assumed the earlier ones happened, so a
@@ -177,24 +189,83 @@ class MoveScheduler:
         self.limits = plan.limits
         self.bandwidth = plan.bandwidth_bps
         self.setups_seen: list[float] = []  # seconds from a child's start to its first byte
-        loads = {vm.name: vm for vm in inp.vms}
-        self.tracks = [
-            _Track(ctx.seq_base + i, loads[m.vm], m)
-            for i, m in enumerate(sorted(plan.moves, key=lambda m: m.predicted_start_s))
-        ]
+        self.tracks: list[_Track] = []
         self.queue: list[_Track] = []
         self.running: list[_Track] = []
         self.results: list[MoveResult] = []
         self.dead: set[str] = set()
         self.ledger = Ledger.of(inp.targets)
-        for move in plan.moves:
-            self.ledger.take(move.destination, move.need_bytes, move.vcpus)
         self.cancelled = False
         self._stop_requested = False
         self.watch = self.rt.watch(ctx.refs)
+        self.feed, self.on_complete = feed, on_complete
+        self.complete = feed is None  # every move of the plan is known
+        # Moves that failed before the plan was complete: retried once it is (a retry
+        # takes room the planner may still be giving to the VMs it places).
+        self.deferred: list[tuple[_Track, str]] = []
+        loads = {vm.name: vm for vm in inp.vms}
+        for move in sorted(plan.moves, key=lambda m: m.predicted_start_s):
+            self._admit(move, loads[move.vm])
+
+    def _admit(self, move: PlannedMove, load: VmLoad) -> None:
+        """A placed move joins: its room taken, recorded in the job, queued."""
+        track = _Track(self.ctx.seq_base + len(self.tracks), load, move)
+        self.tracks.append(track)
+        self.ledger.take(move.destination, move.need_bytes, move.vcpus)
+        self._enqueue(track)
+        self._record(track, "planned", {})
+        if self.cancelled:
+            self._stays(track, f"not started: cancelled; it stays on {move.source}")
+
+    def _take_placed(self) -> None:
+        """The moves the planning thread placed since the last step, then its completion."""
+        if self.feed is None or self.complete:
+            return
+        arrivals, completion = self.feed.take()
+        for arrival in arrivals:
+            self.inp = replace(
+                self.inp,
+                vms=(*self.inp.vms, arrival.load),
+                verdicts=(*self.inp.verdicts, *arrival.verdicts),
+                checks=(*self.inp.checks, *arrival.checks),
+            )
+            self._admit(arrival.move, arrival.load)
+        if completion is not None:
+            self._completed(completion)
+
+    def _completed(self, completion: Completion) -> None:
+        """The plan is complete: each move gets its link figures and predictions, the queue
+        the plan's order, and moves that failed meanwhile their retry."""
+        self.complete = True
+        self.inp = completion.inp
+        self.bandwidth = completion.plan.bandwidth_bps
+        final = {move.vm: move for move in completion.plan.moves}
         for track in self.tracks:
-            self._enqueue(track)
-            self._record(track, "planned", {})
+            planned = final.get(track.load.name)
+            if planned is None or track.phase == DONE:
+                continue
+            if planned.destination == track.move.destination:
+                track.move = planned
+            else:  # sent elsewhere meanwhile: the new link figures, its own destination
+                track.move = replace(
+                    planned,
+                    destination=track.move.destination,
+                    reason=track.move.reason,
+                    alternatives=track.move.alternatives,
+                )
+        self.queue.sort(key=lambda t: t.move.predicted_start_s)
+        if completion.error is not None and not isinstance(completion.error, PlanningStopped):
+            self.ctx.emit(
+                Notice(f"planning stopped: {completion.error}; the moves placed before go on")
+            )
+        deferred, self.deferred = self.deferred, []
+        for track, why in deferred:
+            if self.cancelled:
+                self._stays(track, f"cancelled; it stays on {track.move.source}: {why}")
+            else:
+                self._retry(track, why)
+        if self.on_complete is not None:
+            self.on_complete(completion)
 
     # -- bookkeeping --------------------------------------------------------------------
     def _record(self, track: _Track, state: str, extra: dict[str, Any]) -> None:
@@ -229,6 +300,7 @@ class MoveScheduler:
         if track.phase == WAITING:
             self.queue.remove(track)
         track.phase = DONE
+        self._release_lease(track)
         result = MoveResult(
             vm=track.load.name,
             source=track.move.source,
@@ -260,38 +332,52 @@ class MoveScheduler:
     def run(self) -> list[MoveResult]:
         with _stops_deferred(self.interrupt):
             try:
-                while self.queue or self.running:
+                while self.queue or self.running or not self.complete:
                     try:
                         self._step()
-                        self.rt.sleep(self.rt.poll_s)
+                        self._pause()
                     except KeyboardInterrupt:
                         self.interrupt()
             finally:
                 self.watch.close()
+                if self.ctx.reserver is not None:
+                    self.ctx.reserver.close()
                 self.ctx.logs.close()
         assert all(t.phase == DONE for t in self.tracks)
         assert len(self.results) == len(self.tracks)
         return self.results
+
+    def _pause(self) -> None:
+        waiting = self.rt.wait_for_moves
+        if self.feed is not None and not self.complete and waiting is not None:
+            waiting(self.feed, self.rt.poll_s)
+        else:
+            self.rt.sleep(self.rt.poll_s)
 
     def _step(self) -> None:
         if self._stop_requested and not self.cancelled:
             self._cancel()
         if self.cancelled:
             self._stop_children()
+        self._take_placed()
         self._poll()  # first: the link's next move is chosen from the latest samples
         self._dispatch()
+        self._reserve_ahead()
         self._watch_hosts()
 
     def _dispatch(self) -> None:
         for track in list(self.queue):
             if len(self.running) >= self.limits.max_parallel:
                 return
+            if not self.complete and self.running:
+                return  # the link figures come with the complete plan: one move till then
             source, destination = track.move.source, track.move.destination
             if source in self.dead:
                 self._stays(track, f"not started: {source} stopped answering; it stays there")
                 continue
-            if destination in self.dead and not self._redirect(
-                track, f"{destination} stopped answering"
+            if destination in self.dead and (
+                not self.complete  # sent elsewhere once every VM has its place
+                or not self._redirect(track, f"{destination} stopped answering")
             ):
                 continue
             destination = track.move.destination
@@ -299,9 +385,33 @@ class MoveScheduler:
                 self._busy(source) >= self.limits.max_per_host
                 or self._busy(destination) >= self.limits.max_per_host
                 or not self._link_ready(track)
+                or self._lease_state(track) == "taking"  # its child starts once it is ours
             ):
                 continue
             self._start(track)
+
+    # -- the lease, taken ahead ---------------------------------------------------------
+    def _lease_state(self, track: _Track) -> str:
+        reserver = self.ctx.reserver
+        return "none" if reserver is None else reserver.state(track.load.name)
+
+    def _reserve_ahead(self) -> None:
+        """While moves run, the lease of the next move to start is taken (fleet/leases.py),
+        so that its child need not wait the lease's settle; one at a time."""
+        reserver = self.ctx.reserver
+        if reserver is None or self.cancelled or not self.running or reserver.busy():
+            return
+        for track in self.queue:
+            source = track.move.source
+            if source not in self.dead and source in self.ctx.refs:
+                reserver.reserve(track.load.name, self.ctx.refs[source])
+                return
+
+    def _release_lease(self, track: _Track) -> None:
+        """The VM's child ended, or none will start: the fleet's lease goes where it is
+        still ours (a child that took it over holds its own)."""
+        if self.ctx.reserver is not None:
+            self.ctx.reserver.release(track.load.name)
 
     # -- the link -------------------------------------------------------------------------
     def _lead_s(self, track: _Track) -> float:
@@ -373,7 +483,10 @@ class MoveScheduler:
         self.queue.remove(track)
         track.tried.add(move.destination)
         track.stop_sent_at = track.stop_reason = None
-        self._launch(track, self._command(track))
+        command = self._command(track)
+        if self.ctx.reserver is not None:
+            command = replace(command, lease=self.ctx.reserver.hand_over(track.load.name))
+        self._launch(track, command)
         self.ctx.emit(
             MoveStarted(
                 vm=move.vm,
@@ -431,6 +544,7 @@ class MoveScheduler:
         assert child is not None and track.phase == RUNNING
         self.running.remove(track)
         track.child, track.phase = None, ENDED
+        self._release_lease(track)
         error = child.error_text()
         child.close()
         if track.recovering is not None:
@@ -487,6 +601,9 @@ class MoveScheduler:
             self._mark_dead(destination)
         move = track.move
         self.ledger.give_back(move.destination, move.need_bytes, move.vcpus)
+        if not self.complete:
+            self.deferred.append((track, f"the move to {destination} failed: {why}"))
+            return
         self._retry(track, f"the move to {destination} failed: {why}")
 
     def _moved(
@@ -643,6 +760,8 @@ class MoveScheduler:
         """Start no more; stop the moves in flight (each aborts cleanly); a cold move that
         already runs the VM on its destination finishes."""
         self.cancelled = True
+        if self.feed is not None:
+            self.feed.stop()
         self.ctx.emit(Notice("cancelling: the moves in flight abort"))
         for track in list(self.queue):
             self._stays(track, f"not started: cancelled; it stays on {track.move.source}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from vmigrate.capacity import MIB, host_budget
+from vmigrate.capacity import MIB, host_budget, memory_need_bytes
 from vmigrate.errors import VmigrateError
 from vmigrate.facts import DomainFacts, GuestUsage
 from vmigrate.fleet.plan import (
@@ -89,22 +89,31 @@ def gather_vms(
     targets: Sequence[HostSession],
     mode: str,
     names: Sequence[str] | None = None,
+    on_vm: Callable[[GatheredVm], None] | None = None,
 ) -> list[GatheredVm]:
     """Each VM of `source` (or only `names`) with its size, dirty rate, local disks and the
     verdict of every check against every target that answers. The dirty rates (1 s of
-    QEMU's measurement) are measured while the checks run."""
+    QEMU's measurement) are measured while the checks run. The VMs are checked in the
+    planner's order (largest first), and each goes to `on_vm` as soon as its checks are
+    made (its dirty rate still None): a streaming plan places it then."""
     checks = PairChecks(source)
     assert source.conn is not None and source.facts is not None
-    guests = [g for g in source.facts.guests if names is None or g.name in names]
+    guests = sorted(
+        (g for g in source.facts.guests if names is None or g.name in names),
+        key=lambda g: (-memory_need_bytes(g.memory_bytes), g.name),
+    )
     answering = [t for t in targets if t.facts is not None and t.ref.name != source.ref.name]
     running = [g.name for g in guests if g.state in ("running", "paused")]
     with ThreadPoolExecutor(max_workers=1) as background:
         measuring = background.submit(_dirty_rates, source, running)
-        gathered = [
-            item
-            for guest in guests
-            if (item := _gather_one(checks, guest, answering, mode)) is not None
-        ]
+        gathered = []
+        for guest in guests:
+            item = _gather_one(checks, guest, answering, mode)
+            if item is None:
+                continue
+            gathered.append(item)
+            if on_vm is not None:
+                on_vm(item)
         rates = measuring.result()
     for item in gathered:
         item.load = replace(item.load, dirty_rate_bps=rates.get(item.load.name))
@@ -178,7 +187,7 @@ def _verdict(vm: str, destination: str, findings: Iterable[Finding]) -> PairVerd
 
 def link_bandwidth(given_mib: float | None, targets: Sequence[HostSession]) -> tuple[float, str]:
     """The bandwidth moves share: given, from the hosts file, or measured to a target."""
-    known = _known_bandwidth(given_mib, [t.ref for t in targets])
+    known = known_bandwidth(given_mib, [t.ref for t in targets])
     if known is not None:
         return known
     for target in targets:
@@ -199,7 +208,7 @@ PROBE_S = 1.0
 def probe_link(given_mib: float | None, targets: Sequence[HostRef]) -> tuple[float, str]:
     """link_bandwidth on connections of its own, so that the probe need not wait for the
     hosts' sessions (and their facts): started first, it runs while they are gathered."""
-    known = _known_bandwidth(given_mib, targets)
+    known = known_bandwidth(given_mib, targets)
     if known is not None:
         return known
     for target in targets:
@@ -217,7 +226,7 @@ def probe_link(given_mib: float | None, targets: Sequence[HostRef]) -> tuple[flo
     return ASSUMED
 
 
-def _known_bandwidth(
+def known_bandwidth(
     given_mib: float | None, targets: Sequence[HostRef]
 ) -> tuple[float, str] | None:
     if given_mib is not None:
@@ -245,19 +254,23 @@ def gather_input(
     bandwidth_mib: float | None = None,
     maintenance: Iterable[str] = (),
     probing: Future[tuple[float, str]] | None = None,
+    on_vm: Callable[[GatheredVm], None] | None = None,
+    checked_at: float | None = None,
 ) -> FleetInput:
     """The planner's input: the VMs of each source (all, or the names given), checked
     against every target that answers, and the link they share (`probing`: a probe_link
-    the caller started before the sessions were open; else probed here, meanwhile)."""
+    the caller started before the sessions were open; else probed here, meanwhile).
+    `on_vm` gets each VM as soon as it is checked (gather_vms); `checked_at`: when the
+    checks began, if the caller stamped it first."""
     answering = [t for t in targets if t.facts is not None]
-    checked_at = time.time()
+    checked_at = time.time() if checked_at is None else checked_at
     with ThreadPoolExecutor(max_workers=1) as background:  # the link probed meanwhile
         if probing is None:
             probing = background.submit(link_bandwidth, bandwidth_mib, targets)
         gathered = [
             g
             for session, names in sources
-            for g in gather_vms(session, answering, mode, names=names)
+            for g in gather_vms(session, answering, mode, names=names, on_vm=on_vm)
         ]
         bandwidth, bandwidth_source = probing.result()
     in_maintenance = set(maintenance)

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.events import Done, JobEvents
-from vmigrate.fleet.execute import MoveContext, MoveResult, MoveScheduler
+from vmigrate.fleet.execute import MoveContext, MoveResult, MoveScheduler, Runtime
+from vmigrate.fleet.leases import Reserver
 from vmigrate.fleet.logs import MoveLogs
 from vmigrate.fleet.plan import PURPOSES, FleetInput, FleetPlan, Purpose
+from vmigrate.fleet.stream import Completion, PlanFeed
+from vmigrate.guard import TOKEN_PARAM, new_token
 from vmigrate.hosts import HostRef
 from vmigrate.store import JobRecord, JobStore, default_store_path
 
@@ -81,24 +84,58 @@ def schedule(
     job_id: int | None = None,
     before_moves: Callable[[int], None] | None = None,
     retry_elsewhere: bool = True,
+    feed: PlanFeed | None = None,
+    on_complete: Callable[[int, FleetPlan], None] | None = None,
 ) -> Scheduled:
     """Create the job (or go on with `job_id`, resumed), then run the plan's moves.
-    `before_moves(job_id)` runs once the job exists, before its events are stored."""
+    `before_moves(job_id)` runs once the job exists, before its events are stored. With
+    `feed` (a plan still being made: stream.py), `plan` holds what is known before it, the
+    moves join as they are placed, and `on_complete(job_id, plan)` gets the complete plan
+    (its unplaced VMs are recorded first)."""
     store = run.store
     if job_id is None:
-        job_id = create_fleet_job(store, plan.purpose, params)
+        job_id = create_fleet_job(store, plan.purpose, {**params, TOKEN_PARAM: new_token()})
     else:
-        store.set_job_params(job_id, {**store.job(job_id).params, **params})
+        earlier = store.job(job_id).params  # a resumed job keeps its token: the same holder
+        kept = {TOKEN_PARAM: earlier.get(TOKEN_PARAM) or new_token()}
+        store.set_job_params(job_id, {**earlier, **params, **kept})
+    token = str(store.job(job_id).params[TOKEN_PARAM])
     if before_moves is not None:
         before_moves(job_id)
     run.emit.start(store, job_id, str(store.path))
-    for unplaced in plan.unplaced:
-        store.add_action(job_id, "unplaced", f"{unplaced.vm}: {unplaced.reason}", "planner")
+    created = job_id
+
+    def record_unplaced(complete: FleetPlan) -> None:
+        for unplaced in complete.unplaced:
+            store.add_action(created, "unplaced", f"{unplaced.vm}: {unplaced.reason}", "planner")
+
+    def completed(completion: Completion) -> None:
+        record_unplaced(completion.plan)
+        if on_complete is not None:
+            on_complete(created, completion.plan)
+
+    if feed is None:
+        record_unplaced(plan)
     seq_base = max((step.seq for step in store.steps(job_id)), default=-1) + 1
     ctx = MoveContext(
-        job_id, store, run.refs, run.hosts_file, log_dir(store, job_id), run.emit, seq_base
+        job_id,
+        store,
+        run.refs,
+        run.hosts_file,
+        log_dir(store, job_id),
+        run.emit,
+        seq_base,
+        Reserver(store, job_id, plan.purpose.kind, token),
     )
-    scheduler = MoveScheduler(plan, inp, ctx, retry_elsewhere=retry_elsewhere)
+    scheduler = MoveScheduler(
+        plan,
+        inp,
+        ctx,
+        retry_elsewhere=retry_elsewhere,
+        runtime=Runtime(wait_for_moves=PlanFeed.wait),
+        feed=feed,
+        on_complete=completed,
+    )
     moving = time.monotonic()
     results = scheduler.run()
     return Scheduled(job_id, results, scheduler.cancelled, time.monotonic() - moving)

@@ -36,6 +36,7 @@ from vmigrate.events import (
     decode,
 )
 from vmigrate.fleet.logs import ChildFiles, MoveLogs, read_from
+from vmigrate.lease import HANDOVER_ENV, HandedLease
 from vmigrate.store import StoreLocation
 from vmigrate.trusted_checks import TrustedChecks
 
@@ -56,6 +57,7 @@ class MoveCommand:
     job_id: int | None = None
     trusted: TrustedChecks | None = None  # the fleet's checks of this move
     parallel: int | None = None  # a live move's multifd connections, where the plan uses them
+    lease: HandedLease | None = None  # the fleet job's lease on the VM, handed to the child
 
     def argv(self, trusted_file: Path | None = None) -> list[str]:
         if self.action in (ROLLBACK, RESUME):
@@ -251,6 +253,10 @@ def start_move(command: MoveCommand, logs: MoveLogs, attempt: int) -> ChildMove:
     trusted_file = None
     if command.trusted is not None and command.action == MOVE:
         trusted_file = logs.private_file(f"{files.stem}.checks.json", command.trusted.to_json())
+    env = {k: v for k, v in os.environ.items() if k != HANDOVER_ENV}
+    if command.lease is not None and command.action == MOVE:
+        handed = logs.private_file(f"{files.stem}.lease.json", command.lease.to_json())
+        env[HANDOVER_ENV] = str(handed)
     try:
         process = subprocess.Popen(
             command.argv(trusted_file),
@@ -258,6 +264,7 @@ def start_move(command: MoveCommand, logs: MoveLogs, attempt: int) -> ChildMove:
             stdout=files.events_write,
             stderr=files.errors_write,
             start_new_session=True,
+            env=env,
         )
     except BaseException:
         os.close(files.events_read)

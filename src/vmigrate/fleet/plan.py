@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -380,8 +380,18 @@ def ranked_destinations(
     """The targets that admit `vm` now, best first, and why each other one does not."""
     if verdicts is None:
         verdicts = verdict_index(inp)
+    return _ranked(vm, inp.targets, ledger, exclude, verdicts)
+
+
+def _ranked(
+    vm: VmLoad,
+    targets: tuple[TargetHost, ...],
+    ledger: Ledger,
+    exclude: frozenset[str],
+    verdicts: dict[tuple[str, str], PairVerdict],
+) -> tuple[list[TargetHost], dict[str, str]]:
     admitted, refused = [], {}
-    for target in inp.targets:
+    for target in targets:
         if target.name in exclude:
             refused[target.name] = "already tried"
             continue
@@ -501,9 +511,9 @@ class _Candidates:
     updates: placing one VM changes one host's weight), so that placing thousands of VMs
     on hundreds of hosts looks at a few hosts per VM, not at all of them."""
 
-    def __init__(self, inp: FleetInput, ledger: Ledger) -> None:
+    def __init__(self, targets: tuple[TargetHost, ...], ledger: Ledger) -> None:
         self.ledger = ledger
-        self.by_name = {t.name: t for t in inp.targets if t.budget and not t.maintenance}
+        self.by_name = {t.name: t for t in targets if t.budget and not t.maintenance}
         self.heap = [(_weight(t, ledger), t.name) for t in self.by_name.values()]
         heapq.heapify(self.heap)
 
@@ -569,37 +579,118 @@ def never_to_older_qemu(inp: FleetInput, qemu_versions: dict[str, int]) -> Fleet
     return replace(inp, verdicts=tuple(verdicts))
 
 
-def plan_moves(inp: FleetInput) -> FleetPlan:
-    """Place the VMs of `inp`, largest first (see the module's docstring)."""
-    ledger = Ledger.of(inp.targets)
-    verdicts = verdict_index(inp)
-    candidates = _Candidates(inp, ledger)
-    placed: list[tuple[VmLoad, str, str, str, tuple[str, ...]]] = []
-    unplaced: list[Unplaced] = []
-    order = sorted(inp.vms, key=lambda vm: (-memory_need_bytes(vm.memory_bytes), vm.name))
-    for vm in order:
-        mode, how = move_mode(vm, inp.mode)
+def placement_order(vms: Iterable[VmLoad]) -> list[VmLoad]:
+    """The order VMs are placed in: the largest memory first (so the big ones still find
+    room), then by name. A streaming run gathers each VM's checks in this order."""
+    return sorted(vms, key=lambda vm: (-memory_need_bytes(vm.memory_bytes), vm.name))
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One VM's placement: final once made (its room is taken in the ledger, and no later
+    VM changes it)."""
+
+    vm: VmLoad
+    destination: str
+    mode: str
+    reason: str
+    alternatives: tuple[str, ...]
+
+
+class Placer:
+    """Places VMs one at a time, in placement_order, each placement final once made: what a
+    placement looks at (the VM's size, state and checks, the targets' capacity after the
+    VMs placed before it) never depends on a VM placed later, so a fleet job can start a
+    move as soon as it is placed while the rest of the plan is made (`plan_moves` runs the
+    same placer over every VM at once: a streaming run and --dry-run make the same plan)."""
+
+    def __init__(self, targets: tuple[TargetHost, ...], mode: str) -> None:
+        self.targets, self.mode = targets, mode
+        self.ledger = Ledger.of(targets)
+        self.candidates = _Candidates(targets, self.ledger)
+        self.placed: list[Placed] = []
+        self.unplaced: list[Unplaced] = []
+
+    def place(self, vm: VmLoad, verdicts: dict[tuple[str, str], PairVerdict]) -> Placed | None:
+        """Place `vm` (None: it goes nowhere, and `unplaced` says why)."""
+        mode, how = move_mode(vm, self.mode)
         if mode is None:
-            unplaced.append(Unplaced(vm.name, how))
-            continue
-        admitted = candidates.best(partial(_admits, vm, verdicts, ledger), 1 + ALTERNATIVES)
+            self.unplaced.append(Unplaced(vm.name, how))
+            return None
+        admits = partial(_admits, vm, verdicts, self.ledger)
+        admitted = self.candidates.best(admits, 1 + ALTERNATIVES)
         if not admitted:  # say why for every host: only for the VMs that go nowhere
-            _none, refused = ranked_destinations(vm, inp, ledger, verdicts=verdicts)
-            unplaced.append(Unplaced(vm.name, _nowhere(refused)))
-            continue
+            _none, refused = _ranked(vm, self.targets, self.ledger, frozenset(), verdicts)
+            self.unplaced.append(Unplaced(vm.name, _nowhere(refused)))
+            return None
         best = admitted[0]
-        reason = f"{how}; {_chosen_reason(best, vm, ledger)}"
-        ledger.take(best.name, memory_need_bytes(vm.memory_bytes), vm.vcpus)
-        candidates.changed(best.name)
-        placed.append((vm, best.name, mode, reason, tuple(t.name for t in admitted[1:])))
-    flights = [_flight(vm, dst, mode, inp) for vm, dst, mode, _r, _a in placed]
-    # The longest transfers first: on links that carry several at once the short ones fill
-    # the gaps at the end (on a link one stream fills, the order changes little).
-    by_link = sorted(
-        range(len(placed)), key=lambda i: -flights[i][0].transfer_s(flights[i][0].stream_bps)
+        reason = f"{how}; {_chosen_reason(best, vm, self.ledger)}"
+        self.ledger.take(best.name, memory_need_bytes(vm.memory_bytes), vm.vcpus)
+        self.candidates.changed(best.name)
+        placed = Placed(vm, best.name, mode, reason, tuple(t.name for t in admitted[1:]))
+        self.placed.append(placed)
+        return placed
+
+    def plan(self, inp: FleetInput) -> FleetPlan:
+        """The plan of the VMs placed so far, their link use and timing from `inp` (which
+        has their dirty rates and the link's bandwidth once those are measured)."""
+        return _timed_plan(inp, self.placed, self.unplaced, self.ledger)
+
+
+def provisional_move(placed: Placed, inp: FleetInput) -> PlannedMove:
+    """A placed move before the plan is complete: its placement and its child's options are
+    final (multifd only where `inp` cannot use it: see `options_final`); its link figures
+    and predictions come once the dirty rates and the link are measured."""
+    flight, connections, _why = _flight(placed.vm, placed.destination, placed.mode, inp)
+    cost = flight.cost_at(flight.stream_bps)
+    return PlannedMove(
+        vm=placed.vm.name,
+        source=placed.vm.host,
+        destination=placed.destination,
+        mode=placed.mode,
+        copy_storage=placed.mode == LIVE and bool(placed.vm.local_disks),
+        need_bytes=memory_need_bytes(placed.vm.memory_bytes),
+        vcpus=placed.vm.vcpus,
+        predicted_s=round(cost.seconds, 1),
+        predicted_downtime_ms=None,
+        predicted_bytes=cost.bytes_sent,
+        converges=cost.converges,
+        reason=placed.reason,
+        alternatives=placed.alternatives,
+        solo=flight.solo,
+        setup_s=flight.setup_s,
+        link_s=round(flight.transfer_s(flight.stream_bps), 2),
+        stream_bps=flight.stream_bps,
+        parallel=connections,
     )
-    placed = [placed[i] for i in by_link]
-    flights = [flights[i] for i in by_link]
+
+
+def options_final(inp: FleetInput) -> bool:
+    """Whether a move's child options (its multifd connections) are final before the dirty
+    rates and the link are measured: yes when no stream is known to carry less than the
+    link (then no move uses multifd, whatever they measure)."""
+    return inp.stream_bps is None
+
+
+def plan_moves(inp: FleetInput) -> FleetPlan:
+    """Place the VMs of `inp` in placement_order (see the module's docstring and Placer)."""
+    placer = Placer(inp.targets, inp.mode)
+    verdicts = verdict_index(inp)
+    for vm in placement_order(inp.vms):
+        placer.place(vm, verdicts)
+    return placer.plan(inp)
+
+
+def _timed_plan(
+    inp: FleetInput, placed_vms: list[Placed], unplaced: list[Unplaced], ledger: Ledger
+) -> FleetPlan:
+    """The placed moves, in placement order, with their link use and predicted timing."""
+    loads = {vm.name: vm for vm in inp.vms}  # as measured: with their dirty rates
+    placed = [
+        (loads.get(p.vm.name, p.vm), p.destination, p.mode, p.reason, p.alternatives)
+        for p in placed_vms
+    ]
+    flights = [_flight(vm, dst, mode, inp) for vm, dst, mode, _r, _a in placed]
     schedule = simulate_fleet(
         [f for f, _n, _w in flights],
         inp.bandwidth_bps,

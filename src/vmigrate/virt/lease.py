@@ -37,6 +37,7 @@ from vmigrate.lease import (
     lost_race_error,
     malformed_error,
     now_utc,
+    settle_needed,
     slow_take_error,
 )
 from vmigrate.virt.connection import (
@@ -132,13 +133,19 @@ def job_in_progress(domain: Domain) -> bool:
 @dataclass(frozen=True)
 class Taken:
     lease: Lease
-    action: str  # lease.TAKE | RENEW | TAKE_OVER
+    action: str  # lease.TAKE | RENEW | TAKE_OVER | HANDOVER
     previous: Lease | None  # the lease found before (ours, or the stale one taken over)
     settle_s: float
 
 
 def check_lease(
-    domain: Domain, holder: Holder, *, vm: str, host: str, take_over: bool
+    domain: Domain,
+    holder: Holder,
+    *,
+    vm: str,
+    host: str,
+    take_over: bool,
+    handed: Holder | None = None,
 ) -> str | None:
     """Raise LeaseError when this holder may not take the domain's lease now; else the
     action it would take (None: nothing there). Changes nothing."""
@@ -152,7 +159,14 @@ def check_lease(
             return None
         busy = not found.lease.held_by(holder) and job_in_progress(domain)
     return decide(
-        found.lease, holder, now_utc(), job_in_progress=busy, take_over=take_over, vm=vm, host=host
+        found.lease,
+        holder,
+        now_utc(),
+        job_in_progress=busy,
+        take_over=take_over,
+        vm=vm,
+        host=host,
+        handed=handed,
     )
 
 
@@ -164,9 +178,12 @@ def take_lease(
     host: str,
     take_over: bool,
     settle_s: float = SETTLE_S,
+    handed: Holder | None = None,
 ) -> Taken:
     """Read; refuse a live lease not ours (or a stale one without `take_over`); write ours;
-    wait `settle_s`; read back and compare the token.
+    wait `settle_s`; read back and compare the token. A live lease of the fleet job that
+    `handed` it to this move is replaced at once, read back without the wait (lease.py,
+    settle_needed).
 
     libvirt has no compare-and-set. Two takers that both read "free" both write; the last
     write stays, and the first taker sees it in its read-back, unless that write lands after
@@ -185,21 +202,30 @@ def take_lease(
         if previous is not None:
             busy = not previous.held_by(holder) and job_in_progress(domain)
             action = decide(
-                previous, holder, now, job_in_progress=busy, take_over=take_over, vm=vm, host=host
+                previous,
+                holder,
+                now,
+                job_in_progress=busy,
+                take_over=take_over,
+                vm=vm,
+                host=host,
+                handed=handed,
             )
         ours = (
             previous.renewed_at(now)
             if previous is not None and action == RENEW
             else Lease.new(holder, now)
         )
+        settle = settle_needed(action, previous, now)
         write_lease(domain, ours)
         written = time.monotonic()
-        if written - started >= settle_s:
+        if settle and written - started >= settle_s:
             back = read_lease(domain).lease
             if back is not None and back.held_by(holder) and action != RENEW:
                 remove_lease(domain)
             raise slow_take_error(written - started, settle_s, vm=vm, host=host)
-        time.sleep(settle_s)
+        if settle:
+            time.sleep(settle_s)
         back = read_lease(domain).lease
         settled = time.monotonic() - written
     if back is None or not back.held_by(holder):
