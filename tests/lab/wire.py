@@ -42,8 +42,16 @@ class Capture:
             self.first_bytes.setdefault((source_port, destination_port), payload[:16])
 
     def tls_connections(self) -> int:
-        """Connections whose first bytes are a TLS handshake record (0x16, version 3.x)."""
-        return sum(1 for data in self.first_bytes.values() if data[:2] in (b"\x16\x03",))
+        """Connections whose first captured bytes are a TLS record header: a content type
+        (0x14 change-cipher-spec .. 0x17 application data) and version 3.x. Usually the
+        handshake (0x16); a loaded machine's raw socket can miss a connection's first
+        packet (seen: a TLS 1.3 ClientHello missed, its ChangeCipherSpec captured first),
+        and a plaintext QEMU stream ("QEVM", or page data) never starts like this."""
+        return sum(1 for data in self.first_bytes.values() if _is_tls_record(data))
+
+
+def _is_tls_record(data: bytes) -> bool:
+    return len(data) >= 3 and 0x14 <= data[0] <= 0x17 and data[1] == 3 and data[2] <= 4
 
 
 @contextlib.contextmanager
